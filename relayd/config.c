@@ -1,0 +1,585 @@
+/*
+ * config.c - the relayd.conf parser.
+ *
+ * INI syntax: "[section]", "key = value", "#" or ";" comments on their own
+ * line. One table lists every key with its type, default, bounds and help;
+ * parsing, range checks, `relayd -n` and the commented example config are all
+ * driven by it, so they cannot drift apart. Every error is reported, each as
+ * "FILE:LINE: message", rather than stopping at the first.
+ *
+ * A hand-written reader rather than inih: inih does not hand line numbers to
+ * its callback in Debian's build, and precise "FILE:LINE:" errors for every
+ * key are the point of this module.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "log.h"
+#include "util.h"
+
+#define CONFIG_LINE_MAX		4096
+#define CONFIG_FILE_MAX		(1024 * 1024)
+
+enum cfg_type {
+	CFG_STR,	/* free text */
+	CFG_NUM,	/* integer within [min, max] */
+	CFG_SIZE,	/* bytes, with k/M/G suffixes */
+	CFG_DURATION,	/* milliseconds; "30s", "5m", "250ms" */
+	CFG_ENUM,	/* one of enums[], stored as its index */
+	CFG_LISTEN,	/* ADDR:PORT, repeatable */
+	CFG_NETS,	/* CIDR list, comma or space separated */
+};
+
+struct cfg_key {
+	const char		*section;
+	const char		*name;
+	enum cfg_type		 type;
+	const char		*def;	/* NULL: unset unless given */
+	uint64_t		 min, max;
+	size_t			 off;
+	const char *const	*enums;
+	const char		*help;
+};
+
+static const char *const bare_lf_names[] = { "reject", "normalize", NULL };
+static const char *const log_level_names[] =
+    { "error", "warning", "info", "debug", NULL };
+
+#define OFF(f)	offsetof(struct config, f)
+#define KB	1024ULL
+#define MB	(1024ULL * 1024)
+
+static const struct cfg_key cfg_keys[] = {
+	{ "smtp", "listen", CFG_LISTEN, "127.0.0.1:25", 0, 0, OFF(listen), NULL,
+	  "Address and port to accept SMTP on; repeat the key for more. "
+	  "IPv6 in brackets: [::1]:25." },
+	{ "smtp", "hostname", CFG_STR, NULL, 0, 0, OFF(hostname), NULL,
+	  "Name in the greeting and Received: header (default: the system "
+	  "host name)." },
+	{ "smtp", "max_message_size", CFG_SIZE, "35M", 1 * KB, 150 * MB,
+	  OFF(max_message_size), NULL,
+	  "Largest message accepted, in bytes (k, M suffixes); advertised with "
+	  "SIZE. Exchange Online's default is 35M, Graph's ceiling 150M." },
+	{ "smtp", "max_recipients", CFG_NUM, "500", 1, 500,
+	  OFF(max_recipients), NULL,
+	  "Recipients per message; Graph accepts at most 500." },
+	{ "smtp", "max_line_length", CFG_NUM, "2048", 512, 1 * MB,
+	  OFF(max_line_length), NULL,
+	  "Longest SMTP command line in bytes; longer lines get 500." },
+	{ "smtp", "command_timeout", CFG_DURATION, "5m", 1000, 3600 * 1000,
+	  OFF(command_timeout_ms), NULL,
+	  "Idle time allowed while waiting for a command (RFC 5321: 5m)." },
+	{ "smtp", "data_timeout", CFG_DURATION, "10m", 1000, 3600 * 1000,
+	  OFF(data_timeout_ms), NULL,
+	  "Idle time allowed while receiving message data." },
+	{ "smtp", "max_connections", CFG_NUM, "1000", 1, 1000000,
+	  OFF(max_connections), NULL,
+	  "Simultaneous SMTP connections in total." },
+	{ "smtp", "max_connections_per_client", CFG_NUM, "100", 1, 1000000,
+	  OFF(max_connections_per_client), NULL,
+	  "Simultaneous SMTP connections from one client address." },
+	{ "smtp", "max_errors", CFG_NUM, "10", 1, 1000, OFF(max_errors), NULL,
+	  "Protocol errors allowed in one session before it is closed." },
+	{ "smtp", "greeting_delay", CFG_DURATION, "0", 0, 60 * 1000,
+	  OFF(greeting_delay_ms), NULL,
+	  "Wait this long before the greeting; a client that talks first is "
+	  "refused. Input already waiting at connect is refused even at 0." },
+	{ "smtp", "bare_lf", CFG_ENUM, "reject", 0, 0, OFF(bare_lf),
+	  bare_lf_names,
+	  "A bare LF or CR in DATA: reject the message with 550, or "
+	  "normalize it to CRLF (old devices). It never ends the data." },
+	{ "smtp", "allow_networks", CFG_NETS, "127.0.0.0/8 ::1/128", 0, 0,
+	  OFF(allow), NULL,
+	  "Client networks (CIDR, comma or space separated) allowed to relay." },
+	{ "queue", "spool_dir", CFG_STR, "/var/lib/relayd/spool", 0, 0,
+	  OFF(spool_dir), NULL,
+	  "Directory of the durable queue; must be on a local file system." },
+	{ "graph", "tenant", CFG_STR, NULL, 0, 0, OFF(tenant), NULL,
+	  "Directory (tenant) ID or domain of the app registration." },
+	{ "graph", "client_id", CFG_STR, NULL, 0, 0, OFF(client_id), NULL,
+	  "Application (client) ID of the app registration." },
+	{ "graph", "client_secret_file", CFG_STR, NULL, 0, 0,
+	  OFF(client_secret_file), NULL,
+	  "File holding the client secret; must not be group or world "
+	  "readable." },
+	{ "graph", "login_url", CFG_STR, "https://login.microsoftonline.com",
+	  0, 0, OFF(login_url), NULL, "OAuth2 token service base URL." },
+	{ "graph", "graph_url", CFG_STR, "https://graph.microsoft.com", 0, 0,
+	  OFF(graph_url), NULL, "Microsoft Graph base URL." },
+	{ "graph", "ca_file", CFG_STR, NULL, 0, 0, OFF(ca_file), NULL,
+	  "PEM bundle to verify the HTTPS servers with (default: the "
+	  "system's)." },
+	{ "status", "socket", CFG_STR, "/run/relayd/status.sock", 0, 0,
+	  OFF(status_socket), NULL, "UNIX socket for relayctl." },
+	{ "log", "level", CFG_ENUM, "info", 0, 0, OFF(log_level),
+	  log_level_names, "error, warning, info or debug." },
+};
+
+struct parser {
+	const char	*file;
+	FILE		*errf;
+	int		 errors;
+	struct config	*cfg;
+	int		 seen[NELEM(cfg_keys)];	/* line of first setting */
+};
+
+static void	perr(struct parser *, int, const char *, ...) PRINTFLIKE(3, 4);
+
+static void
+perr(struct parser *p, int line, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	p->errors++;
+	if (line > 0)
+		fprintf(p->errf, "%s:%d: ", p->file, line);
+	else
+		fprintf(p->errf, "%s: ", p->file);
+	va_start(ap, fmt);
+	vfprintf(p->errf, fmt, ap);
+	va_end(ap);
+	fputc('\n', p->errf);
+}
+
+/* Levenshtein distance, to suggest "client_id" for "clinet_id". */
+static size_t
+edit_distance(const char *a, const char *b)
+{
+	size_t	 la = strlen(a), lb = strlen(b), i, j;
+	size_t	 row[64], prev, tmp;
+
+	if (lb >= NELEM(row) || la >= 64)
+		return SIZE_MAX;
+	for (j = 0; j <= lb; j++)
+		row[j] = j;
+	for (i = 1; i <= la; i++) {
+		prev = row[0];
+		row[0] = i;
+		for (j = 1; j <= lb; j++) {
+			tmp = row[j];
+			row[j] = prev + (a[i - 1] != b[j - 1]);
+			if (row[j - 1] + 1 < row[j])
+				row[j] = row[j - 1] + 1;
+			if (tmp + 1 < row[j])
+				row[j] = tmp + 1;
+			prev = tmp;
+		}
+	}
+	return row[lb];
+}
+
+static const struct cfg_key *
+suggest(const char *section, const char *name)
+{
+	const struct cfg_key	*best = NULL;
+	size_t			 i, d, bestd = 3;
+
+	for (i = 0; i < NELEM(cfg_keys); i++) {
+		if (section != NULL && strcmp(cfg_keys[i].section, section))
+			continue;
+		d = edit_distance(name, cfg_keys[i].name);
+		if (d < bestd) {
+			bestd = d;
+			best = &cfg_keys[i];
+		}
+	}
+	return best;
+}
+
+/* Replaces the network list; on error returns -1 with the bad token in bad. */
+static int
+set_nets(struct config *cfg, const char *value, char *bad, size_t badlen)
+{
+	char		*copy = xstrdup(value), *tok, *save = NULL;
+	struct netmask	 nm, *list = NULL;
+	size_t		 n = 0;
+
+	for (tok = strtok_r(copy, ", \t", &save); tok != NULL;
+	    tok = strtok_r(NULL, ", \t", &save)) {
+		if (addr_parse_cidr(tok, &nm) == -1) {
+			strlcpy_r(bad, tok, badlen);
+			free(copy);
+			free(list);
+			return -1;
+		}
+		list = xrealloc(list, (n + 1) * sizeof(*list));
+		list[n++] = nm;
+	}
+	free(copy);
+	free(cfg->allow);
+	cfg->allow = list;
+	cfg->nallow = n;
+	return 0;
+}
+
+/* Applies one value; on error writes why into err. */
+static int
+set_value(struct config *cfg, const struct cfg_key *k, const char *value,
+    char *err, size_t errlen)
+{
+	void		*field = (char *)cfg + k->off;
+	uint64_t	 v;
+	size_t		 i;
+	int		 r = 0;
+
+	switch (k->type) {
+	case CFG_STR:
+		if (*value == '\0') {
+			snprintf(err, errlen, "\"%s\" needs a value", k->name);
+			return -1;
+		}
+		free(*(char **)field);
+		*(char **)field = xstrdup(value);
+		return 0;
+	case CFG_NUM:
+		r = parse_u64(value, 0, UINT64_MAX, &v);
+		break;
+	case CFG_SIZE:
+		r = parse_size(value, &v);
+		break;
+	case CFG_DURATION:
+		r = parse_duration_ms(value, &v);
+		break;
+	case CFG_ENUM:
+		for (i = 0; k->enums[i] != NULL; i++)
+			if (strcasecmp(value, k->enums[i]) == 0) {
+				*(int *)field = (int)i;
+				return 0;
+			}
+		snprintf(err, errlen, "\"%s\" must be one of", k->name);
+		for (i = 0; k->enums[i] != NULL; i++) {
+			size_t n = strlen(err);
+			snprintf(err + n, errlen - n, "%s%s", i ? ", " : " ",
+			    k->enums[i]);
+		}
+		{
+			size_t n = strlen(err);
+			snprintf(err + n, errlen - n, ", not \"%s\"", value);
+		}
+		return -1;
+	case CFG_LISTEN: {
+		struct listen_cfg lc;
+
+		memset(&lc, 0, sizeof(lc));
+		if (addr_parse_hostport(value, &lc.ss, &lc.sslen) == -1) {
+			snprintf(err, errlen, "listen: \"%s\" is not ADDR:PORT "
+			    "(numeric; IPv6 as [::1]:25)", value);
+			return -1;
+		}
+		strlcpy_r(lc.text, value, sizeof(lc.text));
+		cfg->listen = xrealloc(cfg->listen,
+		    (cfg->nlisten + 1) * sizeof(*cfg->listen));
+		cfg->listen[cfg->nlisten++] = lc;
+		return 0;
+	}
+	case CFG_NETS: {
+		char bad[128];
+
+		if (set_nets(cfg, value, bad, sizeof(bad)) == -1) {
+			snprintf(err, errlen, "%s: \"%s\" is not a network "
+			    "(CIDR such as 192.0.2.0/24 or 2001:db8::/32)",
+			    k->name, bad);
+			return -1;
+		}
+		return 0;
+	}
+	}
+	if (r == -1) {
+		static const char *const what[] = {
+		    [CFG_NUM] = "a whole number",
+		    [CFG_SIZE] = "a size such as 35M or 512k",
+		    [CFG_DURATION] = "a duration such as 30s, 5m or 250ms" };
+		snprintf(err, errlen, "\"%s\" must be %s, not \"%s\"",
+		    k->name, what[k->type], value);
+		return -1;
+	}
+	if (v < k->min || v > k->max) {
+		snprintf(err, errlen, "\"%s\" = %s is out of range "
+		    "(%llu to %llu%s)", k->name, value,
+		    (unsigned long long)(k->type == CFG_DURATION ?
+		    k->min / 1000 : k->min),
+		    (unsigned long long)(k->type == CFG_DURATION ?
+		    k->max / 1000 : k->max),
+		    k->type == CFG_DURATION ? " seconds" :
+		    k->type == CFG_SIZE ? " bytes" : "");
+		return -1;
+	}
+	*(uint64_t *)field = v;
+	return 0;
+}
+
+static const struct cfg_key *
+find_key(const char *section, const char *name)
+{
+	size_t	 i;
+
+	for (i = 0; i < NELEM(cfg_keys); i++)
+		if (strcmp(cfg_keys[i].section, section) == 0 &&
+		    strcmp(cfg_keys[i].name, name) == 0)
+			return &cfg_keys[i];
+	return NULL;
+}
+
+static int
+known_section(const char *s)
+{
+	size_t	 i;
+
+	for (i = 0; i < NELEM(cfg_keys); i++)
+		if (strcmp(cfg_keys[i].section, s) == 0)
+			return 1;
+	return 0;
+}
+
+static void
+parse_line(struct parser *p, char *line, int lineno, char *section,
+    size_t seclen)
+{
+	const struct cfg_key	*k, *hint;
+	char			*s = str_trim(line), *eq, *key, *val;
+	char			 err[512];
+
+	if (*s == '\0' || *s == '#' || *s == ';')
+		return;
+	if (*s == '[') {
+		char *rb = strchr(s, ']');
+		if (rb == NULL || rb[1] != '\0') {
+			perr(p, lineno, "malformed section header \"%s\"", s);
+			section[0] = '\0';
+			return;
+		}
+		*rb = '\0';
+		s = str_trim(s + 1);
+		if (!known_section(s)) {
+			perr(p, lineno, "unknown section [%s] (sections: smtp, "
+			    "queue, graph, status, log)", s);
+			section[0] = '\0';
+			section[1] = '!';	/* keys below: no more noise */
+			return;
+		}
+		strlcpy_r(section, s, seclen);
+		return;
+	}
+	if ((eq = strchr(s, '=')) == NULL) {
+		perr(p, lineno, "expected \"key = value\", got \"%s\"", s);
+		return;
+	}
+	*eq = '\0';
+	key = str_trim(s);
+	val = str_trim(eq + 1);
+	if (section[0] == '\0') {
+		if (section[1] != '!')
+			perr(p, lineno, "\"%s\" outside of any [section]",
+			    key);
+		return;
+	}
+	if ((k = find_key(section, key)) == NULL) {
+		if ((hint = suggest(section, key)) != NULL)
+			perr(p, lineno, "unknown key \"%s\" in [%s] (did you "
+			    "mean \"%s\"?)", key, section, hint->name);
+		else if ((hint = suggest(NULL, key)) != NULL &&
+		    strcmp(hint->name, key) == 0)
+			perr(p, lineno, "unknown key \"%s\" in [%s] (it "
+			    "belongs in [%s])", key, section, hint->section);
+		else
+			perr(p, lineno, "unknown key \"%s\" in [%s]", key,
+			    section);
+		return;
+	}
+	if (k->type != CFG_LISTEN && p->seen[k - cfg_keys] != 0) {
+		perr(p, lineno, "\"%s\" is already set at line %d", key,
+		    p->seen[k - cfg_keys]);
+		return;
+	}
+	if (k->type == CFG_LISTEN && p->seen[k - cfg_keys] == 0) {
+		/* The first listen line replaces the default. */
+		free(p->cfg->listen);
+		p->cfg->listen = NULL;
+		p->cfg->nlisten = 0;
+	}
+	if (p->seen[k - cfg_keys] == 0)
+		p->seen[k - cfg_keys] = lineno;
+	if (set_value(p->cfg, k, val, err, sizeof(err)) == -1)
+		perr(p, lineno, "%s", err);
+}
+
+static void
+set_defaults(struct config *cfg)
+{
+	char	 err[256], host[256];
+	size_t	 i;
+
+	for (i = 0; i < NELEM(cfg_keys); i++)
+		if (cfg_keys[i].def != NULL &&
+		    set_value(cfg, &cfg_keys[i], cfg_keys[i].def, err,
+		    sizeof(err)) == -1)
+			fatalx("config: bad default: %s", err);
+	if (gethostname(host, sizeof(host)) == -1 || host[0] == '\0')
+		strlcpy_r(host, "localhost", sizeof(host));
+	host[sizeof(host) - 1] = '\0';
+	cfg->hostname = xstrdup(host);
+}
+
+/* Checks that span keys or need the file system. */
+static void
+check_config(struct parser *p)
+{
+	struct config	*cfg = p->cfg;
+	const char	*c;
+
+	for (c = cfg->hostname; *c != '\0'; c++)
+		if (!isalnum((unsigned char)*c) && *c != '.' && *c != '-') {
+			perr(p, p->seen[1], "hostname \"%s\" is not a DNS name",
+			    cfg->hostname);
+			break;
+		}
+	if (cfg->spool_dir[0] != '/')
+		perr(p, 0, "spool_dir \"%s\" must be an absolute path",
+		    cfg->spool_dir);
+}
+
+static struct config *
+parse(struct parser *p, char *text)
+{
+	char	 section[64] = "";
+	char	*line, *next;
+	int	 lineno = 0;
+
+	for (line = text; line != NULL; line = next) {
+		lineno++;
+		if ((next = strchr(line, '\n')) != NULL)
+			*next++ = '\0';
+		if (strlen(line) > CONFIG_LINE_MAX) {
+			perr(p, lineno, "line longer than %d bytes",
+			    CONFIG_LINE_MAX);
+			continue;
+		}
+		parse_line(p, line, lineno, section, sizeof(section));
+	}
+	check_config(p);
+	if (p->errors > 0) {
+		config_free(p->cfg);
+		return NULL;
+	}
+	return p->cfg;
+}
+
+struct config *
+config_load_string(const char *name, const char *text, FILE *errf)
+{
+	struct parser	 p;
+	struct config	*cfg;
+	char		*copy;
+
+	memset(&p, 0, sizeof(p));
+	p.file = name;
+	p.errf = errf;
+	p.cfg = xcalloc(1, sizeof(*p.cfg));
+	set_defaults(p.cfg);
+	copy = xstrdup(text);
+	cfg = parse(&p, copy);
+	free(copy);
+	if (cfg != NULL)
+		cfg->path = xstrdup(name);
+	return cfg;
+}
+
+struct config *
+config_load(const char *path, FILE *errf)
+{
+	struct config	*cfg;
+	FILE		*fp;
+	char		*buf;
+	size_t		 n;
+
+	if ((fp = fopen(path, "r")) == NULL) {
+		fprintf(errf, "%s: cannot open: %s\n", path, strerror(errno));
+		return NULL;
+	}
+	buf = xmalloc(CONFIG_FILE_MAX + 1);
+	n = fread(buf, 1, CONFIG_FILE_MAX + 1, fp);
+	if (ferror(fp) || n > CONFIG_FILE_MAX) {
+		fprintf(errf, "%s: %s\n", path, ferror(fp) ?
+		    strerror(errno) : "larger than 1 MiB");
+		fclose(fp);
+		free(buf);
+		return NULL;
+	}
+	fclose(fp);
+	buf[n] = '\0';
+	if (memchr(buf, '\0', n) != NULL) {
+		fprintf(errf, "%s: contains a NUL byte; not a text file\n",
+		    path);
+		free(buf);
+		return NULL;
+	}
+	cfg = config_load_string(path, buf, errf);
+	free(buf);
+	return cfg;
+}
+
+void
+config_free(struct config *cfg)
+{
+	size_t	 i;
+
+	if (cfg == NULL)
+		return;
+	for (i = 0; i < NELEM(cfg_keys); i++)
+		if (cfg_keys[i].type == CFG_STR)
+			free(*(char **)((char *)cfg + cfg_keys[i].off));
+	free(cfg->listen);
+	free(cfg->allow);
+	free(cfg->path);
+	free(cfg);
+}
+
+/* "# " comment lines of at most 76 columns. */
+static void
+print_wrapped(FILE *fp, const char *text)
+{
+	const char	*p = text, *brk;
+	size_t		 n;
+
+	while (*p != '\0') {
+		n = strlen(p);
+		if (n > 74) {
+			for (brk = p + 74; brk > p && *brk != ' '; brk--)
+				;
+			n = brk > p ? (size_t)(brk - p) : 74;
+		}
+		fprintf(fp, "# %.*s\n", (int)n, p);
+		p += n;
+		while (*p == ' ')
+			p++;
+	}
+}
+
+void
+config_dump_defaults(FILE *fp)
+{
+	const char	*section = "";
+	size_t		 i;
+
+	for (i = 0; i < NELEM(cfg_keys); i++) {
+		const struct cfg_key *k = &cfg_keys[i];
+		if (strcmp(section, k->section) != 0) {
+			fprintf(fp, "%s[%s]\n", i ? "\n" : "", k->section);
+			section = k->section;
+		}
+		print_wrapped(fp, k->help);
+		if (k->def != NULL)
+			fprintf(fp, "#%s = %s\n", k->name, k->def);
+		else
+			fprintf(fp, "#%s =\n", k->name);
+	}
+}

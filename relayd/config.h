@@ -1,0 +1,69 @@
+/* config.h - relayd.conf: one table of keys drives parsing, checks and docs. */
+#ifndef RELAYD_CONFIG_H
+#define RELAYD_CONFIG_H
+
+#include <sys/socket.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "addr.h"
+
+enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_NORMALIZE };
+
+struct listen_cfg {
+	struct sockaddr_storage	 ss;
+	socklen_t		 sslen;
+	char			 text[ADDR_STRLEN];
+};
+
+struct config {
+	char			*path;
+
+	/* [smtp] */
+	struct listen_cfg	*listen;
+	size_t			 nlisten;
+	char			*hostname;
+	uint64_t		 max_message_size;
+	uint64_t		 max_recipients;
+	uint64_t		 max_line_length;
+	uint64_t		 command_timeout_ms;
+	uint64_t		 data_timeout_ms;
+	uint64_t		 max_connections;
+	uint64_t		 max_connections_per_client;
+	uint64_t		 max_errors;
+	uint64_t		 greeting_delay_ms;
+	int			 bare_lf;
+	struct netmask		*allow;
+	size_t			 nallow;
+
+	/* [queue] */
+	char			*spool_dir;
+
+	/* [graph] */
+	char			*tenant;
+	char			*client_id;
+	char			*client_secret_file;
+	char			*login_url;
+	char			*graph_url;
+	char			*ca_file;
+
+	/* [status] */
+	char			*status_socket;
+
+	/* [log] */
+	int			 log_level;
+};
+
+/*
+ * Reads and checks a config file. Every problem is written to errf as
+ * "FILE:LINE: message"; returns NULL if there was any. The caller frees the
+ * result with config_free().
+ */
+struct config	*config_load(const char *, FILE *);
+/* Same, from a string (unit tests); name is used in messages. */
+struct config	*config_load_string(const char *, const char *, FILE *);
+void		 config_free(struct config *);
+/* Writes every key with its default and help text, as conf/relayd.conf. */
+void		 config_dump_defaults(FILE *);
+
+#endif

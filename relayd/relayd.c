@@ -1,0 +1,152 @@
+/*
+ * relayd.c - main: flags, config, start-up order, signals, shutdown.
+ *
+ * Start-up: config (exit 78 on any error), spool (recover what is queued),
+ * listeners, then READY=1 to systemd. Everything after that runs on one
+ * libevent loop; the spool's commit thread is the only other thread.
+ */
+#include "autoconf.h"
+
+#include <sys/resource.h>
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sysexits.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <systemd/sd-daemon.h>
+
+#include "config.h"
+#include "log.h"
+#include "smtp.h"
+#include "spool.h"
+#include "util.h"
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+#define RELAYD_CONF	SYSCONFDIR "/relayd/relayd.conf"
+
+static void
+usage(void)
+{
+	fprintf(stderr, "usage: relayd [-n] [-d] [-c file]\n"
+	    "  -c file  configuration (default " RELAYD_CONF ")\n"
+	    "  -n       check the configuration and exit (0 ok, 78 errors)\n"
+	    "  -d       debug logging\n"
+	    "  -D       print every key with its default and exit\n"
+	    "  -V       print the version and exit\n");
+	exit(EX_USAGE);
+}
+
+static void
+stop_cb(evutil_socket_t sig, short ev, void *arg)
+{
+	struct event_base	*base = arg;
+
+	(void)ev;
+	log_info("relayd: signal %d, stopping", (int)sig);
+	event_base_loopbreak(base);
+}
+
+/* Each connection needs a descriptor; take what the hard limit allows. */
+static void
+raise_nofile(void)
+{
+	struct rlimit	 rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+int
+main(int argc, char *argv[])
+{
+	const char		*path = RELAYD_CONF;
+	struct config		*cfg;
+	struct event_base	*base;
+	struct event		*ev_term, *ev_int;
+	struct spool		*spool;
+	struct smtp		*smtp;
+	char			 err[512];
+	int			 ch, check = 0, debug = 0;
+
+	while ((ch = getopt(argc, argv, "c:dDnV")) != -1) {
+		switch (ch) {
+		case 'c':
+			path = optarg;
+			break;
+		case 'd':
+			debug = 1;
+			break;
+		case 'D':
+			config_dump_defaults(stdout);
+			return 0;
+		case 'n':
+			check = 1;
+			break;
+		case 'V':
+			printf("relayd %s\n", PACKAGE_VERSION);
+			return 0;
+		default:
+			usage();
+		}
+	}
+	if (optind != argc)
+		usage();
+	log_init("relayd", LOG_LVL_INFO);
+
+	if ((cfg = config_load(path, stderr)) == NULL)
+		return EX_CONFIG;
+	if (check) {
+		printf("%s: configuration OK\n", path);
+		config_free(cfg);
+		return 0;
+	}
+	log_set_level(debug ? LOG_LVL_DEBUG : cfg->log_level);
+	signal(SIGPIPE, SIG_IGN);
+	raise_nofile();
+
+	if ((base = event_base_new()) == NULL)
+		fatalx("event_base_new failed");
+	if ((spool = spool_open(cfg->spool_dir, base, err, sizeof(err))) ==
+	    NULL) {
+		log_msg(LOG_LVL_ERR, "relayd: %s", err);
+		return EX_CANTCREAT;
+	}
+	log_info("spool: %zu queued message(s) found dir=%s",
+	    spool_count(spool), cfg->spool_dir);
+
+	smtp_session_init(cfg);
+	smtp = smtp_new(base, cfg, spool);
+	if (smtp_listen(smtp, err, sizeof(err)) == -1) {
+		log_msg(LOG_LVL_ERR, "relayd: %s", err);
+		return EX_OSERR;
+	}
+	ev_term = evsignal_new(base, SIGTERM, stop_cb, base);
+	ev_int = evsignal_new(base, SIGINT, stop_cb, base);
+	evsignal_add(ev_term, NULL);
+	evsignal_add(ev_int, NULL);
+
+	log_info("relayd started version=%s", PACKAGE_VERSION);
+	sd_notify(0, "READY=1");
+	event_base_dispatch(base);
+	sd_notify(0, "STOPPING=1");
+
+	/* Commits in flight finish before the spool is closed. */
+	smtp_free(smtp);
+	spool_free(spool);
+	smtp_session_shutdown();
+	event_free(ev_term);
+	event_free(ev_int);
+	event_base_free(base);
+	config_free(cfg);
+	log_info("relayd stopped");
+	return 0;
+}

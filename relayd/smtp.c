@@ -1,0 +1,285 @@
+/*
+ * smtp.c - listening sockets, accept, and the connection limits that apply
+ * before a session exists: in total and per client address. A client over a
+ * limit gets a 421 and is closed at once; everyone else is unaffected.
+ * Running out of descriptors pauses accepting for a second instead of
+ * spinning.
+ */
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "addr.h"
+#include "config.h"
+#include "log.h"
+#include "smtp.h"
+#include "util.h"
+
+#define CLIENT_BUCKETS	4096
+
+struct client_count {
+	uint8_t			 key[17];
+	size_t			 n;
+	struct client_count	*next;
+};
+
+struct smtp_listener {
+	struct smtp		*smtp;
+	struct evconnlistener	*evl;
+	struct event		*resume;
+	char			 name[ADDR_STRLEN];
+};
+
+struct smtp {
+	struct event_base	*base;
+	const struct config	*cfg;
+	struct spool		*spool;
+	struct smtp_listener	*listeners;
+	size_t			 nlisteners;
+	size_t			 nsessions;
+	struct client_count	*clients[CLIENT_BUCKETS];
+};
+
+static unsigned
+client_hash(const uint8_t key[17])
+{
+	unsigned	 h = 2166136261u;
+	int		 i;
+
+	for (i = 0; i < 17; i++)
+		h = (h ^ key[i]) * 16777619u;
+	return h % CLIENT_BUCKETS;
+}
+
+static struct client_count **
+client_find(struct smtp *sm, const uint8_t key[17])
+{
+	struct client_count	**cp;
+
+	for (cp = &sm->clients[client_hash(key)]; *cp != NULL;
+	    cp = &(*cp)->next)
+		if (memcmp((*cp)->key, key, 17) == 0)
+			break;
+	return cp;
+}
+
+void
+smtp_session_gone(struct smtp *sm, const struct sockaddr *sa)
+{
+	struct client_count	**cp, *c;
+	uint8_t			 key[17];
+
+	addr_key(sa, key);
+	cp = client_find(sm, key);
+	if ((c = *cp) != NULL && --c->n == 0) {
+		*cp = c->next;
+		free(c);
+	}
+	sm->nsessions--;
+}
+
+/* Best effort: the socket is new and its buffer empty. */
+static void
+refuse(int fd, const char *text)
+{
+	ssize_t	 n;
+
+	n = write(fd, text, strlen(text));
+	(void)n;
+	close(fd);
+}
+
+static void
+accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
+    int salen, void *arg)
+{
+	struct smtp_listener	 *l = arg;
+	struct smtp		 *sm = l->smtp;
+	struct client_count	**cp, *c;
+	uint8_t			  key[17];
+	char			  ip[ADDR_STRLEN], buf[256];
+	int			  one = 1;
+
+	(void)evl;
+	addr_ntop(sa, ip, sizeof(ip));
+	if (sm->nsessions >= sm->cfg->max_connections) {
+		log_warnx("smtp refused client=%s listener=%s reason=\"too "
+		    "many connections (max_connections=%llu)\"", ip, l->name,
+		    (unsigned long long)sm->cfg->max_connections);
+		snprintf(buf, sizeof(buf), "421 4.7.0 %s Too many connections, "
+		    "try again later\r\n", sm->cfg->hostname);
+		refuse(fd, buf);
+		return;
+	}
+	addr_key(sa, key);
+	cp = client_find(sm, key);
+	if (*cp != NULL && (*cp)->n >= sm->cfg->max_connections_per_client) {
+		log_warnx("smtp refused client=%s listener=%s reason=\"too "
+		    "many connections from this client "
+		    "(max_connections_per_client=%llu)\"", ip, l->name,
+		    (unsigned long long)sm->cfg->max_connections_per_client);
+		snprintf(buf, sizeof(buf), "421 4.7.0 %s Too many connections "
+		    "from your address, try again later\r\n",
+		    sm->cfg->hostname);
+		refuse(fd, buf);
+		return;
+	}
+	if ((c = *cp) == NULL) {
+		c = *cp = xcalloc(1, sizeof(*c));
+		memcpy(c->key, key, 17);
+	}
+	c->n++;
+	sm->nsessions++;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	smtp_session_new(sm, l, fd, sa, (socklen_t)salen);
+}
+
+static void
+resume_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct smtp_listener	*l = arg;
+
+	(void)fd;
+	(void)ev;
+	evconnlistener_enable(l->evl);
+}
+
+static void
+accept_error_cb(struct evconnlistener *evl, void *arg)
+{
+	struct smtp_listener	*l = arg;
+	struct timeval		 tv = { 1, 0 };
+
+	if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+	    errno == ENOMEM) {
+		log_warn("smtp listener=%s accept paused for 1s", l->name);
+		evconnlistener_disable(evl);
+		evtimer_add(l->resume, &tv);
+	} else if (errno != EAGAIN && errno != ECONNABORTED && errno != EINTR)
+		log_warn("smtp listener=%s accept", l->name);
+}
+
+struct smtp *
+smtp_new(struct event_base *base, const struct config *cfg,
+    struct spool *spool)
+{
+	struct smtp	*sm;
+
+	sm = xcalloc(1, sizeof(*sm));
+	sm->base = base;
+	sm->cfg = cfg;
+	sm->spool = spool;
+	return sm;
+}
+
+static int
+bind_one(struct smtp *sm, const struct listen_cfg *lc, char *err, size_t len)
+{
+	struct smtp_listener	*l = &sm->listeners[sm->nlisteners];
+	int			 fd, one = 1;
+
+	fd = socket(lc->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
+	    SOCK_CLOEXEC, 0);
+	if (fd == -1)
+		goto fail;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (lc->ss.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&lc->ss, lc->sslen) == -1 ||
+	    listen(fd, 1024) == -1)
+		goto fail;
+	l->smtp = sm;
+	strlcpy_r(l->name, lc->text, sizeof(l->name));
+	l->evl = evconnlistener_new(sm->base, accept_cb, l,
+	    LEV_OPT_CLOSE_ON_FREE, -1, fd);
+	if (l->evl == NULL)
+		goto fail;
+	evconnlistener_set_error_cb(l->evl, accept_error_cb);
+	l->resume = evtimer_new(sm->base, resume_cb, l);
+	sm->nlisteners++;
+	log_info("smtp listening listener=%s", lc->text);
+	return 0;
+fail:
+	snprintf(err, len, "listen %s: %s%s", lc->text, strerror(errno),
+	    errno == EACCES ? " (ports below 1024 need "
+	    "CAP_NET_BIND_SERVICE)" : errno == EADDRINUSE ? " (another "
+	    "program has this port)" : errno == EADDRNOTAVAIL ? " (no such "
+	    "local address)" : "");
+	if (fd != -1)
+		close(fd);
+	return -1;
+}
+
+int
+smtp_listen(struct smtp *sm, char *err, size_t len)
+{
+	size_t	 i;
+
+	sm->listeners = xcalloc(sm->cfg->nlisten, sizeof(*sm->listeners));
+	for (i = 0; i < sm->cfg->nlisten; i++)
+		if (bind_one(sm, &sm->cfg->listen[i], err, len) == -1)
+			return -1;
+	return 0;
+}
+
+void
+smtp_free(struct smtp *sm)
+{
+	struct client_count	*c, *next;
+	size_t			 i;
+
+	if (sm == NULL)
+		return;
+	for (i = 0; i < sm->nlisteners; i++) {
+		evconnlistener_free(sm->listeners[i].evl);
+		event_free(sm->listeners[i].resume);
+	}
+	free(sm->listeners);
+	for (i = 0; i < CLIENT_BUCKETS; i++)
+		for (c = sm->clients[i]; c != NULL; c = next) {
+			next = c->next;
+			free(c);
+		}
+	free(sm);
+}
+
+size_t
+smtp_nsessions(const struct smtp *sm)
+{
+	return sm->nsessions;
+}
+
+const struct config *
+smtp_config(const struct smtp *sm)
+{
+	return sm->cfg;
+}
+
+struct spool *
+smtp_spool(const struct smtp *sm)
+{
+	return sm->spool;
+}
+
+struct event_base *
+smtp_base(const struct smtp *sm)
+{
+	return sm->base;
+}
+
+const char *
+smtp_listener_name(const struct smtp_listener *l)
+{
+	return l->name;
+}

@@ -1,0 +1,36 @@
+/* smtp.h - SMTP listeners and accept; sessions live in smtp_session.c. */
+#ifndef RELAYD_SMTP_H
+#define RELAYD_SMTP_H
+
+#include <sys/socket.h>
+#include <stddef.h>
+
+struct config;
+struct event_base;
+struct spool;
+struct smtp;
+struct smtp_listener;
+struct smtp_session;
+
+struct smtp	*smtp_new(struct event_base *, const struct config *,
+		    struct spool *);
+/* Binds every listen address; on failure says which and why in err. */
+int		 smtp_listen(struct smtp *, char *, size_t);
+void		 smtp_free(struct smtp *);
+size_t		 smtp_nsessions(const struct smtp *);
+
+/* For smtp_session.c. */
+const struct config *smtp_config(const struct smtp *);
+struct spool	*smtp_spool(const struct smtp *);
+struct event_base *smtp_base(const struct smtp *);
+const char	*smtp_listener_name(const struct smtp_listener *);
+void		 smtp_session_gone(struct smtp *, const struct sockaddr *);
+
+/* smtp_session.c */
+void		 smtp_session_new(struct smtp *, struct smtp_listener *, int,
+		    const struct sockaddr *, socklen_t);
+/* Scratch buffers sized from the config; call once at start. */
+void		 smtp_session_init(const struct config *);
+void		 smtp_session_shutdown(void);
+
+#endif

@@ -1,0 +1,1019 @@
+/*
+ * smtp_session.c - one SMTP connection: an explicit state machine, a table of
+ * commands, one reply function and one place that frees.
+ *
+ * The session owns its bufferevent and, from MAIL to the end of the data, a
+ * transaction (struct smtp_tx) that owns the spool file being written. Input
+ * is handled strictly in order: while a message is being committed to disk
+ * the session reads no further commands, so pipelined commands are answered
+ * in order and a 250 is only ever sent for a message that is durable.
+ *
+ * Limits (config): line length, message size, recipients, errors, idle
+ * timeouts. DATA is decoded by smtp_proto.c's data_dec, which only ends on
+ * CRLF.CRLF; bare CR/LF are refused or normalised, never a line end.
+ */
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "addr.h"
+#include "config.h"
+#include "log.h"
+#include "smtp.h"
+#include "smtp_proto.h"
+#include "spool.h"
+#include "util.h"
+
+#define SMTP_READ_HIGHWAT	(256 * 1024)	/* bytes buffered per client */
+#define SMTP_DATA_CHUNK		(64 * 1024)	/* decoded per pass */
+#define SMTP_LOGTEXT_MAX	128
+#define SMTP_LINGER_SEC		2	/* discard input after the last reply */
+
+enum smtp_state {
+	STATE_NEW,		/* connected, greeting not yet sent */
+	STATE_GREETED,		/* waiting for HELO/EHLO */
+	STATE_HELO,		/* ready for MAIL */
+	STATE_RCPT,		/* in a transaction (MAIL given) */
+	STATE_DATA,		/* reading DATA */
+	STATE_BDAT,		/* reading a BDAT chunk */
+	STATE_COMMIT,		/* waiting for the spool; input paused */
+	STATE_CLOSING,		/* flushing the last reply */
+};
+
+enum tx_error {
+	TX_OK,
+	TX_ERR_SIZE,		/* over max_message_size */
+	TX_ERR_SPOOL,		/* write failed */
+	TX_ERR_SEQ,		/* BDAT without MAIL/RCPT */
+};
+
+struct smtp_tx {
+	char			 mail_from[SMTP_PATH_MAX + 1];
+	char			*mail_params;
+	char			**rcpts;
+	size_t			 nrcpts;
+	int			 smtputf8;
+	int			 bdat;		/* BDAT used: DATA no more */
+	uint64_t		 size;
+	int			 error;
+	int			 spool_errno;
+	struct data_dec		 dec;
+	struct spool_msg	*msg;
+};
+
+struct smtp_session {
+	uint64_t		 id;
+	struct smtp		*smtp;
+	const struct config	*cfg;
+	struct smtp_listener	*listener;
+	struct bufferevent	*bev;
+	struct event		*timer;		/* greeting delay, deferred free */
+	struct sockaddr_storage	 ss;
+	char			 addr[ADDR_STRLEN];
+	enum smtp_state		 state;
+	int			 ehlo;
+	int			 relay_ok;
+	char			*helo;
+	struct smtp_tx		*tx;
+	uint64_t		 bdat_left;
+	uint64_t		 bdat_chunk;
+	int			 bdat_last;
+	int			 discard_line;
+	unsigned		 nerrors;
+	unsigned		 nmsgs;
+	int			 freeing;
+	int			 lingering;
+	const char		*close_reason;
+};
+
+struct smtp_cmd_entry {
+	enum smtp_cmd	 cmd;
+	unsigned	 states;	/* bit per enum smtp_state */
+	void		(*fn)(struct smtp_session *, const char *);
+	const char	*wrong_state;	/* 503 text */
+};
+
+static void	smtp_reply(struct smtp_session *, const char *, ...)
+		    PRINTFLIKE(2, 3);
+static void	smtp_process(struct smtp_session *);
+static void	smtp_close(struct smtp_session *, const char *);
+static void	smtp_enter(struct smtp_session *, enum smtp_state);
+static void	linger(struct smtp_session *);
+static void	cmd_helo(struct smtp_session *, const char *);
+static void	cmd_ehlo(struct smtp_session *, const char *);
+static void	cmd_mail(struct smtp_session *, const char *);
+static void	cmd_rcpt(struct smtp_session *, const char *);
+static void	cmd_data(struct smtp_session *, const char *);
+static void	cmd_bdat(struct smtp_session *, const char *);
+static void	cmd_rset(struct smtp_session *, const char *);
+static void	cmd_noop(struct smtp_session *, const char *);
+static void	cmd_quit(struct smtp_session *, const char *);
+static void	cmd_help(struct smtp_session *, const char *);
+static void	cmd_vrfy(struct smtp_session *, const char *);
+static void	cmd_notimpl(struct smtp_session *, const char *);
+static void	cmd_http(struct smtp_session *, const char *);
+
+#define S(x)		(1u << (x))
+#define S_CMD		(S(STATE_GREETED) | S(STATE_HELO) | S(STATE_RCPT))
+
+static const struct smtp_cmd_entry smtp_cmds[] = {
+	{ CMD_HELO, S_CMD, cmd_helo, NULL },
+	{ CMD_EHLO, S_CMD, cmd_ehlo, NULL },
+	{ CMD_MAIL, S(STATE_HELO), cmd_mail, NULL },
+	{ CMD_RCPT, S(STATE_RCPT), cmd_rcpt, "send MAIL FROM first" },
+	{ CMD_DATA, S(STATE_RCPT), cmd_data, "send MAIL FROM first" },
+	{ CMD_BDAT, S_CMD, cmd_bdat, NULL },
+	{ CMD_RSET, S_CMD, cmd_rset, NULL },
+	{ CMD_NOOP, S_CMD, cmd_noop, NULL },
+	{ CMD_QUIT, S_CMD, cmd_quit, NULL },
+	{ CMD_HELP, S_CMD, cmd_help, NULL },
+	{ CMD_VRFY, S_CMD, cmd_vrfy, NULL },
+	{ CMD_EXPN, S_CMD, cmd_notimpl, NULL },
+	{ CMD_STARTTLS, S_CMD, cmd_notimpl, NULL },
+	{ CMD_AUTH, S_CMD, cmd_notimpl, NULL },
+	{ CMD_HTTP, S_CMD, cmd_http, NULL },
+};
+
+/* Shared scratch: the loop is single-threaded and never re-enters. */
+static char	*line_buf;
+static size_t	 line_max;
+static char	*dec_buf;
+static uint64_t	 next_id;
+
+void
+smtp_session_init(const struct config *cfg)
+{
+	line_max = cfg->max_line_length;
+	line_buf = xrealloc(line_buf, line_max + 3);
+	dec_buf = xrealloc(dec_buf, 2 * SMTP_DATA_CHUNK + 8);
+	next_id = wall_us() << 8;
+}
+
+void
+smtp_session_shutdown(void)
+{
+	free(line_buf);
+	free(dec_buf);
+	line_buf = dec_buf = NULL;
+}
+
+static const char *
+state_name(enum smtp_state st)
+{
+	static const char *const names[] = { "NEW", "GREETED", "HELO",
+	    "RCPT", "DATA", "BDAT", "COMMIT", "CLOSING" };
+
+	return (unsigned)st < NELEM(names) ? names[st] : "?";
+}
+
+static void
+smtp_enter(struct smtp_session *s, enum smtp_state st)
+{
+	struct timeval	 tv;
+	uint64_t	 ms;
+
+	log_debug("%016" PRIx64 " smtp state %s -> %s", s->id,
+	    state_name(s->state), state_name(st));
+	s->state = st;
+	if (s->bev == NULL || st == STATE_CLOSING)
+		return;
+	/* Our own disk wait is not the client's idleness. */
+	if (st == STATE_COMMIT) {
+		bufferevent_set_timeouts(s->bev, NULL, NULL);
+		return;
+	}
+	ms = (st == STATE_DATA || st == STATE_BDAT) ?
+	    s->cfg->data_timeout_ms : s->cfg->command_timeout_ms;
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+}
+
+static void
+smtp_reply(struct smtp_session *s, const char *fmt, ...)
+{
+	struct evbuffer	*out;
+	va_list		 ap;
+	char		 buf[512];
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	if (buf[0] == '4' || buf[0] == '5')
+		log_info("%016" PRIx64 " smtp reply client=%s state=%s "
+		    "result=\"%s\"", s->id, s->addr, state_name(s->state), buf);
+	if (s->bev == NULL)
+		return;
+	out = bufferevent_get_output(s->bev);
+	evbuffer_add_printf(out, "%s\r\n", buf);
+}
+
+/* A client error: reply, and close once there were too many. */
+static void
+smtp_error(struct smtp_session *s, const char *fmt, ...) PRINTFLIKE(2, 3);
+
+static void
+smtp_error(struct smtp_session *s, const char *fmt, ...)
+{
+	va_list	 ap;
+	char	 buf[512];
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	smtp_reply(s, "%s", buf);
+	if (++s->nerrors >= s->cfg->max_errors) {
+		smtp_reply(s, "421 4.7.0 %s Too many errors, closing "
+		    "connection", s->cfg->hostname);
+		smtp_close(s, "too many errors");
+	}
+}
+
+static void
+tx_free(struct smtp_session *s)
+{
+	struct smtp_tx	*tx = s->tx;
+	size_t		 i;
+
+	if (tx == NULL)
+		return;
+	if (tx->msg != NULL)
+		spool_msg_abort(tx->msg);
+	for (i = 0; i < tx->nrcpts; i++)
+		free(tx->rcpts[i]);
+	free(tx->rcpts);
+	free(tx->mail_params);
+	free(tx);
+	s->tx = NULL;
+}
+
+static void
+session_free_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct smtp_session	*s = arg;
+
+	(void)fd;
+	(void)ev;
+	log_info("%016" PRIx64 " smtp disconnect client=%s msgs=%u "
+	    "reason=\"%s\"", s->id, s->addr, s->nmsgs,
+	    s->close_reason ? s->close_reason : "unknown");
+	tx_free(s);
+	if (s->bev != NULL)
+		bufferevent_free(s->bev);
+	event_free(s->timer);
+	smtp_session_gone(s->smtp, (struct sockaddr *)&s->ss);
+	free(s->helo);
+	free(s);
+}
+
+/* Frees on the next loop turn, when no callback can still be using s. */
+static void
+session_free_later(struct smtp_session *s)
+{
+	struct timeval	 tv = { 0, 0 };
+
+	if (s->freeing)
+		return;
+	s->freeing = 1;
+	if (s->tx != NULL && s->tx->msg != NULL && s->state == STATE_COMMIT) {
+		/* The commit goes on; nobody is left to tell. */
+		spool_msg_forget(s->tx->msg);
+		s->tx->msg = NULL;
+	}
+	if (s->bev != NULL) {
+		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
+		bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
+	}
+	event_del(s->timer);
+	event_assign(s->timer, smtp_base(s->smtp), -1, 0, session_free_cb, s);
+	event_add(s->timer, &tv);
+}
+
+/* Closes after what was written is flushed. */
+static void
+smtp_close(struct smtp_session *s, const char *reason)
+{
+	if (s->state == STATE_CLOSING)
+		return;
+	if (s->close_reason == NULL)
+		s->close_reason = reason;
+	smtp_enter(s, STATE_CLOSING);
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+		linger(s);
+	/* else: write_cb lingers once the output is drained */
+}
+
+/* ---- commands ---- */
+
+static void
+tx_reset(struct smtp_session *s)
+{
+	tx_free(s);
+	if (s->state == STATE_RCPT)
+		smtp_enter(s, STATE_HELO);
+}
+
+static void
+do_helo(struct smtp_session *s, const char *arg, int ehlo)
+{
+	char	 esc[SMTP_LOGTEXT_MAX];
+
+	if (*arg == '\0') {
+		smtp_error(s, "501 5.5.4 Syntax: %s hostname",
+		    ehlo ? "EHLO" : "HELO");
+		return;
+	}
+	if (!smtp_valid_helo(arg)) {
+		smtp_error(s, "501 5.5.4 Invalid %s name \"%s\"",
+		    ehlo ? "EHLO" : "HELO",
+		    log_escape(esc, sizeof(esc), arg, strlen(arg)));
+		return;
+	}
+	tx_free(s);
+	free(s->helo);
+	s->helo = xstrdup(arg);
+	s->ehlo = ehlo;
+	smtp_enter(s, STATE_HELO);
+}
+
+static void
+cmd_helo(struct smtp_session *s, const char *arg)
+{
+	do_helo(s, arg, 0);
+	if (s->state == STATE_HELO)
+		smtp_reply(s, "250 %s Hello %s [%s]", s->cfg->hostname,
+		    s->helo, s->addr);
+}
+
+static void
+cmd_ehlo(struct smtp_session *s, const char *arg)
+{
+	do_helo(s, arg, 1);
+	if (s->state != STATE_HELO)
+		return;
+	smtp_reply(s, "250-%s Hello %s [%s]", s->cfg->hostname, s->helo,
+	    s->addr);
+	smtp_reply(s, "250-PIPELINING");
+	smtp_reply(s, "250-SIZE %" PRIu64, s->cfg->max_message_size);
+	smtp_reply(s, "250-8BITMIME");
+	smtp_reply(s, "250-SMTPUTF8");
+	smtp_reply(s, "250-ENHANCEDSTATUSCODES");
+	smtp_reply(s, "250 CHUNKING");
+}
+
+static void
+cmd_mail(struct smtp_session *s, const char *arg)
+{
+	struct smtp_tx	*tx;
+	const char	*params, *why, *p;
+	char		 addr[SMTP_PATH_MAX + 1], key[32], val[64];
+	int		 utf8, smtputf8 = 0;
+	uint64_t	 size;
+
+	if (s->tx != NULL) {
+		smtp_error(s, "503 5.5.1 Nested MAIL command");
+		return;
+	}
+	if (smtp_parse_path(arg, "FROM:", addr, sizeof(addr), &params, &utf8,
+	    &why) == -1) {
+		smtp_error(s, "501 5.1.7 Bad sender address: %s", why);
+		return;
+	}
+	for (p = params; smtp_param_next(&p, key, sizeof(key), val,
+	    sizeof(val)); ) {
+		if (strcasecmp(key, "SIZE") == 0) {
+			if (parse_u64(val, 0, UINT64_MAX, &size) == -1) {
+				smtp_error(s, "501 5.5.4 Bad SIZE parameter");
+				return;
+			}
+			if (size > s->cfg->max_message_size) {
+				smtp_error(s, "552 5.3.4 Message size exceeds "
+				    "fixed maximum message size (%" PRIu64
+				    " bytes)", s->cfg->max_message_size);
+				return;
+			}
+		} else if (strcasecmp(key, "BODY") == 0) {
+			if (strcasecmp(val, "7BIT") != 0 &&
+			    strcasecmp(val, "8BITMIME") != 0) {
+				smtp_error(s, "501 5.5.4 Unsupported BODY "
+				    "type");
+				return;
+			}
+		} else if (strcasecmp(key, "SMTPUTF8") == 0 && s->ehlo)
+			smtputf8 = 1;
+		else if (strcasecmp(key, "AUTH") == 0)
+			;	/* RFC 4954: accepted, not trusted */
+		else {
+			smtp_error(s, "555 5.5.4 Unsupported MAIL parameter "
+			    "%s", key[0] ? key : "(empty)");
+			return;
+		}
+	}
+	if (utf8 && !smtputf8) {
+		smtp_error(s, "553 5.6.7 Non-ASCII sender address needs "
+		    "SMTPUTF8");
+		return;
+	}
+	tx = s->tx = xcalloc(1, sizeof(*tx));
+	memcpy(tx->mail_from, addr, sizeof(addr));
+	tx->mail_params = xstrdup(params);
+	tx->smtputf8 = smtputf8;
+	smtp_enter(s, STATE_RCPT);
+	smtp_reply(s, "250 2.1.0 Ok");
+}
+
+static void
+cmd_rcpt(struct smtp_session *s, const char *arg)
+{
+	struct smtp_tx	*tx = s->tx;
+	const char	*params, *why;
+	char		 addr[SMTP_PATH_MAX + 1];
+	size_t		 i;
+	int		 utf8;
+
+	if (tx->bdat) {
+		smtp_error(s, "503 5.5.1 RCPT not allowed during BDAT");
+		return;
+	}
+	if (tx->nrcpts >= s->cfg->max_recipients) {
+		smtp_reply(s, "452 4.5.3 Too many recipients (at most %" PRIu64
+		    " per message)", s->cfg->max_recipients);
+		return;
+	}
+	if (smtp_parse_path(arg, "TO:", addr, sizeof(addr), &params, &utf8,
+	    &why) == -1 || addr[0] == '\0') {
+		smtp_error(s, "501 5.1.3 Bad recipient address: %s",
+		    addr[0] == '\0' ? "empty" : why);
+		return;
+	}
+	if (*params != '\0') {
+		smtp_error(s, "555 5.5.4 Unsupported RCPT parameter");
+		return;
+	}
+	if (utf8 && !tx->smtputf8) {
+		smtp_error(s, "553 5.6.7 Non-ASCII recipient address needs "
+		    "SMTPUTF8");
+		return;
+	}
+	if (!s->relay_ok) {
+		smtp_error(s, "554 5.7.1 <%s>: Relay access denied (client "
+		    "%s is not in allow_networks)", addr, s->addr);
+		return;
+	}
+	for (i = 0; i < tx->nrcpts; i++)
+		if (strcasecmp(tx->rcpts[i], addr) == 0) {
+			smtp_reply(s, "250 2.1.5 Ok (duplicate)");
+			return;
+		}
+	tx->rcpts = xrealloc(tx->rcpts, (tx->nrcpts + 1) * sizeof(char *));
+	tx->rcpts[tx->nrcpts++] = xstrdup(addr);
+	smtp_reply(s, "250 2.1.5 Ok");
+}
+
+/* Opens the spool file and writes our Received: header. */
+static int
+tx_open(struct smtp_session *s)
+{
+	struct smtp_tx		*tx = s->tx;
+	struct spool_env	 env;
+	char			 date[64], hdr[1024];
+	time_t			 now = time(NULL);
+	struct tm		 tm;
+	int			 n;
+
+	memset(&env, 0, sizeof(env));
+	env.arrival_us = wall_us();
+	env.client = s->addr;
+	env.listener = smtp_listener_name(s->listener);
+	env.helo = s->helo;
+	env.user = "";
+	env.mail_from = tx->mail_from;
+	env.mail_params = tx->mail_params;
+	env.rcpts = (const char *const *)tx->rcpts;
+	env.nrcpts = tx->nrcpts;
+	if ((tx->msg = spool_msg_new(smtp_spool(s->smtp), &env)) == NULL) {
+		log_warn("%016" PRIx64 " spool: cannot create message",
+		    s->id);
+		return -1;
+	}
+	gmtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	n = snprintf(hdr, sizeof(hdr), "Received: from %s ([%s])\r\n"
+	    "\tby %s (relayd) with %s id %s%s%s%s;\r\n\t%s\r\n",
+	    s->helo, s->addr, s->cfg->hostname,
+	    tx->smtputf8 ? "UTF8SMTP" : s->ehlo ? "ESMTP" : "SMTP",
+	    spool_msg_qid(tx->msg),
+	    tx->nrcpts == 1 ? "\r\n\tfor <" : "",
+	    tx->nrcpts == 1 ? tx->rcpts[0] : "",
+	    tx->nrcpts == 1 ? ">" : "", date);
+	/* Not counted in the message size, like Postfix's own header. */
+	if (n < 0 || (size_t)n >= sizeof(hdr) ||
+	    spool_msg_write(tx->msg, hdr, (size_t)n) == -1) {
+		tx->spool_errno = errno;
+		tx->error = TX_ERR_SPOOL;
+	}
+	return 0;
+}
+
+static void
+cmd_data(struct smtp_session *s, const char *arg)
+{
+	struct smtp_tx	*tx = s->tx;
+
+	if (*arg != '\0') {
+		smtp_error(s, "501 5.5.4 Syntax: DATA (no arguments)");
+		return;
+	}
+	if (tx->bdat) {
+		smtp_error(s, "503 5.5.1 DATA not allowed after BDAT");
+		return;
+	}
+	if (tx->nrcpts == 0) {
+		smtp_error(s, "554 5.5.1 No valid recipients");
+		return;
+	}
+	if (tx_open(s) == -1) {
+		smtp_reply(s, "452 4.3.1 Insufficient system storage, try "
+		    "again later");
+		return;
+	}
+	data_dec_init(&tx->dec, s->cfg->bare_lf == BARE_LF_NORMALIZE);
+	smtp_enter(s, STATE_DATA);
+	smtp_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+}
+
+static void
+cmd_bdat(struct smtp_session *s, const char *arg)
+{
+	uint64_t	 size;
+	int		 last;
+
+	if (smtp_parse_bdat(arg, &size, &last) == -1) {
+		/* The chunk size is unknown: the stream cannot be followed. */
+		smtp_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]; closing");
+		smtp_close(s, "bad BDAT");
+		return;
+	}
+	s->bdat_left = s->bdat_chunk = size;
+	s->bdat_last = last;
+	if (s->tx == NULL || s->tx->nrcpts == 0) {
+		/* RFC 3030: the chunk is read, then refused. */
+		if (s->tx == NULL)
+			s->tx = xcalloc(1, sizeof(*s->tx));
+		s->tx->error = TX_ERR_SEQ;
+	} else if (!s->tx->bdat) {
+		s->tx->bdat = 1;
+		if (tx_open(s) == -1) {
+			s->tx->error = TX_ERR_SPOOL;
+			s->tx->spool_errno = errno;
+		}
+	}
+	smtp_enter(s, STATE_BDAT);
+}
+
+static void
+cmd_rset(struct smtp_session *s, const char *arg)
+{
+	(void)arg;
+	tx_reset(s);
+	smtp_reply(s, "250 2.0.0 Ok");
+}
+
+static void
+cmd_noop(struct smtp_session *s, const char *arg)
+{
+	(void)arg;
+	smtp_reply(s, "250 2.0.0 Ok");
+}
+
+static void
+cmd_quit(struct smtp_session *s, const char *arg)
+{
+	(void)arg;
+	smtp_reply(s, "221 2.0.0 Bye");
+	smtp_close(s, "quit");
+}
+
+static void
+cmd_help(struct smtp_session *s, const char *arg)
+{
+	(void)arg;
+	smtp_reply(s, "214-2.0.0 relayd relays mail to Microsoft 365 "
+	    "through Graph.");
+	smtp_reply(s, "214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA BDAT "
+	    "RSET NOOP QUIT HELP VRFY");
+}
+
+static void
+cmd_vrfy(struct smtp_session *s, const char *arg)
+{
+	(void)arg;
+	smtp_reply(s, "252 2.5.0 Cannot VRFY user; send mail and it will "
+	    "be delivered through Graph");
+}
+
+static void
+cmd_notimpl(struct smtp_session *s, const char *arg)
+{
+	(void)arg;
+	smtp_error(s, "502 5.5.1 Command not implemented");
+}
+
+static void
+cmd_http(struct smtp_session *s, const char *arg)
+{
+	(void)arg;
+	smtp_reply(s, "554 5.7.0 This is an SMTP server, not HTTP; closing "
+	    "connection");
+	smtp_close(s, "HTTP request on SMTP port");
+}
+
+static void
+smtp_command(struct smtp_session *s, char *line)
+{
+	const struct smtp_cmd_entry	*e;
+	const char			*args;
+	enum smtp_cmd			 cmd;
+	char				 esc[SMTP_LOGTEXT_MAX];
+	size_t				 i;
+
+	cmd = smtp_cmd_parse(line, &args);
+	log_debug("%016" PRIx64 " smtp command \"%s\"", s->id,
+	    cmd == CMD_AUTH ? "AUTH ********" :
+	    log_escape(esc, sizeof(esc), line, strlen(line)));
+	for (i = 0; i < NELEM(smtp_cmds); i++)
+		if (smtp_cmds[i].cmd == cmd)
+			break;
+	if (i == NELEM(smtp_cmds)) {
+		smtp_error(s, "500 5.5.2 Command unrecognized: \"%s\"",
+		    log_escape(esc, 40, line, strcspn(line, " ")));
+		return;
+	}
+	e = &smtp_cmds[i];
+	if ((e->states & S(s->state)) == 0) {
+		if (s->state == STATE_GREETED)
+			smtp_error(s, "503 5.5.1 Send HELO or EHLO first");
+		else if (cmd == CMD_MAIL)
+			smtp_error(s, "503 5.5.1 Nested MAIL command");
+		else
+			smtp_error(s, "503 5.5.1 Bad sequence of commands (%s)",
+			    e->wrong_state ? e->wrong_state : "not now");
+		return;
+	}
+	e->fn(s, args);
+}
+
+/* ---- message end ---- */
+
+static void
+commit_done(void *arg, int err, const char *qid)
+{
+	struct smtp_session	*s = arg;
+	struct smtp_tx		*tx = s->tx;
+
+	tx->msg = NULL;		/* the spool frees it */
+	if (err != 0) {
+		log_warnx("%016" PRIx64 " spool: commit failed: %s", s->id,
+		    strerror(err));
+		smtp_reply(s, "452 4.3.1 Insufficient system storage, try "
+		    "again later");
+	} else {
+		log_info("%s smtp queued session=%016" PRIx64 " client=%s "
+		    "from=<%s> nrcpt=%zu size=%" PRIu64, qid, s->id, s->addr,
+		    tx->mail_from, tx->nrcpts, tx->size);
+		s->nmsgs++;
+		smtp_reply(s, "250 2.0.0 Ok: queued as %s", qid);
+	}
+	tx_free(s);
+	smtp_enter(s, STATE_HELO);
+	bufferevent_enable(s->bev, EV_READ);
+	smtp_process(s);
+}
+
+/* The data (or last chunk) is in: refuse it or make it durable. */
+static void
+tx_finish(struct smtp_session *s)
+{
+	struct smtp_tx	*tx = s->tx;
+
+	if (tx->error == TX_OK && tx->dec.bare > 0 &&
+	    s->cfg->bare_lf == BARE_LF_REJECT) {
+		smtp_error(s, "550 5.6.0 Message refused: bare CR or LF in "
+		    "message data (lines must end with CRLF; an admin may "
+		    "set bare_lf = normalize)");
+	} else if (tx->error == TX_ERR_SIZE) {
+		smtp_error(s, "552 5.3.4 Message size exceeds fixed maximum "
+		    "message size (%" PRIu64 " bytes)",
+		    s->cfg->max_message_size);
+	} else if (tx->error == TX_ERR_SPOOL) {
+		log_warnx("%016" PRIx64 " spool: write failed: %s", s->id,
+		    strerror(tx->spool_errno));
+		smtp_reply(s, "452 4.3.1 Insufficient system storage, try "
+		    "again later");
+	} else if (tx->error == TX_ERR_SEQ) {
+		smtp_error(s, "503 5.5.1 Bad sequence of commands (send MAIL "
+		    "FROM and RCPT TO first)");
+	} else {
+		struct spool_msg *m = tx->msg;
+		smtp_enter(s, STATE_COMMIT);
+		bufferevent_disable(s->bev, EV_READ);
+		spool_msg_commit(m, commit_done, s);
+		return;
+	}
+	tx_free(s);
+	if (s->state != STATE_CLOSING)
+		smtp_enter(s, STATE_HELO);
+}
+
+static void
+tx_append(struct smtp_session *s, const char *data, size_t len)
+{
+	struct smtp_tx	*tx = s->tx;
+
+	if (tx->error != TX_OK)
+		return;
+	if (tx->size + len > s->cfg->max_message_size) {
+		tx->error = TX_ERR_SIZE;
+		return;
+	}
+	tx->size += len;
+	if (spool_msg_write(tx->msg, data, len) == -1) {
+		tx->spool_errno = errno;
+		tx->error = TX_ERR_SPOOL;
+	}
+}
+
+/* Decodes what DATA input there is; returns 1 if it made progress. */
+static int
+feed_data(struct smtp_session *s, struct evbuffer *in)
+{
+	struct evbuffer_iovec	 v;
+	size_t			 used, outlen, len;
+	int			 end;
+
+	if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+		return 0;
+	len = v.iov_len < SMTP_DATA_CHUNK ? v.iov_len : SMTP_DATA_CHUNK;
+	used = data_dec_run(&s->tx->dec, v.iov_base, len, dec_buf, &outlen,
+	    &end);
+	tx_append(s, dec_buf, outlen);
+	evbuffer_drain(in, used);
+	if (end)
+		tx_finish(s);
+	return 1;
+}
+
+static int
+feed_bdat(struct smtp_session *s, struct evbuffer *in)
+{
+	struct evbuffer_iovec	 v;
+	size_t			 len;
+
+	if (s->bdat_left > 0) {
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1 || v.iov_len == 0)
+			return 0;
+		len = v.iov_len < s->bdat_left ? v.iov_len :
+		    (size_t)s->bdat_left;
+		tx_append(s, v.iov_base, len);
+		evbuffer_drain(in, len);
+		s->bdat_left -= len;
+		if (s->bdat_left > 0)
+			return 1;
+	}
+	if (s->bdat_last || s->tx->error != TX_OK) {
+		tx_finish(s);
+		return 1;
+	}
+	smtp_enter(s, STATE_RCPT);
+	smtp_reply(s, "250 2.0.0 %" PRIu64 " bytes received, %" PRIu64
+	    " in total", s->bdat_chunk, s->tx->size);
+	return 1;
+}
+
+/* Reads one command line; returns 1 if one was handled. */
+static int
+feed_line(struct smtp_session *s, struct evbuffer *in)
+{
+	struct evbuffer_ptr	 eol;
+	size_t			 eol_len, len;
+
+	eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+	if (eol.pos == -1) {
+		if (evbuffer_get_length(in) <= line_max)
+			return 0;
+		evbuffer_drain(in, evbuffer_get_length(in));
+		if (!s->discard_line) {
+			s->discard_line = 1;
+			smtp_error(s, "500 5.5.2 Line too long (at most %zu "
+			    "bytes)", line_max);
+		}
+		return 0;
+	}
+	len = (size_t)eol.pos;
+	if (s->discard_line || len > line_max) {
+		evbuffer_drain(in, len + eol_len);
+		if (!s->discard_line)
+			smtp_error(s, "500 5.5.2 Line too long (at most %zu "
+			    "bytes)", line_max);
+		s->discard_line = 0;
+		return 1;
+	}
+	evbuffer_remove(in, line_buf, len + eol_len);
+	line_buf[len] = '\0';
+	if (memchr(line_buf, '\0', len) != NULL) {
+		smtp_error(s, "500 5.5.2 NUL byte in command");
+		return 1;
+	}
+	smtp_command(s, line_buf);
+	return 1;
+}
+
+static void
+smtp_process(struct smtp_session *s)
+{
+	struct evbuffer	*in = bufferevent_get_input(s->bev);
+	int		 progress = 1;
+
+	while (progress && !s->freeing) {
+		switch (s->state) {
+		case STATE_DATA:
+			progress = feed_data(s, in);
+			break;
+		case STATE_BDAT:
+			progress = feed_bdat(s, in);
+			break;
+		case STATE_GREETED:
+		case STATE_HELO:
+		case STATE_RCPT:
+			progress = feed_line(s, in);
+			break;
+		case STATE_NEW:
+		case STATE_COMMIT:
+		case STATE_CLOSING:
+			progress = 0;
+			break;
+		}
+	}
+}
+
+/* ---- I/O callbacks ---- */
+
+static void
+pregreet(struct smtp_session *s)
+{
+	smtp_reply(s, "554 5.5.1 %s Protocol error: client talked before "
+	    "the greeting", s->cfg->hostname);
+	smtp_close(s, "talked before greeting");
+}
+
+static void
+read_cb(struct bufferevent *bev, void *arg)
+{
+	struct smtp_session	*s = arg;
+
+	(void)bev;
+	if (s->state == STATE_NEW) {
+		pregreet(s);
+		return;
+	}
+	if (s->state == STATE_CLOSING) {
+		struct evbuffer *in = bufferevent_get_input(s->bev);
+		evbuffer_drain(in, evbuffer_get_length(in));
+		return;
+	}
+	smtp_process(s);
+}
+
+/*
+ * The last reply is out. Closing a socket that still has unread input makes
+ * the kernel send a reset, which can destroy that reply before the client
+ * reads it; so shut down our side and discard input until the client closes
+ * or SMTP_LINGER_SEC pass.
+ */
+static void
+linger(struct smtp_session *s)
+{
+	struct timeval	 tv = { SMTP_LINGER_SEC, 0 };
+
+	if (s->lingering)
+		return;
+	s->lingering = 1;
+	shutdown(bufferevent_getfd(s->bev), SHUT_WR);
+	evbuffer_drain(bufferevent_get_input(s->bev),
+	    evbuffer_get_length(bufferevent_get_input(s->bev)));
+	bufferevent_set_timeouts(s->bev, &tv, NULL);
+	bufferevent_enable(s->bev, EV_READ);
+}
+
+static void
+write_cb(struct bufferevent *bev, void *arg)
+{
+	struct smtp_session	*s = arg;
+
+	(void)bev;
+	if (s->state == STATE_CLOSING)
+		linger(s);
+}
+
+static void
+event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct smtp_session	*s = arg;
+
+	(void)bev;
+	if (what & BEV_EVENT_TIMEOUT) {
+		if (s->state != STATE_CLOSING) {
+			s->close_reason = "timeout";
+			smtp_reply(s, "421 4.4.2 %s Timeout exceeded, closing "
+			    "connection", s->cfg->hostname);
+			smtp_close(s, "timeout");
+			/* A client that does not read gets no more time. */
+			if (what & BEV_EVENT_WRITING)
+				session_free_later(s);
+			return;
+		}
+	} else if (s->state == STATE_CLOSING)
+		;	/* the client closed after our last reply */
+	else if (what & BEV_EVENT_EOF)
+		s->close_reason = s->state == STATE_DATA ||
+		    s->state == STATE_BDAT ? "disconnected during data" :
+		    "disconnected";
+	else if (what & BEV_EVENT_ERROR)
+		s->close_reason = "connection error";
+	session_free_later(s);
+}
+
+static void
+greeting_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct smtp_session	*s = arg;
+	int			 pending = 0;
+
+	(void)ev;
+	/* Input already there is a client that did not wait for us. */
+	if (ioctl(fd, FIONREAD, &pending) == 0 && pending > 0) {
+		pregreet(s);
+		return;
+	}
+	smtp_enter(s, STATE_GREETED);
+	smtp_reply(s, "220 %s ESMTP relayd", s->cfg->hostname);
+}
+
+void
+smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
+    const struct sockaddr *sa, socklen_t salen)
+{
+	struct smtp_session	*s;
+	const struct config	*cfg = smtp_config(sm);
+	struct timeval		 tv;
+	size_t			 i;
+
+	s = xcalloc(1, sizeof(*s));
+	s->id = ++next_id;
+	s->smtp = sm;
+	s->cfg = cfg;
+	s->listener = l;
+	memcpy(&s->ss, sa, salen < sizeof(s->ss) ? salen : sizeof(s->ss));
+	addr_ntop(sa, s->addr, sizeof(s->addr));
+	for (i = 0; i < cfg->nallow && !s->relay_ok; i++)
+		s->relay_ok = addr_match(&cfg->allow[i], sa);
+	s->state = STATE_NEW;
+	s->bev = bufferevent_socket_new(smtp_base(sm), fd,
+	    BEV_OPT_CLOSE_ON_FREE);
+	if (s->bev == NULL) {
+		close(fd);
+		smtp_session_gone(sm, sa);
+		free(s);
+		return;
+	}
+	bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, SMTP_READ_HIGHWAT);
+	bufferevent_enable(s->bev, EV_READ);
+	log_info("%016" PRIx64 " smtp connect client=%s listener=%s relay=%s",
+	    s->id, s->addr, smtp_listener_name(l), s->relay_ok ? "yes" : "no");
+	s->timer = evtimer_new(smtp_base(sm), greeting_cb, s);
+	if (cfg->greeting_delay_ms == 0) {
+		greeting_cb(fd, EV_TIMEOUT, s);
+		return;
+	}
+	/* Until the greeting, any input is a protocol violation. */
+	tv.tv_sec = (time_t)(cfg->greeting_delay_ms / 1000);
+	tv.tv_usec = (suseconds_t)(cfg->greeting_delay_ms % 1000) * 1000;
+	evtimer_add(s->timer, &tv);
+	tv.tv_sec = (time_t)(cfg->command_timeout_ms / 1000);
+	tv.tv_usec = 0;
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+}

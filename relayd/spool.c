@@ -1,0 +1,713 @@
+/*
+ * spool.c - the durable queue.
+ *
+ * Layout under spool_dir:
+ *   tmp/      messages being received; anything here at start is a leftover
+ *             of an interrupted write and is removed.
+ *   queue/    whole messages, one file each, named by queue id.
+ *   corrupt/  files found in queue/ that fail the framing check.
+ *
+ * A spool file is an envelope of "key: value" lines after a version line,
+ * a blank line, the message bytes as received (CRLF, dot-unstuffed, with our
+ * Received: header), and a fixed-size trailer holding the message size:
+ *
+ *   RELAYD-SPOOL 1\n id: ...\n ... rcpt: ...\n \n <message> RELAYD-END <size>\n
+ *
+ * A file is only ever renamed into queue/ after it was written whole and
+ * fdatasync'ed; the directory is fsync'ed before anyone is told. Commits are
+ * grouped: a single thread takes every commit pending, starts write-back on
+ * all of them, waits for each, renames them and fsyncs the directory once.
+ * The event loop hears back through a pipe. Nothing else crosses threads.
+ */
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "log.h"
+#include "spool.h"
+#include "util.h"
+
+#define SPOOL_MAGIC		"RELAYD-SPOOL "
+#define SPOOL_END_MAGIC		"RELAYD-END "
+#define SPOOL_BUF_SIZE		(32 * 1024)
+#define SPOOL_HEAD_MAX		(512 * 1024)	/* 500 recipients fit */
+
+struct spool_msg {
+	struct spool		*spool;
+	char			 qid[SPOOL_QID_LEN + 1];
+	int			 fd;
+	int			 err;		/* sticky errno */
+	uint64_t		 size;		/* message bytes so far */
+	char			*buf;
+	size_t			 buflen;
+	spool_done_cb		*cb;
+	void			*cbarg;
+	struct spool_msg	*next;
+};
+
+struct spool {
+	char			*dir;
+	int			 dirfd;		/* spool_dir */
+	int			 queuefd;	/* queue/ */
+	int			 tmpfd;		/* tmp/ */
+	uint64_t		 last_us;
+	unsigned		 seq;
+
+	struct spool_entry	*entries;
+	size_t			 nentries;
+
+	/* Commit thread. pending: loop -> thread; done: thread -> loop. */
+	pthread_t		 thread;
+	int			 running;
+	int			 stopping;
+	pthread_mutex_t		 lock;
+	pthread_cond_t		 cond;
+	struct spool_msg	*pending;
+	struct spool_msg	*done;
+	int			 notify[2];
+	struct event		*notify_ev;
+};
+
+static void	 spool_new_qid(struct spool *, char *);
+
+static int
+open_subdir(int dirfd, const char *name)
+{
+	if (mkdirat(dirfd, name, 0700) == -1 && errno != EEXIST)
+		return -1;
+	return openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
+/*
+ * Queue ids: 13 hex digits of microseconds since the epoch and 3 of a
+ * sequence, so they sort by arrival and stay unique within one process; the
+ * file is created with O_EXCL in any case.
+ */
+static void
+spool_new_qid(struct spool *sp, char *qid)
+{
+	uint64_t	 us = wall_us();
+
+	if (us <= sp->last_us) {
+		if (++sp->seq > 0xfff) {
+			sp->seq = 0;
+			sp->last_us++;
+		}
+		us = sp->last_us;
+	} else {
+		sp->last_us = us;
+		sp->seq = 0;
+	}
+	snprintf(qid, SPOOL_QID_LEN + 1, "%013" PRIX64 "%03X",
+	    us & (uint64_t)0xfffffffffffff, sp->seq);
+}
+
+int
+spool_parse(const char *head, size_t headlen, const char *trailer,
+    uint64_t filesize, struct spool_entry *e, const char **why)
+{
+	const char	*p = head, *end = head + headlen, *nl;
+	char		 num[24];
+	uint64_t	 size;
+	int		 have_id = 0;
+
+	memset(e, 0, sizeof(*e));
+	if (headlen < sizeof(SPOOL_MAGIC) ||
+	    memcmp(head, SPOOL_MAGIC, sizeof(SPOOL_MAGIC) - 1) != 0) {
+		*why = "not a relayd spool file";
+		return -1;
+	}
+	if (strncmp(head + sizeof(SPOOL_MAGIC) - 1, "1\n", 2) != 0) {
+		*why = "unsupported spool format version";
+		return -1;
+	}
+	p += sizeof(SPOOL_MAGIC) + 1;
+	for (;;) {
+		if ((nl = memchr(p, '\n', (size_t)(end - p))) == NULL) {
+			*why = "envelope is cut short";
+			goto fail;
+		}
+		if (nl == p) {		/* blank line: envelope ends */
+			p++;
+			break;
+		}
+		if (strncmp(p, "id: ", 4) == 0 &&
+		    nl - p - 4 == SPOOL_QID_LEN) {
+			memcpy(e->qid, p + 4, SPOOL_QID_LEN);
+			have_id = 1;
+		} else if (strncmp(p, "arrival: ", 9) == 0) {
+			char *dot;
+			e->arrival_us = strtoull(p + 9, &dot, 10) * 1000000;
+			if (*dot == '.')
+				e->arrival_us += strtoull(dot + 1, NULL, 10);
+		} else if (strncmp(p, "mail-from: ", 11) == 0) {
+			free(e->mail_from);
+			e->mail_from = xstrndup(p + 11, (size_t)(nl - p - 11));
+		} else if (strncmp(p, "rcpt: ", 6) == 0)
+			e->nrcpts++;
+		/* Unknown keys are kept for newer readers. */
+		p = nl + 1;
+	}
+	e->body_offset = (uint64_t)(p - head);
+	if (!have_id || e->mail_from == NULL || e->nrcpts == 0) {
+		*why = "envelope lacks id, mail-from or rcpt";
+		goto fail;
+	}
+	if (filesize < e->body_offset + SPOOL_TRAILER_LEN ||
+	    memcmp(trailer, SPOOL_END_MAGIC, sizeof(SPOOL_END_MAGIC) - 1) != 0 ||
+	    trailer[SPOOL_TRAILER_LEN - 1] != '\n') {
+		*why = "end marker missing (file was cut short)";
+		goto fail;
+	}
+	memcpy(num, trailer + sizeof(SPOOL_END_MAGIC) - 1, 20);
+	num[20] = '\0';
+	if (parse_u64(num, 0, UINT64_MAX, &size) == -1 ||
+	    size != filesize - e->body_offset - SPOOL_TRAILER_LEN) {
+		*why = "size in end marker does not match the file";
+		goto fail;
+	}
+	e->size = size;
+	return 0;
+fail:
+	free(e->mail_from);
+	e->mail_from = NULL;
+	return -1;
+}
+
+/* Reads and checks queue/<name>; 0 and a filled entry if whole. */
+static int
+spool_check_file(struct spool *sp, const char *name, struct spool_entry *e,
+    const char **why)
+{
+	struct stat	 st;
+	char		*head, trailer[SPOOL_TRAILER_LEN];
+	ssize_t		 n;
+	int		 fd, r = -1;
+
+	if ((fd = openat(sp->queuefd, name, O_RDONLY | O_CLOEXEC)) == -1) {
+		*why = strerror(errno);
+		return -1;
+	}
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
+		*why = "not a regular file";
+		close(fd);
+		return -1;
+	}
+	head = xmalloc(SPOOL_HEAD_MAX);
+	n = pread(fd, head, SPOOL_HEAD_MAX, 0);
+	if (n < 0)
+		*why = strerror(errno);
+	else if ((uint64_t)st.st_size < SPOOL_TRAILER_LEN ||
+	    pread(fd, trailer, sizeof(trailer), st.st_size -
+	    SPOOL_TRAILER_LEN) != SPOOL_TRAILER_LEN)
+		*why = "end marker missing (file was cut short)";
+	else if (spool_parse(head, (size_t)n, trailer, (uint64_t)st.st_size,
+	    e, why) == 0) {
+		if (strcmp(e->qid, name) != 0) {
+			*why = "queue id does not match the file name";
+			free(e->mail_from);
+			e->mail_from = NULL;
+		} else
+			r = 0;
+	}
+	free(head);
+	close(fd);
+	return r;
+}
+
+static int
+entry_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct spool_entry *)a)->qid,
+	    ((const struct spool_entry *)b)->qid);
+}
+
+/* Empties tmp/ and indexes queue/. */
+static int
+spool_recover(struct spool *sp)
+{
+	struct spool_entry	 e;
+	struct dirent		*de;
+	const char		*why;
+	DIR			*d;
+	int			 fd, cfd, removed = 0, corrupt = 0;
+
+	if ((fd = dup(sp->tmpfd)) == -1 || (d = fdopendir(fd)) == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (unlinkat(sp->tmpfd, de->d_name, 0) == 0)
+			removed++;
+		else
+			log_warn("spool: cannot remove tmp/%s", de->d_name);
+	}
+	closedir(d);
+	if (removed > 0) {
+		fsync(sp->tmpfd);
+		log_info("spool: removed %d unfinished message(s) from tmp/",
+		    removed);
+	}
+
+	if ((fd = dup(sp->queuefd)) == -1 || (d = fdopendir(fd)) == NULL)
+		return -1;
+	while ((de = readdir(d)) != NULL) {
+		if (de->d_name[0] == '.')
+			continue;
+		if (spool_check_file(sp, de->d_name, &e, &why) == 0) {
+			sp->entries = xrealloc(sp->entries,
+			    (sp->nentries + 1) * sizeof(*sp->entries));
+			sp->entries[sp->nentries++] = e;
+			continue;
+		}
+		corrupt++;
+		log_warnx("spool: queue/%s is damaged (%s); moved to corrupt/",
+		    de->d_name, why);
+		if ((cfd = open_subdir(sp->dirfd, "corrupt")) == -1 ||
+		    renameat(sp->queuefd, de->d_name, cfd, de->d_name) == -1)
+			log_warn("spool: cannot move queue/%s aside",
+			    de->d_name);
+		if (cfd != -1)
+			close(cfd);
+	}
+	closedir(d);
+	if (corrupt > 0)
+		fsync(sp->queuefd);
+	qsort(sp->entries, sp->nentries, sizeof(*sp->entries), entry_cmp);
+	return 0;
+}
+
+static void
+spool_add_entry(struct spool *sp, const struct spool_msg *m)
+{
+	struct spool_entry	*e;
+
+	sp->entries = xrealloc(sp->entries,
+	    (sp->nentries + 1) * sizeof(*sp->entries));
+	e = &sp->entries[sp->nentries++];
+	memset(e, 0, sizeof(*e));
+	memcpy(e->qid, m->qid, sizeof(e->qid));
+	e->size = m->size;
+}
+
+/* ---- the commit thread ---- */
+
+static void
+commit_batch(struct spool *sp, struct spool_msg *batch)
+{
+	struct spool_msg	*m;
+	int			 dir_err = 0, renamed = 0;
+
+	/* Start write-back everywhere first so the waits overlap. */
+	for (m = batch; m != NULL; m = m->next)
+		if (m->err == 0)
+			sync_file_range(m->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	for (m = batch; m != NULL; m = m->next) {
+		if (m->err == 0 && fdatasync(m->fd) == -1)
+			m->err = errno;
+		if (close(m->fd) == -1 && m->err == 0)
+			m->err = errno;
+		m->fd = -1;
+		if (m->err == 0 && renameat(sp->tmpfd, m->qid, sp->queuefd,
+		    m->qid) == -1)
+			m->err = errno;
+		if (m->err == 0)
+			renamed++;
+		else
+			unlinkat(sp->tmpfd, m->qid, 0);
+	}
+	if (renamed > 0 && fsync(sp->queuefd) == -1)
+		dir_err = errno;
+	if (dir_err == 0)
+		return;
+	/* The renames may not survive a crash: refuse them all. */
+	for (m = batch; m != NULL; m = m->next)
+		if (m->err == 0) {
+			m->err = dir_err;
+			unlinkat(sp->queuefd, m->qid, 0);
+		}
+}
+
+static void *
+commit_thread(void *arg)
+{
+	struct spool		*sp = arg;
+	struct spool_msg	*batch, *m, *rev, *next;
+	int			 wake;
+
+	pthread_mutex_lock(&sp->lock);
+	for (;;) {
+		while (sp->pending == NULL && !sp->stopping)
+			pthread_cond_wait(&sp->cond, &sp->lock);
+		if (sp->pending == NULL && sp->stopping)
+			break;
+		batch = sp->pending;
+		sp->pending = NULL;
+		pthread_mutex_unlock(&sp->lock);
+
+		/* pending is LIFO; commit in arrival order. */
+		for (rev = NULL, m = batch; m != NULL; m = next) {
+			next = m->next;
+			m->next = rev;
+			rev = m;
+		}
+		commit_batch(sp, rev);
+
+		pthread_mutex_lock(&sp->lock);
+		wake = sp->done == NULL;
+		for (m = rev; m != NULL; m = next) {
+			next = m->next;
+			m->next = sp->done;
+			sp->done = m;
+		}
+		if (wake && write(sp->notify[1], "", 1) == -1 &&
+		    errno != EAGAIN)
+			log_warn("spool: notify");
+	}
+	pthread_mutex_unlock(&sp->lock);
+	return NULL;
+}
+
+static void
+msg_free(struct spool_msg *m)
+{
+	if (m->fd != -1)
+		close(m->fd);
+	free(m->buf);
+	free(m);
+}
+
+/* Event loop side: hand results back to the sessions. */
+static void
+spool_notify_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct spool		*sp = arg;
+	struct spool_msg	*done, *m, *rev, *next;
+	char			 buf[64];
+
+	(void)ev;
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
+	pthread_mutex_lock(&sp->lock);
+	done = sp->done;
+	sp->done = NULL;
+	pthread_mutex_unlock(&sp->lock);
+	for (rev = NULL, m = done; m != NULL; m = next) {
+		next = m->next;
+		m->next = rev;
+		rev = m;
+	}
+	for (m = rev; m != NULL; m = next) {
+		next = m->next;
+		if (m->err == 0)
+			spool_add_entry(sp, m);
+		if (m->cb != NULL)
+			m->cb(m->cbarg, m->err, m->qid);
+		msg_free(m);
+	}
+}
+
+struct spool *
+spool_open(const char *dir, struct event_base *base, char *err, size_t errlen)
+{
+	struct spool	*sp;
+
+	sp = xcalloc(1, sizeof(*sp));
+	sp->dir = xstrdup(dir);
+	sp->dirfd = sp->queuefd = sp->tmpfd = -1;
+	sp->notify[0] = sp->notify[1] = -1;
+	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
+		snprintf(err, errlen, "spool_dir %s: cannot create: %s", dir,
+		    strerror(errno));
+		goto fail;
+	}
+	if ((sp->dirfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1 ||
+	    (sp->queuefd = open_subdir(sp->dirfd, "queue")) == -1 ||
+	    (sp->tmpfd = open_subdir(sp->dirfd, "tmp")) == -1) {
+		snprintf(err, errlen, "spool_dir %s: %s (check that it exists "
+		    "and belongs to the user relayd runs as)", dir,
+		    strerror(errno));
+		goto fail;
+	}
+	if (spool_recover(sp) == -1) {
+		snprintf(err, errlen, "spool_dir %s: cannot read: %s", dir,
+		    strerror(errno));
+		goto fail;
+	}
+	fsync(sp->dirfd);
+	pthread_mutex_init(&sp->lock, NULL);
+	pthread_cond_init(&sp->cond, NULL);
+	if (base == NULL)
+		return sp;
+	if (pipe2(sp->notify, O_NONBLOCK | O_CLOEXEC) == -1) {
+		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		goto fail;
+	}
+	sp->notify_ev = event_new(base, sp->notify[0], EV_READ | EV_PERSIST,
+	    spool_notify_cb, sp);
+	event_add(sp->notify_ev, NULL);
+	if ((errno = pthread_create(&sp->thread, NULL, commit_thread, sp))) {
+		snprintf(err, errlen, "commit thread: %s", strerror(errno));
+		goto fail;
+	}
+	sp->running = 1;
+	return sp;
+fail:
+	spool_free(sp);
+	return NULL;
+}
+
+void
+spool_free(struct spool *sp)
+{
+	size_t	 i;
+
+	if (sp == NULL)
+		return;
+	if (sp->running) {
+		pthread_mutex_lock(&sp->lock);
+		sp->stopping = 1;
+		pthread_cond_signal(&sp->cond);
+		pthread_mutex_unlock(&sp->lock);
+		pthread_join(sp->thread, NULL);
+		/* Commits that finished are durable; their callbacks run. */
+		spool_notify_cb(sp->notify[0], EV_READ, sp);
+	}
+	if (sp->notify_ev != NULL)
+		event_free(sp->notify_ev);
+	if (sp->notify[0] != -1) {
+		close(sp->notify[0]);
+		close(sp->notify[1]);
+	}
+	for (i = 0; i < sp->nentries; i++)
+		free(sp->entries[i].mail_from);
+	free(sp->entries);
+	if (sp->tmpfd != -1)
+		close(sp->tmpfd);
+	if (sp->queuefd != -1)
+		close(sp->queuefd);
+	if (sp->dirfd != -1)
+		close(sp->dirfd);
+	free(sp->dir);
+	free(sp);
+}
+
+size_t
+spool_count(const struct spool *sp)
+{
+	return sp->nentries;
+}
+
+const struct spool_entry *
+spool_entry_at(const struct spool *sp, size_t i)
+{
+	return i < sp->nentries ? &sp->entries[i] : NULL;
+}
+
+static int
+msg_flush(struct spool_msg *m)
+{
+	size_t	 off = 0;
+	ssize_t	 n;
+
+	while (m->err == 0 && off < m->buflen) {
+		n = write(m->fd, m->buf + off, m->buflen - off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			m->err = n == 0 ? EIO : errno;
+		else
+			off += (size_t)n;
+	}
+	m->buflen = 0;
+	if (m->err != 0) {
+		errno = m->err;
+		return -1;
+	}
+	return 0;
+}
+
+static int
+msg_append(struct spool_msg *m, const void *data, size_t len)
+{
+	if (m->err != 0) {
+		errno = m->err;
+		return -1;
+	}
+	if (m->buflen + len > SPOOL_BUF_SIZE && msg_flush(m) == -1)
+		return -1;
+	if (len >= SPOOL_BUF_SIZE) {
+		while (len > 0) {
+			ssize_t n = write(m->fd, data, len);
+			if (n == -1 && errno == EINTR)
+				continue;
+			if (n <= 0) {
+				m->err = n == 0 ? EIO : errno;
+				errno = m->err;
+				return -1;
+			}
+			data = (const char *)data + n;
+			len -= (size_t)n;
+		}
+		return 0;
+	}
+	memcpy(m->buf + m->buflen, data, len);
+	m->buflen += len;
+	return 0;
+}
+
+/* Envelope values come from validated SMTP input; newlines cannot occur. */
+static int
+msg_header(struct spool_msg *m, const char *key, const char *val)
+{
+	if (strchr(val, '\n') != NULL) {
+		m->err = EINVAL;
+		return -1;
+	}
+	if (msg_append(m, key, strlen(key)) == -1 ||
+	    msg_append(m, ": ", 2) == -1 ||
+	    msg_append(m, val, strlen(val)) == -1 ||
+	    msg_append(m, "\n", 1) == -1)
+		return -1;
+	return 0;
+}
+
+struct spool_msg *
+spool_msg_new(struct spool *sp, const struct spool_env *env)
+{
+	struct spool_msg	*m;
+	char			 line[64];
+	size_t			 i;
+	int			 tries;
+
+	m = xcalloc(1, sizeof(*m));
+	m->spool = sp;
+	m->fd = -1;
+	for (tries = 0; tries < 100 && m->fd == -1; tries++) {
+		spool_new_qid(sp, m->qid);
+		m->fd = openat(sp->tmpfd, m->qid,
+		    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		if (m->fd == -1 && errno != EEXIST)
+			break;
+	}
+	if (m->fd == -1) {
+		int saved = errno;
+		free(m);
+		errno = saved;
+		return NULL;
+	}
+	m->buf = xmalloc(SPOOL_BUF_SIZE);
+	snprintf(line, sizeof(line), "%s%d\n", SPOOL_MAGIC, SPOOL_VERSION);
+	msg_append(m, line, strlen(line));
+	msg_header(m, "id", m->qid);
+	snprintf(line, sizeof(line), "%" PRIu64 ".%06" PRIu64,
+	    env->arrival_us / 1000000, env->arrival_us % 1000000);
+	msg_header(m, "arrival", line);
+	msg_header(m, "client", env->client);
+	msg_header(m, "listener", env->listener);
+	msg_header(m, "helo", env->helo);
+	msg_header(m, "user", env->user);
+	msg_header(m, "mail-from", env->mail_from);
+	msg_header(m, "mail-params", env->mail_params);
+	for (i = 0; i < env->nrcpts; i++)
+		msg_header(m, "rcpt", env->rcpts[i]);
+	msg_append(m, "\n", 1);
+	if (m->err != 0) {
+		int saved = m->err;
+		spool_msg_abort(m);
+		errno = saved;
+		return NULL;
+	}
+	return m;
+}
+
+const char *
+spool_msg_qid(const struct spool_msg *m)
+{
+	return m->qid;
+}
+
+int
+spool_msg_write(struct spool_msg *m, const void *data, size_t len)
+{
+	if (msg_append(m, data, len) == -1)
+		return -1;
+	m->size += len;
+	return 0;
+}
+
+int
+spool_msg_error(const struct spool_msg *m)
+{
+	return m->err;
+}
+
+void
+spool_msg_commit(struct spool_msg *m, spool_done_cb *cb, void *arg)
+{
+	struct spool	*sp = m->spool;
+	char		 trailer[SPOOL_TRAILER_LEN + 1];
+
+	snprintf(trailer, sizeof(trailer), "%s%020" PRIu64 "\n",
+	    SPOOL_END_MAGIC, m->size);
+	msg_append(m, trailer, SPOOL_TRAILER_LEN);
+	msg_flush(m);
+	free(m->buf);
+	m->buf = NULL;
+	m->cb = cb;
+	m->cbarg = arg;
+	if (m->err != 0 || !sp->running) {
+		/* A failed write, or no commit thread (tools): finish here. */
+		m->next = NULL;
+		if (m->err == 0)
+			commit_batch(sp, m);
+		else {
+			close(m->fd);
+			m->fd = -1;
+			unlinkat(sp->tmpfd, m->qid, 0);
+		}
+		if (m->err == 0)
+			spool_add_entry(sp, m);
+		if (cb != NULL)
+			cb(arg, m->err, m->qid);
+		msg_free(m);
+		return;
+	}
+	pthread_mutex_lock(&sp->lock);
+	m->next = sp->pending;
+	sp->pending = m;
+	pthread_cond_signal(&sp->cond);
+	pthread_mutex_unlock(&sp->lock);
+}
+
+void
+spool_msg_forget(struct spool_msg *m)
+{
+	/* Only the loop thread reads cb, in spool_notify_cb. */
+	m->cb = NULL;
+	m->cbarg = NULL;
+}
+
+void
+spool_msg_abort(struct spool_msg *m)
+{
+	if (m == NULL)
+		return;
+	if (m->fd != -1) {
+		close(m->fd);
+		m->fd = -1;
+	}
+	unlinkat(m->spool->tmpfd, m->qid, 0);
+	msg_free(m);
+}

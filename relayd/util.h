@@ -1,0 +1,30 @@
+/* util.h - allocators that never return NULL, bounded string helpers. */
+#ifndef RELAYD_UTIL_H
+#define RELAYD_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define PRINTFLIKE(f, a) __attribute__((__format__(__printf__, f, a)))
+#define NELEM(a) (sizeof(a) / sizeof((a)[0]))
+
+void	*xmalloc(size_t);
+void	*xcalloc(size_t, size_t);
+void	*xrealloc(void *, size_t);
+char	*xstrdup(const char *);
+char	*xstrndup(const char *, size_t);
+int	 xasprintf(char **, const char *, ...) PRINTFLIKE(2, 3);
+
+size_t	 strlcpy_r(char *, const char *, size_t);
+int	 strcasecmp_prefix(const char *, const char *);
+char	*str_trim(char *);
+
+/* Strict number parsers: 0 on success, -1 on syntax or range error. */
+int	 parse_u64(const char *, uint64_t, uint64_t, uint64_t *);
+int	 parse_size(const char *, uint64_t *);		/* 35M, 512k, 1048576 */
+int	 parse_duration_ms(const char *, uint64_t *);	/* 300s, 5m, 250ms, 1h */
+
+uint64_t now_ms(void);		/* CLOCK_MONOTONIC */
+uint64_t wall_us(void);		/* CLOCK_REALTIME */
+
+#endif

@@ -1,0 +1,18 @@
+#!/bin/sh
+# Installs everything relayd needs to build, run its demo and run its tests
+# on Debian 12 / Ubuntu 22.04+. Idempotent; needs root (or sudo).
+set -eu
+SUDO=
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+# Postfix is only used as a test client (smtp-source) and as the benchmark's
+# peer; it must not configure itself as this host's mail system.
+echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends \
+	build-essential autoconf automake libtool pkg-config \
+	libevent-dev libcurl4-openssl-dev libjson-c-dev libgsasl-dev \
+	libgmime-3.0-dev libssl-dev libsystemd-dev libcmocka-dev \
+	python3 python3-pytest python3-jsonschema python3-cryptography \
+	swaks msmtp curl postfix procps iproute2 \
+	>/dev/null

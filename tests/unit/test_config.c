@@ -1,0 +1,179 @@
+/* Unit tests for config.c: defaults, ranges, FILE:LINE errors. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "config.h"
+
+/* Parses text; returns the config (or NULL) and the error text. */
+static struct config *
+load(const char *text, char *errs, size_t len)
+{
+	FILE		*fp = fmemopen(errs, len, "w");
+	struct config	*cfg;
+
+	memset(errs, 0, len);
+	cfg = config_load_string("relayd.conf", text, fp);
+	fclose(fp);
+	return cfg;
+}
+
+static void
+test_defaults(void **state)
+{
+	struct config	*cfg;
+	char		 errs[1024];
+
+	(void)state;
+	cfg = load("", errs, sizeof(errs));
+	assert_non_null(cfg);
+	assert_int_equal(cfg->max_message_size, 35 * 1024 * 1024);
+	assert_int_equal(cfg->max_recipients, 500);
+	assert_int_equal(cfg->command_timeout_ms, 300000);
+	assert_int_equal(cfg->bare_lf, BARE_LF_REJECT);
+	assert_int_equal(cfg->nlisten, 1);
+	assert_string_equal(cfg->listen[0].text, "127.0.0.1:25");
+	assert_int_equal(cfg->nallow, 2);
+	assert_string_equal(cfg->graph_url, "https://graph.microsoft.com");
+	config_free(cfg);
+}
+
+static void
+test_values(void **state)
+{
+	struct config	*cfg;
+	char		 errs[1024];
+
+	(void)state;
+	cfg = load("# comment\n[smtp]\nlisten = 127.0.0.1:2525\n"
+	    "listen = [::1]:2525\n  hostname = relay.example  \n"
+	    "max_message_size = 150M\ncommand_timeout = 30s\n"
+	    "data_timeout = 90s\nbare_lf = NORMALIZE\n"
+	    "allow_networks = 10.0.0.0/8, 2001:db8::/32 192.0.2.1\n"
+	    "[queue]\nspool_dir = /var/tmp/q\n[graph]\ntenant = contoso\n",
+	    errs, sizeof(errs));
+	if (cfg == NULL)
+		fail_msg("unexpected errors: %s", errs);
+	assert_int_equal(cfg->nlisten, 2);
+	assert_string_equal(cfg->hostname, "relay.example");
+	assert_int_equal(cfg->max_message_size, 150 * 1024 * 1024);
+	assert_int_equal(cfg->command_timeout_ms, 30000);
+	assert_int_equal(cfg->data_timeout_ms, 90000);
+	assert_int_equal(cfg->bare_lf, BARE_LF_NORMALIZE);
+	assert_int_equal(cfg->nallow, 3);
+	assert_string_equal(cfg->spool_dir, "/var/tmp/q");
+	assert_string_equal(cfg->tenant, "contoso");
+	config_free(cfg);
+}
+
+static void
+test_errors(void **state)
+{
+	static const struct {
+		const char	*text;
+		const char	*want;
+	} cases[] = {
+		{ "[graph]\nclinet_id = x\n",
+		  "relayd.conf:2: unknown key \"clinet_id\" in [graph] (did you "
+		  "mean \"client_id\"?)\n" },
+		{ "[smtp]\nspool_dir = /x\n",
+		  "relayd.conf:2: unknown key \"spool_dir\" in [smtp] (it "
+		  "belongs in [queue])\n" },
+		{ "\n\n[smpt]\nx = 1\n", "relayd.conf:3: unknown section [smpt]" },
+		{ "[smtp]\nmax_recipients = 501\n",
+		  "relayd.conf:2: \"max_recipients\" = 501 is out of range "
+		  "(1 to 500)\n" },
+		{ "[smtp]\nmax_recipients = 5x\n",
+		  "relayd.conf:2: \"max_recipients\" must be a whole number" },
+		{ "[smtp]\nmax_message_size = 1T\n",
+		  "relayd.conf:2: \"max_message_size\" must be a size" },
+		{ "[smtp]\nlisten = localhost:25\n",
+		  "relayd.conf:2: listen: \"localhost:25\" is not ADDR:PORT" },
+		{ "[smtp]\nlisten = 127.0.0.1:70000\n", "relayd.conf:2: listen" },
+		{ "[smtp]\nbare_lf = yes\n", "relayd.conf:2: \"bare_lf\" must be "
+		  "one of reject, normalize, not \"yes\"" },
+		{ "[smtp]\nallow_networks = 10.0.0.0/33\n",
+		  "relayd.conf:2: allow_networks: \"10.0.0.0/33\" is not a "
+		  "network" },
+		{ "[smtp]\nhostname = a\nhostname = b\n",
+		  "relayd.conf:3: \"hostname\" is already set at line 2" },
+		{ "tenant = x\n", "relayd.conf:1: \"tenant\" outside of any "
+		  "[section]" },
+		{ "[graph]\ntenant\n", "relayd.conf:2: expected \"key = value\"" },
+		{ "[graph]\ntenant =\n", "relayd.conf:2: \"tenant\" needs a "
+		  "value" },
+		{ "[queue]\nspool_dir = relative\n", "spool_dir \"relative\" "
+		  "must be an absolute path" },
+		{ "[smtp]\ncommand_timeout = 0s\n", "\"command_timeout\" = 0s is "
+		  "out of range (1 to 3600 seconds)" },
+	};
+	struct config	*cfg;
+	char		 errs[1024];
+	size_t		 i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		cfg = load(cases[i].text, errs, sizeof(errs));
+		if (cfg != NULL)
+			fail_msg("case %zu: accepted", i);
+		if (strstr(errs, cases[i].want) == NULL)
+			fail_msg("case %zu: got \"%s\", want \"%s\"", i, errs,
+			    cases[i].want);
+	}
+}
+
+static void
+test_all_errors_reported(void **state)
+{
+	char	 errs[2048];
+
+	(void)state;
+	assert_null(load("[smtp]\nfoo = 1\nbar = 2\n[queue]\nbaz = 3\n", errs,
+	    sizeof(errs)));
+	assert_non_null(strstr(errs, "relayd.conf:2:"));
+	assert_non_null(strstr(errs, "relayd.conf:3:"));
+	assert_non_null(strstr(errs, "relayd.conf:5:"));
+}
+
+static void
+test_dump_parses(void **state)
+{
+	struct config	*cfg;
+	char		*text = NULL, errs[1024], *p;
+	size_t		 len = 0;
+	FILE		*fp = open_memstream(&text, &len);
+
+	(void)state;
+	config_dump_defaults(fp);
+	fclose(fp);
+	/* Uncomment every "#key = value" line: the defaults must parse. */
+	for (p = text; (p = strstr(p, "\n#")) != NULL; p++)
+		if (strchr(p + 2, '=') != NULL && strchr(p + 2, '=') <
+		    strchr(p + 2, '\n') && p[2] != ' ')
+			p[1] = ' ';
+	cfg = load(text, errs, sizeof(errs));
+	/* Keys without a default are left empty: drop those lines' errors. */
+	if (cfg == NULL)
+		assert_null(strstr(errs, "unknown"));
+	config_free(cfg);
+	free(text);
+}
+
+int
+main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_values),
+		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_all_errors_reported),
+		cmocka_unit_test(test_dump_parses),
+	};
+
+	return cmocka_run_group_tests_name("config", tests, NULL, NULL);
+}
