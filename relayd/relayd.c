@@ -139,10 +139,13 @@ main(int argc, char *argv[])
 	event_base_dispatch(base);
 	sd_notify(0, "STOPPING=1");
 
-	/* Commits in flight finish before the spool is closed. */
-	smtp_free(smtp);
+	/*
+	 * Commits in flight finish (and their sessions hear of it) before
+	 * the sessions go, and the sessions before the listeners' tables.
+	 */
 	spool_free(spool);
 	smtp_session_shutdown();
+	smtp_free(smtp);
 	event_free(ev_term);
 	event_free(ev_int);
 	event_base_free(base);

@@ -13,6 +13,7 @@
  * CRLF.CRLF; bare CR/LF are refused or normalised, never a line end.
  */
 #include <sys/ioctl.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 
 #include <errno.h>
@@ -97,6 +98,7 @@ struct smtp_session {
 	int			 freeing;
 	int			 lingering;
 	const char		*close_reason;
+	LIST_ENTRY(smtp_session) entry;
 };
 
 struct smtp_cmd_entry {
@@ -152,6 +154,7 @@ static char	*line_buf;
 static size_t	 line_max;
 static char	*dec_buf;
 static uint64_t	 next_id;
+static LIST_HEAD(, smtp_session) sessions = LIST_HEAD_INITIALIZER(sessions);
 
 void
 smtp_session_init(const struct config *cfg)
@@ -162,9 +165,23 @@ smtp_session_init(const struct config *cfg)
 	next_id = wall_us() << 8;
 }
 
+static void	session_free_cb(evutil_socket_t, short, void *);
+
+/* At exit: every session still open goes, with its unfinished message. */
 void
 smtp_session_shutdown(void)
 {
+	struct smtp_session	*s;
+
+	while ((s = LIST_FIRST(&sessions)) != NULL) {
+		if (s->close_reason == NULL)
+			s->close_reason = "shutdown";
+		if (s->tx != NULL && s->state == STATE_COMMIT)
+			s->tx->msg = NULL;	/* the spool owns it */
+		if (s->freeing)
+			event_del(s->timer);
+		session_free_cb(-1, 0, s);
+	}
 	free(line_buf);
 	free(dec_buf);
 	line_buf = dec_buf = NULL;
@@ -270,6 +287,7 @@ session_free_cb(evutil_socket_t fd, short ev, void *arg)
 	log_info("%016" PRIx64 " smtp disconnect client=%s msgs=%u "
 	    "reason=\"%s\"", s->id, s->addr, s->nmsgs,
 	    s->close_reason ? s->close_reason : "unknown");
+	LIST_REMOVE(s, entry);
 	tx_free(s);
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
@@ -991,10 +1009,12 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 	for (i = 0; i < cfg->nallow && !s->relay_ok; i++)
 		s->relay_ok = addr_match(&cfg->allow[i], sa);
 	s->state = STATE_NEW;
+	LIST_INSERT_HEAD(&sessions, s, entry);
 	s->bev = bufferevent_socket_new(smtp_base(sm), fd,
 	    BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
 		close(fd);
+		LIST_REMOVE(s, entry);
 		smtp_session_gone(sm, sa);
 		free(s);
 		return;

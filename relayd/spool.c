@@ -284,7 +284,9 @@ spool_recover(struct spool *sp)
 	closedir(d);
 	if (corrupt > 0)
 		fsync(sp->queuefd);
-	qsort(sp->entries, sp->nentries, sizeof(*sp->entries), entry_cmp);
+	if (sp->nentries > 1)
+		qsort(sp->entries, sp->nentries, sizeof(*sp->entries),
+		    entry_cmp);
 	return 0;
 }
 
