@@ -40,6 +40,7 @@
 
 #define SMTP_READ_HIGHWAT	(256 * 1024)	/* bytes buffered per client */
 #define SMTP_DATA_CHUNK		(64 * 1024)	/* decoded per pass */
+#define SMTP_OUT_MAX		(64 * 1024)	/* unread replies before we wait */
 #define SMTP_LOGTEXT_MAX	128
 #define SMTP_LINGER_SEC		2	/* discard input after the last reply */
 
@@ -97,6 +98,7 @@ struct smtp_session {
 	unsigned		 nmsgs;
 	int			 freeing;
 	int			 lingering;
+	int			 out_blocked;	/* waiting for the client to read */
 	const char		*close_reason;
 	LIST_ENTRY(smtp_session) entry;
 };
@@ -229,9 +231,12 @@ smtp_reply(struct smtp_session *s, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	if (buf[0] == '4' || buf[0] == '5')
+	if (buf[0] == '4' || buf[0] == '5') {
+		char esc[sizeof(buf) * 2];
 		log_info("%016" PRIx64 " smtp reply client=%s state=%s "
-		    "result=\"%s\"", s->id, s->addr, state_name(s->state), buf);
+		    "result=\"%s\"", s->id, s->addr, state_name(s->state),
+		    log_escape(esc, sizeof(esc), buf, strlen(buf)));
+	}
 	if (s->bev == NULL)
 		return;
 	out = bufferevent_get_output(s->bev);
@@ -866,6 +871,13 @@ smtp_process(struct smtp_session *s)
 	int		 progress = 1;
 
 	while (progress && !s->freeing) {
+		/* A client that sends without reading waits for itself. */
+		if (evbuffer_get_length(bufferevent_get_output(s->bev)) >
+		    SMTP_OUT_MAX && s->state != STATE_CLOSING) {
+			s->out_blocked = 1;
+			bufferevent_disable(s->bev, EV_READ);
+			return;
+		}
 		switch (s->state) {
 		case STATE_DATA:
 			progress = feed_data(s, in);
@@ -944,6 +956,12 @@ write_cb(struct bufferevent *bev, void *arg)
 	(void)bev;
 	if (s->state == STATE_CLOSING)
 		linger(s);
+	else if (s->out_blocked) {
+		s->out_blocked = 0;
+		if (s->state != STATE_COMMIT)
+			bufferevent_enable(s->bev, EV_READ);
+		smtp_process(s);
+	}
 }
 
 static void
