@@ -333,6 +333,7 @@ smtp_close(struct smtp_session *s, const char *reason)
 		return;
 	if (s->close_reason == NULL)
 		s->close_reason = reason;
+	event_del(s->timer);		/* a greeting still to come */
 	smtp_enter(s, STATE_CLOSING);
 	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
 		linger(s);
@@ -758,7 +759,7 @@ tx_finish(struct smtp_session *s)
 	}
 	tx_free(s);
 	if (s->state != STATE_CLOSING)
-		smtp_enter(s, STATE_HELO);
+		smtp_enter(s, s->helo != NULL ? STATE_HELO : STATE_GREETED);
 }
 
 static void
@@ -1038,7 +1039,10 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 		return;
 	}
 	bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
-	bufferevent_setwatermark(s->bev, EV_READ, 0, SMTP_READ_HIGHWAT);
+	/* Buffer at least one whole command line, or it never completes. */
+	bufferevent_setwatermark(s->bev, EV_READ, 0,
+	    cfg->max_line_length + 3 > SMTP_READ_HIGHWAT ?
+	    cfg->max_line_length + 3 : SMTP_READ_HIGHWAT);
 	bufferevent_enable(s->bev, EV_READ);
 	log_info("%016" PRIx64 " smtp connect client=%s listener=%s relay=%s",
 	    s->id, s->addr, smtp_listener_name(l), s->relay_ok ? "yes" : "no");
