@@ -202,7 +202,7 @@ bind_one(struct smtp *sm, const struct listen_cfg *lc, char *err, size_t len)
 	l->smtp = sm;
 	strlcpy_r(l->name, lc->text, sizeof(l->name));
 	l->evl = evconnlistener_new(sm->base, accept_cb, l,
-	    LEV_OPT_CLOSE_ON_FREE, -1, fd);
+	    LEV_OPT_CLOSE_ON_FREE, 0, fd);	/* 0: listen() was called */
 	if (l->evl == NULL)
 		goto fail;
 	evconnlistener_set_error_cb(l->evl, accept_error_cb);

@@ -321,12 +321,23 @@ data_dec_run(struct data_dec *d, const char *in, size_t inlen, char *out,
     size_t *outlen, int *end)
 {
 	char	*o = out;
-	size_t	 i;
+	size_t	 i = 0;
 
 	*end = 0;
-	for (i = 0; i < inlen; i++) {
-		char c = in[i];
+	while (i < inlen) {
+		char c;
 
+		/* Fast path: copy the rest of a line in one go. */
+		if (d->state == DEC_TEXT) {
+			size_t j = i;
+			while (j < inlen && in[j] != '\r' && in[j] != '\n')
+				j++;
+			memcpy(o, in + i, j - i);
+			o += j - i;
+			if ((i = j) == inlen)
+				break;
+		}
+		c = in[i++];
 		switch (d->state) {
 		case DEC_BOL:
 			if (c == '.') {
@@ -348,7 +359,7 @@ data_dec_run(struct data_dec *d, const char *in, size_t inlen, char *out,
 				*outlen = (size_t)(o - out);
 				*end = 1;
 				d->state = DEC_BOL;
-				return i + 1;
+				return i;
 			}
 			*o++ = '.';		/* ".\r" then more: bare CR */
 			o = bare(d, o, '\r');

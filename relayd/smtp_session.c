@@ -74,6 +74,7 @@ struct smtp_tx {
 	int			 spool_errno;
 	struct data_dec		 dec;
 	struct spool_msg	*msg;
+	int			 committing;	/* msg is the spool's now */
 };
 
 struct smtp_session {
@@ -99,6 +100,8 @@ struct smtp_session {
 	int			 freeing;
 	int			 lingering;
 	int			 out_blocked;	/* waiting for the client to read */
+	int			 write_armed;	/* libevent is flushing for us */
+	uint64_t		 timeout_ms;	/* armed idle timeout */
 	const char		*close_reason;
 	LIST_ENTRY(smtp_session) entry;
 };
@@ -116,6 +119,8 @@ static void	smtp_process(struct smtp_session *);
 static void	smtp_close(struct smtp_session *, const char *);
 static void	smtp_enter(struct smtp_session *, enum smtp_state);
 static void	linger(struct smtp_session *);
+static void	smtp_flush(struct smtp_session *);
+static void	session_free_later(struct smtp_session *);
 static void	cmd_helo(struct smtp_session *, const char *);
 static void	cmd_ehlo(struct smtp_session *, const char *);
 static void	cmd_mail(struct smtp_session *, const char *);
@@ -178,8 +183,6 @@ smtp_session_shutdown(void)
 	while ((s = LIST_FIRST(&sessions)) != NULL) {
 		if (s->close_reason == NULL)
 			s->close_reason = "shutdown";
-		if (s->tx != NULL && s->state == STATE_COMMIT)
-			s->tx->msg = NULL;	/* the spool owns it */
 		if (s->freeing)
 			event_del(s->timer);
 		session_free_cb(-1, 0, s);
@@ -207,15 +210,13 @@ smtp_enter(struct smtp_session *s, enum smtp_state st)
 	log_debug("%016" PRIx64 " smtp state %s -> %s", s->id,
 	    state_name(s->state), state_name(st));
 	s->state = st;
-	if (s->bev == NULL || st == STATE_CLOSING)
+	if (s->bev == NULL || st == STATE_CLOSING || st == STATE_COMMIT)
 		return;
-	/* Our own disk wait is not the client's idleness. */
-	if (st == STATE_COMMIT) {
-		bufferevent_set_timeouts(s->bev, NULL, NULL);
-		return;
-	}
 	ms = (st == STATE_DATA || st == STATE_BDAT) ?
 	    s->cfg->data_timeout_ms : s->cfg->command_timeout_ms;
+	if (ms == s->timeout_ms)	/* re-arming costs system calls */
+		return;
+	s->timeout_ms = ms;
 	tv.tv_sec = (time_t)(ms / 1000);
 	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
@@ -241,6 +242,38 @@ smtp_reply(struct smtp_session *s, const char *fmt, ...)
 		return;
 	out = bufferevent_get_output(s->bev);
 	evbuffer_add_printf(out, "%s\r\n", buf);
+}
+
+/*
+ * Writes pending replies now. Most replies fit in the socket buffer at once,
+ * so libevent's write event is only armed for a client that is slow to read;
+ * arming and disarming it for every reply would cost two system calls each.
+ */
+static void
+smtp_flush(struct smtp_session *s)
+{
+	struct evbuffer	*out;
+	int		 n;
+
+	if (s->bev == NULL || s->write_armed || s->freeing)
+		return;
+	out = bufferevent_get_output(s->bev);
+	if (evbuffer_get_length(out) == 0)
+		return;
+	/* The bufferevent keeps its output frozen; we drain it ourselves. */
+	evbuffer_unfreeze(out, 1);
+	n = evbuffer_write(out, bufferevent_getfd(s->bev));
+	evbuffer_freeze(out, 1);
+	if (n == -1 && errno != EAGAIN && errno != EINTR) {
+		if (s->close_reason == NULL)
+			s->close_reason = "connection error";
+		session_free_later(s);
+		return;
+	}
+	if (evbuffer_get_length(out) > 0) {
+		s->write_armed = 1;
+		bufferevent_enable(s->bev, EV_WRITE);
+	}
 }
 
 /* A client error: reply, and close once there were too many. */
@@ -272,7 +305,9 @@ tx_free(struct smtp_session *s)
 
 	if (tx == NULL)
 		return;
-	if (tx->msg != NULL)
+	if (tx->committing)
+		spool_msg_forget(tx->msg);	/* it finishes; nobody hears */
+	else if (tx->msg != NULL)
 		spool_msg_abort(tx->msg);
 	for (i = 0; i < tx->nrcpts; i++)
 		free(tx->rcpts[i]);
@@ -311,11 +346,6 @@ session_free_later(struct smtp_session *s)
 	if (s->freeing)
 		return;
 	s->freeing = 1;
-	if (s->tx != NULL && s->tx->msg != NULL && s->state == STATE_COMMIT) {
-		/* The commit goes on; nobody is left to tell. */
-		spool_msg_forget(s->tx->msg);
-		s->tx->msg = NULL;
-	}
 	if (s->bev != NULL) {
 		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 		bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
@@ -335,6 +365,9 @@ smtp_close(struct smtp_session *s, const char *reason)
 		s->close_reason = reason;
 	event_del(s->timer);		/* a greeting still to come */
 	smtp_enter(s, STATE_CLOSING);
+	smtp_flush(s);
+	if (s->freeing)
+		return;
 	if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
 		linger(s);
 	/* else: write_cb lingers once the output is drained */
@@ -709,6 +742,7 @@ commit_done(void *arg, int err, const char *qid)
 	struct smtp_tx		*tx = s->tx;
 
 	tx->msg = NULL;		/* the spool frees it */
+	tx->committing = 0;
 	if (err != 0) {
 		log_warnx("%016" PRIx64 " spool: commit failed: %s", s->id,
 		    strerror(err));
@@ -723,8 +757,8 @@ commit_done(void *arg, int err, const char *qid)
 	}
 	tx_free(s);
 	smtp_enter(s, STATE_HELO);
-	bufferevent_enable(s->bev, EV_READ);
 	smtp_process(s);
+	smtp_flush(s);
 }
 
 /* The data (or last chunk) is in: refuse it or make it durable. */
@@ -751,10 +785,14 @@ tx_finish(struct smtp_session *s)
 		smtp_error(s, "503 5.5.1 Bad sequence of commands (send MAIL "
 		    "FROM and RCPT TO first)");
 	} else {
-		struct spool_msg *m = tx->msg;
+		/*
+		 * Input stays enabled: pipelined commands wait in the buffer
+		 * (smtp_process does nothing in COMMIT), and toggling the read
+		 * event for every message costs two system calls.
+		 */
 		smtp_enter(s, STATE_COMMIT);
-		bufferevent_disable(s->bev, EV_READ);
-		spool_msg_commit(m, commit_done, s);
+		tx->committing = 1;
+		spool_msg_commit(tx->msg, commit_done, s);
 		return;
 	}
 	tx_free(s);
@@ -874,6 +912,11 @@ smtp_process(struct smtp_session *s)
 	while (progress && !s->freeing) {
 		/* A client that sends without reading waits for itself. */
 		if (evbuffer_get_length(bufferevent_get_output(s->bev)) >
+		    SMTP_OUT_MAX && s->state != STATE_CLOSING)
+			smtp_flush(s);
+		if (s->freeing)
+			return;
+		if (evbuffer_get_length(bufferevent_get_output(s->bev)) >
 		    SMTP_OUT_MAX && s->state != STATE_CLOSING) {
 			s->out_blocked = 1;
 			bufferevent_disable(s->bev, EV_READ);
@@ -926,6 +969,7 @@ read_cb(struct bufferevent *bev, void *arg)
 		return;
 	}
 	smtp_process(s);
+	smtp_flush(s);
 }
 
 /*
@@ -955,6 +999,8 @@ write_cb(struct bufferevent *bev, void *arg)
 	struct smtp_session	*s = arg;
 
 	(void)bev;
+	s->write_armed = 0;
+	bufferevent_disable(s->bev, EV_WRITE);
 	if (s->state == STATE_CLOSING)
 		linger(s);
 	else if (s->out_blocked) {
@@ -1007,6 +1053,7 @@ greeting_cb(evutil_socket_t fd, short ev, void *arg)
 	}
 	smtp_enter(s, STATE_GREETED);
 	smtp_reply(s, "220 %s ESMTP relayd", s->cfg->hostname);
+	smtp_flush(s);
 }
 
 void
@@ -1039,6 +1086,8 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 		return;
 	}
 	bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
+	/* Replies are written eagerly; see smtp_flush. */
+	bufferevent_disable(s->bev, EV_WRITE);
 	/* Buffer at least one whole command line, or it never completes. */
 	bufferevent_setwatermark(s->bev, EV_READ, 0,
 	    cfg->max_line_length + 3 > SMTP_READ_HIGHWAT ?

@@ -530,6 +530,24 @@ class Relayd:
     def tmp_files(self):
         return list_dir(self.tmp_dir)
 
+    def partial_sizes(self):
+        """Sizes of the messages being written: files in tmp/, or the
+        daemon's anonymous (O_TMPFILE) files in queue/, which have no name
+        until they are whole. Small messages may have no file at all yet."""
+        sizes = [(self.tmp_dir / f).stat().st_size for f in self.tmp_files()]
+        fds = Path("/proc/%d/fd" % self.pid)
+        for fd in (list(fds.iterdir()) if self.running() else []):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith(str(self.queue_dir) + "/#"):
+                try:
+                    sizes.append(fd.stat().st_size)
+                except OSError:
+                    pass
+        return sizes
+
     def queued_files(self):
         return [SpoolFile(self.queue_dir / q) for q in self.queued()]
 
