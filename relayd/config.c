@@ -51,6 +51,7 @@ struct cfg_key {
 };
 
 static const char *const bare_lf_names[] = { "reject", "normalize", NULL };
+static const char *const sync_names[] = { "fdatasync", "syncfs", NULL };
 static const char *const log_level_names[] =
     { "error", "warning", "info", "debug", NULL };
 
@@ -103,6 +104,12 @@ static const struct cfg_key cfg_keys[] = {
 	{ "queue", "spool_dir", CFG_STR, "/var/lib/relayd/spool", 0, 0,
 	  OFF(spool_dir), NULL,
 	  "Directory of the durable queue; must be on a local file system." },
+	{ "queue", "sync_method", CFG_ENUM, "fdatasync", 0, 0,
+	  OFF(sync_method), sync_names,
+	  "How a batch of new messages is made durable before the 250: "
+	  "fdatasync each file (works everywhere), or syncfs, one flush of "
+	  "the whole file system per batch: faster when spool_dir is a file "
+	  "system of its own, slower on one shared with busy writers." },
 	{ "graph", "tenant", CFG_STR, NULL, 0, 0, OFF(tenant), NULL,
 	  "Directory (tenant) ID or domain of the app registration." },
 	{ "graph", "client_id", CFG_STR, NULL, 0, 0, OFF(client_id), NULL,

@@ -9,6 +9,7 @@
 #include "addr.h"
 
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_NORMALIZE };
+enum sync_method { SYNC_FDATASYNC, SYNC_SYNCFS };
 
 struct listen_cfg {
 	struct sockaddr_storage	 ss;
@@ -38,6 +39,7 @@ struct config {
 
 	/* [queue] */
 	char			*spool_dir;
+	int			 sync_method;
 
 	/* [graph] */
 	char			*tenant;

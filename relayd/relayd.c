@@ -115,8 +115,8 @@ main(int argc, char *argv[])
 
 	if ((base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
-	if ((spool = spool_open(cfg->spool_dir, base, err, sizeof(err))) ==
-	    NULL) {
+	if ((spool = spool_open(cfg->spool_dir, cfg->sync_method, base, err,
+	    sizeof(err))) == NULL) {
 		log_msg(LOG_LVL_ERR, "relayd: %s", err);
 		return EX_CANTCREAT;
 	}

@@ -40,6 +40,7 @@
 
 #include <event2/event.h>
 
+#include "config.h"
 #include "log.h"
 #include "spool.h"
 #include "util.h"
@@ -75,6 +76,7 @@ enum link_mode {
 struct spool {
 	char			*dir;
 	enum link_mode		 link_mode;
+	int			 sync_method;
 	int			 dirfd;		/* spool_dir */
 	int			 queuefd;	/* queue/ */
 	int			 tmpfd;		/* tmp/ */
@@ -416,13 +418,23 @@ commit_batch(struct spool *sp, struct spool_msg *batch)
 	for (m = batch; m != NULL; m = m->next)
 		if (m->err == 0 && (m->fd != -1 || msg_create(m) == 0))
 			msg_flush(m);
-	/* Start write-back everywhere first so the waits overlap. */
-	for (m = batch; m != NULL; m = m->next)
-		if (m->err == 0)
-			sync_file_range(m->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	if (sp->sync_method == SYNC_SYNCFS && batch->next != NULL) {
+		/* One flush for the batch; a failure fails every message. */
+		int e = syncfs(sp->queuefd) == -1 ? errno : 0;
+		for (m = batch; m != NULL; m = m->next)
+			if (m->err == 0)
+				m->err = e;
+	} else {
+		/* Start write-back everywhere so the waits overlap. */
+		for (m = batch; m != NULL; m = m->next)
+			if (m->err == 0)
+				sync_file_range(m->fd, 0, 0,
+				    SYNC_FILE_RANGE_WRITE);
+		for (m = batch; m != NULL; m = m->next)
+			if (m->err == 0 && fdatasync(m->fd) == -1)
+				m->err = errno;
+	}
 	for (m = batch; m != NULL; m = m->next) {
-		if (m->err == 0 && fdatasync(m->fd) == -1)
-			m->err = errno;
 		if (m->err == 0 && msg_link(m) == -1)
 			m->err = errno;
 		if (m->fd != -1 && close(m->fd) == -1 && m->err == 0)
@@ -535,12 +547,14 @@ spool_notify_cb(evutil_socket_t fd, short ev, void *arg)
 }
 
 struct spool *
-spool_open(const char *dir, struct event_base *base, char *err, size_t errlen)
+spool_open(const char *dir, int sync_method, struct event_base *base,
+    char *err, size_t errlen)
 {
 	struct spool	*sp;
 
 	sp = xcalloc(1, sizeof(*sp));
 	sp->dir = xstrdup(dir);
+	sp->sync_method = sync_method;
 	sp->dirfd = sp->queuefd = sp->tmpfd = -1;
 	sp->notify[0] = sp->notify[1] = -1;
 	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {

@@ -40,11 +40,13 @@ struct spool_entry {
 typedef void spool_done_cb(void *arg, int err, const char *qid);
 
 /*
- * Opens (creating if needed) the spool under dir: removes leftovers of
+ * Opens (creating if needed) the spool under dir, syncing the way the
+ * second argument says (enum sync_method): removes leftovers of
  * interrupted writes, moves damaged files aside and indexes every queued
  * message. base may be NULL for tools and tests that only read.
  */
-struct spool	*spool_open(const char *, struct event_base *, char *, size_t);
+struct spool	*spool_open(const char *, int, struct event_base *, char *,
+		    size_t);
 void		 spool_free(struct spool *);
 size_t		 spool_count(const struct spool *);
 const struct spool_entry *spool_entry_at(const struct spool *, size_t);

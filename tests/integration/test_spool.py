@@ -1,6 +1,7 @@
 """The durable queue: what a 250 promises, crashes, a full disk, damage."""
 import os
 import re
+import subprocess
 import time
 
 import pytest
@@ -321,3 +322,23 @@ def test_sigterm_with_open_sessions(relayd):
     assert relayd.tmp_files() == []
     assert "spool: 1 queued message(s) found" in relayd.current_log()
     assert relayd.spool_file(done).body == b"before the stop\r\n"
+
+
+@pytest.mark.parametrize("sync_method", ["fdatasync", "syncfs"])
+def test_sync_methods_under_concurrency(relayd_factory, sync_method):
+    """Both ways of flushing a batch: 200 messages from 16 parallel
+    sessions, every 250 a whole file, found again after kill -9."""
+    d = relayd_factory(sections={"queue": {"sync_method": sync_method}})
+    src = "/usr/sbin/smtp-source"
+    if not os.path.exists(src):
+        pytest.skip("smtp-source (package postfix) is not installed")
+    r = subprocess.run([src, "-s", "16", "-m", "200", "-l", "3000",
+                        "127.0.0.1:%d" % d.port], capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(d.queued()) == 200
+    d.kill()
+    d.start()
+    assert "spool: 200 queued message(s) found" in d.current_log()
+    for f in d.queued_files():
+        assert f.size == len(f.message)

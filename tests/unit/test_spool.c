@@ -16,6 +16,7 @@
 #include "spool.h"
 
 static char	 dir[256];
+static int	 sync_method;	/* 0 fdatasync, 1 syncfs */
 
 static int
 setup(void **state)
@@ -117,7 +118,7 @@ test_commit_and_recover(void **state)
 	size_t			 len = 0;
 
 	(void)state;
-	sp = spool_open(dir, NULL, err, sizeof(err));
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
 	assert_non_null(sp);
 	assert_int_equal(spool_count(sp), 0);
 	m = new_msg(sp);
@@ -144,7 +145,7 @@ test_commit_and_recover(void **state)
 	free(buf);
 
 	/* Found again, with its envelope. */
-	sp = spool_open(dir, NULL, err, sizeof(err));
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
 	assert_non_null(sp);
 	assert_int_equal(spool_count(sp), 1);
 	e = spool_entry_at(sp, 0);
@@ -165,7 +166,7 @@ test_abort_and_leftovers(void **state)
 	int			 fd;
 
 	(void)state;
-	sp = spool_open(dir, NULL, err, sizeof(err));
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
 	assert_non_null(sp);
 	m = new_msg(sp);
 	spool_msg_write(m, "x", 1);
@@ -184,7 +185,7 @@ test_abort_and_leftovers(void **state)
 	spool_msg_abort(m);
 	spool_free(sp);
 	assert_int_equal(count_files("tmp"), 1);
-	sp = spool_open(dir, NULL, err, sizeof(err));
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
 	assert_non_null(sp);
 	assert_int_equal(count_files("tmp"), 0);
 	assert_int_equal(spool_count(sp), 0);
@@ -199,14 +200,14 @@ test_damaged_moved_aside(void **state)
 	FILE		*fp;
 
 	(void)state;
-	sp = spool_open(dir, NULL, err, sizeof(err));
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
 	spool_free(sp);
 	snprintf(path, sizeof(path), "%s/queue/0000000000000000", dir);
 	fp = fopen(path, "w");
 	fputs("RELAYD-SPOOL 1\nid: 0000000000000000\nmail-from: a@b\n"
 	    "rcpt: c@d\n\nSubject: cut short", fp);
 	fclose(fp);
-	sp = spool_open(dir, NULL, err, sizeof(err));
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
 	assert_non_null(sp);
 	assert_int_equal(spool_count(sp), 0);
 	assert_int_equal(count_files("queue"), 0);
@@ -269,7 +270,7 @@ test_unique_ids(void **state)
 	int			 i, j;
 
 	(void)state;
-	sp = spool_open(dir, NULL, err, sizeof(err));
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
 	for (i = 0; i < 300; i++) {
 		m[i] = new_msg(sp);
 		assert_non_null(m[i]);
@@ -297,5 +298,11 @@ main(void)
 		    teardown),
 	};
 
-	return cmocka_run_group_tests_name("spool", tests, NULL, NULL);
+	int	 failed;
+
+	failed = cmocka_run_group_tests_name("spool", tests, NULL, NULL);
+	sync_method = 1;
+	failed += cmocka_run_group_tests_name("spool-syncfs", tests, NULL,
+	    NULL);
+	return failed;
 }
