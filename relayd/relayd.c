@@ -117,7 +117,7 @@ main(int argc, char *argv[])
 		fatalx("event_base_new failed");
 	if ((spool = spool_open(cfg->spool_dir, cfg->sync_method, base, err,
 	    sizeof(err))) == NULL) {
-		log_msg(LOG_LVL_ERR, "relayd: %s", err);
+		log_msg(LOG_LVL_ERR, "%s", err);
 		return EX_CANTCREAT;
 	}
 	log_info("spool: %zu queued message(s) found dir=%s",
@@ -126,7 +126,7 @@ main(int argc, char *argv[])
 	smtp_session_init(cfg);
 	smtp = smtp_new(base, cfg, spool);
 	if (smtp_listen(smtp, err, sizeof(err)) == -1) {
-		log_msg(LOG_LVL_ERR, "relayd: %s", err);
+		log_msg(LOG_LVL_ERR, "%s", err);
 		return EX_OSERR;
 	}
 	ev_term = evsignal_new(base, SIGTERM, stop_cb, base);
