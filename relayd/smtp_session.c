@@ -5,8 +5,9 @@
  * The session owns its bufferevent and, from MAIL to the end of the data, a
  * transaction (struct smtp_tx) that owns the spool file being written. Input
  * is handled strictly in order: while a message is being committed to disk
- * the session reads no further commands, so pipelined commands are answered
- * in order and a 250 is only ever sent for a message that is durable.
+ * the session acts on no further commands (they wait in the input buffer),
+ * so pipelined commands are answered in order and a 250 is only ever sent
+ * for a message that is durable.
  *
  * Limits (config): line length, message size, recipients, errors, idle
  * timeouts. DATA is decoded by smtp_proto.c's data_dec, which only ends on
@@ -51,7 +52,7 @@ enum smtp_state {
 	STATE_RCPT,		/* in a transaction (MAIL given) */
 	STATE_DATA,		/* reading DATA */
 	STATE_BDAT,		/* reading a BDAT chunk */
-	STATE_COMMIT,		/* waiting for the spool; input paused */
+	STATE_COMMIT,		/* waiting for the spool; commands wait */
 	STATE_CLOSING,		/* flushing the last reply */
 };
 
@@ -1005,9 +1006,9 @@ write_cb(struct bufferevent *bev, void *arg)
 		linger(s);
 	else if (s->out_blocked) {
 		s->out_blocked = 0;
-		if (s->state != STATE_COMMIT)
-			bufferevent_enable(s->bev, EV_READ);
+		bufferevent_enable(s->bev, EV_READ);
 		smtp_process(s);
+		smtp_flush(s);
 	}
 }
 

@@ -1,6 +1,7 @@
 """The SMTP command set, EHLO, pipelining, listeners, -n and BDAT."""
 import socket
 import threading
+import time
 
 import pytest
 
@@ -503,3 +504,40 @@ def test_pipelining_flood_answered_in_order(relayd):
                                         for i in range(n)]
         assert c.cmd("QUIT").code == 221
     relayd.assert_serves()
+
+
+def test_unread_replies_around_a_commit(relayd):
+    """A client that pipelines a flood of commands, a message and another
+    flood without reading: the server stops reading while replies pile up
+    and resumes once the client reads. Everything is answered, in order,
+    and the message is queued. (Whether the pause falls inside the few
+    milliseconds of the commit is up to timing; the code resumes input in
+    either case.)"""
+    n = 40000
+    flood = b"NOOP\r\n" * n
+    msg = (b"MAIL FROM:<a@a.test>\r\nRCPT TO:<b@b.test>\r\nDATA\r\n"
+           b"Subject: amid a flood\r\n\r\nbody\r\n.\r\n")
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", relayd.port))
+    s.settimeout(20)
+    sender = threading.Thread(
+        target=s.sendall, args=(b"EHLO x\r\n" + flood + msg + flood +
+                                b"QUIT\r\n",))
+    sender.start()
+    try:
+        time.sleep(1.0)         # let replies pile up unread
+        data = b""
+        while not data.endswith(b"221 2.0.0 Bye\r\n"):
+            chunk = s.recv(65536)
+            assert chunk, "closed before QUIT was answered"
+            data += chunk
+    finally:
+        sender.join(20)
+        s.close()
+    lines = data.split(b"\r\n")
+    codes = [l[:3] for l in lines if l[:3].isdigit() and l[3:4] == b" "]
+    # greeting, EHLO, n NOOPs, MAIL, RCPT, 354, 250 queued, n NOOPs, 221
+    assert len(codes) == 2 * n + 7, len(codes)
+    assert codes[2 + n:2 + n + 4] == [b"250", b"250", b"354", b"250"]
+    assert len(relayd.queued()) == 1
