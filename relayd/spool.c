@@ -740,27 +740,37 @@ spool_entry_at(const struct spool *sp, size_t i)
 	return i < sp->nentries ? &sp->entries[i] : NULL;
 }
 
+/* Writes all of data to the message's file; the first error sticks. */
 static int
-msg_flush(struct spool_msg *m)
+msg_write_all(struct spool_msg *m, const char *data, size_t len)
 {
-	size_t	 off = 0;
 	ssize_t	 n;
 
-	while (m->err == 0 && off < m->buflen) {
-		n = write(m->fd, m->buf + off, m->buflen - off);
+	while (m->err == 0 && len > 0) {
+		n = write(m->fd, data, len);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n <= 0)
 			m->err = n == 0 ? EIO : errno;
-		else
-			off += (size_t)n;
+		else {
+			data += n;
+			len -= (size_t)n;
+		}
 	}
-	m->buflen = 0;
 	if (m->err != 0) {
 		errno = m->err;
 		return -1;
 	}
 	return 0;
+}
+
+static int
+msg_flush(struct spool_msg *m)
+{
+	size_t	 len = m->buflen;
+
+	m->buflen = 0;
+	return msg_write_all(m, m->buf, len);
 }
 
 static int
@@ -779,21 +789,8 @@ msg_append(struct spool_msg *m, const void *data, size_t len)
 		if (msg_flush(m) == -1)
 			return -1;
 	}
-	if (len >= SPOOL_BUF_SIZE) {
-		while (len > 0) {
-			ssize_t n = write(m->fd, data, len);
-			if (n == -1 && errno == EINTR)
-				continue;
-			if (n <= 0) {
-				m->err = n == 0 ? EIO : errno;
-				errno = m->err;
-				return -1;
-			}
-			data = (const char *)data + n;
-			len -= (size_t)n;
-		}
-		return 0;
-	}
+	if (len >= SPOOL_BUF_SIZE)
+		return msg_write_all(m, data, len);
 	memcpy(m->buf + m->buflen, data, len);
 	m->buflen += len;
 	return 0;
