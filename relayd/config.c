@@ -11,7 +11,10 @@
  * its callback in Debian's build, and precise "FILE:LINE:" errors for every
  * key are the point of this module.
  */
+#include <sys/stat.h>
+
 #include <ctype.h>
+#include <fcntl.h>
 #include <errno.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -37,6 +40,7 @@ enum cfg_type {
 	CFG_ENUM,	/* one of enums[], stored as its index */
 	CFG_LISTEN,	/* ADDR:PORT, repeatable */
 	CFG_NETS,	/* CIDR list, comma or space separated */
+	CFG_BOOL,	/* yes/no, true/false, on/off; stored as int */
 };
 
 struct cfg_key {
@@ -110,6 +114,16 @@ static const struct cfg_key cfg_keys[] = {
 	  "fdatasync each file (works everywhere), or syncfs, one flush of "
 	  "the whole file system per batch: faster when spool_dir is a file "
 	  "system of its own, slower on one shared with busy writers." },
+	{ "queue", "workers", CFG_NUM, "16", 1, 512, OFF(workers), NULL,
+	  "Graph requests in flight at once, over all mailboxes. Graph itself "
+	  "allows 4 per mailbox; relayd never sends more." },
+	{ "queue", "retry_min", CFG_DURATION, "30s", 100, 3600 * 1000,
+	  OFF(retry_min_ms), NULL,
+	  "First wait after a temporary failure without Retry-After; it "
+	  "doubles with each failure up to retry_max." },
+	{ "queue", "retry_max", CFG_DURATION, "30m", 1000, 24 * 3600 * 1000,
+	  OFF(retry_max_ms), NULL,
+	  "Longest wait between two attempts." },
 	{ "graph", "tenant", CFG_STR, NULL, 0, 0, OFF(tenant), NULL,
 	  "Directory (tenant) ID or domain of the app registration." },
 	{ "graph", "client_id", CFG_STR, NULL, 0, 0, OFF(client_id), NULL,
@@ -123,8 +137,26 @@ static const struct cfg_key cfg_keys[] = {
 	{ "graph", "graph_url", CFG_STR, "https://graph.microsoft.com", 0, 0,
 	  OFF(graph_url), NULL, "Microsoft Graph base URL." },
 	{ "graph", "ca_file", CFG_STR, NULL, 0, 0, OFF(ca_file), NULL,
-	  "PEM bundle to verify the HTTPS servers with (default: the "
-	  "system's)." },
+	  "PEM file of CA certificates trusted besides the system's, for a "
+	  "TLS-inspecting proxy or a test server." },
+	{ "graph", "mailbox", CFG_STR, "envelope", 0, 0, OFF(mailbox), NULL,
+	  "Whose mailbox sends each message (the {id} in /users/{id}/sendMail):"
+	  " envelope (the MAIL FROM address), from (the From: header), or one "
+	  "fixed ADDRESS for everything." },
+	{ "graph", "save_to_sent_items", CFG_BOOL, "yes", 0, 0,
+	  OFF(save_to_sent_items), NULL,
+	  "Keep a copy of each message in the sending mailbox's Sent Items." },
+	{ "graph", "max_mime_depth", CFG_NUM, "32", 1, 1000,
+	  OFF(max_mime_depth), NULL,
+	  "Deepest nesting of multiparts and attached messages mapped; a "
+	  "deeper message fails permanently (dead letter)." },
+	{ "graph", "connect_timeout", CFG_DURATION, "10s", 1000, 300 * 1000,
+	  OFF(connect_timeout_ms), NULL,
+	  "Time allowed to connect to the token service or Graph." },
+	{ "graph", "timeout", CFG_DURATION, "2m", 1000, 3600 * 1000,
+	  OFF(timeout_ms), NULL,
+	  "Time allowed for one whole request, upload included; a request "
+	  "that takes longer is retried later." },
 	{ "status", "socket", CFG_STR, "/run/relayd/status.sock", 0, 0,
 	  OFF(status_socket), NULL, "UNIX socket for relayctl." },
 	{ "log", "level", CFG_ENUM, "info", 0, 0, OFF(log_level),
@@ -288,6 +320,22 @@ set_value(struct config *cfg, const struct cfg_key *k, const char *value,
 		cfg->listen[cfg->nlisten++] = lc;
 		return 0;
 	}
+	case CFG_BOOL:
+		if (strcasecmp(value, "yes") == 0 ||
+		    strcasecmp(value, "true") == 0 ||
+		    strcasecmp(value, "on") == 0) {
+			*(int *)field = 1;
+			return 0;
+		}
+		if (strcasecmp(value, "no") == 0 ||
+		    strcasecmp(value, "false") == 0 ||
+		    strcasecmp(value, "off") == 0) {
+			*(int *)field = 0;
+			return 0;
+		}
+		snprintf(err, errlen, "\"%s\" must be yes or no, not \"%s\"",
+		    k->name, value);
+		return -1;
 	case CFG_NETS: {
 		char bad[128];
 
@@ -436,6 +484,117 @@ set_defaults(struct config *cfg)
 	cfg->hostname = xstrdup(host);
 }
 
+static int
+key_line(const struct parser *p, const char *section, const char *name)
+{
+	const struct cfg_key	*k = find_key(section, name);
+
+	return k != NULL ? p->seen[k - cfg_keys] : 0;
+}
+
+/*
+ * A secret file must be a regular file that neither group nor others can
+ * read: a leaked client secret lets anyone send mail as any mailbox.
+ */
+static void
+check_secret_file(struct parser *p, int line, const char *what,
+    const char *path)
+{
+	struct stat	 st;
+	int		 fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
+	    fstat(fd, &st) == -1) {
+		perr(p, line, "%s \"%s\": %s", what, path, strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	close(fd);
+	if (!S_ISREG(st.st_mode))
+		perr(p, line, "%s \"%s\" is not a regular file", what, path);
+	else if (st.st_mode & (S_IRWXG | S_IRWXO))
+		perr(p, line, "%s \"%s\" is open to group or others (mode "
+		    "%04o); run: chmod 600 %s", what, path,
+		    (unsigned)(st.st_mode & 07777), path);
+}
+
+/* Token and Graph URLs: https, or http to this host only (tests, demos). */
+static void
+check_url(struct parser *p, const char *name, char *url)
+{
+	const char	*host;
+	size_t		 n;
+
+	if (strncasecmp(url, "https://", 8) == 0)
+		host = url + 8;
+	else if (strncasecmp(url, "http://", 7) == 0) {
+		host = url + 7;
+		if (strncmp(host, "127.", 4) != 0 &&
+		    strncmp(host, "[::1]", 5) != 0 &&
+		    strncasecmp(host, "localhost", 9) != 0)
+			perr(p, key_line(p, "graph", name), "%s \"%s\": plain "
+			    "http is allowed only to this host; use https://",
+			    name, url);
+	} else {
+		perr(p, key_line(p, "graph", name), "%s \"%s\" must start "
+		    "with https://", name, url);
+		return;
+	}
+	if (*host == '\0' || *host == '/')
+		perr(p, key_line(p, "graph", name), "%s \"%s\" has no host",
+		    name, url);
+	n = strlen(url);
+	while (n > 0 && url[n - 1] == '/')
+		url[--n] = '\0';
+}
+
+/*
+ * [graph]: delivery is on once any credential key is given, and then all of
+ * them must be. Without them relayd only queues (a staged roll-out).
+ */
+static void
+check_graph(struct parser *p)
+{
+	struct config	*cfg = p->cfg;
+	const char	*creds;
+	char		*path;
+
+	check_url(p, "login_url", cfg->login_url);
+	check_url(p, "graph_url", cfg->graph_url);
+	if (strcmp(cfg->mailbox, "envelope") != 0 &&
+	    strcmp(cfg->mailbox, "from") != 0 &&
+	    (strchr(cfg->mailbox, '@') == NULL ||
+	    strpbrk(cfg->mailbox, " \t/?#<>\"") != NULL))
+		perr(p, key_line(p, "graph", "mailbox"), "mailbox \"%s\" must "
+		    "be envelope, from or a mailbox address", cfg->mailbox);
+	creds = getenv("CREDENTIALS_DIRECTORY");
+	if (cfg->tenant == NULL && cfg->client_id == NULL &&
+	    cfg->client_secret_file == NULL)
+		return;
+	cfg->graph_enabled = 1;
+	if (cfg->tenant == NULL)
+		perr(p, 0, "[graph] tenant is not set (the Directory (tenant) "
+		    "ID of the app registration)");
+	if (cfg->client_id == NULL)
+		perr(p, 0, "[graph] client_id is not set (the Application "
+		    "(client) ID of the app registration)");
+	if (cfg->client_secret_file != NULL) {
+		check_secret_file(p, key_line(p, "graph",
+		    "client_secret_file"), "client_secret_file",
+		    cfg->client_secret_file);
+		return;
+	}
+	if (creds == NULL || *creds == '\0') {
+		perr(p, 0, "[graph] client_secret_file is not set and there is "
+		    "no systemd credential (LoadCredential=client_secret)");
+		return;
+	}
+	xasprintf(&path, "%s/client_secret", creds);
+	check_secret_file(p, 0, "credential", path);
+	cfg->client_secret_file = path;
+}
+
 /* Checks that span keys or need the file system. */
 static void
 check_config(struct parser *p)
@@ -452,6 +611,7 @@ check_config(struct parser *p)
 	if (cfg->spool_dir[0] != '/')
 		perr(p, 0, "spool_dir \"%s\" must be an absolute path",
 		    cfg->spool_dir);
+	check_graph(p);
 }
 
 static struct config *

@@ -40,6 +40,9 @@ struct config {
 	/* [queue] */
 	char			*spool_dir;
 	int			 sync_method;
+	uint64_t		 workers;
+	uint64_t		 retry_min_ms;
+	uint64_t		 retry_max_ms;
 
 	/* [graph] */
 	char			*tenant;
@@ -48,6 +51,12 @@ struct config {
 	char			*login_url;
 	char			*graph_url;
 	char			*ca_file;
+	char			*mailbox;	/* "envelope", "from" or ADDRESS */
+	int			 save_to_sent_items;
+	uint64_t		 max_mime_depth;
+	uint64_t		 connect_timeout_ms;
+	uint64_t		 timeout_ms;
+	int			 graph_enabled;	/* tenant etc. given */
 
 	/* [status] */
 	char			*status_socket;

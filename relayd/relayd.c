@@ -21,6 +21,10 @@
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
+#include "http.h"
+#include "mime.h"
+#include "token.h"
+#include "worker.h"
 #include "log.h"
 #include "smtp.h"
 #include "spool.h"
@@ -71,6 +75,8 @@ main(int argc, char *argv[])
 	const char		*path = RELAYD_CONF;
 	struct config		*cfg;
 	struct event_base	*base;
+	struct worker_pool	*pool = NULL;
+	struct token		*token = NULL;
 	struct event		*ev_term, *ev_int;
 	struct spool		*spool;
 	struct smtp		*smtp;
@@ -123,6 +129,26 @@ main(int argc, char *argv[])
 	log_info("spool: %zu queued message(s) found dir=%s",
 	    spool_count(spool), cfg->spool_dir);
 
+	if (cfg->graph_enabled) {
+		mime_init();
+		if (http_init(cfg, err, sizeof(err)) == -1 ||
+		    (token = token_new(cfg, err, sizeof(err))) == NULL) {
+			log_msg(LOG_LVL_ERR, "%s", err);
+			return EX_CONFIG;
+		}
+		if ((pool = worker_new(base, cfg, spool, token, err,
+		    sizeof(err))) == NULL) {
+			log_msg(LOG_LVL_ERR, "%s", err);
+			return EX_OSERR;
+		}
+		log_info("graph: delivering url=%s tenant=%s client_id=%s "
+		    "mailbox=%s workers=%llu", cfg->graph_url, cfg->tenant,
+		    cfg->client_id, cfg->mailbox,
+		    (unsigned long long)cfg->workers);
+	} else
+		log_warnx("graph: [graph] is not configured; messages are "
+		    "queued and not delivered");
+
 	smtp_session_init(cfg);
 	smtp = smtp_new(base, cfg, spool);
 	if (smtp_listen(smtp, err, sizeof(err)) == -1) {
@@ -143,7 +169,11 @@ main(int argc, char *argv[])
 	 * Commits in flight finish (and their sessions hear of it) before
 	 * the sessions go, and the sessions before the listeners' tables.
 	 */
+	worker_free(pool);
 	spool_free(spool);
+	token_free(token);
+	if (cfg->graph_enabled)
+		http_cleanup();
 	smtp_session_shutdown();
 	smtp_free(smtp);
 	event_free(ev_term);

@@ -6,6 +6,7 @@
  *             of an interrupted write and is removed.
  *   queue/    whole messages, one file each, named by queue id.
  *   corrupt/  files found in queue/ that fail the framing check.
+ *   dead/     messages Graph refused for good, each beside a .reason file.
  *
  * A spool file is an envelope of "key: value" lines after a version line,
  * a blank line, the message bytes as received (CRLF, dot-unstuffed, with our
@@ -60,6 +61,7 @@ struct spool_msg {
 	int			 linked;	/* now in queue/ */
 	int			 err;		/* sticky errno */
 	uint64_t		 size;		/* message bytes so far */
+	char			*mail_from;
 	char			*buf;
 	size_t			 buflen;
 	spool_done_cb		*cb;
@@ -84,8 +86,11 @@ struct spool {
 	uint64_t		 last_us;
 	unsigned		 seq;
 
-	struct spool_entry	*entries;
+	struct spool_entry	*entries;	/* found at open */
 	size_t			 nentries;
+	size_t			 count;		/* now in queue/ */
+	spool_queued_cb		*queued_cb;
+	void			*queued_arg;
 
 	/* Commit thread. pending: loop -> thread; done: thread -> loop. */
 	pthread_t		 thread;
@@ -189,8 +194,12 @@ spool_parse(const char *head, size_t headlen, const char *trailer,
 		} else if (strncmp(p, "mail-from: ", 11) == 0) {
 			free(e->mail_from);
 			e->mail_from = xstrndup(p + 11, (size_t)(nl - p - 11));
-		} else if (strncmp(p, "rcpt: ", 6) == 0)
-			e->nrcpts++;
+		} else if (strncmp(p, "rcpt: ", 6) == 0) {
+			e->rcpts = xrealloc(e->rcpts,
+			    (e->nrcpts + 1) * sizeof(*e->rcpts));
+			e->rcpts[e->nrcpts++] = xstrndup(p + 6,
+			    (size_t)(nl - p - 6));
+		}
 		/* Unknown keys are kept for newer readers. */
 		p = nl + 1;
 	}
@@ -215,9 +224,22 @@ spool_parse(const char *head, size_t headlen, const char *trailer,
 	e->size = size;
 	return 0;
 fail:
-	free(e->mail_from);
-	e->mail_from = NULL;
+	spool_entry_clear(e);
 	return -1;
+}
+
+void
+spool_entry_clear(struct spool_entry *e)
+{
+	size_t	 i;
+
+	free(e->mail_from);
+	for (i = 0; i < e->nrcpts; i++)
+		free(e->rcpts[i]);
+	free(e->rcpts);
+	e->mail_from = NULL;
+	e->rcpts = NULL;
+	e->nrcpts = 0;
 }
 
 /* Reads and checks queue/<name>; 0 and a filled entry if whole. */
@@ -226,9 +248,7 @@ spool_check_file(struct spool *sp, const char *name, struct spool_entry *e,
     const char **why)
 {
 	struct stat	 st;
-	char		*head, trailer[SPOOL_TRAILER_LEN];
-	ssize_t		 n;
-	int		 fd, r = -1;
+	int		 fd, r;
 
 	if ((fd = openat(sp->queuefd, name, O_RDONLY | O_CLOEXEC)) == -1) {
 		*why = strerror(errno);
@@ -239,25 +259,35 @@ spool_check_file(struct spool *sp, const char *name, struct spool_entry *e,
 		close(fd);
 		return -1;
 	}
+	r = spool_read_entry(fd, (uint64_t)st.st_size, e, why);
+	if (r == 0 && strcmp(e->qid, name) != 0) {
+		*why = "queue id does not match the file name";
+		spool_entry_clear(e);
+		r = -1;
+	}
+	close(fd);
+	return r;
+}
+
+int
+spool_read_entry(int fd, uint64_t filesize, struct spool_entry *e,
+    const char **why)
+{
+	char		*head, trailer[SPOOL_TRAILER_LEN];
+	ssize_t		 n;
+	int		 r = -1;
+
 	head = xmalloc(SPOOL_HEAD_MAX);
 	n = pread(fd, head, SPOOL_HEAD_MAX, 0);
 	if (n < 0)
 		*why = strerror(errno);
-	else if ((uint64_t)st.st_size < SPOOL_TRAILER_LEN ||
-	    pread(fd, trailer, sizeof(trailer), st.st_size -
-	    SPOOL_TRAILER_LEN) != SPOOL_TRAILER_LEN)
+	else if (filesize < SPOOL_TRAILER_LEN ||
+	    pread(fd, trailer, sizeof(trailer), (off_t)(filesize -
+	    SPOOL_TRAILER_LEN)) != SPOOL_TRAILER_LEN)
 		*why = "end marker missing (file was cut short)";
-	else if (spool_parse(head, (size_t)n, trailer, (uint64_t)st.st_size,
-	    e, why) == 0) {
-		if (strcmp(e->qid, name) != 0) {
-			*why = "queue id does not match the file name";
-			free(e->mail_from);
-			e->mail_from = NULL;
-		} else
-			r = 0;
-	}
+	else if (spool_parse(head, (size_t)n, trailer, filesize, e, why) == 0)
+		r = 0;
 	free(head);
-	close(fd);
 	return r;
 }
 
@@ -330,20 +360,17 @@ spool_recover(struct spool *sp)
 	if (sp->nentries > 1)
 		qsort(sp->entries, sp->nentries, sizeof(*sp->entries),
 		    entry_cmp);
+	sp->count = sp->nentries;
 	return 0;
 }
 
+/* A message is in queue/: count it and tell delivery (loop thread). */
 static void
 spool_add_entry(struct spool *sp, const struct spool_msg *m)
 {
-	struct spool_entry	*e;
-
-	sp->entries = xrealloc(sp->entries,
-	    (sp->nentries + 1) * sizeof(*sp->entries));
-	e = &sp->entries[sp->nentries++];
-	memset(e, 0, sizeof(*e));
-	memcpy(e->qid, m->qid, sizeof(e->qid));
-	e->size = m->size;
+	sp->count++;
+	if (sp->queued_cb != NULL)
+		sp->queued_cb(sp->queued_arg, m->qid, m->mail_from, m->size);
 }
 
 /* ---- files ---- */
@@ -590,6 +617,7 @@ msg_free(struct spool_msg *m)
 		close(m->fd);
 	if (m->named)
 		unlinkat(m->spool->tmpfd, m->qid, 0);
+	free(m->mail_from);
 	free(m->buf);
 	free(m);
 }
@@ -716,7 +744,7 @@ spool_free(struct spool *sp)
 		close(sp->notify[1]);
 	}
 	for (i = 0; i < sp->nentries; i++)
-		free(sp->entries[i].mail_from);
+		spool_entry_clear(&sp->entries[i]);
 	free(sp->entries);
 	if (sp->tmpfd != -1)
 		close(sp->tmpfd);
@@ -731,13 +759,67 @@ spool_free(struct spool *sp)
 size_t
 spool_count(const struct spool *sp)
 {
-	return sp->nentries;
+	return sp->count;
 }
 
 const struct spool_entry *
 spool_entry_at(const struct spool *sp, size_t i)
 {
 	return i < sp->nentries ? &sp->entries[i] : NULL;
+}
+
+void
+spool_set_queued_cb(struct spool *sp, spool_queued_cb *cb, void *arg)
+{
+	sp->queued_cb = cb;
+	sp->queued_arg = arg;
+}
+
+int
+spool_open_msg(struct spool *sp, const char *qid)
+{
+	return openat(sp->queuefd, qid, O_RDONLY | O_CLOEXEC);
+}
+
+int
+spool_remove(struct spool *sp, const char *qid)
+{
+	if (unlinkat(sp->queuefd, qid, 0) == -1) {
+		log_warn("%s spool: cannot remove queue/%s", qid, qid);
+		return -1;
+	}
+	if (sp->count > 0)
+		sp->count--;
+	return 0;
+}
+
+int
+spool_dead(struct spool *sp, const char *qid, const char *reason)
+{
+	char	 name[SPOOL_QID_LEN + 16];
+	size_t	 len = strlen(reason);
+	int	 dfd, fd, r = -1;
+
+	if ((dfd = open_subdir(sp->dirfd, "dead")) == -1) {
+		log_warn("%s spool: cannot open dead/", qid);
+		return -1;
+	}
+	snprintf(name, sizeof(name), "%s.reason", qid);
+	if ((fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+	    0600)) == -1 || write(fd, reason, len) != (ssize_t)len)
+		log_warn("%s spool: cannot write dead/%s", qid, name);
+	if (fd != -1)
+		close(fd);
+	if (renameat(sp->queuefd, qid, dfd, qid) == -1)
+		log_warn("%s spool: cannot move queue/%s to dead/", qid, qid);
+	else {
+		fsync(dfd);
+		if (sp->count > 0)
+			sp->count--;
+		r = 0;
+	}
+	close(dfd);
+	return r;
 }
 
 /* Writes all of data to the message's file; the first error sticks. */
@@ -824,6 +906,7 @@ spool_msg_new(struct spool *sp, const struct spool_env *env)
 	m->fd = -1;
 	spool_new_qid(sp, m->qid);
 	m->buf = xmalloc(SPOOL_BUF_SIZE);
+	m->mail_from = xstrdup(env->mail_from);
 	snprintf(line, sizeof(line), "%s%d\n", SPOOL_MAGIC, SPOOL_VERSION);
 	msg_append(m, line, strlen(line));
 	msg_header(m, "id", m->qid);

@@ -32,12 +32,16 @@ struct spool_entry {
 	uint64_t	 arrival_us;
 	uint64_t	 size;		/* message bytes */
 	uint64_t	 body_offset;	/* where the message starts */
-	size_t		 nrcpts;
 	char		*mail_from;
+	char		**rcpts;	/* "addr" or "addr PARAMS" */
+	size_t		 nrcpts;
 };
 
 /* err is 0 on success or an errno value. The message is owned by the spool. */
 typedef void spool_done_cb(void *arg, int err, const char *qid);
+/* A message has been committed to queue/ (called on the event loop). */
+typedef void spool_queued_cb(void *arg, const char *qid,
+    const char *mail_from, uint64_t size);
 
 /*
  * Opens (creating if needed) the spool under dir, syncing the way the
@@ -48,8 +52,22 @@ typedef void spool_done_cb(void *arg, int err, const char *qid);
 struct spool	*spool_open(const char *, int, struct event_base *, char *,
 		    size_t);
 void		 spool_free(struct spool *);
+/* Messages in queue/ now. */
 size_t		 spool_count(const struct spool *);
+/* The messages found at open, oldest first. */
 const struct spool_entry *spool_entry_at(const struct spool *, size_t);
+void		 spool_set_queued_cb(struct spool *, spool_queued_cb *, void *);
+
+/* Opens queue/<qid> for reading (any thread). -1 with errno. */
+int		 spool_open_msg(struct spool *, const char *);
+/* Reads a spool file's envelope and checks its framing; see spool_parse. */
+int		 spool_read_entry(int, uint64_t, struct spool_entry *,
+		    const char **);
+void		 spool_entry_clear(struct spool_entry *);
+/* Delivered: the message leaves the queue (loop thread). */
+int		 spool_remove(struct spool *, const char *);
+/* Refused for good: moved to dead/ with reason in dead/<qid>.reason. */
+int		 spool_dead(struct spool *, const char *, const char *);
 
 /*
  * Starts a message: a new file in tmp/ with the envelope written. Returns

@@ -6,16 +6,26 @@ fixture: a config file in the test's tmp dir, a free loopback port, a private
 spool_dir, stderr captured to a log file. Nothing here sleeps for a fixed
 time longer than a polling step; waits poll with deadlines.
 
+The fake Microsoft Graph (tests/fakegraph.py) runs as its own process per
+test through `fake_graph` / `fake_graph_tls` (or `fake_graph_factory`);
+`graph_sections(fake)` gives the [graph] config that points relayd at it.
+
 Environment:
   RELAYD_BUILDDIR  where relayd/relayd was built (default: the repo root)
   RELAYD_SRCDIR    the source tree (default: the repo root)
+  RELAYD_GRAPH_SCHEMA  graph-mail-v1.0.schema.json for the fake (default:
+                   shared/graph/schemas/ beside or above the source tree)
 """
 import errno
+import http.client
+import json
 import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -617,6 +627,387 @@ def run_relayd(*args, timeout=20):
 
 
 # --------------------------------------------------------------------------
+# the fake Microsoft Graph (tests/fakegraph.py) and a test CA for it
+
+FAKEGRAPH = SRCDIR / "tests" / "fakegraph.py"
+FAKE_TENANT = "contoso-tenant"
+FAKE_CLIENT_ID = "relayd-client"
+FAKE_SECRET = "s3cret"
+
+# How a client's going away or a refused TLS handshake shows in a traceback:
+# not a bug in the fake.
+DISCONNECT_EXC_RE = re.compile(
+    r"^(ConnectionResetError|BrokenPipeError|ConnectionAbortedError|"
+    r"TimeoutError|socket\.timeout|ssl\.SSL\w*Error|ssl\.SSLError)\b")
+
+
+class CertAuthority:
+    """A throw-away CA made at test time with python3-cryptography, and the
+    certificates it signs. Files in `directory`: ca.pem (relayd's
+    [graph] ca_file), ca.key, and NAME.pem/NAME.key per issued certificate.
+    A server certificate for localhost, 127.0.0.1 and ::1 is issued at once:
+    cert_file, key_file."""
+
+    def __init__(self, directory):
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import NameOID
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        key = self._new_key()
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                             "relayd test CA")])
+        now = self._now()
+        ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+        cert = (x509.CertificateBuilder()
+                .subject_name(name).issuer_name(name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - self._delta(hours=1))
+                .not_valid_after(now + self._delta(days=2))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0),
+                               critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=True, content_commitment=False,
+                    key_encipherment=False, data_encipherment=False,
+                    key_agreement=False, key_cert_sign=True, crl_sign=True,
+                    encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(ski, critical=False)
+                .sign(key, hashes.SHA256()))
+        self.key, self.cert = key, cert
+        self.ca_file, self.ca_key_file = self._write("ca", cert, key)
+        self.cert_file, self.key_file = self.issue("server")
+
+    @staticmethod
+    def _now():
+        from datetime import datetime, timezone
+        return datetime.now(timezone.utc)
+
+    @staticmethod
+    def _delta(**kw):
+        from datetime import timedelta
+        return timedelta(**kw)
+
+    @staticmethod
+    def _new_key():
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+    def _write(self, name, cert, key):
+        from cryptography.hazmat.primitives import serialization
+        cert_path = self.dir / (name + ".pem")
+        key_path = self.dir / (name + ".key")
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption()))
+        return cert_path, key_path
+
+    def issue(self, name, dns=("localhost",), ips=("127.0.0.1", "::1"),
+              days=1, expired=False, server=True):
+        """Signs a new certificate; returns (cert_path, key_path). expired:
+        valid only until yesterday. server=False makes a plain client
+        certificate (e.g. for JWT client assertions)."""
+        import ipaddress
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+        key = self._new_key()
+        now = self._now()
+        if expired:
+            start, end = now - self._delta(days=3), now - self._delta(days=1)
+        else:
+            start, end = now - self._delta(hours=1), now + self._delta(
+                days=days)
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(
+                 NameOID.COMMON_NAME, (list(dns) or [name])[0])]))
+             .issuer_name(self.cert.subject)
+             .public_key(key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(start).not_valid_after(end)
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None),
+                            critical=True)
+             .add_extension(x509.AuthorityKeyIdentifier
+                            .from_issuer_public_key(self.key.public_key()),
+                            critical=False)
+             .add_extension(x509.SubjectKeyIdentifier.from_public_key(
+                 key.public_key()), critical=False))
+        if server:
+            sans = [x509.DNSName(d) for d in dns] + [
+                x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+            b = (b.add_extension(x509.SubjectAlternativeName(sans),
+                                 critical=False)
+                 .add_extension(x509.KeyUsage(
+                     digital_signature=True, content_commitment=False,
+                     key_encipherment=True, data_encipherment=False,
+                     key_agreement=False, key_cert_sign=False,
+                     crl_sign=False, encipher_only=False,
+                     decipher_only=False), critical=True)
+                 .add_extension(x509.ExtendedKeyUsage(
+                     [ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
+        cert = b.sign(self.key, hashes.SHA256())
+        return self._write(name, cert, key)
+
+
+class FakeGraph:
+    """One tests/fakegraph.py process and a client for its control API.
+
+    url is the base URL (token endpoint and Graph alike). Records are
+    JSON: sent() -> [{"mailbox", "format" ("json"|"mime"), "body" (parsed
+    JSON or the decoded MIME text), "headers", "time", "request_id", ...}],
+    requests() -> [{"method", "path", "status", "code", "kind", "mailbox",
+    ...}], stats() -> {"sent", "token_requests", "max_concurrency":
+    {mailbox: n}, "status_counts", ...}."""
+
+    def __init__(self, workdir, tls=None, args=(), name="fakegraph"):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.tls = tls                  # a CertAuthority, or None
+        self.args = list(args)
+        self.log_path = self.workdir / (name + ".log")
+        self.port_file = self.workdir / (name + ".port")
+        self.tenant = FAKE_TENANT
+        self.client_id = FAKE_CLIENT_ID
+        self.secret = FAKE_SECRET
+        self.proc = None
+        self.logf = None
+        self.port = None
+        self.url = None
+        self.expect_dead = False
+        self._secret_files = {}
+
+    # -- process
+    def start(self):
+        try:
+            self.port_file.unlink()
+        except FileNotFoundError:
+            pass
+        cmd = [sys.executable, str(FAKEGRAPH), "--listen", "127.0.0.1:0",
+               "--port-file", str(self.port_file), "--verbose"]
+        if self.tls is not None:
+            cmd += ["--tls-cert", str(self.tls.cert_file),
+                    "--tls-key", str(self.tls.key_file)]
+        cmd += self.args
+        if self.logf is None:
+            self.logf = open(self.log_path, "ab")
+        self.expect_dead = False
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                     stdout=self.logf, stderr=self.logf,
+                                     close_fds=True)
+
+        def port():
+            if self.proc.poll() is not None:
+                raise AssertionError("fake graph exited with %s at start:\n%s"
+                                     % (self.proc.returncode, self.log))
+            try:
+                return int(self.port_file.read_text())
+            except (FileNotFoundError, ValueError):
+                return None
+        self.port = wait_for(port, START_TIMEOUT, "the fake graph's port")
+        self.url = "%s://127.0.0.1:%d" % ("https" if self.tls else "http",
+                                          self.port)
+        return self
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout=STOP_TIMEOUT):
+        self.expect_dead = True
+        if not self.running():
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("fake graph did not stop %ss after SIGTERM"
+                                 % timeout)
+
+    def close(self):
+        if self.logf is not None:
+            self.logf.close()
+            self.logf = None
+
+    @property
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tracebacks(self, since=0):
+        """Python tracebacks in the log (from character `since` on), except
+        those that end in a client disconnect or a TLS error."""
+        lines = self.log[since:].splitlines()
+        found, i = [], 0
+        while i < len(lines):
+            if not lines[i].startswith("Traceback (most recent call last)"):
+                i += 1
+                continue
+            j = i + 1
+            while j < len(lines) and (lines[j].startswith(" ")
+                                      or not lines[j]):
+                j += 1
+            last = lines[j] if j < len(lines) else ""
+            if not DISCONNECT_EXC_RE.match(last):
+                found.append("\n".join(lines[i:j + 1]))
+            i = j + 1
+        return found
+
+    # -- HTTP to the fake
+    def ssl_context(self):
+        """Verifies the fake with the test CA (None for plain HTTP)."""
+        if self.tls is None:
+            return None
+        return ssl.create_default_context(cafile=str(self.tls.ca_file))
+
+    def connection(self, timeout=IO_TIMEOUT, context=None):
+        """A new http.client connection to the fake."""
+        if self.tls is not None:
+            return http.client.HTTPSConnection(
+                "127.0.0.1", self.port, timeout=timeout,
+                context=context or self.ssl_context())
+        return http.client.HTTPConnection("127.0.0.1", self.port,
+                                          timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None,
+                timeout=IO_TIMEOUT, conn=None):
+        """One request; returns (status, headers, body bytes). body may be
+        a dict/list (sent as JSON), str or bytes. Uses conn if given (and
+        leaves it open), else a new connection."""
+        hdrs = dict(headers or {})
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+            hdrs.setdefault("Content-Type", "application/json")
+        elif isinstance(body, str):
+            body = body.encode()
+        c = conn or self.connection(timeout)
+        try:
+            c.request(method, path, body=body, headers=hdrs)
+            r = c.getresponse()
+            data = r.read()
+            return r.status, r.headers, data
+        finally:
+            if conn is None:
+                c.close()
+
+    def _call(self, method, what, obj=None):
+        status, _, data = self.request(method, "/_fake/" + what,
+                                       body=obj if obj is not None else None)
+        out = json.loads(data) if data else None
+        if status != 200:
+            raise AssertionError("fake graph: %s /_fake/%s -> %s %s"
+                                 % (method, what, status, out))
+        return out
+
+    def sent(self):
+        return self._call("GET", "sent")
+
+    def requests(self):
+        return self._call("GET", "requests")
+
+    def stats(self):
+        return self._call("GET", "stats")
+
+    def reset(self, tokens=False):
+        """Forgets records, counters and faults; start-up config again.
+        tokens=True also revokes every token issued."""
+        return self._call("POST", "reset", {"tokens": bool(tokens)})
+
+    def config(self, **kw):
+        """Changes behaviour, e.g. config(latency_ms=200,
+        unknown_mailboxes=["gone@contoso.test"], send_as_deny="strict",
+        clients={"relayd-client": {"secret": "s3cret", "expired": True}}).
+        Returns the whole config in force."""
+        return self._call("POST", "config", kw) if kw else \
+            self._call("GET", "config")
+
+    def faults(self, rules=None):
+        """Replaces the fault rules (a list; [] clears them) and returns
+        them; with no argument, returns the rules left."""
+        if rules is None:
+            return self._call("GET", "faults")
+        return self._call("POST", "faults", list(rules))
+
+    def wait_sent(self, n, timeout=IO_TIMEOUT):
+        """Polls until at least n messages were accepted; returns them."""
+        wait_for(lambda: self.stats()["sent"] >= n, timeout,
+                 "%d message(s) accepted by the fake graph" % n,
+                 interval=0.02)
+        return self.sent()
+
+    # -- as relayd's client would
+    def token_form(self, **kw):
+        form = {"client_id": self.client_id, "client_secret": self.secret,
+                "grant_type": "client_credentials",
+                "scope": self.url + "/.default"}
+        form.update(kw)
+        return {k: v for k, v in form.items() if v is not None}
+
+    def token(self, **kw):
+        """A fresh access token (form fields can be overridden)."""
+        import urllib.parse
+        status, _, data = self.request(
+            "POST", "/%s/oauth2/v2.0/token" % self.tenant,
+            urllib.parse.urlencode(self.token_form(**kw)),
+            {"Content-Type": "application/x-www-form-urlencoded"})
+        assert status == 200, (status, data)
+        return json.loads(data)["access_token"]
+
+    def send_mail(self, mailbox, doc, token=None, headers=None, conn=None,
+                  timeout=IO_TIMEOUT):
+        """POSTs sendMail (doc: dict as JSON, or bytes/str as given);
+        returns (status, headers, parsed JSON body or None)."""
+        import urllib.parse
+        hdrs = {"Authorization": "Bearer %s" % (token or self.token())}
+        hdrs.update(headers or {})
+        status, h, data = self.request(
+            "POST", "/v1.0/users/%s/sendMail" % urllib.parse.quote(mailbox),
+            doc, hdrs, timeout=timeout, conn=conn)
+        return status, h, (json.loads(data) if data else None)
+
+    def graph_sections(self, **overrides):
+        return graph_sections(self, **overrides)
+
+    def secret_file(self, secret=None):
+        """A 0600 file holding the secret (no newline); one per value."""
+        secret = self.secret if secret is None else secret
+        path = self._secret_files.get(secret)
+        if path is None:
+            path = self.workdir / ("client_secret.%d"
+                                   % len(self._secret_files))
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secret)
+            self._secret_files[secret] = path
+        return path
+
+
+def graph_sections(fake, secret=None, **overrides):
+    """relayd config sections pointing [graph] at a FakeGraph: use as
+    relayd_factory(sections=graph_sections(fake)). Overrides set keys (a
+    value of None removes the key); secret="..." writes a different secret
+    to client_secret_file."""
+    g = {"tenant": fake.tenant, "client_id": fake.client_id,
+         "client_secret_file": str(fake.secret_file(secret)),
+         "login_url": fake.url, "graph_url": fake.url}
+    if fake.tls is not None:
+        g["ca_file"] = str(fake.tls.ca_file)
+    for k, v in overrides.items():
+        if v is None:
+            g.pop(k, None)
+        else:
+            g[k] = v
+    return {"graph": g}
+
+
+# --------------------------------------------------------------------------
 # fixtures
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
@@ -629,6 +1020,9 @@ def pytest_runtest_makereport(item, call):
         for d in getattr(item, "_relayd_daemons", []):
             rep.sections.append(("relayd log: %s (%s)" % (d.name, d.log_path),
                                  d.log or "(empty)"))
+        for f in getattr(item, "_fake_graphs", []):
+            rep.sections.append(("fake graph log: %s (%s)"
+                                 % (f.name, f.log_path), f.log or "(empty)"))
 
 
 @pytest.fixture
@@ -699,3 +1093,63 @@ def tmpfs_dir(tmp_path):
             # Still busy (a process left behind?): detach it anyway.
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
             pytest.fail("umount %s failed: %s" % (mnt, r.stderr.strip()))
+
+
+@pytest.fixture(scope="session")
+def tls_ca(tmp_path_factory):
+    """A test CA and a server certificate (localhost, 127.0.0.1, ::1) it
+    signed, made once per session: .ca_file, .cert_file, .key_file,
+    .issue(name, ...) for more."""
+    return CertAuthority(tmp_path_factory.mktemp("tls-ca"))
+
+
+@pytest.fixture
+def fake_graph_factory(request, tmp_path):
+    """fake_graph_factory(tls=None|CertAuthority, args=[...], name=...,
+    start=True) -> FakeGraph. Every fake is stopped at teardown; the test
+    fails if one died or logged a Python traceback."""
+    fakes = []
+    request.node._fake_graphs = fakes
+
+    def make(tls=None, args=(), name=None, start=True):
+        name = name or ("fakegraph%d" % len(fakes) if fakes else "fakegraph")
+        f = FakeGraph(tmp_path / name, tls=tls, args=args, name=name)
+        fakes.append(f)
+        if start:
+            f.start()
+        return f
+
+    yield make
+
+    problems = []
+    for f in fakes:
+        if f.proc is None:
+            f.close()
+            continue
+        if not f.running() and not f.expect_dead:
+            problems.append("fake graph %s died with status %s"
+                            % (f.name, f.proc.returncode))
+        try:
+            f.stop()
+        except AssertionError as e:
+            problems.append(str(e))
+        tbs = f.tracebacks()
+        if tbs:
+            problems.append("fake graph %s logged a traceback:\n%s"
+                            % (f.name, "\n\n".join(tbs)))
+        f.close()
+    if problems and not getattr(request.node, "_relayd_call_failed", False):
+        pytest.fail("; ".join(problems))
+
+
+@pytest.fixture
+def fake_graph(fake_graph_factory):
+    """A fake Graph + token server over plain HTTP."""
+    return fake_graph_factory()
+
+
+@pytest.fixture
+def fake_graph_tls(fake_graph_factory, tls_ca):
+    """A fake Graph + token server over HTTPS with a certificate from
+    tls_ca; graph_sections() adds ca_file."""
+    return fake_graph_factory(tls=tls_ca)

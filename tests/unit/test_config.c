@@ -8,6 +8,9 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "config.h"
 
 /* Parses text; returns the config (or NULL) and the error text. */
@@ -55,7 +58,9 @@ test_values(void **state)
 	    "max_message_size = 150M\ncommand_timeout = 30s\n"
 	    "data_timeout = 90s\nbare_lf = NORMALIZE\n"
 	    "allow_networks = 10.0.0.0/8, 2001:db8::/32 192.0.2.1\n"
-	    "[queue]\nspool_dir = /var/tmp/q\n[graph]\ntenant = contoso\n",
+	    "[queue]\nspool_dir = /var/tmp/q\nworkers = 64\n"
+	    "[graph]\nmailbox = from\nsave_to_sent_items = No\n"
+	    "graph_url = https://graph.microsoft.us/\n",
 	    errs, sizeof(errs));
 	if (cfg == NULL)
 		fail_msg("unexpected errors: %s", errs);
@@ -67,8 +72,107 @@ test_values(void **state)
 	assert_int_equal(cfg->bare_lf, BARE_LF_NORMALIZE);
 	assert_int_equal(cfg->nallow, 3);
 	assert_string_equal(cfg->spool_dir, "/var/tmp/q");
-	assert_string_equal(cfg->tenant, "contoso");
+	assert_int_equal(cfg->workers, 64);
+	assert_string_equal(cfg->mailbox, "from");
+	assert_int_equal(cfg->save_to_sent_items, 0);
+	assert_string_equal(cfg->graph_url, "https://graph.microsoft.us");
+	assert_int_equal(cfg->graph_enabled, 0);
 	config_free(cfg);
+}
+
+/* Replaces the first "%s" in tmpl with arg. */
+static void
+subst(char *out, size_t outlen, const char *tmpl, const char *arg)
+{
+	const char	*p = strstr(tmpl, "%s");
+
+	if (p == NULL)
+		snprintf(out, outlen, "%s", tmpl);
+	else
+		snprintf(out, outlen, "%.*s%s%s", (int)(p - tmpl), tmpl, arg,
+		    p + 2);
+}
+
+/* [graph]: all credentials or none; the secret file's mode is checked. */
+static void
+test_graph_keys(void **state)
+{
+	static const struct {
+		const char	*text;	/* %s: the secret file */
+		const char	*want;	/* NULL: accepted */
+	} cases[] = {
+		{ "[graph]\ntenant = t\nclient_id = c\nclient_secret_file = %s\n",
+		  NULL },
+		{ "[graph]\ntenant = t\nclient_secret_file = %s\n",
+		  "relayd.conf: [graph] client_id is not set" },
+		{ "[graph]\nclient_id = c\nclient_secret_file = %s\n",
+		  "relayd.conf: [graph] tenant is not set" },
+		{ "[graph]\ntenant = t\nclient_id = c\n",
+		  "[graph] client_secret_file is not set and there is no "
+		  "systemd credential" },
+		{ "[graph]\ntenant = t\nclient_id = c\n"
+		  "client_secret_file = %s.missing\n",
+		  "No such file or directory" },
+		{ "[graph]\nmailbox = nobody\n", "relayd.conf:2: mailbox "
+		  "\"nobody\" must be envelope, from or a mailbox address" },
+		{ "[graph]\ngraph_url = http://graph.example\n", "relayd.conf:2: "
+		  "graph_url \"http://graph.example\": plain http is allowed "
+		  "only to this host; use https://" },
+		{ "[graph]\nlogin_url = ftp://x\n", "login_url \"ftp://x\" must "
+		  "start with https://" },
+		{ "[graph]\nsave_to_sent_items = maybe\n", "\"save_to_sent_items"
+		  "\" must be yes or no, not \"maybe\"" },
+	};
+	char		 dir[] = "/tmp/relayd-cfg-XXXXXX", path[64], cred[64];
+	char		 text[256];
+	char		 errs[1024];
+	struct config	*cfg;
+	FILE		*fp;
+	size_t		 i;
+
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/secret", dir);
+	assert_non_null(fp = fopen(path, "w"));
+	fputs("s3cret\n", fp);
+	fclose(fp);
+	unsetenv("CREDENTIALS_DIRECTORY");
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(chmod(path, 0600), 0);
+		subst(text, sizeof(text), cases[i].text, path);
+		cfg = load(text, errs, sizeof(errs));
+		if (cases[i].want == NULL && cfg == NULL)
+			fail_msg("case %zu: refused: %s", i, errs);
+		if (cases[i].want != NULL && (cfg != NULL ||
+		    strstr(errs, cases[i].want) == NULL))
+			fail_msg("case %zu: got \"%s\", want \"%s\"", i, errs,
+			    cases[i].want);
+		if (cfg != NULL)
+			assert_int_equal(cfg->graph_enabled, 1);
+		config_free(cfg);
+	}
+
+	/* Readable by the group: refused with the fix. */
+	assert_int_equal(chmod(path, 0640), 0);
+	snprintf(text, sizeof(text), "[graph]\ntenant = t\nclient_id = c\n"
+	    "client_secret_file = %s\n", path);
+	assert_null(load(text, errs, sizeof(errs)));
+	assert_non_null(strstr(errs, "relayd.conf:4: client_secret_file"));
+	assert_non_null(strstr(errs, "is open to group or others (mode 0640); "
+	    "run: chmod 600"));
+
+	/* The systemd credential stands in for client_secret_file. */
+	assert_int_equal(chmod(path, 0400), 0);
+	snprintf(cred, sizeof(cred), "%s/client_secret", dir);
+	assert_int_equal(rename(path, cred), 0);
+	setenv("CREDENTIALS_DIRECTORY", dir, 1);
+	cfg = load("[graph]\ntenant = t\nclient_id = c\n", errs, sizeof(errs));
+	if (cfg == NULL)
+		fail_msg("credential refused: %s", errs);
+	assert_string_equal(cfg->client_secret_file, cred);
+	config_free(cfg);
+	unsetenv("CREDENTIALS_DIRECTORY");
+	unlink(cred);
+	rmdir(dir);
 }
 
 static void
@@ -170,6 +274,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_defaults),
 		cmocka_unit_test(test_values),
+		cmocka_unit_test(test_graph_keys),
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_all_errors_reported),
 		cmocka_unit_test(test_dump_parses),

@@ -256,7 +256,7 @@ test_parse_framing(void **state)
 			assert_string_equal(e.mail_from, "");
 			assert_int_equal(e.size, 10);
 			assert_int_equal(e.nrcpts, 1);
-			free(e.mail_from);
+			spool_entry_clear(&e);
 		}
 	}
 }

@@ -1,0 +1,1014 @@
+/*
+ * graph.c - a message and its SMTP envelope as a Graph sendMail request, and
+ * what Graph's answers mean. Pure functions: no I/O, no globals but GMime's.
+ *
+ * Mapping (RFC 5322/MIME -> microsoft.graph.message):
+ *   - The envelope decides who receives the message. An envelope recipient
+ *     found in To goes to toRecipients, in Cc to ccRecipients, anywhere else
+ *     to bccRecipients; header addresses that are not envelope recipients
+ *     get nothing. Matching ignores case.
+ *   - The body is the first text/html part that is not an attachment, else
+ *     the first such text/plain part, converted to UTF-8. The other
+ *     alternatives of that body are dropped; every other leaf part is a
+ *     fileAttachment with its exact decoded bytes; message/rfc822 parts are
+ *     .eml attachments. Parts the HTML refers to as cid: are inline.
+ *   - Graph accepts only X- custom headers, at most 5 (400
+ *     InvalidInternetMessageHeader / ...Collection otherwise).
+ *   - A display name holding '@' is dropped: Graph has refused such From
+ *     names with ErrorSendAsDenied.
+ * Base64 attachments already in canonical form are copied, not decoded and
+ * encoded again: a scanner's 40 MB PDF costs one pass.
+ *
+ * Results: one table turns HTTP status and Graph error code into sent,
+ * temporary failure, permanent failure or "refresh the token and retry".
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <gmime/gmime.h>
+#include <json-c/json.h>
+
+#include "graph.h"
+#include "log.h"
+#include "mime.h"
+#include "util.h"
+
+#define GRAPH_MAX_X_HEADERS	5	/* InvalidInternetMessageHeaderCollection */
+#define GRAPH_NAME_MAX		255	/* bytes of an attachment name */
+
+/* A multipart container met on the walk; parents are indices. */
+struct node {
+	int		 parent;
+	int		 alternative;
+};
+
+struct leaf {
+	GMimeObject	*obj;
+	int		 parent;
+};
+
+struct walk {
+	struct node	*nodes;
+	size_t		 nnodes;
+	struct leaf	*leaves;
+	size_t		 nleaves;
+	unsigned	 max_depth;
+	int		 too_deep;
+};
+
+static void
+walk_tree(struct walk *w, GMimeObject *obj, int parent, unsigned depth)
+{
+	GMimeMultipart	*mp;
+	GMimeContentType *ct;
+	int		 idx, i, n;
+
+	if (obj == NULL)
+		return;
+	if (!GMIME_IS_MULTIPART(obj)) {
+		w->leaves = xrealloc(w->leaves,
+		    (w->nleaves + 1) * sizeof(*w->leaves));
+		w->leaves[w->nleaves].obj = obj;
+		w->leaves[w->nleaves].parent = parent;
+		w->nleaves++;
+		return;
+	}
+	if (depth + 1 > w->max_depth) {
+		w->too_deep = 1;
+		return;
+	}
+	ct = g_mime_object_get_content_type(obj);
+	w->nodes = xrealloc(w->nodes, (w->nnodes + 1) * sizeof(*w->nodes));
+	idx = (int)w->nnodes++;
+	w->nodes[idx].parent = parent;
+	w->nodes[idx].alternative = ct != NULL &&
+	    g_mime_content_type_is_type(ct, "multipart", "alternative");
+	mp = GMIME_MULTIPART(obj);
+	n = g_mime_multipart_get_count(mp);
+	for (i = 0; i < n && !w->too_deep; i++)
+		walk_tree(w, g_mime_multipart_get_part(mp, i), idx, depth + 1);
+}
+
+/*
+ * A quoted parameter as written, when it holds a backslash: Windows
+ * clients send filename="C:\Scans\doc.pdf", and RFC 2045's unquoting
+ * (which GMime follows) would make that "C:Scansdoc.pdf". Only \" and
+ * \\ are taken as escapes here, so the path can be cut off.
+ */
+static char *
+raw_param(GMimeObject *obj, const char *hname, const char *param)
+{
+	GMimeHeader	*hdr;
+	const char	*h, *p, *q;
+	size_t		 n = strlen(param);
+	char		*out, *o;
+
+	hdr = g_mime_header_list_get_header(g_mime_object_get_header_list(obj),
+	    hname);
+	if (hdr == NULL || (h = g_mime_header_get_raw_value(hdr)) == NULL ||
+	    strchr(h, '\\') == NULL)
+		return NULL;
+	for (p = h; (p = strcasestr(p, param)) != NULL; p += n) {
+		if (p > h && p[-1] != ';' && !isspace((unsigned char)p[-1]))
+			continue;
+		for (q = p + n; isspace((unsigned char)*q); q++)
+			;
+		if (*q++ != '=')
+			continue;
+		while (isspace((unsigned char)*q))
+			q++;
+		if (*q++ != '"')
+			return NULL;
+		out = o = xmalloc(strlen(q) + 1);
+		for (; *q != '\0' && *q != '"'; q++) {
+			if (*q == '\\' && (q[1] == '"' || q[1] == '\\'))
+				q++;
+			*o++ = *q;
+		}
+		*o = '\0';
+		return out;
+	}
+	return NULL;
+}
+
+static const char *
+part_filename(GMimeObject *obj)
+{
+	const char	*s;
+
+	s = g_mime_object_get_content_disposition_parameter(obj, "filename");
+	if (s == NULL || *s == '\0')
+		s = g_mime_object_get_content_type_parameter(obj, "name");
+	return s != NULL && *s != '\0' ? s : NULL;
+}
+
+static int
+is_attachment(GMimeObject *obj)
+{
+	GMimeContentDisposition	*cd;
+
+	cd = g_mime_object_get_content_disposition(obj);
+	if (cd != NULL && g_mime_content_disposition_get_disposition(cd) !=
+	    NULL && strcasecmp(g_mime_content_disposition_get_disposition(cd),
+	    "attachment") == 0)
+		return 1;
+	return part_filename(obj) != NULL;
+}
+
+static int
+is_text(GMimeObject *obj, const char *subtype)
+{
+	GMimeContentType	*ct;
+
+	if (!GMIME_IS_PART(obj) || is_attachment(obj))
+		return 0;
+	ct = g_mime_object_get_content_type(obj);
+	return ct != NULL && g_mime_content_type_is_type(ct, "text", subtype);
+}
+
+/* Does the leaf sit in another branch of multipart/alternative alt? */
+static int
+other_alternative(const struct walk *w, size_t li, int alt, int branch)
+{
+	int	 n = w->leaves[li].parent;
+
+	if (n == alt)
+		return 1;
+	for (; n >= 0; n = w->nodes[n].parent)
+		if (w->nodes[n].parent == alt)
+			return n != branch;
+	return 0;
+}
+
+/* Transfer-decoded bytes of a part (NUL-terminated for convenience). */
+static char *
+part_bytes(GMimePart *part, size_t *len)
+{
+	GMimeDataWrapper	*dw = g_mime_part_get_content(part);
+	GMimeStream		*mem;
+	GByteArray		*a;
+	char			*out;
+
+	*len = 0;
+	if (dw == NULL)
+		return xstrdup("");
+	mem = g_mime_stream_mem_new();
+	g_mime_data_wrapper_write_to_stream(dw, mem);
+	a = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(mem));
+	out = xmalloc(a->len + 1);
+	if (a->len > 0)
+		memcpy(out, a->data, a->len);
+	out[a->len] = '\0';
+	*len = a->len;
+	g_object_unref(mem);
+	return out;
+}
+
+/*
+ * Writes a base64 string as it is: its alphabet needs no JSON escaping, and
+ * json-c's escaper, byte by byte, was a third of the time for a large scan.
+ */
+struct b64text {
+	char	*p;
+	size_t	 n;
+};
+
+static int
+b64_to_json(json_object *jso, struct printbuf *pb, int level, int flags)
+{
+	struct b64text	*t = json_object_get_userdata(jso);
+
+	printbuf_memappend(pb, "\"", 1);
+	printbuf_memappend(pb, t->p, (int)t->n);
+	printbuf_memappend(pb, "\"", 1);
+	return 0;
+}
+
+static void
+b64_free(json_object *jso, void *arg)
+{
+	struct b64text	*t = arg;
+
+	free(t->p);
+	free(t);
+}
+
+/*
+ * A string object whose text is the base64 buffer p (taken over, not
+ * copied: it may be tens of megabytes). Only serialization reads it.
+ */
+static json_object *
+b64_string(char *p, size_t n)
+{
+	json_object	*js = json_object_new_string("");
+	struct b64text	*t = xmalloc(sizeof(*t));
+
+	t->p = p;
+	t->n = n;
+	json_object_set_serializer(js, b64_to_json, t, b64_free);
+	return js;
+}
+
+/*
+ * The bytes under a substream of the message, without copying them: the
+ * parser's streams are views of the caller's buffer.
+ */
+static int
+stream_view(GMimeStream *s, const char **p, size_t *len)
+{
+	GByteArray	*a;
+	gint64		 end;
+
+	if (!GMIME_IS_STREAM_MEM(s) ||
+	    (a = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(s))) ==
+	    NULL)
+		return -1;
+	end = s->bound_end == -1 ? (gint64)a->len : s->bound_end;
+	if (s->bound_start < 0 || end < s->bound_start ||
+	    end > (gint64)a->len)
+		return -1;
+	*p = (const char *)a->data + s->bound_start;
+	*len = (size_t)(end - s->bound_start);
+	return 0;
+}
+
+/*
+ * contentBytes of a part: canonical base64 as it stands, else decoded and
+ * encoded again. Returns a json string object.
+ */
+static json_object *
+part_content_bytes(GMimeObject *obj)
+{
+	GMimeDataWrapper	*dw;
+	GMimeStream		*src, *mem;
+	GMimeFormatOptions	*fo;
+	GByteArray		*a;
+	const char		*view;
+	char			*raw, *b64;
+	size_t			 n;
+	long			 l;
+
+	if (GMIME_IS_MESSAGE_PART(obj)) {
+		GMimeMessage *inner =
+		    g_mime_message_part_get_message(GMIME_MESSAGE_PART(obj));
+
+		mem = g_mime_stream_mem_new();
+		if (inner != NULL) {
+			fo = g_mime_format_options_new();
+			g_mime_format_options_set_newline_format(fo,
+			    GMIME_NEWLINE_FORMAT_DOS);
+			g_mime_object_write_to_stream(GMIME_OBJECT(inner), fo,
+			    mem);
+			g_mime_format_options_free(fo);
+		}
+		a = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(mem));
+		b64 = xmalloc(MIME_B64_LEN(a->len) + 1);
+		n = mime_b64_encode(a->data, a->len, b64);
+		g_object_unref(mem);
+		return b64_string(b64, n);
+	}
+	dw = g_mime_part_get_content(GMIME_PART(obj));
+	if (dw != NULL && g_mime_data_wrapper_get_encoding(dw) ==
+	    GMIME_CONTENT_ENCODING_BASE64 &&
+	    (src = g_mime_data_wrapper_get_stream(dw)) != NULL &&
+	    stream_view(src, &view, &n) == 0) {
+		raw = xmalloc(n + 1);
+		if ((l = mime_b64_canonical(view, n, raw)) >= 0)
+			return b64_string(raw, (size_t)l);
+		free(raw);
+	}
+	raw = part_bytes(GMIME_PART(obj), &n);
+	b64 = xmalloc(MIME_B64_LEN(n) + 1);
+	n = mime_b64_encode((unsigned char *)raw, n, b64);
+	free(raw);
+	return b64_string(b64, n);
+}
+
+/* A string object holding valid UTF-8, whatever came in. */
+static json_object *
+jstr(const char *s)
+{
+	json_object	*js;
+	char		*fixed;
+	size_t		 n = strlen(s);
+
+	if (mime_utf8_valid(s, n))
+		return json_object_new_string_len(s, (int)n);
+	fixed = mime_utf8_repair(s, n, &n);
+	js = json_object_new_string_len(fixed, (int)n);
+	free(fixed);
+	return js;
+}
+
+static const struct {
+	const char	*type;
+	const char	*ext;
+} name_exts[] = {
+	{ "application/pdf", "pdf" }, { "image/png", "png" },
+	{ "image/jpeg", "jpg" }, { "image/gif", "gif" },
+	{ "image/tiff", "tif" }, { "text/plain", "txt" },
+	{ "text/html", "html" }, { "text/csv", "csv" },
+	{ "text/calendar", "ics" }, { "message/rfc822", "eml" },
+	{ "application/zip", "zip" },
+};
+
+/*
+ * The attachment's name: decoded by GMime (RFC 2231, RFC 2047), without any
+ * path or control characters; generated when there is none.
+ */
+static char *
+attachment_name(GMimeObject *obj, const char *type, size_t index)
+{
+	const char	*given = part_filename(obj), *base, *s;
+	const char	*ext = "bin";
+	char		*out, *fixed, *raw;
+	size_t		 i, n;
+
+	out = NULL;
+	if ((raw = raw_param(obj, "Content-Disposition", "filename")) == NULL &&
+	    (raw = raw_param(obj, "Content-Type", "name")) == NULL)
+		raw = NULL;
+	if (raw != NULL && given != NULL && strchr(given, '\\') == NULL)
+		given = raw;
+	if (given != NULL) {
+		base = given;
+		for (s = given; *s != '\0'; s++)
+			if (*s == '/' || *s == '\\')
+				base = s + 1;
+		fixed = mime_utf8_repair(base, strlen(base), &n);
+		out = xmalloc(n + 5);
+		for (i = 0, s = fixed; *s != '\0'; s++)
+			if ((unsigned char)*s >= 0x20 && *s != 0x7f)
+				out[i++] = *s;
+		out[i] = '\0';
+		free(fixed);
+		fixed = xstrdup(str_trim(out));
+		free(out);
+		out = fixed;
+		if (*out == '\0') {
+			free(out);
+			out = NULL;
+		}
+	}
+	free(raw);
+	if (out != NULL) {
+		n = strlen(out);
+		if (GMIME_IS_MESSAGE_PART(obj) &&
+		    (n < 4 || strcasecmp(out + n - 4, ".eml") != 0)) {
+			out = xrealloc(out, n + 5);
+			memcpy(out + n, ".eml", 5);
+		}
+		return out;
+	}
+	for (i = 0; i < NELEM(name_exts); i++)
+		if (strcmp(type, name_exts[i].type) == 0)
+			ext = name_exts[i].ext;
+	xasprintf(&out, "attachment-%zu.%s", index, ext);
+	return out;
+}
+
+/* Does the HTML refer to cid:ID (followed by a delimiter)? */
+static int
+html_refers(const char *html, const char *id)
+{
+	const char	*p = html;
+	size_t		 n = strlen(id);
+	char		 c;
+
+	if (n == 0)
+		return 0;
+	while ((p = strstr(p, "cid:")) != NULL) {
+		p += 4;
+		if (strncmp(p, id, n) != 0)
+			continue;
+		c = p[n];
+		if (c == '\0' || c == '"' || c == '\'' || c == '>' ||
+		    c == ')' || isspace((unsigned char)c))
+			return 1;
+	}
+	return 0;
+}
+
+static json_object *
+recipient(const char *address, const char *name)
+{
+	json_object	*r = json_object_new_object(), *ea;
+
+	ea = json_object_new_object();
+	json_object_object_add(ea, "address", jstr(address));
+	if (name != NULL && *name != '\0' && strchr(name, '@') == NULL)
+		json_object_object_add(ea, "name", jstr(name));
+	json_object_object_add(r, "emailAddress", ea);
+	return r;
+}
+
+/* local@domain: Graph refuses anything less ("me", "undisclosed"). */
+static int
+is_mailbox(const char *a)
+{
+	const char	*at;
+
+	return a != NULL && (at = strrchr(a, '@')) != NULL && at > a &&
+	    at[1] != '\0';
+}
+
+/* The mailboxes of an address list, groups flattened, in order. */
+static void
+flatten(InternetAddressList *list, GPtrArray *out, unsigned depth)
+{
+	InternetAddress	*ia;
+	int		 i, n;
+
+	if (list == NULL || depth > 4)
+		return;
+	n = internet_address_list_length(list);
+	for (i = 0; i < n; i++) {
+		ia = internet_address_list_get_address(list, i);
+		if (INTERNET_ADDRESS_IS_GROUP(ia))
+			flatten(internet_address_group_get_members(
+			    INTERNET_ADDRESS_GROUP(ia)), out, depth + 1);
+		else if (INTERNET_ADDRESS_IS_MAILBOX(ia) && is_mailbox(
+		    internet_address_mailbox_get_addr(
+		    INTERNET_ADDRESS_MAILBOX(ia))))
+			g_ptr_array_add(out, ia);
+	}
+}
+
+static InternetAddress *
+find_mailbox(GPtrArray *list, const char *address)
+{
+	InternetAddress	*ia;
+	guint		 i;
+
+	for (i = 0; i < list->len; i++) {
+		ia = g_ptr_array_index(list, i);
+		if (strcasecmp(internet_address_mailbox_get_addr(
+		    INTERNET_ADDRESS_MAILBOX(ia)), address) == 0)
+			return ia;
+	}
+	return NULL;
+}
+
+static void
+add_array(json_object *msg, const char *key, json_object *arr)
+{
+	if (json_object_array_length(arr) > 0)
+		json_object_object_add(msg, key, arr);
+	else
+		json_object_put(arr);
+}
+
+static void
+map_recipients(GMimeMessage *m, const struct graph_env *env,
+    json_object *msg, size_t *count)
+{
+	GPtrArray	*to = g_ptr_array_new(), *cc = g_ptr_array_new();
+	json_object	*jto, *jcc, *jbcc;
+	InternetAddress	*ia;
+	size_t		 i, j;
+	int		 dup;
+
+	flatten(g_mime_message_get_addresses(m, GMIME_ADDRESS_TYPE_TO), to,
+	    0);
+	flatten(g_mime_message_get_addresses(m, GMIME_ADDRESS_TYPE_CC), cc,
+	    0);
+	jto = json_object_new_array();
+	jcc = json_object_new_array();
+	jbcc = json_object_new_array();
+	*count = 0;
+	for (i = 0; i < env->nrcpts; i++) {
+		for (dup = 0, j = 0; j < i && !dup; j++)
+			dup = strcasecmp(env->rcpts[i], env->rcpts[j]) == 0;
+		if (dup)
+			continue;
+		(*count)++;
+		if ((ia = find_mailbox(to, env->rcpts[i])) != NULL)
+			json_object_array_add(jto, recipient(env->rcpts[i],
+			    internet_address_get_name(ia)));
+		else if ((ia = find_mailbox(cc, env->rcpts[i])) != NULL)
+			json_object_array_add(jcc, recipient(env->rcpts[i],
+			    internet_address_get_name(ia)));
+		else
+			json_object_array_add(jbcc, recipient(env->rcpts[i],
+			    NULL));
+	}
+	add_array(msg, "toRecipients", jto);
+	add_array(msg, "ccRecipients", jcc);
+	add_array(msg, "bccRecipients", jbcc);
+	g_ptr_array_free(to, TRUE);
+	g_ptr_array_free(cc, TRUE);
+}
+
+static const char *
+header(GMimeMessage *m, const char *name)
+{
+	return g_mime_object_get_header(GMIME_OBJECT(m), name);
+}
+
+static const char *
+importance(GMimeMessage *m)
+{
+	const char	*v;
+
+	if ((v = header(m, "Importance")) != NULL) {
+		while (isspace((unsigned char)*v))
+			v++;
+		if (strncasecmp(v, "high", 4) == 0)
+			return "high";
+		if (strncasecmp(v, "normal", 6) == 0)
+			return "normal";
+		if (strncasecmp(v, "low", 3) == 0)
+			return "low";
+	}
+	if ((v = header(m, "X-Priority")) != NULL) {
+		while (isspace((unsigned char)*v))
+			v++;
+		if (*v == '1' || *v == '2')
+			return "high";
+		if (*v == '3')
+			return "normal";
+		if (*v == '4' || *v == '5')
+			return "low";
+	}
+	if ((v = header(m, "Priority")) != NULL) {
+		while (isspace((unsigned char)*v))
+			v++;
+		if (strncasecmp(v, "urgent", 6) == 0)
+			return "high";
+		if (strncasecmp(v, "normal", 6) == 0)
+			return "normal";
+		if (strncasecmp(v, "non-urgent", 10) == 0)
+			return "low";
+	}
+	return NULL;
+}
+
+static int
+x_header_name_ok(const char *name)
+{
+	const unsigned char	*p = (const unsigned char *)name;
+
+	if ((p[0] != 'x' && p[0] != 'X') || p[1] != '-' || p[2] == '\0')
+		return 0;
+	for (p += 2; *p != '\0'; p++)
+		if (*p < 0x21 || *p > 0x7e || *p == ':')
+			return 0;
+	return 1;
+}
+
+/* Unfolds and trims a raw header value into a new string. */
+static char *
+unfold(const char *raw)
+{
+	char		*out = xmalloc(strlen(raw) + 1), *o = out;
+	const char	*s;
+
+	for (s = raw; *s != '\0'; s++)
+		if (*s != '\r' && *s != '\n')
+			*o++ = *s;
+	*o = '\0';
+	o = xstrdup(str_trim(out));
+	free(out);
+	return o;
+}
+
+static void
+map_x_headers(GMimeMessage *m, json_object *msg)
+{
+	GMimeHeaderList	*hl = g_mime_object_get_header_list(GMIME_OBJECT(m));
+	GMimeHeader	*h;
+	json_object	*arr = json_object_new_array(), *jh;
+	const char	*raw;
+	char		*v;
+	int		 i, n;
+
+	n = g_mime_header_list_get_count(hl);
+	for (i = 0; i < n; i++) {
+		if (json_object_array_length(arr) == GRAPH_MAX_X_HEADERS)
+			break;
+		h = g_mime_header_list_get_header_at(hl, i);
+		if (!x_header_name_ok(g_mime_header_get_name(h)))
+			continue;
+		raw = g_mime_header_get_raw_value(h);
+		v = unfold(raw != NULL ? raw : "");
+		jh = json_object_new_object();
+		json_object_object_add(jh, "name",
+		    jstr(g_mime_header_get_name(h)));
+		json_object_object_add(jh, "value", jstr(v));
+		json_object_array_add(arr, jh);
+		free(v);
+	}
+	add_array(msg, "internetMessageHeaders", arr);
+}
+
+static void
+map_headers(GMimeMessage *m, json_object *msg, struct graph_req *req)
+{
+	GPtrArray	*list = g_ptr_array_new();
+	InternetAddress	*ia;
+	json_object	*arr;
+	const char	*s;
+	char		*subject;
+	guint		 i;
+
+	s = g_mime_message_get_subject(m);
+	subject = unfold(s != NULL ? s : "");
+	json_object_object_add(msg, "subject", jstr(subject));
+	free(subject);
+
+	flatten(g_mime_message_get_from(m), list, 0);
+	if (list->len > 0) {
+		ia = g_ptr_array_index(list, 0);
+		s = internet_address_mailbox_get_addr(
+		    INTERNET_ADDRESS_MAILBOX(ia));
+		json_object_object_add(msg, "from", recipient(s,
+		    internet_address_get_name(ia)));
+		req->from = xstrdup(s);
+	}
+	g_ptr_array_set_size(list, 0);
+	flatten(g_mime_message_get_reply_to(m), list, 0);
+	arr = json_object_new_array();
+	for (i = 0; i < list->len; i++) {
+		ia = g_ptr_array_index(list, i);
+		json_object_array_add(arr, recipient(
+		    internet_address_mailbox_get_addr(
+		    INTERNET_ADDRESS_MAILBOX(ia)),
+		    internet_address_get_name(ia)));
+	}
+	add_array(msg, "replyTo", arr);
+	g_ptr_array_free(list, TRUE);
+
+	if ((s = importance(m)) != NULL)
+		json_object_object_add(msg, "importance",
+		    json_object_new_string(s));
+	if (header(m, "Disposition-Notification-To") != NULL)
+		json_object_object_add(msg, "isReadReceiptRequested",
+		    json_object_new_boolean(1));
+	if (header(m, "Return-Receipt-To") != NULL)
+		json_object_object_add(msg, "isDeliveryReceiptRequested",
+		    json_object_new_boolean(1));
+	if ((s = g_mime_message_get_message_id(m)) != NULL && *s != '\0') {
+		char *id;
+
+		xasprintf(&id, "<%s>", s);
+		json_object_object_add(msg, "internetMessageId", jstr(id));
+		free(id);
+	}
+	map_x_headers(m, msg);
+}
+
+static char *
+body_text(GMimeObject *obj, size_t *len)
+{
+	char	*raw, *text;
+	size_t	 n;
+
+	raw = part_bytes(GMIME_PART(obj), &n);
+	text = mime_to_utf8(g_mime_object_get_content_type_parameter(obj,
+	    "charset"), raw, n, len);
+	free(raw);
+	return text;
+}
+
+static void
+map_parts(GMimeMessage *m, struct walk *w, json_object *msg,
+    struct graph_req *req)
+{
+	GMimeContentType	*ct;
+	json_object		*body, *arr, *att;
+	const char		*id;
+	char			*html = NULL, *text, *type, *name;
+	size_t			 i, n, chosen = SIZE_MAX;
+	int			 alt = -1, branch = -1, p;
+
+	walk_tree(w, g_mime_message_get_mime_part(m), -1, 0);
+	for (i = 0; i < w->nleaves && chosen == SIZE_MAX; i++)
+		if (is_text(w->leaves[i].obj, "html"))
+			chosen = i;
+	for (i = 0; i < w->nleaves && chosen == SIZE_MAX; i++)
+		if (is_text(w->leaves[i].obj, "plain"))
+			chosen = i;
+
+	body = json_object_new_object();
+	if (chosen != SIZE_MAX) {
+		text = body_text(w->leaves[chosen].obj, &n);
+		ct = g_mime_object_get_content_type(w->leaves[chosen].obj);
+		if (g_mime_content_type_is_type(ct, "text", "html")) {
+			json_object_object_add(body, "contentType",
+			    json_object_new_string("html"));
+			html = text;
+		} else
+			json_object_object_add(body, "contentType",
+			    json_object_new_string("text"));
+		json_object_object_add(body, "content",
+		    json_object_new_string_len(text, (int)n));
+		if (html == NULL)
+			free(text);
+		/* Its nearest multipart/alternative, and the branch it is in. */
+		for (p = w->leaves[chosen].parent; p >= 0;
+		    p = w->nodes[p].parent) {
+			if (w->nodes[p].alternative) {
+				alt = p;
+				break;
+			}
+			branch = p;
+		}
+		if (alt >= 0 && w->leaves[chosen].parent == alt)
+			branch = -1;
+	} else {
+		json_object_object_add(body, "contentType",
+		    json_object_new_string("text"));
+		json_object_object_add(body, "content",
+		    json_object_new_string(""));
+	}
+	json_object_object_add(msg, "body", body);
+
+	arr = json_object_new_array();
+	for (i = 0; i < w->nleaves; i++) {
+		GMimeObject *obj = w->leaves[i].obj;
+
+		if (i == chosen ||
+		    (alt >= 0 && other_alternative(w, i, alt, branch)))
+			continue;
+		att = json_object_new_object();
+		json_object_object_add(att, "@odata.type",
+		    json_object_new_string("#microsoft.graph.fileAttachment"));
+		ct = g_mime_object_get_content_type(obj);
+		if (GMIME_IS_MESSAGE_PART(obj))
+			type = xstrdup("message/rfc822");
+		else if (ct != NULL && g_mime_content_type_get_media_type(ct)
+		    != NULL && g_mime_content_type_get_media_subtype(ct) !=
+		    NULL)
+			xasprintf(&type, "%s/%s",
+			    g_mime_content_type_get_media_type(ct),
+			    g_mime_content_type_get_media_subtype(ct));
+		else
+			type = xstrdup("application/octet-stream");
+		for (n = 0; type[n] != '\0'; n++)
+			type[n] = (char)tolower((unsigned char)type[n]);
+		name = attachment_name(obj, type,
+		    json_object_array_length(arr) + 1);
+		json_object_object_add(att, "name", jstr(name));
+		json_object_object_add(att, "contentType", jstr(type));
+		json_object_object_add(att, "contentBytes",
+		    part_content_bytes(obj));
+		id = g_mime_object_get_content_id(obj);
+		if (html != NULL && id != NULL && html_refers(html, id)) {
+			json_object_object_add(att, "isInline",
+			    json_object_new_boolean(1));
+			json_object_object_add(att, "contentId", jstr(id));
+		} else
+			json_object_object_add(att, "isInline",
+			    json_object_new_boolean(0));
+		json_object_array_add(arr, att);
+		free(name);
+		free(type);
+	}
+	req->nattach = json_object_array_length(arr);
+	add_array(msg, "attachments", arr);
+	free(html);
+}
+
+int
+graph_map(const char *data, size_t len, const struct graph_env *env,
+    const struct graph_opts *opts, struct graph_req *req, char *err,
+    size_t errlen)
+{
+	static const char	*fallback[] = { "UTF-8", "windows-1252", NULL };
+	GMimeParserOptions	*po;
+	GMimeParser		*parser;
+	GMimeStream		*stream;
+	GMimeMessage		*m;
+	GByteArray		*arr;
+	char			*copy = NULL;
+	struct walk		 w;
+	json_object		*msg;
+	int			 rc = -1;
+
+	memset(req, 0, sizeof(*req));
+	memset(&w, 0, sizeof(w));
+	w.max_depth = opts->max_depth;
+	if (len > G_MAXUINT) {
+		snprintf(err, errlen, "message too large to map");
+		return -1;
+	}
+	/* Parse in place: the array borrows data and must not free it. */
+	arr = g_byte_array_new_take((guint8 *)(uintptr_t)data, len);
+	stream = g_mime_stream_mem_new_with_byte_array(arr);
+	g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(stream), FALSE);
+	parser = g_mime_parser_new_with_stream(stream);
+	g_mime_parser_set_persist_stream(parser, TRUE);
+	po = g_mime_parser_options_new();
+	g_mime_parser_options_set_fallback_charsets(po, fallback);
+	g_mime_parser_options_set_rfc2047_compliance_mode(po,
+	    GMIME_RFC_COMPLIANCE_LOOSE);
+	g_mime_parser_options_set_parameter_compliance_mode(po,
+	    GMIME_RFC_COMPLIANCE_LOOSE);
+	g_mime_parser_options_set_address_compliance_mode(po,
+	    GMIME_RFC_COMPLIANCE_LOOSE);
+	m = g_mime_parser_construct_message(parser, po);
+	if (m == NULL) {
+		/* No header at all: the whole text is the body. */
+		g_object_unref(parser);
+		g_object_unref(stream);
+		g_byte_array_free(arr, FALSE);
+		copy = xmalloc(len + 2);
+		memcpy(copy, "\r\n", 2);
+		memcpy(copy + 2, data, len);
+		arr = g_byte_array_new_take((guint8 *)copy, len + 2);
+		stream = g_mime_stream_mem_new_with_byte_array(arr);
+		g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(stream), FALSE);
+		parser = g_mime_parser_new_with_stream(stream);
+		g_mime_parser_set_persist_stream(parser, TRUE);
+		m = g_mime_parser_construct_message(parser, po);
+	}
+	if (m == NULL) {
+		snprintf(err, errlen, "not a message (no header found)");
+		goto out;
+	}
+	req->root = json_object_new_object();
+	msg = json_object_new_object();
+	json_object_object_add(req->root, "message", msg);
+	json_object_object_add(req->root, "saveToSentItems",
+	    json_object_new_boolean(opts->save_to_sent != 0));
+	map_headers(m, msg, req);
+	map_recipients(m, env, msg, &req->nrcpts);
+	map_parts(m, &w, msg, req);
+	if (w.too_deep) {
+		snprintf(err, errlen, "MIME parts nested deeper than %u "
+		    "levels (max_mime_depth)", opts->max_depth);
+		goto out;
+	}
+	if (req->nrcpts == 0) {
+		snprintf(err, errlen, "no recipients");
+		goto out;
+	}
+	req->body = json_object_to_json_string_length(req->root,
+	    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+	    &req->len);
+	rc = 0;
+out:
+	if (rc == -1)
+		graph_req_free(req);
+	if (m != NULL)
+		g_object_unref(m);
+	g_object_unref(parser);
+	g_mime_parser_options_free(po);
+	g_object_unref(stream);
+	g_byte_array_free(arr, FALSE);
+	free(copy);
+	free(w.nodes);
+	free(w.leaves);
+	return rc;
+}
+
+void
+graph_req_free(struct graph_req *req)
+{
+	if (req == NULL)
+		return;
+	if (req->root != NULL)
+		json_object_put(req->root);
+	free(req->from);
+	memset(req, 0, sizeof(*req));
+}
+
+/* Graph error codes that say something about the message, not the moment. */
+static const struct {
+	const char		*code;
+	enum graph_result	 result;
+} graph_codes[] = {
+	{ "InvalidAuthenticationToken", GRAPH_REAUTH },
+	{ "TooManyRequests", GRAPH_TEMPFAIL },
+	{ "ApplicationThrottled", GRAPH_TEMPFAIL },
+	{ "ErrorQuotaExceeded", GRAPH_TEMPFAIL },
+	{ "ServiceUnavailable", GRAPH_TEMPFAIL },
+	{ "serviceNotAvailable", GRAPH_TEMPFAIL },
+	{ "ErrorServerBusy", GRAPH_TEMPFAIL },
+	{ "ErrorTimeoutExpired", GRAPH_TEMPFAIL },
+	{ "ErrorInternalServerTransientError", GRAPH_TEMPFAIL },
+	{ "ErrorMailboxStoreUnavailable", GRAPH_TEMPFAIL },
+};
+
+enum graph_result
+graph_classify(long status, const char *body, size_t len,
+    struct graph_error *ge)
+{
+	json_object	*root = NULL, *e, *v;
+	size_t		 i;
+
+	snprintf(ge->code, sizeof(ge->code), "HTTP %ld", status);
+	ge->message[0] = '\0';
+	if (status == 202)
+		return GRAPH_SENT;
+	if (status == 0) {
+		snprintf(ge->code, sizeof(ge->code), "no answer");
+		return GRAPH_TEMPFAIL;
+	}
+	if (body != NULL && len > 0 && len < 64 * 1024) {
+		struct json_tokener *tok = json_tokener_new();
+
+		root = json_tokener_parse_ex(tok, body, (int)len);
+		json_tokener_free(tok);
+	}
+	if (root != NULL && json_object_object_get_ex(root, "error", &e) &&
+	    json_object_is_type(e, json_type_object)) {
+		if (json_object_object_get_ex(e, "code", &v) &&
+		    json_object_is_type(v, json_type_string))
+			log_escape(ge->code, sizeof(ge->code),
+			    json_object_get_string(v),
+			    (size_t)json_object_get_string_len(v));
+		if (json_object_object_get_ex(e, "message", &v) &&
+		    json_object_is_type(v, json_type_string))
+			log_escape(ge->message, sizeof(ge->message),
+			    json_object_get_string(v),
+			    (size_t)json_object_get_string_len(v));
+	}
+	if (root != NULL)
+		json_object_put(root);
+	for (i = 0; i < NELEM(graph_codes); i++)
+		if (strcmp(ge->code, graph_codes[i].code) == 0)
+			return graph_codes[i].result;
+	if (status == 401)
+		return GRAPH_REAUTH;
+	if (status == 408 || status == 429 || status >= 500)
+		return GRAPH_TEMPFAIL;
+	/* 400, 403, 404, 413 ...: the same request would fail again. */
+	return GRAPH_PERMFAIL;
+}
+
+long long
+graph_retry_after_ms(const char *v, long long now_wall)
+{
+	struct tm	 tm;
+	char		*end;
+	double		 d;
+	time_t		 t;
+
+	if (v == NULL)
+		return -1;
+	while (isspace((unsigned char)*v))
+		v++;
+	if (isdigit((unsigned char)*v)) {
+		d = strtod(v, &end);
+		while (isspace((unsigned char)*end))
+			end++;
+		if (*end != '\0' || d < 0 || d > 86400.0 * 7)
+			return -1;
+		return (long long)(d * 1000.0 + 0.5);
+	}
+	memset(&tm, 0, sizeof(tm));
+	end = strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+	if (end == NULL)
+		return -1;
+	t = timegm(&tm);
+	if (t <= now_wall)
+		return 0;
+	if (t - now_wall > 86400 * 7)
+		return -1;
+	return (long long)(t - now_wall) * 1000;
+}

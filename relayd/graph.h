@@ -1,0 +1,68 @@
+/* graph.h - a message and its envelope as a Graph sendMail request; results. */
+#ifndef RELAYD_GRAPH_H
+#define RELAYD_GRAPH_H
+
+#include <stddef.h>
+
+struct json_object;
+
+/* The SMTP envelope: authoritative for who receives the message. */
+struct graph_env {
+	const char		*mail_from;	/* "" for the null sender */
+	const char *const	*rcpts;		/* bare addresses */
+	size_t			 nrcpts;
+};
+
+struct graph_opts {
+	int		 save_to_sent;
+	unsigned	 max_depth;	/* multipart nesting */
+};
+
+/* A request body ready to POST. */
+struct graph_req {
+	struct json_object	*root;
+	const char		*body;	/* JSON text, owned by root */
+	size_t			 len;
+	char			*from;	/* From: address, NULL if none */
+	size_t			 nrcpts;
+	size_t			 nattach;
+};
+
+/*
+ * Maps a message (CRLF, as received) and its envelope onto the body of
+ * POST /users/{id}/sendMail. Pure: no I/O, thread-safe once mime_init() ran.
+ * Returns 0, or -1 with the reason in err for a message that can never be
+ * sent (the caller treats it as a permanent failure). The caller frees req
+ * with graph_req_free().
+ */
+int	graph_map(const char *, size_t, const struct graph_env *,
+	    const struct graph_opts *, struct graph_req *, char *, size_t);
+void	graph_req_free(struct graph_req *);
+
+/* What became of one request. */
+enum graph_result {
+	GRAPH_SENT,		/* 202 */
+	GRAPH_TEMPFAIL,		/* retry later */
+	GRAPH_PERMFAIL,		/* dead letter */
+	GRAPH_REAUTH,		/* token rejected: refresh once, retry once */
+};
+
+struct graph_error {
+	char		 code[64];	/* Graph's error code, or "HTTP nnn" */
+	char		 message[256];	/* UTF-8, may be empty */
+};
+
+/*
+ * Classifies a sendMail answer by its HTTP status and JSON error body (body
+ * may be NULL). status 0 means no answer (connection error, timeout).
+ */
+enum graph_result graph_classify(long, const char *, size_t,
+		    struct graph_error *);
+
+/*
+ * Parses a Retry-After value (delay seconds, fractions allowed, or an
+ * HTTP-date relative to now_wall seconds). Returns milliseconds, or -1.
+ */
+long long	graph_retry_after_ms(const char *, long long);
+
+#endif

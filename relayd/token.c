@@ -1,0 +1,354 @@
+/*
+ * token.c - the OAuth2 client-credentials token every worker shares.
+ *
+ * POST {login_url}/{tenant}/oauth2/v2.0/token with the app's id and secret
+ * and scope {graph_url}/.default. The token is refreshed at 80% of its
+ * life by whichever worker needs it first; the others keep using the old
+ * one meanwhile, or wait if there is none. After a failure nobody asks
+ * again for a while (5 s doubling to 5 min), so a wrong secret costs one
+ * log line per attempt, not one per message. Messages stay queued.
+ *
+ * The secret is read once at start, kept in memory only here, and never
+ * logged; neither is any token.
+ */
+#include <sys/stat.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <json-c/json.h>
+
+#include "config.h"
+#include "http.h"
+#include "log.h"
+#include "token.h"
+#include "util.h"
+
+#define TOKEN_SECRET_MAX	4096
+#define TOKEN_RETRY_MIN_MS	5000
+#define TOKEN_RETRY_MAX_MS	(5 * 60 * 1000)
+#define TOKEN_MIN_LIFE_MS	30000	/* don't hand out one about to expire */
+
+struct token {
+	char		*url;
+	char		*form_head;	/* everything but the secret */
+	char		*secret;	/* URL-encoded */
+	pthread_mutex_t	 lock;
+	pthread_cond_t	 cond;
+	char		*access;
+	uint64_t	 refresh_at;	/* CLOCK_MONOTONIC ms */
+	uint64_t	 expires_at;
+	int		 refreshing;
+	uint64_t	 retry_at;	/* no new attempt before */
+	uint64_t	 backoff_ms;
+	char		 last_err[512];
+};
+
+static const struct {
+	long		 code;
+	const char	*hint;
+} aadsts_hints[] = {
+	{ 7000215, "invalid client secret (check client_secret_file: it must "
+	  "hold the secret's Value, not its ID)" },
+	{ 7000222, "client secret expired (create a new one under the app "
+	  "registration's Certificates & secrets, then update "
+	  "client_secret_file)" },
+	{ 700016, "application not found in the tenant (check client_id and "
+	  "tenant, and that admin consent was given)" },
+	{ 90002, "tenant not found (check tenant)" },
+	{ 900023, "tenant is not a valid GUID or domain (check tenant)" },
+	{ 70011, "invalid scope (check graph_url)" },
+	{ 7000218, "no client secret or assertion was sent (check "
+	  "client_secret_file)" },
+	{ 7000112, "the application is disabled in the tenant" },
+	{ 53003, "blocked by a Conditional Access policy" },
+	{ 90055, "the tenant is throttled; retrying later" },
+};
+
+const char *
+token_hint(long code)
+{
+	size_t	 i;
+
+	for (i = 0; i < NELEM(aadsts_hints); i++)
+		if (aadsts_hints[i].code == code)
+			return aadsts_hints[i].hint;
+	return NULL;
+}
+
+static char *
+read_secret(const char *path, char *err, size_t errlen)
+{
+	char		 buf[TOKEN_SECRET_MAX + 1];
+	struct stat	 st;
+	ssize_t		 n;
+	int		 fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
+	    fstat(fd, &st) == -1) {
+		snprintf(err, errlen, "client secret %s: %s", path,
+		    strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return NULL;
+	}
+	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+		snprintf(err, errlen, "client secret %s is open to group or "
+		    "others; run: chmod 600 %s", path, path);
+		close(fd);
+		return NULL;
+	}
+	n = read(fd, buf, TOKEN_SECRET_MAX);
+	close(fd);
+	if (n < 0) {
+		snprintf(err, errlen, "client secret %s: %s", path,
+		    strerror(errno));
+		return NULL;
+	}
+	while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r' ||
+	    buf[n - 1] == ' ' || buf[n - 1] == '\t'))
+		n--;
+	buf[n] = '\0';
+	if (n == 0) {
+		snprintf(err, errlen, "client secret %s is empty", path);
+		return NULL;
+	}
+	return xstrdup(buf);
+}
+
+struct token *
+token_new(const struct config *cfg, char *err, size_t errlen)
+{
+	struct token	*t;
+	char		*secret, *id, *scope, *s, *tenant;
+
+	if ((secret = read_secret(cfg->client_secret_file, err, errlen)) ==
+	    NULL)
+		return NULL;
+	t = xcalloc(1, sizeof(*t));
+	tenant = http_escape(cfg->tenant);
+	xasprintf(&t->url, "%s/%s/oauth2/v2.0/token", cfg->login_url, tenant);
+	free(tenant);
+	xasprintf(&s, "%s/.default", cfg->graph_url);
+	scope = curl_easy_escape(NULL, s, 0);
+	free(s);
+	id = curl_easy_escape(NULL, cfg->client_id, 0);
+	xasprintf(&t->form_head, "grant_type=client_credentials&client_id=%s"
+	    "&scope=%s&client_secret=", id, scope);
+	curl_free(id);
+	curl_free(scope);
+	s = curl_easy_escape(NULL, secret, 0);
+	t->secret = xstrdup(s);
+	curl_free(s);
+	explicit_bzero(secret, strlen(secret));
+	free(secret);
+	pthread_mutex_init(&t->lock, NULL);
+	pthread_cond_init(&t->cond, NULL);
+	return t;
+}
+
+void
+token_free(struct token *t)
+{
+	if (t == NULL)
+		return;
+	explicit_bzero(t->secret, strlen(t->secret));
+	free(t->secret);
+	if (t->access != NULL) {
+		explicit_bzero(t->access, strlen(t->access));
+		free(t->access);
+	}
+	free(t->url);
+	free(t->form_head);
+	pthread_mutex_destroy(&t->lock);
+	pthread_cond_destroy(&t->cond);
+	free(t);
+}
+
+/* The token service's answer as a log line with the admin's next step. */
+static void
+describe_error(const struct http_resp *r, char *out, size_t outlen)
+{
+	json_object	*root = NULL, *v, *codes;
+	const char	*error = NULL, *desc = NULL, *hint;
+	long		 code = 0;
+	char		 first[200], esc[256];
+	size_t		 n;
+
+	if (r->status == 0) {
+		snprintf(out, outlen, "no answer from the token service (%s)",
+		    r->error);
+		return;
+	}
+	if (r->body != NULL)
+		root = json_tokener_parse(r->body);
+	if (root != NULL) {
+		if (json_object_object_get_ex(root, "error", &v))
+			error = json_object_get_string(v);
+		if (json_object_object_get_ex(root, "error_description", &v))
+			desc = json_object_get_string(v);
+		if (json_object_object_get_ex(root, "error_codes", &codes) &&
+		    json_object_is_type(codes, json_type_array) &&
+		    json_object_array_length(codes) > 0)
+			code = json_object_get_int64(
+			    json_object_array_get_idx(codes, 0));
+	}
+	if (code == 0 && desc != NULL && strncmp(desc, "AADSTS", 6) == 0)
+		code = strtol(desc + 6, NULL, 10);
+	if (code != 0 && (hint = token_hint(code)) != NULL)
+		snprintf(out, outlen, "AADSTS%ld %s", code, hint);
+	else if (desc != NULL) {
+		/* The first line only: the rest is trace and correlation ids. */
+		n = strcspn(desc, "\r\n");
+		if (n >= sizeof(first))
+			n = sizeof(first) - 1;
+		memcpy(first, desc, n);
+		first[n] = '\0';
+		log_escape(esc, sizeof(esc), first, n);
+		snprintf(out, outlen, "%s (HTTP %ld, %s)", esc, r->status,
+		    error != NULL ? error : "error");
+	} else
+		snprintf(out, outlen, "HTTP %ld from the token service",
+		    r->status);
+	if (root != NULL)
+		json_object_put(root);
+}
+
+/* One request to the token service. Called without the lock. */
+static int
+fetch(struct token *t, CURL *c, char **access, long long *life_ms,
+    char *err, size_t errlen)
+{
+	static const char *const headers[] = {
+	    "Content-Type: application/x-www-form-urlencoded",
+	    "Accept: application/json", NULL };
+	struct http_resp	 r;
+	json_object		*root = NULL, *v;
+	char			*form;
+	int			 rc = -1;
+
+	xasprintf(&form, "%s%s", t->form_head, t->secret);
+	http_post(c, t->url, headers, form, strlen(form), &r);
+	explicit_bzero(form, strlen(form));
+	free(form);
+	if (r.status != 200) {
+		describe_error(&r, err, errlen);
+		goto out;
+	}
+	if (r.body == NULL || (root = json_tokener_parse(r.body)) == NULL ||
+	    !json_object_object_get_ex(root, "access_token", &v) ||
+	    !json_object_is_type(v, json_type_string) ||
+	    json_object_get_string_len(v) == 0) {
+		snprintf(err, errlen, "token service answered 200 without an "
+		    "access_token");
+		goto out;
+	}
+	*access = xstrdup(json_object_get_string(v));
+	*life_ms = 3599 * 1000LL;
+	if (json_object_object_get_ex(root, "expires_in", &v)) {
+		/* A number, or a string of one (older endpoints). */
+		long long s = json_object_get_int64(v);
+		if (s > 0)
+			*life_ms = s * 1000;
+	}
+	rc = 0;
+out:
+	if (root != NULL)
+		json_object_put(root);
+	http_resp_clear(&r);
+	return rc;
+}
+
+char *
+token_get(struct token *t, CURL *c, char *err, size_t errlen)
+{
+	char		*access, *fresh = NULL;
+	long long	 life;
+	uint64_t	 now;
+	int		 rc;
+
+	pthread_mutex_lock(&t->lock);
+	for (;;) {
+		now = now_ms();
+		if (t->access != NULL && now < t->refresh_at)
+			break;
+		if (t->access != NULL && t->refreshing &&
+		    now + TOKEN_MIN_LIFE_MS < t->expires_at)
+			break;
+		if (t->refreshing) {
+			pthread_cond_wait(&t->cond, &t->lock);
+			continue;
+		}
+		if (now < t->retry_at) {
+			if (t->access != NULL &&
+			    now + TOKEN_MIN_LIFE_MS < t->expires_at)
+				break;
+			snprintf(err, errlen, "%s", t->last_err);
+			pthread_mutex_unlock(&t->lock);
+			return NULL;
+		}
+		t->refreshing = 1;
+		pthread_mutex_unlock(&t->lock);
+		rc = fetch(t, c, &fresh, &life, err, errlen);
+		pthread_mutex_lock(&t->lock);
+		t->refreshing = 0;
+		pthread_cond_broadcast(&t->cond);
+		now = now_ms();
+		if (rc == -1) {
+			t->backoff_ms = t->backoff_ms == 0 ? TOKEN_RETRY_MIN_MS :
+			    t->backoff_ms * 2;
+			if (t->backoff_ms > TOKEN_RETRY_MAX_MS)
+				t->backoff_ms = TOKEN_RETRY_MAX_MS;
+			t->retry_at = now + t->backoff_ms;
+			snprintf(t->last_err, sizeof(t->last_err), "%s", err);
+			log_warnx("token: %s; next attempt in %llus", err,
+			    (unsigned long long)t->backoff_ms / 1000);
+			continue;
+		}
+		if (t->access != NULL) {
+			explicit_bzero(t->access, strlen(t->access));
+			free(t->access);
+		}
+		t->access = fresh;
+		t->expires_at = now + (uint64_t)life;
+		t->refresh_at = now + (uint64_t)life * 8 / 10;
+		t->backoff_ms = 0;
+		t->retry_at = 0;
+		log_info("token: new access token expires_in=%llds",
+		    life / 1000);
+		break;
+	}
+	access = xstrdup(t->access);
+	pthread_mutex_unlock(&t->lock);
+	return access;
+}
+
+void
+token_invalidate(struct token *t, const char *bad)
+{
+	pthread_mutex_lock(&t->lock);
+	if (t->access != NULL && strcmp(t->access, bad) == 0) {
+		t->refresh_at = 0;
+		t->expires_at = 0;
+		t->retry_at = 0;
+	}
+	pthread_mutex_unlock(&t->lock);
+}
+
+long long
+token_expires_in(struct token *t)
+{
+	long long	 ms = -1;
+	uint64_t	 now = now_ms();
+
+	pthread_mutex_lock(&t->lock);
+	if (t->access != NULL && t->expires_at > now)
+		ms = (long long)(t->expires_at - now);
+	pthread_mutex_unlock(&t->lock);
+	return ms;
+}

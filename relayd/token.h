@@ -1,0 +1,30 @@
+/* token.h - the OAuth2 client-credentials token every worker shares. */
+#ifndef RELAYD_TOKEN_H
+#define RELAYD_TOKEN_H
+
+#include <stddef.h>
+
+#include <curl/curl.h>
+
+struct config;
+struct token;
+
+/* Reads the client secret; NULL with err if it cannot. */
+struct token	*token_new(const struct config *, char *, size_t);
+void		 token_free(struct token *);
+/*
+ * Returns a malloc'd access token good for a while, fetching a new one with
+ * the caller's handle when the current one is past 80% of its life. One
+ * refresh at a time: others wait for it or keep using a still-valid token.
+ * NULL with err when none can be had now (the caller retries later).
+ */
+char		*token_get(struct token *, CURL *, char *, size_t);
+/* Graph refused this token (401): the next token_get fetches a new one. */
+void		 token_invalidate(struct token *, const char *);
+/* Milliseconds until the current token expires, -1 if there is none. */
+long long	 token_expires_in(struct token *);
+
+/* The admin's hint for an AADSTS error code, or NULL. Pure. */
+const char	*token_hint(long);
+
+#endif

@@ -1,0 +1,729 @@
+/*
+ * worker.c - the delivery pool: queued messages to Graph sendMail.
+ *
+ * Design. The event loop owns the delivery queue: which messages wait,
+ * which are in flight, when a deferred one may go again, and how many
+ * requests each mailbox has open. [queue] workers threads each own one
+ * CURL handle (and so their own kept-alive connections) and block in
+ * libcurl; a blocking request per thread keeps each delivery a plain
+ * sequence (read, map, token, POST, classify) that is easy to follow and
+ * to stop. Jobs reach the threads through one mutex-guarded list; results
+ * come back through a pipe the loop reads (memcached's pattern). Nothing
+ * else is shared but the token (token.c).
+ *
+ * Per mailbox (the {id} of /users/{id}/sendMail) at most 4 requests are in
+ * flight, Graph's MailboxConcurrency limit. Mailboxes take turns, so one
+ * busy scanner cannot starve the others. When the mailbox is known only
+ * after parsing (mailbox = from, or a null sender), the loop counts by the
+ * envelope sender and the worker also holds a slot for the real mailbox.
+ *
+ * Results: 202 removes the file (log "sent"); a temporary failure defers
+ * the message (Retry-After honoured, else backoff from retry_min doubling
+ * to retry_max); a permanent one moves it to dead/ with Graph's error (log
+ * "failed"). A 401 InvalidAuthenticationToken gets one fresh token and one
+ * more try. Retry state lives in memory for now: after a restart every
+ * queued message is tried at once.
+ */
+#include <sys/mman.h>
+#include <sys/queue.h>
+#include <sys/stat.h>
+
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "config.h"
+#include "graph.h"
+#include "http.h"
+#include "log.h"
+#include "spool.h"
+#include "token.h"
+#include "util.h"
+#include "worker.h"
+
+#define MAILBOX_CONCURRENCY	4	/* Graph: per app and mailbox */
+#define MBOX_HASH_SIZE		1024
+#define STOP_GRACE_MS		10000	/* requests in flight at stop */
+#define SPOOL_HEAD_READ		(512 * 1024)
+
+struct mbox;
+
+/* A queued message (loop thread only, except qid while in flight). */
+struct qent {
+	char			 qid[SPOOL_QID_LEN + 1];
+	uint64_t		 size;
+	unsigned		 attempts;
+	struct mbox		*mb;
+	struct event		*timer;		/* while deferred */
+	struct worker_pool	*pool;
+	TAILQ_ENTRY(qent)	 link;		/* its mailbox's ready list */
+	TAILQ_ENTRY(qent)	 all;
+};
+TAILQ_HEAD(qent_list, qent);
+
+struct mbox {
+	char			*key;		/* lower case */
+	unsigned		 inflight;
+	size_t			 refs;		/* qents pointing here */
+	struct qent_list	 ready;
+	int			 runnable;
+	TAILQ_ENTRY(mbox)	 rlink;
+	struct mbox		*hnext;
+};
+TAILQ_HEAD(mbox_list, mbox);
+
+/* One delivery attempt: the loop fills the top, the worker the rest. */
+struct job {
+	struct qent		*qe;
+	char			 qid[SPOOL_QID_LEN + 1];
+	const char		*key;		/* the loop's mailbox key */
+	enum graph_result	 result;
+	long			 status;
+	long long		 retry_ms;	/* Retry-After, -1 if none */
+	struct graph_error	 err;
+	char			 request_id[64];
+	char			*mailbox;
+	size_t			 nrcpts;
+	size_t			 nattach;
+	uint64_t		 ms;
+	struct job		*next;
+};
+
+/* Worker-side slots for mailboxes the loop could not know in advance. */
+struct slot {
+	char			*mailbox;
+	unsigned		 n;
+	struct slot		*next;
+};
+
+struct worker_pool {
+	const struct config	*cfg;
+	struct spool		*spool;
+	struct token		*token;
+	struct event_base	*base;
+	struct graph_opts	 opts;
+
+	/* Loop thread. */
+	struct mbox		*hash[MBOX_HASH_SIZE];
+	struct mbox_list	 runnable;
+	struct qent_list	 all;
+	size_t			 busy;
+	size_t			 queued;
+	int			 stopping;
+	struct event		*notify_ev;
+	int			 notify[2];
+
+	/* Shared, under lock. */
+	pthread_mutex_t		 lock;
+	pthread_cond_t		 cond;
+	pthread_cond_t		 slot_cond;
+	struct job		*jobs;
+	struct job		*done;
+	struct slot		*slots;
+	int			 quit;
+
+	pthread_t		*threads;
+	size_t			 nthreads;
+};
+
+static void	dispatch(struct worker_pool *);
+
+static unsigned
+hash_key(const char *s)
+{
+	unsigned	 h = 5381;
+
+	for (; *s != '\0'; s++)
+		h = h * 33 + (unsigned char)*s;
+	return h % MBOX_HASH_SIZE;
+}
+
+static struct mbox *
+mbox_get(struct worker_pool *p, const char *mailbox)
+{
+	struct mbox	*mb;
+	char		*key = xstrdup(mailbox), *c;
+	unsigned	 h;
+
+	for (c = key; *c != '\0'; c++)
+		*c = (char)tolower((unsigned char)*c);
+	h = hash_key(key);
+	for (mb = p->hash[h]; mb != NULL; mb = mb->hnext)
+		if (strcmp(mb->key, key) == 0) {
+			free(key);
+			return mb;
+		}
+	mb = xcalloc(1, sizeof(*mb));
+	mb->key = key;
+	TAILQ_INIT(&mb->ready);
+	mb->hnext = p->hash[h];
+	p->hash[h] = mb;
+	return mb;
+}
+
+static void
+mbox_put(struct worker_pool *p, struct mbox *mb)
+{
+	struct mbox	**pp;
+
+	if (--mb->refs > 0)
+		return;
+	for (pp = &p->hash[hash_key(mb->key)]; *pp != mb; pp = &(*pp)->hnext)
+		;
+	*pp = mb->hnext;
+	if (mb->runnable)
+		TAILQ_REMOVE(&p->runnable, mb, rlink);
+	free(mb->key);
+	free(mb);
+}
+
+static void
+mbox_update(struct worker_pool *p, struct mbox *mb)
+{
+	int	 want = !TAILQ_EMPTY(&mb->ready) &&
+	    mb->inflight < MAILBOX_CONCURRENCY;
+
+	if (want && !mb->runnable)
+		TAILQ_INSERT_TAIL(&p->runnable, mb, rlink);
+	else if (!want && mb->runnable)
+		TAILQ_REMOVE(&p->runnable, mb, rlink);
+	mb->runnable = want;
+}
+
+/* The loop's idea of the sending mailbox before the message is read. */
+static const char *
+mailbox_key(const struct worker_pool *p, const char *mail_from)
+{
+	if (strcmp(p->cfg->mailbox, "envelope") != 0 &&
+	    strcmp(p->cfg->mailbox, "from") != 0)
+		return p->cfg->mailbox;
+	return *mail_from != '\0' ? mail_from : "<>";
+}
+
+static void
+qent_free(struct worker_pool *p, struct qent *qe)
+{
+	if (qe->timer != NULL)
+		event_free(qe->timer);
+	mbox_put(p, qe->mb);
+	TAILQ_REMOVE(&p->all, qe, all);
+	p->queued--;
+	free(qe);
+}
+
+static void
+enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
+    uint64_t size)
+{
+	struct qent	*qe = xcalloc(1, sizeof(*qe));
+
+	strlcpy_r(qe->qid, qid, sizeof(qe->qid));
+	qe->size = size;
+	qe->pool = p;
+	qe->mb = mbox_get(p, mailbox_key(p, mail_from));
+	qe->mb->refs++;
+	TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
+	TAILQ_INSERT_TAIL(&p->all, qe, all);
+	mbox_update(p, qe->mb);
+	p->queued++;
+}
+
+static void
+on_queued(void *arg, const char *qid, const char *mail_from, uint64_t size)
+{
+	struct worker_pool	*p = arg;
+
+	enqueue(p, qid, mail_from, size);
+	dispatch(p);
+}
+
+/* Hands ready messages to idle workers, mailboxes taking turns. */
+static void
+dispatch(struct worker_pool *p)
+{
+	struct mbox	*mb;
+	struct qent	*qe;
+	struct job	*j, *list = NULL;
+
+	while (!p->stopping && p->busy < p->nthreads &&
+	    (mb = TAILQ_FIRST(&p->runnable)) != NULL) {
+		qe = TAILQ_FIRST(&mb->ready);
+		TAILQ_REMOVE(&mb->ready, qe, link);
+		mb->inflight++;
+		TAILQ_REMOVE(&p->runnable, mb, rlink);
+		mb->runnable = 0;
+		mbox_update(p, mb);	/* to the back of the line */
+		p->busy++;
+		j = xcalloc(1, sizeof(*j));
+		j->qe = qe;
+		memcpy(j->qid, qe->qid, sizeof(j->qid));
+		j->key = mb->key;
+		j->next = list;
+		list = j;
+	}
+	if (list == NULL)
+		return;
+	pthread_mutex_lock(&p->lock);
+	while (list != NULL) {
+		j = list;
+		list = j->next;
+		j->next = p->jobs;
+		p->jobs = j;
+	}
+	pthread_cond_broadcast(&p->cond);
+	pthread_mutex_unlock(&p->lock);
+}
+
+static void
+retry_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct qent		*qe = arg;
+	struct worker_pool	*p = qe->pool;
+
+	event_free(qe->timer);
+	qe->timer = NULL;
+	TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
+	mbox_update(p, qe->mb);
+	dispatch(p);
+}
+
+static uint64_t
+backoff_ms(const struct worker_pool *p, unsigned attempts)
+{
+	uint64_t	 ms = p->cfg->retry_min_ms;
+
+	while (--attempts > 0 && ms < p->cfg->retry_max_ms)
+		ms *= 2;
+	return ms < p->cfg->retry_max_ms ? ms : p->cfg->retry_max_ms;
+}
+
+/* Loop thread: what became of one attempt. */
+static void
+finish(struct worker_pool *p, struct job *j)
+{
+	struct qent	*qe = j->qe;
+	struct timeval	 tv;
+	uint64_t	 delay;
+	char		 reason[1024];
+
+	qe->mb->inflight--;
+	p->busy--;
+	qe->attempts++;
+	switch (j->result) {
+	case GRAPH_SENT:
+		log_info("%s graph sent mailbox=%s rcpts=%zu size=%" PRIu64
+		    " attachments=%zu graph_status=%ld request_id=%s ms=%" PRIu64,
+		    qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
+		    qe->size, j->nattach, j->status,
+		    j->request_id[0] ? j->request_id : "-", j->ms);
+		spool_remove(p->spool, qe->qid);
+		qent_free(p, qe);
+		break;
+	case GRAPH_PERMFAIL:
+		log_warnx("%s graph failed mailbox=%s rcpts=%zu size=%" PRIu64
+		    " graph_status=%ld code=%s message=\"%s\" request_id=%s",
+		    qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
+		    qe->size, j->status, j->err.code, j->err.message,
+		    j->request_id[0] ? j->request_id : "-");
+		snprintf(reason, sizeof(reason), "time: %" PRIu64 "\n"
+		    "mailbox: %s\nstatus: %ld\ncode: %s\nmessage: %s\n"
+		    "request-id: %s\nattempts: %u\n", wall_us() / 1000000,
+		    j->mailbox ? j->mailbox : "", j->status, j->err.code,
+		    j->err.message, j->request_id, qe->attempts);
+		spool_dead(p->spool, qe->qid, reason);
+		qent_free(p, qe);
+		break;
+	case GRAPH_TEMPFAIL:
+	case GRAPH_REAUTH:
+		delay = j->retry_ms >= 0 ? (uint64_t)j->retry_ms :
+		    backoff_ms(p, qe->attempts);
+		log_warnx("%s graph deferred mailbox=%s graph_status=%ld "
+		    "code=%s message=\"%s\" attempts=%u retry_in=%.1fs",
+		    qe->qid, j->mailbox ? j->mailbox : "-", j->status,
+		    j->err.code, j->err.message, qe->attempts,
+		    (double)delay / 1000.0);
+		qe->timer = evtimer_new(p->base, retry_cb, qe);
+		tv.tv_sec = (time_t)(delay / 1000);
+		tv.tv_usec = (suseconds_t)(delay % 1000) * 1000;
+		evtimer_add(qe->timer, &tv);
+		break;
+	}
+}
+
+static void
+notify_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct worker_pool	*p = arg;
+	struct job		*done, *j, *rev = NULL;
+	struct mbox		*mb;
+	char			 buf[256];
+
+	while (read(fd, buf, sizeof(buf)) > 0)
+		;
+	pthread_mutex_lock(&p->lock);
+	done = p->done;
+	p->done = NULL;
+	pthread_mutex_unlock(&p->lock);
+	while (done != NULL) {		/* oldest first */
+		j = done;
+		done = j->next;
+		j->next = rev;
+		rev = j;
+	}
+	while ((j = rev) != NULL) {
+		rev = j->next;
+		mb = j->qe->mb;
+		mb->refs++;		/* finish() may free the entry */
+		finish(p, j);
+		mbox_update(p, mb);
+		mbox_put(p, mb);
+		free(j->mailbox);
+		free(j);
+	}
+	dispatch(p);
+}
+
+/* ---- worker threads ---- */
+
+static struct slot *
+slot_take(struct worker_pool *p, const char *mailbox)
+{
+	struct slot	*s;
+
+	pthread_mutex_lock(&p->lock);
+	for (;;) {
+		for (s = p->slots; s != NULL; s = s->next)
+			if (strcasecmp(s->mailbox, mailbox) == 0)
+				break;
+		if (s == NULL) {
+			s = xcalloc(1, sizeof(*s));
+			s->mailbox = xstrdup(mailbox);
+			s->next = p->slots;
+			p->slots = s;
+		}
+		if (s->n < MAILBOX_CONCURRENCY || p->quit)
+			break;
+		pthread_cond_wait(&p->slot_cond, &p->lock);
+	}
+	s->n++;
+	pthread_mutex_unlock(&p->lock);
+	return s;
+}
+
+static void
+slot_give(struct worker_pool *p, struct slot *s)
+{
+	struct slot	**pp;
+
+	pthread_mutex_lock(&p->lock);
+	if (--s->n == 0) {
+		for (pp = &p->slots; *pp != s; pp = &(*pp)->next)
+			;
+		*pp = s->next;
+		free(s->mailbox);
+		free(s);
+	}
+	pthread_cond_broadcast(&p->slot_cond);
+	pthread_mutex_unlock(&p->lock);
+}
+
+static void
+job_fail(struct job *j, enum graph_result r, const char *code,
+    const char *fmt, ...) PRINTFLIKE(4, 5);
+
+static void
+job_fail(struct job *j, enum graph_result r, const char *code,
+    const char *fmt, ...)
+{
+	va_list	 ap;
+
+	j->result = r;
+	strlcpy_r(j->err.code, code, sizeof(j->err.code));
+	va_start(ap, fmt);
+	vsnprintf(j->err.message, sizeof(j->err.message), fmt, ap);
+	va_end(ap);
+}
+
+/* POSTs the body, with one fresh token after a 401. */
+static void
+send_request(struct worker_pool *p, CURL *c, struct job *j,
+    const struct graph_req *req)
+{
+	struct http_resp	 r;
+	char			*tok, *auth, *url, *mb, err[512];
+	const char		*headers[4];
+	int			 attempt;
+
+	mb = http_escape(j->mailbox);
+	xasprintf(&url, "%s/v1.0/users/%s/sendMail", p->cfg->graph_url, mb);
+	free(mb);
+	for (attempt = 0; attempt < 2; attempt++) {
+		if ((tok = token_get(p->token, c, err, sizeof(err))) == NULL) {
+			job_fail(j, GRAPH_TEMPFAIL, "token", "%s", err);
+			break;
+		}
+		xasprintf(&auth, "Authorization: Bearer %s", tok);
+		headers[0] = auth;
+		headers[1] = "Content-Type: application/json";
+		headers[2] = "Accept: application/json";
+		headers[3] = NULL;
+		http_post(c, url, headers, req->body, req->len, &r);
+		explicit_bzero(auth, strlen(auth));
+		free(auth);
+		j->status = r.status;
+		j->ms = r.ms;
+		strlcpy_r(j->request_id, r.request_id, sizeof(j->request_id));
+		j->result = graph_classify(r.status, r.body, r.len, &j->err);
+		if (r.status == 0)
+			log_escape(j->err.message, sizeof(j->err.message),
+			    r.error, strlen(r.error));
+		j->retry_ms = graph_retry_after_ms(r.retry_after[0] ?
+		    r.retry_after : NULL, (long long)(wall_us() / 1000000));
+		http_resp_clear(&r);
+		if (j->result == GRAPH_REAUTH)
+			token_invalidate(p->token, tok);
+		explicit_bzero(tok, strlen(tok));
+		free(tok);
+		if (j->result != GRAPH_REAUTH)
+			break;
+	}
+	free(url);
+}
+
+/* One delivery attempt, start to end, on a worker thread. */
+static void
+deliver(struct worker_pool *p, CURL *c, struct job *j)
+{
+	struct spool_entry	 e;
+	struct graph_env	 env;
+	struct graph_req	 req;
+	struct slot		*slot = NULL;
+	struct stat		 st;
+	const char		*why, *mode = p->cfg->mailbox;
+	const char		*sender;
+	char			**rcpts = NULL, err[256];
+	char			*map = MAP_FAILED;
+	size_t			 i, headlen;
+	int			 fd;
+
+	memset(&e, 0, sizeof(e));
+	memset(&req, 0, sizeof(req));
+	j->retry_ms = -1;
+	if ((fd = spool_open_msg(p->spool, j->qid)) == -1 ||
+	    fstat(fd, &st) == -1) {
+		job_fail(j, GRAPH_TEMPFAIL, "spool", "cannot open: %s",
+		    strerror(errno));
+		goto out;
+	}
+	if (st.st_size < SPOOL_TRAILER_LEN || (map = mmap(NULL,
+	    (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED) {
+		job_fail(j, GRAPH_TEMPFAIL, "spool", "cannot read: %s",
+		    strerror(errno));
+		goto out;
+	}
+	headlen = (size_t)st.st_size < SPOOL_HEAD_READ ? (size_t)st.st_size :
+	    SPOOL_HEAD_READ;
+	if (spool_parse(map, headlen, map + st.st_size - SPOOL_TRAILER_LEN,
+	    (uint64_t)st.st_size, &e, &why) == -1) {
+		job_fail(j, GRAPH_PERMFAIL, "spool", "damaged: %s", why);
+		goto out;
+	}
+	rcpts = xcalloc(e.nrcpts, sizeof(*rcpts));
+	for (i = 0; i < e.nrcpts; i++)
+		rcpts[i] = xstrndup(e.rcpts[i], strcspn(e.rcpts[i], " "));
+	env.mail_from = e.mail_from;
+	env.rcpts = (const char *const *)rcpts;
+	env.nrcpts = e.nrcpts;
+	if (graph_map(map + e.body_offset, e.size, &env, &p->opts, &req, err,
+	    sizeof(err)) == -1) {
+		job_fail(j, GRAPH_PERMFAIL, "mapping", "%s", err);
+		goto out;
+	}
+	j->nrcpts = req.nrcpts;
+	j->nattach = req.nattach;
+	if (strcmp(mode, "envelope") == 0)
+		sender = *e.mail_from != '\0' ? e.mail_from : req.from;
+	else if (strcmp(mode, "from") == 0)
+		sender = req.from != NULL ? req.from : (*e.mail_from != '\0' ?
+		    e.mail_from : NULL);
+	else
+		sender = mode;
+	if (sender == NULL) {
+		job_fail(j, GRAPH_PERMFAIL, "mailbox", "no sending mailbox: "
+		    "null sender and no From: address");
+		goto out;
+	}
+	j->mailbox = xstrdup(sender);
+	if (strcasecmp(sender, j->key) != 0)
+		slot = slot_take(p, sender);
+	send_request(p, c, j, &req);
+	if (slot != NULL)
+		slot_give(p, slot);
+out:
+	graph_req_free(&req);
+	if (rcpts != NULL)
+		for (i = 0; i < e.nrcpts; i++)
+			free(rcpts[i]);
+	free(rcpts);
+	spool_entry_clear(&e);
+	if (map != MAP_FAILED)
+		munmap(map, (size_t)st.st_size);
+	if (fd != -1)
+		close(fd);
+}
+
+static void *
+worker_main(void *arg)
+{
+	struct worker_pool	*p = arg;
+	struct job		*j;
+	CURL			*c;
+
+	c = http_handle_new(p->cfg);
+	pthread_mutex_lock(&p->lock);
+	for (;;) {
+		while (!p->quit && p->jobs == NULL)
+			pthread_cond_wait(&p->cond, &p->lock);
+		if ((j = p->jobs) == NULL)
+			break;
+		p->jobs = j->next;
+		pthread_mutex_unlock(&p->lock);
+		if (c == NULL)
+			job_fail(j, GRAPH_TEMPFAIL, "curl", "no curl handle");
+		else
+			deliver(p, c, j);
+		pthread_mutex_lock(&p->lock);
+		j->next = p->done;
+		p->done = j;
+		if (write(p->notify[1], "", 1) == -1 && errno != EAGAIN)
+			log_warn("worker: notify");
+	}
+	pthread_mutex_unlock(&p->lock);
+	if (c != NULL)
+		curl_easy_cleanup(c);
+	return NULL;
+}
+
+/* ---- pool ---- */
+
+struct worker_pool *
+worker_new(struct event_base *base, const struct config *cfg,
+    struct spool *spool, struct token *token, char *err, size_t errlen)
+{
+	struct worker_pool		*p;
+	const struct spool_entry	*e;
+	size_t				 i;
+
+	p = xcalloc(1, sizeof(*p));
+	p->cfg = cfg;
+	p->spool = spool;
+	p->token = token;
+	p->base = base;
+	p->opts.save_to_sent = cfg->save_to_sent_items;
+	p->opts.max_depth = (unsigned)cfg->max_mime_depth;
+	TAILQ_INIT(&p->runnable);
+	TAILQ_INIT(&p->all);
+	pthread_mutex_init(&p->lock, NULL);
+	pthread_cond_init(&p->cond, NULL);
+	pthread_cond_init(&p->slot_cond, NULL);
+	if (pipe2(p->notify, O_NONBLOCK | O_CLOEXEC) == -1) {
+		snprintf(err, errlen, "pipe: %s", strerror(errno));
+		free(p);
+		return NULL;
+	}
+	p->notify_ev = event_new(base, p->notify[0], EV_READ | EV_PERSIST,
+	    notify_cb, p);
+	event_add(p->notify_ev, NULL);
+	p->threads = xcalloc(cfg->workers, sizeof(*p->threads));
+	for (i = 0; i < cfg->workers; i++) {
+		if ((errno = pthread_create(&p->threads[i], NULL, worker_main,
+		    p)) != 0) {
+			snprintf(err, errlen, "worker thread: %s",
+			    strerror(errno));
+			worker_free(p);
+			return NULL;
+		}
+		p->nthreads++;
+	}
+	for (i = 0; (e = spool_entry_at(spool, i)) != NULL; i++)
+		enqueue(p, e->qid, e->mail_from, e->size);
+	spool_set_queued_cb(spool, on_queued, p);
+	dispatch(p);
+	return p;
+}
+
+void
+worker_free(struct worker_pool *p)
+{
+	struct qent	*qe;
+	struct mbox	*mb;
+	struct job	*j;
+	size_t		 i;
+
+	if (p == NULL)
+		return;
+	spool_set_queued_cb(p->spool, NULL, NULL);
+	p->stopping = 1;
+	/* Let requests in flight finish for a while, then cut them. */
+	http_abort_after(now_ms() + STOP_GRACE_MS);
+	pthread_mutex_lock(&p->lock);
+	p->quit = 1;
+	/* Jobs not started go back unstarted: their messages stay queued. */
+	while ((j = p->jobs) != NULL) {
+		p->jobs = j->next;
+		j->next = p->done;
+		p->done = j;
+		job_fail(j, GRAPH_TEMPFAIL, "stopping", "relayd is stopping");
+	}
+	pthread_cond_broadcast(&p->cond);
+	pthread_cond_broadcast(&p->slot_cond);
+	pthread_mutex_unlock(&p->lock);
+	for (i = 0; i < p->nthreads; i++)
+		pthread_join(p->threads[i], NULL);
+	/* Results that came in: a sent message must leave the queue. */
+	while ((j = p->done) != NULL) {
+		p->done = j->next;
+		if (j->result == GRAPH_SENT)
+			finish(p, j);
+		free(j->mailbox);
+		free(j);
+	}
+	/* The rest stays on disk for the next start. */
+	while ((qe = TAILQ_FIRST(&p->all)) != NULL) {
+		TAILQ_REMOVE(&p->all, qe, all);
+		if (qe->timer != NULL)
+			event_free(qe->timer);
+		free(qe);
+	}
+	for (i = 0; i < MBOX_HASH_SIZE; i++)
+		while ((mb = p->hash[i]) != NULL) {
+			p->hash[i] = mb->hnext;
+			free(mb->key);
+			free(mb);
+		}
+	if (p->notify_ev != NULL)
+		event_free(p->notify_ev);
+	close(p->notify[0]);
+	close(p->notify[1]);
+	pthread_mutex_destroy(&p->lock);
+	pthread_cond_destroy(&p->cond);
+	pthread_cond_destroy(&p->slot_cond);
+	free(p->threads);
+	free(p);
+}
+
+size_t
+worker_queued(const struct worker_pool *p)
+{
+	return p->queued;
+}

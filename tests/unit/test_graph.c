@@ -1,0 +1,273 @@
+/*
+ * Unit tests for graph.c: the golden .eml -> .json pairs under
+ * tests/data/map, the result table and Retry-After.
+ *
+ * Also a tool: `test_graph FILE.eml [FILE.env]` prints the request body
+ * relayd would send (the corpus test and reviewers use it).
+ */
+#include <sys/stat.h>
+
+#include <dirent.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include <json-c/json.h>
+
+#include "graph.h"
+#include "mime.h"
+
+#define MAX_RCPTS	64
+
+struct envfile {
+	char		*mail_from;
+	char		*rcpts[MAX_RCPTS];
+	size_t		 nrcpts;
+	int		 save;
+};
+
+static char *
+slurp(const char *path, size_t *len)
+{
+	FILE		*fp;
+	char		*buf;
+	struct stat	 st;
+
+	if ((fp = fopen(path, "rb")) == NULL)
+		return NULL;
+	if (fstat(fileno(fp), &st) == -1) {
+		fclose(fp);
+		return NULL;
+	}
+	buf = malloc((size_t)st.st_size + 1);
+	*len = fread(buf, 1, (size_t)st.st_size, fp);
+	buf[*len] = '\0';
+	fclose(fp);
+	return buf;
+}
+
+/* "mail-from: a", "rcpt: b", "save-to-sent-items: false". */
+static void
+read_env(const char *path, struct envfile *e)
+{
+	char	 line[1024], *v;
+	FILE	*fp;
+
+	memset(e, 0, sizeof(*e));
+	e->save = 1;
+	if ((fp = fopen(path, "r")) == NULL) {
+		e->mail_from = strdup("sender@example.com");
+		e->rcpts[e->nrcpts++] = strdup("rcpt@example.com");
+		return;
+	}
+	while (fgets(line, sizeof(line), fp) != NULL) {
+		line[strcspn(line, "\r\n")] = '\0';
+		if ((v = strchr(line, ':')) == NULL)
+			continue;
+		*v++ = '\0';
+		while (*v == ' ')
+			v++;
+		if (strcmp(line, "mail-from") == 0)
+			e->mail_from = strdup(v);
+		else if (strcmp(line, "rcpt") == 0 && e->nrcpts < MAX_RCPTS)
+			e->rcpts[e->nrcpts++] = strdup(v);
+		else if (strcmp(line, "save-to-sent-items") == 0)
+			e->save = strcmp(v, "false") != 0;
+	}
+	fclose(fp);
+	if (e->mail_from == NULL)
+		e->mail_from = strdup("");
+}
+
+static void
+free_env(struct envfile *e)
+{
+	size_t	 i;
+
+	free(e->mail_from);
+	for (i = 0; i < e->nrcpts; i++)
+		free(e->rcpts[i]);
+}
+
+/* Maps one file; returns the JSON text (malloc'd) or NULL with err. */
+static char *
+map_file(const char *eml, const char *env, char *err, size_t errlen)
+{
+	struct envfile		 e;
+	struct graph_env	 ge;
+	struct graph_opts	 go;
+	struct graph_req	 req;
+	char			*data, *out = NULL;
+	size_t			 len;
+
+	if ((data = slurp(eml, &len)) == NULL) {
+		snprintf(err, errlen, "cannot read %s", eml);
+		return NULL;
+	}
+	read_env(env, &e);
+	ge.mail_from = e.mail_from;
+	ge.rcpts = (const char *const *)e.rcpts;
+	ge.nrcpts = e.nrcpts;
+	go.save_to_sent = e.save;
+	go.max_depth = 32;
+	if (graph_map(data, len, &ge, &go, &req, err, errlen) == 0) {
+		out = strndup(req.body, req.len);
+		graph_req_free(&req);
+	}
+	free_env(&e);
+	free(data);
+	return out;
+}
+
+static int
+has_suffix(const char *s, const char *suf)
+{
+	size_t	 n = strlen(s), m = strlen(suf);
+
+	return n > m && strcmp(s + n - m, suf) == 0;
+}
+
+static void
+test_golden(void **state)
+{
+	const char	*dir = RELAYD_SRCDIR "/tests/data/map";
+	struct dirent	*de;
+	DIR		*d;
+	char		 eml[1024], env[1024], js[1024], err[256];
+	char		*got;
+	json_object	*jgot, *jwant;
+	int		 n = 0, bad = 0;
+
+	assert_non_null(d = opendir(dir));
+	while ((de = readdir(d)) != NULL) {
+		if (!has_suffix(de->d_name, ".eml"))
+			continue;
+		n++;
+		snprintf(eml, sizeof(eml), "%s/%s", dir, de->d_name);
+		snprintf(env, sizeof(env), "%.*s.env",
+		    (int)(strlen(eml) - 4), eml);
+		snprintf(js, sizeof(js), "%.*s.json",
+		    (int)(strlen(eml) - 4), eml);
+		if ((got = map_file(eml, env, err, sizeof(err))) == NULL) {
+			printf("FAIL %s: %s\n", de->d_name, err);
+			bad++;
+			continue;
+		}
+		jgot = json_tokener_parse(got);
+		jwant = json_object_from_file(js);
+		if (jwant == NULL) {
+			printf("FAIL %s: cannot read %s\n", de->d_name, js);
+			bad++;
+		} else if (!json_object_equal(jgot, jwant)) {
+			printf("FAIL %s\n  got:  %.4000s\n  want: %.4000s\n",
+			    de->d_name, got, json_object_to_json_string_ext(
+			    jwant, JSON_C_TO_STRING_PLAIN |
+			    JSON_C_TO_STRING_NOSLASHESCAPE));
+			bad++;
+		}
+		json_object_put(jgot);
+		json_object_put(jwant);
+		free(got);
+	}
+	closedir(d);
+	printf("golden: %d cases, %d failed\n", n, bad);
+	assert_true(n >= 40);
+	assert_int_equal(bad, 0);
+}
+
+static void
+test_classify(void **state)
+{
+	static const struct {
+		long		 status;
+		const char	*body;
+		enum graph_result want;
+		const char	*code;
+	} cases[] = {
+		{ 202, "", GRAPH_SENT, "HTTP 202" },
+		{ 0, NULL, GRAPH_TEMPFAIL, "no answer" },
+		{ 429, "{\"error\":{\"code\":\"TooManyRequests\",\"message\":"
+		  "\"Please retry again later.\"}}", GRAPH_TEMPFAIL,
+		  "TooManyRequests" },
+		{ 429, "{\"error\":{\"code\":\"ApplicationThrottled\"}}",
+		  GRAPH_TEMPFAIL, "ApplicationThrottled" },
+		{ 503, "", GRAPH_TEMPFAIL, "HTTP 503" },
+		{ 504, "<html>gateway</html>", GRAPH_TEMPFAIL, "HTTP 504" },
+		{ 401, "{\"error\":{\"code\":\"InvalidAuthenticationToken\","
+		  "\"message\":\"Access token has expired or is not yet "
+		  "valid.\"}}", GRAPH_REAUTH, "InvalidAuthenticationToken" },
+		{ 403, "{\"error\":{\"code\":\"ErrorSendAsDenied\",\"message\":"
+		  "\"The user account which was used to submit this request "
+		  "does not have the right to send mail on behalf of the "
+		  "specified sending account.\"}}", GRAPH_PERMFAIL,
+		  "ErrorSendAsDenied" },
+		{ 404, "{\"error\":{\"code\":\"ErrorInvalidUser\"}}",
+		  GRAPH_PERMFAIL, "ErrorInvalidUser" },
+		{ 400, "{\"error\":{\"code\":\"RequestBodyRead\"}}",
+		  GRAPH_PERMFAIL, "RequestBodyRead" },
+		{ 413, "", GRAPH_PERMFAIL, "HTTP 413" },
+		{ 403, "{\"error\":{\"code\":\"ErrorQuotaExceeded\"}}",
+		  GRAPH_TEMPFAIL, "ErrorQuotaExceeded" },
+		{ 400, "{not json", GRAPH_PERMFAIL, "HTTP 400" },
+		{ 500, "{\"error\":\"x\"}", GRAPH_TEMPFAIL, "HTTP 500" },
+	};
+	struct graph_error	 ge;
+	size_t			 i;
+	enum graph_result	 r;
+
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		r = graph_classify(cases[i].status, cases[i].body,
+		    cases[i].body ? strlen(cases[i].body) : 0, &ge);
+		if (r != cases[i].want || strcmp(ge.code, cases[i].code) != 0)
+			fail_msg("case %zu: got %d %s, want %d %s", i, r,
+			    ge.code, cases[i].want, cases[i].code);
+	}
+}
+
+static void
+test_retry_after(void **state)
+{
+	/* 2026-11-23 12:00:00 UTC */
+	const long long	 now = 1795435200LL;
+
+	assert_int_equal(graph_retry_after_ms("2.128", now), 2128);
+	assert_int_equal(graph_retry_after_ms(" 10 ", now), 10000);
+	assert_int_equal(graph_retry_after_ms("0", now), 0);
+	assert_int_equal(graph_retry_after_ms("-1", now), -1);
+	assert_int_equal(graph_retry_after_ms("soon", now), -1);
+	assert_int_equal(graph_retry_after_ms(NULL, now), -1);
+	assert_int_equal(graph_retry_after_ms("Mon, 23 Nov 2026 12:00:30 GMT",
+	    now), 30000);
+	assert_int_equal(graph_retry_after_ms("Mon, 23 Nov 2026 11:00:00 GMT",
+	    now), 0);
+}
+
+int
+main(int argc, char **argv)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_golden),
+		cmocka_unit_test(test_classify),
+		cmocka_unit_test(test_retry_after),
+	};
+	char	 err[256], *out;
+
+	mime_init();
+	if (argc > 1) {
+		out = map_file(argv[1], argc > 2 ? argv[2] : "/nonexistent",
+		    err, sizeof(err));
+		if (out == NULL) {
+			fprintf(stderr, "%s: %s\n", argv[1], err);
+			return 1;
+		}
+		printf("%s\n", out);
+		free(out);
+		return 0;
+	}
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
