@@ -130,8 +130,9 @@ static const struct cfg_key cfg_keys[] = {
 	  "Application (client) ID of the app registration." },
 	{ "graph", "client_secret_file", CFG_STR, NULL, 0, 0,
 	  OFF(client_secret_file), NULL,
-	  "File holding the client secret; must not be group or world "
-	  "readable." },
+	  "File holding the client secret (its Value); must not be open to "
+	  "group or others. Unset: the systemd credential "
+	  "$CREDENTIALS_DIRECTORY/client_secret (see relayd.service)." },
 	{ "graph", "login_url", CFG_STR, "https://login.microsoftonline.com",
 	  0, 0, OFF(login_url), NULL, "OAuth2 token service base URL." },
 	{ "graph", "graph_url", CFG_STR, "https://graph.microsoft.com", 0, 0,

@@ -941,12 +941,12 @@ graph_classify(long status, const char *body, size_t len,
 	json_object	*root = NULL, *e, *v;
 	size_t		 i;
 
-	snprintf(ge->code, sizeof(ge->code), "HTTP %ld", status);
+	snprintf(ge->code, sizeof(ge->code), "http_%ld", status);
 	ge->message[0] = '\0';
 	if (status == 202)
 		return GRAPH_SENT;
 	if (status == 0) {
-		snprintf(ge->code, sizeof(ge->code), "no answer");
+		snprintf(ge->code, sizeof(ge->code), "no_answer");
 		return GRAPH_TEMPFAIL;
 	}
 	if (body != NULL && len > 0 && len < 64 * 1024) {

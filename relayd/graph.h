@@ -48,7 +48,7 @@ enum graph_result {
 };
 
 struct graph_error {
-	char		 code[64];	/* Graph's error code, or "HTTP nnn" */
+	char		 code[64];	/* Graph's error code, or "http_NNN" */
 	char		 message[256];	/* UTF-8, may be empty */
 };
 

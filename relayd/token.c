@@ -341,6 +341,19 @@ token_invalidate(struct token *t, const char *bad)
 }
 
 long long
+token_retry_in(struct token *t)
+{
+	long long	 ms = 0;
+	uint64_t	 now = now_ms();
+
+	pthread_mutex_lock(&t->lock);
+	if (t->retry_at > now)
+		ms = (long long)(t->retry_at - now);
+	pthread_mutex_unlock(&t->lock);
+	return ms;
+}
+
+long long
 token_expires_in(struct token *t)
 {
 	long long	 ms = -1;

@@ -21,6 +21,8 @@ void		 token_free(struct token *);
 char		*token_get(struct token *, CURL *, char *, size_t);
 /* Graph refused this token (401): the next token_get fetches a new one. */
 void		 token_invalidate(struct token *, const char *);
+/* Milliseconds until the next attempt after a failure (0: any time). */
+long long	 token_retry_in(struct token *);
 /* Milliseconds until the current token expires, -1 if there is none. */
 long long	 token_expires_in(struct token *);
 

@@ -469,7 +469,9 @@ send_request(struct worker_pool *p, CURL *c, struct job *j,
 	free(mb);
 	for (attempt = 0; attempt < 2; attempt++) {
 		if ((tok = token_get(p->token, c, err, sizeof(err))) == NULL) {
+			/* Try again when the token service may be asked. */
 			job_fail(j, GRAPH_TEMPFAIL, "token", "%s", err);
+			j->retry_ms = token_retry_in(p->token);
 			break;
 		}
 		xasprintf(&auth, "Authorization: Bearer %s", tok);

@@ -189,15 +189,15 @@ test_classify(void **state)
 		enum graph_result want;
 		const char	*code;
 	} cases[] = {
-		{ 202, "", GRAPH_SENT, "HTTP 202" },
-		{ 0, NULL, GRAPH_TEMPFAIL, "no answer" },
+		{ 202, "", GRAPH_SENT, "http_202" },
+		{ 0, NULL, GRAPH_TEMPFAIL, "no_answer" },
 		{ 429, "{\"error\":{\"code\":\"TooManyRequests\",\"message\":"
 		  "\"Please retry again later.\"}}", GRAPH_TEMPFAIL,
 		  "TooManyRequests" },
 		{ 429, "{\"error\":{\"code\":\"ApplicationThrottled\"}}",
 		  GRAPH_TEMPFAIL, "ApplicationThrottled" },
-		{ 503, "", GRAPH_TEMPFAIL, "HTTP 503" },
-		{ 504, "<html>gateway</html>", GRAPH_TEMPFAIL, "HTTP 504" },
+		{ 503, "", GRAPH_TEMPFAIL, "http_503" },
+		{ 504, "<html>gateway</html>", GRAPH_TEMPFAIL, "http_504" },
 		{ 401, "{\"error\":{\"code\":\"InvalidAuthenticationToken\","
 		  "\"message\":\"Access token has expired or is not yet "
 		  "valid.\"}}", GRAPH_REAUTH, "InvalidAuthenticationToken" },
@@ -210,11 +210,11 @@ test_classify(void **state)
 		  GRAPH_PERMFAIL, "ErrorInvalidUser" },
 		{ 400, "{\"error\":{\"code\":\"RequestBodyRead\"}}",
 		  GRAPH_PERMFAIL, "RequestBodyRead" },
-		{ 413, "", GRAPH_PERMFAIL, "HTTP 413" },
+		{ 413, "", GRAPH_PERMFAIL, "http_413" },
 		{ 403, "{\"error\":{\"code\":\"ErrorQuotaExceeded\"}}",
 		  GRAPH_TEMPFAIL, "ErrorQuotaExceeded" },
-		{ 400, "{not json", GRAPH_PERMFAIL, "HTTP 400" },
-		{ 500, "{\"error\":\"x\"}", GRAPH_TEMPFAIL, "HTTP 500" },
+		{ 400, "{not json", GRAPH_PERMFAIL, "http_400" },
+		{ 500, "{\"error\":\"x\"}", GRAPH_TEMPFAIL, "http_500" },
 	};
 	struct graph_error	 ge;
 	size_t			 i;
