@@ -12,6 +12,8 @@
  * key are the point of this module.
  */
 #include <sys/stat.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 
 #include <ctype.h>
 #include <fcntl.h>
@@ -520,31 +522,59 @@ check_secret_file(struct parser *p, int line, const char *what,
 		    (unsigned)(st.st_mode & 07777), path);
 }
 
-/* Token and Graph URLs: https, or http to this host only (tests, demos). */
+/* Is a URL's host[:port] (up to / ? #) this machine, exactly? */
+static int
+loopback_host(const char *a, size_t n)
+{
+	struct in_addr	 in;
+	char		 host[64];
+
+	if (n >= 5 && strncmp(a, "[::1]", 5) == 0)
+		return n == 5 || a[5] == ':';
+	n = strcspn(a, ":/?#");
+	if (n == 0 || n >= sizeof(host))
+		return 0;
+	memcpy(host, a, n);
+	host[n] = '\0';
+	if (strcasecmp(host, "localhost") == 0)
+		return 1;
+	return inet_pton(AF_INET, host, &in) == 1 &&
+	    (ntohl(in.s_addr) >> 24) == 127;
+}
+
+/*
+ * Token and Graph URLs: https, or plain http to this machine only (tests,
+ * demos): the client secret and the tokens travel in them. No user@ part:
+ * "http://127.0.0.1@host/" goes to host.
+ */
 static void
 check_url(struct parser *p, const char *name, char *url)
 {
 	const char	*host;
 	size_t		 n;
+	int		 line = key_line(p, "graph", name);
 
 	if (strncasecmp(url, "https://", 8) == 0)
 		host = url + 8;
-	else if (strncasecmp(url, "http://", 7) == 0) {
+	else if (strncasecmp(url, "http://", 7) == 0)
 		host = url + 7;
-		if (strncmp(host, "127.", 4) != 0 &&
-		    strncmp(host, "[::1]", 5) != 0 &&
-		    strncasecmp(host, "localhost", 9) != 0)
-			perr(p, key_line(p, "graph", name), "%s \"%s\": plain "
-			    "http is allowed only to this host; use https://",
-			    name, url);
-	} else {
-		perr(p, key_line(p, "graph", name), "%s \"%s\" must start "
-		    "with https://", name, url);
+	else {
+		perr(p, line, "%s \"%s\" must start with https://", name, url);
 		return;
 	}
-	if (*host == '\0' || *host == '/')
-		perr(p, key_line(p, "graph", name), "%s \"%s\" has no host",
-		    name, url);
+	n = strcspn(host, "/?#");
+	if (n == 0) {
+		perr(p, line, "%s \"%s\" has no host", name, url);
+		return;
+	}
+	if (memchr(host, '@', n) != NULL) {
+		perr(p, line, "%s \"%s\": no user name or password in the "
+		    "URL", name, url);
+		return;
+	}
+	if (host == url + 7 && !loopback_host(host, n))
+		perr(p, line, "%s \"%s\": plain http is allowed only to this "
+		    "host; use https://", name, url);
 	n = strlen(url);
 	while (n > 0 && url[n - 1] == '/')
 		url[--n] = '\0';

@@ -13,9 +13,11 @@
  *
  * Per mailbox (the {id} of /users/{id}/sendMail) at most 4 requests are in
  * flight, Graph's MailboxConcurrency limit. Mailboxes take turns, so one
- * busy scanner cannot starve the others. When the mailbox is known only
- * after parsing (mailbox = from, or a null sender), the loop counts by the
- * envelope sender and the worker also holds a slot for the real mailbox.
+ * busy scanner cannot starve the others. The loop counts by what it knows
+ * before reading a message (the envelope sender); the mailbox itself may
+ * be known only after parsing (mailbox = from, a null sender), so every
+ * request also holds one of the real mailbox's 4 slots, which a worker
+ * waits for when messages of several envelope senders share a mailbox.
  *
  * Results: 202 removes the file (log "sent"); a temporary failure defers
  * the message (Retry-After honoured, else backoff from retry_min doubling
@@ -540,6 +542,9 @@ deliver(struct worker_pool *p, CURL *c, struct job *j)
 		job_fail(j, GRAPH_PERMFAIL, "spool", "damaged: %s", why);
 		goto out;
 	}
+	/* For the log until the mapping names the real one. */
+	j->mailbox = xstrdup(*e.mail_from != '\0' ? e.mail_from : "<>");
+	j->nrcpts = e.nrcpts;
 	rcpts = xcalloc(e.nrcpts, sizeof(*rcpts));
 	for (i = 0; i < e.nrcpts; i++)
 		rcpts[i] = xstrndup(e.rcpts[i], strcspn(e.rcpts[i], " "));
@@ -565,9 +570,9 @@ deliver(struct worker_pool *p, CURL *c, struct job *j)
 		    "null sender and no From: address");
 		goto out;
 	}
+	free(j->mailbox);
 	j->mailbox = xstrdup(sender);
-	if (strcasecmp(sender, j->key) != 0)
-		slot = slot_take(p, sender);
+	slot = slot_take(p, sender);
 	send_request(p, c, j, &req);
 	if (slot != NULL)
 		slot_give(p, slot);

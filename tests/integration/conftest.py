@@ -564,6 +564,25 @@ class Relayd:
     def spool_file(self, qid):
         return SpoolFile(self.queue_dir / qid)
 
+    @property
+    def dead_dir(self):
+        return self.spool / "dead"
+
+    def dead(self):
+        """Names in dead/: messages Graph refused and their .reason files."""
+        return list_dir(self.dead_dir)
+
+    def check_config(self, env=None):
+        """Writes the config and runs `relayd -n` on it: CompletedProcess
+        (text)."""
+        if self.port is None:
+            self.port = free_port(self.ipv6)
+        self.write_config()
+        return subprocess.run(
+            [str(RELAYD_BIN), "-n", "-c", str(self.conf_path)],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=20, env=env)
+
     # -- clients
     def connect(self, **kw):
         kw.setdefault("host", "127.0.0.1")
@@ -1153,3 +1172,108 @@ def fake_graph_tls(fake_graph_factory, tls_ca):
     """A fake Graph + token server over HTTPS with a certificate from
     tls_ca; graph_sections() adds ca_file."""
     return fake_graph_factory(tls=tls_ca)
+
+
+# --------------------------------------------------------------------------
+# delivery through the fake Graph (test_delivery.py, test_token.py)
+
+def graph_schema_path():
+    """graph-mail-v1.0.schema.json where the fake finds it by default:
+    $RELAYD_GRAPH_SCHEMA, else shared/graph/schemas/ beside the source tree
+    or in a directory above it (a distcheck tree lives in the checkout)."""
+    env = os.environ.get("RELAYD_GRAPH_SCHEMA")
+    if env:
+        return Path(env)
+    rel = Path("shared") / "graph" / "schemas" / "graph-mail-v1.0.schema.json"
+    for d in SRCDIR.resolve().parents:
+        if (d / rel).is_file():
+            return d / rel
+    return SRCDIR.parent / rel
+
+
+def graph_relayd(relayd_factory, fake, queue=None, start=True, **graph):
+    """relayd_factory(...) for a daemon that delivers to fake: graph= keys
+    override graph_sections() (None removes one; secret="..." for another
+    secret), queue= keys go to [queue], where retry_min is 200ms unless
+    given (the default 30s is too long for a test)."""
+    sections = graph_sections(fake, **graph)
+    sections["queue"] = dict({"retry_min": "200ms"}, **(queue or {}))
+    return relayd_factory(sections=sections, start=start)
+
+
+_sendmail_validators = {}
+
+
+def sendmail_validator():
+    """A jsonschema validator for graph.sendMailRequest, built once; None
+    when the shared schema is absent."""
+    path = graph_schema_path()
+    if path not in _sendmail_validators:
+        validator = None
+        if path.is_file():
+            import jsonschema
+            root = json.loads(path.read_text(encoding="utf-8"))
+            schema = {"$schema": root["$schema"], "$defs": root["$defs"],
+                      "$ref": "#/$defs/graph.sendMailRequest"}
+            cls = jsonschema.validators.validator_for(schema)
+            cls.check_schema(schema)
+            validator = cls(schema)
+        _sendmail_validators[path] = validator
+    return _sendmail_validators[path]
+
+
+def assert_sendmail_valid(validator, doc):
+    errors = sorted(validator.iter_errors(doc), key=str)
+    assert not errors, "body fails graph.sendMailRequest: %s\n%s" % (
+        "; ".join("%s at /%s" % (e.message, "/".join(
+            map(str, e.absolute_path))) for e in errors),
+        json.dumps(doc, indent=1)[:2000])
+
+
+@pytest.fixture(scope="session")
+def sendmail_schema():
+    """check(doc, ...): validates sendMail bodies against
+    graph.sendMailRequest, independently of the fake. Without the shared
+    schema it skips the test, saying so: call it after the test's other
+    assertions."""
+    def check(*docs):
+        validator = sendmail_validator()
+        if validator is None:
+            pytest.skip("schema check skipped: %s not found (../shared is "
+                        "absent); the test's other assertions passed"
+                        % graph_schema_path())
+        for doc in docs:
+            assert_sendmail_valid(validator, doc)
+    return check
+
+
+@pytest.fixture(scope="module")
+def _module_fake_graph(tmp_path_factory):
+    f = FakeGraph(tmp_path_factory.mktemp("fake"), name="fakegraph-module")
+    f.start()
+    yield f
+    f.stop()
+    f.close()
+
+
+@pytest.fixture
+def shared_fake_graph(_module_fake_graph, request):
+    """One fake Graph process per test module (starting one costs ~0.2 s),
+    reset for each test: no records, faults or tokens, start-up config.
+    Its log is shown when the test fails; a traceback in it fails the
+    test, and so does a body it accepted that graph.sendMailRequest does
+    not (when the shared schema is there). Use fake_graph for a test that
+    stops or breaks its fake."""
+    f = _module_fake_graph
+    assert f.running(), "the module's fake graph died:\n" + f.log
+    f.reset(tokens=True)
+    start = len(f.log)
+    request.node._fake_graphs = [f]
+    yield f
+    tbs = f.tracebacks(since=start)
+    assert not tbs, "the fake logged a traceback:\n" + "\n\n".join(tbs)
+    validator = sendmail_validator()
+    if validator is not None and f.running():
+        for rec in f.sent():
+            if rec["format"] == "json":
+                assert_sendmail_valid(validator, rec["body"])

@@ -31,25 +31,10 @@ def message(**extra):
     return {"message": m, "saveToSentItems": False}
 
 
-@pytest.fixture(scope="module")
-def shared_fake(tmp_path_factory):
-    """One fake for most tests here (a process per test costs ~0.3 s)."""
-    f = FakeGraph(tmp_path_factory.mktemp("fake"), name="fakegraph-shared")
-    f.start()
-    yield f
-    f.stop()
-    f.close()
-
-
 @pytest.fixture
-def fake(shared_fake, request):
-    """The shared fake, reset, checked for tracebacks after the test."""
-    shared_fake.reset(tokens=True)
-    start = len(shared_fake.log)
-    request.node._fake_graphs = [shared_fake]
-    yield shared_fake
-    tbs = shared_fake.tracebacks(since=start)
-    assert not tbs, "the fake logged a traceback:\n" + "\n\n".join(tbs)
+def fake(shared_fake_graph):
+    """The module's fake (conftest), reset and checked after each test."""
+    return shared_fake_graph
 
 
 def token_request(fake, tenant=None, headers=None, **form):
