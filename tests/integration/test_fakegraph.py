@@ -249,7 +249,14 @@ def test_sendmail_keep_alive(fake):
         "0", "1", "2"]
 
 
+def need_schema(fake):
+    if not fake.stats()["validating"]:
+        pytest.skip("the shared Graph schema (../shared/graph/schemas) is "
+                    "not here: the fake does not validate bodies")
+
+
 def test_sendmail_schema_errors(fake):
+    need_schema(fake)
     tok = fake.token()
     st, h, body = fake.send_mail(MAILBOX, message(foo=1), token=tok)
     err = assert_graph_error(st, h, body, 400, "RequestBodyRead")
@@ -610,6 +617,7 @@ def test_fault_hang(fake):
 
 
 def test_stats_and_reset(fake):
+    need_schema(fake)
     tok = fake.token()
     fake.send_mail(MAILBOX, message(), token=tok)
     fake.send_mail(MAILBOX, message(foo=1), token=tok)
