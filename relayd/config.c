@@ -58,6 +58,7 @@ struct cfg_key {
 
 static const char *const bare_lf_names[] = { "reject", "normalize", NULL };
 static const char *const sync_names[] = { "fdatasync", "syncfs", NULL };
+static const char *const tls_names[] = { "1.0", "1.1", "1.2", "1.3", NULL };
 static const char *const log_level_names[] =
     { "error", "warning", "info", "debug", NULL };
 
@@ -68,7 +69,10 @@ static const char *const log_level_names[] =
 static const struct cfg_key cfg_keys[] = {
 	{ "smtp", "listen", CFG_LISTEN, "127.0.0.1:25", 0, 0, OFF(listen), NULL,
 	  "Address and port to accept SMTP on; repeat the key for more. "
-	  "IPv6 in brackets: [::1]:25." },
+	  "IPv6 in brackets: [::1]:25. Options after the address: tls (the "
+	  "handshake comes first, as on port 465), cert=PATH, key=PATH and "
+	  "tls_min=VERSION for this listener only. A plain listener with a "
+	  "certificate offers STARTTLS." },
 	{ "smtp", "hostname", CFG_STR, NULL, 0, 0, OFF(hostname), NULL,
 	  "Name in the greeting and Received: header (default: the system "
 	  "host name)." },
@@ -107,6 +111,14 @@ static const struct cfg_key cfg_keys[] = {
 	{ "smtp", "allow_networks", CFG_NETS, "127.0.0.0/8 ::1/128", 0, 0,
 	  OFF(allow), NULL,
 	  "Client networks (CIDR, comma or space separated) allowed to relay." },
+	{ "smtp", "tls_cert", CFG_STR, NULL, 0, 0, OFF(tls_cert), NULL,
+	  "PEM certificate (chain) for STARTTLS and tls listeners." },
+	{ "smtp", "tls_key", CFG_STR, NULL, 0, 0, OFF(tls_key), NULL,
+	  "PEM private key of tls_cert; must not be open to group or others." },
+	{ "smtp", "tls_min", CFG_ENUM, "1.2", 0, 0, OFF(tls_min), tls_names,
+	  "Oldest TLS version accepted: 1.0, 1.1, 1.2 or 1.3. 1.0 and 1.1 "
+	  "only for old printers that know nothing newer (a warning is "
+	  "logged at start)." },
 	{ "queue", "spool_dir", CFG_STR, "/var/lib/relayd/spool", 0, 0,
 	  OFF(spool_dir), NULL,
 	  "Directory of the durable queue; must be on a local file system." },
@@ -263,6 +275,62 @@ set_nets(struct config *cfg, const char *value, char *bad, size_t badlen)
 	return 0;
 }
 
+/* "ADDR:PORT [tls] [cert=PATH] [key=PATH] [tls_min=V]" */
+static int
+set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
+{
+	struct listen_cfg	 lc;
+	char			*copy = xstrdup(value), *tok, *save = NULL;
+	size_t			 i;
+	int			 rc = -1;
+
+	memset(&lc, 0, sizeof(lc));
+	lc.tls_min = -1;
+	tok = strtok_r(copy, " \t", &save);
+	if (tok == NULL || addr_parse_hostport(tok, &lc.ss, &lc.sslen) == -1) {
+		snprintf(err, errlen, "listen: \"%s\" is not ADDR:PORT "
+		    "(numeric; IPv6 as [::1]:25)", tok ? tok : value);
+		goto out;
+	}
+	strlcpy_r(lc.text, tok, sizeof(lc.text));
+	while ((tok = strtok_r(NULL, " \t", &save)) != NULL) {
+		if (strcmp(tok, "tls") == 0)
+			lc.tls = 1;
+		else if (strncmp(tok, "cert=", 5) == 0 && tok[5] != '\0') {
+			free(lc.cert);
+			lc.cert = xstrdup(tok + 5);
+		} else if (strncmp(tok, "key=", 4) == 0 && tok[4] != '\0') {
+			free(lc.key);
+			lc.key = xstrdup(tok + 4);
+		} else if (strncmp(tok, "tls_min=", 8) == 0) {
+			for (i = 0; tls_names[i] != NULL; i++)
+				if (strcmp(tok + 8, tls_names[i]) == 0)
+					lc.tls_min = (int)i;
+			if (lc.tls_min == -1) {
+				snprintf(err, errlen, "listen %s: tls_min must "
+				    "be 1.0, 1.1, 1.2 or 1.3, not \"%s\"",
+				    lc.text, tok + 8);
+				goto out;
+			}
+		} else {
+			snprintf(err, errlen, "listen %s: unknown option \"%s\" "
+			    "(options: tls, cert=PATH, key=PATH, tls_min=1.2)",
+			    lc.text, tok);
+			goto out;
+		}
+	}
+	cfg->listen = xrealloc(cfg->listen,
+	    (cfg->nlisten + 1) * sizeof(*cfg->listen));
+	cfg->listen[cfg->nlisten++] = lc;
+	memset(&lc, 0, sizeof(lc));
+	rc = 0;
+out:
+	free(lc.cert);
+	free(lc.key);
+	free(copy);
+	return rc;
+}
+
 /* Applies one value; on error writes why into err. */
 static int
 set_value(struct config *cfg, const struct cfg_key *k, const char *value,
@@ -308,21 +376,8 @@ set_value(struct config *cfg, const struct cfg_key *k, const char *value,
 			snprintf(err + n, errlen - n, ", not \"%s\"", value);
 		}
 		return -1;
-	case CFG_LISTEN: {
-		struct listen_cfg lc;
-
-		memset(&lc, 0, sizeof(lc));
-		if (addr_parse_hostport(value, &lc.ss, &lc.sslen) == -1) {
-			snprintf(err, errlen, "listen: \"%s\" is not ADDR:PORT "
-			    "(numeric; IPv6 as [::1]:25)", value);
-			return -1;
-		}
-		strlcpy_r(lc.text, value, sizeof(lc.text));
-		cfg->listen = xrealloc(cfg->listen,
-		    (cfg->nlisten + 1) * sizeof(*cfg->listen));
-		cfg->listen[cfg->nlisten++] = lc;
-		return 0;
-	}
+	case CFG_LISTEN:
+		return set_listen(cfg, value, err, errlen);
 	case CFG_BOOL:
 		if (strcasecmp(value, "yes") == 0 ||
 		    strcasecmp(value, "true") == 0 ||
@@ -373,6 +428,20 @@ set_value(struct config *cfg, const struct cfg_key *k, const char *value,
 	}
 	*(uint64_t *)field = v;
 	return 0;
+}
+
+static void
+free_listeners(struct config *cfg)
+{
+	size_t	 i;
+
+	for (i = 0; i < cfg->nlisten; i++) {
+		free(cfg->listen[i].cert);
+		free(cfg->listen[i].key);
+	}
+	free(cfg->listen);
+	cfg->listen = NULL;
+	cfg->nlisten = 0;
 }
 
 static const struct cfg_key *
@@ -458,16 +527,14 @@ parse_line(struct parser *p, char *line, int lineno, char *section,
 		    p->seen[k - cfg_keys]);
 		return;
 	}
-	if (k->type == CFG_LISTEN && p->seen[k - cfg_keys] == 0) {
-		/* The first listen line replaces the default. */
-		free(p->cfg->listen);
-		p->cfg->listen = NULL;
-		p->cfg->nlisten = 0;
-	}
+	if (k->type == CFG_LISTEN && p->seen[k - cfg_keys] == 0)
+		free_listeners(p->cfg);	/* the first replaces the default */
 	if (p->seen[k - cfg_keys] == 0)
 		p->seen[k - cfg_keys] = lineno;
 	if (set_value(p->cfg, k, val, err, sizeof(err)) == -1)
 		perr(p, lineno, "%s", err);
+	else if (k->type == CFG_LISTEN)
+		p->cfg->listen[p->cfg->nlisten - 1].line = lineno;
 }
 
 static void
@@ -626,6 +693,59 @@ check_graph(struct parser *p)
 	cfg->client_secret_file = path;
 }
 
+/* A PEM file relayd must be able to read. */
+static void
+check_readable(struct parser *p, int line, const char *what,
+    const char *path)
+{
+	if (access(path, R_OK) == -1)
+		perr(p, line, "%s \"%s\": %s", what, path, strerror(errno));
+}
+
+/*
+ * Each listener's certificate and key, from its listen line or [smtp]
+ * tls_cert/tls_key: a tls listener must have them; a plain one offers
+ * STARTTLS when it has them.
+ */
+static void
+check_tls(struct parser *p)
+{
+	struct config		*cfg = p->cfg;
+	struct listen_cfg	*lc;
+	size_t			 i;
+
+	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
+		perr(p, key_line(p, "smtp", cfg->tls_cert ? "tls_cert" :
+		    "tls_key"), "tls_cert and tls_key go together");
+	if (cfg->tls_cert != NULL)
+		check_readable(p, key_line(p, "smtp", "tls_cert"), "tls_cert",
+		    cfg->tls_cert);
+	if (cfg->tls_key != NULL)
+		check_secret_file(p, key_line(p, "smtp", "tls_key"), "tls_key",
+		    cfg->tls_key);
+	for (i = 0; i < cfg->nlisten; i++) {
+		lc = &cfg->listen[i];
+		if ((lc->cert == NULL) != (lc->key == NULL)) {
+			perr(p, lc->line, "listen %s: cert= and key= go "
+			    "together", lc->text);
+			continue;
+		}
+		if (lc->cert != NULL) {
+			check_readable(p, lc->line, "cert", lc->cert);
+			check_secret_file(p, lc->line, "key", lc->key);
+		} else if (cfg->tls_cert != NULL) {
+			lc->cert = xstrdup(cfg->tls_cert);
+			lc->key = xstrdup(cfg->tls_key);
+		}
+		if (lc->tls_min == -1)
+			lc->tls_min = cfg->tls_min;
+		if (lc->tls && lc->cert == NULL)
+			perr(p, lc->line, "listen %s tls: no certificate (set "
+			    "tls_cert and tls_key in [smtp], or cert= and key= "
+			    "on the listen line)", lc->text);
+	}
+}
+
 /* Checks that span keys or need the file system. */
 static void
 check_config(struct parser *p)
@@ -643,6 +763,7 @@ check_config(struct parser *p)
 		perr(p, 0, "spool_dir \"%s\" must be an absolute path",
 		    cfg->spool_dir);
 	check_graph(p);
+	check_tls(p);
 }
 
 static struct config *
@@ -735,7 +856,7 @@ config_free(struct config *cfg)
 	for (i = 0; i < NELEM(cfg_keys); i++)
 		if (cfg_keys[i].type == CFG_STR)
 			free(*(char **)((char *)cfg + cfg_keys[i].off));
-	free(cfg->listen);
+	free_listeners(cfg);
 	free(cfg->allow);
 	free(cfg->path);
 	free(cfg);

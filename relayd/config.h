@@ -11,10 +11,17 @@
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_NORMALIZE };
 enum sync_method { SYNC_FDATASYNC, SYNC_SYNCFS };
 
+enum tls_version { TLS_V1_0, TLS_V1_1, TLS_V1_2, TLS_V1_3 };
+
 struct listen_cfg {
 	struct sockaddr_storage	 ss;
 	socklen_t		 sslen;
 	char			 text[ADDR_STRLEN];
+	int			 line;		/* in the config file */
+	int			 tls;		/* implicit TLS (465) */
+	char			*cert;		/* NULL: [smtp] tls_cert */
+	char			*key;
+	int			 tls_min;	/* -1: [smtp] tls_min */
 };
 
 struct config {
@@ -36,6 +43,9 @@ struct config {
 	int			 bare_lf;
 	struct netmask		*allow;
 	size_t			 nallow;
+	char			*tls_cert;
+	char			*tls_key;
+	int			 tls_min;	/* enum tls_version */
 
 	/* [queue] */
 	char			*spool_dir;

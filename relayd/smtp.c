@@ -24,6 +24,7 @@
 #include "config.h"
 #include "log.h"
 #include "smtp.h"
+#include "tls.h"
 #include "util.h"
 
 #define CLIENT_BUCKETS	4096
@@ -39,6 +40,8 @@ struct smtp_listener {
 	struct evconnlistener	*evl;
 	struct event		*resume;
 	char			 name[ADDR_STRLEN];
+	SSL_CTX			*tls;		/* NULL: no certificate */
+	int			 implicit_tls;
 };
 
 struct smtp {
@@ -201,6 +204,16 @@ bind_one(struct smtp *sm, const struct listen_cfg *lc, char *err, size_t len)
 		goto fail;
 	l->smtp = sm;
 	strlcpy_r(l->name, lc->text, sizeof(l->name));
+	l->implicit_tls = lc->tls;
+	if (lc->cert != NULL &&
+	    (l->tls = tls_ctx_new(lc, err, len)) == NULL) {
+		close(fd);
+		return -1;
+	}
+	if (l->tls != NULL && lc->tls_min < TLS_V1_2)
+		log_warnx("smtp listener=%s tls_min=1.%d: TLS older than 1.2 is "
+		    "accepted here (for old devices only)", lc->text,
+		    lc->tls_min);
 	l->evl = evconnlistener_new(sm->base, accept_cb, l,
 	    LEV_OPT_CLOSE_ON_FREE, 0, fd);	/* 0: listen() was called */
 	if (l->evl == NULL)
@@ -208,9 +221,12 @@ bind_one(struct smtp *sm, const struct listen_cfg *lc, char *err, size_t len)
 	evconnlistener_set_error_cb(l->evl, accept_error_cb);
 	l->resume = evtimer_new(sm->base, resume_cb, l);
 	sm->nlisteners++;
-	log_info("smtp listening listener=%s", lc->text);
+	log_info("smtp listening listener=%s%s", lc->text, lc->tls ?
+	    " tls=implicit" : l->tls != NULL ? " tls=starttls" : "");
 	return 0;
 fail:
+	SSL_CTX_free(l->tls);
+	l->tls = NULL;
 	snprintf(err, len, "listen %s: %s%s", lc->text, strerror(errno),
 	    errno == EACCES ? " (ports below 1024 need "
 	    "CAP_NET_BIND_SERVICE)" : errno == EADDRINUSE ? " (another "
@@ -244,6 +260,7 @@ smtp_free(struct smtp *sm)
 	for (i = 0; i < sm->nlisteners; i++) {
 		evconnlistener_free(sm->listeners[i].evl);
 		event_free(sm->listeners[i].resume);
+		SSL_CTX_free(sm->listeners[i].tls);
 	}
 	free(sm->listeners);
 	for (i = 0; i < CLIENT_BUCKETS; i++)
@@ -282,4 +299,16 @@ const char *
 smtp_listener_name(const struct smtp_listener *l)
 {
 	return l->name;
+}
+
+SSL_CTX *
+smtp_listener_tls(const struct smtp_listener *l)
+{
+	return l->tls;
+}
+
+int
+smtp_listener_implicit_tls(const struct smtp_listener *l)
+{
+	return l->implicit_tls;
 }

@@ -24,6 +24,9 @@ const struct config *smtp_config(const struct smtp *);
 struct spool	*smtp_spool(const struct smtp *);
 struct event_base *smtp_base(const struct smtp *);
 const char	*smtp_listener_name(const struct smtp_listener *);
+/* The listener's TLS context (NULL: no certificate); is TLS implicit? */
+struct ssl_ctx_st *smtp_listener_tls(const struct smtp_listener *);
+int		 smtp_listener_implicit_tls(const struct smtp_listener *);
 void		 smtp_session_gone(struct smtp *, const struct sockaddr *);
 
 /* smtp_session.c */

@@ -29,7 +29,11 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "addr.h"
 #include "config.h"
@@ -37,6 +41,7 @@
 #include "smtp.h"
 #include "smtp_proto.h"
 #include "spool.h"
+#include "tls.h"
 #include "util.h"
 
 #define SMTP_READ_HIGHWAT	(256 * 1024)	/* bytes buffered per client */
@@ -102,6 +107,9 @@ struct smtp_session {
 	int			 lingering;
 	int			 out_blocked;	/* waiting for the client to read */
 	int			 write_armed;	/* libevent is flushing for us */
+	SSL			*ssl;		/* TLS is on (bev does it) */
+	int			 tls_switch;	/* STARTTLS: stop reading */
+	int			 seen_input;
 	uint64_t		 timeout_ms;	/* armed idle timeout */
 	const char		*close_reason;
 	LIST_ENTRY(smtp_session) entry;
@@ -121,6 +129,9 @@ static void	smtp_close(struct smtp_session *, const char *);
 static void	smtp_enter(struct smtp_session *, enum smtp_state);
 static void	linger(struct smtp_session *);
 static void	smtp_flush(struct smtp_session *);
+static void	read_cb(struct bufferevent *, void *);
+static void	write_cb(struct bufferevent *, void *);
+static void	event_cb(struct bufferevent *, short, void *);
 static void	session_free_later(struct smtp_session *);
 static void	cmd_helo(struct smtp_session *, const char *);
 static void	cmd_ehlo(struct smtp_session *, const char *);
@@ -134,6 +145,7 @@ static void	cmd_quit(struct smtp_session *, const char *);
 static void	cmd_help(struct smtp_session *, const char *);
 static void	cmd_vrfy(struct smtp_session *, const char *);
 static void	cmd_notimpl(struct smtp_session *, const char *);
+static void	cmd_starttls(struct smtp_session *, const char *);
 static void	cmd_http(struct smtp_session *, const char *);
 
 #define S(x)		(1u << (x))
@@ -152,7 +164,7 @@ static const struct smtp_cmd_entry smtp_cmds[] = {
 	{ CMD_HELP, S_CMD, cmd_help, NULL },
 	{ CMD_VRFY, S_CMD, cmd_vrfy, NULL },
 	{ CMD_EXPN, S_CMD, cmd_notimpl, NULL },
-	{ CMD_STARTTLS, S_CMD, cmd_notimpl, NULL },
+	{ CMD_STARTTLS, S_CMD, cmd_starttls, NULL },
 	{ CMD_AUTH, S_CMD, cmd_notimpl, NULL },
 	{ CMD_HTTP, S_CMD, cmd_http, NULL },
 };
@@ -256,8 +268,8 @@ smtp_flush(struct smtp_session *s)
 	struct evbuffer	*out;
 	int		 n;
 
-	if (s->bev == NULL || s->write_armed || s->freeing)
-		return;
+	if (s->bev == NULL || s->write_armed || s->freeing || s->ssl != NULL)
+		return;		/* under TLS the bufferevent writes by itself */
 	out = bufferevent_get_output(s->bev);
 	if (evbuffer_get_length(out) == 0)
 		return;
@@ -425,6 +437,8 @@ cmd_ehlo(struct smtp_session *s, const char *arg)
 	smtp_reply(s, "250-%s Hello %s [%s]", s->cfg->hostname, s->helo,
 	    s->addr);
 	smtp_reply(s, "250-PIPELINING");
+	if (s->ssl == NULL && smtp_listener_tls(s->listener) != NULL)
+		smtp_reply(s, "250-STARTTLS");
 	smtp_reply(s, "250-SIZE %" PRIu64, s->cfg->max_message_size);
 	smtp_reply(s, "250-8BITMIME");
 	smtp_reply(s, "250-SMTPUTF8");
@@ -572,7 +586,8 @@ tx_open(struct smtp_session *s)
 	n = snprintf(hdr, sizeof(hdr), "Received: from %s ([%s])\r\n"
 	    "\tby %s (relayd) with %s id %s%s%s%s;\r\n\t%s\r\n",
 	    s->helo, s->addr, s->cfg->hostname,
-	    tx->smtputf8 ? "UTF8SMTP" : s->ehlo ? "ESMTP" : "SMTP",
+	    tx->smtputf8 ? (s->ssl ? "UTF8SMTPS" : "UTF8SMTP") :
+	    s->ehlo ? (s->ssl ? "ESMTPS" : "ESMTP") : "SMTP",
 	    spool_msg_qid(tx->msg),
 	    tx->nrcpts == 1 ? "\r\n\tfor <" : "",
 	    tx->nrcpts == 1 ? tx->rcpts[0] : "",
@@ -688,6 +703,37 @@ cmd_notimpl(struct smtp_session *s, const char *arg)
 {
 	(void)arg;
 	smtp_error(s, "502 5.5.1 Command not implemented");
+}
+
+static void	tls_start(struct smtp_session *);
+
+/*
+ * RFC 3207. Anything the client sent after STARTTLS in the clear is thrown
+ * away (CVE-2011-0411): commands injected before the handshake must not be
+ * run as if they came over TLS.
+ */
+static void
+cmd_starttls(struct smtp_session *s, const char *arg)
+{
+	if (smtp_listener_tls(s->listener) == NULL) {
+		smtp_error(s, "502 5.5.1 STARTTLS not available here (no "
+		    "certificate)");
+		return;
+	}
+	if (s->ssl != NULL) {
+		smtp_error(s, "503 5.5.1 TLS already active");
+		return;
+	}
+	if (*arg != '\0') {
+		smtp_error(s, "501 5.5.4 Syntax: STARTTLS");
+		return;
+	}
+	if (s->tx != NULL) {
+		smtp_error(s, "503 5.5.1 STARTTLS within a transaction");
+		return;
+	}
+	smtp_reply(s, "220 2.0.0 Ready to start TLS");
+	s->tls_switch = 1;	/* smtp_process stops; read_cb starts TLS */
 }
 
 static void
@@ -910,7 +956,7 @@ smtp_process(struct smtp_session *s)
 	struct evbuffer	*in = bufferevent_get_input(s->bev);
 	int		 progress = 1;
 
-	while (progress && !s->freeing) {
+	while (progress && !s->freeing && !s->tls_switch) {
 		/* A client that sends without reading waits for itself. */
 		if (evbuffer_get_length(bufferevent_get_output(s->bev)) >
 		    SMTP_OUT_MAX && s->state != STATE_CLOSING)
@@ -954,6 +1000,102 @@ pregreet(struct smtp_session *s)
 	smtp_close(s, "talked before greeting");
 }
 
+/*
+ * A client that starts a TLS handshake on a plain port expects implicit TLS
+ * (port 465): say so in the log and close; SMTP text would only confuse it.
+ */
+static int
+tls_hello(struct smtp_session *s)
+{
+	struct evbuffer	*in = bufferevent_get_input(s->bev);
+	unsigned char	 head[6];
+	ssize_t		 n;
+
+	n = evbuffer_copyout(in, head, sizeof(head));
+	if (n <= 0 || !tls_is_client_hello(head, (size_t)n))
+		return 0;
+	log_warnx("%016" PRIx64 " smtp TLS handshake on a plain listener "
+	    "client=%s listener=%s (the client wants implicit TLS: give it a "
+	    "listener with the tls option, or make it use STARTTLS)", s->id,
+	    s->addr, smtp_listener_name(s->listener));
+	evbuffer_drain(in, evbuffer_get_length(in));
+	if (s->close_reason == NULL)
+		s->close_reason = "TLS handshake on a plain listener";
+	session_free_later(s);
+	return 1;
+}
+
+/* Puts TLS under the session: at accept (implicit) or after STARTTLS. */
+static int
+tls_wrap(struct smtp_session *s, int fd)
+{
+	struct bufferevent	*bev;
+	struct timeval		 tv;
+
+	if ((s->ssl = SSL_new(smtp_listener_tls(s->listener))) == NULL)
+		return -1;
+	if (fd != -1)
+		bev = bufferevent_openssl_socket_new(smtp_base(s->smtp), fd,
+		    s->ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	else
+		bev = bufferevent_openssl_filter_new(smtp_base(s->smtp),
+		    s->bev, s->ssl, BUFFEREVENT_SSL_ACCEPTING,
+		    BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL) {
+		SSL_free(s->ssl);
+		s->ssl = NULL;
+		return -1;
+	}
+	/* The bufferevent frees the SSL and, for a filter, the socket's. */
+	s->bev = bev;
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	bufferevent_setcb(bev, read_cb, write_cb, event_cb, s);
+	bufferevent_setwatermark(bev, EV_READ, 0,
+	    s->cfg->max_line_length + 3 > SMTP_READ_HIGHWAT ?
+	    s->cfg->max_line_length + 3 : SMTP_READ_HIGHWAT);
+	tv.tv_sec = (time_t)(s->cfg->command_timeout_ms / 1000);
+	tv.tv_usec = (suseconds_t)(s->cfg->command_timeout_ms % 1000) * 1000;
+	bufferevent_set_timeouts(bev, &tv, &tv);
+	s->timeout_ms = s->cfg->command_timeout_ms;
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	return 0;
+}
+
+static void
+tls_start(struct smtp_session *s)
+{
+	struct evbuffer	*in = bufferevent_get_input(s->bev);
+	size_t		 dropped = evbuffer_get_length(in);
+
+	s->tls_switch = 0;
+	/* The 220 must be out in the clear before the handshake. */
+	smtp_flush(s);
+	if (s->freeing)
+		return;
+	if (evbuffer_get_length(bufferevent_get_output(s->bev)) > 0) {
+		s->close_reason = "STARTTLS reply not written";
+		session_free_later(s);
+		return;
+	}
+	if (dropped > 0) {
+		log_warnx("%016" PRIx64 " smtp STARTTLS: discarded %zu byte(s) "
+		    "sent before the handshake client=%s", s->id, dropped,
+		    s->addr);
+		evbuffer_drain(in, dropped);
+	}
+	/* RFC 3207 4.2: forget everything learnt before TLS. */
+	tx_free(s);
+	free(s->helo);
+	s->helo = NULL;
+	s->ehlo = 0;
+	s->write_armed = 0;
+	smtp_enter(s, STATE_GREETED);
+	if (tls_wrap(s, -1) == -1) {
+		s->close_reason = "TLS setup failed";
+		session_free_later(s);
+	}
+}
+
 static void
 read_cb(struct bufferevent *bev, void *arg)
 {
@@ -969,8 +1111,13 @@ read_cb(struct bufferevent *bev, void *arg)
 		evbuffer_drain(in, evbuffer_get_length(in));
 		return;
 	}
+	if (!s->seen_input && s->ssl == NULL && tls_hello(s))
+		return;
+	s->seen_input = 1;
 	smtp_process(s);
 	smtp_flush(s);
+	if (s->tls_switch && !s->freeing)
+		tls_start(s);
 }
 
 /*
@@ -1001,7 +1148,8 @@ write_cb(struct bufferevent *bev, void *arg)
 
 	(void)bev;
 	s->write_armed = 0;
-	bufferevent_disable(s->bev, EV_WRITE);
+	if (s->ssl == NULL)
+		bufferevent_disable(s->bev, EV_WRITE);
 	if (s->state == STATE_CLOSING)
 		linger(s);
 	else if (s->out_blocked) {
@@ -1018,6 +1166,26 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 	struct smtp_session	*s = arg;
 
 	(void)bev;
+	if (what & BEV_EVENT_CONNECTED) {
+		char desc[160];
+
+		tls_describe(s->ssl, desc, sizeof(desc));
+		log_info("%016" PRIx64 " smtp tls client=%s %s", s->id,
+		    s->addr, desc);
+		return;
+	}
+	if ((what & BEV_EVENT_ERROR) && s->ssl != NULL &&
+	    s->close_reason == NULL) {
+		char why[200];
+		unsigned long e = bufferevent_get_openssl_error(s->bev);
+
+		if (e != 0) {
+			ERR_error_string_n(e, why, sizeof(why));
+			log_info("%016" PRIx64 " smtp tls failed client=%s "
+			    "error=\"%s\"", s->id, s->addr, why);
+			s->close_reason = "TLS error";
+		}
+	}
 	if (what & BEV_EVENT_TIMEOUT) {
 		if (s->state != STATE_CLOSING) {
 			s->close_reason = "timeout";
@@ -1048,7 +1216,21 @@ greeting_cb(evutil_socket_t fd, short ev, void *arg)
 
 	(void)ev;
 	/* Input already there is a client that did not wait for us. */
-	if (ioctl(fd, FIONREAD, &pending) == 0 && pending > 0) {
+	if (s->ssl == NULL && ioctl(fd, FIONREAD, &pending) == 0 &&
+	    pending > 0) {
+		unsigned char	head[6];
+		ssize_t		n = recv(fd, head, sizeof(head), MSG_PEEK);
+
+		if (n > 0 && tls_is_client_hello(head, (size_t)n)) {
+			bufferevent_read_buffer(s->bev,
+			    bufferevent_get_input(s->bev));
+			if (!tls_hello(s)) {
+				s->close_reason = "TLS handshake on a plain "
+				    "listener";
+				session_free_later(s);
+			}
+			return;
+		}
 		pregreet(s);
 		return;
 	}
@@ -1077,6 +1259,22 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 		s->relay_ok = addr_match(&cfg->allow[i], sa);
 	s->state = STATE_NEW;
 	LIST_INSERT_HEAD(&sessions, s, entry);
+	if (smtp_listener_implicit_tls(l)) {
+		if (tls_wrap(s, fd) == -1) {
+			close(fd);
+			LIST_REMOVE(s, entry);
+			smtp_session_gone(sm, sa);
+			free(s);
+			return;
+		}
+		log_info("%016" PRIx64 " smtp connect client=%s listener=%s "
+		    "relay=%s tls=implicit", s->id, s->addr,
+		    smtp_listener_name(l), s->relay_ok ? "yes" : "no");
+		s->timer = evtimer_new(smtp_base(sm), greeting_cb, s);
+		/* The greeting waits in the output for the handshake. */
+		greeting_cb(fd, EV_TIMEOUT, s);
+		return;
+	}
 	s->bev = bufferevent_socket_new(smtp_base(sm), fd,
 	    BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
