@@ -27,8 +27,10 @@
 #include <strings.h>
 #include <unistd.h>
 
+#include "auth.h"
 #include "config.h"
 #include "log.h"
+#include "tls.h"
 #include "util.h"
 
 #define CONFIG_LINE_MAX		4096
@@ -172,6 +174,18 @@ static const struct cfg_key cfg_keys[] = {
 	  OFF(timeout_ms), NULL,
 	  "Time allowed for one whole request, upload included; a request "
 	  "that takes longer is retried later." },
+	{ "auth", "users_file", CFG_STR, NULL, 0, 0, OFF(users_file), NULL,
+	  "Users allowed to AUTH (make lines with `relayctl passwd USER`); "
+	  "must not be open to group or others. Unset: no AUTH." },
+	{ "auth", "max_failures", CFG_NUM, "5", 1, 1000,
+	  OFF(auth_max_failures), NULL,
+	  "Failed AUTH attempts from one address before it is locked out "
+	  "for lockout; each failure also waits longer (1 s doubling to 8 "
+	  "s) before its 535." },
+	{ "auth", "lockout", CFG_DURATION, "15m", 1000, 24 * 3600 * 1000,
+	  OFF(auth_lockout_ms), NULL,
+	  "How long an address that failed max_failures times may not AUTH, "
+	  "and the window in which failures are counted." },
 	{ "status", "socket", CFG_STR, "/run/relayd/status.sock", 0, 0,
 	  OFF(status_socket), NULL, "UNIX socket for relayctl." },
 	{ "log", "level", CFG_ENUM, "info", 0, 0, OFF(log_level),
@@ -302,7 +316,11 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 		} else if (strncmp(tok, "key=", 4) == 0 && tok[4] != '\0') {
 			free(lc.key);
 			lc.key = xstrdup(tok + 4);
-		} else if (strncmp(tok, "tls_min=", 8) == 0) {
+		} else if (strcmp(tok, "auth_plaintext=yes") == 0)
+			lc.auth_plaintext = 1;
+		else if (strcmp(tok, "auth_plaintext=no") == 0)
+			lc.auth_plaintext = 0;
+		else if (strncmp(tok, "tls_min=", 8) == 0) {
 			for (i = 0; tls_names[i] != NULL; i++)
 				if (strcmp(tok + 8, tls_names[i]) == 0)
 					lc.tls_min = (int)i;
@@ -314,7 +332,8 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 			}
 		} else {
 			snprintf(err, errlen, "listen %s: unknown option \"%s\" "
-			    "(options: tls, cert=PATH, key=PATH, tls_min=1.2)",
+			    "(options: tls, cert=PATH, key=PATH, tls_min=1.2, "
+			    "auth_plaintext=yes)",
 			    lc.text, tok);
 			goto out;
 		}
@@ -488,7 +507,7 @@ parse_line(struct parser *p, char *line, int lineno, char *section,
 		s = str_trim(s + 1);
 		if (!known_section(s)) {
 			perr(p, lineno, "unknown section [%s] (sections: smtp, "
-			    "queue, graph, status, log)", s);
+			    "queue, graph, auth, status, log)", s);
 			section[0] = '\0';
 			section[1] = '!';	/* keys below: no more noise */
 			return;
@@ -733,12 +752,21 @@ check_tls(struct parser *p)
 		if (lc->cert != NULL) {
 			check_readable(p, lc->line, "cert", lc->cert);
 			check_secret_file(p, lc->line, "key", lc->key);
-		} else if (cfg->tls_cert != NULL) {
+		} else if (cfg->tls_cert != NULL && cfg->tls_key != NULL) {
 			lc->cert = xstrdup(cfg->tls_cert);
 			lc->key = xstrdup(cfg->tls_key);
 		}
 		if (lc->tls_min == -1)
 			lc->tls_min = cfg->tls_min;
+		/* Load them as the daemon will: a wrong pair fails here. */
+		if (lc->cert != NULL && p->errors == 0) {
+			char	 err[512];
+			SSL_CTX	*ctx = tls_ctx_new(lc, err, sizeof(err));
+
+			if (ctx == NULL)
+				perr(p, lc->line, "%s", err);
+			SSL_CTX_free(ctx);
+		}
 		if (lc->tls && lc->cert == NULL)
 			perr(p, lc->line, "listen %s tls: no certificate (set "
 			    "tls_cert and tls_key in [smtp], or cert= and key= "
@@ -764,6 +792,8 @@ check_config(struct parser *p)
 		    cfg->spool_dir);
 	check_graph(p);
 	check_tls(p);
+	if (cfg->users_file != NULL)
+		p->errors += auth_users_check(cfg->users_file, p->errf);
 }
 
 static struct config *

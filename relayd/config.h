@@ -22,6 +22,7 @@ struct listen_cfg {
 	char			*cert;		/* NULL: [smtp] tls_cert */
 	char			*key;
 	int			 tls_min;	/* -1: [smtp] tls_min */
+	int			 auth_plaintext; /* AUTH without TLS */
 };
 
 struct config {
@@ -67,6 +68,11 @@ struct config {
 	uint64_t		 connect_timeout_ms;
 	uint64_t		 timeout_ms;
 	int			 graph_enabled;	/* tenant etc. given */
+
+	/* [auth] */
+	char			*users_file;
+	uint64_t		 auth_max_failures;
+	uint64_t		 auth_lockout_ms;
 
 	/* [status] */
 	char			*status_socket;

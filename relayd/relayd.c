@@ -20,6 +20,7 @@
 #include <event2/event.h>
 #include <systemd/sd-daemon.h>
 
+#include "auth.h"
 #include "config.h"
 #include "http.h"
 #include "mime.h"
@@ -77,6 +78,7 @@ main(int argc, char *argv[])
 	struct event_base	*base;
 	struct worker_pool	*pool = NULL;
 	struct token		*token = NULL;
+	struct auth		*auth = NULL;
 	struct event		*ev_term, *ev_int;
 	struct spool		*spool;
 	struct smtp		*smtp;
@@ -149,7 +151,16 @@ main(int argc, char *argv[])
 		log_warnx("graph: [graph] is not configured; messages are "
 		    "queued and not delivered");
 
+	if (cfg->users_file != NULL) {
+		if ((auth = auth_new(cfg, err, sizeof(err))) == NULL) {
+			log_msg(LOG_LVL_ERR, "%s", err);
+			return EX_CONFIG;
+		}
+		log_info("auth: users_file=%s mechanisms=\"%s\"",
+		    cfg->users_file, auth_mechanisms(auth));
+	}
 	smtp_session_init(cfg);
+	smtp_session_set_auth(auth);
 	smtp = smtp_new(base, cfg, spool);
 	if (smtp_listen(smtp, err, sizeof(err)) == -1) {
 		log_msg(LOG_LVL_ERR, "%s", err);
@@ -176,6 +187,7 @@ main(int argc, char *argv[])
 		http_cleanup();
 	smtp_session_shutdown();
 	smtp_free(smtp);
+	auth_free(auth);
 	event_free(ev_term);
 	event_free(ev_int);
 	event_base_free(base);

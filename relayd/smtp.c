@@ -42,6 +42,7 @@ struct smtp_listener {
 	char			 name[ADDR_STRLEN];
 	SSL_CTX			*tls;		/* NULL: no certificate */
 	int			 implicit_tls;
+	int			 auth_plaintext;
 };
 
 struct smtp {
@@ -205,6 +206,7 @@ bind_one(struct smtp *sm, const struct listen_cfg *lc, char *err, size_t len)
 	l->smtp = sm;
 	strlcpy_r(l->name, lc->text, sizeof(l->name));
 	l->implicit_tls = lc->tls;
+	l->auth_plaintext = lc->auth_plaintext;
 	if (lc->cert != NULL &&
 	    (l->tls = tls_ctx_new(lc, err, len)) == NULL) {
 		close(fd);
@@ -311,4 +313,10 @@ int
 smtp_listener_implicit_tls(const struct smtp_listener *l)
 {
 	return l->implicit_tls;
+}
+
+int
+smtp_listener_auth_plaintext(const struct smtp_listener *l)
+{
+	return l->auth_plaintext;
 }

@@ -27,6 +27,7 @@ const char	*smtp_listener_name(const struct smtp_listener *);
 /* The listener's TLS context (NULL: no certificate); is TLS implicit? */
 struct ssl_ctx_st *smtp_listener_tls(const struct smtp_listener *);
 int		 smtp_listener_implicit_tls(const struct smtp_listener *);
+int		 smtp_listener_auth_plaintext(const struct smtp_listener *);
 void		 smtp_session_gone(struct smtp *, const struct sockaddr *);
 
 /* smtp_session.c */
@@ -35,5 +36,8 @@ void		 smtp_session_new(struct smtp *, struct smtp_listener *, int,
 /* Scratch buffers sized from the config; call once at start. */
 void		 smtp_session_init(const struct config *);
 void		 smtp_session_shutdown(void);
+/* AUTH for every session (NULL: none); the caller keeps it alive. */
+struct auth;
+void		 smtp_session_set_auth(struct auth *);
 
 #endif

@@ -36,6 +36,7 @@
 #include <openssl/ssl.h>
 
 #include "addr.h"
+#include "auth.h"
 #include "config.h"
 #include "log.h"
 #include "smtp.h"
@@ -59,6 +60,8 @@ enum smtp_state {
 	STATE_BDAT,		/* reading a BDAT chunk */
 	STATE_COMMIT,		/* waiting for the spool; commands wait */
 	STATE_CLOSING,		/* flushing the last reply */
+	STATE_AUTH,		/* reading a SASL response line */
+	STATE_AUTH_WAIT,	/* a failed AUTH waits before its 535 */
 };
 
 enum tx_error {
@@ -108,6 +111,9 @@ struct smtp_session {
 	int			 out_blocked;	/* waiting for the client to read */
 	int			 write_armed;	/* libevent is flushing for us */
 	SSL			*ssl;		/* TLS is on (bev does it) */
+	struct auth_xchg	*ax;		/* an AUTH exchange */
+	char			*user;		/* authenticated as */
+	struct event		*auth_timer;	/* the delay before a 535 */
 	int			 tls_switch;	/* STARTTLS: stop reading */
 	int			 seen_input;
 	uint64_t		 timeout_ms;	/* armed idle timeout */
@@ -146,6 +152,8 @@ static void	cmd_help(struct smtp_session *, const char *);
 static void	cmd_vrfy(struct smtp_session *, const char *);
 static void	cmd_notimpl(struct smtp_session *, const char *);
 static void	cmd_starttls(struct smtp_session *, const char *);
+static void	cmd_auth(struct smtp_session *, const char *);
+static void	auth_line(struct smtp_session *, const char *);
 static void	cmd_http(struct smtp_session *, const char *);
 
 #define S(x)		(1u << (x))
@@ -165,16 +173,23 @@ static const struct smtp_cmd_entry smtp_cmds[] = {
 	{ CMD_VRFY, S_CMD, cmd_vrfy, NULL },
 	{ CMD_EXPN, S_CMD, cmd_notimpl, NULL },
 	{ CMD_STARTTLS, S_CMD, cmd_starttls, NULL },
-	{ CMD_AUTH, S_CMD, cmd_notimpl, NULL },
+	{ CMD_AUTH, S(STATE_HELO) | S(STATE_RCPT), cmd_auth, NULL },
 	{ CMD_HTTP, S_CMD, cmd_http, NULL },
 };
 
 /* Shared scratch: the loop is single-threaded and never re-enters. */
+static struct auth *auth;	/* NULL: no [auth] users_file */
 static char	*line_buf;
 static size_t	 line_max;
 static char	*dec_buf;
 static uint64_t	 next_id;
 static LIST_HEAD(, smtp_session) sessions = LIST_HEAD_INITIALIZER(sessions);
+
+void
+smtp_session_set_auth(struct auth *a)
+{
+	auth = a;
+}
 
 void
 smtp_session_init(const struct config *cfg)
@@ -209,7 +224,7 @@ static const char *
 state_name(enum smtp_state st)
 {
 	static const char *const names[] = { "NEW", "GREETED", "HELO",
-	    "RCPT", "DATA", "BDAT", "COMMIT", "CLOSING" };
+	    "RCPT", "DATA", "BDAT", "COMMIT", "CLOSING", "AUTH", "AUTH_WAIT" };
 
 	return (unsigned)st < NELEM(names) ? names[st] : "?";
 }
@@ -342,6 +357,10 @@ session_free_cb(evutil_socket_t fd, short ev, void *arg)
 	    s->close_reason ? s->close_reason : "unknown");
 	LIST_REMOVE(s, entry);
 	tx_free(s);
+	auth_end(s->ax);
+	if (s->auth_timer != NULL)
+		event_free(s->auth_timer);
+	free(s->user);
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
 	event_free(s->timer);
@@ -439,6 +458,9 @@ cmd_ehlo(struct smtp_session *s, const char *arg)
 	smtp_reply(s, "250-PIPELINING");
 	if (s->ssl == NULL && smtp_listener_tls(s->listener) != NULL)
 		smtp_reply(s, "250-STARTTLS");
+	if (auth != NULL && s->user == NULL && (s->ssl != NULL ||
+	    smtp_listener_auth_plaintext(s->listener)))
+		smtp_reply(s, "250-AUTH %s", auth_mechanisms(auth));
 	smtp_reply(s, "250-SIZE %" PRIu64, s->cfg->max_message_size);
 	smtp_reply(s, "250-8BITMIME");
 	smtp_reply(s, "250-SMTPUTF8");
@@ -571,7 +593,7 @@ tx_open(struct smtp_session *s)
 	env.client = s->addr;
 	env.listener = smtp_listener_name(s->listener);
 	env.helo = s->helo;
-	env.user = "";
+	env.user = s->user != NULL ? s->user : "";
 	env.mail_from = tx->mail_from;
 	env.mail_params = tx->mail_params;
 	env.rcpts = (const char *const *)tx->rcpts;
@@ -706,6 +728,142 @@ cmd_notimpl(struct smtp_session *s, const char *arg)
 }
 
 static void	tls_start(struct smtp_session *);
+
+/* ---- AUTH (RFC 4954) ---- */
+
+/* The delay after a failure is over: now the 535. */
+static void
+auth_fail_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct smtp_session	*s = arg;
+
+	smtp_enter(s, STATE_HELO);
+	smtp_error(s, "535 5.7.8 Authentication credentials invalid");
+	if (s->freeing)
+		return;
+	smtp_process(s);
+	smtp_flush(s);
+}
+
+static void
+auth_result(struct smtp_session *s, enum auth_result r, char *out)
+{
+	struct timeval	 tv;
+	uint64_t	 delay;
+	char		 esc[SMTP_LOGTEXT_MAX];
+	const char	*user;
+
+	switch (r) {
+	case AUTH_CONTINUE:
+		smtp_reply(s, "334 %s", out);
+		smtp_enter(s, STATE_AUTH);
+		break;
+	case AUTH_OK:
+		s->user = xstrdup(auth_user(s->ax));
+		auth_succeeded(auth, s->addr);
+		log_info("%016" PRIx64 " smtp auth client=%s user=%s mech=%s",
+		    s->id, s->addr, log_escape(esc, sizeof(esc), s->user,
+		    strlen(s->user)), auth_mech(s->ax));
+		s->relay_ok = 1;
+		smtp_enter(s, STATE_HELO);
+		smtp_reply(s, "235 2.7.0 Authentication successful");
+		break;
+	case AUTH_FAIL:
+		user = auth_user(s->ax);
+		log_info("%016" PRIx64 " smtp auth failed client=%s user=%s "
+		    "mech=%s", s->id, s->addr, user != NULL ?
+		    log_escape(esc, sizeof(esc), user, strlen(user)) : "-",
+		    auth_mech(s->ax));
+		delay = auth_failed(auth, s->addr);
+		smtp_enter(s, STATE_AUTH_WAIT);
+		if (s->auth_timer == NULL)
+			s->auth_timer = evtimer_new(smtp_base(s->smtp),
+			    auth_fail_cb, s);
+		tv.tv_sec = (time_t)(delay / 1000);
+		tv.tv_usec = (suseconds_t)(delay % 1000) * 1000;
+		evtimer_add(s->auth_timer, &tv);
+		break;
+	case AUTH_SYNTAX:
+		smtp_enter(s, STATE_HELO);
+		smtp_error(s, "501 5.5.2 Cannot decode the AUTH response "
+		    "(base64)");
+		break;
+	}
+	free(out);
+	if (r != AUTH_CONTINUE) {
+		auth_end(s->ax);
+		s->ax = NULL;
+	}
+}
+
+static void
+cmd_auth(struct smtp_session *s, const char *arg)
+{
+	enum auth_result r;
+	char		 mech[32];
+	const char	*initial;
+	char		*out;
+	size_t		 n;
+
+	if (auth == NULL) {
+		smtp_error(s, "502 5.5.1 AUTH not available here");
+		return;
+	}
+	if (s->user != NULL) {
+		smtp_error(s, "503 5.5.1 Already authenticated");
+		return;
+	}
+	if (s->tx != NULL) {
+		smtp_error(s, "503 5.5.1 AUTH not allowed during a mail "
+		    "transaction");
+		return;
+	}
+	if (s->ssl == NULL && !smtp_listener_auth_plaintext(s->listener)) {
+		smtp_error(s, "538 5.7.11 Encryption required for requested "
+		    "authentication mechanism");
+		return;
+	}
+	if (auth_locked(auth, s->addr)) {
+		smtp_error(s, "454 4.7.0 Too many failed authentications from "
+		    "your address; try again later");
+		return;
+	}
+	n = strcspn(arg, " ");
+	if (n == 0 || n >= sizeof(mech)) {
+		smtp_error(s, "501 5.5.4 Syntax: AUTH mechanism [response]");
+		return;
+	}
+	memcpy(mech, arg, n);
+	mech[n] = '\0';
+	initial = arg[n] == ' ' ? arg + n + 1 : NULL;
+	if ((s->ax = auth_start(auth, mech)) == NULL) {
+		smtp_error(s, "504 5.5.4 Unrecognized authentication type");
+		return;
+	}
+	/* "=" is an empty initial response (RFC 4954 4). */
+	if (initial != NULL && strcmp(initial, "=") == 0)
+		initial = "";
+	r = auth_step(s->ax, initial, &out);
+	auth_result(s, r, out);
+}
+
+/* A line in answer to a 334. */
+static void
+auth_line(struct smtp_session *s, const char *line)
+{
+	enum auth_result r;
+	char	*out;
+
+	if (strcmp(line, "*") == 0) {
+		auth_end(s->ax);
+		s->ax = NULL;
+		smtp_enter(s, STATE_HELO);
+		smtp_error(s, "501 5.7.0 Authentication cancelled");
+		return;
+	}
+	r = auth_step(s->ax, line, &out);
+	auth_result(s, r, out);
+}
 
 /*
  * RFC 3207. Anything the client sent after STARTTLS in the clear is thrown
@@ -946,7 +1104,11 @@ feed_line(struct smtp_session *s, struct evbuffer *in)
 		smtp_error(s, "500 5.5.2 NUL byte in command");
 		return 1;
 	}
-	smtp_command(s, line_buf);
+	if (s->state == STATE_AUTH)
+		auth_line(s, line_buf);
+	else
+		smtp_command(s, line_buf);
+	explicit_bzero(line_buf, len);	/* it may have held a password */
 	return 1;
 }
 
@@ -979,11 +1141,13 @@ smtp_process(struct smtp_session *s)
 		case STATE_GREETED:
 		case STATE_HELO:
 		case STATE_RCPT:
+		case STATE_AUTH:
 			progress = feed_line(s, in);
 			break;
 		case STATE_NEW:
 		case STATE_COMMIT:
 		case STATE_CLOSING:
+		case STATE_AUTH_WAIT:
 			progress = 0;
 			break;
 		}
@@ -1088,6 +1252,8 @@ tls_start(struct smtp_session *s)
 	free(s->helo);
 	s->helo = NULL;
 	s->ehlo = 0;
+	free(s->user);
+	s->user = NULL;
 	s->write_armed = 0;
 	smtp_enter(s, STATE_GREETED);
 	if (tls_wrap(s, -1) == -1) {
@@ -1134,7 +1300,13 @@ linger(struct smtp_session *s)
 	if (s->lingering)
 		return;
 	s->lingering = 1;
-	shutdown(bufferevent_getfd(s->bev), SHUT_WR);
+	/*
+	 * Under TLS the last reply may still sit below us (in the socket
+	 * bufferevent a STARTTLS filter writes into): no shutdown, just wait
+	 * for the client to close.
+	 */
+	if (s->ssl == NULL)
+		shutdown(bufferevent_getfd(s->bev), SHUT_WR);
 	evbuffer_drain(bufferevent_get_input(s->bev),
 	    evbuffer_get_length(bufferevent_get_input(s->bev)));
 	bufferevent_set_timeouts(s->bev, &tv, NULL);
