@@ -153,6 +153,18 @@ parse_scram(struct user *u, const char *v)
 		free(copy);
 		return "scram-sha-256 iterations must be a number >= 4096";
 	}
+	{
+		char	*salt = NULL;
+		size_t	 n = 0;
+
+		if (gsasl_base64_from(f[1], strlen(f[1]), &salt, &n) !=
+		    GSASL_OK || n == 0) {
+			gsasl_free(salt);
+			free(copy);
+			return "scram-sha-256 salt must be base64";
+		}
+		gsasl_free(salt);
+	}
 	if (!is_hex(f[2], 64) || !is_hex(f[3], 64)) {
 		free(copy);
 		return "scram-sha-256 keys must be 64 hex digits each";
@@ -685,6 +697,11 @@ auth_make_entry(const char *user, const char *pw, int cram, char *err,
 	if (*user == '\0' || strpbrk(user, " \t\r\n=#") != NULL) {
 		snprintf(err, errlen, "user name must be non-empty, without "
 		    "blanks, '=' or '#'");
+		return NULL;
+	}
+	if (cram && strpbrk(pw, " \t") != NULL) {
+		snprintf(err, errlen, "a CRAM-MD5 password cannot contain "
+		    "blanks (it is stored as it is in the users file)");
 		return NULL;
 	}
 	if (crypt_gensalt_rn("$y$", 0, NULL, 0, setting, sizeof(setting)) ==

@@ -73,8 +73,10 @@ static const struct cfg_key cfg_keys[] = {
 	  "Address and port to accept SMTP on; repeat the key for more. "
 	  "IPv6 in brackets: [::1]:25. Options after the address: tls (the "
 	  "handshake comes first, as on port 465), cert=PATH, key=PATH and "
-	  "tls_min=VERSION for this listener only. A plain listener with a "
-	  "certificate offers STARTTLS." },
+	  "tls_min=VERSION for this listener only; networks=CIDR,CIDR to "
+	  "accept connections from those networks only; auth_plaintext=yes "
+	  "to allow AUTH without TLS. A plain listener with a certificate "
+	  "offers STARTTLS." },
 	{ "smtp", "hostname", CFG_STR, NULL, 0, 0, OFF(hostname), NULL,
 	  "Name in the greeting and Received: header (default: the system "
 	  "host name)." },
@@ -113,6 +115,12 @@ static const struct cfg_key cfg_keys[] = {
 	{ "smtp", "allow_networks", CFG_NETS, "127.0.0.0/8 ::1/128", 0, 0,
 	  OFF(allow), NULL,
 	  "Client networks (CIDR, comma or space separated) allowed to relay." },
+	{ "smtp", "require_auth", CFG_BOOL, "no", 0, 0, OFF(require_auth), NULL,
+	  "Relaying needs AUTH even from allow_networks (530 otherwise)." },
+	{ "smtp", "recipient_domains", CFG_STR, NULL, 0, 0,
+	  OFF(recipient_domains), NULL,
+	  "If set, the only recipient domains accepted (comma or space "
+	  "separated); others get 550 5.7.1." },
 	{ "smtp", "tls_cert", CFG_STR, NULL, 0, 0, OFF(tls_cert), NULL,
 	  "PEM certificate (chain) for STARTTLS and tls listeners." },
 	{ "smtp", "tls_key", CFG_STR, NULL, 0, 0, OFF(tls_key), NULL,
@@ -316,6 +324,25 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 		} else if (strncmp(tok, "key=", 4) == 0 && tok[4] != '\0') {
 			free(lc.key);
 			lc.key = xstrdup(tok + 4);
+		} else if (strncmp(tok, "networks=", 9) == 0) {
+			char		*nets = xstrdup(tok + 9), *n, *sv = NULL;
+			struct netmask	 nm;
+
+			for (n = strtok_r(nets, ",", &sv); n != NULL;
+			    n = strtok_r(NULL, ",", &sv)) {
+				if (addr_parse_cidr(n, &nm) == -1) {
+					snprintf(err, errlen, "listen %s: "
+					    "networks: \"%s\" is not a network "
+					    "(CIDR such as 192.0.2.0/24)",
+					    lc.text, n);
+					free(nets);
+					goto out;
+				}
+				lc.nets = xrealloc(lc.nets, (lc.nnets + 1) *
+				    sizeof(*lc.nets));
+				lc.nets[lc.nnets++] = nm;
+			}
+			free(nets);
 		} else if (strcmp(tok, "auth_plaintext=yes") == 0)
 			lc.auth_plaintext = 1;
 		else if (strcmp(tok, "auth_plaintext=no") == 0)
@@ -333,7 +360,7 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 		} else {
 			snprintf(err, errlen, "listen %s: unknown option \"%s\" "
 			    "(options: tls, cert=PATH, key=PATH, tls_min=1.2, "
-			    "auth_plaintext=yes)",
+			    "networks=CIDR,..., auth_plaintext=yes)",
 			    lc.text, tok);
 			goto out;
 		}
@@ -346,6 +373,7 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 out:
 	free(lc.cert);
 	free(lc.key);
+	free(lc.nets);
 	free(copy);
 	return rc;
 }
@@ -457,6 +485,7 @@ free_listeners(struct config *cfg)
 	for (i = 0; i < cfg->nlisten; i++) {
 		free(cfg->listen[i].cert);
 		free(cfg->listen[i].key);
+		free(cfg->listen[i].nets);
 	}
 	free(cfg->listen);
 	cfg->listen = NULL;
@@ -480,10 +509,53 @@ known_section(const char *s)
 {
 	size_t	 i;
 
+	if (strcmp(s, "senders") == 0)
+		return 1;
 	for (i = 0; i < NELEM(cfg_keys); i++)
 		if (strcmp(cfg_keys[i].section, s) == 0)
 			return 1;
 	return 0;
+}
+
+/* [senders] "USER = patterns" or "CIDR = patterns". */
+static void
+parse_sender(struct parser *p, const char *key, const char *val, int lineno)
+{
+	struct sender_rule	 r;
+	char			*copy, *tok, *save = NULL;
+
+	memset(&r, 0, sizeof(r));
+	if (strchr(key, '.') != NULL || strchr(key, ':') != NULL) {
+		if (addr_parse_cidr(key, &r.net) == -1) {
+			perr(p, lineno, "[senders] \"%s\" is neither a user "
+			    "name nor a network (CIDR)", key);
+			return;
+		}
+	} else
+		r.user = xstrdup(key);
+	copy = xstrdup(val);
+	for (tok = strtok_r(copy, ", \t", &save); tok != NULL;
+	    tok = strtok_r(NULL, ", \t", &save)) {
+		if (strcmp(tok, "*") != 0 && (strchr(tok, '@') == NULL ||
+		    strchr(tok + 1, '*') != NULL)) {
+			perr(p, lineno, "[senders] %s: \"%s\" is not an "
+			    "address, *@domain or *", key, tok);
+			continue;
+		}
+		r.patterns = xrealloc(r.patterns, (r.npatterns + 1) *
+		    sizeof(*r.patterns));
+		r.patterns[r.npatterns++] = xstrdup(tok);
+	}
+	free(copy);
+	if (r.npatterns == 0) {
+		perr(p, lineno, "[senders] %s: no addresses", key);
+		free(r.user);
+		free(r.patterns);
+		return;
+	}
+	p->cfg->senders = xrealloc(p->cfg->senders,
+	    (p->cfg->nsenders + 1) * sizeof(*p->cfg->senders));
+	p->cfg->senders[p->cfg->nsenders++] = r;
 }
 
 static void
@@ -507,7 +579,7 @@ parse_line(struct parser *p, char *line, int lineno, char *section,
 		s = str_trim(s + 1);
 		if (!known_section(s)) {
 			perr(p, lineno, "unknown section [%s] (sections: smtp, "
-			    "queue, graph, auth, status, log)", s);
+			    "queue, graph, auth, senders, status, log)", s);
 			section[0] = '\0';
 			section[1] = '!';	/* keys below: no more noise */
 			return;
@@ -526,6 +598,10 @@ parse_line(struct parser *p, char *line, int lineno, char *section,
 		if (section[1] != '!')
 			perr(p, lineno, "\"%s\" outside of any [section]",
 			    key);
+		return;
+	}
+	if (strcmp(section, "senders") == 0) {
+		parse_sender(p, key, val, lineno);
 		return;
 	}
 	if ((k = find_key(section, key)) == NULL) {
@@ -792,6 +868,21 @@ check_config(struct parser *p)
 		    cfg->spool_dir);
 	check_graph(p);
 	check_tls(p);
+	if (cfg->recipient_domains != NULL) {
+		char *copy = xstrdup(cfg->recipient_domains), *t, *sv = NULL;
+
+		for (t = strtok_r(copy, ", \t", &sv); t != NULL;
+		    t = strtok_r(NULL, ", \t", &sv)) {
+			cfg->rcpt_domains = xrealloc(cfg->rcpt_domains,
+			    (cfg->nrcpt_domains + 1) *
+			    sizeof(*cfg->rcpt_domains));
+			cfg->rcpt_domains[cfg->nrcpt_domains++] = xstrdup(t);
+		}
+		free(copy);
+	}
+	if (cfg->require_auth && cfg->users_file == NULL)
+		perr(p, key_line(p, "smtp", "require_auth"), "require_auth "
+		    "needs [auth] users_file (nobody could relay)");
 	if (cfg->users_file != NULL)
 		p->errors += auth_users_check(cfg->users_file, p->errf);
 }
@@ -887,6 +978,18 @@ config_free(struct config *cfg)
 		if (cfg_keys[i].type == CFG_STR)
 			free(*(char **)((char *)cfg + cfg_keys[i].off));
 	free_listeners(cfg);
+	for (i = 0; i < cfg->nsenders; i++) {
+		size_t j;
+
+		for (j = 0; j < cfg->senders[i].npatterns; j++)
+			free(cfg->senders[i].patterns[j]);
+		free(cfg->senders[i].patterns);
+		free(cfg->senders[i].user);
+	}
+	free(cfg->senders);
+	for (i = 0; i < cfg->nrcpt_domains; i++)
+		free(cfg->rcpt_domains[i]);
+	free(cfg->rcpt_domains);
 	free(cfg->allow);
 	free(cfg->path);
 	free(cfg);
@@ -931,4 +1034,14 @@ config_dump_defaults(FILE *fp)
 		else
 			fprintf(fp, "#%s =\n", k->name);
 	}
+	fprintf(fp, "\n[senders]\n");
+	print_wrapped(fp, "Who may send as whom: a user (after AUTH) or a "
+	    "client network, then the envelope senders and From: addresses "
+	    "it may use (a@b.c, *@b.c or *). The lines for a session's user "
+	    "and its networks apply; a session no line applies to may use any "
+	    "address. Refused: 550 5.7.1.");
+	fprintf(fp, "# The user scanner1 (after AUTH) as itself or any printer:\n"
+	    "#scanner1 = scanner@contoso.com, *@printers.contoso.com\n"
+	    "# Every client of one network as a printer only:\n"
+	    "#10.20.30.0/24 = *@printers.contoso.com\n");
 }

@@ -7,6 +7,7 @@
 #include <stdio.h>
 
 #include "addr.h"
+#include "policy.h"
 
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_NORMALIZE };
 enum sync_method { SYNC_FDATASYNC, SYNC_SYNCFS };
@@ -23,6 +24,8 @@ struct listen_cfg {
 	char			*key;
 	int			 tls_min;	/* -1: [smtp] tls_min */
 	int			 auth_plaintext; /* AUTH without TLS */
+	struct netmask		*nets;		/* who may connect; none: all */
+	size_t			 nnets;
 };
 
 struct config {
@@ -44,6 +47,10 @@ struct config {
 	int			 bare_lf;
 	struct netmask		*allow;
 	size_t			 nallow;
+	int			 require_auth;
+	char			*recipient_domains;	/* as written */
+	char			**rcpt_domains;
+	size_t			 nrcpt_domains;
 	char			*tls_cert;
 	char			*tls_key;
 	int			 tls_min;	/* enum tls_version */
@@ -68,6 +75,10 @@ struct config {
 	uint64_t		 connect_timeout_ms;
 	uint64_t		 timeout_ms;
 	int			 graph_enabled;	/* tenant etc. given */
+
+	/* [senders] */
+	struct sender_rule	*senders;
+	size_t			 nsenders;
 
 	/* [auth] */
 	char			*users_file;

@@ -1,7 +1,7 @@
 /*
  * relayctl.c - relayd's control tool.
  *
- *   relayctl passwd [--cram-md5] USER
+ *   relayctl passwd USER [--cram-md5]
  *
  * reads a password (one line from standard input, or asked twice on a
  * terminal) and prints a line for [auth] users_file: a yescrypt hash for
@@ -23,7 +23,7 @@
 static void
 usage(void)
 {
-	fprintf(stderr, "usage: relayctl passwd [--cram-md5] USER\n"
+	fprintf(stderr, "usage: relayctl passwd USER [--cram-md5]\n"
 	    "       relayctl -V\n");
 	exit(EX_USAGE);
 }
@@ -61,15 +61,20 @@ read_password(const char *prompt)
 static int
 cmd_passwd(int argc, char **argv)
 {
-	char	*pw, *again, *entry, err[256];
-	int	 cram = 0;
+	char		*pw, *again, *entry, err[256];
+	const char	*user = NULL;
+	int		 cram = 0, i;
 
-	if (argc > 1 && strcmp(argv[1], "--cram-md5") == 0) {
-		cram = 1;
-		argc--;
-		argv++;
+	/* USER and --cram-md5 in either order. */
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--cram-md5") == 0)
+			cram = 1;
+		else if (argv[i][0] == '-' || user != NULL)
+			usage();
+		else
+			user = argv[i];
 	}
-	if (argc != 2)
+	if (user == NULL)
 		usage();
 	if ((pw = read_password("Password: ")) == NULL || *pw == '\0') {
 		fprintf(stderr, "relayctl: no password given\n");
@@ -83,7 +88,7 @@ cmd_passwd(int argc, char **argv)
 		}
 		free(again);
 	}
-	if ((entry = auth_make_entry(argv[1], pw, cram, err, sizeof(err))) ==
+	if ((entry = auth_make_entry(user, pw, cram, err, sizeof(err))) ==
 	    NULL) {
 		fprintf(stderr, "relayctl: %s\n", err);
 		return 1;

@@ -131,8 +131,8 @@ main(int argc, char *argv[])
 	log_info("spool: %zu queued message(s) found dir=%s",
 	    spool_count(spool), cfg->spool_dir);
 
+	mime_init();		/* GMime: delivery, and From: checks */
 	if (cfg->graph_enabled) {
-		mime_init();
 		if (http_init(cfg, err, sizeof(err)) == -1 ||
 		    (token = token_new(cfg, err, sizeof(err))) == NULL) {
 			log_msg(LOG_LVL_ERR, "%s", err);

@@ -43,6 +43,7 @@ struct smtp_listener {
 	SSL_CTX			*tls;		/* NULL: no certificate */
 	int			 implicit_tls;
 	int			 auth_plaintext;
+	const struct listen_cfg	*lc;
 };
 
 struct smtp {
@@ -104,6 +105,20 @@ refuse(int fd, const char *text)
 	close(fd);
 }
 
+/* The listener's networks= (none given: everyone may connect). */
+static int
+listener_allows(const struct smtp_listener *l, const struct sockaddr *sa)
+{
+	size_t	 i;
+
+	if (l->lc->nnets == 0)
+		return 1;
+	for (i = 0; i < l->lc->nnets; i++)
+		if (addr_match(&l->lc->nets[i], sa))
+			return 1;
+	return 0;
+}
+
 static void
 accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
     int salen, void *arg)
@@ -117,6 +132,17 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
 
 	(void)evl;
 	addr_ntop(sa, ip, sizeof(ip));
+	if (!listener_allows(l, sa)) {
+		log_warnx("smtp refused client=%s listener=%s reason=\"not in "
+		    "this listener's networks\"", ip, l->name);
+		snprintf(buf, sizeof(buf), "554 5.7.1 %s Access denied: your "
+		    "address is not allowed here\r\n", sm->cfg->hostname);
+		if (l->implicit_tls)
+			close(fd);	/* it expects TLS, not text */
+		else
+			refuse(fd, buf);
+		return;
+	}
 	if (sm->nsessions >= sm->cfg->max_connections) {
 		log_warnx("smtp refused client=%s listener=%s reason=\"too "
 		    "many connections (max_connections=%llu)\"", ip, l->name,
@@ -206,6 +232,7 @@ bind_one(struct smtp *sm, const struct listen_cfg *lc, char *err, size_t len)
 	l->smtp = sm;
 	strlcpy_r(l->name, lc->text, sizeof(l->name));
 	l->implicit_tls = lc->tls;
+	l->lc = lc;
 	l->auth_plaintext = lc->auth_plaintext;
 	if (lc->cert != NULL &&
 	    (l->tls = tls_ctx_new(lc, err, len)) == NULL) {

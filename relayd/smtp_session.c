@@ -39,6 +39,7 @@
 #include "auth.h"
 #include "config.h"
 #include "log.h"
+#include "policy.h"
 #include "smtp.h"
 #include "smtp_proto.h"
 #include "spool.h"
@@ -50,6 +51,7 @@
 #define SMTP_OUT_MAX		(64 * 1024)	/* unread replies before we wait */
 #define SMTP_LOGTEXT_MAX	128
 #define SMTP_LINGER_SEC		2	/* discard input after the last reply */
+#define SMTP_HEAD_MAX		(64 * 1024)	/* header bytes kept for From: */
 
 enum smtp_state {
 	STATE_NEW,		/* connected, greeting not yet sent */
@@ -84,6 +86,9 @@ struct smtp_tx {
 	struct data_dec		 dec;
 	struct spool_msg	*msg;
 	int			 committing;	/* msg is the spool's now */
+	char			*head;		/* header block, for From: */
+	size_t			 headlen;
+	int			 head_done;
 };
 
 struct smtp_session {
@@ -341,6 +346,7 @@ tx_free(struct smtp_session *s)
 		free(tx->rcpts[i]);
 	free(tx->rcpts);
 	free(tx->mail_params);
+	free(tx->head);
 	free(tx);
 	s->tx = NULL;
 }
@@ -521,6 +527,23 @@ cmd_mail(struct smtp_session *s, const char *arg)
 		    "SMTPUTF8");
 		return;
 	}
+	if (s->cfg->require_auth && s->user == NULL) {
+		smtp_error(s, "530 5.7.0 Authentication required");
+		return;
+	}
+	if (addr[0] != '\0' && !policy_sender_ok(s->cfg, s->user,
+	    (struct sockaddr *)&s->ss, addr)) {
+		char esc[SMTP_LOGTEXT_MAX];
+
+		log_info("%016" PRIx64 " smtp refused sender=<%s> client=%s "
+		    "user=%s reason=senders", s->id, log_escape(esc,
+		    sizeof(esc), addr, strlen(addr)), s->addr,
+		    s->user != NULL ? s->user : "-");
+		smtp_error(s, "550 5.7.1 <%s>: Sender address not allowed for "
+		    "%s %s (see [senders])", addr, s->user != NULL ? "user" :
+		    "client", s->user != NULL ? s->user : s->addr);
+		return;
+	}
 	tx = s->tx = xcalloc(1, sizeof(*tx));
 	memcpy(tx->mail_from, addr, sizeof(addr));
 	tx->mail_params = xstrdup(params);
@@ -567,6 +590,11 @@ cmd_rcpt(struct smtp_session *s, const char *arg)
 		    "%s is not in allow_networks)", addr, s->addr);
 		return;
 	}
+	if (!policy_rcpt_ok(s->cfg, addr)) {
+		smtp_error(s, "550 5.7.1 <%s>: Recipient domain not accepted "
+		    "here (recipient_domains)", addr);
+		return;
+	}
 	for (i = 0; i < tx->nrcpts; i++)
 		if (strcasecmp(tx->rcpts[i], addr) == 0) {
 			smtp_reply(s, "250 2.1.5 Ok (duplicate)");
@@ -575,6 +603,19 @@ cmd_rcpt(struct smtp_session *s, const char *arg)
 	tx->rcpts = xrealloc(tx->rcpts, (tx->nrcpts + 1) * sizeof(char *));
 	tx->rcpts[tx->nrcpts++] = xstrdup(addr);
 	smtp_reply(s, "250 2.1.5 Ok");
+}
+
+/* RFC 3848's protocol name: ESMTP, +S with TLS, +A with AUTH. */
+static const char *
+received_with(const struct smtp_session *s, const struct smtp_tx *tx)
+{
+	static const char *const names[2][2][2] = {
+	    { { "ESMTP", "ESMTPA" }, { "ESMTPS", "ESMTPSA" } },
+	    { { "UTF8SMTP", "UTF8SMTPA" }, { "UTF8SMTPS", "UTF8SMTPSA" } } };
+
+	if (!s->ehlo)
+		return "SMTP";
+	return names[tx->smtputf8 != 0][s->ssl != NULL][s->user != NULL];
 }
 
 /* Opens the spool file and writes our Received: header. */
@@ -608,8 +649,7 @@ tx_open(struct smtp_session *s)
 	n = snprintf(hdr, sizeof(hdr), "Received: from %s ([%s])\r\n"
 	    "\tby %s (relayd) with %s id %s%s%s%s;\r\n\t%s\r\n",
 	    s->helo, s->addr, s->cfg->hostname,
-	    tx->smtputf8 ? (s->ssl ? "UTF8SMTPS" : "UTF8SMTP") :
-	    s->ehlo ? (s->ssl ? "ESMTPS" : "ESMTP") : "SMTP",
+	    received_with(s, tx),
 	    spool_msg_qid(tx->msg),
 	    tx->nrcpts == 1 ? "\r\n\tfor <" : "",
 	    tx->nrcpts == 1 ? tx->rcpts[0] : "",
@@ -728,6 +768,7 @@ cmd_notimpl(struct smtp_session *s, const char *arg)
 }
 
 static void	tls_start(struct smtp_session *);
+static int	from_allowed(struct smtp_session *);
 
 /* ---- AUTH (RFC 4954) ---- */
 
@@ -989,6 +1030,8 @@ tx_finish(struct smtp_session *s)
 	} else if (tx->error == TX_ERR_SEQ) {
 		smtp_error(s, "503 5.5.1 Bad sequence of commands (send MAIL "
 		    "FROM and RCPT TO first)");
+	} else if (!from_allowed(s)) {
+		;	/* replied */
 	} else {
 		/*
 		 * Input stays enabled: pipelined commands wait in the buffer
@@ -1005,6 +1048,55 @@ tx_finish(struct smtp_session *s)
 		smtp_enter(s, s->helo != NULL ? STATE_HELO : STATE_GREETED);
 }
 
+/* Keeps the header block (up to SMTP_HEAD_MAX) to check From: at the end. */
+static void
+head_capture(struct smtp_tx *tx, const char *data, size_t len)
+{
+	size_t	 take = len, i, from;
+
+	if (tx->headlen + take > SMTP_HEAD_MAX)
+		take = SMTP_HEAD_MAX - tx->headlen;
+	tx->head = xrealloc(tx->head, tx->headlen + take + 1);
+	memcpy(tx->head + tx->headlen, data, take);
+	from = tx->headlen > 3 ? tx->headlen - 3 : 0;
+	tx->headlen += take;
+	tx->head[tx->headlen] = '\0';
+	for (i = from; i + 3 < tx->headlen + 1 && !tx->head_done; i++)
+		if (memcmp(tx->head + i, "\r\n\r\n", 4) == 0)
+			tx->head_done = 1;
+	if (tx->headlen >= SMTP_HEAD_MAX)
+		tx->head_done = 1;
+}
+
+/* Is every From: address one this session may use? Replies if not. */
+static int
+from_allowed(struct smtp_session *s)
+{
+	struct smtp_tx	*tx = s->tx;
+	char		**from, esc[SMTP_LOGTEXT_MAX];
+	size_t		 i;
+	int		 ok = 1;
+
+	if (s->cfg->nsenders == 0 || tx->head == NULL)
+		return 1;
+	from = policy_from_addresses(tx->head, tx->headlen);
+	for (i = 0; from[i] != NULL && ok; i++) {
+		if (policy_sender_ok(s->cfg, s->user,
+		    (struct sockaddr *)&s->ss, from[i]))
+			continue;
+		ok = 0;
+		log_info("%016" PRIx64 " smtp refused from=<%s> client=%s "
+		    "user=%s reason=senders", s->id, log_escape(esc,
+		    sizeof(esc), from[i], strlen(from[i])), s->addr,
+		    s->user != NULL ? s->user : "-");
+		smtp_error(s, "550 5.7.1 From: <%s> not allowed for %s %s "
+		    "(see [senders])", esc, s->user != NULL ? "user" :
+		    "client", s->user != NULL ? s->user : s->addr);
+	}
+	policy_free_list(from);
+	return ok;
+}
+
 static void
 tx_append(struct smtp_session *s, const char *data, size_t len)
 {
@@ -1017,6 +1109,8 @@ tx_append(struct smtp_session *s, const char *data, size_t len)
 		return;
 	}
 	tx->size += len;
+	if (!tx->head_done && s->cfg->nsenders > 0)
+		head_capture(tx, data, len);
 	if (spool_msg_write(tx->msg, data, len) == -1) {
 		tx->spool_errno = errno;
 		tx->error = TX_ERR_SPOOL;
@@ -1429,6 +1523,8 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 	addr_ntop(sa, s->addr, sizeof(s->addr));
 	for (i = 0; i < cfg->nallow && !s->relay_ok; i++)
 		s->relay_ok = addr_match(&cfg->allow[i], sa);
+	if (cfg->require_auth)
+		s->relay_ok = 0;	/* AUTH grants it */
 	s->state = STATE_NEW;
 	LIST_INSERT_HEAD(&sessions, s, entry);
 	if (smtp_listener_implicit_tls(l)) {

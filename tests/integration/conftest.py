@@ -21,6 +21,7 @@ import http.client
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -636,6 +637,24 @@ class Relayd:
         if self.logf is not None:
             self.logf.close()
             self.logf = None
+
+
+TOOL_TIMEOUT = 30
+
+
+def need(tool):
+    """The path of a client program, or skip the test saying what to do."""
+    path = shutil.which(tool) or (tool if os.path.exists(tool) else None)
+    if path is None:
+        pytest.skip("%s is not installed (tests/deps.sh installs it)" % tool)
+    return path
+
+
+def run(args, **kw):
+    """A client program, with a timeout and its output captured."""
+    kw.setdefault("timeout", TOOL_TIMEOUT)
+    kw.setdefault("capture_output", True)
+    return subprocess.run(args, **kw)
 
 
 def run_relayd(*args, timeout=20):

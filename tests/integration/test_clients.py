@@ -1,29 +1,11 @@
 """Real SMTP clients deliver through relayd."""
-import os
 import re
-import shutil
 import smtplib
-import subprocess
 from email.message import EmailMessage
 
 import pytest
 
-from conftest import HOSTNAME, QUEUED_RE, wait_for
-
-TOOL_TIMEOUT = 30
-
-
-def need(tool):
-    path = shutil.which(tool) or (tool if os.path.exists(tool) else None)
-    if path is None:
-        pytest.skip("%s is not installed (tests/deps.sh installs it)" % tool)
-    return path
-
-
-def run(args, **kw):
-    kw.setdefault("timeout", TOOL_TIMEOUT)
-    kw.setdefault("capture_output", True)
-    return subprocess.run(args, **kw)
+from conftest import QUEUED_RE, need, run
 
 
 def only_message(d):

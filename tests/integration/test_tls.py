@@ -17,15 +17,13 @@ import signal
 import smtplib
 import socket
 import ssl
-import subprocess
 import warnings
 
 import pytest
 
-from conftest import (HOSTNAME, IO_TIMEOUT, SMTPClosed, SMTPConn, free_port,
+from conftest import (need, run, HOSTNAME, IO_TIMEOUT, SMTPClosed, SMTPConn, free_port,
                       run_relayd, wait_for)
 
-TOOL_TIMEOUT = 30
 READY = "220 2.0.0 Ready to start TLS"
 PLAIN_HELLO_LOG = "TLS handshake on a plain listener"
 
@@ -161,19 +159,6 @@ def only_message(d):
     files = d.queued_files()
     assert len(files) == 1, [f.path.name for f in files]
     return files[0]
-
-
-def need(tool):
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip("%s is not installed (tests/deps.sh installs it)" % tool)
-    return path
-
-
-def run(args, **kw):
-    kw.setdefault("timeout", TOOL_TIMEOUT)
-    kw.setdefault("capture_output", True)
-    return subprocess.run(args, **kw)
 
 
 def client_hello():
