@@ -75,8 +75,11 @@ static const struct cfg_key cfg_keys[] = {
 	  "handshake comes first, as on port 465), cert=PATH, key=PATH and "
 	  "tls_min=VERSION for this listener only; networks=CIDR,CIDR to "
 	  "accept connections from those networks only; auth_plaintext=yes "
-	  "to allow AUTH without TLS. A plain listener with a certificate "
-	  "offers STARTTLS." },
+	  "to allow AUTH without TLS; proxy to read a PROXY protocol header "
+	  "(v1 or v2, from HAProxy or a load balancer) first and use the "
+	  "client address in it: bind such a listener where only the proxy "
+	  "can connect. A plain listener with a certificate offers "
+	  "STARTTLS." },
 	{ "smtp", "hostname", CFG_STR, NULL, 0, 0, OFF(hostname), NULL,
 	  "Name in the greeting and Received: header (default: the system "
 	  "host name)." },
@@ -318,6 +321,8 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 	while ((tok = strtok_r(NULL, " \t", &save)) != NULL) {
 		if (strcmp(tok, "tls") == 0)
 			lc.tls = 1;
+		else if (strcmp(tok, "proxy") == 0)
+			lc.proxy = 1;
 		else if (strncmp(tok, "cert=", 5) == 0 && tok[5] != '\0') {
 			free(lc.cert);
 			lc.cert = xstrdup(tok + 5);
@@ -359,8 +364,8 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 			}
 		} else {
 			snprintf(err, errlen, "listen %s: unknown option \"%s\" "
-			    "(options: tls, cert=PATH, key=PATH, tls_min=1.2, "
-			    "networks=CIDR,..., auth_plaintext=yes)",
+			    "(options: tls, proxy, cert=PATH, key=PATH, "
+			    "tls_min=1.2, networks=CIDR,..., auth_plaintext=yes)",
 			    lc.text, tok);
 			goto out;
 		}

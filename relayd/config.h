@@ -24,6 +24,7 @@ struct listen_cfg {
 	char			*key;
 	int			 tls_min;	/* -1: [smtp] tls_min */
 	int			 auth_plaintext; /* AUTH without TLS */
+	int			 proxy;		/* PROXY header first */
 	struct netmask		*nets;		/* who may connect; none: all */
 	size_t			 nnets;
 };

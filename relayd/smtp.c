@@ -23,11 +23,13 @@
 #include "addr.h"
 #include "config.h"
 #include "log.h"
+#include "proxy.h"
 #include "smtp.h"
 #include "tls.h"
 #include "util.h"
 
 #define CLIENT_BUCKETS	4096
+#define SMTP_PROXY_TIMEOUT_SEC	10	/* for the PROXY header */
 
 struct client_count {
 	uint8_t			 key[17];
@@ -52,6 +54,7 @@ struct smtp {
 	struct spool		*spool;
 	struct smtp_listener	*listeners;
 	size_t			 nlisteners;
+	struct proxied		*proxied;	/* waiting for a PROXY header */
 	size_t			 nsessions;
 	struct client_count	*clients[CLIENT_BUCKETS];
 };
@@ -119,18 +122,116 @@ listener_allows(const struct smtp_listener *l, const struct sockaddr *sa)
 	return 0;
 }
 
+/* A client of a proxy listener until its PROXY header is read. */
+struct proxied {
+	struct smtp_listener	*l;
+	int			 fd;
+	struct sockaddr_storage	 peer;
+	socklen_t		 peerlen;
+	struct event		*ev;
+	struct proxied		*next;
+};
+
+static void	accept_client(struct smtp_listener *, int,
+		    const struct sockaddr *, socklen_t);
+
+/* Off the pending list, its event gone (fd and pc stay with the caller). */
+static void
+proxied_forget(struct proxied *pc)
+{
+	struct proxied	**pp;
+
+	for (pp = &pc->l->smtp->proxied; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == pc) {
+			*pp = pc->next;
+			break;
+		}
+	event_free(pc->ev);
+}
+
+static void
+proxy_read_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct proxied		*pc = arg;
+	struct sockaddr_storage	 ss;
+	unsigned char		 buf[PROXY_HEADER_MAX];
+	char			 ip[ADDR_STRLEN];
+	const char		*why = "timeout waiting for the PROXY header";
+	size_t			 used = 0;
+	ssize_t			 n = 0;
+	int			 r = -1;
+
+	if (ev & EV_READ) {
+		n = recv(fd, buf, sizeof(buf), MSG_PEEK);
+		if (n <= 0)
+			why = n == 0 ? "closed before the PROXY header" :
+			    strerror(errno);
+		else if ((r = proxy_parse(buf, (size_t)n, &ss, &used,
+		    &why)) == 0 && n < (ssize_t)sizeof(buf))
+			return;		/* more to come */
+		else if (r == 0)
+			why = "PROXY header too long";
+	}
+	addr_ntop((struct sockaddr *)&pc->peer, ip, sizeof(ip));
+	if (r == 1 && recv(fd, buf, used, 0) != (ssize_t)used) {
+		r = -1;
+		why = "cannot read the PROXY header";
+	}
+	proxied_forget(pc);
+	if (r != 1) {
+		log_warnx("smtp refused peer=%s listener=%s reason=\"%s\"", ip,
+		    pc->l->name, why);
+		close(fd);
+		free(pc);
+		return;
+	}
+	if (ss.ss_family == AF_UNSPEC)		/* LOCAL/UNKNOWN: the peer */
+		accept_client(pc->l, fd, (struct sockaddr *)&pc->peer,
+		    pc->peerlen);
+	else
+		accept_client(pc->l, fd, (struct sockaddr *)&ss,
+		    ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) :
+		    sizeof(struct sockaddr_in));
+	free(pc);
+}
+
 static void
 accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
     int salen, void *arg)
 {
-	struct smtp_listener	 *l = arg;
+	struct smtp_listener	*l = arg;
+	struct proxied		*pc;
+	struct timeval		 tv = { SMTP_PROXY_TIMEOUT_SEC, 0 };
+
+	(void)evl;
+	if (!l->lc->proxy) {
+		accept_client(l, fd, sa, (socklen_t)salen);
+		return;
+	}
+	pc = xcalloc(1, sizeof(*pc));
+	pc->l = l;
+	pc->fd = fd;
+	memcpy(&pc->peer, sa, (size_t)salen < sizeof(pc->peer) ?
+	    (size_t)salen : sizeof(pc->peer));
+	pc->peerlen = (socklen_t)salen;
+	pc->ev = event_new(l->smtp->base, fd, EV_READ | EV_PERSIST,
+	    proxy_read_cb, pc);
+	event_add(pc->ev, &tv);
+	pc->next = l->smtp->proxied;
+	l->smtp->proxied = pc;
+}
+
+/* A client, with its real address: limits, then a session. */
+static void
+accept_client(struct smtp_listener *l, int fd, const struct sockaddr *sa,
+    socklen_t salen)
+{
 	struct smtp		 *sm = l->smtp;
 	struct client_count	**cp, *c;
 	uint8_t			  key[17];
 	char			  ip[ADDR_STRLEN], buf[256];
 	int			  one = 1;
 
-	(void)evl;
 	addr_ntop(sa, ip, sizeof(ip));
 	if (!listener_allows(l, sa)) {
 		log_warnx("smtp refused client=%s listener=%s reason=\"not in "
@@ -172,7 +273,7 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
 	c->n++;
 	sm->nsessions++;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	smtp_session_new(sm, l, fd, sa, (socklen_t)salen);
+	smtp_session_new(sm, l, fd, sa, salen);
 }
 
 static void
@@ -286,6 +387,13 @@ smtp_free(struct smtp *sm)
 
 	if (sm == NULL)
 		return;
+	while (sm->proxied != NULL) {
+		struct proxied *pc = sm->proxied;
+
+		proxied_forget(pc);
+		close(pc->fd);
+		free(pc);
+	}
 	for (i = 0; i < sm->nlisteners; i++) {
 		evconnlistener_free(sm->listeners[i].evl);
 		event_free(sm->listeners[i].resume);

@@ -14,5 +14,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	libevent-dev libcurl4-openssl-dev libjson-c-dev libgsasl-dev \
 	libgmime-3.0-dev libssl-dev libsystemd-dev libcmocka-dev libcrypt-dev \
 	python3 python3-pytest python3-jsonschema python3-cryptography \
-	swaks libnet-ssleay-perl msmtp curl postfix procps iproute2 wrk \
+	swaks libnet-ssleay-perl msmtp curl postfix haproxy procps iproute2 wrk \
 	>/dev/null
