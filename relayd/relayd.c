@@ -48,6 +48,13 @@ usage(void)
 	exit(EX_USAGE);
 }
 
+/* SIGHUP: certificates renewed on disk are taken up; sessions go on. */
+static void
+hup_cb(evutil_socket_t sig, short ev, void *arg)
+{
+	smtp_reload_tls(arg);
+}
+
 static void
 stop_cb(evutil_socket_t sig, short ev, void *arg)
 {
@@ -79,7 +86,7 @@ main(int argc, char *argv[])
 	struct worker_pool	*pool = NULL;
 	struct token		*token = NULL;
 	struct auth		*auth = NULL;
-	struct event		*ev_term, *ev_int;
+	struct event		*ev_term, *ev_int, *ev_hup;
 	struct spool		*spool;
 	struct smtp		*smtp;
 	char			 err[512];
@@ -168,8 +175,10 @@ main(int argc, char *argv[])
 	}
 	ev_term = evsignal_new(base, SIGTERM, stop_cb, base);
 	ev_int = evsignal_new(base, SIGINT, stop_cb, base);
+	ev_hup = evsignal_new(base, SIGHUP, hup_cb, smtp);
 	evsignal_add(ev_term, NULL);
 	evsignal_add(ev_int, NULL);
+	evsignal_add(ev_hup, NULL);
 
 	log_info("relayd started version=%s", PACKAGE_VERSION);
 	sd_notify(0, "READY=1");
@@ -190,6 +199,7 @@ main(int argc, char *argv[])
 	auth_free(auth);
 	event_free(ev_term);
 	event_free(ev_int);
+	event_free(ev_hup);
 	event_base_free(base);
 	config_free(cfg);
 	log_info("relayd stopped");

@@ -408,6 +408,31 @@ smtp_free(struct smtp *sm)
 	free(sm);
 }
 
+void
+smtp_reload_tls(struct smtp *sm)
+{
+	struct smtp_listener	*l;
+	SSL_CTX			*ctx;
+	char			 err[512];
+	size_t			 i;
+
+	for (i = 0; i < sm->nlisteners; i++) {
+		l = &sm->listeners[i];
+		if (l->tls == NULL)
+			continue;
+		/* Sessions hold their own reference to the old context. */
+		if ((ctx = tls_ctx_new(l->lc, err, sizeof(err))) == NULL) {
+			log_warnx("smtp listener=%s: certificate not reloaded, "
+			    "the old one stays: %s", l->name, err);
+			continue;
+		}
+		SSL_CTX_free(l->tls);
+		l->tls = ctx;
+		log_info("smtp listener=%s: certificate reloaded cert=%s",
+		    l->name, l->lc->cert);
+	}
+}
+
 size_t
 smtp_nsessions(const struct smtp *sm)
 {

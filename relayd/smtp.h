@@ -17,6 +17,8 @@ struct smtp	*smtp_new(struct event_base *, const struct config *,
 /* Binds every listen address; on failure says which and why in err. */
 int		 smtp_listen(struct smtp *, char *, size_t);
 void		 smtp_free(struct smtp *);
+/* Loads every listener's certificate and key again (SIGHUP). */
+void		 smtp_reload_tls(struct smtp *);
 size_t		 smtp_nsessions(const struct smtp *);
 
 /* For smtp_session.c. */
