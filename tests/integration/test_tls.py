@@ -996,3 +996,50 @@ def test_check_mode_tls_errors(tmp_path, tls_ca, text, line, words):
                                              key=tls_ca.key_file))
     r = run_relayd("-n", "-c", str(conf))
     check_error(conf, r, line, *words)
+
+
+# --------------------------------------------------------------------------
+# certificate reload
+
+def peer_cn(conn):
+    cert = conn.sock.getpeercert()
+    return dict(x[0] for x in cert["subject"])["commonName"]
+
+
+def test_sighup_reloads_certificate_and_keeps_sessions(relayd_factory,
+                                                        tls_ca, tmp_path):
+    """A renewed certificate is taken up on SIGHUP: new sessions get it,
+    a session that started before goes on with its own."""
+    import shutil
+    import signal as sig
+    old_cert, old_key = tls_ca.issue("old", dns=("localhost",))
+    new_cert, new_key = tls_ca.issue("new", dns=("renewed.localhost",
+                                                 "localhost"))
+    cert, key = tmp_path / "live.pem", tmp_path / "live.key"
+    shutil.copyfile(old_cert, cert)
+    shutil.copyfile(old_key, key)
+    os.chmod(key, 0o600)
+    d, ports = tls_relayd(relayd_factory,
+                          ["tls cert=%s key=%s" % (cert, key)])
+    ctx = client_ctx(tls_ca)
+    before = Conn.implicit(ports[0], ctx)
+    assert peer_cn(before) == "localhost"
+    shutil.copyfile(new_cert, cert)
+    shutil.copyfile(new_key, key)
+    os.kill(d.proc.pid, sig.SIGHUP)
+    d.wait_log(r"certificate reloaded")
+    after = Conn.implicit(ports[0], ctx)
+    assert peer_cn(after) == "renewed.localhost"
+    # The old session still works.
+    assert before.cmd("EHLO old.example").code == 250
+    assert after.cmd("EHLO new.example").code == 250
+    before.close()
+    after.close()
+
+    # A broken file: the working certificate stays, the log says why.
+    cert.write_text("not a certificate\n")
+    os.kill(d.proc.pid, sig.SIGHUP)
+    d.wait_log(r"certificate not reloaded, the old one stays")
+    again = Conn.implicit(ports[0], ctx)
+    assert peer_cn(again) == "renewed.localhost"
+    again.close()
