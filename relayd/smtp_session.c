@@ -1389,17 +1389,19 @@ read_cb(struct bufferevent *bev, void *arg)
 static void
 linger(struct smtp_session *s)
 {
-	struct timeval	 tv = { SMTP_LINGER_SEC, 0 };
+	struct timeval		 tv = { SMTP_LINGER_SEC, 0 };
+	struct bufferevent	*under;
 
 	if (s->lingering)
 		return;
 	s->lingering = 1;
 	/*
-	 * Under TLS the last reply may still sit below us (in the socket
-	 * bufferevent a STARTTLS filter writes into): no shutdown, just wait
+	 * Under STARTTLS the last reply may still sit below us, in the socket
+	 * bufferevent the TLS filter writes into: then no shutdown, just wait
 	 * for the client to close.
 	 */
-	if (s->ssl == NULL)
+	if (s->ssl == NULL || (under = bufferevent_get_underlying(s->bev)) ==
+	    NULL || evbuffer_get_length(bufferevent_get_output(under)) == 0)
 		shutdown(bufferevent_getfd(s->bev), SHUT_WR);
 	evbuffer_drain(bufferevent_get_input(s->bev),
 	    evbuffer_get_length(bufferevent_get_input(s->bev)));
