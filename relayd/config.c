@@ -542,7 +542,8 @@ parse_sender(struct parser *p, const char *key, const char *val, int lineno)
 	for (tok = strtok_r(copy, ", \t", &save); tok != NULL;
 	    tok = strtok_r(NULL, ", \t", &save)) {
 		if (strcmp(tok, "*") != 0 && (strchr(tok, '@') == NULL ||
-		    strchr(tok + 1, '*') != NULL)) {
+		    strchr(tok + 1, '*') != NULL || tok[0] == '@' ||
+		    strrchr(tok, '@')[1] == '\0')) {
 			perr(p, lineno, "[senders] %s: \"%s\" is not an "
 			    "address, *@domain or *", key, tok);
 			continue;

@@ -31,6 +31,22 @@ policy_pattern_match(const char *pattern, const char *addr)
 }
 
 int
+policy_sender_restricted(const struct config *cfg, const char *user,
+    const struct sockaddr *sa)
+{
+	const struct sender_rule	*r;
+	size_t				 i;
+
+	for (i = 0; i < cfg->nsenders; i++) {
+		r = &cfg->senders[i];
+		if (r->user != NULL ? (user != NULL &&
+		    strcmp(r->user, user) == 0) : addr_match(&r->net, sa))
+			return 1;
+	}
+	return 0;
+}
+
+int
 policy_sender_ok(const struct config *cfg, const char *user,
     const struct sockaddr *sa, const char *addr)
 {
@@ -109,10 +125,16 @@ policy_from_addresses(const char *head, size_t len)
 			if (!in_from)
 				goto next;
 		} else {
-			in_from = strncasecmp(p, "From:", 5) == 0;
+			/* "From:", or the obsolete "From :" (RFC 5322 4.5). */
+			const char *q = p + 4;
+
+			in_from = nl - p >= 5 && strncasecmp(p, "From", 4) == 0;
+			while (in_from && q < nl && (*q == ' ' || *q == '\t'))
+				q++;
+			in_from = in_from && q < nl && *q == ':';
 			if (!in_from)
 				goto next;
-			p += 5;
+			p = q + 1;
 			if (vlen > 0) {
 				value = xrealloc(value, vlen + 2);
 				value[vlen++] = ',';

@@ -26,6 +26,9 @@ int	policy_pattern_match(const char *, const char *);
  */
 int	policy_sender_ok(const struct config *, const char *,
 	    const struct sockaddr *, const char *);
+/* Does any [senders] line apply to this user / client address? */
+int	policy_sender_restricted(const struct config *, const char *,
+	    const struct sockaddr *);
 /* Is the recipient's domain in [smtp] recipient_domains (or unset)? */
 int	policy_rcpt_ok(const struct config *, const char *);
 /*

@@ -128,7 +128,8 @@ struct proxied {
 	int			 fd;
 	struct sockaddr_storage	 peer;
 	socklen_t		 peerlen;
-	struct event		*ev;
+	struct event		*ev;		/* edge-triggered: we peek */
+	struct event		*timer;
 	struct proxied		*next;
 };
 
@@ -147,6 +148,7 @@ proxied_forget(struct proxied *pc)
 			break;
 		}
 	event_free(pc->ev);
+	event_free(pc->timer);
 }
 
 static void
@@ -196,6 +198,14 @@ proxy_read_cb(evutil_socket_t fd, short ev, void *arg)
 }
 
 static void
+proxy_timeout_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct proxied	*pc = arg;
+
+	proxy_read_cb(pc->fd, EV_TIMEOUT, pc);
+}
+
+static void
 accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
     int salen, void *arg)
 {
@@ -214,9 +224,16 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
 	memcpy(&pc->peer, sa, (size_t)salen < sizeof(pc->peer) ?
 	    (size_t)salen : sizeof(pc->peer));
 	pc->peerlen = (socklen_t)salen;
-	pc->ev = event_new(l->smtp->base, fd, EV_READ | EV_PERSIST,
+	/*
+	 * Edge-triggered: bytes peeked at but left unread must not wake us
+	 * again until more arrive. The timeout is a timer of its own, so
+	 * trickling bytes cannot keep pushing it back.
+	 */
+	pc->ev = event_new(l->smtp->base, fd, EV_READ | EV_PERSIST | EV_ET,
 	    proxy_read_cb, pc);
-	event_add(pc->ev, &tv);
+	event_add(pc->ev, NULL);
+	pc->timer = evtimer_new(l->smtp->base, proxy_timeout_cb, pc);
+	evtimer_add(pc->timer, &tv);
 	pc->next = l->smtp->proxied;
 	l->smtp->proxied = pc;
 }

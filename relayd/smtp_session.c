@@ -88,7 +88,8 @@ struct smtp_tx {
 	int			 committing;	/* msg is the spool's now */
 	char			*head;		/* header block, for From: */
 	size_t			 headlen;
-	int			 head_done;
+	int			 head_done;	/* stop keeping */
+	int			 head_ended;	/* the blank line was seen */
 };
 
 struct smtp_session {
@@ -1061,9 +1062,9 @@ head_capture(struct smtp_tx *tx, const char *data, size_t len)
 	from = tx->headlen > 3 ? tx->headlen - 3 : 0;
 	tx->headlen += take;
 	tx->head[tx->headlen] = '\0';
-	for (i = from; i + 3 < tx->headlen + 1 && !tx->head_done; i++)
+	for (i = from; i + 4 <= tx->headlen && !tx->head_done; i++)
 		if (memcmp(tx->head + i, "\r\n\r\n", 4) == 0)
-			tx->head_done = 1;
+			tx->head_done = tx->head_ended = 1;
 	if (tx->headlen >= SMTP_HEAD_MAX)
 		tx->head_done = 1;
 }
@@ -1077,8 +1078,15 @@ from_allowed(struct smtp_session *s)
 	size_t		 i;
 	int		 ok = 1;
 
-	if (s->cfg->nsenders == 0 || tx->head == NULL)
+	if (s->cfg->nsenders == 0 || !policy_sender_restricted(s->cfg,
+	    s->user, (struct sockaddr *)&s->ss))
 		return 1;
+	if (tx->head == NULL || !tx->head_ended) {
+		/* A From: past what was kept must not slip through. */
+		smtp_error(s, "550 5.7.1 Header block too large to check From: "
+		    "(more than %d bytes; see [senders])", SMTP_HEAD_MAX);
+		return 0;
+	}
 	from = policy_from_addresses(tx->head, tx->headlen);
 	for (i = 0; from[i] != NULL && ok; i++) {
 		if (policy_sender_ok(s->cfg, s->user,
