@@ -110,6 +110,7 @@ struct smtp_session {
 	uint64_t		 bdat_chunk;
 	int			 bdat_last;
 	int			 discard_line;
+	uint64_t		 line_started;	/* ms; 0: no partial line */
 	unsigned		 nerrors;
 	unsigned		 nmsgs;
 	int			 freeing;
@@ -1181,6 +1182,26 @@ feed_line(struct smtp_session *s, struct evbuffer *in)
 
 	eol = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
 	if (eol.pos == -1) {
+		/*
+		 * A command must be complete within command_timeout of its
+		 * first byte: a client trickling a byte at a time is never
+		 * idle, but must not hold a connection for ever.
+		 */
+		if (evbuffer_get_length(in) > 0) {
+			uint64_t now = now_ms();
+
+			if (s->line_started == 0)
+				s->line_started = now;
+			else if (now - s->line_started >
+			    s->cfg->command_timeout_ms) {
+				evbuffer_drain(in, evbuffer_get_length(in));
+				smtp_reply(s, "421 4.4.2 %s Timeout exceeded "
+				    "(command not completed in time), closing "
+				    "connection", s->cfg->hostname);
+				smtp_close(s, "command too slow");
+				return 0;
+			}
+		}
 		if (evbuffer_get_length(in) <= line_max)
 			return 0;
 		evbuffer_drain(in, evbuffer_get_length(in));
@@ -1192,6 +1213,7 @@ feed_line(struct smtp_session *s, struct evbuffer *in)
 		return 0;
 	}
 	len = (size_t)eol.pos;
+	s->line_started = 0;
 	if (s->discard_line || len > line_max) {
 		evbuffer_drain(in, len + eol_len);
 		if (!s->discard_line)
