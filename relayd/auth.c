@@ -240,11 +240,10 @@ load_users(const char *path, FILE *errf, struct user **out, size_t *nout)
 			fclose(fp);
 		return 1;
 	}
-	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+	if (check_private_mode("users_file", path, (unsigned)st.st_mode,
+	    line, sizeof(line)) == -1) {
 		if (errf != NULL)
-			fprintf(errf, "users_file \"%s\" is open to group or "
-			    "others (mode %04o); run: chmod 600 %s\n", path,
-			    (unsigned)(st.st_mode & 07777), path);
+			fprintf(errf, "%s\n", line);
 		errors++;
 	}
 	while (fgets(line, sizeof(line), fp) != NULL) {

@@ -672,6 +672,7 @@ check_secret_file(struct parser *p, int line, const char *what,
     const char *path)
 {
 	struct stat	 st;
+	char		 err[1024];
 	int		 fd;
 
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
@@ -684,10 +685,9 @@ check_secret_file(struct parser *p, int line, const char *what,
 	close(fd);
 	if (!S_ISREG(st.st_mode))
 		perr(p, line, "%s \"%s\" is not a regular file", what, path);
-	else if (st.st_mode & (S_IRWXG | S_IRWXO))
-		perr(p, line, "%s \"%s\" is open to group or others (mode "
-		    "%04o); run: chmod 600 %s", what, path,
-		    (unsigned)(st.st_mode & 07777), path);
+	else if (check_private_mode(what, path, (unsigned)st.st_mode, err,
+	    sizeof(err)) == -1)
+		perr(p, line, "%s", err);
 }
 
 /* Is a URL's host[:port] (up to / ? #) this machine, exactly? */

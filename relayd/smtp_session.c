@@ -1313,12 +1313,19 @@ tls_hello(struct smtp_session *s)
 	return 1;
 }
 
+/* Input buffered per client: at least a whole command line, or none ends. */
+static size_t
+read_highwat(const struct config *cfg)
+{
+	return cfg->max_line_length + 3 > SMTP_READ_HIGHWAT ?
+	    cfg->max_line_length + 3 : SMTP_READ_HIGHWAT;
+}
+
 /* Puts TLS under the session: at accept (implicit) or after STARTTLS. */
 static int
 tls_wrap(struct smtp_session *s, int fd)
 {
 	struct bufferevent	*bev;
-	struct timeval		 tv;
 
 	if ((s->ssl = SSL_new(smtp_listener_tls(s->listener))) == NULL)
 		return -1;
@@ -1338,13 +1345,9 @@ tls_wrap(struct smtp_session *s, int fd)
 	s->bev = bev;
 	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
 	bufferevent_setcb(bev, read_cb, write_cb, event_cb, s);
-	bufferevent_setwatermark(bev, EV_READ, 0,
-	    s->cfg->max_line_length + 3 > SMTP_READ_HIGHWAT ?
-	    s->cfg->max_line_length + 3 : SMTP_READ_HIGHWAT);
-	tv.tv_sec = (time_t)(s->cfg->command_timeout_ms / 1000);
-	tv.tv_usec = (suseconds_t)(s->cfg->command_timeout_ms % 1000) * 1000;
-	bufferevent_set_timeouts(bev, &tv, &tv);
-	s->timeout_ms = s->cfg->command_timeout_ms;
+	bufferevent_setwatermark(bev, EV_READ, 0, read_highwat(s->cfg));
+	s->timeout_ms = 0;		/* a new bufferevent: arm its timeouts */
+	smtp_enter(s, s->state);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
 	return 0;
 }
@@ -1587,10 +1590,7 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 	bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
 	/* Replies are written eagerly; see smtp_flush. */
 	bufferevent_disable(s->bev, EV_WRITE);
-	/* Buffer at least one whole command line, or it never completes. */
-	bufferevent_setwatermark(s->bev, EV_READ, 0,
-	    cfg->max_line_length + 3 > SMTP_READ_HIGHWAT ?
-	    cfg->max_line_length + 3 : SMTP_READ_HIGHWAT);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, read_highwat(cfg));
 	bufferevent_enable(s->bev, EV_READ);
 	log_info("%016" PRIx64 " smtp connect client=%s listener=%s relay=%s",
 	    s->id, s->addr, smtp_listener_name(l), s->relay_ok ? "yes" : "no");

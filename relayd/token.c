@@ -97,9 +97,8 @@ read_secret(const char *path, char *err, size_t errlen)
 			close(fd);
 		return NULL;
 	}
-	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-		snprintf(err, errlen, "client secret %s is open to group or "
-		    "others; run: chmod 600 %s", path, path);
+	if (check_private_mode("client_secret_file", path,
+	    (unsigned)st.st_mode, err, errlen) == -1) {
 		close(fd);
 		return NULL;
 	}

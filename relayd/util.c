@@ -201,6 +201,17 @@ parse_duration_ms(const char *s, uint64_t *out)
 	return -1;
 }
 
+int
+check_private_mode(const char *what, const char *path, unsigned mode,
+    char *err, size_t errlen)
+{
+	if ((mode & 077) == 0)
+		return 0;
+	snprintf(err, errlen, "%s \"%s\" is open to group or others (mode "
+	    "%04o); run: chmod 600 %s", what, path, mode & 07777, path);
+	return -1;
+}
+
 uint64_t
 now_ms(void)
 {

@@ -24,6 +24,14 @@ int	 parse_u64(const char *, uint64_t, uint64_t, uint64_t *);
 int	 parse_size(const char *, uint64_t *);		/* 35M, 512k, 1048576 */
 int	 parse_duration_ms(const char *, uint64_t *);	/* 300s, 5m, 250ms, 1h */
 
+/*
+ * A secret's file mode: -1 with "WHAT "PATH" is open to group or others
+ * (mode 0644); run: chmod 600 PATH" in err if group or others have any
+ * access to it.
+ */
+int	 check_private_mode(const char *, const char *, unsigned, char *,
+	    size_t);
+
 uint64_t now_ms(void);		/* CLOCK_MONOTONIC */
 uint64_t wall_us(void);		/* CLOCK_REALTIME */
 
