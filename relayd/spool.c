@@ -2,32 +2,65 @@
  * spool.c - the durable queue.
  *
  * Layout under spool_dir:
- *   tmp/      messages being received; anything here at start is a leftover
- *             of an interrupted write and is removed.
- *   queue/    whole messages, one file each, named by queue id.
- *   corrupt/  files found in queue/ that fail the framing check.
- *   dead/     messages Graph refused for good, each beside a .reason file.
+ *   tmp/      messages being received where O_TMPFILE is not available;
+ *             anything here at start is a leftover and is removed.
+ *   queue/    segment files: one or more message records back to back,
+ *             each file named by the queue id of its first record.
+ *   corrupt/  segments found damaged at start (moved, or copied when whole
+ *             records before the damage stay queued).
+ *   dead/     messages Graph refused for good: a copy of the record beside
+ *             a .reason file.
  *
- * A spool file is an envelope of "key: value" lines after a version line,
- * a blank line, the message bytes as received (CRLF, dot-unstuffed, with our
- * Received: header), and a fixed-size trailer holding the message size:
+ * A record is a version line, a fixed-size state line, a fixed-size size
+ * line, the envelope as "key: value" lines, a blank line, the message bytes
+ * as received (CRLF, dot-unstuffed, with our Received: header), and a
+ * fixed-size trailer repeating the size:
  *
- *   RELAYD-SPOOL 1\n id: ...\n ... rcpt: ...\n \n <message> RELAYD-END <size>\n
+ *   RELAYD-SPOOL 2\n
+ *   state: Q attempts=00000 next=0000000000000 error=<padding>\n  (200 bytes)
+ *   size: <20 digits>\n
+ *   id: ...\n arrival: ...\n ... rcpt: ...\n \n <message> RELAYD-END <size>\n
  *
- * A file only gets its name in queue/ after it was written whole and
- * fdatasync'ed, and the directory is fsync'ed before anyone is told. Where
- * the kernel allows, files are created anonymous (O_TMPFILE) and linked into
- * queue/, so an interrupted write leaves nothing behind; otherwise they are
- * written in tmp/ and renamed. Small messages stay in memory until commit, so
- * the event loop does no file-system work for them.
+ * The state line is rewritten in place (pwrite, not synced): Q queued, H
+ * held, D delivered, X dead-lettered, with the retry state. A crash that
+ * loses such a write can only send a message again, never lose one. A
+ * segment whose records are all D or X is deleted.
  *
- * Commits are grouped: a single thread takes every commit pending, creates
- * and writes the files, starts write-back on all of them, waits for each,
- * links them and fsyncs the directory once. The event loop hears back
- * through a pipe. Nothing else crosses threads.
+ * Why segments: on ext4 without a journal creating a file right after
+ * others were deleted is slow (recently_deleted(), see NOTES.md), and each
+ * fdatasync is a device flush. One file per message capped intake near
+ * 4,000 msg/s here. So small messages are appended to one open segment,
+ * a commit batch at a time (one pwritev, one fdatasync), until it holds
+ * SEG_MAX bytes; the segment's space is allocated ahead, so an append does
+ * not change the file's size. The open segment is closed when it is full,
+ * when all its records are done (then removed), or at stop.
+ *
+ * A segment only gets its name in queue/ after its first batch was written
+ * and fdatasync'ed, and the directory is fsync'ed before anyone is told; a
+ * later batch is acknowledged after its fdatasync. A batch that fails is
+ * cut off again (ftruncate) and the segment closed. Where the kernel
+ * allows, files are created anonymous (O_TMPFILE) and linked into queue/,
+ * so an interrupted write leaves nothing behind; otherwise they are written
+ * in tmp/ and renamed. Small messages stay in memory until commit; a
+ * message that outgrows SPOOL_BUF_SIZE is spilled into a segment of its
+ * own as it arrives.
+ *
+ * At start every segment is read: queued records (Q, H) are indexed, a
+ * NUL byte where a record would start ends the segment (space allocated
+ * ahead), and damage sets the segment aside in corrupt/ (moved, or copied
+ * when whole queued records come before the damage; those stay queued).
+ *
+ * Commits are grouped: a single thread takes every commit pending, writes
+ * the batch, fdatasyncs the files it touched (with helper threads when
+ * there are several), links new ones and fsyncs the directory once. The
+ * event loop hears back through a pipe. The index (queue id -> segment and
+ * offset) is shared under a mutex so that delivery threads can map a
+ * message.
  */
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include <dirent.h>
 #include <errno.h>
@@ -48,25 +81,65 @@
 
 #define SPOOL_MAGIC		"RELAYD-SPOOL "
 #define SPOOL_END_MAGIC		"RELAYD-END "
+#define MAGIC_LINE_LEN		15		/* "RELAYD-SPOOL 2\n" */
+#define STATE_OFF		MAGIC_LINE_LEN
+#define STATE_CHAR_OFF		(STATE_OFF + 7)	/* after "state: " */
+#define STATE_TEXT_LEN		49		/* up to "error=" */
+#define SIZE_OFF		(STATE_OFF + SPOOL_STATE_LEN)
+#define SIZE_DIGITS_OFF		(SIZE_OFF + 6)	/* after "size: " */
+#define SIZE_LINE_LEN		27
+#define ENVELOPE_OFF		(SIZE_OFF + SIZE_LINE_LEN)
 #define SPOOL_BUF_SIZE		(64 * 1024)	/* held in memory, then spilled */
 #define SPOOL_HEAD_MAX		(512 * 1024)	/* 500 recipients fit */
 #define SPOOL_SYNC_HELPERS	3	/* threads that fdatasync with the committer */
+#define INDEX_MIN		1024
+#define SEG_MAX			(4 * 1024 * 1024) /* then a new segment */
+#define IOV_BATCH		64		/* records per pwritev */
 
+struct seg;
 
 struct spool_msg {
 	struct spool		*spool;
 	char			 qid[SPOOL_QID_LEN + 1];
 	int			 fd;		/* -1 until created */
 	int			 named;		/* fd is tmp/<qid> (LINK_RENAME) */
-	int			 linked;	/* now in queue/ */
 	int			 err;		/* sticky errno */
 	uint64_t		 size;		/* message bytes so far */
+	uint64_t		 total;		/* record bytes so far */
+	uint64_t		 off;		/* record offset in its segment */
+	struct seg		*seg;		/* where it was committed */
 	char			*mail_from;
 	char			*buf;
 	size_t			 buflen;
 	spool_done_cb		*cb;
 	void			*cbarg;
 	struct spool_msg	*next;
+};
+
+/*
+ * A segment file in queue/. live and open are shared (idx_lock); the rest
+ * belongs to the commit thread while the file is being written.
+ */
+struct seg {
+	char			 name[SPOOL_QID_LEN + 1];
+	size_t			 live;		/* records still queued */
+	int			 open;		/* batches may still be appended */
+	int			 fd;		/* while written, else -1 */
+	int			 named;		/* fd is tmp/<name> (LINK_RENAME) */
+	int			 linked;	/* has its name in queue/ */
+	int			 fresh;		/* linked by this batch */
+	int			 err;
+	uint64_t		 end;		/* bytes written and kept */
+	uint64_t		 alloc;		/* preallocated size */
+};
+
+/* Where a queued message lives. */
+struct rec {
+	char			 qid[SPOOL_QID_LEN + 1];
+	struct seg		*seg;
+	uint64_t		 off;
+	uint64_t		 len;
+	struct rec		*hnext;
 };
 
 /* How a written file gets its name in queue/ (probed at open). */
@@ -88,9 +161,16 @@ struct spool {
 
 	struct spool_entry	*entries;	/* found at open */
 	size_t			 nentries;
-	size_t			 count;		/* now in queue/ */
 	spool_queued_cb		*queued_cb;
 	void			*queued_arg;
+
+	/* The index: queue id -> record, shared with delivery threads. */
+	pthread_mutex_t		 idx_lock;
+	struct rec		**tab;
+	size_t			 tabsize;	/* a power of two */
+	size_t			 nrecs;
+	size_t			 nsegs;		/* linked and not yet removed */
+	struct seg		*cur;		/* appended to (commit thread) */
 
 	/* Commit thread. pending: loop -> thread; done: thread -> loop. */
 	pthread_t		 thread;
@@ -100,6 +180,7 @@ struct spool {
 	pthread_cond_t		 cond;
 	struct spool_msg	*pending;
 	struct spool_msg	*done;
+	int			 retire;	/* the open segment emptied */
 	int			 notify[2];
 	struct event		*notify_ev;
 	uint64_t		 ncommits;	/* commit thread only */
@@ -108,18 +189,19 @@ struct spool {
 	/*
 	 * fdatasync helpers. Concurrent fdatasyncs let the block layer merge
 	 * their cache flushes: measured here, a batch of 16 took 3.0 ms one
-	 * after another and 1.4 ms from four threads.
+	 * after another and 1.4 ms from four threads. With segments they
+	 * serve batches that hold spilled (big) messages.
 	 */
 	pthread_t		 helpers[SPOOL_SYNC_HELPERS];
 	int			 nhelpers;
 	pthread_cond_t		 sync_work;
 	pthread_cond_t		 sync_done;
-	struct spool_msg	**sync_items;
+	struct seg		**sync_items;
 	size_t			 sync_n, sync_next, sync_finished;
 	unsigned		 sync_gen;
 };
 
-static void	 spool_new_qid(struct spool *, char *);
+static int	copy_range(int, uint64_t, int, uint64_t);
 
 static int
 open_subdir(int dirfd, const char *name)
@@ -153,28 +235,104 @@ spool_new_qid(struct spool *sp, char *qid)
 	    us & (uint64_t)0xfffffffffffff, sp->seq);
 }
 
-int
-spool_parse(const char *head, size_t headlen, const char *trailer,
-    uint64_t filesize, struct spool_entry *e, const char **why)
+/* ---- records ---- */
+
+void
+spool_format_state(char *line, char state, unsigned attempts,
+    uint64_t next_ms, const char *error)
 {
-	const char	*p = head, *end = head + headlen, *nl;
-	char		 num[24];
-	uint64_t	 size;
+	char	 head[STATE_TEXT_LEN + 1];
+	size_t	 i, n;
+
+	if (attempts > 99999)
+		attempts = 99999;
+	if (next_ms > UINT64_C(9999999999999))
+		next_ms = UINT64_C(9999999999999);
+	snprintf(head, sizeof(head), "state: %c attempts=%05u next=%013"
+	    PRIu64 " error=", state, attempts, next_ms);
+	memcpy(line, head, STATE_TEXT_LEN);
+	n = error != NULL ? strlen(error) : 0;
+	for (i = 0; i < SPOOL_ERROR_MAX; i++) {
+		unsigned char c = i < n ? (unsigned char)error[i] : ' ';
+		line[STATE_TEXT_LEN + i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
+	}
+	line[SPOOL_STATE_LEN - 1] = '\n';
+}
+
+/* Reads the state line; a damaged one (a torn in-place write) means "queued". */
+static void
+parse_state(const char *line, struct spool_entry *e)
+{
+	char	 num[16];
+	size_t	 n;
+
+	e->state = SPOOL_QUEUED;
+	e->attempts = 0;
+	e->next_ms = 0;
+	e->error[0] = '\0';
+	if (memcmp(line, "state: ", 7) != 0 ||
+	    memcmp(line + 8, " attempts=", 10) != 0 ||
+	    memcmp(line + 23, " next=", 6) != 0 ||
+	    memcmp(line + 42, " error=", 7) != 0 ||
+	    strchr("QHDX", line[7]) == NULL || line[7] == '\0')
+		return;
+	e->state = line[7];
+	memcpy(num, line + 18, 5);
+	num[5] = '\0';
+	e->attempts = (unsigned)strtoul(num, NULL, 10);
+	memcpy(num, line + 29, 13);
+	num[13] = '\0';
+	e->next_ms = strtoull(num, NULL, 10);
+	memcpy(e->error, line + STATE_TEXT_LEN, SPOOL_ERROR_MAX);
+	n = SPOOL_ERROR_MAX;
+	while (n > 0 && e->error[n - 1] == ' ')
+		n--;
+	e->error[n] = '\0';
+}
+
+static int
+parse_digits(const char *digits, uint64_t *size)
+{
+	char	 num[21];
+
+	memcpy(num, digits, 20);
+	num[20] = '\0';
+	return parse_u64(num, 0, UINT64_MAX, size);
+}
+
+int
+spool_parse(const char *rec, size_t avail, struct spool_entry *e,
+    const char **why)
+{
+	const char	*p, *end, *nl, *trailer;
+	uint64_t	 size, tsize;
 	int		 have_id = 0;
 
 	memset(e, 0, sizeof(*e));
-	if (headlen < sizeof(SPOOL_MAGIC) ||
-	    memcmp(head, SPOOL_MAGIC, sizeof(SPOOL_MAGIC) - 1) != 0) {
-		*why = "not a relayd spool file";
+	if (avail < sizeof(SPOOL_MAGIC) - 1 ||
+	    memcmp(rec, SPOOL_MAGIC, sizeof(SPOOL_MAGIC) - 1) != 0) {
+		*why = "not a relayd spool record";
 		return -1;
 	}
-	if (strncmp(head + sizeof(SPOOL_MAGIC) - 1, "1\n", 2) != 0) {
-		*why = "unsupported spool format version";
+	if (avail < ENVELOPE_OFF ||
+	    memcmp(rec + sizeof(SPOOL_MAGIC) - 1, "2\n", 2) != 0) {
+		*why = avail < ENVELOPE_OFF ? "record is cut short" :
+		    "unsupported spool format version";
 		return -1;
 	}
-	p += sizeof(SPOOL_MAGIC) + 1;
+	if (rec[SIZE_OFF - 1] != '\n' ||
+	    memcmp(rec + SIZE_OFF, "size: ", 6) != 0 ||
+	    rec[ENVELOPE_OFF - 1] != '\n' ||
+	    parse_digits(rec + SIZE_DIGITS_OFF, &size) == -1) {
+		*why = "bad state or size line";
+		return -1;
+	}
+	parse_state(rec + STATE_OFF, e);
+	p = rec + ENVELOPE_OFF;
+	end = rec + (avail < SPOOL_HEAD_MAX ? avail : SPOOL_HEAD_MAX);
 	for (;;) {
-		if ((nl = memchr(p, '\n', (size_t)(end - p))) == NULL) {
+		if (p >= end || (nl = memchr(p, '\n', (size_t)(end - p))) ==
+		    NULL) {
 			*why = "envelope is cut short";
 			goto fail;
 		}
@@ -203,25 +361,28 @@ spool_parse(const char *head, size_t headlen, const char *trailer,
 		/* Unknown keys are kept for newer readers. */
 		p = nl + 1;
 	}
-	e->body_offset = (uint64_t)(p - head);
+	e->body_offset = (uint64_t)(p - rec);
 	if (!have_id || e->mail_from == NULL || e->nrcpts == 0) {
 		*why = "envelope lacks id, mail-from or rcpt";
 		goto fail;
 	}
-	if (filesize < e->body_offset + SPOOL_TRAILER_LEN ||
-	    memcmp(trailer, SPOOL_END_MAGIC, sizeof(SPOOL_END_MAGIC) - 1) != 0 ||
-	    trailer[SPOOL_TRAILER_LEN - 1] != '\n') {
-		*why = "end marker missing (file was cut short)";
+	if (size > avail || avail - size < e->body_offset + SPOOL_TRAILER_LEN) {
+		*why = "end marker missing (record was cut short)";
 		goto fail;
 	}
-	memcpy(num, trailer + sizeof(SPOOL_END_MAGIC) - 1, 20);
-	num[20] = '\0';
-	if (parse_u64(num, 0, UINT64_MAX, &size) == -1 ||
-	    size != filesize - e->body_offset - SPOOL_TRAILER_LEN) {
-		*why = "size in end marker does not match the file";
+	trailer = rec + e->body_offset + size;
+	if (memcmp(trailer, SPOOL_END_MAGIC, sizeof(SPOOL_END_MAGIC) - 1) !=
+	    0 || trailer[SPOOL_TRAILER_LEN - 1] != '\n') {
+		*why = "end marker missing (record was cut short)";
+		goto fail;
+	}
+	if (parse_digits(trailer + sizeof(SPOOL_END_MAGIC) - 1, &tsize) == -1 ||
+	    tsize != size) {
+		*why = "size in end marker does not match the record";
 		goto fail;
 	}
 	e->size = size;
+	e->reclen = e->body_offset + size + SPOOL_TRAILER_LEN;
 	return 0;
 fail:
 	spool_entry_clear(e);
@@ -242,54 +403,126 @@ spool_entry_clear(struct spool_entry *e)
 	e->nrcpts = 0;
 }
 
-/* Reads and checks queue/<name>; 0 and a filled entry if whole. */
+/* ---- the index (callers hold idx_lock) ---- */
+
+static size_t
+qid_hash(const char *qid)
+{
+	uint64_t	 h = UINT64_C(14695981039346656037);
+	size_t		 i;
+
+	for (i = 0; i < SPOOL_QID_LEN && qid[i] != '\0'; i++)
+		h = (h ^ (unsigned char)qid[i]) * UINT64_C(1099511628211);
+	return (size_t)h;
+}
+
+static struct rec **
+idx_slot(struct spool *sp, const char *qid)
+{
+	struct rec	**rp;
+
+	if (sp->tabsize == 0)
+		return NULL;
+	rp = &sp->tab[qid_hash(qid) & (sp->tabsize - 1)];
+	while (*rp != NULL && strcmp((*rp)->qid, qid) != 0)
+		rp = &(*rp)->hnext;
+	return rp;
+}
+
+static void
+idx_insert(struct spool *sp, struct rec *r)
+{
+	struct rec	**tab, *x, *next;
+	size_t		 i, size, h;
+
+	if (sp->nrecs + 1 > sp->tabsize) {
+		size = sp->tabsize ? sp->tabsize * 2 : INDEX_MIN;
+		tab = xcalloc(size, sizeof(*tab));
+		for (i = 0; i < sp->tabsize; i++)
+			for (x = sp->tab[i]; x != NULL; x = next) {
+				next = x->hnext;
+				h = qid_hash(x->qid) & (size - 1);
+				x->hnext = tab[h];
+				tab[h] = x;
+			}
+		free(sp->tab);
+		sp->tab = tab;
+		sp->tabsize = size;
+	}
+	h = qid_hash(r->qid) & (sp->tabsize - 1);
+	r->hnext = sp->tab[h];
+	sp->tab[h] = r;
+	sp->nrecs++;
+}
+
+static struct rec *
+idx_find(struct spool *sp, const char *qid)
+{
+	struct rec	**rp = idx_slot(sp, qid);
+
+	return rp != NULL ? *rp : NULL;
+}
+
+static struct rec *
+idx_unlink(struct spool *sp, const char *qid)
+{
+	struct rec	**rp = idx_slot(sp, qid), *r;
+
+	if (rp == NULL || (r = *rp) == NULL)
+		return NULL;
+	*rp = r->hnext;
+	sp->nrecs--;
+	return r;
+}
+
+static struct seg *
+seg_new(struct spool *sp, const char *name)
+{
+	struct seg	*s = xcalloc(1, sizeof(*s));
+
+	snprintf(s->name, sizeof(s->name), "%s", name);
+	s->fd = -1;
+	s->linked = 1;		/* found in queue/; new ones say otherwise */
+	sp->nsegs++;
+	return s;
+}
+
+static void
+idx_add(struct spool *sp, struct seg *s, const char *qid, uint64_t off,
+    uint64_t len)
+{
+	struct rec	*r = xcalloc(1, sizeof(*r));
+
+	snprintf(r->qid, sizeof(r->qid), "%s", qid);
+	r->seg = s;
+	r->off = off;
+	r->len = len;
+	s->live++;
+	idx_insert(sp, r);
+}
+
+/* Where qid lives: copies out what a caller needs without the lock. */
 static int
-spool_check_file(struct spool *sp, const char *name, struct spool_entry *e,
-    const char **why)
+idx_locate(struct spool *sp, const char *qid, char *seg, uint64_t *off,
+    uint64_t *len)
 {
-	struct stat	 st;
-	int		 fd, r;
+	struct rec	*r;
 
-	if ((fd = openat(sp->queuefd, name, O_RDONLY | O_CLOEXEC)) == -1) {
-		*why = strerror(errno);
+	pthread_mutex_lock(&sp->idx_lock);
+	if ((r = idx_find(sp, qid)) != NULL) {
+		memcpy(seg, r->seg->name, SPOOL_QID_LEN + 1);
+		*off = r->off;
+		*len = r->len;
+	}
+	pthread_mutex_unlock(&sp->idx_lock);
+	if (r == NULL) {
+		errno = ENOENT;
 		return -1;
 	}
-	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode)) {
-		*why = "not a regular file";
-		close(fd);
-		return -1;
-	}
-	r = spool_read_entry(fd, (uint64_t)st.st_size, e, why);
-	if (r == 0 && strcmp(e->qid, name) != 0) {
-		*why = "queue id does not match the file name";
-		spool_entry_clear(e);
-		r = -1;
-	}
-	close(fd);
-	return r;
+	return 0;
 }
 
-int
-spool_read_entry(int fd, uint64_t filesize, struct spool_entry *e,
-    const char **why)
-{
-	char		*head, trailer[SPOOL_TRAILER_LEN];
-	ssize_t		 n;
-	int		 r = -1;
-
-	head = xmalloc(SPOOL_HEAD_MAX);
-	n = pread(fd, head, SPOOL_HEAD_MAX, 0);
-	if (n < 0)
-		*why = strerror(errno);
-	else if (filesize < SPOOL_TRAILER_LEN ||
-	    pread(fd, trailer, sizeof(trailer), (off_t)(filesize -
-	    SPOOL_TRAILER_LEN)) != SPOOL_TRAILER_LEN)
-		*why = "end marker missing (file was cut short)";
-	else if (spool_parse(head, (size_t)n, trailer, filesize, e, why) == 0)
-		r = 0;
-	free(head);
-	return r;
-}
+/* ---- recovery ---- */
 
 static int
 entry_cmp(const void *a, const void *b)
@@ -298,16 +531,129 @@ entry_cmp(const void *a, const void *b)
 	    ((const struct spool_entry *)b)->qid);
 }
 
+/*
+ * A copy, not a link: the records that stay queued get their state marks
+ * rewritten in place, the copy keeps the file as it was found. One made at
+ * an earlier start is kept.
+ */
+static void
+copy_aside(int from, int to, const char *name)
+{
+	struct stat	 st;
+	int		 in, out = -1;
+
+	if ((in = openat(from, name, O_RDONLY | O_CLOEXEC)) == -1 ||
+	    fstat(in, &st) == -1 ||
+	    (out = openat(to, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC,
+	    0600)) == -1) {
+		if (errno != EEXIST)
+			log_warn("spool: cannot copy queue/%s to corrupt/",
+			    name);
+	} else if (copy_range(in, 0, out, (uint64_t)st.st_size) == -1 ||
+	    fdatasync(out) == -1)
+		log_warn("spool: cannot copy queue/%s to corrupt/", name);
+	if (in != -1)
+		close(in);
+	if (out != -1)
+		close(out);
+}
+
+static void
+set_aside(struct spool *sp, const char *name, uint64_t bad_off,
+    size_t nlive, const char *why)
+{
+	int	 cfd;
+
+	if ((cfd = open_subdir(sp->dirfd, "corrupt")) == -1) {
+		log_warn("spool: queue/%s is damaged (%s); cannot open "
+		    "corrupt/", name, why);
+		return;
+	}
+	if (nlive == 0) {
+		log_warnx("spool: queue/%s is damaged (%s); moved to corrupt/",
+		    name, why);
+		if (renameat(sp->queuefd, name, cfd, name) == -1)
+			log_warn("spool: cannot move queue/%s aside", name);
+	} else {
+		log_warnx("spool: queue/%s is damaged at byte %" PRIu64
+		    " (%s); %zu message(s) before it stay queued, a copy is "
+		    "in corrupt/", name, bad_off, why, nlive);
+		copy_aside(sp->queuefd, cfd, name);
+	}
+	fsync(cfd);
+	close(cfd);
+}
+
+/* Reads one segment: its queued records join the index and entries. */
+static void
+recover_segment(struct spool *sp, const char *name)
+{
+	struct spool_entry	 e;
+	struct stat		 st;
+	struct seg		*s = NULL;
+	const char		*why = NULL;
+	char			*map = NULL;
+	uint64_t		 off = 0, reclen;
+	size_t			 nlive = 0;
+	int			 fd;
+
+	if ((fd = openat(sp->queuefd, name, O_RDONLY | O_CLOEXEC)) == -1) {
+		log_warn("spool: cannot read queue/%s", name);
+		return;
+	}
+	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode))
+		why = "not a regular file";
+	else if (st.st_size == 0)
+		why = "empty file";
+	else if ((map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE,
+	    fd, 0)) == MAP_FAILED) {
+		map = NULL;
+		why = strerror(errno);
+	}
+	close(fd);
+	if (why == NULL && map[0] == '\0')
+		why = "starts with NUL bytes";
+	/* A NUL byte where a record would start: space allocated ahead. */
+	while (why == NULL && off < (uint64_t)st.st_size && map[off] != '\0') {
+		if (spool_parse(map + off, (size_t)((uint64_t)st.st_size - off),
+		    &e, &why) == -1)
+			break;
+		if (off == 0 && strcmp(e.qid, name) != 0) {
+			why = "queue id does not match the file name";
+			spool_entry_clear(&e);
+			break;
+		}
+		reclen = e.reclen;
+		if (e.state == SPOOL_QUEUED || e.state == SPOOL_HELD) {
+			if (s == NULL)
+				s = seg_new(sp, name);
+			idx_add(sp, s, e.qid, off, reclen);
+			sp->entries = xrealloc(sp->entries,
+			    (sp->nentries + 1) * sizeof(*sp->entries));
+			sp->entries[sp->nentries++] = e;
+			nlive++;
+		} else
+			spool_entry_clear(&e);
+		off += reclen;
+	}
+	if (map != NULL)
+		munmap(map, (size_t)st.st_size);
+	if (why != NULL)
+		set_aside(sp, name, off, nlive, why);
+	else if (nlive == 0 && unlinkat(sp->queuefd, name, 0) == -1)
+		log_warn("spool: cannot remove delivered queue/%s", name);
+}
+
 /* Empties tmp/ and indexes queue/. */
 static int
 spool_recover(struct spool *sp)
 {
-	struct spool_entry	 e;
 	struct dirent		*de;
-	const char		*why;
 	DIR			*d;
 	size_t			 i;
-	int			 fd, cfd, removed = 0, corrupt = 0;
+	uint64_t		 us;
+	int			 fd, removed = 0;
+	char			 hex[14];
 
 	if ((fd = dup(sp->tmpfd)) == -1 || (d = fdopendir(fd)) == NULL)
 		return -1;
@@ -328,91 +674,70 @@ spool_recover(struct spool *sp)
 
 	if ((fd = dup(sp->queuefd)) == -1 || (d = fdopendir(fd)) == NULL)
 		return -1;
-	while ((de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.')
-			continue;
-		if (spool_check_file(sp, de->d_name, &e, &why) == 0) {
-			sp->entries = xrealloc(sp->entries,
-			    (sp->nentries + 1) * sizeof(*sp->entries));
-			sp->entries[sp->nentries++] = e;
-			continue;
-		}
-		corrupt++;
-		log_warnx("spool: queue/%s is damaged (%s); moved to corrupt/",
-		    de->d_name, why);
-		if ((cfd = open_subdir(sp->dirfd, "corrupt")) == -1 ||
-		    renameat(sp->queuefd, de->d_name, cfd, de->d_name) == -1)
-			log_warn("spool: cannot move queue/%s aside",
-			    de->d_name);
-		if (cfd != -1)
-			close(cfd);
-	}
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.')
+			recover_segment(sp, de->d_name);
 	closedir(d);
-	if (corrupt > 0)
-		fsync(sp->queuefd);
+	fsync(sp->queuefd);
 	for (i = 0; i < sp->nentries; i++) {
-		char hex[14];
 		memcpy(hex, sp->entries[i].qid, 13);
 		hex[13] = '\0';
-		if (strtoull(hex, NULL, 16) > sp->last_us)
-			sp->last_us = strtoull(hex, NULL, 16);
+		if ((us = strtoull(hex, NULL, 16)) > sp->last_us)
+			sp->last_us = us;
 	}
 	if (sp->nentries > 1)
 		qsort(sp->entries, sp->nentries, sizeof(*sp->entries),
 		    entry_cmp);
-	sp->count = sp->nentries;
 	return 0;
-}
-
-/* A message is in queue/: count it and tell delivery (loop thread). */
-static void
-spool_add_entry(struct spool *sp, const struct spool_msg *m)
-{
-	sp->count++;
-	if (sp->queued_cb != NULL)
-		sp->queued_cb(sp->queued_arg, m->qid, m->mail_from, m->size);
 }
 
 /* ---- files ---- */
 
-/* Creates the message's file: anonymous where possible, else tmp/<qid>. */
+/* Creates a file to be linked as queue/<name> later. -1 with errno. */
+static int
+file_create(struct spool *sp, const char *name, int *named)
+{
+	int	 fd;
+
+	*named = 0;
+	if (sp->link_mode == LINK_RENAME) {
+		fd = openat(sp->tmpfd, name,
+		    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+		*named = fd != -1;
+	} else
+		fd = openat(sp->queuefd, ".", O_TMPFILE | O_WRONLY |
+		    O_CLOEXEC, 0600);
+	return fd;
+}
+
+/* A message too big for memory gets its own file. */
 static int
 msg_create(struct spool_msg *m)
 {
-	struct spool	*sp = m->spool;
-
-	if (sp->link_mode == LINK_RENAME) {
-		m->fd = openat(sp->tmpfd, m->qid,
-		    O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-		m->named = m->fd != -1;
-	} else
-		m->fd = openat(sp->queuefd, ".", O_TMPFILE | O_WRONLY |
-		    O_CLOEXEC, 0600);
-	if (m->fd == -1) {
+	if ((m->fd = file_create(m->spool, m->qid, &m->named)) == -1) {
 		m->err = errno;
 		return -1;
 	}
 	return 0;
 }
 
-/* Gives the written, synced file its name in queue/. */
+/* Gives a written, synced segment its name in queue/. */
 static int
-msg_link(struct spool_msg *m)
+seg_link(struct spool *sp, struct seg *s)
 {
-	struct spool	*sp = m->spool;
 	char		 path[64];
 
 	switch (sp->link_mode) {
 	case LINK_EMPTY_PATH:
-		return linkat(m->fd, "", sp->queuefd, m->qid, AT_EMPTY_PATH);
+		return linkat(s->fd, "", sp->queuefd, s->name, AT_EMPTY_PATH);
 	case LINK_PROC:
-		snprintf(path, sizeof(path), "/proc/self/fd/%d", m->fd);
-		return linkat(AT_FDCWD, path, sp->queuefd, m->qid,
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", s->fd);
+		return linkat(AT_FDCWD, path, sp->queuefd, s->name,
 		    AT_SYMLINK_FOLLOW);
 	case LINK_RENAME:
-		if (renameat(sp->tmpfd, m->qid, sp->queuefd, m->qid) == -1)
+		if (renameat(sp->tmpfd, s->name, sp->queuefd, s->name) == -1)
 			return -1;
-		m->named = 0;
+		s->named = 0;
 		return 0;
 	}
 	errno = EINVAL;
@@ -445,7 +770,38 @@ spool_probe(struct spool *sp)
 	close(fd);
 }
 
-static int	msg_flush(struct spool_msg *);
+/* Writes all of data to the message's file; the first error sticks. */
+static int
+msg_write_all(struct spool_msg *m, const char *data, size_t len)
+{
+	ssize_t	 n;
+
+	while (m->err == 0 && len > 0) {
+		n = write(m->fd, data, len);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			m->err = n == 0 ? EIO : errno;
+		else {
+			data += n;
+			len -= (size_t)n;
+		}
+	}
+	if (m->err != 0) {
+		errno = m->err;
+		return -1;
+	}
+	return 0;
+}
+
+static int
+msg_flush(struct spool_msg *m)
+{
+	size_t	 len = m->buflen;
+
+	m->buflen = 0;
+	return msg_write_all(m, m->buf, len);
+}
 
 /* ---- the commit thread ---- */
 
@@ -453,13 +809,13 @@ static int	msg_flush(struct spool_msg *);
 static void
 sync_some(struct spool *sp)
 {
-	struct spool_msg	*m;
+	struct seg	*s;
 
 	while (sp->sync_next < sp->sync_n) {
-		m = sp->sync_items[sp->sync_next++];
+		s = sp->sync_items[sp->sync_next++];
 		pthread_mutex_unlock(&sp->lock);
-		if (fdatasync(m->fd) == -1)
-			m->err = errno;
+		if (fdatasync(s->fd) == -1)
+			s->err = errno;
 		pthread_mutex_lock(&sp->lock);
 		if (++sp->sync_finished == sp->sync_n)
 			pthread_cond_signal(&sp->sync_done);
@@ -485,28 +841,27 @@ sync_helper(void *arg)
 	return NULL;
 }
 
-/* fdatasyncs every healthy file of the batch, helpers joining in. */
+/* Makes the batch's files durable: one fdatasync each, helpers joining in. */
 static void
-sync_all(struct spool *sp, struct spool_msg *batch)
+sync_files(struct spool *sp, struct seg **files, size_t n)
 {
-	struct spool_msg	*m, **items;
-	size_t			 n = 0;
+	size_t	 i;
+	int	 e;
 
-	for (m = batch; m != NULL; m = m->next)
-		if (m->err == 0)
-			n++;
 	if (n == 0)
 		return;
-	items = xcalloc(n, sizeof(*items));
-	n = 0;
-	for (m = batch; m != NULL; m = m->next)
-		if (m->err == 0) {
-			/* Start write-back everywhere so the waits overlap. */
-			sync_file_range(m->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-			items[n++] = m;
-		}
+	if (sp->sync_method == SYNC_SYNCFS && n > 1) {
+		/* One flush for the batch; a failure fails every file. */
+		e = syncfs(sp->queuefd) == -1 ? errno : 0;
+		for (i = 0; i < n; i++)
+			files[i]->err = e;
+		return;
+	}
+	/* Start write-back everywhere so the waits overlap. */
+	for (i = 0; n > 1 && i < n; i++)
+		sync_file_range(files[i]->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 	pthread_mutex_lock(&sp->lock);
-	sp->sync_items = items;
+	sp->sync_items = files;
 	sp->sync_n = n;
 	sp->sync_next = sp->sync_finished = 0;
 	sp->sync_gen++;
@@ -518,53 +873,297 @@ sync_all(struct spool *sp, struct spool_msg *batch)
 	sp->sync_items = NULL;
 	sp->sync_n = sp->sync_next = sp->sync_finished = 0;
 	pthread_mutex_unlock(&sp->lock);
-	free(items);
+}
+
+/* Writes all of data at off; -1 with errno. */
+static int
+pwrite_all(int fd, const char *data, size_t len, uint64_t off)
+{
+	ssize_t	 n;
+
+	while (len > 0) {
+		n = pwrite(fd, data, len, (off_t)off);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			if (n == 0)
+				errno = EIO;
+			return -1;
+		}
+		data += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+/*
+ * No more appends to a segment: close it, and remove it if every record
+ * in it is already done (commit thread, or spool_free).
+ */
+static void
+seg_close(struct spool *sp, struct seg *s)
+{
+	int	 gone;
+
+	if (sp->cur == s)
+		sp->cur = NULL;
+	if (s->fd != -1 && s->alloc > s->end && ftruncate(s->fd,
+	    (off_t)s->end) == -1)
+		log_warn("spool: cannot trim queue/%s", s->name);
+	if (s->fd != -1)
+		close(s->fd);
+	s->fd = -1;
+	if (s->named)
+		unlinkat(sp->tmpfd, s->name, 0);
+	s->named = 0;
+	pthread_mutex_lock(&sp->idx_lock);
+	s->open = 0;
+	gone = s->live == 0;
+	if (gone && s->linked)
+		sp->nsegs--;
+	pthread_mutex_unlock(&sp->idx_lock);
+	if (!gone)
+		return;
+	if (s->linked)
+		unlinkat(sp->queuefd, s->name, 0);
+	free(s);
+}
+
+/* The segment small messages are appended to, made on first use. */
+static struct seg *
+current_segment(struct spool *sp, const char *name)
+{
+	struct seg	*s = sp->cur;
+
+	if (s != NULL && s->end < SEG_MAX)
+		return s;
+	if (s != NULL) {
+		sp->cur = NULL;
+		seg_close(sp, s);
+	}
+	s = xcalloc(1, sizeof(*s));
+	snprintf(s->name, sizeof(s->name), "%s", name);
+	s->open = 1;
+	if ((s->fd = file_create(sp, name, &s->named)) == -1) {
+		s->err = errno;
+		free(s);
+		return NULL;
+	}
+	/*
+	 * Allocated ahead, an append does not change the file's size, and
+	 * its fdatasync writes less: measured here, 0.18 ms against 0.27.
+	 * The unused end reads as NUL bytes and is cut off at close.
+	 */
+	if (fallocate(s->fd, 0, 0, SEG_MAX) == 0)
+		s->alloc = SEG_MAX;
+	sp->cur = s;
+	return s;
+}
+
+/* Appends the gathered records to the segment in one system call or few. */
+static int
+append_iov(struct seg *s, struct iovec *iov, int *niov, uint64_t *pending)
+{
+	ssize_t	 n;
+	int	 i = 0;
+
+	while (s->err == 0 && i < *niov) {
+		n = pwritev(s->fd, iov + i, *niov - i, (off_t)s->end);
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			s->err = n == 0 ? EIO : errno;
+			break;
+		}
+		s->end += (uint64_t)n;
+		for (; i < *niov && (size_t)n >= iov[i].iov_len; i++)
+			n -= (ssize_t)iov[i].iov_len;
+		if (i < *niov) {
+			iov[i].iov_base = (char *)iov[i].iov_base + n;
+			iov[i].iov_len -= (size_t)n;
+		}
+	}
+	*niov = 0;
+	*pending = 0;
+	return s->err == 0 ? 0 : -1;
+}
+
+static void
+fail_members(struct spool_msg *batch, struct seg *s, int err)
+{
+	struct spool_msg	*m;
+
+	for (m = batch; m != NULL; m = m->next)
+		if (m->seg == s && m->err == 0)
+			m->err = err;
+}
+
+/*
+ * Writes the batch: messages still in memory are appended to the current
+ * segment (the first batch of a segment creates it, named after its first
+ * record); spilled ones become segments of their own. Each record's size
+ * line is filled in now. Returns the number of files in files[].
+ */
+static size_t
+write_batch(struct spool *sp, struct spool_msg *batch, struct seg **files,
+    uint64_t *cur_start)
+{
+	struct spool_msg	*m;
+	struct seg		*s, *cur = NULL;
+	struct iovec		 iov[IOV_BATCH];
+	char			 digits[24];
+	uint64_t		 pending = 0;
+	size_t			 n = 0;
+	int			 niov = 0;
+
+	for (m = batch; m != NULL; m = m->next) {
+		if (m->err != 0)
+			continue;
+		snprintf(digits, sizeof(digits), "%020" PRIu64, m->size);
+		if (m->fd != -1) {
+			if (msg_flush(m) == -1 || pwrite_all(m->fd, digits, 20,
+			    SIZE_DIGITS_OFF) == -1) {
+				m->err = m->err ? m->err : errno;
+				continue;
+			}
+			s = xcalloc(1, sizeof(*s));
+			snprintf(s->name, sizeof(s->name), "%s", m->qid);
+			s->fd = m->fd;
+			s->named = m->named;
+			s->end = m->total;
+			m->fd = -1;
+			m->named = 0;
+			m->seg = s;
+			m->off = 0;
+			files[n++] = s;
+			continue;
+		}
+		memcpy(m->buf + SIZE_DIGITS_OFF, digits, 20);
+		if (cur == NULL) {
+			if ((cur = current_segment(sp, m->qid)) == NULL) {
+				m->err = errno;
+				continue;
+			}
+			*cur_start = cur->end;
+			files[n++] = cur;
+		}
+		m->seg = cur;
+		m->off = cur->end + pending;
+		if (niov == IOV_BATCH && append_iov(cur, iov, &niov,
+		    &pending) == -1)
+			continue;
+		iov[niov].iov_base = m->buf;
+		iov[niov++].iov_len = m->buflen;
+		pending += m->buflen;
+	}
+	if (cur != NULL)
+		append_iov(cur, iov, &niov, &pending);
+	return n;
 }
 
 static void
 commit_batch(struct spool *sp, struct spool_msg *batch)
 {
 	struct spool_msg	*m;
+	struct seg		**files, **ok, *s;
+	uint64_t		 cur_start = 0;
+	size_t			 i, n = 0, nok = 0;
 	int			 dir_err = 0, linked = 0;
 
-	/* Small messages get their files only now, off the event loop. */
 	for (m = batch; m != NULL; m = m->next)
-		if (m->err == 0 && (m->fd != -1 || msg_create(m) == 0))
-			msg_flush(m);
-	if (sp->sync_method == SYNC_SYNCFS && batch->next != NULL) {
-		/* One flush for the batch; a failure fails every message. */
-		int e = syncfs(sp->queuefd) == -1 ? errno : 0;
-		for (m = batch; m != NULL; m = m->next)
-			if (m->err == 0)
-				m->err = e;
-	} else
-		sync_all(sp, batch);
-	for (m = batch; m != NULL; m = m->next) {
-		if (m->err == 0 && msg_link(m) == -1)
-			m->err = errno;
-		if (m->fd != -1 && close(m->fd) == -1 && m->err == 0)
-			m->err = errno;
-		m->fd = -1;
-		if (m->named) {
-			unlinkat(sp->tmpfd, m->qid, 0);
-			m->named = 0;
+		n++;
+	files = xcalloc(n + 1, sizeof(*files));
+	n = write_batch(sp, batch, files, &cur_start);
+	/* Only healthy files are synced. */
+	ok = xcalloc(n + 1, sizeof(*ok));
+	for (i = 0; i < n; i++) {
+		files[i]->fresh = 0;
+		if (files[i]->err == 0)
+			ok[nok++] = files[i];
+	}
+	sync_files(sp, ok, nok);
+	free(ok);
+	for (i = 0; i < n; i++) {
+		s = files[i];
+		if (s->err == 0 && !s->linked) {
+			if (seg_link(sp, s) == -1)
+				s->err = errno;
+			else {
+				s->linked = s->fresh = 1;
+				linked++;
+			}
 		}
-		if (m->err == 0) {
-			m->linked = 1;
-			linked++;
-		} else if (m->linked)
-			unlinkat(sp->queuefd, m->qid, 0);
 	}
 	if (linked > 0 && fsync(sp->queuefd) == -1)
 		dir_err = errno;
-	if (dir_err == 0)
-		return;
-	/* The names may not survive a crash: refuse them all. */
-	for (m = batch; m != NULL; m = m->next)
-		if (m->err == 0) {
-			m->err = dir_err;
-			unlinkat(sp->queuefd, m->qid, 0);
+
+	for (i = 0; i < n; i++) {
+		s = files[i];
+		if (s->fresh && dir_err != 0) {
+			/* The name may not survive a crash: refuse it all. */
+			s->err = dir_err;
+			unlinkat(sp->queuefd, s->name, 0);
+			s->linked = 0;
 		}
+		if (s->err != 0) {
+			fail_members(batch, s, s->err);
+			if (s == sp->cur && s->linked) {
+				/* Cut the failed batch off; start afresh. */
+				if (ftruncate(s->fd, (off_t)cur_start) == -1)
+					log_warn("spool: cannot cut queue/%s "
+					    "back", s->name);
+				s->end = cur_start;
+				s->err = 0;
+				seg_close(sp, s);
+			} else {
+				if (s == sp->cur)
+					sp->cur = NULL;
+				if (s->fd != -1)
+					close(s->fd);
+				if (s->named)
+					unlinkat(sp->tmpfd, s->name, 0);
+				if (s->linked)
+					unlinkat(sp->queuefd, s->name, 0);
+				free(s);
+			}
+			files[i] = NULL;
+		}
+	}
+
+	/* Durable: into the index. */
+	pthread_mutex_lock(&sp->idx_lock);
+	for (i = 0; i < n; i++)
+		if (files[i] != NULL && files[i]->fresh)
+			sp->nsegs++;
+	for (m = batch; m != NULL; m = m->next)
+		if (m->err == 0)
+			idx_add(sp, m->seg, m->qid, m->off, m->total);
+	pthread_mutex_unlock(&sp->idx_lock);
+	/* A spilled message's segment is complete. */
+	for (i = 0; i < n; i++)
+		if (files[i] != NULL && files[i] != sp->cur)
+			seg_close(sp, files[i]);
+	free(files);
+}
+
+/*
+ * Every record of the open segment is done: drop the file now rather than
+ * keep a segment of delivered mail around until it fills.
+ */
+static void
+retire_if_empty(struct spool *sp)
+{
+	struct seg	*s = sp->cur;
+	int		 empty;
+
+	if (s == NULL)
+		return;
+	pthread_mutex_lock(&sp->idx_lock);
+	empty = s->live == 0;
+	pthread_mutex_unlock(&sp->idx_lock);
+	if (empty)
+		seg_close(sp, s);
 }
 
 static void *
@@ -572,17 +1171,25 @@ commit_thread(void *arg)
 {
 	struct spool		*sp = arg;
 	struct spool_msg	*batch, *m, *rev, *next;
-	int			 wake;
+	int			 wake, retire;
 
 	pthread_mutex_lock(&sp->lock);
 	for (;;) {
-		while (sp->pending == NULL && !sp->stopping)
+		while (sp->pending == NULL && !sp->stopping && !sp->retire)
 			pthread_cond_wait(&sp->cond, &sp->lock);
 		if (sp->pending == NULL && sp->stopping)
 			break;
+		retire = sp->retire;
+		sp->retire = 0;
 		batch = sp->pending;
 		sp->pending = NULL;
 		pthread_mutex_unlock(&sp->lock);
+		if (retire)
+			retire_if_empty(sp);
+		if (batch == NULL) {
+			pthread_mutex_lock(&sp->lock);
+			continue;
+		}
 
 		/* pending is LIFO; commit in arrival order. */
 		for (rev = NULL, m = batch; m != NULL; m = next) {
@@ -622,6 +1229,16 @@ msg_free(struct spool_msg *m)
 	free(m);
 }
 
+/* A message is in queue/: tell delivery (loop thread). */
+static void
+msg_done(struct spool *sp, struct spool_msg *m)
+{
+	if (m->err == 0 && sp->queued_cb != NULL)
+		sp->queued_cb(sp->queued_arg, m->qid, m->mail_from, m->size);
+	if (m->cb != NULL)
+		m->cb(m->cbarg, m->err, m->qid);
+}
+
 /* Event loop side: hand results back to the sessions. */
 static void
 spool_notify_cb(evutil_socket_t fd, short ev, void *arg)
@@ -644,10 +1261,7 @@ spool_notify_cb(evutil_socket_t fd, short ev, void *arg)
 	}
 	for (m = rev; m != NULL; m = next) {
 		next = m->next;
-		if (m->err == 0)
-			spool_add_entry(sp, m);
-		if (m->cb != NULL)
-			m->cb(m->cbarg, m->err, m->qid);
+		msg_done(sp, m);
 		msg_free(m);
 	}
 }
@@ -663,6 +1277,11 @@ spool_open(const char *dir, int sync_method, struct event_base *base,
 	sp->sync_method = sync_method;
 	sp->dirfd = sp->queuefd = sp->tmpfd = -1;
 	sp->notify[0] = sp->notify[1] = -1;
+	pthread_mutex_init(&sp->idx_lock, NULL);
+	pthread_mutex_init(&sp->lock, NULL);
+	pthread_cond_init(&sp->cond, NULL);
+	pthread_cond_init(&sp->sync_work, NULL);
+	pthread_cond_init(&sp->sync_done, NULL);
 	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
 		snprintf(err, errlen, "spool_dir %s: cannot create: %s", dir,
 		    strerror(errno));
@@ -683,10 +1302,6 @@ spool_open(const char *dir, int sync_method, struct event_base *base,
 		goto fail;
 	}
 	fsync(sp->dirfd);
-	pthread_mutex_init(&sp->lock, NULL);
-	pthread_cond_init(&sp->cond, NULL);
-	pthread_cond_init(&sp->sync_work, NULL);
-	pthread_cond_init(&sp->sync_done, NULL);
 	if (base == NULL)
 		return sp;
 	if (pipe2(sp->notify, O_NONBLOCK | O_CLOEXEC) == -1) {
@@ -719,7 +1334,8 @@ fail:
 void
 spool_free(struct spool *sp)
 {
-	size_t	 i;
+	struct rec	*r, *next;
+	size_t		 i;
 
 	if (sp == NULL)
 		return;
@@ -743,9 +1359,25 @@ spool_free(struct spool *sp)
 		close(sp->notify[0]);
 		close(sp->notify[1]);
 	}
+	if (sp->cur != NULL)
+		seg_close(sp, sp->cur);
 	for (i = 0; i < sp->nentries; i++)
 		spool_entry_clear(&sp->entries[i]);
 	free(sp->entries);
+	/* Segments are freed with their last record. */
+	for (i = 0; i < sp->tabsize; i++)
+		for (r = sp->tab[i]; r != NULL; r = next) {
+			next = r->hnext;
+			if (--r->seg->live == 0)
+				free(r->seg);
+			free(r);
+		}
+	free(sp->tab);
+	pthread_mutex_destroy(&sp->idx_lock);
+	pthread_mutex_destroy(&sp->lock);
+	pthread_cond_destroy(&sp->cond);
+	pthread_cond_destroy(&sp->sync_work);
+	pthread_cond_destroy(&sp->sync_done);
 	if (sp->tmpfd != -1)
 		close(sp->tmpfd);
 	if (sp->queuefd != -1)
@@ -756,10 +1388,28 @@ spool_free(struct spool *sp)
 	free(sp);
 }
 
-size_t
-spool_count(const struct spool *sp)
+/* A counter of the index, read under its lock. */
+static size_t
+idx_read(struct spool *sp, const size_t *counter)
 {
-	return sp->count;
+	size_t	 n;
+
+	pthread_mutex_lock(&sp->idx_lock);
+	n = *counter;
+	pthread_mutex_unlock(&sp->idx_lock);
+	return n;
+}
+
+size_t
+spool_count(struct spool *sp)
+{
+	return idx_read(sp, &sp->nrecs);
+}
+
+size_t
+spool_segments(struct spool *sp)
+{
+	return idx_read(sp, &sp->nsegs);
 }
 
 const struct spool_entry *
@@ -776,83 +1426,219 @@ spool_set_queued_cb(struct spool *sp, spool_queued_cb *cb, void *arg)
 }
 
 int
-spool_open_msg(struct spool *sp, const char *qid)
+spool_map_msg(struct spool *sp, const char *qid, struct spool_view *v,
+    const char **why)
 {
-	return openat(sp->queuefd, qid, O_RDONLY | O_CLOEXEC);
+	char		 seg[SPOOL_QID_LEN + 1];
+	uint64_t	 off, len, base;
+	long		 pagesize = sysconf(_SC_PAGESIZE);
+	int		 fd, saved;
+
+	memset(v, 0, sizeof(*v));
+	if (idx_locate(sp, qid, seg, &off, &len) == -1) {
+		*why = "not in the queue";
+		return -1;
+	}
+	if ((fd = openat(sp->queuefd, seg, O_RDONLY | O_CLOEXEC)) == -1) {
+		*why = strerror(errno);
+		return -1;
+	}
+	base = off & ~(uint64_t)(pagesize - 1);
+	v->maplen = (size_t)(off - base + len);
+	v->map = mmap(NULL, v->maplen, PROT_READ, MAP_PRIVATE, fd,
+	    (off_t)base);
+	saved = errno;
+	close(fd);
+	if (v->map == MAP_FAILED) {
+		v->map = NULL;
+		*why = strerror(saved);
+		errno = saved;
+		return -1;
+	}
+	if (spool_parse((char *)v->map + (off - base), (size_t)len, &v->e,
+	    why) == -1 || (strcmp(v->e.qid, qid) != 0 &&
+	    (*why = "record holds another queue id") != NULL)) {
+		spool_unmap_msg(v);
+		errno = EBADMSG;
+		return -1;
+	}
+	v->msg = (char *)v->map + (off - base) + v->e.body_offset;
+	return 0;
+}
+
+void
+spool_unmap_msg(struct spool_view *v)
+{
+	spool_entry_clear(&v->e);
+	if (v->map != NULL)
+		munmap(v->map, v->maplen);
+	v->map = NULL;
+}
+
+/* Rewrites byte(s) of a record in its segment, in place. */
+static int
+rec_pwrite(struct spool *sp, const char *seg, uint64_t off, const char *buf,
+    size_t len)
+{
+	int	 fd, r = 0;
+
+	if ((fd = openat(sp->queuefd, seg, O_WRONLY | O_CLOEXEC)) == -1)
+		return -1;
+	if (pwrite(fd, buf, len, (off_t)off) != (ssize_t)len)
+		r = -1;
+	close(fd);
+	return r;
+}
+
+/* The message leaves the queue, marked with state; its segment may go. */
+static int
+rec_finish(struct spool *sp, const char *qid, char state)
+{
+	struct rec	*r;
+	struct seg	*s = NULL;
+	char		 name[SPOOL_QID_LEN + 1];
+	int		 gone = 0, emptied = 0;
+
+	pthread_mutex_lock(&sp->idx_lock);
+	if ((r = idx_unlink(sp, qid)) != NULL) {
+		s = r->seg;
+		memcpy(name, s->name, sizeof(name));
+		if (--s->live == 0 && !s->open) {
+			gone = 1;
+			sp->nsegs--;
+		} else
+			emptied = s->live == 0;
+	}
+	pthread_mutex_unlock(&sp->idx_lock);
+	if (r == NULL) {
+		log_warnx("%s spool: not in the queue", qid);
+		return -1;
+	}
+	if (gone) {
+		if (unlinkat(sp->queuefd, name, 0) == -1)
+			log_warn("%s spool: cannot remove queue/%s", qid, name);
+		free(s);
+	} else if (rec_pwrite(sp, name, r->off + STATE_CHAR_OFF, &state,
+	    1) == -1)
+		log_warn("%s spool: cannot mark it done in queue/%s", qid,
+		    name);
+	free(r);
+	if (!emptied)
+		return 0;
+	/* The open segment emptied: its writer closes and removes it. */
+	if (!sp->running)
+		seg_close(sp, s);
+	else {
+		pthread_mutex_lock(&sp->lock);
+		sp->retire = 1;
+		pthread_cond_signal(&sp->cond);
+		pthread_mutex_unlock(&sp->lock);
+	}
+	return 0;
 }
 
 int
 spool_remove(struct spool *sp, const char *qid)
 {
-	if (unlinkat(sp->queuefd, qid, 0) == -1) {
-		log_warn("%s spool: cannot remove queue/%s", qid, qid);
-		return -1;
-	}
-	if (sp->count > 0)
-		sp->count--;
-	return 0;
+	return rec_finish(sp, qid, SPOOL_DELIVERED);
 }
 
 int
+spool_set_state(struct spool *sp, const char *qid, char state,
+    unsigned attempts, uint64_t next_ms, const char *error)
+{
+	char		 seg[SPOOL_QID_LEN + 1], line[SPOOL_STATE_LEN];
+	uint64_t	 off, len;
+
+	if (idx_locate(sp, qid, seg, &off, &len) == -1)
+		return -1;
+	spool_format_state(line, state, attempts, next_ms, error);
+	if (rec_pwrite(sp, seg, off + STATE_OFF, line, sizeof(line)) == -1) {
+		log_warn("%s spool: cannot write its state in queue/%s", qid,
+		    seg);
+		return -1;
+	}
+	return 0;
+}
+
+/* Copies len bytes at off of in to the start of out. */
+static int
+copy_range(int in, uint64_t off, int out, uint64_t len)
+{
+	char	 buf[64 * 1024];
+	loff_t	 ioff = (loff_t)off;
+	ssize_t	 n;
+
+	while (len > 0) {
+		n = copy_file_range(in, &ioff, out, NULL, len, 0);
+		if (n == -1 && (errno == EXDEV || errno == ENOSYS ||
+		    errno == EINVAL || errno == EOPNOTSUPP))
+			break;
+		if (n <= 0)
+			return -1;
+		len -= (uint64_t)n;
+	}
+	while (len > 0) {	/* copy_file_range is not available here */
+		n = pread(in, buf, len < sizeof(buf) ? len : sizeof(buf),
+		    (off_t)ioff);
+		if (n <= 0 || write(out, buf, (size_t)n) != n)
+			return -1;
+		ioff += n;
+		len -= (uint64_t)n;
+	}
+	return 0;
+}
+
+/*
+ * dead/<qid> is a copy of the record (state X), synced and renamed into
+ * place before the record leaves the queue.
+ */
+int
 spool_dead(struct spool *sp, const char *qid, const char *reason)
 {
-	char	 name[SPOOL_QID_LEN + 16];
-	size_t	 len = strlen(reason);
-	int	 dfd, fd, r = -1;
+	char		 seg[SPOOL_QID_LEN + 1], name[SPOOL_QID_LEN + 16];
+	char		 tmp[SPOOL_QID_LEN + 16], x = SPOOL_DEAD;
+	size_t		 len = strlen(reason);
+	uint64_t	 off, reclen;
+	int		 dfd, fd = -1, in = -1, ok = 0;
 
+	if (idx_locate(sp, qid, seg, &off, &reclen) == -1) {
+		log_warnx("%s spool: not in the queue", qid);
+		return -1;
+	}
 	if ((dfd = open_subdir(sp->dirfd, "dead")) == -1) {
 		log_warn("%s spool: cannot open dead/", qid);
 		return -1;
 	}
 	snprintf(name, sizeof(name), "%s.reason", qid);
 	if ((fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-	    0600)) == -1 || write(fd, reason, len) != (ssize_t)len)
+	    0600)) == -1 || write(fd, reason, len) != (ssize_t)len ||
+	    fdatasync(fd) == -1)
 		log_warn("%s spool: cannot write dead/%s", qid, name);
 	if (fd != -1)
 		close(fd);
-	if (renameat(sp->queuefd, qid, dfd, qid) == -1)
-		log_warn("%s spool: cannot move queue/%s to dead/", qid, qid);
+	snprintf(tmp, sizeof(tmp), ".%s.tmp", qid);
+	if ((in = openat(sp->queuefd, seg, O_RDONLY | O_CLOEXEC)) != -1 &&
+	    (fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+	    0600)) != -1 &&
+	    copy_range(in, off, fd, reclen) == 0 &&
+	    pwrite(fd, &x, 1, STATE_CHAR_OFF) == 1 &&
+	    fdatasync(fd) == 0 &&
+	    renameat(dfd, tmp, dfd, qid) == 0 &&
+	    fsync(dfd) == 0)
+		ok = 1;
 	else {
-		fsync(dfd);
-		if (sp->count > 0)
-			sp->count--;
-		r = 0;
+		log_warn("%s spool: cannot copy it to dead/", qid);
+		unlinkat(dfd, tmp, 0);
 	}
+	if (in != -1)
+		close(in);
+	if (fd != -1)
+		close(fd);
 	close(dfd);
-	return r;
-}
-
-/* Writes all of data to the message's file; the first error sticks. */
-static int
-msg_write_all(struct spool_msg *m, const char *data, size_t len)
-{
-	ssize_t	 n;
-
-	while (m->err == 0 && len > 0) {
-		n = write(m->fd, data, len);
-		if (n == -1 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			m->err = n == 0 ? EIO : errno;
-		else {
-			data += n;
-			len -= (size_t)n;
-		}
-	}
-	if (m->err != 0) {
-		errno = m->err;
+	if (!ok)
 		return -1;
-	}
-	return 0;
-}
-
-static int
-msg_flush(struct spool_msg *m)
-{
-	size_t	 len = m->buflen;
-
-	m->buflen = 0;
-	return msg_write_all(m, m->buf, len);
+	return rec_finish(sp, qid, SPOOL_DEAD);
 }
 
 static int
@@ -863,7 +1649,7 @@ msg_append(struct spool_msg *m, const void *data, size_t len)
 		return -1;
 	}
 	if (m->buflen + len > SPOOL_BUF_SIZE) {
-		/* Too big for memory: the file is made now, on the loop. */
+		/* Too big for memory: its own file is made now, on the loop. */
 		if (m->fd == -1 && msg_create(m) == -1) {
 			errno = m->err;
 			return -1;
@@ -871,10 +1657,14 @@ msg_append(struct spool_msg *m, const void *data, size_t len)
 		if (msg_flush(m) == -1)
 			return -1;
 	}
-	if (len >= SPOOL_BUF_SIZE)
-		return msg_write_all(m, data, len);
-	memcpy(m->buf + m->buflen, data, len);
-	m->buflen += len;
+	if (len >= SPOOL_BUF_SIZE) {
+		if (msg_write_all(m, data, len) == -1)
+			return -1;
+	} else {
+		memcpy(m->buf + m->buflen, data, len);
+		m->buflen += len;
+	}
+	m->total += len;
 	return 0;
 }
 
@@ -898,7 +1688,7 @@ struct spool_msg *
 spool_msg_new(struct spool *sp, const struct spool_env *env)
 {
 	struct spool_msg	*m;
-	char			 line[64];
+	char			 line[SPOOL_STATE_LEN];
 	size_t			 i;
 
 	m = xcalloc(1, sizeof(*m));
@@ -909,6 +1699,10 @@ spool_msg_new(struct spool *sp, const struct spool_env *env)
 	m->mail_from = xstrdup(env->mail_from);
 	snprintf(line, sizeof(line), "%s%d\n", SPOOL_MAGIC, SPOOL_VERSION);
 	msg_append(m, line, strlen(line));
+	spool_format_state(line, SPOOL_QUEUED, 0, 0, "");
+	msg_append(m, line, SPOOL_STATE_LEN);
+	/* The size is filled in at commit (write_batch). */
+	msg_header(m, "size", "00000000000000000000");
 	msg_header(m, "id", m->qid);
 	snprintf(line, sizeof(line), "%" PRIu64 ".%06" PRIu64,
 	    env->arrival_us / 1000000, env->arrival_us % 1000000);
@@ -968,10 +1762,7 @@ spool_msg_commit(struct spool_msg *m, spool_done_cb *cb, void *arg)
 		m->next = NULL;
 		if (m->err == 0)
 			commit_batch(sp, m);
-		if (m->err == 0)
-			spool_add_entry(sp, m);
-		if (cb != NULL)
-			cb(arg, m->err, m->qid);
+		msg_done(sp, m);
 		msg_free(m);
 		return;
 	}

@@ -1,4 +1,4 @@
-/* spool.h - the durable queue: write, group-commit, recover. */
+/* spool.h - the durable queue: write, group-commit, recover, index. */
 #ifndef RELAYD_SPOOL_H
 #define RELAYD_SPOOL_H
 
@@ -6,8 +6,15 @@
 #include <stdint.h>
 
 #define SPOOL_QID_LEN		16	/* hex characters */
-#define SPOOL_VERSION		1
+#define SPOOL_VERSION		2
 #define SPOOL_TRAILER_LEN	32	/* "RELAYD-END %020llu\n" */
+#define SPOOL_ERROR_MAX		150	/* last error kept in the state line */
+
+/* Record states (one byte in the record's state line). */
+#define SPOOL_QUEUED		'Q'
+#define SPOOL_HELD		'H'
+#define SPOOL_DELIVERED		'D'
+#define SPOOL_DEAD		'X'
 
 struct event_base;
 struct spool;
@@ -29,12 +36,25 @@ struct spool_env {
 /* A queued message as read back from disk. */
 struct spool_entry {
 	char		 qid[SPOOL_QID_LEN + 1];
+	char		 state;		/* SPOOL_QUEUED, ... */
+	unsigned	 attempts;
+	uint64_t	 next_ms;	/* earliest next attempt, 0: now */
+	char		 error[SPOOL_ERROR_MAX + 1];
 	uint64_t	 arrival_us;
 	uint64_t	 size;		/* message bytes */
 	uint64_t	 body_offset;	/* where the message starts */
+	uint64_t	 reclen;	/* the whole record */
 	char		*mail_from;
 	char		**rcpts;	/* "addr" or "addr PARAMS" */
 	size_t		 nrcpts;
+};
+
+/* A message mapped for reading (spool_map_msg). */
+struct spool_view {
+	struct spool_entry	 e;
+	const char		*msg;	/* e.size bytes */
+	void			*map;
+	size_t			 maplen;
 };
 
 /* err is 0 on success or an errno value. The message is owned by the spool. */
@@ -46,32 +66,37 @@ typedef void spool_queued_cb(void *arg, const char *qid,
 /*
  * Opens (creating if needed) the spool under dir, syncing the way the
  * second argument says (enum sync_method): removes leftovers of
- * interrupted writes, moves damaged files aside and indexes every queued
+ * interrupted writes, sets damaged segments aside and indexes every queued
  * message. base may be NULL for tools and tests that only read.
  */
 struct spool	*spool_open(const char *, int, struct event_base *, char *,
 		    size_t);
 void		 spool_free(struct spool *);
-/* Messages in queue/ now. */
-size_t		 spool_count(const struct spool *);
+/* Messages queued now (any thread). */
+size_t		 spool_count(struct spool *);
+/* Segment files in queue/ now. */
+size_t		 spool_segments(struct spool *);
 /* The messages found at open, oldest first. */
 const struct spool_entry *spool_entry_at(const struct spool *, size_t);
 void		 spool_set_queued_cb(struct spool *, spool_queued_cb *, void *);
 
-/* Opens queue/<qid> for reading (any thread). -1 with errno. */
-int		 spool_open_msg(struct spool *, const char *);
-/* Reads a spool file's envelope and checks its framing; see spool_parse. */
-int		 spool_read_entry(int, uint64_t, struct spool_entry *,
-		    const char **);
+/* Maps a queued message for reading (any thread). -1 with errno. */
+int		 spool_map_msg(struct spool *, const char *,
+		    struct spool_view *, const char **);
+void		 spool_unmap_msg(struct spool_view *);
 void		 spool_entry_clear(struct spool_entry *);
 /* Delivered: the message leaves the queue (loop thread). */
 int		 spool_remove(struct spool *, const char *);
-/* Refused for good: moved to dead/ with reason in dead/<qid>.reason. */
+/* Refused for good: copied to dead/ with reason in dead/<qid>.reason. */
 int		 spool_dead(struct spool *, const char *, const char *);
+/* Records the retry state in the message's state line (not synced). */
+int		 spool_set_state(struct spool *, const char *, char, unsigned,
+		    uint64_t, const char *);
 
 /*
- * Starts a message: a new file in tmp/ with the envelope written. Returns
- * NULL with errno set if the file cannot be created or written.
+ * Starts a message with its envelope. Small messages stay in memory until
+ * commit; bigger ones spill into a file of their own. Returns NULL with
+ * errno set if that fails.
  */
 struct spool_msg *spool_msg_new(struct spool *, const struct spool_env *);
 const char	*spool_msg_qid(const struct spool_msg *);
@@ -79,9 +104,11 @@ const char	*spool_msg_qid(const struct spool_msg *);
 int		 spool_msg_write(struct spool_msg *, const void *, size_t);
 int		 spool_msg_error(const struct spool_msg *);
 /*
- * Makes the message durable: trailer, fdatasync, rename into queue/,
- * directory fsync, shared with every other commit in flight. cb runs on
- * the event loop once it is done (or failed). The spool owns msg after.
+ * Makes the message durable together with every other commit in flight:
+ * small messages share one new segment file, bigger ones are their own;
+ * each file is written, fdatasync'ed and linked into queue/, and the
+ * directory fsync'ed once. cb runs on the event loop once it is done (or
+ * failed). The spool owns msg after.
  */
 void		 spool_msg_commit(struct spool_msg *, spool_done_cb *, void *);
 /* Stops a pending commit from calling back (its session went away). */
@@ -90,12 +117,15 @@ void		 spool_msg_forget(struct spool_msg *);
 void		 spool_msg_abort(struct spool_msg *);
 
 /*
- * Checks a spool file from its first bytes (at least the whole envelope), its
- * last SPOOL_TRAILER_LEN bytes and its size; fills the entry. 0 if whole, -1
- * with a reason. Pure: unit tests and the recovery scan share it.
+ * Checks the record at the start of buf (avail bytes to the end of its
+ * file) and fills the entry. 0 if whole, -1 with a reason. Pure: unit
+ * tests, the recovery scan and delivery share it.
  */
-int		 spool_parse(const char *, size_t, const char *, uint64_t,
-		    struct spool_entry *,
+int		 spool_parse(const char *, size_t, struct spool_entry *,
 		    const char **);
+/* The fixed-size state line for these values (SPOOL_STATE_LEN bytes). */
+#define SPOOL_STATE_LEN		200
+void		 spool_format_state(char *, char, unsigned, uint64_t,
+		    const char *);
 
 #endif

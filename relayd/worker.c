@@ -26,9 +26,7 @@
  * more try. Retry state lives in memory for now: after a restart every
  * queued message is tried at once.
  */
-#include <sys/mman.h>
 #include <sys/queue.h>
-#include <sys/stat.h>
 
 #include <ctype.h>
 #include <errno.h>
@@ -56,7 +54,6 @@
 #define MAILBOX_CONCURRENCY	4	/* Graph: per app and mailbox */
 #define MBOX_HASH_SIZE		1024
 #define STOP_GRACE_MS		10000	/* requests in flight at stop */
-#define SPOOL_HEAD_READ		(512 * 1024)
 
 struct mbox;
 
@@ -508,50 +505,37 @@ send_request(struct worker_pool *p, CURL *c, struct job *j,
 static void
 deliver(struct worker_pool *p, CURL *c, struct job *j)
 {
-	struct spool_entry	 e;
+	struct spool_view	 v;
+	struct spool_entry	*e = &v.e;
 	struct graph_env	 env;
 	struct graph_req	 req;
 	struct slot		*slot = NULL;
-	struct stat		 st;
 	const char		*why, *mode = p->cfg->mailbox;
 	const char		*sender;
 	char			**rcpts = NULL, err[256];
-	char			*map = MAP_FAILED;
-	size_t			 i, headlen;
-	int			 fd;
+	size_t			 i;
 
-	memset(&e, 0, sizeof(e));
 	memset(&req, 0, sizeof(req));
 	j->retry_ms = -1;
-	if ((fd = spool_open_msg(p->spool, j->qid)) == -1 ||
-	    fstat(fd, &st) == -1) {
-		job_fail(j, GRAPH_TEMPFAIL, "spool", "cannot open: %s",
-		    strerror(errno));
-		goto out;
-	}
-	if (st.st_size < SPOOL_TRAILER_LEN || (map = mmap(NULL,
-	    (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0)) == MAP_FAILED) {
-		job_fail(j, GRAPH_TEMPFAIL, "spool", "cannot read: %s",
-		    strerror(errno));
-		goto out;
-	}
-	headlen = (size_t)st.st_size < SPOOL_HEAD_READ ? (size_t)st.st_size :
-	    SPOOL_HEAD_READ;
-	if (spool_parse(map, headlen, map + st.st_size - SPOOL_TRAILER_LEN,
-	    (uint64_t)st.st_size, &e, &why) == -1) {
-		job_fail(j, GRAPH_PERMFAIL, "spool", "damaged: %s", why);
-		goto out;
+	if (spool_map_msg(p->spool, j->qid, &v, &why) == -1) {
+		if (errno == EBADMSG)
+			job_fail(j, GRAPH_PERMFAIL, "spool", "damaged: %s",
+			    why);
+		else
+			job_fail(j, GRAPH_TEMPFAIL, "spool", "cannot read: %s",
+			    why);
+		return;
 	}
 	/* For the log until the mapping names the real one. */
-	j->mailbox = xstrdup(*e.mail_from != '\0' ? e.mail_from : "<>");
-	j->nrcpts = e.nrcpts;
-	rcpts = xcalloc(e.nrcpts, sizeof(*rcpts));
-	for (i = 0; i < e.nrcpts; i++)
-		rcpts[i] = xstrndup(e.rcpts[i], strcspn(e.rcpts[i], " "));
-	env.mail_from = e.mail_from;
+	j->mailbox = xstrdup(*e->mail_from != '\0' ? e->mail_from : "<>");
+	j->nrcpts = e->nrcpts;
+	rcpts = xcalloc(e->nrcpts, sizeof(*rcpts));
+	for (i = 0; i < e->nrcpts; i++)
+		rcpts[i] = xstrndup(e->rcpts[i], strcspn(e->rcpts[i], " "));
+	env.mail_from = e->mail_from;
 	env.rcpts = (const char *const *)rcpts;
-	env.nrcpts = e.nrcpts;
-	if (graph_map(map + e.body_offset, e.size, &env, &p->opts, &req, err,
+	env.nrcpts = e->nrcpts;
+	if (graph_map(v.msg, e->size, &env, &p->opts, &req, err,
 	    sizeof(err)) == -1) {
 		job_fail(j, GRAPH_PERMFAIL, "mapping", "%s", err);
 		goto out;
@@ -559,10 +543,10 @@ deliver(struct worker_pool *p, CURL *c, struct job *j)
 	j->nrcpts = req.nrcpts;
 	j->nattach = req.nattach;
 	if (strcmp(mode, "envelope") == 0)
-		sender = *e.mail_from != '\0' ? e.mail_from : req.from;
+		sender = *e->mail_from != '\0' ? e->mail_from : req.from;
 	else if (strcmp(mode, "from") == 0)
-		sender = req.from != NULL ? req.from : (*e.mail_from != '\0' ?
-		    e.mail_from : NULL);
+		sender = req.from != NULL ? req.from : (*e->mail_from != '\0' ?
+		    e->mail_from : NULL);
 	else
 		sender = mode;
 	if (sender == NULL) {
@@ -579,14 +563,10 @@ deliver(struct worker_pool *p, CURL *c, struct job *j)
 out:
 	graph_req_free(&req);
 	if (rcpts != NULL)
-		for (i = 0; i < e.nrcpts; i++)
+		for (i = 0; i < e->nrcpts; i++)
 			free(rcpts[i]);
 	free(rcpts);
-	spool_entry_clear(&e);
-	if (map != MAP_FAILED)
-		munmap(map, (size_t)st.st_size);
-	if (fd != -1)
-		close(fd);
+	spool_unmap_msg(&v);
 }
 
 static void *

@@ -275,45 +275,125 @@ class SMTPConn:
 
 
 # --------------------------------------------------------------------------
-# spool files
+# spool files: segments of records (format version 2)
+#
+# A segment file in queue/ holds one or more records back to back and is
+# named by the queue id of its first record. A record:
+#
+#   "RELAYD-SPOOL 2\n"                                          15 bytes
+#   "state: S attempts=NNNNN next=NNNNNNNNNNNNN error=TEXT   \n"  200 bytes
+#   "size: <20 digits>\n"                                        27 bytes
+#   "id: QID\n" "arrival: ...\n" ... "rcpt: ...\n" "\n"          the envelope
+#   <size bytes of message>
+#   "RELAYD-END <20 digits>\n"                                   32 bytes
+#
+# S is Q (queued), H (held), D (delivered) or X (dead-lettered). As the
+# daemon does, a state line that does not parse (a torn in-place write)
+# reads as queued. The daemon allocates its current segment ahead, so a
+# segment may end in NUL bytes where the next record would start.
 
+SPOOL_MAGIC = b"RELAYD-SPOOL 2\n"
+SPOOL_STATE_LEN = 200
+SPOOL_SIZE_LEN = 27
+SPOOL_TRAILER_LEN = 32
+SPOOL_STATE_RE = re.compile(
+    rb"^state: ([QHDX]) attempts=(\d{5}) next=(\d{13}) error=([^\n]*)\n$")
+SPOOL_SIZE_RE = re.compile(rb"^size: (\d{20})\n$")
 SPOOL_TRAILER_RE = re.compile(rb"^RELAYD-END (\d{20})\n$")
+LIVE_STATES = ("Q", "H")
 
 
-class SpoolFile:
-    """A parsed spool file. Raises ValueError if it is not well formed."""
+class SpoolRecord:
+    """One message record, parsed from `data` at `offset` (a segment's
+    bytes). Raises ValueError, saying where and why, if it is not whole and
+    well formed. `.fields` holds the envelope without the state and size
+    lines; `.raw` is the record's own bytes; `.end` is where the next one
+    begins."""
 
-    def __init__(self, path):
-        self.path = Path(path)
-        data = self.path.read_bytes()
-        self.raw = data
-        if not data.startswith(b"RELAYD-SPOOL 1\n"):
-            raise ValueError("%s: bad first line %r" % (path, data[:20]))
-        head_end = data.find(b"\n\n")
-        if head_end < 0:
-            raise ValueError("%s: no blank line after the envelope" % path)
-        head = data[len(b"RELAYD-SPOOL 1\n"):head_end + 1]
+    def __init__(self, data, offset=0, segment=None):
+        self.segment = Path(segment) if segment is not None else None
+        self.offset = offset
+        where = "%s: record at byte %d" % (segment, offset)
+
+        def bad(why, *args):
+            raise ValueError("%s: %s" % (where, why % args))
+
+        o = offset
+        if data[o:o + len(SPOOL_MAGIC)] != SPOOL_MAGIC:
+            if SPOOL_MAGIC.startswith(data[o:]):
+                bad("cut off in the first line (%d bytes)", len(data) - o)
+            bad("bad first line %r", data[o:o + 20])
+        o += len(SPOOL_MAGIC)
+        state = data[o:o + SPOOL_STATE_LEN]
+        nl = data.find(b"\n", o)
+        if nl < 0:
+            bad("cut off in the state line (%d bytes of %d)",
+                len(data) - o, SPOOL_STATE_LEN)
+        if nl != o + SPOOL_STATE_LEN - 1:
+            bad("state line is %d bytes, not %d", nl + 1 - o, SPOOL_STATE_LEN)
+        self.state_line = state
+        m = SPOOL_STATE_RE.match(state)
+        self.state_ok = m is not None
+        if m:
+            self.state = m.group(1).decode()
+            self.attempts = int(m.group(2))
+            self.next_ms = int(m.group(3))
+            self.error = m.group(4).decode("utf-8", "replace").rstrip(" ")
+        else:                               # torn: queued, as the daemon
+            self.state, self.attempts, self.next_ms, self.error = (
+                "Q", 0, 0, "")
+        o += SPOOL_STATE_LEN
+        sizeline = data[o:o + SPOOL_SIZE_LEN]
+        m = SPOOL_SIZE_RE.match(sizeline)
+        if not m:
+            bad("bad size line %r", sizeline)
+        self.size = int(m.group(1))
+        o += SPOOL_SIZE_LEN
         self.fields = []                    # [(key, value)] in order
-        for line in head.decode("utf-8").split("\n")[:-1]:
-            key, sep, value = line.partition(": ")
+        while True:
+            nl = data.find(b"\n", o)
+            if nl < 0:
+                bad("no blank line after the envelope")
+            line = data[o:nl]
+            o = nl + 1
+            if not line:
+                break
+            try:
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                bad("envelope line %r is not UTF-8", line)
+            key, sep, value = text.partition(": ")
             if not sep:
-                if line.endswith(":"):      # "key:" with an empty value
-                    key, value = line[:-1], ""
+                if text.endswith(":"):      # "key:" with an empty value
+                    key, value = text[:-1], ""
                 else:
-                    raise ValueError("%s: bad envelope line %r" % (path, line))
+                    bad("bad envelope line %r", text)
             self.fields.append((key, value))
-        body_start = head_end + 2
-        if len(data) < body_start + 32:
-            raise ValueError("%s: too short for a trailer" % path)
-        trailer = data[-32:]
+        if not QID_RE.match(self.id or ""):
+            bad("no valid id in the envelope (id=%r)", self.id)
+        if o + self.size + SPOOL_TRAILER_LEN > len(data):
+            bad("size line says %d message bytes, %d bytes are left for "
+                "message and trailer", self.size, len(data) - o)
+        self.message = data[o:o + self.size]
+        o += self.size
+        trailer = data[o:o + SPOOL_TRAILER_LEN]
         m = SPOOL_TRAILER_RE.match(trailer)
         if not m:
-            raise ValueError("%s: bad trailer %r" % (path, trailer))
-        self.size = int(m.group(1))
-        self.message = data[body_start:-32]
-        if self.size != len(self.message):
-            raise ValueError("%s: trailer says %d bytes, file holds %d"
-                             % (path, self.size, len(self.message)))
+            bad("bad trailer %r after %d message bytes", trailer, self.size)
+        if int(m.group(1)) != self.size:
+            bad("trailer says %d bytes, size line %d",
+                int(m.group(1)), self.size)
+        self.end = o + SPOOL_TRAILER_LEN
+        self.raw = data[offset:self.end]
+
+    @property
+    def path(self):
+        """The file holding the record (its segment)."""
+        return self.segment
+
+    @property
+    def live(self):
+        return self.state in LIVE_STATES
 
     def get(self, key, default=None):
         for k, v in self.fields:
@@ -352,9 +432,93 @@ class SpoolFile:
         """The message as the client sent it (after our Received:)."""
         return self.message[len(self.received_header):]
 
+    def __repr__(self):
+        return "<record %s state=%s at %s:%d>" % (
+            self.id, self.state,
+            self.segment.name if self.segment else "?", self.offset)
+
+
+def parse_records(data, segment=None, strict=True):
+    """The records in a segment's bytes, in order, up to NUL bytes that
+    fill the rest (space allocated ahead). strict: any damage raises
+    ValueError; otherwise the whole records before it are returned (what
+    the daemon keeps queued from a damaged segment)."""
+    records, o = [], 0
+    if not data and strict:
+        raise ValueError("%s: empty segment" % segment)
+    while o < len(data):
+        if records and data[o] == 0:
+            if not data[o:].strip(b"\0"):
+                break                       # allocated ahead, unused
+            if not strict:
+                break
+            raise ValueError("%s: NUL bytes at byte %d after %d record(s), "
+                             "then other bytes" % (segment, o, len(records)))
+        if (records and data[o:o + len(SPOOL_MAGIC)] != SPOOL_MAGIC
+                and not SPOOL_MAGIC.startswith(data[o:])):
+            if not strict:
+                break
+            raise ValueError("%s: %d bytes of trailing garbage at byte %d "
+                             "after %d record(s): %r"
+                             % (segment, len(data) - o, o, len(records),
+                                data[o:o + 20]))
+        try:
+            r = SpoolRecord(data, o, segment)
+        except ValueError:
+            if strict:
+                raise
+            break
+        records.append(r)
+        o = r.end
+    return records
+
+
+def parse_segment(path, strict=True):
+    """The records of a segment file, in order; ValueError on any framing
+    problem (see parse_records for strict=False). FileNotFoundError if the
+    file is not there."""
+    path = Path(path)
+    return parse_records(path.read_bytes(), path, strict)
+
+
+class SpoolFile(SpoolRecord):
+    """A file holding exactly one record, such as dead/QID."""
+
+    def __init__(self, path):
+        path = Path(path)
+        data = path.read_bytes()
+        super().__init__(data, 0, path)
+        if self.end != len(data):
+            raise ValueError("%s: %d bytes after its one record"
+                             % (path, len(data) - self.end))
+
 
 def parse_spool_file(path):
     return SpoolFile(path)
+
+
+def make_record(qid, mail_from="sender@a.test", rcpts=("rcpt@b.test",),
+                message=b"Subject: planted\r\n\r\nplanted\r\n", state="Q",
+                attempts=0, next_ms=0, error="", arrival=None,
+                client="127.0.0.1", listener="127.0.0.1:25",
+                helo="client.test", user="", mail_params="", extra=()):
+    """The bytes of one record in the spool format, for tests that plant
+    files. `extra` is [(key, value)] added after the rcpt lines. An error
+    too long for the state line is cut."""
+    if arrival is None:
+        arrival = "%.6f" % time.time()
+    state_line = (b"state: %s attempts=%05u next=%013u error=%s"
+                  % (state.encode(), attempts, next_ms, error.encode()))
+    room = SPOOL_STATE_LEN - 1
+    state_line = state_line[:room].ljust(room) + b"\n"
+    env = [("id", qid), ("arrival", arrival), ("client", client),
+           ("listener", listener), ("helo", helo), ("user", user),
+           ("mail-from", mail_from), ("mail-params", mail_params)]
+    env += [("rcpt", r) for r in rcpts]
+    env += list(extra)
+    head = b"".join(b"%s: %s\n" % (k.encode(), v.encode()) for k, v in env)
+    return (SPOOL_MAGIC + state_line + b"size: %020u\n" % len(message)
+            + head + b"\n" + message + b"RELAYD-END %020u\n" % len(message))
 
 
 def list_dir(path):
@@ -535,8 +699,61 @@ class Relayd:
     def corrupt_dir(self):
         return self.spool / "corrupt"
 
-    def queued(self):
+    def segments(self):
+        """Names of the segment files in queue/."""
         return list_dir(self.queue_dir)
+
+    def segment_records(self, name, settle=2.0):
+        """The records of queue/NAME in order; [] if the daemon removed it
+        meanwhile. ValueError if it is damaged, unless a copy of it is in
+        corrupt/ (the daemon keeps the whole records before the damage
+        queued): then those records. ValueError too if the name is not the
+        first record's id.
+
+        The daemon appends commit batches to its current segment in place,
+        so a running daemon's last segment may end in a record still being
+        written: damage is only reported if it lasts `settle` seconds."""
+        path = self.queue_dir / name
+        known_bad = any(c == name or c.startswith(name + ".")
+                        for c in list_dir(self.corrupt_dir))
+        deadline = time.monotonic() + settle
+        while True:
+            try:
+                records = parse_segment(path, strict=not known_bad)
+                break
+            except FileNotFoundError:
+                return []
+            except ValueError:
+                if not self.running() or time.monotonic() > deadline:
+                    raise
+                time.sleep(POLL)
+        if records and records[0].id != name:
+            raise ValueError("%s: named %s but its first record is %s"
+                             % (path, name, records[0].id))
+        return records
+
+    def records(self):
+        """Every record in queue/, whatever its state, segment by segment
+        (sorted by name) and in order within each."""
+        return [r for name in self.segments()
+                for r in self.segment_records(name)]
+
+    def queued_files(self):
+        """The queued records (state Q or H), sorted by queue id."""
+        return sorted((r for r in self.records() if r.live),
+                      key=lambda r: r.id)
+
+    def queued(self):
+        """Queue ids of the queued records (state Q or H), sorted."""
+        return [r.id for r in self.queued_files()]
+
+    def spool_file(self, qid):
+        """The record with that queue id in queue/, whatever its state."""
+        for r in self.records():
+            if r.id == qid:
+                return r
+        raise FileNotFoundError("no record %s in any segment of %s (%s)"
+                                % (qid, self.queue_dir, self.segments()))
 
     def tmp_files(self):
         return list_dir(self.tmp_dir)
@@ -558,12 +775,6 @@ class Relayd:
                 except OSError:
                     pass
         return sizes
-
-    def queued_files(self):
-        return [SpoolFile(self.queue_dir / q) for q in self.queued()]
-
-    def spool_file(self, qid):
-        return SpoolFile(self.queue_dir / qid)
 
     @property
     def dead_dir(self):

@@ -415,6 +415,9 @@ def test_sent_log_line_and_queue_file_removed(relayd_factory,
         "request_id=%s ms=%s" % (SENDER, size, rec["request_id"],
                                  ms.group(1)))
     wait_queue_empty(d)
+    # its record is marked delivered (D), or its segment already removed
+    wait_for(lambda: [(r.id, r.state) for r in d.records()]
+             in ([], [(qid, "D")]), 5, "the record to be marked delivered")
     assert d.dead() == []
     assert len(log_lines(d, "sent")) == 1
     assert log_lines(d, "deferred") == [] and log_lines(d, "failed") == []
@@ -533,6 +536,10 @@ def test_send_as_denied_dead_letter(relayd_factory, shared_fake_graph):
     dead = SpoolFile(d.dead_dir / qid)
     assert (dead.id, dead.mail_from, dead.rcpts, dead.body) == (
         qid, SENDER, ["rcpt@fabrikam.test"], data)
+    assert dead.state == "X"
+    # in queue/ its record is marked dead (X), or its segment removed
+    wait_for(lambda: [(r.id, r.state) for r in d.records()]
+             in ([], [(qid, "X")]), 5, "the record to be marked dead")
     [line] = log_lines(d, "failed", qid)
     assert line.endswith(
         'graph failed mailbox=%s rcpts=1 size=%d graph_status=403 '
@@ -545,6 +552,7 @@ def test_send_as_denied_dead_letter(relayd_factory, shared_fake_graph):
     # nor after a restart: dead/ is not the queue
     d.restart()
     assert "spool: 0 queued message(s) found" in d.current_log()
+    assert d.segments() == []       # nothing queued in it: removed
     holds(lambda: len(sendmail_requests(fake)) == 1, 0.3,
           "a dead letter was sent again after a restart")
     assert d.dead() == [qid, qid + ".reason"]

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from conftest import HOSTNAME, SpoolFile, list_dir, wait_for
+from conftest import (HOSTNAME, list_dir, make_record, parse_segment,
+                      wait_for)
 
 
 def test_250_means_queued_with_envelope(relayd):
@@ -35,12 +36,23 @@ def test_250_means_queued_with_envelope(relayd):
         r = c.reply()
         qid = r.qid
         assert qid, r
-        # At the moment of the 250, the file is already in queue/.
+        # At the moment of the 250, the record is already in queue/.
         assert relayd.queued() == [qid]
+        assert relayd.segments() == [qid]
         assert relayd.tmp_files() == []
         port = relayd.port
     f = relayd.spool_file(qid)
-    assert f.raw.startswith(b"RELAYD-SPOOL 1\n")
+    assert f.raw.startswith(b"RELAYD-SPOOL 2\n")
+    # one record alone in its segment, which is named by its id
+    assert (f.segment.name, f.offset) == (qid, 0)
+    data = (relayd.queue_dir / qid).read_bytes()
+    assert data[:len(f.raw)] == f.raw
+    assert data[len(f.raw):].strip(b"\0") == b""    # allocated ahead
+    # a fixed-size state line: queued, no attempt yet, no error
+    assert f.raw[15:215] == (b"state: Q attempts=00000 next=0000000000000 "
+                             b"error=" + b" " * 150 + b"\n")
+    assert (f.state, f.attempts, f.next_ms, f.error) == ("Q", 0, 0, "")
+    assert f.raw[215:242] == b"size: %020d\n" % len(f.message)
     keys = [k for k, _ in f.fields]
     assert keys == ["id", "arrival", "client", "listener", "helo", "user",
                     "mail-from", "mail-params", "rcpt", "rcpt", "rcpt"]
@@ -79,6 +91,16 @@ def test_queue_ids_unique_and_files_whole(relayd):
     assert sorted(relayd.queued()) == sorted(qids)
     for i, q in enumerate(qids):
         assert relayd.spool_file(q).body == b"message %d\r\n" % i
+    # Each segment is named by its first record and holds its records in
+    # the order they arrived; together they hold each message once.
+    seen = []
+    for name in relayd.segments():
+        records = parse_segment(relayd.queue_dir / name)
+        assert records[0].id == name
+        order = [qids.index(r.id) for r in records]
+        assert order == sorted(order), (name, records)
+        seen += [r.id for r in records]
+    assert sorted(seen) == sorted(qids)
 
 
 def test_large_message_stored_exactly(relayd):
@@ -125,6 +147,7 @@ def test_kill_right_after_250(relayd):
     assert r.qid, r
     relayd.start()
     assert relayd.queued() == [r.qid]
+    assert list_dir(relayd.corrupt_dir) == []
     assert relayd.spool_file(r.qid).body == body
     assert "spool: 1 queued message(s) found" in relayd.current_log()
     assert "unfinished" not in relayd.current_log()
@@ -143,53 +166,265 @@ def test_restart_counts_queue(relayd):
                      re.M)
 
 
-def test_corrupt_file_moved_aside(relayd):
+# ---- damage found at start
+#
+# A segment is damaged when it does not parse as whole records back to
+# back. With no whole queued record before the damage it is moved to
+# corrupt/; otherwise the records before it stay queued and a copy of the
+# segment goes to corrupt/.
+
+def planted_qid(n):
+    return "00000000000000%02X" % n
+
+
+def plant(d, *records):
+    """Writes a segment of these records (bytes) into queue/, named by the
+    first one's id; given one (name, bytes) pair instead, those bytes
+    under that name. Returns its path."""
+    if isinstance(records[0], tuple):
+        name, data = records[0]
+    else:
+        data = b"".join(records)
+        name = re.search(rb"\nid: ([0-9A-F]{16})\n", data).group(1).decode()
+    path = d.queue_dir / name
+    path.write_bytes(data)
+    return path
+
+
+def test_corrupt_segment_moved_aside(relayd):
+    """The daemon's own segment, its last record cut short: what comes
+    before it stays queued, the rest is moved or copied to corrupt/."""
     good = relayd.send_one(body=b"good\r\n")
     bad = relayd.send_one(body=b"will be truncated\r\n")
     relayd.stop()
-    path = relayd.queue_dir / bad
+    f = relayd.spool_file(bad)
+    path = f.segment
     data = path.read_bytes()
+    assert f.offset + len(f.raw) == len(data)      # the last one
     path.write_bytes(data[:-10])            # a cut-off trailer
     relayd.start()
-    assert relayd.queued() == [good]
-    assert list_dir(relayd.corrupt_dir) == [bad]
-    assert (relayd.corrupt_dir / bad).read_bytes() == data[:-10]
     log = relayd.current_log()
-    assert re.search(r"spool: queue/%s is damaged \(.*\); moved to corrupt/"
-                     % bad, log), log
+    assert relayd.queued() == [good]
+    assert list_dir(relayd.corrupt_dir) == [path.name]
+    assert (relayd.corrupt_dir / path.name).read_bytes() == data[:-10]
+    if f.offset == 0:                       # a segment of its own
+        assert relayd.segments() == [good]
+        assert re.search(r"spool: queue/%s is damaged \(.*\); moved to "
+                         r"corrupt/$" % bad, log, re.M), log
+    else:                                   # after the good one
+        assert path.name == good and relayd.segments() == [good]
+        assert re.search(r"spool: queue/%s is damaged at byte %d \(.*\); 1 "
+                         r"message\(s\) before it stay queued, a copy is in "
+                         r"corrupt/$" % (good, f.offset), log, re.M), log
+        assert relayd.spool_file(good).body == b"good\r\n"
     assert "spool: 1 queued message(s) found" in log
     relayd.assert_serves()
 
 
-@pytest.mark.parametrize("damage", [
-    "no-trailer", "wrong-size", "garbage", "empty", "name-mismatch",
-    "no-rcpt",
-])
-def test_damaged_files_moved_aside(relayd, damage):
-    qid = relayd.send_one(body=b"original\r\n")
+def test_good_segments_kept_beside_a_damaged_one(relayd):
+    """Planted: a good segment of three records, a single-record one with
+    NUL bytes after it (space allocated ahead) and a truncated one. The
+    good ones stay queued, whole; only the truncated one is moved."""
     relayd.stop()
-    path = relayd.queue_dir / qid
-    data = path.read_bytes()
+    a, b, c, e, t = (planted_qid(n) for n in (1, 2, 3, 4, 5))
+    plant(relayd, make_record(a, "a@a.test", ["r1@b.test"],
+                              b"Subject: a\r\n\r\nfirst\r\n"),
+          make_record(b, "b@a.test", ["r2@b.test", "r3@b.test"],
+                      b"Subject: b\r\n\r\nsecond\r\n"),
+          make_record(c, "", ["r4@b.test"], b"Subject: c\r\n\r\nthird\r\n"))
+    # as a crash leaves the segment being appended to: allocated ahead
+    plant(relayd, make_record(e, message=b"x" * 70000) + b"\0" * 100000)
+    cut = make_record(t)[:-40]
+    plant(relayd, (t, cut))
+    relayd.start()
+    log = relayd.current_log()
+    assert re.search(r"spool: queue/%s is damaged \(.*\); moved to corrupt/$"
+                     % t, log, re.M), log
+    assert "spool: 4 queued message(s) found" in log
+    assert relayd.queued() == [a, b, c, e]
+    assert relayd.segments() == [a, e]
+    assert list_dir(relayd.corrupt_dir) == [t]
+    assert (relayd.corrupt_dir / t).read_bytes() == cut
+    fa, fb, fc = (relayd.spool_file(q) for q in (a, b, c))
+    assert (fa.mail_from, fa.rcpts, fa.message) == (
+        "a@a.test", ["r1@b.test"], b"Subject: a\r\n\r\nfirst\r\n")
+    assert (fb.mail_from, fb.rcpts, fb.message) == (
+        "b@a.test", ["r2@b.test", "r3@b.test"],
+        b"Subject: b\r\n\r\nsecond\r\n")
+    assert (fc.mail_from, fc.message) == ("", b"Subject: c\r\n\r\nthird\r\n")
+    assert relayd.spool_file(e).message == b"x" * 70000
+    relayd.assert_serves()
+
+
+def test_record_states_kept_across_a_start(relayd):
+    """Planted records in every state: Q and H count as queued, D and X do
+    not; the retry state and unknown envelope keys are left as they are;
+    a segment with nothing queued left is removed."""
+    relayd.stop()
+    q1, h1, d1, x1, q2, d2, d3 = (planted_qid(n) for n in range(0x10, 0x17))
+    mixed = [make_record(q1, extra=[("x-future", "kept")]),
+             make_record(h1, state="H", attempts=3, next_ms=4102444800000,
+                         error="held by hand"),
+             make_record(d1, state="D", attempts=1),
+             make_record(x1, state="X", attempts=2,
+                         error="403 ErrorSendAsDenied"),
+             make_record(q2, state="Q", attempts=2, next_ms=1000,
+                         error="503 ServiceUnavailable")]
+    plant(relayd, *mixed)
+    plant(relayd, make_record(d2, state="D"), make_record(d3, state="D"))
+    relayd.start()
+    assert "spool: 3 queued message(s) found" in relayd.current_log()
+    assert relayd.queued() == sorted([q1, h1, q2])
+    wait_for(lambda: relayd.segments() == [q1], 5,
+             "the segment with nothing queued to be removed")
+    records = parse_segment(relayd.queue_dir / q1)
+    assert [(r.id, r.state, r.attempts, r.next_ms, r.error)
+            for r in records] == [
+        (q1, "Q", 0, 0, ""),
+        (h1, "H", 3, 4102444800000, "held by hand"),
+        (d1, "D", 1, 0, ""),
+        (x1, "X", 2, 0, "403 ErrorSendAsDenied"),
+        (q2, "Q", 2, 1000, "503 ServiceUnavailable")]
+    assert records[0].get("x-future") == "kept"
+    # no [graph]: nothing was tried, so nothing on disk changed
+    assert [r.raw for r in records] == mixed
+    relayd.assert_serves()
+
+
+def one_record_damage(damage, data):
+    """`data` (a segment of one queued record) damaged as named; returns
+    (name, bytes), name None for the record's own id."""
+    name = None
     if damage == "no-trailer":
         data = data[:-32]
     elif damage == "wrong-size":
         data = data[:-32] + b"RELAYD-END %020d\n" % (len(data) + 5)
+    elif damage == "size-line":
+        data = data[:215] + b"size: %020d\n" % 7 + data[242:]
+    elif damage == "cut-in-message":
+        data = data[:len(data) - 40]
+    elif damage == "cut-in-envelope":
+        data = data[:data.index(b"\nrcpt: ") + 3]
+    elif damage == "cut-in-state":
+        data = data[:100]
+    elif damage == "short-state-line":         # one space less: 199 bytes
+        assert data[213:215] == b" \n"
+        data = data[:213] + data[214:]
+    elif damage == "version-1":
+        data = b"RELAYD-SPOOL 1\n" + data[15:]
     elif damage == "garbage":
         data = b"this is not a spool file\n" * 10
     elif damage == "empty":
         data = b""
+    elif damage == "all-nul":
+        data = b"\0" * len(data)
     elif damage == "name-mismatch":
-        path.unlink()
-        path = relayd.queue_dir / "0123456789ABCDEF"
+        name = "0123456789ABCDEF"
     elif damage == "no-rcpt":
         data = re.sub(rb"rcpt: [^\n]*\n", b"", data)
+    else:
+        raise AssertionError(damage)
+    return name, data
+
+
+ONE_RECORD_DAMAGE = [
+    "no-trailer", "wrong-size", "size-line", "cut-in-message",
+    "cut-in-envelope", "cut-in-state", "short-state-line", "version-1",
+    "garbage", "empty", "all-nul", "name-mismatch", "no-rcpt",
+]
+
+
+@pytest.mark.parametrize("damage", ONE_RECORD_DAMAGE)
+def test_damaged_segments_moved_aside(relayd, damage):
+    qid = relayd.send_one(body=b"original\r\n")
+    relayd.stop()
+    path = relayd.queue_dir / qid
+    name, data = one_record_damage(damage, path.read_bytes())
+    if name:
+        path.unlink()
+        path = relayd.queue_dir / name
     path.write_bytes(data)
+    if damage not in ("name-mismatch", "no-rcpt"):
+        with pytest.raises(ValueError):     # the harness sees it too
+            parse_segment(path)
     name = path.name
     relayd.start()
     assert relayd.queued() == []
+    assert relayd.segments() == []
     assert list_dir(relayd.corrupt_dir) == [name]
-    assert "spool: 0 queued message(s) found" in relayd.current_log()
-    assert "queue/%s is damaged" % name in relayd.current_log()
+    assert (relayd.corrupt_dir / name).read_bytes() == data
+    log = relayd.current_log()
+    assert "spool: 0 queued message(s) found" in log
+    assert re.search(r"spool: queue/%s is damaged \(.*\); moved to corrupt/$"
+                     % name, log, re.M), log
+    relayd.assert_serves()
+
+
+def test_damage_after_done_records_moves_the_segment(relayd):
+    """Whole records before the damage, but none of them queued: nothing
+    to keep, the segment is moved."""
+    relayd.stop()
+    a, b, c = (planted_qid(n) for n in (0x21, 0x22, 0x23))
+    data = (make_record(a, state="D") + make_record(b, state="X")
+            + make_record(c)[:-5])
+    plant(relayd, (a, data))
+    relayd.start()
+    log = relayd.current_log()
+    assert re.search(r"spool: queue/%s is damaged \(.*\); moved to corrupt/$"
+                     % a, log, re.M), log
+    assert "spool: 0 queued message(s) found" in log
+    assert relayd.segments() == [] and relayd.queued() == []
+    assert list_dir(relayd.corrupt_dir) == [a]
+    assert (relayd.corrupt_dir / a).read_bytes() == data
+    relayd.assert_serves()
+
+
+@pytest.mark.parametrize("damage", [
+    "truncated", "wrong-trailer", "trailing-garbage", "cut-in-first-line",
+    "done-between",
+])
+def test_damage_after_whole_records_keeps_them(relayd, damage):
+    """Records before the damage stay queued (a copy of the segment goes to
+    corrupt/); the damaged one and anything after it is not delivered."""
+    relayd.stop()
+    a, b, c, e = (planted_qid(n) for n in (0x31, 0x32, 0x33, 0x34))
+    ra = make_record(a, "a@a.test", ["r@b.test"], b"Subject: a\r\n\r\nA\r\n")
+    rb = make_record(b, "b@a.test", ["r@b.test"], b"Subject: b\r\n\r\nB\r\n",
+                     state="D" if damage == "done-between" else "Q")
+    rc = make_record(c, "c@a.test", ["r@b.test"], b"Subject: c\r\n\r\nC\r\n")
+    re_ = make_record(e)
+    if damage == "truncated":
+        tail = rc[:-20]
+    elif damage == "wrong-trailer":
+        tail = rc[:-32] + b"RELAYD-END %020d\n" % 9999 + re_
+    elif damage == "trailing-garbage":
+        tail = b"\n\nnot a record\n"
+    elif damage == "cut-in-first-line":
+        tail = rc[:9]
+    elif damage == "done-between":
+        tail = rc[:300]
+    data = ra + rb + tail
+    at = len(ra) + len(rb)
+    kept = [a] if damage == "done-between" else [a, b]
+    plant(relayd, (a, data))
+    relayd.start()
+    log = relayd.current_log()
+    assert re.search(r"spool: queue/%s is damaged at byte %d \(.*\); %d "
+                     r"message\(s\) before it stay queued, a copy is in "
+                     r"corrupt/$" % (a, at, len(kept)), log, re.M), log
+    assert "spool: %d queued message(s) found" % len(kept) in log
+    assert relayd.queued() == kept
+    assert list_dir(relayd.corrupt_dir) == [a]
+    assert (relayd.corrupt_dir / a).read_bytes() == data
+    assert relayd.spool_file(a).message == b"Subject: a\r\n\r\nA\r\n"
+    assert relayd.spool_file(b).message == b"Subject: b\r\n\r\nB\r\n"
+    new = relayd.assert_serves()
+    # Another start finds the same: nothing lost, nothing more queued.
+    relayd.restart()
+    assert relayd.queued() == sorted(kept + [new])
+    assert ("spool: %d queued message(s) found" % (len(kept) + 1)
+            in relayd.current_log())
+    assert (relayd.corrupt_dir / a).read_bytes() == data
     relayd.assert_serves()
 
 
@@ -273,7 +508,7 @@ def test_full_spool_at_commit(tmpfs_dir, relayd_factory):
                 if r.code == 452:
                     assert r.text.startswith("452 4.3.1"), r
                 assert d.tmp_files() == []
-                for f in d.queued_files():     # whole files only
+                for f in d.records():      # whole records only
                     assert f.size == len(f.message)
         filler.unlink()
     assert any(t.startswith("452") for _, _, t in results), results
@@ -327,7 +562,7 @@ def test_sigterm_with_open_sessions(relayd):
 @pytest.mark.parametrize("sync_method", ["fdatasync", "syncfs"])
 def test_sync_methods_under_concurrency(relayd_factory, sync_method):
     """Both ways of flushing a batch: 200 messages from 16 parallel
-    sessions, every 250 a whole file, found again after kill -9."""
+    sessions, every 250 a whole record, found again after kill -9."""
     d = relayd_factory(sections={"queue": {"sync_method": sync_method}})
     src = "/usr/sbin/smtp-source"
     if not os.path.exists(src):
@@ -337,8 +572,11 @@ def test_sync_methods_under_concurrency(relayd_factory, sync_method):
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert len(d.queued()) == 200
+    assert 1 <= len(d.segments()) <= 200
     d.kill()
     d.start()
     assert "spool: 200 queued message(s) found" in d.current_log()
+    assert list_dir(d.corrupt_dir) == []    # all committed: no damage
+    assert len(d.queued()) == 200
     for f in d.queued_files():
         assert f.size == len(f.message)

@@ -13,6 +13,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include <event2/event.h>
+
 #include "spool.h"
 
 static char	 dir[256];
@@ -136,7 +138,10 @@ test_commit_and_recover(void **state)
 	snprintf(path, sizeof(path), "%s/queue/%s", dir, r.qid);
 	buf = read_file(path, &len);
 	assert_non_null(buf);
-	assert_memory_equal(buf, "RELAYD-SPOOL 1\nid: ", 19);
+	assert_memory_equal(buf, "RELAYD-SPOOL 2\nstate: Q attempts=00000 "
+	    "next=0000000000000 error=    ", 68);
+	assert_memory_equal(buf + 15 + SPOOL_STATE_LEN,
+	    "size: 00000000000000000022\nid: ", 31);
 	assert_non_null(memmem(buf, len, "\nrcpt: b@example.com\n\n", 22));
 	assert_non_null(memmem(buf, len, "\nmail-from: scanner@example.com\n",
 	    32));
@@ -192,73 +197,251 @@ test_abort_and_leftovers(void **state)
 	spool_free(sp);
 }
 
+/* A record as the daemon writes it, with the given state and body. */
+static size_t
+make_rec(char *out, const char *qid, char st, const char *body)
+{
+	char	 state[SPOOL_STATE_LEN];
+	size_t	 blen = strlen(body);
+	int	 n;
+
+	spool_format_state(state, st, 3, 1234567890123ULL, "http_503 busy");
+	n = sprintf(out, "RELAYD-SPOOL 2\n%.*ssize: %020zu\nid: %s\n"
+	    "arrival: 5.000001\nmail-from: \nrcpt: x@y\nfuture-key: ok\n\n"
+	    "%sRELAYD-END %020zu\n", SPOOL_STATE_LEN, state, blen, qid, body,
+	    blen);
+	return (size_t)n;
+}
+
+static void
+write_file(const char *name, const char *data, size_t len)
+{
+	char	 path[400];
+	FILE	*fp;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	fp = fopen(path, "w");
+	assert_non_null(fp);
+	assert_int_equal(fwrite(data, 1, len, fp), len);
+	fclose(fp);
+}
+
 static void
 test_damaged_moved_aside(void **state)
 {
 	struct spool	*sp;
-	char		 err[256], path[400];
-	FILE		*fp;
+	char		 err[256], rec[4096];
+	size_t		 n;
 
 	(void)state;
 	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
 	spool_free(sp);
-	snprintf(path, sizeof(path), "%s/queue/0000000000000000", dir);
-	fp = fopen(path, "w");
-	fputs("RELAYD-SPOOL 1\nid: 0000000000000000\nmail-from: a@b\n"
-	    "rcpt: c@d\n\nSubject: cut short", fp);
-	fclose(fp);
+	/* Cut short: nothing whole in it, so it goes. */
+	n = make_rec(rec, "0000000000000000", 'Q', "Subject: cut\r\n");
+	write_file("queue/0000000000000000", rec, n - 20);
+	/* A name that is not its first id. */
+	n = make_rec(rec, "0000000000000001", 'Q', "x");
+	write_file("queue/0000000000000002", rec, n);
+	/* Two whole records, then garbage: the two stay queued. */
+	n = make_rec(rec, "0000000000000003", 'Q', "one");
+	n += make_rec(rec + n, "0000000000000004", 'Q', "two");
+	memcpy(rec + n, "garbage", 7);
+	write_file("queue/0000000000000003", rec, n + 7);
 	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
 	assert_non_null(sp);
-	assert_int_equal(spool_count(sp), 0);
-	assert_int_equal(count_files("queue"), 0);
-	assert_int_equal(count_files("corrupt"), 1);
+	assert_int_equal(spool_count(sp), 2);
+	assert_string_equal(spool_entry_at(sp, 0)->qid, "0000000000000003");
+	assert_string_equal(spool_entry_at(sp, 1)->qid, "0000000000000004");
+	assert_int_equal(count_files("queue"), 1);
+	assert_int_equal(count_files("corrupt"), 3);
 	spool_free(sp);
 }
 
 static void
 test_parse_framing(void **state)
 {
-	static const char head[] = "RELAYD-SPOOL 1\nid: 0123456789ABCDEF\n"
-	    "arrival: 5.000001\nmail-from: \nrcpt: x@y\nfuture-key: ok\n\n";
-	static const struct {
-		const char	*head;
-		const char	*trailer;
-		uint64_t	 extra;		/* file size beyond header */
-		int		 ok;
-	} cases[] = {
-		{ head, "RELAYD-END 00000000000000000010\n", 10 + 32, 0 },
-		{ head, "RELAYD-END 00000000000000000011\n", 10 + 32, -1 },
-		{ head, "RELAYD-END 0000000000000000001x\n", 10 + 32, -1 },
-		{ head, "XXXXXX-END 00000000000000000010\n", 10 + 32, -1 },
-		{ head, "RELAYD-END 00000000000000000000\n", 10, -1 },
-		{ "RELAYD-SPOOL 2\nid: 0123456789ABCDEF\n\n",
-		  "RELAYD-END 00000000000000000000\n", 32, -1 },
-		{ "RELAYD-SPOOL 1\nid: 0123456789ABCDEF\nmail-from: \n",
-		  "RELAYD-END 00000000000000000000\n", 32, -1 },
-		{ "From nobody\n\n", "RELAYD-END 00000000000000000000\n", 32,
-		  -1 },
-	};
 	struct spool_entry	 e;
 	const char		*why;
-	size_t			 i;
-	int			 r;
+	char			 rec[4096], bad[4096];
+	size_t			 n, i;
 
 	(void)state;
-	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		size_t hl = strlen(cases[i].head);
-		r = spool_parse(cases[i].head, hl, cases[i].trailer,
-		    hl + cases[i].extra, &e, &why);
-		if (r != cases[i].ok)
-			fail_msg("case %zu: got %d, want %d (%s)", i, r,
-			    cases[i].ok, r ? why : "ok");
-		if (r == 0) {
-			assert_string_equal(e.qid, "0123456789ABCDEF");
-			assert_string_equal(e.mail_from, "");
-			assert_int_equal(e.size, 10);
-			assert_int_equal(e.nrcpts, 1);
-			spool_entry_clear(&e);
-		}
+	n = make_rec(rec, "0123456789ABCDEF", 'H', "0123456789");
+	assert_int_equal(spool_parse(rec, n, &e, &why), 0);
+	assert_string_equal(e.qid, "0123456789ABCDEF");
+	assert_string_equal(e.mail_from, "");
+	assert_int_equal(e.size, 10);
+	assert_int_equal(e.reclen, n);
+	assert_int_equal(e.nrcpts, 1);
+	assert_int_equal(e.state, 'H');
+	assert_int_equal(e.attempts, 3);
+	assert_int_equal(e.next_ms, 1234567890123ULL);
+	assert_string_equal(e.error, "http_503 busy");
+	assert_memory_equal(rec + e.body_offset, "0123456789", 10);
+	spool_entry_clear(&e);
+	/* More bytes after it (the next record) are fine. */
+	memcpy(bad, rec, n);
+	memcpy(bad + n, "RELAYD-SPOOL 2\n", 15);
+	assert_int_equal(spool_parse(bad, n + 15, &e, &why), 0);
+	spool_entry_clear(&e);
+	/* Every cut is refused. */
+	for (i = 0; i < n; i++)
+		if (spool_parse(rec, i, &e, &why) != -1)
+			fail_msg("cut at %zu accepted", i);
+	/* A torn state line reads as queued, attempts 0. */
+	memcpy(bad, rec, n);
+	memcpy(bad + 15 + 20, "\0\0\0\0", 4);
+	assert_int_equal(spool_parse(bad, n, &e, &why), 0);
+	assert_int_equal(e.state, 'Q');
+	assert_int_equal(e.attempts, 0);
+	spool_entry_clear(&e);
+	/* Size lines that disagree, a bad trailer, another version. */
+	memcpy(bad, rec, n);
+	bad[n - 2] = '1';
+	assert_int_equal(spool_parse(bad, n, &e, &why), -1);
+	memcpy(bad, rec, n);
+	bad[15 + SPOOL_STATE_LEN + 25] = '9';
+	assert_int_equal(spool_parse(bad, n, &e, &why), -1);
+	memcpy(bad, rec, n);
+	bad[n - 32] = 'X';
+	assert_int_equal(spool_parse(bad, n, &e, &why), -1);
+	memcpy(bad, rec, n);
+	bad[13] = '1';
+	assert_int_equal(spool_parse(bad, n, &e, &why), -1);
+	assert_string_equal(why, "unsupported spool format version");
+	assert_int_equal(spool_parse("From nobody\n\n", 13, &e, &why), -1);
+}
+
+/* Records share segments: marks, the state line, removal, dead letters. */
+static void
+test_segments(void **state)
+{
+	struct spool		*sp;
+	struct spool_view	 v;
+	const char		*why;
+	char			 err[256], rec[8192], path[400], *buf;
+	size_t			 n, len = 0;
+
+	(void)state;
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
+	spool_free(sp);
+	n = make_rec(rec, "0000000000000010", 'Q', "first");
+	n += make_rec(rec + n, "0000000000000011", 'D', "delivered");
+	n += make_rec(rec + n, "0000000000000012", 'Q', "third");
+	n += make_rec(rec + n, "0000000000000013", 'Q', "fourth");
+	write_file("queue/0000000000000010", rec, n);
+	n = make_rec(rec, "0000000000000020", 'D', "all done");
+	write_file("queue/0000000000000020", rec, n);
+
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
+	assert_non_null(sp);
+	assert_int_equal(spool_count(sp), 3);
+	assert_int_equal(spool_segments(sp), 1);
+	assert_int_equal(count_files("queue"), 1);	/* the done one went */
+	assert_int_equal(spool_map_msg(sp, "0000000000000012", &v, &why), 0);
+	assert_int_equal(v.e.size, 5);
+	assert_memory_equal(v.msg, "third", 5);
+	spool_unmap_msg(&v);
+	assert_int_equal(spool_map_msg(sp, "0000000000000011", &v, &why), -1);
+
+	assert_int_equal(spool_set_state(sp, "0000000000000013", 'Q', 7,
+	    42, "http_429\nthrottled"), 0);
+	assert_int_equal(spool_remove(sp, "0000000000000010"), 0);
+	assert_int_equal(spool_remove(sp, "0000000000000010"), -1);
+	assert_int_equal(spool_dead(sp, "0000000000000012", "code: x\n"), 0);
+	assert_int_equal(count_files("dead"), 2);
+	snprintf(path, sizeof(path), "%s/dead/0000000000000012", dir);
+	buf = read_file(path, &len);
+	assert_non_null(buf);
+	assert_memory_equal(buf, "RELAYD-SPOOL 2\nstate: X ", 24);
+	assert_memory_equal(buf + len - 32 - 5, "third", 5);
+	free(buf);
+	assert_int_equal(spool_count(sp), 1);
+	spool_free(sp);
+
+	/* Found again: only the fourth, with its state. */
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
+	assert_int_equal(spool_count(sp), 1);
+	assert_string_equal(spool_entry_at(sp, 0)->qid, "0000000000000013");
+	assert_int_equal(spool_entry_at(sp, 0)->attempts, 7);
+	assert_int_equal(spool_entry_at(sp, 0)->next_ms, 42);
+	assert_string_equal(spool_entry_at(sp, 0)->error,
+	    "http_429?throttled");
+	assert_int_equal(spool_remove(sp, "0000000000000013"), 0);
+	assert_int_equal(count_files("queue"), 0);	/* last one out */
+	assert_int_equal(spool_segments(sp), 0);
+	spool_free(sp);
+}
+
+/* With the commit thread, messages committed together share a file. */
+struct committed {
+	int	 n;
+	char	 qid[100][SPOOL_QID_LEN + 1];
+};
+
+static void
+count_cb(void *arg, int err, const char *qid)
+{
+	struct committed	*c = arg;
+
+	if (err == 0 && c->n < 100)
+		snprintf(c->qid[c->n++], SPOOL_QID_LEN + 1, "%s", qid);
+}
+
+static void
+commit_some(struct event_base *base, struct spool *sp, struct committed *c,
+    int n)
+{
+	struct spool_msg	*m;
+	int			 i, want = c->n + n;
+
+	for (i = 0; i < n; i++) {
+		m = new_msg(sp);
+		spool_msg_write(m, "hello\r\n", 7);
+		spool_msg_commit(m, count_cb, c);
 	}
+	while (c->n < want)
+		event_base_loop(base, EVLOOP_ONCE);
+}
+
+static void
+test_batches_share_segments(void **state)
+{
+	struct event_base	*base;
+	struct spool		*sp;
+	struct committed	 c = { 0, { "" } };
+	char			 err[256];
+	int			 i;
+
+	(void)state;
+	base = event_base_new();
+	sp = spool_open(dir, sync_method, base, err, sizeof(err));
+	assert_non_null(sp);
+	commit_some(base, sp, &c, 50);
+	assert_int_equal(spool_count(sp), 50);
+	assert_int_equal(spool_segments(sp), 1);	/* appended to one */
+	assert_int_equal(count_files("queue"), 1);
+	spool_free(sp);
+
+	/* After a restart, a new segment; the old one is closed. */
+	sp = spool_open(dir, sync_method, base, err, sizeof(err));
+	assert_int_equal(spool_count(sp), 50);
+	commit_some(base, sp, &c, 50);
+	assert_int_equal(count_files("queue"), 2);
+	/* The closed segment goes with its last record... */
+	for (i = 0; i < 50; i++)
+		assert_int_equal(spool_remove(sp, c.qid[i]), 0);
+	assert_int_equal(count_files("queue"), 1);
+	/* ...and the open one is closed and removed by the commit thread. */
+	for (i = 50; i < 100; i++)
+		assert_int_equal(spool_remove(sp, c.qid[i]), 0);
+	for (i = 0; i < 200 && count_files("queue") != 0; i++)
+		usleep(10000);
+	assert_int_equal(count_files("queue"), 0);
+	assert_int_equal(spool_count(sp), 0);
+	assert_int_equal(spool_segments(sp), 0);
+	spool_free(sp);
+	event_base_free(base);
 }
 
 static void
@@ -294,6 +477,10 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_damaged_moved_aside, setup,
 		    teardown),
 		cmocka_unit_test(test_parse_framing),
+		cmocka_unit_test_setup_teardown(test_segments, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_batches_share_segments,
+		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_unique_ids, setup,
 		    teardown),
 	};
