@@ -29,6 +29,8 @@
 
 #include "auth.h"
 #include "config.h"
+#include "http.h"
+#include "jwt.h"
 #include "log.h"
 #include "tls.h"
 #include "util.h"
@@ -60,9 +62,25 @@ struct cfg_key {
 
 static const char *const bare_lf_names[] = { "reject", "normalize", NULL };
 static const char *const sync_names[] = { "fdatasync", "syncfs", NULL };
+static const char *const bounce_names[] = { "no", "sender", NULL };
 static const char *const tls_names[] = { "1.0", "1.1", "1.2", "1.3", NULL };
 static const char *const log_level_names[] =
     { "error", "warning", "info", "debug", NULL };
+static const char *const alg_names[] = { "PS256", "RS256", NULL };
+static const char *const cloud_names[] =
+    { "global", "usgov", "usgov-dod", "china", NULL };
+
+/* Each cloud's token service and Graph (FACTS.md 5, national clouds). */
+static const struct {
+	const char	*login_url;
+	const char	*graph_url;
+} clouds[] = {
+	{ "https://login.microsoftonline.com", "https://graph.microsoft.com" },
+	{ "https://login.microsoftonline.us", "https://graph.microsoft.us" },
+	{ "https://login.microsoftonline.us", "https://dod-graph.microsoft.us" },
+	{ "https://login.chinacloudapi.cn",
+	  "https://microsoftgraph.chinacloudapi.cn" },
+};
 
 #define OFF(f)	offsetof(struct config, f)
 #define KB	1024ULL
@@ -151,6 +169,19 @@ static const struct cfg_key cfg_keys[] = {
 	{ "queue", "retry_max", CFG_DURATION, "30m", 1000, 24 * 3600 * 1000,
 	  OFF(retry_max_ms), NULL,
 	  "Longest wait between two attempts." },
+	{ "queue", "lifetime", CFG_DURATION, "5d", 1000,
+	  UINT64_C(90) * 86400 * 1000, OFF(lifetime_ms), NULL,
+	  "How long a message may wait for Graph; then it goes to dead/ with "
+	  "reason expired." },
+	{ "queue", "messages_per_minute", CFG_NUM, "30", 0, 100000,
+	  OFF(messages_per_minute), NULL,
+	  "Messages sent per mailbox and minute (bursts up to this many at "
+	  "once), as Exchange Online allows; a burst from one sender is "
+	  "spread out instead of refused. 0: no pacing." },
+	{ "queue", "bounce", CFG_ENUM, "no", 0, 0, OFF(bounce), bounce_names,
+	  "no: refused messages stay in dead/ silently. sender: a short "
+	  "report goes through Graph to the envelope sender, when that is a "
+	  "mailbox of the tenant." },
 	{ "graph", "tenant", CFG_STR, NULL, 0, 0, OFF(tenant), NULL,
 	  "Directory (tenant) ID or domain of the app registration." },
 	{ "graph", "client_id", CFG_STR, NULL, 0, 0, OFF(client_id), NULL,
@@ -159,11 +190,39 @@ static const struct cfg_key cfg_keys[] = {
 	  OFF(client_secret_file), NULL,
 	  "File holding the client secret (its Value); must not be open to "
 	  "group or others. Unset: the systemd credential "
-	  "$CREDENTIALS_DIRECTORY/client_secret (see relayd.service)." },
-	{ "graph", "login_url", CFG_STR, "https://login.microsoftonline.com",
-	  0, 0, OFF(login_url), NULL, "OAuth2 token service base URL." },
-	{ "graph", "graph_url", CFG_STR, "https://graph.microsoft.com", 0, 0,
-	  OFF(graph_url), NULL, "Microsoft Graph base URL." },
+	  "$CREDENTIALS_DIRECTORY/client_secret (see relayd.service). Leave "
+	  "it unset when signing in with a certificate." },
+	{ "graph", "certificate_file", CFG_STR, NULL, 0, 0,
+	  OFF(certificate_file), NULL,
+	  "PEM certificate uploaded to the app registration (Certificates & "
+	  "secrets): relayd signs in with a client assertion made with its "
+	  "key instead of a client secret." },
+	{ "graph", "private_key_file", CFG_STR, NULL, 0, 0,
+	  OFF(private_key_file), NULL,
+	  "PEM RSA private key of certificate_file, not encrypted; must not "
+	  "be open to group or others. Unset: the systemd credential "
+	  "$CREDENTIALS_DIRECTORY/private_key." },
+	{ "graph", "assertion_alg", CFG_ENUM, "PS256", 0, 0,
+	  OFF(assertion_alg), alg_names,
+	  "Signature of the client assertion: PS256 (RSA-PSS, names the "
+	  "certificate by its SHA-256 thumbprint) or RS256 (PKCS#1 v1.5 and "
+	  "the SHA-1 thumbprint, the older form)." },
+	{ "graph", "cloud", CFG_ENUM, "global", 0, 0, OFF(cloud), cloud_names,
+	  "The tenant's cloud: global (also GCC), usgov (GCC High), "
+	  "usgov-dod (DoD) or china (21Vianet); it gives login_url and "
+	  "graph_url their defaults." },
+	{ "graph", "login_url", CFG_STR, NULL, 0, 0, OFF(login_url), NULL,
+	  "OAuth2 token service base URL (default: the cloud's, "
+	  "https://login.microsoftonline.com for global)." },
+	{ "graph", "graph_url", CFG_STR, NULL, 0, 0, OFF(graph_url), NULL,
+	  "Microsoft Graph base URL (default: the cloud's, "
+	  "https://graph.microsoft.com for global). The token's scope is "
+	  "always graph_url/.default." },
+	{ "graph", "proxy", CFG_STR, NULL, 0, 0, OFF(proxy), NULL,
+	  "HTTP proxy for the token service and Graph: http://HOST:PORT, or "
+	  "http://USER:PASSWORD@HOST:PORT for Basic authentication (https:// "
+	  "for a TLS proxy). Unset: the environment's https_proxy, "
+	  "HTTPS_PROXY and no_proxy apply, as in curl." },
 	{ "graph", "ca_file", CFG_STR, NULL, 0, 0, OFF(ca_file), NULL,
 	  "PEM file of CA certificates trusted besides the system's, for a "
 	  "TLS-inspecting proxy or a test server." },
@@ -749,6 +808,100 @@ check_url(struct parser *p, const char *name, char *url)
 }
 
 /*
+ * [graph] proxy: http:// or https://, and a port (curl would take 1080,
+ * seldom what is meant). The password in it is never shown.
+ */
+static void
+check_proxy(struct parser *p)
+{
+	const char	*u = p->cfg->proxy, *a, *at, *port;
+	char		*shown;
+	size_t		 n;
+	int		 line = key_line(p, "graph", "proxy");
+
+	if (u == NULL)
+		return;
+	shown = http_redact(u);
+	if (strncasecmp(u, "http://", 7) == 0)
+		a = u + 7;
+	else if (strncasecmp(u, "https://", 8) == 0)
+		a = u + 8;
+	else {
+		perr(p, line, "proxy \"%s\" must start with http:// or "
+		    "https://", shown);
+		free(shown);
+		return;
+	}
+	n = strcspn(a, "/?#");
+	if ((at = memrchr(a, '@', n)) != NULL) {
+		n -= (size_t)(at + 1 - a);
+		a = at + 1;
+	}
+	port = memrchr(a, ':', n);
+	if (port == NULL || memchr(port, ']', n - (size_t)(port - a)) ||
+	    port == a || port + 1 == a + n ||
+	    strspn(port + 1, "0123456789") != (size_t)(a + n - port - 1))
+		perr(p, line, "proxy \"%s\" must be http://HOST:PORT (the port "
+		    "too)", shown);
+	free(shown);
+}
+
+static void	check_readable(struct parser *, int, const char *,
+		    const char *);
+
+/*
+ * Certificate credentials: certificate_file and its key, from
+ * private_key_file or the systemd credential private_key. They are loaded
+ * as the token requests will use them: a key of another certificate, or
+ * one that is not RSA, fails here rather than at the first message.
+ */
+static void
+check_certificate(struct parser *p, const char *creds)
+{
+	struct config	*cfg = p->cfg;
+	struct jwt_key	*k;
+	char		 err[1024], when[64];
+	int		 line = key_line(p, "graph", "certificate_file");
+	int		 errors = p->errors;
+
+	if (cfg->client_secret_file != NULL)
+		perr(p, key_line(p, "graph", "client_secret_file"),
+		    "client_secret_file and certificate_file are two ways to "
+		    "sign in; set only one");
+	if (cfg->certificate_file == NULL) {
+		perr(p, key_line(p, "graph", "private_key_file"),
+		    "private_key_file needs certificate_file (the certificate "
+		    "uploaded to the app registration)");
+		return;
+	}
+	check_readable(p, line, "certificate_file", cfg->certificate_file);
+	if (cfg->private_key_file != NULL)
+		check_secret_file(p, key_line(p, "graph", "private_key_file"),
+		    "private_key_file", cfg->private_key_file);
+	else if (creds == NULL || *creds == '\0') {
+		perr(p, line, "certificate_file needs private_key_file (or the "
+		    "systemd credential LoadCredential=private_key)");
+		return;
+	} else {
+		xasprintf(&cfg->private_key_file, "%s/private_key", creds);
+		check_secret_file(p, 0, "credential", cfg->private_key_file);
+	}
+	if (p->errors > errors)
+		return;
+	if ((k = jwt_key_load(cfg->certificate_file, cfg->private_key_file,
+	    cfg->assertion_alg, err, sizeof(err))) == NULL) {
+		perr(p, line, "%s", err);
+		return;
+	}
+	if (jwt_key_expired(k, when, sizeof(when)))
+		fprintf(p->errf, "%s:%d: warning: certificate_file \"%s\" "
+		    "expired on %s; Entra refuses it once its registration on "
+		    "the app has expired too (upload a new certificate)\n",
+		    p->file, line, cfg->certificate_file, when);
+	jwt_key_free(k);
+}
+
+/*
  * [graph]: delivery is on once any credential key is given, and then all of
  * them must be. Without them relayd only queues (a staged roll-out).
  */
@@ -759,8 +912,13 @@ check_graph(struct parser *p)
 	const char	*creds;
 	char		*path;
 
+	if (cfg->login_url == NULL)
+		cfg->login_url = xstrdup(clouds[cfg->cloud].login_url);
+	if (cfg->graph_url == NULL)
+		cfg->graph_url = xstrdup(clouds[cfg->cloud].graph_url);
 	check_url(p, "login_url", cfg->login_url);
 	check_url(p, "graph_url", cfg->graph_url);
+	check_proxy(p);
 	if (strcmp(cfg->mailbox, "envelope") != 0 &&
 	    strcmp(cfg->mailbox, "from") != 0 &&
 	    (strchr(cfg->mailbox, '@') == NULL ||
@@ -769,7 +927,8 @@ check_graph(struct parser *p)
 		    "be envelope, from or a mailbox address", cfg->mailbox);
 	creds = getenv("CREDENTIALS_DIRECTORY");
 	if (cfg->tenant == NULL && cfg->client_id == NULL &&
-	    cfg->client_secret_file == NULL)
+	    cfg->client_secret_file == NULL && cfg->certificate_file == NULL &&
+	    cfg->private_key_file == NULL)
 		return;
 	cfg->graph_enabled = 1;
 	if (cfg->tenant == NULL)
@@ -778,6 +937,10 @@ check_graph(struct parser *p)
 	if (cfg->client_id == NULL)
 		perr(p, 0, "[graph] client_id is not set (the Application "
 		    "(client) ID of the app registration)");
+	if (cfg->certificate_file != NULL || cfg->private_key_file != NULL) {
+		check_certificate(p, creds);
+		return;
+	}
 	if (cfg->client_secret_file != NULL) {
 		check_secret_file(p, key_line(p, "graph",
 		    "client_secret_file"), "client_secret_file",
@@ -786,7 +949,8 @@ check_graph(struct parser *p)
 	}
 	if (creds == NULL || *creds == '\0') {
 		perr(p, 0, "[graph] client_secret_file is not set and there is "
-		    "no systemd credential (LoadCredential=client_secret)");
+		    "no systemd credential (LoadCredential=client_secret); or "
+		    "sign in with certificate_file and private_key_file");
 		return;
 	}
 	xasprintf(&path, "%s/client_secret", creds);
@@ -999,6 +1163,12 @@ config_free(struct config *cfg)
 	free(cfg->allow);
 	free(cfg->path);
 	free(cfg);
+}
+
+const char *
+config_cloud_name(const struct config *cfg)
+{
+	return cloud_names[cfg->cloud];
 }
 
 /* "# " comment lines of at most 76 columns. */

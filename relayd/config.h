@@ -11,6 +11,7 @@
 
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_NORMALIZE };
 enum sync_method { SYNC_FDATASYNC, SYNC_SYNCFS };
+enum bounce { BOUNCE_NO, BOUNCE_SENDER };
 
 enum tls_version { TLS_V1_0, TLS_V1_1, TLS_V1_2, TLS_V1_3 };
 
@@ -62,13 +63,21 @@ struct config {
 	uint64_t		 workers;
 	uint64_t		 retry_min_ms;
 	uint64_t		 retry_max_ms;
+	uint64_t		 lifetime_ms;
+	uint64_t		 messages_per_minute;
+	int			 bounce;	/* enum bounce */
 
 	/* [graph] */
 	char			*tenant;
 	char			*client_id;
 	char			*client_secret_file;
-	char			*login_url;
+	char			*certificate_file;	/* or these two */
+	char			*private_key_file;
+	int			 assertion_alg;	/* enum jwt_alg */
+	int			 cloud;		/* see config_cloud_name() */
+	char			*login_url;	/* the cloud's unless set */
 	char			*graph_url;
+	char			*proxy;		/* may hold a password */
 	char			*ca_file;
 	char			*mailbox;	/* "envelope", "from" or ADDRESS */
 	int			 save_to_sent_items;
@@ -102,6 +111,8 @@ struct config	*config_load(const char *, FILE *);
 /* Same, from a string (unit tests); name is used in messages. */
 struct config	*config_load_string(const char *, const char *, FILE *);
 void		 config_free(struct config *);
+/* [graph] cloud as written in relayd.conf: "global", "usgov", ... */
+const char	*config_cloud_name(const struct config *);
 /* Writes every key with its default and help text, as conf/relayd.conf. */
 void		 config_dump_defaults(FILE *);
 

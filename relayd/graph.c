@@ -917,39 +917,76 @@ graph_req_free(struct graph_req *req)
 	memset(req, 0, sizeof(*req));
 }
 
-/* Graph error codes that say something about the message, not the moment. */
-static const struct {
+/*
+ * Every answer sendMail gives, from ../shared/graph/FACTS.md section 4, and
+ * what to do about it. Looked up by status and error code; status -1 and
+ * code NULL match any. The first match wins, so exact rows come first.
+ */
+#define ANY_STATUS	(-1)
+static const struct graph_rule {
+	long			 status;
 	const char		*code;
 	enum graph_result	 result;
-} graph_codes[] = {
-	{ "InvalidAuthenticationToken", GRAPH_REAUTH },
-	{ "TooManyRequests", GRAPH_TEMPFAIL },
-	{ "ApplicationThrottled", GRAPH_TEMPFAIL },
-	{ "ErrorQuotaExceeded", GRAPH_TEMPFAIL },
-	{ "ServiceUnavailable", GRAPH_TEMPFAIL },
-	{ "serviceNotAvailable", GRAPH_TEMPFAIL },
-	{ "ErrorServerBusy", GRAPH_TEMPFAIL },
-	{ "ErrorTimeoutExpired", GRAPH_TEMPFAIL },
-	{ "ErrorInternalServerTransientError", GRAPH_TEMPFAIL },
-	{ "ErrorMailboxStoreUnavailable", GRAPH_TEMPFAIL },
+	unsigned		 flags;
+} graph_table[] = {
+	{ 202, NULL, GRAPH_SENT, 0 },
+	/* The message or the request is wrong: the same request fails again. */
+	{ 400, "ErrorMimeContentInvalidBase64String", GRAPH_PERMFAIL, 0 },
+	{ 400, "RequestBodyRead", GRAPH_PERMFAIL, 0 },
+	{ 400, "BadRequest", GRAPH_PERMFAIL, 0 },
+	{ 400, "InvalidInternetMessageHeader", GRAPH_PERMFAIL, 0 },
+	{ 400, "InvalidInternetMessageHeaderCollection", GRAPH_PERMFAIL, 0 },
+	{ 400, "ErrorInvalidRecipients", GRAPH_PERMFAIL, 0 },
+	{ 400, "ErrorMessageSizeExceeded", GRAPH_PERMFAIL, 0 },
+	{ 400, "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize",
+	  GRAPH_PERMFAIL, 0 },
+	/* The token: a fresh one once; permissions are configuration. */
+	{ 401, "InvalidAuthenticationToken", GRAPH_REAUTH, 0 },
+	{ 401, "NoPermissionsInAccessToken", GRAPH_PERMFAIL, 0 },
+	{ 403, "ErrorAccessDenied", GRAPH_PERMFAIL, 0 },
+	{ 403, "ErrorSendAsDenied", GRAPH_PERMFAIL, 0 },
+	{ 404, "MailboxNotEnabledForRESTAPI", GRAPH_PERMFAIL, 0 },
+	{ 404, "ErrorInvalidUser", GRAPH_PERMFAIL, 0 },
+	{ 404, "ResourceNotFound", GRAPH_PERMFAIL, 0 },
+	{ 413, NULL, GRAPH_PERMFAIL, 0 },
+	/* Throttling is per app and mailbox. */
+	{ 429, "TooManyRequests", GRAPH_TEMPFAIL, GRAPH_F_MAILBOX },
+	{ 429, "ApplicationThrottled", GRAPH_TEMPFAIL, GRAPH_F_MAILBOX },
+	{ ANY_STATUS, "ErrorQuotaExceeded", GRAPH_TEMPFAIL, GRAPH_F_QUOTA },
+	{ ANY_STATUS, "ErrorServerBusy", GRAPH_TEMPFAIL, GRAPH_F_MAILBOX },
+	{ ANY_STATUS, "ErrorMailboxStoreUnavailable", GRAPH_TEMPFAIL,
+	  GRAPH_F_MAILBOX },
+	{ ANY_STATUS, "ErrorTimeoutExpired", GRAPH_TEMPFAIL,
+	  GRAPH_F_SERVICE | GRAPH_F_DUPLICATE },
+	/* Graph's own trouble. A 504 may come after the send went through. */
+	{ 500, NULL, GRAPH_TEMPFAIL, GRAPH_F_SERVICE },
+	{ 502, NULL, GRAPH_TEMPFAIL, GRAPH_F_SERVICE },
+	{ 503, NULL, GRAPH_TEMPFAIL, GRAPH_F_SERVICE },
+	{ 504, NULL, GRAPH_TEMPFAIL, GRAPH_F_SERVICE | GRAPH_F_DUPLICATE },
+	{ 509, NULL, GRAPH_TEMPFAIL, GRAPH_F_SERVICE },
+	/* Other codes by class. */
+	{ 401, NULL, GRAPH_REAUTH, 0 },
+	{ 408, NULL, GRAPH_TEMPFAIL, 0 },
+	{ 429, NULL, GRAPH_TEMPFAIL, GRAPH_F_MAILBOX },
 };
 
 enum graph_result
 graph_classify(long status, const char *body, size_t len,
     struct graph_error *ge)
 {
-	json_object	*root = NULL, *e, *v;
-	size_t		 i;
+	const struct graph_rule	*r;
+	json_object		*root = NULL, *e, *v;
+	size_t			 i;
 
 	snprintf(ge->code, sizeof(ge->code), "http_%ld", status);
 	ge->message[0] = '\0';
-	if (status == 202)
-		return GRAPH_SENT;
+	ge->flags = 0;
 	if (status == 0) {
 		snprintf(ge->code, sizeof(ge->code), "no_answer");
+		ge->flags = GRAPH_F_SERVICE;
 		return GRAPH_TEMPFAIL;
 	}
-	if (body != NULL && len > 0 && len < 64 * 1024) {
+	if (status != 202 && body != NULL && len > 0 && len < 64 * 1024) {
 		struct json_tokener *tok = json_tokener_new();
 
 		root = json_tokener_parse_ex(tok, body, (int)len);
@@ -970,19 +1007,24 @@ graph_classify(long status, const char *body, size_t len,
 	}
 	if (root != NULL)
 		json_object_put(root);
-	for (i = 0; i < NELEM(graph_codes); i++)
-		if (strcmp(ge->code, graph_codes[i].code) == 0)
-			return graph_codes[i].result;
-	if (status == 401)
-		return GRAPH_REAUTH;
-	if (status == 408 || status == 429 || status >= 500)
+	for (i = 0; i < NELEM(graph_table); i++) {
+		r = &graph_table[i];
+		if ((r->status == ANY_STATUS || r->status == status) &&
+		    (r->code == NULL || strcmp(r->code, ge->code) == 0)) {
+			ge->flags = r->flags;
+			return r->result;
+		}
+	}
+	if (status >= 500) {
+		ge->flags = GRAPH_F_SERVICE;
 		return GRAPH_TEMPFAIL;
-	/* 400, 403, 404, 413 ...: the same request would fail again. */
+	}
+	/* 400, 403, 404 ... otherwise: the same request would fail again. */
 	return GRAPH_PERMFAIL;
 }
 
 long long
-graph_retry_after_ms(const char *v, long long now_wall)
+graph_retry_after_ms(const char *v, long long now_wall_ms)
 {
 	struct tm	 tm;
 	char		*end;
@@ -1006,9 +1048,9 @@ graph_retry_after_ms(const char *v, long long now_wall)
 	if (end == NULL)
 		return -1;
 	t = timegm(&tm);
-	if (t <= now_wall)
+	if ((long long)t * 1000 <= now_wall_ms)
 		return 0;
-	if (t - now_wall > 86400 * 7)
+	if ((long long)t * 1000 - now_wall_ms > 86400LL * 7 * 1000)
 		return -1;
-	return (long long)(t - now_wall) * 1000;
+	return (long long)t * 1000 - now_wall_ms;
 }

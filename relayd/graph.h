@@ -47,21 +47,30 @@ enum graph_result {
 	GRAPH_REAUTH,		/* token rejected: refresh once, retry once */
 };
 
+/* What a temporary failure says beyond "try again" (graph_error.flags). */
+#define GRAPH_F_MAILBOX		0x01	/* throttled: hold the whole mailbox */
+#define GRAPH_F_SERVICE		0x02	/* Graph itself failing: global backoff */
+#define GRAPH_F_DUPLICATE	0x04	/* it may have been sent all the same */
+#define GRAPH_F_QUOTA		0x08	/* sending quota: hold the mailbox long */
+
 struct graph_error {
 	char		 code[64];	/* Graph's error code, or "http_NNN" */
 	char		 message[256];	/* UTF-8, may be empty */
+	unsigned	 flags;		/* GRAPH_F_* */
 };
 
 /*
  * Classifies a sendMail answer by its HTTP status and JSON error body (body
- * may be NULL). status 0 means no answer (connection error, timeout).
+ * may be NULL) through one table (graph.c, graph_table). status 0 means no
+ * answer (connection error, timeout).
  */
 enum graph_result graph_classify(long, const char *, size_t,
 		    struct graph_error *);
 
 /*
  * Parses a Retry-After value (delay seconds, fractions allowed, or an
- * HTTP-date relative to now_wall seconds). Returns milliseconds, or -1.
+ * HTTP-date relative to the wall clock now, in milliseconds). Returns
+ * milliseconds, or -1.
  */
 long long	graph_retry_after_ms(const char *, long long);
 

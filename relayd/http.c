@@ -6,6 +6,10 @@
  * rather than replacing the bundle. Handles are per thread and keep their
  * connections alive between requests. Only the status, a bounded answer
  * body and two headers (request-id, Retry-After) are kept.
+ *
+ * [graph] proxy, when set, carries every request; when not, libcurl's own
+ * environment variables (https_proxy, HTTPS_PROXY, no_proxy...) still
+ * apply, as for any curl. Its password is never logged.
  */
 #include <ctype.h>
 #include <stdatomic.h>
@@ -111,6 +115,8 @@ http_handle_new(const struct config *cfg)
 	curl_easy_setopt(c, CURLOPT_USERAGENT, "relayd/" PACKAGE_VERSION);
 	curl_easy_setopt(c, CURLOPT_XFERINFOFUNCTION, progress);
 	curl_easy_setopt(c, CURLOPT_NOPROGRESS, 0L);
+	if (cfg->proxy != NULL)
+		curl_easy_setopt(c, CURLOPT_PROXY, cfg->proxy);
 	if (extra_cas != NULL)
 		curl_easy_setopt(c, CURLOPT_SSL_CTX_FUNCTION, add_cas);
 	return c;
@@ -165,6 +171,24 @@ on_header(char *data, size_t size, size_t n, void *arg)
 	return len;
 }
 
+/*
+ * Counts request heads: libcurl sends a request again by itself when a
+ * kept-alive connection dies before any answer byte, and Graph may have
+ * taken the first one (there is no option to forbid that in curl 7.88).
+ */
+static int
+on_debug(CURL *c, curl_infotype type, char *data, size_t len, void *arg)
+{
+	struct http_resp	*r = arg;
+
+	(void)c;
+	(void)data;
+	(void)len;
+	if (type == CURLINFO_HEADER_OUT)
+		r->requests++;
+	return 0;
+}
+
 int
 http_post(CURL *c, const char *url, const char *const *headers,
     const char *body, size_t len, struct http_resp *r)
@@ -189,12 +213,33 @@ http_post(CURL *c, const char *url, const char *const *headers,
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(c, CURLOPT_HEADERDATA, r);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, r->error);
+	curl_easy_setopt(c, CURLOPT_DEBUGFUNCTION, on_debug);
+	curl_easy_setopt(c, CURLOPT_DEBUGDATA, r);
+	curl_easy_setopt(c, CURLOPT_VERBOSE, 1L);	/* for on_debug only */
 	rc = curl_easy_perform(c);
+	curl_easy_setopt(c, CURLOPT_VERBOSE, 0L);
+	r->resent = r->requests > 1;
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
 	curl_slist_free_all(hl);
 	r->ms = now_ms() - t0;
 	if (rc != CURLE_OK) {
+		curl_off_t up = 0;
+		long proxy_status = 0;
+
+		/* curl's words for a proxy's refusal do not say what to do. */
+		if (curl_easy_getinfo(c, CURLINFO_HTTP_CONNECTCODE,
+		    &proxy_status) == CURLE_OK && proxy_status >= 300)
+			snprintf(r->error, sizeof(r->error), "the proxy refused "
+			    "the tunnel: HTTP %ld%s", proxy_status,
+			    proxy_status == 407 ? " proxy authentication "
+			    "required (check the user and password in [graph] "
+			    "proxy)" : "");
+
+		/* All of it went out: Graph may have acted on it. */
+		if (curl_easy_getinfo(c, CURLINFO_SIZE_UPLOAD_T, &up) ==
+		    CURLE_OK && up >= (curl_off_t)len && len > 0)
+			r->sent = 1;
 		if (r->error[0] == '\0')
 			strlcpy_r(r->error, curl_easy_strerror(rc),
 			    sizeof(r->error));
@@ -211,6 +256,22 @@ http_resp_clear(struct http_resp *r)
 	free(r->body);
 	r->body = NULL;
 	r->len = 0;
+}
+
+char *
+http_redact(const char *url)
+{
+	const char	*a = strstr(url, "://"), *at, *colon;
+	char		*out;
+	size_t		 n;
+
+	a = a != NULL ? a + 3 : url;
+	n = strcspn(a, "/?#");
+	if ((at = memrchr(a, '@', n)) == NULL ||
+	    (colon = memchr(a, ':', (size_t)(at - a))) == NULL)
+		return xstrdup(url);
+	xasprintf(&out, "%.*s%s", (int)(colon - url), url, at);
+	return out;
 }
 
 char *

@@ -18,6 +18,9 @@ struct http_resp {
 	char		 request_id[64];
 	char		 retry_after[64];
 	char		 error[CURL_ERROR_SIZE];	/* why there was no answer */
+	int		 sent;			/* no answer, but all sent */
+	int		 requests;		/* request heads sent */
+	int		 resent;		/* libcurl sent it again */
 	uint64_t	 ms;
 };
 
@@ -38,6 +41,8 @@ int	 http_post(CURL *, const char *, const char *const *, const char *,
 void	 http_resp_clear(struct http_resp *);
 /* Requests still running after this CLOCK_MONOTONIC ms are cut (stop). */
 void	 http_abort_after(uint64_t);
+/* The URL without the password of a user:password@ part, malloc'd. */
+char	*http_redact(const char *);
 /* Percent-encodes a URL path segment into a malloc'd string. */
 char	*http_escape(const char *);
 

@@ -23,6 +23,7 @@
 #include "auth.h"
 #include "config.h"
 #include "http.h"
+#include "jwt.h"
 #include "mime.h"
 #include "token.h"
 #include "worker.h"
@@ -42,7 +43,8 @@ usage(void)
 	fprintf(stderr, "usage: relayd [-n] [-d] [-c file]\n"
 	    "  -c file  configuration (default " RELAYD_CONF ")\n"
 	    "  -n       check the configuration and exit (0 ok, 78 errors)\n"
-	    "  -d       debug logging\n"
+	    "  -d       debug logging; with -n, print the [graph] settings "
+	    "in force\n"
 	    "  -D       print every key with its default and exit\n"
 	    "  -V       print the version and exit\n");
 	exit(EX_USAGE);
@@ -63,6 +65,27 @@ stop_cb(evutil_socket_t sig, short ev, void *arg)
 	(void)ev;
 	log_info("relayd: signal %d, stopping", (int)sig);
 	event_base_loopbreak(base);
+}
+
+/* The [graph] settings in force (cloud defaults applied), for the log. */
+static char *
+graph_summary(const struct config *cfg)
+{
+	char	*s, *scope = token_scope(cfg), *proxy = NULL;
+
+	if (cfg->proxy != NULL)
+		proxy = http_redact(cfg->proxy);
+	xasprintf(&s, "url=%s login_url=%s scope=%s cloud=%s credential=%s "
+	    "tenant=%s client_id=%s mailbox=%s workers=%llu%s%s",
+	    cfg->graph_url, cfg->login_url, scope, config_cloud_name(cfg),
+	    cfg->certificate_file == NULL ? "secret" :
+	    cfg->assertion_alg == JWT_PS256 ? "certificate/PS256" :
+	    "certificate/RS256", cfg->tenant, cfg->client_id, cfg->mailbox,
+	    (unsigned long long)cfg->workers, proxy != NULL ? " proxy=" : "",
+	    proxy != NULL ? proxy : "");
+	free(scope);
+	free(proxy);
+	return s;
 }
 
 /* Each connection needs a descriptor; take what the hard limit allows. */
@@ -89,7 +112,7 @@ main(int argc, char *argv[])
 	struct event		*ev_term, *ev_int, *ev_hup;
 	struct spool		*spool;
 	struct smtp		*smtp;
-	char			 err[512];
+	char			 err[512], *summary;
 	int			 ch, check = 0, debug = 0;
 
 	while ((ch = getopt(argc, argv, "c:dDnV")) != -1) {
@@ -120,6 +143,11 @@ main(int argc, char *argv[])
 	if ((cfg = config_load(path, stderr)) == NULL)
 		return EX_CONFIG;
 	if (check) {
+		if (debug && cfg->graph_enabled) {
+			summary = graph_summary(cfg);
+			printf("graph: %s\n", summary);
+			free(summary);
+		}
 		printf("%s: configuration OK\n", path);
 		config_free(cfg);
 		return 0;
@@ -150,10 +178,9 @@ main(int argc, char *argv[])
 			log_msg(LOG_LVL_ERR, "%s", err);
 			return EX_OSERR;
 		}
-		log_info("graph: delivering url=%s tenant=%s client_id=%s "
-		    "mailbox=%s workers=%llu", cfg->graph_url, cfg->tenant,
-		    cfg->client_id, cfg->mailbox,
-		    (unsigned long long)cfg->workers);
+		summary = graph_summary(cfg);
+		log_info("graph: delivering %s", summary);
+		free(summary);
 	} else
 		log_warnx("graph: [graph] is not configured; messages are "
 		    "queued and not delivered");

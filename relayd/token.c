@@ -1,15 +1,16 @@
 /*
  * token.c - the OAuth2 client-credentials token every worker shares.
  *
- * POST {login_url}/{tenant}/oauth2/v2.0/token with the app's id and secret
- * and scope {graph_url}/.default. The token is refreshed at 80% of its
- * life by whichever worker needs it first; the others keep using the old
- * one meanwhile, or wait if there is none. After a failure nobody asks
+ * POST {login_url}/{tenant}/oauth2/v2.0/token with the app's id, its secret
+ * or a client assertion signed with its certificate's key (a fresh one per
+ * request, see jwt.c), and scope {graph_url}/.default. The token is
+ * refreshed at 80% of its life by whichever worker needs it first; the
+ * others keep using the old one meanwhile, or wait if there is none. After a failure nobody asks
  * again for a while (5 s doubling to 5 min), so a wrong secret costs one
  * log line per attempt, not one per message. Messages stay queued.
  *
- * The secret is read once at start, kept in memory only here, and never
- * logged; neither is any token.
+ * The secret or key is read once at start, kept in memory only here, and
+ * never logged; neither is any assertion or token.
  */
 #include <sys/stat.h>
 
@@ -19,12 +20,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <json-c/json.h>
 
 #include "config.h"
 #include "http.h"
+#include "jwt.h"
 #include "log.h"
 #include "token.h"
 #include "util.h"
@@ -33,11 +36,18 @@
 #define TOKEN_RETRY_MIN_MS	5000
 #define TOKEN_RETRY_MAX_MS	(5 * 60 * 1000)
 #define TOKEN_MIN_LIFE_MS	30000	/* don't hand out one about to expire */
+#define TOKEN_ASSERTION_TYPE \
+	"urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+#define TOKEN_CLOCK_HINT \
+	"the client assertion is outside its valid time range (clock skew? " \
+	"check the system time)"
 
 struct token {
 	char		*url;
-	char		*form_head;	/* everything but the secret */
-	char		*secret;	/* URL-encoded */
+	char		*form_head;	/* everything but the secret or assertion */
+	char		*secret;	/* URL-encoded; or */
+	struct jwt_key	*key;		/* the certificate's, for assertions */
+	char		*client_id;
 	pthread_mutex_t	 lock;
 	pthread_cond_t	 cond;
 	char		*access;
@@ -64,7 +74,13 @@ static const struct {
 	{ 900023, "tenant is not a valid GUID or domain (check tenant)" },
 	{ 70011, "invalid scope (check graph_url)" },
 	{ 7000218, "no client secret or assertion was sent (check "
-	  "client_secret_file)" },
+	  "client_secret_file or certificate_file)" },
+	{ 700027, "the certificate is not registered on the app, or the key "
+	  "does not match it (check certificate_file/private_key_file)" },
+	{ 700024, TOKEN_CLOCK_HINT },
+	{ 500133, TOKEN_CLOCK_HINT },
+	{ 700023, "the client assertion's audience is not this token service "
+	  "(check login_url and cloud)" },
 	{ 7000112, "the application is disabled in the tenant" },
 	{ 53003, "blocked by a Conditional Access policy" },
 	{ 90055, "the tenant is throttled; retrying later" },
@@ -120,32 +136,52 @@ read_secret(const char *path, char *err, size_t errlen)
 	return xstrdup(buf);
 }
 
+char *
+token_scope(const struct config *cfg)
+{
+	char	*s;
+
+	xasprintf(&s, "%s/.default", cfg->graph_url);
+	return s;
+}
+
 struct token *
 token_new(const struct config *cfg, char *err, size_t errlen)
 {
 	struct token	*t;
-	char		*secret, *id, *scope, *s, *tenant;
+	struct jwt_key	*key = NULL;
+	char		*secret = NULL, *id, *scope, *s, *tenant;
 
-	if ((secret = read_secret(cfg->client_secret_file, err, errlen)) ==
-	    NULL)
+	if (cfg->certificate_file != NULL) {
+		if ((key = jwt_key_load(cfg->certificate_file,
+		    cfg->private_key_file, cfg->assertion_alg, err, errlen)) ==
+		    NULL)
+			return NULL;
+	} else if ((secret = read_secret(cfg->client_secret_file, err,
+	    errlen)) == NULL)
 		return NULL;
 	t = xcalloc(1, sizeof(*t));
+	t->key = key;
+	t->client_id = xstrdup(cfg->client_id);
 	tenant = http_escape(cfg->tenant);
 	xasprintf(&t->url, "%s/%s/oauth2/v2.0/token", cfg->login_url, tenant);
 	free(tenant);
-	xasprintf(&s, "%s/.default", cfg->graph_url);
+	s = token_scope(cfg);
 	scope = curl_easy_escape(NULL, s, 0);
 	free(s);
 	id = curl_easy_escape(NULL, cfg->client_id, 0);
 	xasprintf(&t->form_head, "grant_type=client_credentials&client_id=%s"
-	    "&scope=%s&client_secret=", id, scope);
+	    "&scope=%s&%s=", id, scope, key != NULL ? "client_assertion_type="
+	    TOKEN_ASSERTION_TYPE "&client_assertion" : "client_secret");
 	curl_free(id);
 	curl_free(scope);
-	s = curl_easy_escape(NULL, secret, 0);
-	t->secret = xstrdup(s);
-	curl_free(s);
-	explicit_bzero(secret, strlen(secret));
-	free(secret);
+	if (secret != NULL) {
+		s = curl_easy_escape(NULL, secret, 0);
+		t->secret = xstrdup(s);
+		curl_free(s);
+		explicit_bzero(secret, strlen(secret));
+		free(secret);
+	}
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
 	return t;
@@ -156,8 +192,12 @@ token_free(struct token *t)
 {
 	if (t == NULL)
 		return;
-	explicit_bzero(t->secret, strlen(t->secret));
-	free(t->secret);
+	if (t->secret != NULL) {
+		explicit_bzero(t->secret, strlen(t->secret));
+		free(t->secret);
+	}
+	jwt_key_free(t->key);
+	free(t->client_id);
 	if (t->access != NULL) {
 		explicit_bzero(t->access, strlen(t->access));
 		free(t->access);
@@ -228,10 +268,19 @@ fetch(struct token *t, CURL *c, char **access, long long *life_ms,
 	    "Accept: application/json", NULL };
 	struct http_resp	 r;
 	json_object		*root = NULL, *v;
-	char			*form;
+	char			*form, *assertion = NULL;
 	int			 rc = -1;
 
-	xasprintf(&form, "%s%s", t->form_head, t->secret);
+	/* The audience is the token URL as used: login_url applies. */
+	if (t->key != NULL && (assertion = jwt_assertion(t->key, t->client_id,
+	    t->url, time(NULL), err, errlen)) == NULL)
+		return -1;
+	xasprintf(&form, "%s%s", t->form_head, assertion != NULL ? assertion :
+	    t->secret);
+	if (assertion != NULL) {
+		explicit_bzero(assertion, strlen(assertion));
+		free(assertion);
+	}
 	http_post(c, t->url, headers, form, strlen(form), &r);
 	explicit_bzero(form, strlen(form));
 	free(form);

@@ -9,7 +9,7 @@
 struct config;
 struct token;
 
-/* Reads the client secret; NULL with err if it cannot. */
+/* Reads the client secret or certificate and key; NULL with err if not. */
 struct token	*token_new(const struct config *, char *, size_t);
 void		 token_free(struct token *);
 /*
@@ -26,6 +26,8 @@ long long	 token_retry_in(struct token *);
 /* Milliseconds until the current token expires, -1 if there is none. */
 long long	 token_expires_in(struct token *);
 
+/* The scope asked for: {graph_url}/.default, malloc'd. */
+char		*token_scope(const struct config *);
 /* The admin's hint for an AADSTS error code, or NULL. Pure. */
 const char	*token_hint(long);
 

@@ -19,12 +19,20 @@
  * request also holds one of the real mailbox's 4 slots, which a worker
  * waits for when messages of several envelope senders share a mailbox.
  *
- * Results: 202 removes the file (log "sent"); a temporary failure defers
- * the message (Retry-After honoured, else backoff from retry_min doubling
- * to retry_max); a permanent one moves it to dead/ with Graph's error (log
- * "failed"). A 401 InvalidAuthenticationToken gets one fresh token and one
- * more try. Retry state lives in memory for now: after a restart every
- * queued message is tried at once.
+ * Results (graph_classify's table): 202 marks the record delivered (log
+ * "sent"); a permanent failure copies it to dead/ with Graph's answer (log
+ * "failed", and with [queue] bounce = sender a short report to the
+ * sender); a 401 InvalidAuthenticationToken gets one fresh token and one
+ * more try. A temporary failure defers the message: Retry-After exactly,
+ * else retry_min doubling to retry_max with jitter; attempts, next attempt
+ * and the last error go into its state line on disk, so a restart picks up
+ * the schedule. A 429 (or a quota error) holds the whole mailbox, not just
+ * the message; other mailboxes keep flowing. Runs of service failures
+ * (503, 504, no answer) hold every delivery for a while, then one request
+ * probes. Mailboxes are paced to messages_per_minute (a token bucket). A
+ * message older than lifetime goes to dead/ as "expired" at its next
+ * failure. A retry after a 504 or a timeout may send a message twice: such
+ * attempts are logged possible_duplicate=yes.
  */
 #include <sys/queue.h>
 
@@ -38,6 +46,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -54,6 +63,10 @@
 #define MAILBOX_CONCURRENCY	4	/* Graph: per app and mailbox */
 #define MBOX_HASH_SIZE		1024
 #define STOP_GRACE_MS		10000	/* requests in flight at stop */
+#define QUOTA_HOLD_MS		(3600 * 1000)	/* ErrorQuotaExceeded */
+#define SVC_THRESHOLD		3	/* failures in a row: Graph is down */
+#define SVC_BACKOFF_MIN_MS	5000
+#define SVC_BACKOFF_MAX_MS	(5 * 60 * 1000)
 
 struct mbox;
 
@@ -62,6 +75,9 @@ struct qent {
 	char			 qid[SPOOL_QID_LEN + 1];
 	uint64_t		 size;
 	unsigned		 attempts;
+	uint64_t		 arrival_ms;	/* wall clock */
+	char			*sender;	/* envelope, "" for null */
+	int			 maybe_dup;	/* an attempt may have gone out */
 	struct mbox		*mb;
 	struct event		*timer;		/* while deferred */
 	struct worker_pool	*pool;
@@ -76,6 +92,11 @@ struct mbox {
 	size_t			 refs;		/* qents pointing here */
 	struct qent_list	 ready;
 	int			 runnable;
+	uint64_t		 hold_until;	/* now_ms(): throttled till then */
+	double			 tokens;	/* pacing: messages it may send */
+	uint64_t		 refill_ms;
+	struct event		*timer;		/* when it may go again */
+	struct worker_pool	*pool;
 	TAILQ_ENTRY(mbox)	 rlink;
 	struct mbox		*hnext;
 };
@@ -91,6 +112,7 @@ struct job {
 	long long		 retry_ms;	/* Retry-After, -1 if none */
 	struct graph_error	 err;
 	char			 request_id[64];
+	int			 reached;	/* an HTTP exchange was tried */
 	char			*mailbox;
 	size_t			 nrcpts;
 	size_t			 nattach;
@@ -118,6 +140,14 @@ struct worker_pool {
 	struct qent_list	 all;
 	size_t			 busy;
 	size_t			 queued;
+	uint64_t		 rng;
+
+	/* Graph as a whole: failures in a row, hold, then one probe. */
+	unsigned		 svc_fails;
+	uint64_t		 svc_backoff_ms;
+	uint64_t		 svc_until;	/* now_ms() */
+	int			 svc_probing;
+	struct event		*svc_timer;
 	int			 stopping;
 	struct event		*notify_ev;
 	int			 notify[2];
@@ -136,6 +166,8 @@ struct worker_pool {
 };
 
 static void	dispatch(struct worker_pool *);
+static void	mbox_update(struct worker_pool *, struct mbox *);
+static void	mbox_timer_cb(evutil_socket_t, short, void *);
 
 static unsigned
 hash_key(const char *s)
@@ -164,34 +196,125 @@ mbox_get(struct worker_pool *p, const char *mailbox)
 		}
 	mb = xcalloc(1, sizeof(*mb));
 	mb->key = key;
+	mb->pool = p;
+	mb->tokens = (double)p->cfg->messages_per_minute;
+	mb->refill_ms = now_ms();
 	TAILQ_INIT(&mb->ready);
 	mb->hnext = p->hash[h];
 	p->hash[h] = mb;
 	return mb;
 }
 
+static uint64_t	pace_wait(const struct worker_pool *, struct mbox *,
+		    uint64_t);
+
+/*
+ * How long an idle mailbox must be remembered: while it is held, and until
+ * its pacing bucket is full again. 0: it can go.
+ */
+static uint64_t
+mbox_warm_for(const struct worker_pool *p, struct mbox *mb)
+{
+	uint64_t	 now = now_ms(), hold = 0, fill = 0;
+	double		 mpm = (double)p->cfg->messages_per_minute;
+
+	if (mb->hold_until > now)
+		hold = mb->hold_until - now;
+	if (mpm > 0) {
+		pace_wait(p, mb, now);		/* refills */
+		if (mb->tokens < mpm)
+			fill = (uint64_t)((mpm - mb->tokens) * 60000.0 / mpm) +
+			    1;
+	}
+	return hold > fill ? hold : fill;
+}
+
 static void
 mbox_put(struct worker_pool *p, struct mbox *mb)
 {
 	struct mbox	**pp;
+	struct timeval	 tv;
+	uint64_t	 warm;
 
-	if (--mb->refs > 0)
+	if (mb->refs > 0 && --mb->refs > 0)
 		return;
+	if (!p->stopping && (warm = mbox_warm_for(p, mb)) > 0) {
+		/* Its hold and pace outlive its queue: look again then. */
+		if (mb->timer == NULL)
+			mb->timer = evtimer_new(p->base, mbox_timer_cb, mb);
+		tv.tv_sec = (time_t)(warm / 1000);
+		tv.tv_usec = (suseconds_t)(warm % 1000) * 1000;
+		evtimer_add(mb->timer, &tv);
+		return;
+	}
 	for (pp = &p->hash[hash_key(mb->key)]; *pp != mb; pp = &(*pp)->hnext)
 		;
 	*pp = mb->hnext;
 	if (mb->runnable)
 		TAILQ_REMOVE(&p->runnable, mb, rlink);
+	if (mb->timer != NULL)
+		event_free(mb->timer);
 	free(mb->key);
 	free(mb);
 }
 
 static void
+mbox_timer_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct mbox		*mb = arg;
+	struct worker_pool	*p = mb->pool;
+
+	(void)fd;
+	(void)ev;
+	if (mb->refs == 0) {
+		mbox_put(p, mb);	/* idle: forget it, or look again */
+		return;
+	}
+	mbox_update(p, mb);
+	dispatch(p);
+}
+
+/*
+ * Pacing: a bucket of messages_per_minute tokens, refilled continuously.
+ * Returns how long until the mailbox may send again, 0 if now.
+ */
+static uint64_t
+pace_wait(const struct worker_pool *p, struct mbox *mb, uint64_t now)
+{
+	double	 mpm = (double)p->cfg->messages_per_minute;
+
+	if (mpm <= 0)
+		return 0;
+	mb->tokens += (double)(now - mb->refill_ms) * mpm / 60000.0;
+	if (mb->tokens > mpm)
+		mb->tokens = mpm;
+	mb->refill_ms = now;
+	if (mb->tokens >= 1.0)
+		return 0;
+	return (uint64_t)((1.0 - mb->tokens) * 60000.0 / mpm) + 1;
+}
+
+/* Runnable: messages ready, a free slot, not held, not over its pace. */
+static void
 mbox_update(struct worker_pool *p, struct mbox *mb)
 {
-	int	 want = !TAILQ_EMPTY(&mb->ready) &&
+	struct timeval	 tv;
+	uint64_t	 now = now_ms(), wait = 0;
+	int		 want = !TAILQ_EMPTY(&mb->ready) &&
 	    mb->inflight < MAILBOX_CONCURRENCY;
 
+	if (want && mb->hold_until > now)
+		wait = mb->hold_until - now;
+	else if (want)
+		wait = pace_wait(p, mb, now);
+	if (wait > 0) {
+		want = 0;
+		if (mb->timer == NULL)
+			mb->timer = evtimer_new(p->base, mbox_timer_cb, mb);
+		tv.tv_sec = (time_t)(wait / 1000);
+		tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
+		evtimer_add(mb->timer, &tv);
+	}
 	if (want && !mb->runnable)
 		TAILQ_INSERT_TAIL(&p->runnable, mb, rlink);
 	else if (!want && mb->runnable)
@@ -217,24 +340,47 @@ qent_free(struct worker_pool *p, struct qent *qe)
 	mbox_put(p, qe->mb);
 	TAILQ_REMOVE(&p->all, qe, all);
 	p->queued--;
+	free(qe->sender);
 	free(qe);
 }
 
+static void	retry_cb(evutil_socket_t, short, void *);
+
+/*
+ * A message joins the queue: ready now, or (found at start with a retry
+ * time on disk) when its next attempt is due.
+ */
 static void
 enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
-    uint64_t size)
+    uint64_t size, unsigned attempts, uint64_t arrival_ms, uint64_t next_ms)
 {
 	struct qent	*qe = xcalloc(1, sizeof(*qe));
+	struct timeval	 tv;
+	uint64_t	 now = wall_us() / 1000, wait;
 
 	strlcpy_r(qe->qid, qid, sizeof(qe->qid));
 	qe->size = size;
+	qe->attempts = attempts;
+	qe->arrival_ms = arrival_ms;
+	qe->sender = xstrdup(mail_from);
 	qe->pool = p;
 	qe->mb = mbox_get(p, mailbox_key(p, mail_from));
 	qe->mb->refs++;
-	TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
 	TAILQ_INSERT_TAIL(&p->all, qe, all);
-	mbox_update(p, qe->mb);
 	p->queued++;
+	if (next_ms > now) {
+		wait = next_ms - now;
+		qe->timer = evtimer_new(p->base, retry_cb, qe);
+		tv.tv_sec = (time_t)(wait / 1000);
+		tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
+		evtimer_add(qe->timer, &tv);
+		return;
+	}
+	TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
+	if (qe->mb->hold_until > now_ms())
+		spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, 0, now +
+		    (qe->mb->hold_until - now_ms()), "mailbox held");
+	mbox_update(p, qe->mb);
 }
 
 static void
@@ -242,7 +388,7 @@ on_queued(void *arg, const char *qid, const char *mail_from, uint64_t size)
 {
 	struct worker_pool	*p = arg;
 
-	enqueue(p, qid, mail_from, size);
+	enqueue(p, qid, mail_from, size, 0, wall_us() / 1000, 0);
 	dispatch(p);
 }
 
@@ -254,11 +400,16 @@ dispatch(struct worker_pool *p)
 	struct qent	*qe;
 	struct job	*j, *list = NULL;
 
+	if (p->svc_until > now_ms())
+		return;			/* Graph is down: wait for the probe */
 	while (!p->stopping && p->busy < p->nthreads &&
+	    !(p->svc_probing && p->busy > 0) &&
 	    (mb = TAILQ_FIRST(&p->runnable)) != NULL) {
 		qe = TAILQ_FIRST(&mb->ready);
 		TAILQ_REMOVE(&mb->ready, qe, link);
 		mb->inflight++;
+		if (p->cfg->messages_per_minute > 0)
+			mb->tokens -= 1.0;
 		TAILQ_REMOVE(&p->runnable, mb, rlink);
 		mb->runnable = 0;
 		mbox_update(p, mb);	/* to the back of the line */
@@ -296,14 +447,159 @@ retry_cb(evutil_socket_t fd, short ev, void *arg)
 	dispatch(p);
 }
 
+/* retry_min doubling to retry_max, with "equal jitter": half fixed, half random. */
 static uint64_t
-backoff_ms(const struct worker_pool *p, unsigned attempts)
+backoff_ms(struct worker_pool *p, unsigned attempts)
 {
 	uint64_t	 ms = p->cfg->retry_min_ms;
 
-	while (--attempts > 0 && ms < p->cfg->retry_max_ms)
+	while (attempts-- > 1 && ms < p->cfg->retry_max_ms)
 		ms *= 2;
-	return ms < p->cfg->retry_max_ms ? ms : p->cfg->retry_max_ms;
+	if (ms > p->cfg->retry_max_ms)
+		ms = p->cfg->retry_max_ms;
+	p->rng ^= p->rng << 13;
+	p->rng ^= p->rng >> 7;
+	p->rng ^= p->rng << 17;
+	return ms / 2 + p->rng % (ms / 2 + 1);
+}
+
+static void
+svc_timer_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct worker_pool	*p = arg;
+
+	(void)fd;
+	(void)ev;
+	p->svc_probing = 1;
+	log_info("graph probing: one request to see whether Graph answers "
+	    "again");
+	dispatch(p);
+}
+
+/*
+ * Graph as a whole: SVC_THRESHOLD service failures in a row (503, 504,
+ * no answer ...) hold every delivery, 5 s doubling to 5 min, then let one
+ * request probe. Any other answer means Graph is there.
+ */
+static void
+service_result(struct worker_pool *p, int failed)
+{
+	struct timeval	 tv;
+	uint64_t	 now = now_ms();
+
+	if (!failed) {
+		if (p->svc_fails >= SVC_THRESHOLD || p->svc_probing)
+			log_info("graph answering again: deliveries resume");
+		p->svc_fails = 0;
+		p->svc_backoff_ms = 0;
+		p->svc_probing = 0;
+		p->svc_until = 0;
+		if (p->svc_timer != NULL)
+			evtimer_del(p->svc_timer);
+		return;
+	}
+	p->svc_fails++;
+	if (p->svc_fails < SVC_THRESHOLD || p->svc_until > now)
+		return;		/* answers of requests sent before the hold */
+	p->svc_backoff_ms = p->svc_backoff_ms == 0 ? SVC_BACKOFF_MIN_MS :
+	    p->svc_backoff_ms * 2;
+	if (p->svc_backoff_ms > SVC_BACKOFF_MAX_MS)
+		p->svc_backoff_ms = SVC_BACKOFF_MAX_MS;
+	p->svc_until = now + p->svc_backoff_ms;
+	p->svc_probing = 0;
+	log_warnx("graph unavailable: %u failures in a row; all deliveries "
+	    "wait %.1fs, then one request probes", p->svc_fails,
+	    (double)p->svc_backoff_ms / 1000.0);
+	if (p->svc_timer == NULL)
+		p->svc_timer = evtimer_new(p->base, svc_timer_cb, p);
+	tv.tv_sec = (time_t)(p->svc_backoff_ms / 1000);
+	tv.tv_usec = (suseconds_t)(p->svc_backoff_ms % 1000) * 1000;
+	evtimer_add(p->svc_timer, &tv);
+}
+
+static void	bounce(struct worker_pool *, const struct qent *,
+		    const char *, const char *);
+
+/* To dead/, with Graph's whole answer (or why it expired) beside it. */
+static void
+dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
+    const char *why)
+{
+	char	 reason[1024];
+
+	snprintf(reason, sizeof(reason), "reason: %s\ntime: %" PRIu64 "\n"
+	    "mailbox: %s\nstatus: %ld\ncode: %s\nmessage: %s\n"
+	    "request-id: %s\nattempts: %u\n", why, wall_us() / 1000000,
+	    j->mailbox ? j->mailbox : "", j->status, j->err.code,
+	    j->err.message, j->request_id, qe->attempts);
+	if (spool_dead(p->spool, qe->qid, reason) == 0 &&
+	    p->cfg->bounce == BOUNCE_SENDER && qe->sender[0] != '\0')
+		bounce(p, qe, why, reason);
+	qent_free(p, qe);
+}
+
+/*
+ * The mailbox's waiting messages get the hold's end as their next attempt
+ * on disk too, so that a restart during the hold keeps it.
+ */
+static void
+hold_on_disk(struct worker_pool *p, struct mbox *mb, uint64_t until,
+    const char *why)
+{
+	struct qent	*qe;
+
+	TAILQ_FOREACH(qe, &mb->ready, link)
+		spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, qe->attempts,
+		    until, why);
+}
+
+/* A temporary failure: when to try again, and what else must wait. */
+static void
+defer(struct worker_pool *p, struct qent *qe, struct job *j)
+{
+	struct timeval	 tv;
+	struct mbox	*mb = qe->mb;
+	unsigned	 flags = j->err.flags;
+	uint64_t	 delay, now = wall_us() / 1000;
+	int		 hold = (flags & (GRAPH_F_MAILBOX | GRAPH_F_QUOTA)) != 0;
+	char		 last[sizeof(j->err.code) + sizeof(j->err.message) + 1];
+
+	if (j->retry_ms >= 0)
+		delay = (uint64_t)j->retry_ms;	/* Retry-After, exactly */
+	else {
+		delay = backoff_ms(p, qe->attempts);
+		if ((flags & GRAPH_F_QUOTA) && delay < QUOTA_HOLD_MS)
+			delay = QUOTA_HOLD_MS;
+	}
+	if (now - qe->arrival_ms >= p->cfg->lifetime_ms) {
+		log_warnx("%s graph expired mailbox=%s attempts=%u age=%" PRIu64
+		    "s code=%s message=\"%s\"", qe->qid,
+		    j->mailbox ? j->mailbox : "-", qe->attempts,
+		    (now - qe->arrival_ms) / 1000, j->err.code, j->err.message);
+		dead_letter(p, qe, j, "expired");
+		return;
+	}
+	snprintf(last, sizeof(last), "%s %s", j->err.code, j->err.message);
+	spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, qe->attempts,
+	    now + delay, last);
+	log_warnx("%s graph deferred mailbox=%s graph_status=%ld "
+	    "code=%s message=\"%s\" attempts=%u retry_in=%.3fs%s%s",
+	    qe->qid, j->mailbox ? j->mailbox : "-", j->status,
+	    j->err.code, j->err.message, qe->attempts,
+	    (double)delay / 1000.0, hold ? " mailbox_held=yes" : "",
+	    qe->maybe_dup ? " possible_duplicate=yes" : "");
+	if (hold) {
+		/* The mailbox waits as a whole; this message goes first. */
+		if (mb->hold_until < now_ms() + delay)
+			mb->hold_until = now_ms() + delay;
+		TAILQ_INSERT_HEAD(&mb->ready, qe, link);
+		hold_on_disk(p, mb, now + delay, last);
+		return;
+	}
+	qe->timer = evtimer_new(p->base, retry_cb, qe);
+	tv.tv_sec = (time_t)(delay / 1000);
+	tv.tv_usec = (suseconds_t)(delay % 1000) * 1000;
+	evtimer_add(qe->timer, &tv);
 }
 
 /* Loop thread: what became of one attempt. */
@@ -311,20 +607,25 @@ static void
 finish(struct worker_pool *p, struct job *j)
 {
 	struct qent	*qe = j->qe;
-	struct timeval	 tv;
-	uint64_t	 delay;
-	char		 reason[1024];
 
 	qe->mb->inflight--;
 	p->busy--;
 	qe->attempts++;
+	if (j->err.flags & GRAPH_F_DUPLICATE)
+		qe->maybe_dup = 1;
+	/* Only what Graph said (or did not) counts; a probe that never got
+	 * there (mapping, spool, token) leaves the next message to probe. */
+	if (j->reached)
+		service_result(p, j->result == GRAPH_TEMPFAIL &&
+		    (j->err.flags & GRAPH_F_SERVICE));
 	switch (j->result) {
 	case GRAPH_SENT:
 		log_info("%s graph sent mailbox=%s rcpts=%zu size=%" PRIu64
-		    " attachments=%zu graph_status=%ld request_id=%s ms=%" PRIu64,
-		    qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
+		    " attachments=%zu graph_status=%ld request_id=%s ms=%" PRIu64
+		    "%s", qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
 		    qe->size, j->nattach, j->status,
-		    j->request_id[0] ? j->request_id : "-", j->ms);
+		    j->request_id[0] ? j->request_id : "-", j->ms,
+		    qe->maybe_dup ? " possible_duplicate=yes" : "");
 		spool_remove(p->spool, qe->qid);
 		qent_free(p, qe);
 		break;
@@ -334,27 +635,11 @@ finish(struct worker_pool *p, struct job *j)
 		    qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
 		    qe->size, j->status, j->err.code, j->err.message,
 		    j->request_id[0] ? j->request_id : "-");
-		snprintf(reason, sizeof(reason), "time: %" PRIu64 "\n"
-		    "mailbox: %s\nstatus: %ld\ncode: %s\nmessage: %s\n"
-		    "request-id: %s\nattempts: %u\n", wall_us() / 1000000,
-		    j->mailbox ? j->mailbox : "", j->status, j->err.code,
-		    j->err.message, j->request_id, qe->attempts);
-		spool_dead(p->spool, qe->qid, reason);
-		qent_free(p, qe);
+		dead_letter(p, qe, j, "refused");
 		break;
 	case GRAPH_TEMPFAIL:
 	case GRAPH_REAUTH:
-		delay = j->retry_ms >= 0 ? (uint64_t)j->retry_ms :
-		    backoff_ms(p, qe->attempts);
-		log_warnx("%s graph deferred mailbox=%s graph_status=%ld "
-		    "code=%s message=\"%s\" attempts=%u retry_in=%.1fs",
-		    qe->qid, j->mailbox ? j->mailbox : "-", j->status,
-		    j->err.code, j->err.message, qe->attempts,
-		    (double)delay / 1000.0);
-		qe->timer = evtimer_new(p->base, retry_cb, qe);
-		tv.tv_sec = (time_t)(delay / 1000);
-		tv.tv_usec = (suseconds_t)(delay % 1000) * 1000;
-		evtimer_add(qe->timer, &tv);
+		defer(p, qe, j);
 		break;
 	}
 }
@@ -484,12 +769,17 @@ send_request(struct worker_pool *p, CURL *c, struct job *j,
 		j->status = r.status;
 		j->ms = r.ms;
 		strlcpy_r(j->request_id, r.request_id, sizeof(j->request_id));
+		j->reached = 1;
 		j->result = graph_classify(r.status, r.body, r.len, &j->err);
+		/* All of it went out and no answer came, or libcurl sent it
+		 * again by itself on a new connection: Graph may have it. */
+		if ((r.status == 0 && r.sent) || r.resent)
+			j->err.flags |= GRAPH_F_DUPLICATE;
 		if (r.status == 0)
 			log_escape(j->err.message, sizeof(j->err.message),
 			    r.error, strlen(r.error));
 		j->retry_ms = graph_retry_after_ms(r.retry_after[0] ?
-		    r.retry_after : NULL, (long long)(wall_us() / 1000000));
+		    r.retry_after : NULL, (long long)(wall_us() / 1000));
 		http_resp_clear(&r);
 		if (j->result == GRAPH_REAUTH)
 			token_invalidate(p->token, tok);
@@ -569,6 +859,78 @@ out:
 	spool_unmap_msg(&v);
 }
 
+/* Appends text, its LF line ends as CRLF. */
+static int
+write_crlf_lines(struct spool_msg *m, const char *text)
+{
+	const char	*nl;
+
+	while (*text != '\0') {
+		nl = strchr(text, '\n');
+		if (spool_msg_write(m, text, nl ? (size_t)(nl - text) :
+		    strlen(text)) == -1 || spool_msg_write(m, "\r\n", 2) == -1)
+			return -1;
+		if (nl == NULL)
+			break;
+		text = nl + 1;
+	}
+	return 0;
+}
+
+/*
+ * A short non-delivery report to the envelope sender, queued like any
+ * message: null sender (never bounced itself), From: the sender, so that
+ * Graph sends it from the sender's own mailbox, which works only when that
+ * is a mailbox of the tenant.
+ */
+static void
+bounce(struct worker_pool *p, const struct qent *qe, const char *why,
+    const char *reason)
+{
+	struct spool_env	 env;
+	struct spool_msg	*m;
+	const char		*rcpts[1] = { qe->sender };
+	char			*text, date[64];
+	time_t			 t = time(NULL);
+	struct tm		 tm;
+
+	gmtime_r(&t, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	xasprintf(&text, "From: Mail Delivery System <%s>\r\n"
+	    "To: <%s>\r\nDate: %s\r\n"
+	    "Subject: Undeliverable: message %s\r\n"
+	    "Auto-Submitted: auto-replied\r\n"
+	    "MIME-Version: 1.0\r\n"
+	    "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+	    "relayd could not deliver your message %s through Microsoft "
+	    "Graph (%s)\r\nafter %u attempt(s). It was kept for the "
+	    "administrator. Graph's answer:\r\n\r\n", qe->sender,
+	    qe->sender, date, qe->qid, qe->qid,
+	    strcmp(why, "expired") == 0 ? "it waited too long" :
+	    "Graph refused it", qe->attempts);
+	memset(&env, 0, sizeof(env));
+	env.arrival_us = wall_us();
+	env.client = "127.0.0.1";
+	env.listener = "bounce";
+	env.helo = "relayd";
+	env.user = "";
+	env.mail_from = "";
+	env.mail_params = "";
+	env.rcpts = rcpts;
+	env.nrcpts = 1;
+	if ((m = spool_msg_new(p->spool, &env)) == NULL ||
+	    spool_msg_write(m, text, strlen(text)) == -1 ||
+	    write_crlf_lines(m, reason) == -1) {
+		log_warn("%s bounce: cannot queue the report", qe->qid);
+		spool_msg_abort(m);
+	} else {
+		log_info("%s bounce queued=%s to=<%s>", qe->qid,
+		    spool_msg_qid(m), qe->sender);
+		spool_msg_commit(m, NULL, NULL);
+	}
+	free(text);
+}
+
 static void *
 worker_main(void *arg)
 {
@@ -642,8 +1004,11 @@ worker_new(struct event_base *base, const struct config *cfg,
 		}
 		p->nthreads++;
 	}
+	p->rng = wall_us() | 1;
 	for (i = 0; (e = spool_entry_at(spool, i)) != NULL; i++)
-		enqueue(p, e->qid, e->mail_from, e->size);
+		if (e->state == SPOOL_QUEUED)
+			enqueue(p, e->qid, e->mail_from, e->size, e->attempts,
+			    e->arrival_us / 1000, e->next_ms);
 	spool_set_queued_cb(spool, on_queued, p);
 	dispatch(p);
 	return p;
@@ -690,14 +1055,19 @@ worker_free(struct worker_pool *p)
 		TAILQ_REMOVE(&p->all, qe, all);
 		if (qe->timer != NULL)
 			event_free(qe->timer);
+		free(qe->sender);
 		free(qe);
 	}
 	for (i = 0; i < MBOX_HASH_SIZE; i++)
 		while ((mb = p->hash[i]) != NULL) {
 			p->hash[i] = mb->hnext;
+			if (mb->timer != NULL)
+				event_free(mb->timer);
 			free(mb->key);
 			free(mb);
 		}
+	if (p->svc_timer != NULL)
+		event_free(p->svc_timer);
 	if (p->notify_ev != NULL)
 		event_free(p->notify_ev);
 	close(p->notify[0]);

@@ -11,7 +11,9 @@ One port serves both
 so relayd's login_url and graph_url can both be this server's base URL, and
 a control API without authentication:
     GET  /_fake/sent       accepted messages
-    GET  /_fake/requests   every request: method, path, status, code, ...
+    GET  /_fake/requests   every request: method, path, status, code, ...;
+                           a token request's "token": its scope and the
+                           client assertion's header and claims
     GET  /_fake/stats      counters, highest concurrency seen per mailbox
     GET  /_fake/config     the behaviour now in force
     POST /_fake/config     change it (JSON object of the keys to change)
@@ -25,7 +27,9 @@ Fault rules (POST /_fake/faults, a JSON list) are tried in order; the first
 that matches a request and has firings left is used up once ("count",
 default 1, -1 = forever). Match keys, all optional: "kind" ("token" or
 "graph"), "path" (regex searched in the path), "mailbox" (case-insensitive),
-"method". Actions: {"status": N, "code", "message", "retry_after",
+"method", "p" (0..1: the chance that the rule fires for a request it
+matches; when it does not, the request goes on to the next rules and the
+rule's count is not used up). Actions: {"status": N, "code", "message", "retry_after",
 "headers", "aadsts"} answers with that error (Graph or Entra shaped by
 kind; a 429 gets Retry-After = throttle_retry_after unless "retry_after" is
 given, null for none); {"drop": true} closes without an answer (FIN),
@@ -56,6 +60,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import secrets
 import select
@@ -240,6 +245,23 @@ class ClientCert:
         self.key = cert.public_key()
 
 
+def parse_jwt(assertion):
+    """(header, claims, signing input, signature) of a compact JWT; raises
+    ValueError saying what is wrong with it."""
+    parts = assertion.split(".")
+    if len(parts) != 3:
+        raise ValueError("not three dot-separated parts")
+    try:
+        header = json.loads(b64url_decode(parts[0]))
+        claims = json.loads(b64url_decode(parts[1]))
+        sig = b64url_decode(parts[2])
+    except (ValueError, binascii.Error):
+        raise ValueError("bad base64url or JSON")
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        raise ValueError("header and claims must be JSON objects")
+    return header, claims, (parts[0] + "." + parts[1]).encode("ascii"), sig
+
+
 def verify_signature(cert, alg, signing_input, sig):
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
@@ -416,7 +438,7 @@ class Config:
 
 FAULT_KEYS = {"count", "path", "mailbox", "kind", "method", "status", "code",
               "message", "retry_after", "headers", "drop", "reset",
-              "delay_ms", "expire_token", "hang", "aadsts"}
+              "delay_ms", "expire_token", "hang", "aadsts", "p"}
 
 
 def parse_fault(rule):
@@ -433,6 +455,10 @@ def parse_fault(rule):
         raise BadConfig("fault count must be a positive integer or -1")
     if r.get("kind") not in (None, "token", "graph"):
         raise BadConfig('fault kind must be "token" or "graph"')
+    if "p" in r and (isinstance(r["p"], bool)
+                     or not isinstance(r["p"], (int, float))
+                     or not 0 <= r["p"] <= 1):
+        raise BadConfig("fault p must be a number from 0 to 1")
     actions = [a for a in ("status", "drop", "reset", "expire_token",
                            "hang") if r.get(a)]
     if len(actions) > 1:
@@ -492,6 +518,8 @@ class State:
                     continue
                 if r.get("mailbox") and (mailbox is None or r[
                         "mailbox"].lower() != mailbox.lower()):
+                    continue
+                if "p" in r and random.random() >= r["p"]:
                     continue
                 if r["count"] > 0:
                     r["count"] -= 1
@@ -608,6 +636,7 @@ class Handler(BaseHTTPRequestHandler):
         self.result = (0, "")
         self.inflight_key = None    # mailbox counted in st.inflight
         self.booked = False
+        self.token_info = None      # a token request's, for the records
         self.path_only = urlsplit(self.path).path
         if self.path_only.startswith("/_fake/"):
             return self._control()
@@ -650,7 +679,8 @@ class Handler(BaseHTTPRequestHandler):
                     "path": self.path, "status": status, "code": code,
                     "kind": self.kind, "mailbox": self.mailbox,
                     "request_id": self.rid, "client_request_id": self.crid,
-                    "ms": round((time.monotonic() - self.t0) * 1000, 3)})
+                    "ms": round((time.monotonic() - self.t0) * 1000, 3),
+                    "token": self.token_info})
         if self.server.verbose:
             log("%s %s %s %s rid=%s" % (self.command, self.path, status,
                                         code or "-", self.rid))
@@ -1058,6 +1088,16 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in parse_qsl(body.decode("utf-8", "replace"),
                               keep_blank_values=True):
             form.setdefault(k, v)
+        self.token_info = {"fields": sorted(form),
+                           "scope": form.get("scope"),
+                           "client_assertion_type":
+                           form.get("client_assertion_type"),
+                           "assertion": None}
+        try:
+            h, c, _, _ = parse_jwt(form.get("client_assertion") or "")
+            self.token_info["assertion"] = {"header": h, "claims": c}
+        except ValueError:
+            pass
         basic_id = basic_secret = None
         auth = self.headers.get("Authorization", "")
         if auth[:6].lower() == "basic ":
@@ -1186,17 +1226,10 @@ class Handler(BaseHTTPRequestHandler):
         def malformed(why):
             return (400, "invalid_request", 50027,
                     "JWT token is invalid or malformed. (%s)" % why)
-        parts = assertion.split(".")
-        if len(parts) != 3:
-            return malformed("not three dot-separated parts")
         try:
-            header = json.loads(b64url_decode(parts[0]))
-            claims = json.loads(b64url_decode(parts[1]))
-            sig = b64url_decode(parts[2])
-        except (ValueError, binascii.Error):
-            return malformed("bad base64url or JSON")
-        if not isinstance(header, dict) or not isinstance(claims, dict):
-            return malformed("header and claims must be JSON objects")
+            header, claims, signing_input, sig = parse_jwt(assertion)
+        except ValueError as e:
+            return malformed(str(e))
         alg = header.get("alg")
         if alg not in ("RS256", "PS256"):
             return malformed("unsupported alg %r" % (alg,))
@@ -1214,7 +1247,6 @@ class Handler(BaseHTTPRequestHandler):
                     "client: '%s', Please visit the Azure Portal, Graph "
                     "Explorer or directly use MS Graph to see configured "
                     "keys for app Id '%s'.]" % (thumb, client["id"]))
-        signing_input = (parts[0] + "." + parts[1]).encode("ascii")
         if not verify_signature(cert, alg, signing_input, sig):
             return (401, "invalid_client", 700027,
                     "Client assertion contains an invalid signature. [Reason "

@@ -1424,10 +1424,12 @@ def graph_schema_path():
 def graph_relayd(relayd_factory, fake, queue=None, start=True, **graph):
     """relayd_factory(...) for a daemon that delivers to fake: graph= keys
     override graph_sections() (None removes one; secret="..." for another
-    secret), queue= keys go to [queue], where retry_min is 200ms unless
-    given (the default 30s is too long for a test)."""
+    secret), queue= keys go to [queue], where retry_min is 200ms and
+    messages_per_minute 0 (no pacing) unless given: the defaults (30s, 30)
+    are too slow for a test."""
     sections = graph_sections(fake, **graph)
-    sections["queue"] = dict({"retry_min": "200ms"}, **(queue or {}))
+    sections["queue"] = dict({"retry_min": "200ms",
+                              "messages_per_minute": "0"}, **(queue or {}))
     return relayd_factory(sections=sections, start=start)
 
 

@@ -621,6 +621,33 @@ def test_fault_hang(fake):
         == 202
 
 
+def test_fault_probability(fake):
+    """"p": a matching rule fires for that share of requests; one that does
+    not fire is skipped (the next rules are tried) and keeps its count."""
+    tok = fake.token()
+    fake.faults([{"status": 503, "p": 0, "count": -1},
+                 {"status": 429, "p": 0.5, "count": -1, "retry_after": None},
+                 {"status": 500, "p": 1, "count": 1}])
+    conn = fake.connection()
+    try:
+        got = [fake.send_mail(MAILBOX, message(), token=tok, conn=conn)[0]
+               for _ in range(300)]
+    finally:
+        conn.close()
+    assert got.count(503) == 0
+    assert got.count(500) == 1          # the first request the 429 passed
+    # Binomial(299 or 300, 0.5): 150 +- 8.7; this range is +-5.7 sigma.
+    assert 100 <= got.count(429) <= 200, got.count(429)
+    assert got.count(202) == 300 - 1 - got.count(429)
+    never, half, once = fake.faults()
+    assert (never["fired"], never["count"], never["p"]) == (0, -1, 0)
+    assert (half["fired"], half["p"]) == (got.count(429), 0.5)
+    assert (once["fired"], once["count"]) == (1, 0)
+    for bad in (1.5, -0.1, "0.5", True, None):
+        with pytest.raises(AssertionError, match="fault p must be"):
+            fake.faults([{"status": 503, "p": bad}])
+
+
 def test_stats_and_reset(fake):
     need_schema(fake)
     tok = fake.token()

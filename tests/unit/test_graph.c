@@ -180,6 +180,8 @@ test_golden(void **state)
 	assert_int_equal(bad, 0);
 }
 
+/* One case per row of ../shared/graph/FACTS.md section 4, and the edges. */
+#define ERR(c)	"{\"error\":{\"code\":\"" c "\",\"message\":\"m\"}}"
 static void
 test_classify(void **state)
 {
@@ -187,53 +189,100 @@ test_classify(void **state)
 		long		 status;
 		const char	*body;
 		enum graph_result want;
+		unsigned	 flags;
 		const char	*code;
 	} cases[] = {
-		{ 202, "", GRAPH_SENT, "http_202" },
-		{ 0, NULL, GRAPH_TEMPFAIL, "no_answer" },
-		{ 429, "{\"error\":{\"code\":\"TooManyRequests\",\"message\":"
-		  "\"Please retry again later.\"}}", GRAPH_TEMPFAIL,
-		  "TooManyRequests" },
-		{ 429, "{\"error\":{\"code\":\"ApplicationThrottled\"}}",
-		  GRAPH_TEMPFAIL, "ApplicationThrottled" },
-		{ 503, "", GRAPH_TEMPFAIL, "http_503" },
-		{ 504, "<html>gateway</html>", GRAPH_TEMPFAIL, "http_504" },
+		{ 202, "", GRAPH_SENT, 0, "http_202" },
+		{ 400, ERR("ErrorMimeContentInvalidBase64String"),
+		  GRAPH_PERMFAIL, 0, "ErrorMimeContentInvalidBase64String" },
+		{ 400, ERR("RequestBodyRead"), GRAPH_PERMFAIL, 0,
+		  "RequestBodyRead" },
+		{ 400, ERR("BadRequest"), GRAPH_PERMFAIL, 0, "BadRequest" },
+		{ 400, ERR("InvalidInternetMessageHeader"), GRAPH_PERMFAIL, 0,
+		  "InvalidInternetMessageHeader" },
+		{ 400, ERR("InvalidInternetMessageHeaderCollection"),
+		  GRAPH_PERMFAIL, 0, "InvalidInternetMessageHeaderCollection" },
+		{ 400, ERR("ErrorInvalidRecipients"), GRAPH_PERMFAIL, 0,
+		  "ErrorInvalidRecipients" },
+		{ 400, ERR("ErrorMessageSizeExceeded"), GRAPH_PERMFAIL, 0,
+		  "ErrorMessageSizeExceeded" },
+		{ 400, ERR("ErrorAttachmentSizeShouldNotBeLessThanMinimumSize"),
+		  GRAPH_PERMFAIL, 0,
+		  "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize" },
 		{ 401, "{\"error\":{\"code\":\"InvalidAuthenticationToken\","
 		  "\"message\":\"Access token has expired or is not yet "
-		  "valid.\"}}", GRAPH_REAUTH, "InvalidAuthenticationToken" },
+		  "valid.\"}}", GRAPH_REAUTH, 0, "InvalidAuthenticationToken" },
+		{ 401, ERR("NoPermissionsInAccessToken"), GRAPH_PERMFAIL, 0,
+		  "NoPermissionsInAccessToken" },
+		{ 403, ERR("ErrorAccessDenied"), GRAPH_PERMFAIL, 0,
+		  "ErrorAccessDenied" },
 		{ 403, "{\"error\":{\"code\":\"ErrorSendAsDenied\",\"message\":"
 		  "\"The user account which was used to submit this request "
 		  "does not have the right to send mail on behalf of the "
-		  "specified sending account.\"}}", GRAPH_PERMFAIL,
+		  "specified sending account.\"}}", GRAPH_PERMFAIL, 0,
 		  "ErrorSendAsDenied" },
-		{ 404, "{\"error\":{\"code\":\"ErrorInvalidUser\"}}",
-		  GRAPH_PERMFAIL, "ErrorInvalidUser" },
-		{ 400, "{\"error\":{\"code\":\"RequestBodyRead\"}}",
-		  GRAPH_PERMFAIL, "RequestBodyRead" },
-		{ 413, "", GRAPH_PERMFAIL, "http_413" },
-		{ 403, "{\"error\":{\"code\":\"ErrorQuotaExceeded\"}}",
-		  GRAPH_TEMPFAIL, "ErrorQuotaExceeded" },
-		{ 400, "{not json", GRAPH_PERMFAIL, "http_400" },
-		{ 500, "{\"error\":\"x\"}", GRAPH_TEMPFAIL, "http_500" },
+		{ 404, ERR("MailboxNotEnabledForRESTAPI"), GRAPH_PERMFAIL, 0,
+		  "MailboxNotEnabledForRESTAPI" },
+		{ 404, ERR("ErrorInvalidUser"), GRAPH_PERMFAIL, 0,
+		  "ErrorInvalidUser" },
+		{ 404, ERR("ResourceNotFound"), GRAPH_PERMFAIL, 0,
+		  "ResourceNotFound" },
+		{ 413, "", GRAPH_PERMFAIL, 0, "http_413" },
+		{ 429, "{\"error\":{\"code\":\"TooManyRequests\",\"message\":"
+		  "\"Please retry again later.\"}}", GRAPH_TEMPFAIL,
+		  GRAPH_F_MAILBOX, "TooManyRequests" },
+		{ 429, ERR("ApplicationThrottled"), GRAPH_TEMPFAIL,
+		  GRAPH_F_MAILBOX, "ApplicationThrottled" },
+		{ 403, ERR("ErrorQuotaExceeded"), GRAPH_TEMPFAIL, GRAPH_F_QUOTA,
+		  "ErrorQuotaExceeded" },
+		{ 500, "{\"error\":\"x\"}", GRAPH_TEMPFAIL, GRAPH_F_SERVICE,
+		  "http_500" },
+		{ 503, "", GRAPH_TEMPFAIL, GRAPH_F_SERVICE, "http_503" },
+		{ 503, ERR("serviceNotAvailable"), GRAPH_TEMPFAIL,
+		  GRAPH_F_SERVICE, "serviceNotAvailable" },
+		{ 504, "<html>gateway</html>", GRAPH_TEMPFAIL,
+		  GRAPH_F_SERVICE | GRAPH_F_DUPLICATE, "http_504" },
+		/* No answer at all; the worker adds DUPLICATE when the whole
+		 * request had gone out. */
+		{ 0, NULL, GRAPH_TEMPFAIL, GRAPH_F_SERVICE, "no_answer" },
+		/* Edges: other codes and statuses by class. */
+		{ 429, "", GRAPH_TEMPFAIL, GRAPH_F_MAILBOX, "http_429" },
+		{ 401, "", GRAPH_REAUTH, 0, "http_401" },
+		{ 408, "", GRAPH_TEMPFAIL, 0, "http_408" },
+		{ 502, "", GRAPH_TEMPFAIL, GRAPH_F_SERVICE, "http_502" },
+		{ 509, "", GRAPH_TEMPFAIL, GRAPH_F_SERVICE, "http_509" },
+		{ 507, "", GRAPH_TEMPFAIL, GRAPH_F_SERVICE, "http_507" },
+		{ 503, ERR("ErrorServerBusy"), GRAPH_TEMPFAIL, GRAPH_F_MAILBOX,
+		  "ErrorServerBusy" },
+		{ 500, ERR("ErrorTimeoutExpired"), GRAPH_TEMPFAIL,
+		  GRAPH_F_SERVICE | GRAPH_F_DUPLICATE, "ErrorTimeoutExpired" },
+		{ 400, "{not json", GRAPH_PERMFAIL, 0, "http_400" },
+		{ 418, "", GRAPH_PERMFAIL, 0, "http_418" },
+		/* A 202 body is never read as an error. */
+		{ 202, ERR("TooManyRequests"), GRAPH_SENT, 0, "http_202" },
 	};
 	struct graph_error	 ge;
 	size_t			 i;
 	enum graph_result	 r;
 
+	(void)state;
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		r = graph_classify(cases[i].status, cases[i].body,
 		    cases[i].body ? strlen(cases[i].body) : 0, &ge);
-		if (r != cases[i].want || strcmp(ge.code, cases[i].code) != 0)
-			fail_msg("case %zu: got %d %s, want %d %s", i, r,
-			    ge.code, cases[i].want, cases[i].code);
+		if (r != cases[i].want || ge.flags != cases[i].flags ||
+		    strcmp(ge.code, cases[i].code) != 0)
+			fail_msg("case %zu (%ld): got %d %#x %s, want %d %#x %s",
+			    i, cases[i].status, r, ge.flags, ge.code,
+			    cases[i].want, cases[i].flags, cases[i].code);
 	}
 }
+#undef ERR
 
 static void
 test_retry_after(void **state)
 {
-	/* 2026-11-23 12:00:00 UTC */
-	const long long	 now = 1795435200LL;
+	/* 2026-11-23 12:00:00.250 UTC, in milliseconds */
+	const long long	 now = 1795435200250LL;
 
 	assert_int_equal(graph_retry_after_ms("2.128", now), 2128);
 	assert_int_equal(graph_retry_after_ms(" 10 ", now), 10000);
@@ -242,9 +291,12 @@ test_retry_after(void **state)
 	assert_int_equal(graph_retry_after_ms("soon", now), -1);
 	assert_int_equal(graph_retry_after_ms(NULL, now), -1);
 	assert_int_equal(graph_retry_after_ms("Mon, 23 Nov 2026 12:00:30 GMT",
-	    now), 30000);
+	    now), 29750);
 	assert_int_equal(graph_retry_after_ms("Mon, 23 Nov 2026 11:00:00 GMT",
 	    now), 0);
+	assert_int_equal(graph_retry_after_ms("0.5", now), 500);
+	assert_int_equal(graph_retry_after_ms("120", now), 120000);
+	assert_int_equal(graph_retry_after_ms("3.0001", now), 3000);
 }
 
 int
