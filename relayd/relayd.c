@@ -67,6 +67,50 @@ stop_cb(evutil_socket_t sig, short ev, void *arg)
 	event_base_loopbreak(base);
 }
 
+/*
+ * systemd: WATCHDOG=1 from the event loop (a stuck loop stops them), and
+ * STATUS= with the queue depth, at half the watchdog interval or every
+ * 10 s. Nothing when not run by systemd.
+ */
+struct heartbeat {
+	struct event	*ev;
+	struct spool	*spool;
+	int		 watchdog;
+};
+
+static void
+heartbeat_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct heartbeat	*hb = arg;
+
+	(void)fd;
+	(void)ev;
+	sd_notifyf(0, "%sSTATUS=%zu message(s) queued",
+	    hb->watchdog ? "WATCHDOG=1\n" : "", spool_count(hb->spool));
+}
+
+static void
+heartbeat_start(struct event_base *base, struct heartbeat *hb,
+    struct spool *spool)
+{
+	struct timeval	 tv = { 10, 0 };
+	uint64_t	 usec = 0;
+
+	hb->spool = spool;
+	if (getenv("NOTIFY_SOCKET") == NULL)
+		return;
+	if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
+		hb->watchdog = 1;
+		if (usec / 2 < 10000000) {
+			tv.tv_sec = (time_t)(usec / 2 / 1000000);
+			tv.tv_usec = (suseconds_t)(usec / 2 % 1000000);
+		}
+	}
+	hb->ev = event_new(base, -1, EV_PERSIST, heartbeat_cb, hb);
+	event_add(hb->ev, &tv);
+	heartbeat_cb(-1, 0, hb);
+}
+
 /* The [graph] settings in force (cloud defaults applied), for the log. */
 static char *
 graph_summary(const struct config *cfg)
@@ -110,6 +154,7 @@ main(int argc, char *argv[])
 	struct token		*token = NULL;
 	struct auth		*auth = NULL;
 	struct event		*ev_term, *ev_int, *ev_hup;
+	struct heartbeat	 hb = { NULL, NULL, 0 };
 	struct spool		*spool;
 	struct smtp		*smtp;
 	char			 err[512], *summary;
@@ -209,8 +254,11 @@ main(int argc, char *argv[])
 
 	log_info("relayd started version=%s", PACKAGE_VERSION);
 	sd_notify(0, "READY=1");
+	heartbeat_start(base, &hb, spool);
 	event_base_dispatch(base);
 	sd_notify(0, "STOPPING=1");
+	if (hb.ev != NULL)
+		event_free(hb.ev);
 
 	/*
 	 * Commits in flight finish (and their sessions hear of it) before
