@@ -379,11 +379,16 @@ token_get(struct token *t, CURL *c, char *err, size_t errlen)
 void
 token_invalidate(struct token *t, const char *bad)
 {
+	/*
+	 * Only the first 401 for a token counts: with many requests in
+	 * flight they all come back with it, and each must not start a
+	 * fetch of its own. A backoff in force stays in force.
+	 */
 	pthread_mutex_lock(&t->lock);
-	if (t->access != NULL && strcmp(t->access, bad) == 0) {
+	if (t->access != NULL && t->expires_at != 0 &&
+	    strcmp(t->access, bad) == 0) {
 		t->refresh_at = 0;
 		t->expires_at = 0;
-		t->retry_at = 0;
 	}
 	pthread_mutex_unlock(&t->lock);
 }

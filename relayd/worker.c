@@ -755,6 +755,7 @@ send_request(struct worker_pool *p, CURL *c, struct job *j,
 		if ((tok = token_get(p->token, c, err, sizeof(err))) == NULL) {
 			/* Try again when the token service may be asked. */
 			job_fail(j, GRAPH_TEMPFAIL, "token", "%s", err);
+			j->status = 0;
 			j->retry_ms = token_retry_in(p->token);
 			break;
 		}
