@@ -399,3 +399,38 @@ def test_credentials_directory(relayd_factory, shared_fake_graph, tmp_path,
     assert rec["body"]["message"]["subject"] == "via credential"
     assert fake.stats()["tokens_issued"] == 1
     assert_secret_not_logged(d, fake.secret)
+
+
+def test_token_outage_with_requests_in_flight(relayd_factory,
+                                              shared_fake_graph):
+    """The token expires while many requests are in flight with it, and
+    the token endpoint is down for a moment. Only the first 401 counts:
+    one failed token request, then one after the backoff (5 s), and the
+    queue drains. (Each 401 used to start its own token request and double
+    the backoff: 5 minutes of silence after a 2 s outage.)"""
+    fake = shared_fake_graph
+    fake.config(latency_ms=300)
+    try:
+        d = graph_relayd(relayd_factory, fake, queue={"workers": 16})
+        smtplib_send(d, "first")                # a token, then flowing
+        fake.wait_sent(1, DELIVERY_TIMEOUT)
+        fake.faults([{"kind": "token", "status": 503, "count": -1},
+                      {"kind": "graph", "expire_token": True, "count": 1}])
+        with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s:
+            s.ehlo("client.test")
+            for i in range(40):
+                smtplib_send(d, "burst %d" % i, conn=s)
+        wait_for(lambda: any(r["kind"] == "token" and r["status"] == 503
+                             for r in fake.requests()), 10,
+                 "a token request during the outage")
+        time.sleep(2)
+        fake.faults([])
+        wait_for(lambda: d.queued() == [], 30, "an empty queue/")
+        tokens = [r["status"] for r in fake.requests()
+                  if r["kind"] == "token"]
+        assert tokens == [200, 503, 200], tokens
+        waits = re.findall(r"token: .*; next attempt in (\d+)s", d.log)
+        assert waits == ["5"], waits
+        assert fake.stats()["sent"] == 41
+    finally:
+        fake.config(latency_ms=0)
