@@ -64,6 +64,7 @@
 #define MBOX_HASH_SIZE		1024
 #define STOP_GRACE_MS		10000	/* requests in flight at stop */
 #define QUOTA_HOLD_MS		(3600 * 1000)	/* ErrorQuotaExceeded */
+#define REASON_BODY_MAX		(16 * 1024)	/* Graph's answer in .reason */
 #define SVC_THRESHOLD		3	/* failures in a row: Graph is down */
 #define SVC_BACKOFF_MIN_MS	5000
 #define SVC_BACKOFF_MAX_MS	(5 * 60 * 1000)
@@ -113,6 +114,7 @@ struct job {
 	struct graph_error	 err;
 	char			 request_id[64];
 	int			 reached;	/* an HTTP exchange was tried */
+	char			*body;		/* Graph's whole error answer */
 	char			*mailbox;
 	size_t			 nrcpts;
 	size_t			 nattach;
@@ -525,16 +527,28 @@ static void
 dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
     const char *why)
 {
-	char	 reason[1024];
+	char	*reason, *body = NULL;
+	size_t	 i;
 
-	snprintf(reason, sizeof(reason), "reason: %s\ntime: %" PRIu64 "\n"
+	/* The answer as one line: its own line breaks become spaces. */
+	if (j->body != NULL) {
+		body = xstrdup(j->body);
+		for (i = 0; body[i] != '\0'; i++)
+			if (body[i] == '\n' || body[i] == '\r')
+				body[i] = ' ';
+	}
+	xasprintf(&reason, "reason: %s\ntime: %" PRIu64 "\n"
 	    "mailbox: %s\nstatus: %ld\ncode: %s\nmessage: %s\n"
-	    "request-id: %s\nattempts: %u\n", why, wall_us() / 1000000,
+	    "request-id: %s\nattempts: %u\n%s%s%s", why, wall_us() / 1000000,
 	    j->mailbox ? j->mailbox : "", j->status, j->err.code,
-	    j->err.message, j->request_id, qe->attempts);
+	    j->err.message, j->request_id, qe->attempts,
+	    body != NULL ? "body: " : "", body != NULL ? body : "",
+	    body != NULL ? "\n" : "");
 	if (spool_dead(p->spool, qe->qid, reason) == 0 &&
 	    p->cfg->bounce == BOUNCE_SENDER && qe->sender[0] != '\0')
 		bounce(p, qe, why, reason);
+	free(reason);
+	free(body);
 	qent_free(p, qe);
 }
 
@@ -671,6 +685,7 @@ notify_cb(evutil_socket_t fd, short ev, void *arg)
 		finish(p, j);
 		mbox_update(p, mb);
 		mbox_put(p, mb);
+		free(j->body);
 		free(j->mailbox);
 		free(j);
 	}
@@ -781,6 +796,11 @@ send_request(struct worker_pool *p, CURL *c, struct job *j,
 			    r.error, strlen(r.error));
 		j->retry_ms = graph_retry_after_ms(r.retry_after[0] ?
 		    r.retry_after : NULL, (long long)(wall_us() / 1000));
+		free(j->body);
+		j->body = NULL;
+		if (j->result == GRAPH_PERMFAIL && r.body != NULL)
+			j->body = xstrndup(r.body, r.len < REASON_BODY_MAX ?
+			    r.len : REASON_BODY_MAX);
 		http_resp_clear(&r);
 		if (j->result == GRAPH_REAUTH)
 			token_invalidate(p->token, tok);
@@ -1048,6 +1068,7 @@ worker_free(struct worker_pool *p)
 		p->done = j->next;
 		if (j->result == GRAPH_SENT)
 			finish(p, j);
+		free(j->body);
 		free(j->mailbox);
 		free(j);
 	}

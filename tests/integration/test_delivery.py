@@ -11,6 +11,7 @@ fit: SMTP in, spool, mapping, token, HTTP, result, spool again.
 Timing: retries use a small [queue] retry_min; waits poll with deadlines.
 """
 import base64
+import json
 import os
 import re
 import smtplib
@@ -535,6 +536,10 @@ def test_send_as_denied_dead_letter(relayd_factory, shared_fake_graph):
            "sending account. Cannot submit message.")
     reason = reason_fields(d.dead_dir / (qid + ".reason"))
     assert abs(int(reason.pop("time")) - time.time()) < 60
+    # Graph's whole answer, on one line
+    body = json.loads(reason.pop("body"))
+    assert body["error"]["code"] == "ErrorSendAsDenied"
+    assert body["error"]["message"] == msg
     assert reason == {"reason": "refused", "mailbox": SENDER,
                       "status": "403",
                       "code": "ErrorSendAsDenied", "message": msg,
