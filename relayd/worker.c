@@ -602,6 +602,11 @@ defer(struct worker_pool *p, struct qent *qe, struct job *j)
 	    j->err.code, j->err.message, qe->attempts,
 	    (double)delay / 1000.0, hold ? " mailbox_held=yes" : "",
 	    qe->maybe_dup ? " possible_duplicate=yes" : "");
+	/*
+	 * Clocks here count whole milliseconds: one more keeps the retry
+	 * from starting a fraction of a millisecond before Retry-After ends.
+	 */
+	delay++;
 	if (hold) {
 		/* The mailbox waits as a whole; this message goes first. */
 		if (mb->hold_until < now_ms() + delay)
