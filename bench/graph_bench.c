@@ -39,7 +39,7 @@ main(int argc, char **argv)
 {
 	const char		*rcpts[] = { "alice@example.com" };
 	struct graph_env	 env = { "scan@corp.example", rcpts, 1 };
-	struct graph_opts	 opts = { 1, 32 };
+	struct graph_opts	 opts = { 1, 32, GRAPH_MODE_JSON };
 	struct graph_req	 req;
 	struct stat		 st;
 	char			 err[256], *data;

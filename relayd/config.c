@@ -63,6 +63,8 @@ struct cfg_key {
 static const char *const bare_lf_names[] = { "reject", "normalize", NULL };
 static const char *const sync_names[] = { "fdatasync", "syncfs", NULL };
 static const char *const bounce_names[] = { "no", "sender", NULL };
+/* In the order of enum graph_mode. */
+static const char *const mode_names[] = { "json", "mime", "auto", NULL };
 static const char *const tls_names[] = { "1.0", "1.1", "1.2", "1.3", NULL };
 static const char *const log_level_names[] =
     { "error", "warning", "info", "debug", NULL };
@@ -233,6 +235,13 @@ static const struct cfg_key cfg_keys[] = {
 	{ "graph", "save_to_sent_items", CFG_BOOL, "yes", 0, 0,
 	  OFF(save_to_sent_items), NULL,
 	  "Keep a copy of each message in the sending mailbox's Sent Items." },
+	{ "graph", "mode", CFG_ENUM, "auto", 0, 0, OFF(graph_mode),
+	  mode_names,
+	  "How a message goes to Graph: json (mapped onto a Graph message), "
+	  "mime (the message itself, base64, up to 4 MB; larger ones go as "
+	  "json), or auto: mime for what json cannot carry faithfully "
+	  "(S/MIME signed or encrypted, calendar invitations) when it fits, "
+	  "json otherwise. The envelope decides the recipients either way." },
 	{ "graph", "max_mime_depth", CFG_NUM, "32", 1, 1000,
 	  OFF(max_mime_depth), NULL,
 	  "Deepest nesting of multiparts and attached messages mapped; a "

@@ -81,6 +81,7 @@ struct config {
 	char			*ca_file;
 	char			*mailbox;	/* "envelope", "from" or ADDRESS */
 	int			 save_to_sent_items;
+	int			 graph_mode;	/* enum graph_mode */
 	uint64_t		 max_mime_depth;
 	uint64_t		 connect_timeout_ms;
 	uint64_t		 timeout_ms;

@@ -813,6 +813,203 @@ map_parts(GMimeMessage *m, struct walk *w, json_object *msg,
 	free(html);
 }
 
+/* ---- the MIME form ---- */
+
+/* req->from: the first From: mailbox, which may name the sending mailbox. */
+static void
+flatten_from(GMimeMessage *m, struct graph_req *req)
+{
+	GPtrArray	*from = g_ptr_array_new();
+
+	flatten(g_mime_message_get_from(m), from, 0);
+	if (from->len > 0)
+		req->from = xstrdup(internet_address_mailbox_get_addr(
+		    INTERNET_ADDRESS_MAILBOX(g_ptr_array_index(from, 0))));
+	g_ptr_array_free(from, TRUE);
+}
+
+/* What the JSON form cannot carry: signatures, encryption, invitations. */
+static void
+needs_mime_cb(GMimeObject *parent, GMimeObject *part, gpointer arg)
+{
+	GMimeContentType	*ct = g_mime_object_get_content_type(part);
+	int			*want = arg;
+
+	(void)parent;
+	if (ct == NULL)
+		return;
+	if (g_mime_content_type_is_type(ct, "multipart", "signed") ||
+	    g_mime_content_type_is_type(ct, "multipart", "encrypted") ||
+	    g_mime_content_type_is_type(ct, "application", "pkcs7-mime") ||
+	    g_mime_content_type_is_type(ct, "application", "x-pkcs7-mime") ||
+	    g_mime_content_type_is_type(ct, "text", "calendar"))
+		*want = 1;
+}
+
+static int
+needs_mime(GMimeMessage *m)
+{
+	GMimeObject	*top = g_mime_message_get_mime_part(m);
+	int		 want = 0;
+
+	if (top != NULL)
+		needs_mime_cb(NULL, top, &want);
+	g_mime_message_foreach(m, needs_mime_cb, &want);
+	return want;
+}
+
+/* "Name: value" for a list of addresses, folded, CRLF at the end. */
+static void
+add_address_header(GString *out, const char *name, InternetAddressList *list,
+    GMimeFormatOptions *fo)
+{
+	GString	*h;
+
+	if (internet_address_list_length(list) == 0)
+		return;
+	/* Its own string: the encoder folds by the length of what it has. */
+	h = g_string_new(name);
+	g_string_append(h, ": ");
+	internet_address_list_encode(list, fo, h);
+	if (h->len < 2 || h->str[h->len - 1] != '\n')
+		g_string_append(h, "\r\n");
+	g_string_append_len(out, h->str, (gssize)h->len);
+	g_string_free(h, TRUE);
+}
+
+static void
+add_mailbox(InternetAddressList *list, const char *addr, InternetAddress *like)
+{
+	InternetAddress	*ia = internet_address_mailbox_new(
+	    like != NULL ? internet_address_get_name(like) : NULL, addr);
+
+	internet_address_list_add(list, ia);
+	g_object_unref(ia);
+}
+
+/* The recipient headers as the envelope says, and From: its first mailbox. */
+static size_t
+mime_addresses(GMimeMessage *m, const struct graph_env *env,
+    GMimeFormatOptions *fo, GString *out)
+{
+	GPtrArray		*to = g_ptr_array_new(), *cc = g_ptr_array_new();
+	GPtrArray		*from = g_ptr_array_new();
+	InternetAddressList	*nfrom, *nto, *ncc, *nbcc;
+	InternetAddress		*ia;
+	size_t			 i, j, n = 0;
+	int			 dup;
+
+	flatten(g_mime_message_get_addresses(m, GMIME_ADDRESS_TYPE_TO), to,
+	    0);
+	flatten(g_mime_message_get_addresses(m, GMIME_ADDRESS_TYPE_CC), cc,
+	    0);
+	flatten(g_mime_message_get_from(m), from, 0);
+	nfrom = internet_address_list_new();
+	nto = internet_address_list_new();
+	ncc = internet_address_list_new();
+	nbcc = internet_address_list_new();
+	if (from->len > 0) {
+		ia = g_ptr_array_index(from, 0);
+		add_mailbox(nfrom, internet_address_mailbox_get_addr(
+		    INTERNET_ADDRESS_MAILBOX(ia)), ia);
+	}
+	for (i = 0; i < env->nrcpts; i++) {
+		for (dup = 0, j = 0; j < i && !dup; j++)
+			dup = strcasecmp(env->rcpts[i], env->rcpts[j]) == 0;
+		if (dup)
+			continue;
+		n++;
+		if ((ia = find_mailbox(to, env->rcpts[i])) != NULL)
+			add_mailbox(nto, env->rcpts[i], ia);
+		else if ((ia = find_mailbox(cc, env->rcpts[i])) != NULL)
+			add_mailbox(ncc, env->rcpts[i], ia);
+		else
+			add_mailbox(nbcc, env->rcpts[i], NULL);
+	}
+	add_address_header(out, "From", nfrom, fo);
+	add_address_header(out, "To", nto, fo);
+	add_address_header(out, "Cc", ncc, fo);
+	add_address_header(out, "Bcc", nbcc, fo);
+	g_object_unref(nfrom);
+	g_object_unref(nto);
+	g_object_unref(ncc);
+	g_object_unref(nbcc);
+	g_ptr_array_free(to, TRUE);
+	g_ptr_array_free(cc, TRUE);
+	g_ptr_array_free(from, TRUE);
+	return n;
+}
+
+static int
+is_address_field(const char *p, size_t n)
+{
+	static const char *const names[] = { "From", "To", "Cc", "Bcc" };
+	size_t			 i, k;
+
+	for (i = 0; i < NELEM(names); i++) {
+		k = strlen(names[i]);
+		if (n > k && strncasecmp(p, names[i], k) == 0 &&
+		    (p[k] == ':' || p[k] == ' ' || p[k] == '\t'))
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * The message for the MIME form: its header fields byte for byte except
+ * From/To/Cc/Bcc, which are written anew where the first of them stood
+ * (envelope recipients only, the others as Bcc), and the body untouched,
+ * so S/MIME signatures still verify. Then base64, unwrapped.
+ */
+static int
+map_mime(const char *data, size_t len, GMimeMessage *m,
+    const struct graph_env *env, struct graph_req *req, char *err,
+    size_t errlen)
+{
+	GMimeFormatOptions	*fo = g_mime_format_options_new();
+	GString			*out = g_string_sized_new(len + 1024);
+	const char		*p = data, *end = data + len, *f, *nl;
+	size_t			 n = 0;
+	int			 placed = 0;
+
+	g_mime_format_options_set_newline_format(fo, GMIME_NEWLINE_FORMAT_DOS);
+	while (p < end && !(*p == '\r' && p + 1 < end && p[1] == '\n') &&
+	    *p != '\n') {
+		/* One field: its line and the folded lines after it. */
+		f = p;
+		do {
+			nl = memchr(p, '\n', (size_t)(end - p));
+			p = nl != NULL ? nl + 1 : end;
+		} while (p < end && (*p == ' ' || *p == '\t'));
+		if (!is_address_field(f, (size_t)(p - f))) {
+			g_string_append_len(out, f, (gssize)(p - f));
+			continue;
+		}
+		if (!placed) {
+			n = mime_addresses(m, env, fo, out);
+			placed = 1;
+		}
+	}
+	if (!placed)
+		n = mime_addresses(m, env, fo, out);
+	g_string_append_len(out, p, (gssize)(end - p));	/* blank line, body */
+	g_mime_format_options_free(fo);
+	if (n == 0) {
+		g_string_free(out, TRUE);
+		snprintf(err, errlen, "no recipients");
+		return -1;
+	}
+	req->nrcpts = n;
+	req->buf = xmalloc(4 * ((out->len + 2) / 3) + 1);
+	req->len = mime_b64_encode((const unsigned char *)out->str, out->len,
+	    req->buf);
+	req->buf[req->len] = '\0';
+	req->body = req->buf;
+	req->mime = 1;
+	g_string_free(out, TRUE);
+	return 0;
+}
+
 int
 graph_map(const char *data, size_t len, const struct graph_env *env,
     const struct graph_opts *opts, struct graph_req *req, char *err,
@@ -870,6 +1067,18 @@ graph_map(const char *data, size_t len, const struct graph_env *env,
 		snprintf(err, errlen, "not a message (no header found)");
 		goto out;
 	}
+	if (opts->mode == GRAPH_MODE_MIME ||
+	    (opts->mode == GRAPH_MODE_AUTO && needs_mime(m))) {
+		if (map_mime(data, len, m, env, req, err, errlen) == -1)
+			goto out;
+		if (req->len <= GRAPH_MIME_MAX) {
+			flatten_from(m, req);
+			rc = 0;
+			goto out;
+		}
+		/* Too big for the MIME form: JSON (and its large path). */
+		graph_req_free(req);
+	}
 	req->root = json_object_new_object();
 	msg = json_object_new_object();
 	json_object_object_add(req->root, "message", msg);
@@ -913,6 +1122,7 @@ graph_req_free(struct graph_req *req)
 		return;
 	if (req->root != NULL)
 		json_object_put(req->root);
+	free(req->buf);
 	free(req->from);
 	memset(req, 0, sizeof(*req));
 }

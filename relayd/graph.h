@@ -13,16 +13,25 @@ struct graph_env {
 	size_t			 nrcpts;
 };
 
+/* [graph] mode: the JSON form, the MIME form, or MIME where JSON loses. */
+enum graph_mode { GRAPH_MODE_JSON, GRAPH_MODE_MIME, GRAPH_MODE_AUTO };
+
+/* Graph's limit for the MIME form: the base64 body, 4 MB. */
+#define GRAPH_MIME_MAX		(4 * 1024 * 1024)
+
 struct graph_opts {
 	int		 save_to_sent;
 	unsigned	 max_depth;	/* multipart nesting */
+	int		 mode;		/* enum graph_mode */
 };
 
 /* A request body ready to POST. */
 struct graph_req {
 	struct json_object	*root;
-	const char		*body;	/* JSON text, owned by root */
+	const char		*body;	/* JSON text (owned by root) or base64 */
 	size_t			 len;
+	int			 mime;	/* body is the MIME form (text/plain) */
+	char			*buf;	/* the MIME form's body */
 	char			*from;	/* From: address, NULL if none */
 	size_t			 nrcpts;
 	size_t			 nattach;
@@ -30,8 +39,12 @@ struct graph_req {
 
 /*
  * Maps a message (CRLF, as received) and its envelope onto the body of
- * POST /users/{id}/sendMail. Pure: no I/O, thread-safe once mime_init() ran.
- * Returns 0, or -1 with the reason in err for a message that can never be
+ * POST /users/{id}/sendMail: Graph JSON, or (opts->mode) the MIME form,
+ * the message itself in base64 with its recipient headers set from the
+ * envelope. auto takes the MIME form for what JSON cannot carry (S/MIME
+ * signed or encrypted, calendar invitations) when it fits in
+ * GRAPH_MIME_MAX, and so does mime; otherwise JSON. Pure: no I/O,
+ * thread-safe once mime_init() ran. Returns 0, or -1 with the reason in err for a message that can never be
  * sent (the caller treats it as a permanent failure). The caller frees req
  * with graph_req_free().
  */

@@ -781,7 +781,8 @@ send_request(struct worker_pool *p, CURL *c, struct job *j,
 		}
 		xasprintf(&auth, "Authorization: Bearer %s", tok);
 		headers[0] = auth;
-		headers[1] = "Content-Type: application/json";
+		headers[1] = req->mime ? "Content-Type: text/plain" :
+		    "Content-Type: application/json";
 		headers[2] = "Accept: application/json";
 		headers[3] = NULL;
 		http_post(c, url, headers, req->body, req->len, &r);
@@ -1006,6 +1007,7 @@ worker_new(struct event_base *base, const struct config *cfg,
 	p->base = base;
 	p->opts.save_to_sent = cfg->save_to_sent_items;
 	p->opts.max_depth = (unsigned)cfg->max_mime_depth;
+	p->opts.mode = cfg->graph_mode;
 	TAILQ_INIT(&p->runnable);
 	TAILQ_INIT(&p->all);
 	pthread_mutex_init(&p->lock, NULL);

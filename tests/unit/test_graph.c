@@ -115,6 +115,7 @@ map_file(const char *eml, const char *env, char *err, size_t errlen)
 	ge.nrcpts = e.nrcpts;
 	go.save_to_sent = e.save;
 	go.max_depth = 32;
+	go.mode = GRAPH_MODE_JSON;
 	if (graph_map(data, len, &ge, &go, &req, err, errlen) == 0) {
 		out = strndup(req.body, req.len);
 		graph_req_free(&req);
@@ -299,6 +300,129 @@ test_retry_after(void **state)
 	assert_int_equal(graph_retry_after_ms("3.0001", now), 3000);
 }
 
+/* The MIME form: recipients by the envelope, every other byte kept. */
+static const char signed_msg[] =
+    "Received: from x by y; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+    "From: \"Scan Er\" <scan@corp.example>, other@corp.example\r\n"
+    "To: Alice <alice@example.com>, Bob <bob@example.com>\r\n"
+    "Subject: signed\r\n"
+    "Cc: carol@example.com\r\n"
+    "Bcc: secret@example.com\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: multipart/signed; protocol=\"application/pkcs7-signature\";"
+    "\r\n\tmicalg=sha-256; boundary=\"b1\"\r\n"
+    "\r\n"
+    "--b1\r\nContent-Type: text/plain\r\n\r\nHello.  \r\n--b1\r\n"
+    "Content-Type: application/pkcs7-signature\r\n\r\nSIGNATURE\r\n"
+    "--b1--\r\n";
+
+/* base64 (no line breaks) to a NUL-terminated malloc'd string. */
+static char *
+b64_decode(const char *in, size_t len)
+{
+	static const char	 al[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	    "abcdefghijklmnopqrstuvwxyz0123456789+/";
+	char			*out = malloc(len / 4 * 3 + 1), *o = out;
+	unsigned		 acc = 0, bits = 0;
+	const char		*c;
+	size_t			 i;
+
+	for (i = 0; i < len && in[i] != '='; i++) {
+		c = strchr(al, in[i]);
+		assert_non_null(c);
+		acc = acc << 6 | (unsigned)(c - al);
+		if ((bits += 6) >= 8) {
+			bits -= 8;
+			*o++ = (char)(acc >> bits & 0xff);
+		}
+	}
+	*o = '\0';
+	return out;
+}
+
+static char *
+map_as(const char *msg, int mode, struct graph_req *req)
+{
+	static const char *rcpts[] = { "alice@example.com",
+	    "CAROL@example.com", "dave@example.com" };
+	struct graph_env	 env = { "scan@corp.example", rcpts, 3 };
+	struct graph_opts	 go = { 1, 32, mode };
+	char			 err[256];
+
+	assert_int_equal(graph_map(msg, strlen(msg), &env, &go, req, err,
+	    sizeof(err)), 0);
+	if (!req->mime)
+		return NULL;
+	return b64_decode(req->body, req->len);
+}
+
+static void
+test_mime_form(void **state)
+{
+	struct graph_req	 req;
+	char			*out, *body;
+
+	(void)state;
+	out = map_as(signed_msg, GRAPH_MODE_AUTO, &req);
+	assert_non_null(out);
+	assert_int_equal(req.nrcpts, 3);
+	assert_string_equal(req.from, "scan@corp.example");
+	/* Other fields stay where they were, byte for byte. */
+	assert_memory_equal(out, "Received: from x by y;", 22);
+	assert_non_null(strstr(out, "\r\nSubject: signed\r\nMIME-Version: 1.0"
+	    "\r\nContent-Type: multipart/signed; protocol=\"application/"
+	    "pkcs7-signature\";\r\n\tmicalg=sha-256; boundary=\"b1\"\r\n"));
+	/* From: its first mailbox; To/Cc: envelope recipients only; the
+	 * rest of the envelope in Bcc:; the old Bcc: gone. */
+	assert_non_null(strstr(out, "\r\nFrom: Scan Er <scan@corp.example>"
+	    "\r\nTo: Alice <alice@example.com>\r\nCc: CAROL@example.com\r\n"
+	    "Bcc: dave@example.com\r\nSubject:"));
+	assert_null(strstr(out, "bob@"));
+	assert_null(strstr(out, "secret@"));
+	assert_null(strstr(out, "other@"));
+	/* The body exactly. */
+	body = strstr(out, "\r\n\r\n");
+	assert_non_null(body);
+	assert_string_equal(body, strstr(signed_msg, "\r\n\r\n"));
+	free(out);
+	graph_req_free(&req);
+
+	/* auto: a plain message goes as JSON; mime: as MIME anyway. */
+	assert_null(map_as("From: a@b.example\r\nTo: alice@example.com\r\n"
+	    "Subject: plain\r\n\r\nhi\r\n", GRAPH_MODE_AUTO, &req));
+	assert_int_equal(req.mime, 0);
+	graph_req_free(&req);
+	out = map_as("Subject: plain\r\n\r\nhi\r\n", GRAPH_MODE_MIME, &req);
+	assert_non_null(out);
+	/* no address field at all: they go at the end of the header */
+	assert_string_equal(out, "Subject: plain\r\nBcc: alice@example.com, "
+	    "CAROL@example.com, dave@example.com\r\n\r\nhi\r\n");
+	free(out);
+	graph_req_free(&req);
+	/* json: never MIME. */
+	assert_null(map_as(signed_msg, GRAPH_MODE_JSON, &req));
+	graph_req_free(&req);
+}
+
+static void
+test_mime_form_too_big_goes_json(void **state)
+{
+	struct graph_req	 req;
+	size_t			 n = GRAPH_MIME_MAX;
+	char			*big = malloc(n + 200);
+
+	(void)state;
+	strcpy(big, "Content-Type: text/calendar; method=REQUEST\r\n\r\n");
+	memset(big + strlen(big), 'x', n);	/* 4 MB raw: 5.3 MB in base64 */
+	big[strlen("Content-Type: text/calendar; method=REQUEST\r\n\r\n") + n] =
+	    '\0';
+	assert_null(map_as(big, GRAPH_MODE_AUTO, &req));
+	assert_int_equal(req.mime, 0);
+	assert_non_null(req.root);
+	graph_req_free(&req);
+	free(big);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -306,6 +430,8 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_golden),
 		cmocka_unit_test(test_classify),
 		cmocka_unit_test(test_retry_after),
+		cmocka_unit_test(test_mime_form),
+		cmocka_unit_test(test_mime_form_too_big_goes_json),
 	};
 	char	 err[256], *out;
 
