@@ -1,48 +1,101 @@
 #!/usr/bin/python3
 """
-fakegraph: a fake Microsoft Graph (sendMail) and Entra ID token service for
+fakegraph: a fake Microsoft Graph (mail) and Entra ID token service for
 relayd's integration tests and benchmarks.
 
-One port serves both
+One port serves
     POST /{tenant}/oauth2/v2.0/token        client credentials (secret, HTTP
                                             Basic, or a certificate's JWT
                                             client assertion)
     POST /v1.0/users/{mailbox}/sendMail     JSON or base64 MIME (text/plain)
-so relayd's login_url and graph_url can both be this server's base URL, and
-a control API without authentication:
-    GET  /_fake/sent       accepted messages
-    GET  /_fake/requests   every request: method, path, status, code, ...;
-                           a token request's "token": its scope and the
-                           client assertion's header and claims
+and the large-message path (FACTS.md section 3):
+    POST   /v1.0/users/{mb}/messages        create a draft (JSON, or base64
+                                            MIME as text/plain) -> 201
+    GET    /v1.0/users/{mb}/messages/{id}   the draft -> 200
+    DELETE /v1.0/users/{mb}/messages/{id}   -> 204
+    POST   .../messages/{id}/attachments    fileAttachment JSON -> 201
+    POST   .../messages/{id}/attachments/createUploadSession
+                                            {"AttachmentItem": {...}} -> 201
+    POST   .../messages/{id}/send           Content-Length: 0 -> 202
+    PUT    {uploadUrl}                      a byte range -> 200, last 201
+    GET    {uploadUrl}                      session status -> 200
+    DELETE {uploadUrl}                      cancel -> 204
+so relayd's login_url and graph_url can both be this server's base URL.
+The uploadUrl lies on this server (or on upload_base_url), at
+/api/v2.0/Users('{mb}')/Messages('{id}')/AttachmentSessions('{sid}')
+?authtoken=..., as Outlook's does; it refuses an Authorization header (401
+InvalidAudience). A POST or PUT without Content-Length (and not chunked)
+gets 411, as Graph's front end answers it. Requests to an uploadUrl count
+against the mailbox's concurrency limit like Graph's own. Config keys
+beyond the sendMail ones: max_message_size (bytes a draft and its
+attachments may reach, 400 ErrorMessageSizeExceeded past it; null: no
+limit but 150 MB per upload session), upload_session_lifetime (s, 900),
+upload_base_url (null: this server), expired_session_status (404 or 401).
+
+A control API without authentication:
+    GET  /_fake/sent       accepted messages (below)
+    GET  /_fake/requests   every request: method, path, status, code, kind,
+                           mailbox, ...; a token request's "token": its
+                           scope and the client assertion's header and
+                           claims; an uploadUrl request's "upload": session,
+                           content_range, start, end, total, length,
+                           authorization (whether one was sent)
+    GET  /_fake/drafts     drafts not sent or deleted yet
+    GET  /_fake/sessions   upload sessions still open
     GET  /_fake/stats      counters, highest concurrency seen per mailbox
     GET  /_fake/config     the behaviour now in force
     POST /_fake/config     change it (JSON object of the keys to change)
-    POST /_fake/reset      forget records, counters and faults; back to the
-                           start-up config ({"tokens": true} also revokes
-                           every token issued)
+    POST /_fake/reset      forget records, counters, faults, drafts and
+                           upload sessions; back to the start-up config
+                           ({"tokens": true} also revokes every token)
     GET  /_fake/faults     fault rules and how often each may still fire
     POST /_fake/faults     replace the fault rules (JSON list)
 
+A sent record: mailbox, format ("json" | "mime"), path ("sendMail" |
+"draft"), mime (bool), body (the sendMail JSON; a JSON draft as
+{"message": draft}; the decoded MIME text), headers (of the sendMail or
+send request), recipients {"to", "cc", "bcc"} (address lists; from the
+MIME headers for MIME), from, subject, attachments [{id, name, size,
+contentType, isInline, contentId, sha256, via ("inline" | "post" |
+"upload" | "mime")}], time, request_id, client_request_id; MIME also
+raw_base64 (decodes to the exact MIME bytes), mime_size, mime_sha256; a
+draft also draft_id, draft_created. Uploaded bytes are hashed as they
+come, never kept.
+
 Fault rules (POST /_fake/faults, a JSON list) are tried in order; the first
 that matches a request and has firings left is used up once ("count",
-default 1, -1 = forever). Match keys, all optional: "kind" ("token" or
-"graph"), "path" (regex searched in the path), "mailbox" (case-insensitive),
-"method", "p" (0..1: the chance that the rule fires for a request it
-matches; when it does not, the request goes on to the next rules and the
-rule's count is not used up). Actions: {"status": N, "code", "message", "retry_after",
-"headers", "aadsts"} answers with that error (Graph or Entra shaped by
-kind; a 429 gets Retry-After = throttle_retry_after unless "retry_after" is
-given, null for none); {"drop": true} closes without an answer (FIN),
-{"reset": true} with an RST; {"delay_ms": N} waits, then goes on normally
-(or with the rule's other action); {"expire_token": true} expires the token
-presented (401, and it stays expired); {"hang": true} never answers until
-the client leaves or the server stops.
+default 1, -1 = forever). Match keys, all optional: "kind" ("token",
+"graph" or "upload": a request to an uploadUrl), "path" (regex searched in
+the path, without the query), "mailbox" (case-insensitive), "method",
+"skip" (N: let the first N requests that match go by, e.g. fail the third
+PUT with "skip": 2; requests an earlier rule takes do not reach it), "p"
+(0..1: the chance that the rule fires for a request it matches; when it
+does not, the request goes on to the next rules and the rule's count is
+not used up). Actions: {"status": N,
+"code", "message", "retry_after", "headers", "aadsts"} answers with that
+error (Graph or Entra shaped by kind; a 429 gets Retry-After =
+throttle_retry_after unless "retry_after" is given, null for none);
+{"drop": true} closes without an answer (FIN), {"reset": true} with an
+RST; {"delay_ms": N} waits, then goes on normally (or with the rule's other
+action); {"expire_token": true} expires the token presented (401, and it
+stays expired); {"hang": true} never answers until the client leaves or
+the server stops; {"expire_session": true} (uploadUrl requests only)
+expires that upload session, which then answers as an expired one does
+(expired_session_status); {"draft_404": N} (draft creation only) creates
+the draft, which then answers 404 ErrorItemNotFound to the next N
+requests naming it (eventual consistency). {"commit": true} with an
+action on an uploadUrl PUT stores the range first, then carries out the
+action: the bytes were taken but the answer is lost or an error, and the
+client must ask (GET uploadUrl) where to go on (a PUT refused before its
+range is stored uses such a rule up without the action).
 
-Behaviour follows shared/graph/FACTS.md (sections 1, 2, 4, 5 and 7). Not
-modelled: drafts and upload sessions, /me, $batch, rate limits other than
-the per-mailbox concurrency limit.
+Behaviour follows shared/graph/FACTS.md (sections 1 to 5 and 7); choices
+the sources do not settle are said where they are made (Handler._upload
+and friends). Not modelled: /me, $batch, PATCH of drafts, item and
+reference attachments in upload sessions, rate limits other than the
+per-mailbox concurrency limit (the 150 MB / 5 min upload budget is not).
 
-Start-up: parses arguments, compiles the JSON Schema validator once, binds,
+Start-up: parses arguments, compiles the JSON Schema validators once, binds,
 writes the port to --port-file (atomically) and serves until SIGTERM or
 SIGINT. Connection threads are daemons: a hung request never delays exit.
 A Python traceback on stderr means a bug in this file; client disconnects
@@ -54,7 +107,10 @@ only for client assertions).
 import argparse
 import base64
 import binascii
+import email
+import email.header
 import email.parser
+import email.policy
 import email.utils
 import hashlib
 import json
@@ -76,7 +132,8 @@ import traceback
 import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, unquote, unquote_plus, urlsplit
+from urllib.parse import parse_qs, parse_qsl, quote, unquote, unquote_plus, \
+    urlsplit
 
 import jsonschema
 import jsonschema.exceptions
@@ -108,13 +165,33 @@ def default_schema():
 MAX_REQUEST_BYTES = 4 * 1024 * 1024     # Graph's per-request limit
 MAX_DISCARD_BYTES = 64 * 1024 * 1024    # beyond this, answer and close
 MAX_HEADERS_PER_MESSAGE = 5             # internetMessageHeaders
+MIN_UPLOAD_SIZE = 3 * 1024 * 1024       # smaller: one POST .../attachments
+MAX_UPLOAD_SIZE = 150 * 1024 * 1024     # an upload session's attachment
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_SKEW_S = 300                  # clock skew allowed on nbf/exp
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 
 TOKEN_RE = re.compile(r"^/([^/]+)/oauth2/v2\.0/token$")
 USERS_RE = re.compile(r"^/v1\.0/users/([^/]+)(/.*)?$", re.I)
-SENDMAIL_TAIL_RE = re.compile(r"^/sendmail$", re.I)
+# What follows /v1.0/users/{mailbox}: route name, regex (group 1: the
+# message id). Segments are case-insensitive; actions may carry their
+# namespace (microsoft.graph.send), as OData allows.
+GRAPH_ROUTES = [
+    ("sendMail", re.compile(r"^/(?:microsoft\.graph\.)?sendmail$", re.I)),
+    ("messages", re.compile(r"^/messages$", re.I)),
+    ("message", re.compile(r"^/messages/([^/]+)$", re.I)),
+    ("attachments", re.compile(r"^/messages/([^/]+)/attachments$", re.I)),
+    ("createUploadSession", re.compile(
+        r"^/messages/([^/]+)/attachments/(?:microsoft\.graph\.)?"
+        r"createuploadsession$", re.I)),
+    ("send", re.compile(r"^/messages/([^/]+)/(?:microsoft\.graph\.)?send$",
+                        re.I)),
+]
+# An uploadUrl, in Outlook's shape (outlook-large-attachments.md).
+UPLOAD_RE = re.compile(r"^/api/v2\.0/Users\('([^'/]+)'\)"
+                       r"/Messages\('([^'/]+)'\)"
+                       r"/AttachmentSessions\('([^'/]+)'\)$")
+CONTENT_RANGE_RE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+)\s*$", re.I)
 
 MAILBOX_ERRORS = {
     "ErrorInvalidUser": "The requested user '%s' is invalid.",
@@ -144,13 +221,26 @@ FAULT_DEFAULTS = {
 }
 
 REASONS = {
-    100: "Continue", 200: "OK", 202: "Accepted", 400: "Bad Request",
+    100: "Continue", 200: "OK", 201: "Created", 202: "Accepted",
+    204: "No Content", 400: "Bad Request",
     401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 409: "Conflict",
+    405: "Method Not Allowed", 409: "Conflict", 411: "Length Required",
     413: "Request Entity Too Large", 415: "Unsupported Media Type",
+    416: "Requested Range Not Satisfiable",
     429: "Too Many Requests", 500: "Internal Server Error",
     502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
 }
+
+# What Graph's front end (HTTP.sys) answers a POST without Content-Length.
+LENGTH_REQUIRED_PAGE = (
+    b'<!DOCTYPE HTML PUBLIC "-//W3C//DTD HTML 4.01//EN""http://www.w3.org/TR'
+    b'/html4/strict.dtd">\r\n<HTML><HEAD><TITLE>Length Required</TITLE>\r\n'
+    b'<META HTTP-EQUIV="Content-Type" Content="text/html; charset=us-ascii">'
+    b'</HEAD>\r\n<BODY><h2>Length Required</h2>\r\n<hr><p>HTTP Error 411. '
+    b'The request must be chunked or have a content length.</p>\r\n</BODY>'
+    b'</HTML>\r\n')
+DRAFTS_FOLDER_ID = "AQMkADAwATM0MDAAMS1iNTcwLWI2NTEtMDACLTAwCgAuAAADDrafts="
+NO_JSON = object()      # _parse_json: the body was not JSON (answered)
 
 # Exceptions that only mean the client went away or spoke bad TLS.
 QUIET_ERRORS = (ConnectionError, TimeoutError, ssl.SSLError,
@@ -179,6 +269,24 @@ def b64url(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+def outlook_id():
+    """An id shaped like Outlook's REST ids (base64, ends in '=')."""
+    return "AAMkAD" + secrets.token_urlsafe(30) + "AAA="
+
+
+def graph_datetime(t):
+    """A message's dates: 2019-09-24T23:27:43Z."""
+    return datetime.fromtimestamp(t, timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def session_datetime(t):
+    """expirationDateTime as Outlook writes it: 2019-09-25T01:09:30.7671707Z
+    (seven fractional digits)."""
+    d = datetime.fromtimestamp(t, timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + "%07dZ" % (d.microsecond * 10)
+
+
 class BadConfig(ValueError):
     pass
 
@@ -186,21 +294,39 @@ class BadConfig(ValueError):
 # --------------------------------------------------------------------------
 # schema
 
-def load_validator(path):
-    """A Draft 2020-12 validator for graph.sendMailRequest, built once."""
+# Request bodies checked against the shared schema: request -> (the $def,
+# what Graph names in a RequestBodyRead message for an unknown top-level
+# name: ("operation", action) or ("type", entity type)).
+SCHEMA_DEFS = {
+    "sendMail": ("graph.sendMailRequest", ("operation", "sendMail")),
+    "draft": ("graph.createDraftRequest",
+              ("type", "Microsoft.OutlookServices.Message")),
+    "attachment": ("relay.attachmentForSend",
+                   ("type", "Microsoft.OutlookServices.FileAttachment")),
+    "createUploadSession": ("graph.createUploadSessionRequest",
+                            ("operation", "createUploadSession")),
+}
+
+
+def load_validators(path):
+    """Draft 2020-12 validators for each of SCHEMA_DEFS, built once."""
     with open(path, encoding="utf-8") as f:
         root = json.load(f)
-    schema = {"$schema": root.get("$schema"), "$defs": root["$defs"],
-              "$ref": "#/$defs/graph.sendMailRequest"}
     cls = jsonschema.Draft202012Validator
-    cls.check_schema(schema)
-    return cls(schema)
+    out = {}
+    for name, (ref, _) in SCHEMA_DEFS.items():
+        schema = {"$schema": root.get("$schema"), "$defs": root["$defs"],
+                  "$ref": "#/$defs/" + ref}
+        cls.check_schema(schema)
+        out[name] = cls(schema)
+    return out
 
 
-def describe_schema_error(doc, err):
+def describe_schema_error(doc, err, top=("operation", "sendMail")):
     """(code, message) for a body the schema rejects. Unknown property names
-    get Graph's RequestBodyRead wording; anything else names the schema
-    error and where it happened."""
+    get Graph's RequestBodyRead wording (top says what the body's top level
+    is: an action's parameters or an entity type); anything else names the
+    schema error and where it happened."""
     where = "/".join(str(p) for p in err.absolute_path) or "(top)"
     if err.validator == "additionalProperties" and isinstance(err.instance,
                                                               dict):
@@ -214,11 +340,14 @@ def describe_schema_error(doc, err):
                  if list(err.absolute_path)[-1:] in (["message"],
                                                     ["Message"])
                  else "the type at '%s'" % where)
-        if not err.absolute_path:
+        if not err.absolute_path and top[0] == "operation":
             return ("RequestBodyRead",
                     "The parameter '%s' in the request payload is not a "
-                    "valid parameter for the operation 'sendMail'. "
-                    "[schema: %s at %s]" % (name, err.message, where))
+                    "valid parameter for the operation '%s'. "
+                    "[schema: %s at %s]" % (name, top[1], err.message,
+                                            where))
+        if not err.absolute_path:
+            owner = top[1]
         return ("RequestBodyRead",
                 "The property '%s' does not exist on type '%s'. Make sure "
                 "to only use property names that are defined by the type "
@@ -226,6 +355,136 @@ def describe_schema_error(doc, err):
                 % (name, owner, err.message, where))
     return ("BadRequest", "Invalid request body: %s at %s [schema rule %s]"
             % (err.message, where, err.validator))
+
+
+# --------------------------------------------------------------------------
+# what a message says: recipients, From, Subject, attachments
+
+def _field(obj, *keys):
+    """obj[k1][k2]..., or None where a level is missing or not an object."""
+    for k in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(k)
+    return obj
+
+
+def _addresses(recipients):
+    if not isinstance(recipients, list):
+        return []
+    return [a for a in (_field(r, "emailAddress", "address")
+                        for r in recipients) if isinstance(a, str) and a]
+
+
+def json_summary(msg):
+    """Recipients (address lists), From and Subject of a message resource."""
+    return {"recipients": {"to": _addresses(msg.get("toRecipients")),
+                           "cc": _addresses(msg.get("ccRecipients")),
+                           "bcc": _addresses(msg.get("bccRecipients"))},
+            "from": _field(msg, "from", "emailAddress", "address"),
+            "subject": msg.get("subject")}
+
+
+def attachment_record(att, via, new_id=False):
+    """What the records keep of an attachment resource: its metadata, the
+    size and SHA-256 of contentBytes (never the bytes)."""
+    data = None
+    if isinstance(att.get("contentBytes"), str):
+        try:
+            data = base64.b64decode(att["contentBytes"], validate=True)
+        except (binascii.Error, ValueError):
+            data = None
+    kind = str(att.get("@odata.type") or "#microsoft.graph.fileAttachment")
+    return {"id": outlook_id() if new_id else None,
+            "type": kind.rsplit(".", 1)[-1],
+            "name": att.get("name"), "contentType": att.get("contentType"),
+            "size": len(data) if data is not None else att.get("size"),
+            "isInline": bool(att.get("isInline")),
+            "contentId": att.get("contentId"),
+            "sha256": hashlib.sha256(data).hexdigest()
+            if data is not None else None,
+            "via": via}
+
+
+def json_attachments(msg, via, new_id=False):
+    return [attachment_record(a, via, new_id)
+            for a in msg.get("attachments") or () if isinstance(a, dict)]
+
+
+def decode_subject(raw):
+    if raw is None:
+        return None
+    try:
+        return str(email.header.make_header(email.header.decode_header(
+            str(raw))))
+    except (LookupError, ValueError, UnicodeError):
+        return str(raw)
+
+
+def mime_summary(mime):
+    """Recipients (from To, Cc and Bcc), From and Subject of an RFC 5322
+    message; None if it has no header at all."""
+    head = mime.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    msg = email.parser.BytesHeaderParser().parsebytes(head + b"\n\n")
+    if not mime.strip() or not msg.keys():
+        return None
+
+    def addrs(name):
+        fields = [str(v) for v in msg.get_all(name) or ()]
+        return [a for _, a in email.utils.getaddresses(fields) if "@" in a]
+    froms = addrs("From")
+    return {"recipients": {"to": addrs("To"), "cc": addrs("Cc"),
+                           "bcc": addrs("Bcc")},
+            "from": froms[0] if froms else None,
+            "subject": decode_subject(msg.get("Subject"))}
+
+
+def mime_attachments(mime):
+    """The MIME parts that are attachments (a filename or Content-
+    Disposition: attachment), as attachment records; S/MIME's smime.p7s is
+    one of them."""
+    try:
+        msg = email.message_from_bytes(mime, policy=email.policy.default)
+        out = []
+        for part in msg.walk():
+            if part.is_multipart():
+                continue
+            disp = part.get_content_disposition()
+            name = part.get_filename()
+            if disp != "attachment" and not name:
+                continue
+            data = part.get_payload(decode=True) or b""
+            cid = part.get("Content-ID")
+            out.append({"id": None, "type": "fileAttachment", "name": name,
+                        "contentType": part.get_content_type(),
+                        "size": len(data), "isInline": disp == "inline",
+                        "contentId": str(cid).strip().strip("<>")
+                        if cid else None,
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        "via": "mime"})
+        return out
+    except Exception as e:      # a fake must not die of a client's MIME
+        return [{"error": "%s: %s" % (type(e).__name__, e)}]
+
+
+def mime_fields(mime, compact):
+    """A MIME message's record fields: raw_base64 decodes to the exact
+    bytes (S/MIME signatures can be checked on them)."""
+    return {"mime": True, "raw_base64": compact.decode("ascii"),
+            "mime_size": len(mime),
+            "mime_sha256": hashlib.sha256(mime).hexdigest()}
+
+
+def decode_mime_body(body):
+    """(MIME bytes, the base64 without whitespace) of a text/plain body, or
+    None if it is not base64 (line-wrapped base64 is fine)."""
+    compact = b"".join(body.split())
+    try:
+        if not compact or len(compact) % 4:
+            raise binascii.Error("bad length")
+        return base64.b64decode(compact, validate=True), compact
+    except binascii.Error:
+        return None
 
 
 # --------------------------------------------------------------------------
@@ -286,7 +545,9 @@ class Config:
 
     KEYS = ("latency_ms", "token_lifetime", "tenants", "clients",
             "unknown_mailboxes", "send_as_deny", "max_concurrency",
-            "throttle_retry_after", "scope")
+            "throttle_retry_after", "scope", "max_message_size",
+            "upload_session_lifetime", "upload_base_url",
+            "expired_session_status")
 
     def __init__(self):
         self.latency_ms = 0.0
@@ -299,6 +560,11 @@ class Config:
         self.max_concurrency = 4        # 0: no limit
         self.throttle_retry_after = "1"
         self.scope = None               # None: "{base url}/.default"
+        self.max_message_size = None    # bytes a draft may grow to; None:
+                                        # only the 150 MB per upload
+        self.upload_session_lifetime = 900.0    # seconds
+        self.upload_base_url = None     # None: this server's base URL
+        self.expired_session_status = 404
 
     def copy(self):
         c = Config()
@@ -414,6 +680,30 @@ class Config:
             raise BadConfig("scope must be a string or null")
         self.scope = v
 
+    def _set_max_message_size(self, v):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)
+                              or v < 1):
+            raise BadConfig("max_message_size must be a positive integer "
+                            "(bytes) or null")
+        self.max_message_size = v
+
+    def _set_upload_session_lifetime(self, v):
+        self.upload_session_lifetime = self._number(
+            "upload_session_lifetime", v)
+
+    def _set_upload_base_url(self, v):
+        if v is not None and (not isinstance(v, str)
+                              or not re.match(r"^https?://[^/]+$",
+                                              v.rstrip("/"))):
+            raise BadConfig("upload_base_url must be scheme://host[:port] "
+                            "or null")
+        self.upload_base_url = v.rstrip("/") if v else None
+
+    def _set_expired_session_status(self, v):
+        if v not in (401, 404):
+            raise BadConfig("expired_session_status must be 404 or 401")
+        self.expired_session_status = v
+
     def as_json(self):
         return {
             "latency_ms": self.latency_ms,
@@ -433,12 +723,22 @@ class Config:
             "max_concurrency": self.max_concurrency,
             "throttle_retry_after": self.throttle_retry_after,
             "scope": self.scope,
+            "max_message_size": self.max_message_size,
+            "upload_session_lifetime": self.upload_session_lifetime,
+            "upload_base_url": self.upload_base_url,
+            "expired_session_status": self.expired_session_status,
         }
 
 
 FAULT_KEYS = {"count", "path", "mailbox", "kind", "method", "status", "code",
               "message", "retry_after", "headers", "drop", "reset",
-              "delay_ms", "expire_token", "hang", "aadsts", "p"}
+              "delay_ms", "expire_token", "hang", "aadsts", "p", "skip",
+              "expire_session", "draft_404", "commit"}
+FAULT_KINDS = ("token", "graph", "upload")
+# Actions that only make sense for one kind of request: the rule matches
+# nothing else. action -> (route, method or None).
+FAULT_ROUTES = {"expire_session": ("upload", None),
+                "draft_404": ("messages", "POST")}
 
 
 def parse_fault(rule):
@@ -453,19 +753,25 @@ def parse_fault(rule):
     r.setdefault("count", 1)
     if not isinstance(r["count"], int) or r["count"] == 0 or r["count"] < -1:
         raise BadConfig("fault count must be a positive integer or -1")
-    if r.get("kind") not in (None, "token", "graph"):
-        raise BadConfig('fault kind must be "token" or "graph"')
+    if r.get("kind") not in (None,) + FAULT_KINDS:
+        raise BadConfig('fault kind must be "token", "graph" or "upload"')
+    for key in ("skip", "draft_404"):
+        v = r.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise BadConfig("fault %s must be an integer >= 0" % key)
     if "p" in r and (isinstance(r["p"], bool)
                      or not isinstance(r["p"], (int, float))
                      or not 0 <= r["p"] <= 1):
         raise BadConfig("fault p must be a number from 0 to 1")
     actions = [a for a in ("status", "drop", "reset", "expire_token",
-                           "hang") if r.get(a)]
+                           "hang", "expire_session", "draft_404")
+               if r.get(a)]
     if len(actions) > 1:
         raise BadConfig("fault rule has more than one action: %s" % actions)
     if not actions and not r.get("delay_ms"):
         raise BadConfig("fault rule needs an action: status, drop, reset, "
-                        "delay_ms, expire_token or hang")
+                        "delay_ms, expire_token, hang, expire_session or "
+                        "draft_404")
     if "status" in r and (not isinstance(r["status"], int)
                           or not 100 <= r["status"] <= 599):
         raise BadConfig("fault status must be an HTTP status code")
@@ -502,14 +808,20 @@ class State:
         self.code_counts = {}
         self.max_inflight = {}  # mailbox -> highest ever (incl. refused)
         self.throttled = 0
+        self.uploaded_bytes = 0
+        self.drafts = {}        # id -> draft (Handler._new_draft)
+        self.sessions = {}      # id -> upload session (Handler._new_session)
 
-    def take_fault(self, kind, method, path, mailbox):
+    def take_fault(self, kind, method, path, mailbox, route=None):
         """The first rule that matches and may still fire, used up once."""
         with self.lock:
             for r in self.faults:
                 if r["count"] == 0:
                     continue
                 if r.get("kind") and r["kind"] != kind:
+                    continue
+                if any(r.get(a) and (want != route or (m and m != method))
+                       for a, (want, m) in FAULT_ROUTES.items()):
                     continue
                 if r.get("method") and r["method"].upper() != method:
                     continue
@@ -518,6 +830,9 @@ class State:
                     continue
                 if r.get("mailbox") and (mailbox is None or r[
                         "mailbox"].lower() != mailbox.lower()):
+                    continue
+                if r.get("skip"):
+                    r["skip"] -= 1
                     continue
                 if "p" in r and random.random() >= r["p"]:
                     continue
@@ -543,12 +858,13 @@ class FakeGraphServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, addr, family, state, ssl_context, base_url,
-                 validator, verbose):
+                 validators, verbose):
         self.address_family = family
         self.state = state
         self.ssl_context = ssl_context
         self.base_url = base_url
-        self.validator = validator
+        self.validators = validators            # {} without the schema
+        self.validator = validators.get("sendMail")
         self.verbose = verbose
         self.stopping = threading.Event()
         super().__init__(addr, Handler)
@@ -637,23 +953,62 @@ class Handler(BaseHTTPRequestHandler):
         self.inflight_key = None    # mailbox counted in st.inflight
         self.booked = False
         self.token_info = None      # a token request's, for the records
+        self.rec_extra = {}         # more fields for the request's record
+        self.route = None           # GRAPH_ROUTES name, or "upload"
+        self.msg_id = None          # the message (draft) id in the path
+        self.session_id = None      # the upload session's, in an uploadUrl
+        self.fault_rule = None      # the fault rule that fired, if any
+        self.fault_tag = None       # what _apply_fault left to do later
+        self.after_commit = None    # a "commit" rule, carried out later
         self.path_only = urlsplit(self.path).path
         if self.path_only.startswith("/_fake/"):
             return self._control()
         m = TOKEN_RE.match(self.path_only)
+        up = UPLOAD_RE.match(self.path_only)
         if m:
             self.kind = "token"
+        elif up:
+            self.kind = "upload"
+            self._classify_upload(up)
         else:
             self.kind = "graph"
             um = USERS_RE.match(self.path_only)
             if um:
                 self.mailbox = unquote(um.group(1))
+                for name, rx in GRAPH_ROUTES:
+                    rm = rx.match(um.group(2) or "")
+                    if rm:
+                        self.route = name
+                        if rx.groups:
+                            self.msg_id = unquote(rm.group(1))
+                        break
         try:
             self._serve(m)
         except Drop:
             pass
         finally:
             self._book()
+
+    def _classify_upload(self, up):
+        """An uploadUrl request: its mailbox, draft and session, and what
+        its record says of it (range, length, Authorization or not)."""
+        self.route = "upload"
+        self.mailbox = unquote(up.group(1))
+        self.msg_id = unquote(up.group(2))
+        self.session_id = unquote(up.group(3))
+        cr = self.headers.get("Content-Range")
+        rm = CONTENT_RANGE_RE.match(cr or "")
+        try:
+            length = int(self.headers.get("Content-Length"))
+        except (TypeError, ValueError):
+            length = None
+        self.rec_extra["upload"] = {
+            "session": self.session_id, "content_range": cr,
+            "start": int(rm.group(1)) if rm else None,
+            "end": int(rm.group(2)) if rm else None,
+            "total": int(rm.group(3)) if rm else None,
+            "length": length,
+            "authorization": "Authorization" in self.headers}
 
     def _book(self):
         """Counts and records the request and ends its time in flight, once.
@@ -674,13 +1029,15 @@ class Handler(BaseHTTPRequestHandler):
             if code:
                 st.code_counts[code] = st.code_counts.get(code, 0) + 1
             if st.record:
-                st.requests.append({
+                rec = {
                     "time": time.time(), "method": self.command,
                     "path": self.path, "status": status, "code": code,
                     "kind": self.kind, "mailbox": self.mailbox,
                     "request_id": self.rid, "client_request_id": self.crid,
                     "ms": round((time.monotonic() - self.t0) * 1000, 3),
-                    "token": self.token_info})
+                    "token": self.token_info}
+                rec.update(self.rec_extra)
+                st.requests.append(rec)
         if self.server.verbose:
             log("%s %s %s %s rid=%s" % (self.command, self.path, status,
                                         code or "-", self.rid))
@@ -742,8 +1099,9 @@ class Handler(BaseHTTPRequestHandler):
         out = ["HTTP/1.1 %d %s" % (status, REASONS.get(status, "Status")),
                "Date: %s" % self.date_time_string(),
                "request-id: %s" % self.rid,
-               "client-request-id: %s" % self.crid,
-               "Content-Length: %d" % len(body)]
+               "client-request-id: %s" % self.crid]
+        if status != 204:       # RFC 9110 8.6: none in a 204
+            out.append("Content-Length: %d" % len(body))
         if ctype:
             out.append("Content-Type: %s" % ctype)
         for k, v in headers:
@@ -797,7 +1155,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def _apply_fault(self, rule):
         """Carries out a fault rule. Returns "expire" for expire_token,
-        True if the request was answered (or dropped), False to go on."""
+        True if the request was answered (or dropped), False to go on
+        (fault_tag then says what the request's handler is to do:
+        "expire_session" or "draft_404")."""
+        self.fault_rule = rule
         if rule.get("delay_ms"):
             time.sleep(rule["delay_ms"] / 1000.0)
         if rule.get("drop") or rule.get("reset"):
@@ -821,6 +1182,10 @@ class Handler(BaseHTTPRequestHandler):
             raise Drop()
         if rule.get("expire_token"):
             return "expire"
+        for tag in ("expire_session", "draft_404"):
+            if rule.get(tag):
+                self.fault_tag = tag
+                return False
         status = rule.get("status")
         if not status:
             return False
@@ -865,6 +1230,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _serve(self, token_match):
         st = self.server.state
+        if self.kind != "token" and self._length_required():
+            return
         try:
             body = self._read_body()
         except BadRequest as e:
@@ -881,6 +1248,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._token(token_match.group(1), body)
         if self.mailbox is None:
             return self._graph_rest(body, None)
+        # Outlook's limits are per mailbox, uploads to an uploadUrl included.
         mb = self.mailbox.lower()
         cfg = st.config
         with st.lock:
@@ -901,13 +1269,29 @@ class Handler(BaseHTTPRequestHandler):
                 retry_after=cfg.throttle_retry_after)
         return self._graph_rest(body, mb)
 
+    def _length_required(self):
+        """Graph's front end refuses a POST or PUT with neither a
+        Content-Length nor a chunked body, with its own HTML page (observed
+        for message send: microsoft-graph-docs PR #2262, graph-rs-sdk#524).
+        True if so answered."""
+        if self.command not in ("POST", "PUT", "PATCH") or \
+                "Content-Length" in self.headers or \
+                "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return False
+        self.result = (411, "LengthRequired")
+        self._send(411, LENGTH_REQUIRED_PAGE, "text/html; charset=us-ascii")
+        return True
+
     def _graph_rest(self, body, mb):
         st = self.server.state
         cfg = st.config
-        rule = st.take_fault("graph", self.command, self.path_only,
-                             self.mailbox)
+        rule = st.take_fault(self.kind, self.command, self.path_only,
+                             self.mailbox, self.route)
         expire = False
-        if rule:
+        if rule and rule.get("commit") and self.route == "upload" and \
+                self.command == "PUT":
+            self.after_commit = rule    # _upload_put carries it out
+        elif rule:
             done = self._apply_fault(rule)
             if done is True:
                 return
@@ -918,6 +1302,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.graph_error(413, "RequestEntityTooLarge",
                                     "The request size exceeds the maximum "
                                     "limit.")
+        if self.kind == "upload":
+            return self._upload(body, mb, cfg)
         why = self._check_token(expire)
         if why:
             return self.graph_error(401, "InvalidAuthenticationToken", why)
@@ -932,24 +1318,101 @@ class Handler(BaseHTTPRequestHandler):
             msg = MAILBOX_ERRORS[code]
             return self.graph_error(404, code, msg % self.mailbox
                                     if "%s" in msg else msg)
-        if not SENDMAIL_TAIL_RE.match(tail.group(2)):
-            seg = tail.group(2).strip("/").split("/", 1)[0]
+        if self.route is None:
+            segs = tail.group(2).strip("/").split("/")
+            seg = segs[2] if len(segs) > 2 and segs[0].lower() == \
+                "messages" else segs[0]
             return self.graph_error(400, "BadRequest",
                                     "Resource not found for the segment "
                                     "'%s'." % seg)
-        if self.command != "POST":
-            return self.graph_error(405, "Request_BadRequest",
-                                    "The HTTP method '%s' is not allowed for "
-                                    "sendMail." % self.command)
-        ctype = self.headers.get("Content-Type", "").split(";")[0].strip()
-        if ctype.lower() == "application/json":
-            return self._sendmail_json(body, cfg)
-        if ctype.lower() == "text/plain":
-            return self._sendmail_mime(body, cfg)
-        return self.graph_error(415, "UnsupportedMediaType",
-                                "Content-Type '%s' is not supported: use "
-                                "application/json or text/plain (base64 "
-                                "MIME)." % ctype)
+        return getattr(self, "_r_" + self.route)(body, cfg, mb)
+
+    def _method_ok(self, allowed, what):
+        """True if the method is one of allowed, else answers 405."""
+        if self.command in allowed:
+            return True
+        self.graph_error(405, "Request_BadRequest",
+                         "The HTTP method '%s' is not allowed for %s."
+                         % (self.command, what),
+                         headers=[("Allow", ", ".join(allowed))])
+        return False
+
+    def _ctype(self):
+        return self.headers.get("Content-Type", "").split(";")[0].strip() \
+            .lower()
+
+    def _unsupported_type(self, what="application/json or text/plain "
+                          "(base64 MIME)"):
+        self.graph_error(415, "UnsupportedMediaType",
+                         "Content-Type '%s' is not supported: use %s."
+                         % (self.headers.get("Content-Type", ""), what))
+
+    def _parse_json(self, body):
+        """The JSON body, or NO_JSON after answering 400."""
+        try:
+            return json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            self.graph_error(
+                400, "BadRequest", "Unable to read JSON request payload. "
+                "Please ensure Content-Type header is set and payload is of "
+                "valid JSON format. (%s)" % e)
+            return NO_JSON
+
+    def _invalid(self, name, doc):
+        """True (answered 400) if the shared schema rejects doc as a body of
+        request name (SCHEMA_DEFS); False if it passes or there is no
+        schema."""
+        validator = self.server.validators.get(name)
+        if validator is None or validator.is_valid(doc):
+            return False
+        err = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+        code, text = describe_schema_error(doc, err, SCHEMA_DEFS[name][1])
+        self.graph_error(400, code, text)
+        return True
+
+    def _bad_headers(self, msg):
+        """True (answered 400) if a message's internetMessageHeaders break
+        Graph's rules: names x-/X-, one to five of them."""
+        hdrs = msg.get("internetMessageHeaders") if isinstance(msg, dict) \
+            else None
+        if not isinstance(hdrs, list):
+            return False
+        if len(hdrs) > MAX_HEADERS_PER_MESSAGE or not hdrs:
+            self.graph_error(
+                400, "InvalidInternetMessageHeaderCollection",
+                "Maximum number of headers in one message should be "
+                "less than or equal to 5." if hdrs else
+                "The internet message header collection is empty.")
+            return True
+        for h in hdrs:
+            name = h.get("name") if isinstance(h, dict) else None
+            if isinstance(name, str) and not name.lower().startswith("x-"):
+                self.graph_error(
+                    400, "InvalidInternetMessageHeader",
+                    "The internet message header name '%s' should start "
+                    "with 'x-' or 'X-'." % name)
+                return True
+        return False
+
+    def _no_recipients(self):
+        self.graph_error(
+            400, "ErrorInvalidRecipients",
+            "At least one recipient is not valid., A message can't be "
+            "sent because it contains no recipients.")
+
+    def _mime_invalid(self):
+        self.graph_error(
+            400, "ErrorMimeContentInvalid",
+            "MIME content does not contain all required information, "
+            "malformed formatting, or empty.")
+
+    def _decode_mime(self, body):
+        """decode_mime_body, or None after answering 400."""
+        got = decode_mime_body(body)
+        if got is None:
+            self.graph_error(400, "ErrorMimeContentInvalidBase64String",
+                             "Invalid base64 string for MIME content.")
+        return got
 
     def _check_token(self, expire):
         """None if the bearer token is good, else the 401 message."""
@@ -976,8 +1439,11 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return (mb, sender.lower()) not in cfg.send_as_deny
 
-    def _accepted(self, fmt, record_body, extra=None):
+    def _accepted(self, fmt, record_body, extra):
+        """Records a message as sent and answers 202. extra() gives the
+        record's other fields; it is called only when records are kept."""
         st = self.server.state
+        more = extra() if st.record else None
         with st.lock:
             st.sent_count += 1
             if st.record:
@@ -985,56 +1451,10 @@ class Handler(BaseHTTPRequestHandler):
                        "body": record_body, "headers": dict(self.headers),
                        "time": time.time(), "request_id": self.rid,
                        "client_request_id": self.crid}
-                rec.update(extra or {})
+                rec.update(more)
                 st.sent.append(rec)
         self.result = (202, "")
         self._send(202)
-
-    def _sendmail_json(self, body, cfg):
-        try:
-            doc = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            return self.graph_error(
-                400, "BadRequest", "Unable to read JSON request payload. "
-                "Please ensure Content-Type header is set and payload is of "
-                "valid JSON format. (%s)" % e)
-        msg = None
-        if isinstance(doc, dict):
-            msg = doc.get("message", doc.get("Message"))
-        if isinstance(msg, dict):
-            hdrs = msg.get("internetMessageHeaders")
-            if isinstance(hdrs, list):
-                if len(hdrs) > MAX_HEADERS_PER_MESSAGE or not hdrs:
-                    return self.graph_error(
-                        400, "InvalidInternetMessageHeaderCollection",
-                        "Maximum number of headers in one message should be "
-                        "less than or equal to 5." if hdrs else
-                        "The internet message header collection is empty.")
-                for h in hdrs:
-                    name = h.get("name") if isinstance(h, dict) else None
-                    if isinstance(name, str) and not name.lower().startswith(
-                            "x-"):
-                        return self.graph_error(
-                            400, "InvalidInternetMessageHeader",
-                            "The internet message header name '%s' should "
-                            "start with 'x-' or 'X-'." % name)
-        validator = self.server.validator
-        if validator is not None and not validator.is_valid(doc):
-            err = jsonschema.exceptions.best_match(validator.iter_errors(doc))
-            code, text = describe_schema_error(doc, err)
-            return self.graph_error(400, code, text)
-        rcpts = sum(len(msg.get(k) or ()) for k in
-                    ("toRecipients", "ccRecipients", "bccRecipients"))
-        if rcpts == 0:
-            return self.graph_error(
-                400, "ErrorInvalidRecipients",
-                "At least one recipient is not valid., A message can't be "
-                "sent because it contains no recipients.")
-        sender = ((msg.get("from") or {}).get("emailAddress") or {}).get(
-            "address")
-        if not self._send_as_ok(cfg, self.mailbox.lower(), sender):
-            return self._send_as_denied()
-        self._accepted("json", doc)
 
     def _send_as_denied(self):
         self.graph_error(
@@ -1043,39 +1463,496 @@ class Handler(BaseHTTPRequestHandler):
             "have the right to send mail on behalf of the specified sending "
             "account. Cannot submit message.")
 
-    def _sendmail_mime(self, body, cfg):
-        compact = b"".join(body.split())
-        try:
-            if not compact or len(compact) % 4:
-                raise binascii.Error("bad length")
-            mime = base64.b64decode(compact, validate=True)
-        except binascii.Error:
-            return self.graph_error(400, "ErrorMimeContentInvalidBase64String",
-                                    "Invalid base64 string for MIME "
-                                    "content.")
-        head = mime.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-        msg = email.parser.BytesHeaderParser().parsebytes(head + b"\n\n")
-        if not mime.strip() or not msg.keys():
-            return self.graph_error(
-                400, "ErrorMimeContentInvalid",
-                "MIME content does not contain all required information, "
-                "malformed formatting, or empty.")
-        fields = []
-        for h in ("To", "Cc", "Bcc"):
-            fields += [str(v) for v in msg.get_all(h) or ()]
-        rcpts = [a for _, a in email.utils.getaddresses(fields) if "@" in a]
-        if not rcpts:
-            return self.graph_error(
-                400, "ErrorInvalidRecipients",
-                "At least one recipient is not valid., A message can't be "
-                "sent because it contains no recipients.")
-        froms = email.utils.getaddresses([str(v) for v in
-                                          msg.get_all("From") or ()])
-        sender = froms[0][1] if froms else None
-        if not self._send_as_ok(cfg, self.mailbox.lower(), sender):
+    # -- sendMail
+
+    def _r_sendMail(self, body, cfg, mb):
+        if not self._method_ok(("POST",), "sendMail"):
+            return
+        ctype = self._ctype()
+        if ctype == "application/json":
+            return self._sendmail_json(body, cfg, mb)
+        if ctype == "text/plain":
+            return self._sendmail_mime(body, cfg, mb)
+        return self._unsupported_type()
+
+    def _sendmail_json(self, body, cfg, mb):
+        doc = self._parse_json(body)
+        if doc is NO_JSON:
+            return
+        msg = doc.get("message", doc.get("Message")) \
+            if isinstance(doc, dict) else None
+        if self._bad_headers(msg) or self._invalid("sendMail", doc):
+            return
+        if not isinstance(msg, dict):   # only without the schema
+            return self.graph_error(400, "BadRequest",
+                                    "The parameter 'message' is missing.")
+        summary = json_summary(msg)
+        if not any(summary["recipients"].values()):
+            return self._no_recipients()
+        if not self._send_as_ok(cfg, mb, summary["from"]):
+            return self._send_as_denied()
+        self._accepted("json", doc, lambda: dict(
+            summary, path="sendMail", mime=False,
+            attachments=json_attachments(msg, "inline")))
+
+    def _sendmail_mime(self, body, cfg, mb):
+        got = self._decode_mime(body)
+        if got is None:
+            return
+        mime, compact = got
+        summary = mime_summary(mime)
+        if summary is None:
+            return self._mime_invalid()
+        if not any(summary["recipients"].values()):
+            return self._no_recipients()
+        if not self._send_as_ok(cfg, mb, summary["from"]):
             return self._send_as_denied()
         self._accepted("mime", mime.decode("utf-8", "surrogateescape"),
-                       {"raw_base64": compact.decode("ascii")})
+                       lambda: dict(summary, path="sendMail",
+                                    attachments=mime_attachments(mime),
+                                    **mime_fields(mime, compact)))
+
+    # -- drafts (FACTS.md section 3)
+
+    def _new_draft(self, fmt, summary, size, doc=None, mime=None,
+                   compact=None, attachments=()):
+        """Stores a new draft of this request's mailbox and returns it."""
+        d = {"id": outlook_id(), "mailbox": self.mailbox,
+             "mailbox_key": self.mailbox.lower(), "format": fmt,
+             "summary": summary, "size": size, "doc": doc, "mime": mime,
+             "compact": compact, "attachments": list(attachments),
+             "created": time.time(), "changeKey": b64url(os.urandom(12)),
+             "conversationId": outlook_id(), "hidden": 0}
+        if self.fault_tag == "draft_404":
+            d["hidden"] = self.fault_rule["draft_404"]
+        st = self.server.state
+        with st.lock:
+            st.drafts[d["id"]] = d
+        return d
+
+    def _find_draft(self, mb):
+        """The draft named in the path, or None after answering 404.
+
+        Graph answers 404 ErrorItemNotFound "The specified object was not
+        found in the store." for an id it does not find (observed:
+        microsoft/MHA#77, msgraph-sdk-dotnet#259; those add ", The process
+        failed to get the correct properties." on a GET). A draft sent or
+        deleted is gone; so is a draft hidden by a draft_404 fault, for its
+        next N requests."""
+        st = self.server.state
+        with st.lock:
+            d = st.drafts.get(self.msg_id)
+            if d is not None and d["mailbox_key"] != mb:
+                d = None
+            if d is not None and d["hidden"] > 0:
+                d["hidden"] -= 1
+                d = None
+        if d is None:
+            self._not_found()
+        return d
+
+    def _not_found(self, why=""):
+        self.graph_error(404, "ErrorItemNotFound",
+                         "The specified object was not found in the store."
+                         + why)
+
+    def _size_exceeded(self):
+        self.graph_error(400, "ErrorMessageSizeExceeded",
+                         "The message exceeds the maximum supported size., "
+                         "Cannot save changes made to an item to store.")
+
+    def _too_big(self, cfg, d, more):
+        """True (answered 400 ErrorMessageSizeExceeded, FACTS.md section 3)
+        if the draft would grow past max_message_size with `more` bytes."""
+        if cfg.max_message_size is None:
+            return False
+        size = d["size"] + sum(a.get("size") or 0 for a in d["attachments"])
+        if size + more <= cfg.max_message_size:
+            return False
+        self._size_exceeded()
+        return True
+
+    def _draft_json(self, d):
+        """The message resource Graph answers for a draft."""
+        made = graph_datetime(d["created"])
+        summary = d["summary"]
+
+        def rcpts(addrs):
+            return [{"emailAddress": {"name": a, "address": a}}
+                    for a in addrs]
+        out = {
+            "@odata.context": "%s/v1.0/$metadata#users('%s')/messages/"
+                              "$entity" % (self.server.base_url,
+                                           quote(d["mailbox"], safe="")),
+            "@odata.etag": 'W/"%s"' % d["changeKey"],
+            "id": d["id"], "createdDateTime": made,
+            "lastModifiedDateTime": made, "changeKey": d["changeKey"],
+            "categories": [], "receivedDateTime": made, "sentDateTime": made,
+            "hasAttachments": bool(d["attachments"]),
+            "internetMessageId": "<%s@fakegraph.local>" % d["changeKey"],
+            "subject": summary["subject"] or "", "bodyPreview": "",
+            "importance": "normal", "parentFolderId": DRAFTS_FOLDER_ID,
+            "conversationId": d["conversationId"],
+            "isDeliveryReceiptRequested": False,
+            "isReadReceiptRequested": False, "isRead": True, "isDraft": True,
+            "webLink": "https://outlook.office365.com/owa/?ItemID=%s"
+                       "&exvsurl=1&viewmodel=ReadMessageItem"
+                       % quote(d["id"], safe=""),
+            "inferenceClassification": "focused",
+            "body": {"contentType": "text", "content": ""},
+            "toRecipients": rcpts(summary["recipients"]["to"]),
+            "ccRecipients": rcpts(summary["recipients"]["cc"]),
+            "bccRecipients": rcpts(summary["recipients"]["bcc"]),
+            "replyTo": [], "flag": {"flagStatus": "notFlagged"}}
+        if summary["from"]:
+            out["from"] = out["sender"] = {"emailAddress": {
+                "name": summary["from"], "address": summary["from"]}}
+        for k, v in (d["doc"] or {}).items():
+            if k != "attachments" and not k.startswith("@"):
+                out[k] = v
+        return out
+
+    def _r_messages(self, body, cfg, mb):
+        """POST /users/{id}/messages: a draft from JSON or base64 MIME
+        (user-post-messages.md; FACTS.md sections 2 and 3) -> 201."""
+        if not self._method_ok(("POST",), "the messages collection"):
+            return
+        ctype = self._ctype()
+        if ctype == "application/json":
+            doc = self._parse_json(body)
+            if doc is NO_JSON or self._bad_headers(doc) or \
+                    self._invalid("draft", doc):
+                return
+            if not isinstance(doc, dict):   # only without the schema
+                return self.graph_error(400, "BadRequest",
+                                        "A message object is expected.")
+            atts = json_attachments(doc, "inline", new_id=True)
+            new = {"size": len(body), "attachments": atts}
+            if self._too_big(cfg, new, 0):
+                return
+            d = self._new_draft("json", json_summary(doc), len(body),
+                                doc=doc, attachments=atts)
+        elif ctype == "text/plain":
+            got = self._decode_mime(body)
+            if got is None:
+                return
+            summary = mime_summary(got[0])
+            if summary is None:
+                return self._mime_invalid()
+            if self._too_big(cfg, {"size": len(got[0]), "attachments": []},
+                             0):
+                return
+            d = self._new_draft("mime", summary, len(got[0]), mime=got[0],
+                                compact=got[1])
+        else:
+            return self._unsupported_type()
+        self._json(201, self._draft_json(d))
+
+    def _r_message(self, body, cfg, mb):
+        """GET (200) or DELETE (204) a draft."""
+        if not self._method_ok(("GET", "DELETE"), "a message"):
+            return
+        d = self._find_draft(mb)
+        if d is None:
+            return
+        if self.command == "GET":
+            return self._json(200, self._draft_json(d))
+        self._drop_draft(d)
+        self.result = (204, "")
+        self._send(204)
+
+    def _drop_draft(self, d):
+        """Forgets a draft and its upload sessions; False if it was gone
+        already (sent or deleted meanwhile)."""
+        st = self.server.state
+        with st.lock:
+            gone = st.drafts.pop(d["id"], None) is None
+            for sid in [k for k, s in st.sessions.items()
+                        if s["draft_id"] == d["id"]]:
+                del st.sessions[sid]
+        return not gone
+
+    def _draft_post(self, body, mb, what):
+        """(draft, JSON body) of a POST to something of a draft, or (None,
+        None) once answered (405, 404, 415 or 400)."""
+        if not self._method_ok(("POST",), what):
+            return None, None
+        d = self._find_draft(mb)
+        if d is None:
+            return None, None
+        if self._ctype() != "application/json":
+            self._unsupported_type("application/json")
+            return None, None
+        doc = self._parse_json(body)
+        return (None, None) if doc is NO_JSON else (d, doc)
+
+    def _r_attachments(self, body, cfg, mb):
+        """POST .../messages/{id}/attachments: a fileAttachment with
+        contentBytes (message-post-attachments.md) -> 201. Under 3 MB in
+        the docs' words; no check of its own here: 3 MB as base64 is the
+        4 MB request limit, which answers 413 above it."""
+        d, doc = self._draft_post(body, mb, "attachments")
+        if d is None or self._invalid("attachment", doc):
+            return
+        if not isinstance(doc, dict) or not doc.get("name"):
+            return self.graph_error(400, "BadRequest",  # without the schema
+                                    "An attachment needs a name and "
+                                    "contentBytes.")
+        att = attachment_record(doc, "post", new_id=True)
+        if self._too_big(cfg, d, att["size"] or 0):
+            return
+        with self.server.state.lock:
+            d["attachments"].append(att)
+        out = {"@odata.context": "%s/v1.0/$metadata#users('%s')/messages('%s')"
+                                 "/attachments/$entity"
+                                 % (self.server.base_url,
+                                    quote(d["mailbox"], safe=""),
+                                    quote(d["id"], safe="")),
+               "@odata.type": doc.get("@odata.type"),
+               "id": att["id"],
+               "lastModifiedDateTime": graph_datetime(time.time()),
+               "name": att["name"], "contentType": att["contentType"],
+               "size": att["size"] or 0, "isInline": att["isInline"]}
+        if att["type"].lower() == "fileattachment":
+            out.update({"@odata.mediaContentType": att["contentType"],
+                        "contentId": att["contentId"],
+                        "contentLocation": None,
+                        "contentBytes": doc.get("contentBytes")})
+        self._json(201, out)
+
+    def _r_send(self, body, cfg, mb):
+        """POST .../messages/{id}/send, no body (message-send.md) -> 202;
+        the draft is then gone (it moved to Sent Items)."""
+        if not self._method_ok(("POST",), "send"):
+            return
+        d = self._find_draft(mb)
+        if d is None:
+            return
+        if body.strip():
+            # An action without parameters: an empty JSON object is read
+            # as none; anything else is a parameter it does not have.
+            try:
+                doc = json.loads(body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                doc = None
+            if doc != {}:
+                return self.graph_error(
+                    400, "RequestBodyRead", "The action 'send' takes no "
+                    "parameters: send no body (Content-Length: 0).")
+        summary = d["summary"]
+        if not any(summary["recipients"].values()):
+            return self._no_recipients()
+        if not self._send_as_ok(cfg, mb, summary["from"]):
+            return self._send_as_denied()
+        if not self._drop_draft(d):
+            return self._not_found()
+
+        def extra(mime_atts=()):
+            return dict(summary, path="draft", draft_id=d["id"],
+                        draft_created=d["created"],
+                        attachments=list(mime_atts) + d["attachments"])
+        if d["format"] == "json":
+            return self._accepted("json", {"message": d["doc"]},
+                                  lambda: dict(extra(), mime=False))
+        self._accepted("mime", d["mime"].decode("utf-8", "surrogateescape"),
+                       lambda: dict(extra(mime_attachments(d["mime"])),
+                                    **mime_fields(d["mime"], d["compact"])))
+
+    # -- upload sessions (FACTS.md section 3; outlook-large-attachments.md)
+
+    def _r_createUploadSession(self, body, cfg, mb):
+        """POST .../attachments/createUploadSession -> 201 uploadSession.
+        Under 3 MB: 400 ErrorAttachmentSizeShouldNotBeLessThanMinimumSize
+        (the docs' Errors section gives the code, no message); over 150 MB
+        or past max_message_size: 400 ErrorMessageSizeExceeded."""
+        d, doc = self._draft_post(body, mb, "createUploadSession")
+        if d is None:
+            return
+        item = None
+        if isinstance(doc, dict):
+            item = doc.get("AttachmentItem", doc.get("attachmentItem"))
+        size = item.get("size") if isinstance(item, dict) else None
+        if isinstance(size, int) and not isinstance(size, bool):
+            if size < MIN_UPLOAD_SIZE:
+                return self.graph_error(
+                    400, "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize",
+                    "The attachment size %d is less than the minimum size "
+                    "for an upload session (3 MB): attach it with one POST "
+                    "to the attachments collection." % size)
+            if size > MAX_UPLOAD_SIZE:
+                return self._size_exceeded()
+            if self._too_big(cfg, d, size):
+                return
+        if self._invalid("createUploadSession", doc):
+            return
+        if not isinstance(item, dict) or not isinstance(size, int) or \
+                not isinstance(item.get("name"), str):    # no schema
+            return self.graph_error(400, "BadRequest",
+                                    "AttachmentItem needs attachmentType, "
+                                    "name and size.")
+        if str(item.get("attachmentType")).lower() != "file":
+            return self.graph_error(400, "BadRequest",
+                                    "The fake takes attachmentType 'file' "
+                                    "only.")
+        s = self._new_session(d, item, cfg)
+        self._json(201, {
+            "@odata.context": "%s/v1.0/$metadata#microsoft.graph."
+                              "uploadSession" % self.server.base_url,
+            "uploadUrl": s["url"],
+            "expirationDateTime": session_datetime(s["expires_wall"]),
+            "nextExpectedRanges": ["0-"]})
+
+    def _new_session(self, d, item, cfg):
+        sid = outlook_id()
+        now = time.time()
+        base = cfg.upload_base_url or self.server.base_url
+        prefix = "%s/api/v2.0/Users('%s')/Messages('%s')" % (
+            base, quote(d["mailbox"], safe="@"), quote(d["id"], safe="="))
+        s = {"id": sid, "draft_id": d["id"], "mailbox": d["mailbox"],
+             "mailbox_key": d["mailbox_key"],
+             "authtoken": "eyJ0eXAiOiJKV1Qi." + secrets.token_urlsafe(48),
+             "item": {"name": item["name"], "size": item["size"],
+                      "contentType": item.get("contentType"),
+                      "isInline": bool(item.get("isInline")),
+                      "contentId": item.get("contentId")},
+             "prefix": prefix,
+             "expires": time.monotonic() + cfg.upload_session_lifetime,
+             "expires_wall": now + cfg.upload_session_lifetime,
+             "expired": False, "next": 0, "sha": hashlib.sha256(),
+             "lock": threading.Lock(), "created": now}
+        s["url"] = "%s/AttachmentSessions('%s')?authtoken=%s" % (
+            prefix, quote(sid, safe="="), s["authtoken"])
+        with self.server.state.lock:
+            self.server.state.sessions[sid] = s
+        return s
+
+    def _session_status(self, s, open_ended=False):
+        """A PUT's 200 body (outlook-large-attachments.md: PascalCase
+        ExpirationDateTime, nextExpectedRanges ["<next>"], no uploadUrl);
+        a GET's has "<next>-" as OneDrive's status answer does."""
+        ctx = "%s/api/v2.0/$metadata#Users('%s')/Messages('%s')/" \
+              "AttachmentSessions/$entity" % (
+                  s["prefix"].split("/api/", 1)[0],
+                  quote(s["mailbox"], safe=""), quote(s["draft_id"], safe=""))
+        nxt = "%d-" % s["next"] if open_ended else "%d" % s["next"]
+        return {"@odata.context": ctx,
+                "ExpirationDateTime": session_datetime(s["expires_wall"]),
+                "nextExpectedRanges": [nxt]}
+
+    def _upload(self, body, mb, cfg):
+        """A request to an uploadUrl: PUT a range, GET the status, DELETE
+        (cancel) the session.
+
+        Choices the sources leave open (say so when they are learnt):
+        - GET {uploadUrl} answers the session's status: Outlook does not
+          document it; the SDKs' upload task resumes that way for any
+          upload session (msgraph-sdk-design tasks/FileUploadTask.md).
+        - A range that does not start at the next expected byte: 416
+          invalidRange "Uploaded fragment is out of order." (or "...
+          overlaps with existing data."), OneDrive's answer (onedrive-api-
+          docs#79); Outlook's is undocumented. Ranges must come in order
+          (the docs say so), and a range sent again is refused, not
+          skipped: a client that lost an answer asks GET {uploadUrl}.
+        - An expired session: 404 ErrorItemNotFound (expired_session_status
+          404), or 401 InvalidAuthenticationToken (401): the docs say the
+          URL's token expires at expirationDateTime, not what follows.
+        - Each PUT over 4 MB: 413 like any request (the docs: "keep each
+          byte range less than 4 MB")."""
+        st = self.server.state
+        if "Authorization" in self.headers:
+            # FACTS.md section 3: the URL is pre-authenticated; a Graph
+            # bearer token there fails on its audience (observed).
+            return self.graph_error(401, "InvalidAudience",
+                                    "The audience claim value is invalid "
+                                    "'aud'.")
+        with st.lock:
+            s = st.sessions.get(self.session_id)
+        if s is None or s["mailbox_key"] != mb or \
+                s["draft_id"] != self.msg_id:
+            return self._not_found()
+        tok = (parse_qs(urlsplit(self.path).query).get("authtoken")
+               or [""])[0]
+        if tok != s["authtoken"]:
+            return self.graph_error(401, "InvalidAuthenticationToken",
+                                    "Access token validation failure."
+                                    if tok else "Access token is empty.")
+        if self.fault_tag == "expire_session":
+            s["expired"] = True
+        if s["expired"] or time.monotonic() >= s["expires"]:
+            if cfg.expired_session_status == 401:
+                return self.graph_error(401, "InvalidAuthenticationToken",
+                                        "Access token has expired or is not "
+                                        "yet valid.")
+            return self._not_found(" (The upload session has expired.)")
+        if self.command == "GET":
+            return self._json(200, self._session_status(s, open_ended=True))
+        if self.command == "DELETE":
+            with st.lock:
+                st.sessions.pop(s["id"], None)
+            self.result = (204, "")
+            return self._send(204)
+        if not self._method_ok(("PUT", "GET", "DELETE"), "an upload session"):
+            return
+        return self._upload_put(body, s)
+
+    def _upload_put(self, body, s):
+        st = self.server.state
+        m = CONTENT_RANGE_RE.match(self.headers.get("Content-Range", ""))
+        if not m:
+            return self.graph_error(400, "BadRequest",
+                                    "The Content-Range header is missing or "
+                                    "malformed: expected 'bytes {start}-"
+                                    "{end}/{total}'.")
+        start, end, total = (int(x) for x in m.groups())
+        size = s["item"]["size"]
+        if total != size:
+            return self.graph_error(400, "BadRequest",
+                                    "The upload session is for %d total "
+                                    "bytes, but the Content-Range header "
+                                    "declares a total of %d." % (size, total))
+        if end < start or end >= total:
+            return self.graph_error(400, "BadRequest",
+                                    "The Content-Range header's range is not "
+                                    "within the file.")
+        if end - start + 1 != len(body):
+            return self.graph_error(400, "BadRequest",
+                                    "The Content-Range header length does "
+                                    "not match the provided number of "
+                                    "bytes.")
+        with s["lock"]:
+            nxt = s["next"]
+            if start == nxt:
+                s["sha"].update(body)
+                s["next"] = nxt = end + 1
+                took = True
+            else:
+                took = False
+        if not took:
+            return self.graph_error(
+                416, "invalidRange",
+                "Uploaded fragment %s. nextExpectedRanges: [\"%d\"]"
+                % ("overlaps with existing data" if start < nxt
+                   else "is out of order", nxt))
+        d = None
+        with st.lock:
+            st.uploaded_bytes += len(body)
+            if nxt == total:
+                st.sessions.pop(s["id"], None)
+                d = st.drafts.get(s["draft_id"])
+                att = dict(s["item"], id=outlook_id(), type="fileAttachment",
+                           sha256=s["sha"].hexdigest(), via="upload")
+                if d is not None:
+                    d["attachments"].append(att)
+        if self.after_commit is not None and \
+                self._apply_fault(self.after_commit) is True:
+            return
+        if nxt < total:
+            return self._json(200, self._session_status(s))
+        if d is None:       # sent or deleted while uploading
+            return self._not_found()
+        self.result = (201, "")
+        self._send(201, b"", None, [("Location", "%s/Attachments('%s')" % (
+            s["prefix"], quote(att["id"], safe="=")))])
 
     def _token(self, tenant, body):
         st = self.server.state
@@ -1305,6 +2182,15 @@ class Handler(BaseHTTPRequestHandler):
                 return self._json(200, out)
             if what == "stats" and get:
                 return self._json(200, self._stats())
+            if what == "drafts" and get:
+                with st.lock:
+                    out = [self._draft_info(d) for d in st.drafts.values()]
+                return self._json(200, out)
+            if what == "sessions" and get:
+                with st.lock:
+                    out = [self._session_info(x)
+                           for x in st.sessions.values()]
+                return self._json(200, out)
             if what == "config" and (get or post):
                 if post:
                     if not isinstance(arg, dict):
@@ -1334,6 +2220,22 @@ class Handler(BaseHTTPRequestHandler):
         return self._json(404, {"error": "no such control call: %s %s"
                                 % (self.command, self.path_only)})
 
+    @staticmethod
+    def _draft_info(d):
+        return dict(d["summary"], id=d["id"], mailbox=d["mailbox"],
+                    format=d["format"], size=d["size"], created=d["created"],
+                    hidden=d["hidden"],
+                    attachments=[dict(a) for a in d["attachments"]])
+
+    @staticmethod
+    def _session_info(x):
+        return dict(x["item"], id=x["id"], draft_id=x["draft_id"],
+                    mailbox=x["mailbox"], uploadUrl=x["url"],
+                    next=x["next"], created=x["created"],
+                    expirationDateTime=session_datetime(x["expires_wall"]),
+                    expired=x["expired"]
+                    or time.monotonic() >= x["expires"])
+
     def _stats(self):
         st = self.server.state
         with st.lock:
@@ -1347,6 +2249,9 @@ class Handler(BaseHTTPRequestHandler):
                 "max_concurrency": dict(st.max_inflight),
                 "inflight": {k: v for k, v in st.inflight.items() if v},
                 "throttled": st.throttled,
+                "drafts": len(st.drafts),
+                "upload_sessions": len(st.sessions),
+                "uploaded_bytes": st.uploaded_bytes,
                 "faults_fired": sum(r["fired"] for r in st.faults),
                 "validating": self.server.validator is not None,
             }
@@ -1419,13 +2324,15 @@ def main(argv=None):
         "max_concurrency": args.max_concurrency,
     })
     schema = args.schema or default_schema()
-    validator = None
+    validators = {}
     if os.path.exists(schema):
-        validator = load_validator(schema)
-        # Compile the validator's lazily built parts now, not in the first
+        validators = load_validators(schema)
+        # Compile the validators' lazily built parts now, not in the first
         # request's time.
-        validator.is_valid({"message": {"toRecipients": [
+        validators["sendMail"].is_valid({"message": {"toRecipients": [
             {"emailAddress": {"address": "a@b.c"}}]}})
+        for v in validators.values():
+            v.is_valid({})
     elif args.schema:
         raise SystemExit("fakegraph: schema %s not found" % schema)
     else:
@@ -1444,7 +2351,7 @@ def main(argv=None):
 
     state = State(cfg, record=not args.no_record)
     server = FakeGraphServer((host, port), family, state, ctx, None,
-                             validator, args.verbose)
+                             validators, args.verbose)
     real_port = server.server_address[1]
     scheme = "https" if ctx else "http"
     server.base_url = (args.base_url.rstrip("/") if args.base_url else

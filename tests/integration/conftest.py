@@ -1184,6 +1184,22 @@ class FakeGraph:
             return self._call("GET", "faults")
         return self._call("POST", "faults", list(rules))
 
+    def drafts(self):
+        """Drafts not yet sent or deleted (fakegraph's /_fake/drafts)."""
+        return self._call("GET", "drafts")
+
+    def sessions(self):
+        """Upload sessions still open (fakegraph's /_fake/sessions)."""
+        return self._call("GET", "sessions")
+
+    def uploads(self):
+        """The requests to uploadUrls, in order: each record's "upload"
+        (session, content_range, start, end, total, length, authorization)
+        with its method and status."""
+        return [dict(r["upload"], method=r["method"], status=r["status"],
+                     code=r["code"])
+                for r in self.requests() if r["kind"] == "upload"]
+
     def wait_sent(self, n, timeout=IO_TIMEOUT):
         """Polls until at least n messages were accepted; returns them."""
         wait_for(lambda: self.stats()["sent"] >= n, timeout,

@@ -510,6 +510,642 @@ def test_sendmail_mime(fake):
 
 
 # --------------------------------------------------------------------------
+# MIME records, drafts and upload sessions (FACTS.md sections 2 and 3)
+
+MIB = 1024 * 1024
+SLICE = 12 * 320 * 1024         # 3,932,160 B: <= 4 MB, a multiple of 320 KiB
+
+
+def graph_call(fake, method, tail, body=None, token=None, headers=None,
+               mailbox=MAILBOX, conn=None):
+    """A request to /v1.0/users/{mailbox}{tail}; returns (status, headers,
+    parsed JSON or None)."""
+    hdrs = {"Authorization": "Bearer %s" % (token or fake.token())}
+    hdrs.update(headers or {})
+    status, h, data = fake.request(
+        method, "/v1.0/users/%s%s" % (urllib.parse.quote(mailbox), tail),
+        body, hdrs, conn=conn)
+    return status, h, (json.loads(data) if data else None)
+
+
+def draft_tail(draft_id, rest=""):
+    return "/messages/%s%s" % (urllib.parse.quote(draft_id, safe=""), rest)
+
+
+def new_draft(fake, tok, mailbox=MAILBOX, **extra):
+    msg = message(**extra)["message"]
+    st, h, body = graph_call(fake, "POST", "/messages", msg, tok,
+                             mailbox=mailbox)
+    assert st == 201, body
+    return body
+
+
+def new_session(fake, tok, draft_id, size, key="AttachmentItem",
+                mailbox=MAILBOX, **item):
+    item = dict({"attachmentType": "file", "name": "big.bin",
+                 "size": size}, **item)
+    st, h, body = graph_call(fake, "POST", draft_tail(
+        draft_id, "/attachments/createUploadSession"), {key: item}, tok,
+        mailbox=mailbox)
+    assert st == 201, body
+    return body
+
+
+def upload_path(url):
+    """The path and query of an uploadUrl (the fake is its host)."""
+    u = urllib.parse.urlsplit(url)
+    return u.path + "?" + u.query
+
+
+def put_range(fake, url, data, start, total, headers=None, conn=None):
+    hdrs = {"Content-Type": "application/octet-stream",
+            "Content-Range": "bytes %d-%d/%d" % (start, start + len(data) - 1,
+                                                 total)}
+    hdrs.update(headers or {})
+    status, h, body = fake.request("PUT", upload_path(url), data, hdrs,
+                                   conn=conn)
+    return status, h, (json.loads(body) if body else None)
+
+
+def schema_defs():
+    """{name: validator} for the shared schema's $defs, or None."""
+    from conftest import graph_schema_path
+    import jsonschema
+    path = graph_schema_path()
+    if not path.is_file():
+        return None
+    root = json.loads(path.read_text(encoding="utf-8"))
+
+    def validator(name):
+        return jsonschema.Draft202012Validator(
+            {"$schema": root["$schema"], "$defs": root["$defs"],
+             "$ref": "#/$defs/" + name})
+    return validator
+
+
+def assert_schema(name, doc):
+    validator = schema_defs()
+    if validator is not None:
+        errors = list(validator(name).iter_errors(doc))
+        assert not errors, (name, [e.message for e in errors], doc)
+
+
+def test_sendmail_mime_record(fake):
+    """A MIME message's record: the exact bytes, recipients from To, Cc and
+    Bcc, From, Subject (RFC 2047 decoded) and the MIME attachments."""
+    tok = fake.token()
+    att = bytes(range(256)) * 40
+    mime = (b"From: Scanner <scanner@contoso.test>\r\n"
+            b"To: A <a@fabrikam.test>, b@fabrikam.test\r\n"
+            b"Cc: c@fabrikam.test\r\nBcc: d@fabrikam.test\r\n"
+            b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n"
+            b"MIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n"
+            b"--b1\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\n\r\nGr\xfc\xdfe \r\n"
+            b"--b1\r\nContent-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=\"scan.bin\"\r\n"
+            b"Content-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(att).replace(b"\n", b"\r\n") +
+            b"--b1--\r\n")
+    st, h, _ = fake.send_mail(MAILBOX, base64.encodebytes(mime), token=tok,
+                              headers={"Content-Type": "text/plain"})
+    assert st == 202
+    [rec] = fake.sent()
+    assert (rec["format"], rec["mime"], rec["path"]) == ("mime", True,
+                                                         "sendMail")
+    assert base64.b64decode(rec["raw_base64"]) == mime     # byte for byte
+    assert rec["mime_size"] == len(mime)
+    assert rec["mime_sha256"] == hashlib.sha256(mime).hexdigest()
+    assert rec["recipients"] == {"to": ["a@fabrikam.test", "b@fabrikam.test"],
+                                 "cc": ["c@fabrikam.test"],
+                                 "bcc": ["d@fabrikam.test"]}
+    assert rec["from"] == "scanner@contoso.test"
+    assert rec["subject"] == "Gr\u00fc\u00dfe"
+    [a] = rec["attachments"]
+    assert (a["name"], a["size"], a["sha256"], a["via"]) == (
+        "scan.bin", len(att), hashlib.sha256(att).hexdigest(), "mime")
+    # The JSON form has the same fields.
+    assert fake.send_mail(MAILBOX, message(), token=tok)[0] == 202
+    rec = fake.sent()[1]
+    assert (rec["mime"], rec["path"], rec["subject"], rec["from"]) == (
+        False, "sendMail", "Test", None)
+    assert rec["recipients"] == {"to": ["rcpt@fabrikam.test"], "cc": [],
+                                 "bcc": []}
+
+
+def test_sendmail_mime_errors_and_size(fake):
+    tok = fake.token()
+    mime_hdrs = {"Content-Type": "text/plain"}
+    st, h, body = fake.send_mail(MAILBOX, b"Zm9v!!!", token=tok,
+                                 headers=mime_hdrs)
+    err = assert_graph_error(st, h, body, 400,
+                             "ErrorMimeContentInvalidBase64String")
+    assert err["message"] == "Invalid base64 string for MIME content."
+    st, h, body = fake.send_mail(
+        MAILBOX, base64.b64encode(b"Subject: x\r\nX-A: b\r\n\r\nbody\r\n"),
+        token=tok, headers=mime_hdrs)
+    err = assert_graph_error(st, h, body, 400, "ErrorInvalidRecipients")
+    assert err["message"] == ("At least one recipient is not valid., A "
+                              "message can't be sent because it contains no "
+                              "recipients.")
+    # 4 MB counts the base64 body: exactly 4 MiB of it is taken, more 413.
+    head = b"To: a@fabrikam.test\r\nSubject: big\r\n\r\n"
+    raw = head + b"x" * (3 * MIB - len(head))
+    b64 = base64.b64encode(raw)
+    assert len(b64) == 4 * MIB
+    assert fake.send_mail(MAILBOX, b64, token=tok,
+                          headers=mime_hdrs)[0] == 202
+    st, h, body = fake.send_mail(MAILBOX, base64.b64encode(raw + b"yyy"),
+                                 token=tok, headers=mime_hdrs)
+    assert_graph_error(st, h, body, 413, "RequestEntityTooLarge")
+    assert fake.stats()["sent"] == 1
+
+
+def test_post_without_content_length(fake):
+    """Graph's front end answers 411 to a POST with no Content-Length and
+    no chunked body (message send is where clients meet it)."""
+    tok = fake.token()
+    with socket.create_connection(("127.0.0.1", fake.port), timeout=5) as s:
+        s.sendall(("POST /v1.0/users/%s/messages/x/send HTTP/1.1\r\n"
+                   "Host: x\r\nAuthorization: Bearer %s\r\n\r\n"
+                   % (MAILBOX, tok)).encode())
+        data = b""
+        while b"</HTML>" not in data:
+            got = s.recv(65536)
+            assert got, data
+            data += got
+    assert data.startswith(b"HTTP/1.1 411 Length Required\r\n"), data
+    assert b"HTTP Error 411. The request must be chunked or have a content " \
+           b"length." in data
+    assert [r["status"] for r in fake.requests()
+            if r["kind"] == "graph"] == [411]
+
+
+def test_draft_json_send(fake):
+    """Draft, a small attachment by POST, send: 201, 201, 202; the message
+    is recorded like sendMail's, with path "draft"."""
+    tok = fake.token()
+    draft = new_draft(fake, tok, ccRecipients=[
+        {"emailAddress": {"address": "cc@fabrikam.test"}}],
+        internetMessageHeaders=[{"name": "X-Relayd-Queue-Id",
+                                 "value": "Q1"}])
+    assert draft["isDraft"] is True
+    assert draft["subject"] == "Test"
+    assert draft["hasAttachments"] is False
+    assert re.match(r"^[A-Za-z0-9_=-]+$", draft["id"])
+    assert_schema("microsoft.graph.message", draft)
+    data = os.urandom(100000)
+    st, h, att = graph_call(fake, "POST", draft_tail(draft["id"],
+                                                     "/attachments"), {
+        "@odata.type": "#microsoft.graph.fileAttachment", "name": "a.pdf",
+        "contentType": "application/pdf",
+        "contentBytes": base64.b64encode(data).decode()}, tok)
+    assert st == 201, att
+    assert (att["name"], att["size"], att["isInline"]) == ("a.pdf",
+                                                           len(data), False)
+    assert_schema("microsoft.graph.fileAttachment", att)
+    st, h, got = graph_call(fake, "GET", draft_tail(draft["id"]), None, tok)
+    assert st == 200 and got["hasAttachments"] is True
+    [d] = fake.drafts()
+    assert d["id"] == draft["id"] and d["attachments"][0]["size"] == len(data)
+    st, h, body = graph_call(fake, "POST", draft_tail(draft["id"], "/send"),
+                             None, tok, headers={"Content-Length": "0"})
+    assert (st, body) == (202, None)
+    [rec] = fake.sent()
+    assert (rec["format"], rec["path"], rec["mime"]) == ("json", "draft",
+                                                         False)
+    assert rec["body"]["message"]["internetMessageHeaders"] == [
+        {"name": "X-Relayd-Queue-Id", "value": "Q1"}]
+    assert rec["draft_id"] == draft["id"]
+    assert rec["recipients"] == {"to": ["rcpt@fabrikam.test"],
+                                 "cc": ["cc@fabrikam.test"], "bcc": []}
+    [a] = rec["attachments"]
+    assert (a["name"], a["size"], a["sha256"], a["via"]) == (
+        "a.pdf", len(data), hashlib.sha256(data).hexdigest(), "post")
+    # Sent: the draft is gone.
+    for method, tail in (("POST", "/send"), ("GET", ""), ("DELETE", "")):
+        st, h, body = graph_call(fake, method, draft_tail(draft["id"], tail),
+                                 None, tok)
+        err = assert_graph_error(st, h, body, 404, "ErrorItemNotFound")
+        assert err["message"] == \
+            "The specified object was not found in the store."
+    assert fake.drafts() == []
+
+
+def test_draft_errors(fake):
+    need_schema(fake)
+    tok = fake.token()
+    st, h, body = graph_call(fake, "POST", "/messages", message(), tok)
+    err = assert_graph_error(st, h, body, 400, "RequestBodyRead")
+    assert "The property 'message' does not exist on type " \
+           "'Microsoft.OutlookServices.Message'" in err["message"]
+    st, h, body = graph_call(fake, "POST", "/messages",
+                             message(isDraft=True)["message"], tok)
+    assert_graph_error(st, h, body, 400, "RequestBodyRead")
+    st, h, body = graph_call(fake, "POST", "/messages", message(
+        internetMessageHeaders=[{"name": "Reply-By", "value": "x"}])[
+            "message"], tok)
+    assert_graph_error(st, h, body, 400, "InvalidInternetMessageHeader")
+    st, h, body = graph_call(fake, "PUT", "/messages", {}, tok)
+    assert_graph_error(st, h, body, 405, "Request_BadRequest")
+    # No recipients: the draft is fine, sending it is not.
+    draft = new_draft(fake, tok, toRecipients=[])
+    st, h, body = graph_call(fake, "POST", draft_tail(draft["id"], "/send"),
+                             None, tok)
+    assert_graph_error(st, h, body, 400, "ErrorInvalidRecipients")
+    st, h, body = graph_call(fake, "POST", draft_tail(draft["id"], "/send"),
+                             {"saveToSentItems": True}, tok)
+    assert_graph_error(st, h, body, 400, "RequestBodyRead")
+    # Another mailbox does not see it; DELETE removes it.
+    st, h, body = graph_call(fake, "GET", draft_tail(draft["id"]), None, tok,
+                             mailbox="other@contoso.test")
+    assert_graph_error(st, h, body, 404, "ErrorItemNotFound")
+    st, h, body = graph_call(fake, "DELETE", draft_tail(draft["id"]), None,
+                             tok)
+    assert (st, body) == (204, None)
+    assert "Content-Length" not in h
+    assert graph_call(fake, "DELETE", draft_tail(draft["id"]), None,
+                      tok)[0] == 404
+    st, h, body = graph_call(fake, "POST", draft_tail("AAMkADnope=",
+                                                      "/bogus"), {}, tok)
+    err = assert_graph_error(st, h, body, 400, "BadRequest")
+    assert "'bogus'" in err["message"]
+    # An attachment POST over 4 MB is refused whole (3 MB as base64 is 4).
+    draft = new_draft(fake, tok)
+    big = {"@odata.type": "#microsoft.graph.fileAttachment", "name": "b",
+           "contentBytes": base64.b64encode(b"x" * (3 * MIB)).decode()}
+    st, h, body = graph_call(fake, "POST", draft_tail(draft["id"],
+                                                      "/attachments"),
+                             big, tok)
+    assert_graph_error(st, h, body, 413, "RequestEntityTooLarge")
+    st, h, body = graph_call(fake, "POST", draft_tail(draft["id"],
+                                                      "/attachments"),
+                             {"name": "no-type"}, tok)
+    assert st == 400
+    assert fake.stats()["sent"] == 0
+
+
+def test_draft_mime_send(fake):
+    tok = fake.token()
+    mime = (b"From: scanner@contoso.test\r\nTo: a@fabrikam.test\r\n"
+            b"Subject: mime draft\r\n\r\nbody\r\n")
+    st, h, draft = graph_call(fake, "POST", "/messages",
+                              base64.encodebytes(mime), tok,
+                              headers={"Content-Type": "text/plain"})
+    assert st == 201, draft
+    assert draft["isDraft"] is True and draft["subject"] == "mime draft"
+    assert draft["toRecipients"][0]["emailAddress"]["address"] == \
+        "a@fabrikam.test"
+    assert_schema("microsoft.graph.message", draft)
+    st, _, _ = graph_call(fake, "POST", draft_tail(draft["id"], "/send"),
+                          None, tok)
+    assert st == 202
+    [rec] = fake.sent()
+    assert (rec["format"], rec["path"], rec["mime"]) == ("mime", "draft",
+                                                         True)
+    assert base64.b64decode(rec["raw_base64"]) == mime
+    assert rec["recipients"]["to"] == ["a@fabrikam.test"]
+
+
+def test_upload_session(fake):
+    """createUploadSession, two PUTs, send: the shapes of FACTS.md section
+    3 (and outlook-large-attachments.md), and the records tests use."""
+    tok = fake.token()
+    draft = new_draft(fake, tok)
+    data = os.urandom(3483322)              # the docs' example size
+    sess = new_session(fake, tok, draft["id"], len(data), key="attachmentItem",
+                       contentType="image/jpeg", isInline=True,
+                       contentId="flower")
+    assert set(sess) == {"@odata.context", "uploadUrl", "expirationDateTime",
+                         "nextExpectedRanges"}
+    assert sess["@odata.context"].endswith(
+        "/v1.0/$metadata#microsoft.graph.uploadSession")
+    assert sess["nextExpectedRanges"] == ["0-"]
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z$",
+                    sess["expirationDateTime"])
+    url = sess["uploadUrl"]
+    assert url.startswith(fake.url + "/api/v2.0/Users('%s')/Messages('%s')/"
+                          "AttachmentSessions('" % (MAILBOX, draft["id"]))
+    assert "?authtoken=" in url
+    assert_schema("graph.uploadSessionResponse", sess)
+    [s] = fake.sessions()
+    assert (s["name"], s["size"], s["next"], s["expired"]) == (
+        "big.bin", len(data), 0, False)
+
+    st, h, body = put_range(fake, url, data[:2 * MIB], 0, len(data))
+    assert st == 200, body
+    assert set(body) == {"@odata.context", "ExpirationDateTime",
+                         "nextExpectedRanges"}
+    assert body["nextExpectedRanges"] == [str(2 * MIB)]
+    assert body["ExpirationDateTime"] == sess["expirationDateTime"]
+    assert body["@odata.context"].endswith("/AttachmentSessions/$entity")
+    assert_schema("graph.uploadSessionResponse", body)
+    st, h, body = fake.request("GET", upload_path(url))
+    assert st == 200
+    assert json.loads(body)["nextExpectedRanges"] == ["%d-" % (2 * MIB)]
+    st, h, body = put_range(fake, url, data[2 * MIB:], 2 * MIB, len(data))
+    assert (st, body) == (201, None)
+    assert h["Content-Length"] == "0"
+    assert re.match(r"^%s/api/v2\.0/Users\('%s'\)/Messages\('%s'\)/"
+                    r"Attachments\('[A-Za-z0-9_=-]+'\)$"
+                    % (re.escape(fake.url), re.escape(MAILBOX),
+                       re.escape(draft["id"])), h["Location"])
+    assert fake.sessions() == []
+    ups = fake.uploads()
+    assert [(u["method"], u["status"], u["start"], u["length"],
+             u["authorization"]) for u in ups] == [
+        ("PUT", 200, 0, 2 * MIB, False), ("GET", 200, None, None, False),
+        ("PUT", 201, 2 * MIB, len(data) - 2 * MIB, False)]
+    assert fake.stats()["uploaded_bytes"] == len(data)
+    assert graph_call(fake, "POST", draft_tail(draft["id"], "/send"), None,
+                      tok)[0] == 202
+    [rec] = fake.sent()
+    [a] = rec["attachments"]
+    assert a == {"id": h["Location"].split("Attachments('")[1][:-2],
+                 "type": "fileAttachment", "name": "big.bin",
+                 "size": len(data), "contentType": "image/jpeg",
+                 "isInline": True, "contentId": "flower",
+                 "sha256": hashlib.sha256(data).hexdigest(),
+                 "via": "upload"}
+
+
+def test_upload_session_errors(fake):
+    tok = fake.token()
+    draft = new_draft(fake, tok)
+    tail = draft_tail(draft["id"], "/attachments/createUploadSession")
+
+    def create(item):
+        return graph_call(fake, "POST", tail, {"AttachmentItem": item}, tok)
+    item = {"attachmentType": "file", "name": "x"}
+    st, h, body = create(dict(item, size=3 * MIB - 1))
+    assert_graph_error(st, h, body, 400,
+                       "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize")
+    st, h, body = create(dict(item, size=150 * MIB + 1))
+    assert_graph_error(st, h, body, 400, "ErrorMessageSizeExceeded")
+    fake.config(max_message_size=35 * 1000 * 1000)
+    st, h, body = create(dict(item, size=35 * 1000 * 1000))
+    err = assert_graph_error(st, h, body, 400, "ErrorMessageSizeExceeded")
+    assert err["message"] == ("The message exceeds the maximum supported "
+                              "size., Cannot save changes made to an item to "
+                              "store.")
+    if fake.stats()["validating"]:
+        st, h, body = graph_call(fake, "POST", tail, {"Item": item}, tok)
+        err = assert_graph_error(st, h, body, 400, "RequestBodyRead")
+        assert "operation 'createUploadSession'" in err["message"]
+    st, h, body = graph_call(fake, "POST", draft_tail(
+        "AAMkADnone=", "/attachments/createUploadSession"),
+        {"AttachmentItem": dict(item, size=4 * MIB)}, tok)
+    assert_graph_error(st, h, body, 404, "ErrorItemNotFound")
+
+    size = 5 * MIB
+    url = new_session(fake, tok, draft["id"], size)["uploadUrl"]
+    chunk = b"a" * MIB
+    # The Graph token must not go to the uploadUrl.
+    st, h, body = put_range(fake, url, chunk, 0, size,
+                            {"Authorization": "Bearer " + tok})
+    err = assert_graph_error(st, h, body, 401, "InvalidAudience")
+    assert err["message"] == "The audience claim value is invalid 'aud'."
+    assert fake.uploads()[-1]["authorization"] is True
+    bad = url.replace("authtoken=", "authtoken=x")
+    st, h, body = put_range(fake, bad, chunk, 0, size)
+    assert_graph_error(st, h, body, 401, "InvalidAuthenticationToken")
+    st, h, body = put_range(fake, url, chunk, 0, size,
+                            {"Content-Range": "bytes 0-/5"})
+    assert_graph_error(st, h, body, 400, "BadRequest")
+    st, h, body = put_range(fake, url, chunk, 0, size + 1)
+    err = assert_graph_error(st, h, body, 400, "BadRequest")
+    assert "declares a total of %d" % (size + 1) in err["message"]
+    st, h, body = put_range(fake, url, chunk, 0, size,
+                            {"Content-Range": "bytes 0-9/%d" % size})
+    assert_graph_error(st, h, body, 400, "BadRequest")
+    # Out of order: ahead of the next byte, then a range sent again.
+    st, h, body = put_range(fake, url, chunk, MIB, size)
+    err = assert_graph_error(st, h, body, 416, "invalidRange")
+    assert "out of order" in err["message"]
+    assert put_range(fake, url, chunk, 0, size)[0] == 200
+    st, h, body = put_range(fake, url, chunk, 0, size)
+    err = assert_graph_error(st, h, body, 416, "invalidRange")
+    assert "overlaps" in err["message"]
+    # More than 4 MB in one PUT.
+    st, h, body = put_range(fake, url, b"b" * (4 * MIB + 1), MIB, size + MIB)
+    assert_graph_error(st, h, body, 413, "RequestEntityTooLarge")
+    st, h, body = fake.request("POST", upload_path(url), b"", {})
+    assert_graph_error(st, h, json.loads(body), 405, "Request_BadRequest")
+    # Cancelled: DELETE 204, then the session is not found.
+    st, h, body = fake.request("DELETE", upload_path(url))
+    assert (st, body) == (204, b"")
+    st, h, body = put_range(fake, url, chunk, MIB, size)
+    assert_graph_error(st, h, body, 404, "ErrorItemNotFound")
+    # Deleting the draft ends its sessions.
+    url = new_session(fake, tok, draft["id"], size)["uploadUrl"]
+    assert graph_call(fake, "DELETE", draft_tail(draft["id"]), None,
+                      tok)[0] == 204
+    assert put_range(fake, url, chunk, 0, size)[0] == 404
+    assert fake.sessions() == [] and fake.drafts() == []
+
+
+def test_upload_session_expiry(fake):
+    tok = fake.token()
+    fake.config(upload_session_lifetime=0.3)
+    draft = new_draft(fake, tok)
+    size = 4 * MIB
+    url = new_session(fake, tok, draft["id"], size)["uploadUrl"]
+    assert put_range(fake, url, b"a" * MIB, 0, size)[0] == 200
+    time.sleep(0.35)
+    st, h, body = put_range(fake, url, b"a" * MIB, MIB, size)
+    assert_graph_error(st, h, body, 404, "ErrorItemNotFound")
+    assert fake.sessions()[0]["expired"] is True
+    fake.config(expired_session_status=401)
+    st, h, body = fake.request("GET", upload_path(url))
+    assert_graph_error(st, h, json.loads(body), 401,
+                       "InvalidAuthenticationToken")
+    # The fault: the second request to the session finds it expired.
+    fake.config(upload_session_lifetime=900, expired_session_status=404)
+    url = new_session(fake, tok, draft["id"], size)["uploadUrl"]
+    fake.faults([{"expire_session": True, "skip": 1}])
+    assert put_range(fake, url, b"a" * MIB, 0, size)[0] == 200
+    assert put_range(fake, url, b"a" * MIB, MIB, size)[0] == 404
+    assert put_range(fake, url, b"a" * MIB, MIB, size)[0] == 404
+    assert fake.faults()[0]["fired"] == 1
+
+
+def upload_all(fake, url, data, slice_size=SLICE, conn=None):
+    """PUTs data in slices, each from the session's next expected byte,
+    asking the session (GET) after a failure, as a client should."""
+    total, pos, tries = len(data), 0, 0
+    while pos < total:
+        tries += 1
+        assert tries < 50, "no progress"
+        try:
+            st, h, body = put_range(fake, url, data[pos:pos + slice_size],
+                                    pos, total, conn=conn)
+        except (http.client.HTTPException, ConnectionError):
+            st, body = 0, None
+            if conn is not None:
+                conn.close()
+        if st == 200:
+            pos = int(body["nextExpectedRanges"][0].split("-")[0])
+        elif st == 201:
+            return h
+        else:
+            st, _, body = fake.request("GET", upload_path(url))
+            assert st == 200, body
+            pos = int(json.loads(body)["nextExpectedRanges"][0]
+                      .split("-")[0])
+    raise AssertionError("the upload ended without a 201")
+
+
+def test_upload_faults_resume(fake):
+    """A 500, a 429 with Retry-After, and a PUT whose range is stored but
+    whose answer is lost: the client resumes from nextExpectedRanges and the
+    bytes arrive whole. A rule's "skip" counts the requests that reach it:
+    those an earlier rule takes do not."""
+    tok = fake.token()
+    draft = new_draft(fake, tok)
+    data = os.urandom(5 * SLICE + 1000)
+    url = new_session(fake, tok, draft["id"], len(data))["uploadUrl"]
+    fake.faults([{"kind": "upload", "method": "PUT", "skip": 1,
+                  "status": 500},
+                 {"kind": "upload", "method": "PUT", "skip": 2,
+                  "status": 429, "retry_after": "0.5"},
+                 {"kind": "upload", "method": "PUT", "skip": 3,
+                  "drop": True, "commit": True}])
+    upload_all(fake, url, data)
+    assert [r["fired"] for r in fake.faults()] == [1, 1, 1]
+    ups = [u for u in fake.uploads() if u["method"] == "PUT"]
+    assert [(u["start"] // SLICE, u["status"], u["code"]) for u in ups] == [
+        (0, 200, ""), (1, 500, "generalException"), (1, 200, ""),
+        (2, 429, "TooManyRequests"), (2, 200, ""), (3, 0, "drop"),
+        (4, 200, ""), (5, 201, "")]
+    assert graph_call(fake, "POST", draft_tail(draft["id"], "/send"), None,
+                      tok)[0] == 202
+    assert fake.sent()[0]["attachments"][0]["sha256"] == \
+        hashlib.sha256(data).hexdigest()
+    # Sent again after a lost answer, a range is refused (416), not taken
+    # twice: the client must ask where to go on.
+    draft = new_draft(fake, tok)
+    url = new_session(fake, tok, draft["id"], len(data))["uploadUrl"]
+    fake.faults([{"kind": "upload", "drop": True, "commit": True}])
+    with pytest.raises((http.client.RemoteDisconnected,
+                        ConnectionResetError)):
+        put_range(fake, url, data[:SLICE], 0, len(data))
+    assert put_range(fake, url, data[:SLICE], 0, len(data))[0] == 416
+
+
+def test_draft_404_after_creation(fake):
+    """{"draft_404": N}: the draft is made, then answers 404 to the next N
+    requests naming it (eventual consistency); sendMail does not use the
+    rule up."""
+    tok = fake.token()
+    fake.faults([{"draft_404": 2}])
+    assert fake.send_mail(MAILBOX, message(), token=tok)[0] == 202
+    assert fake.faults()[0]["count"] == 1
+    draft = new_draft(fake, tok)
+    size = 4 * MIB
+    for _ in range(2):
+        st, h, body = graph_call(fake, "POST", draft_tail(
+            draft["id"], "/attachments/createUploadSession"),
+            {"AttachmentItem": {"attachmentType": "file", "name": "x",
+                                "size": size}}, tok)
+        assert_graph_error(st, h, body, 404, "ErrorItemNotFound")
+    new_session(fake, tok, draft["id"], size)
+    assert fake.faults()[0]["fired"] == 1
+    for bad in ({"draft_404": -1}, {"draft_404": 1, "status": 500},
+                {"skip": True, "status": 500}, {"kind": "upl", "drop": True}):
+        with pytest.raises(AssertionError, match="400"):
+            fake.faults([bad])
+
+
+def test_upload_concurrency_and_throttling(fake):
+    """Requests to uploadUrls count against the mailbox's four concurrent
+    requests, like Graph's own."""
+    tok = fake.token()
+    draft = new_draft(fake, tok)
+    url = new_session(fake, tok, draft["id"], 4 * MIB)["uploadUrl"]
+    fake.config(latency_ms=400)
+    barrier = threading.Barrier(5)
+    results = []
+
+    def get():
+        conn = fake.connection()
+        try:
+            barrier.wait()
+            st, h, body = fake.request("GET", upload_path(url), conn=conn)
+            results.append((st, h, json.loads(body)))
+        finally:
+            conn.close()
+    threads = [threading.Thread(target=get) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r[0] for r in results) == [200, 200, 200, 200, 429]
+    [throttled] = [r for r in results if r[0] == 429]
+    assert_graph_error(*throttled, 429, "ApplicationThrottled")
+    assert fake.stats()["max_concurrency"][MAILBOX] == 5
+
+
+def test_upload_base_url(fake):
+    """upload_base_url puts uploadUrls on another host name (the relay
+    must use the URL as given, and keep its token to Graph's host)."""
+    tok = fake.token()
+    other = "http://localhost:%d" % fake.port
+    fake.config(upload_base_url=other)
+    draft = new_draft(fake, tok)
+    sess = new_session(fake, tok, draft["id"], 3 * MIB)
+    assert sess["uploadUrl"].startswith(other + "/api/v2.0/")
+    conn = http.client.HTTPConnection("localhost", fake.port, timeout=5)
+    try:
+        st, h, _ = put_range(fake, sess["uploadUrl"], b"z" * (3 * MIB), 0,
+                             3 * MIB, conn=conn)
+    finally:
+        conn.close()
+    assert st == 201 and h["Location"].startswith(other + "/api/v2.0/")
+    with pytest.raises(AssertionError, match="upload_base_url"):
+        fake.config(upload_base_url="ftp://x/")
+
+
+def vm_hwm_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        return int(re.search(r"^VmHWM:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def test_upload_150_mb(fake):
+    """150 MB in slices of 12 x 320 KiB: the SHA-256 matches, the fake's
+    peak RSS grows by less than 50 MB (it hashes, never keeps, the bytes),
+    and its records show every slice in order."""
+    tok = fake.token()
+    total = 150 * MIB
+    draft = new_draft(fake, tok)
+    url = new_session(fake, tok, draft["id"], total)["uploadUrl"]
+    hwm0 = vm_hwm_kib(fake.proc.pid)
+    block = os.urandom(SLICE)
+    want = hashlib.sha256()
+    conn = fake.connection(timeout=30)
+    try:
+        for i, pos in enumerate(range(0, total, SLICE)):
+            data = i.to_bytes(4, "big") + block[4:total - pos]
+            want.update(data)
+            st, h, body = put_range(fake, url, data, pos, total, conn=conn)
+            assert st == (201 if pos + len(data) == total else 200), body
+    finally:
+        conn.close()
+    grew = vm_hwm_kib(fake.proc.pid) - hwm0
+    assert grew < 50 * 1024, "the fake's peak RSS grew by %d KiB" % grew
+    assert graph_call(fake, "POST", draft_tail(draft["id"], "/send"), None,
+                      tok)[0] == 202
+    [a] = fake.sent()[0]["attachments"]
+    assert (a["size"], a["sha256"]) == (total, want.hexdigest())
+    ups = fake.uploads()
+    assert [u["start"] for u in ups] == list(range(0, total, SLICE))
+    assert all(u["length"] <= 4 * MIB and u["length"] % (320 * 1024) == 0
+               for u in ups[:-1])
+    assert not any(u["authorization"] for u in ups)
+    assert sum(u["length"] for u in ups) == total
+
+
+# --------------------------------------------------------------------------
 # faults
 
 def test_fault_429_retry_after(fake):
