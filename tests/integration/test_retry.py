@@ -428,7 +428,9 @@ def test_graph_unavailable_hold_and_single_probe(relayd_factory,
                            (MAILBOX_A, "A 2", MAILBOX_A),
                            (MAILBOX_B, "B 1", MAILBOX_B),
                            (MAILBOX_B, "B 2", MAILBOX_B)])
-    assert time.time() < hold_end - 1, "too slow to queue during the hold"
+    # Queued during the hold they wait for it; queued later (a loaded
+    # machine) they find the probe in flight and wait for its answer:
+    # the checks below hold either way.
     d.wait_log(r"graph probing: one request", 10)
     d.wait_log(r"graph answering again: deliveries resume", 10)
     sent = fake.wait_sent(5, DELIVERY_TIMEOUT)
