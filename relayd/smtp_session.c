@@ -252,8 +252,7 @@ smtp_enter(struct smtp_session *s, enum smtp_state st)
 	if (ms == s->timeout_ms)	/* re-arming costs system calls */
 		return;
 	s->timeout_ms = ms;
-	tv.tv_sec = (time_t)(ms / 1000);
-	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+	tv = ms_tv(ms);
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 }
 
@@ -822,8 +821,7 @@ auth_result(struct smtp_session *s, enum auth_result r, char *out)
 		if (s->auth_timer == NULL)
 			s->auth_timer = evtimer_new(smtp_base(s->smtp),
 			    auth_fail_cb, s);
-		tv.tv_sec = (time_t)(delay / 1000);
-		tv.tv_usec = (suseconds_t)(delay % 1000) * 1000;
+		tv = ms_tv(delay);
 		evtimer_add(s->auth_timer, &tv);
 		break;
 	case AUTH_SYNTAX:
@@ -1600,8 +1598,7 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 		return;
 	}
 	/* Until the greeting, any input is a protocol violation. */
-	tv.tv_sec = (time_t)(cfg->greeting_delay_ms / 1000);
-	tv.tv_usec = (suseconds_t)(cfg->greeting_delay_ms % 1000) * 1000;
+	tv = ms_tv(cfg->greeting_delay_ms);
 	evtimer_add(s->timer, &tv);
 	tv.tv_sec = (time_t)(cfg->command_timeout_ms / 1000);
 	tv.tv_usec = 0;

@@ -2,6 +2,8 @@
 #ifndef RELAYD_UTIL_H
 #define RELAYD_UTIL_H
 
+#include <sys/time.h>
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -33,6 +35,7 @@ int	 check_private_mode(const char *, const char *, unsigned, char *,
 	    size_t);
 
 uint64_t now_ms(void);		/* CLOCK_MONOTONIC */
+struct timeval ms_tv(uint64_t);	/* milliseconds as a libevent timeout */
 uint64_t wall_us(void);		/* CLOCK_REALTIME */
 
 #endif

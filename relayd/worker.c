@@ -210,6 +210,17 @@ mbox_get(struct worker_pool *p, const char *mailbox)
 static uint64_t	pace_wait(const struct worker_pool *, struct mbox *,
 		    uint64_t);
 
+/* The mailbox is looked at again in ms milliseconds (mbox_timer_cb). */
+static void
+mbox_wake_in(struct worker_pool *p, struct mbox *mb, uint64_t ms)
+{
+	struct timeval	 tv = ms_tv(ms);
+
+	if (mb->timer == NULL)
+		mb->timer = evtimer_new(p->base, mbox_timer_cb, mb);
+	evtimer_add(mb->timer, &tv);
+}
+
 /*
  * How long an idle mailbox must be remembered: while it is held, and until
  * its pacing bucket is full again. 0: it can go.
@@ -235,18 +246,13 @@ static void
 mbox_put(struct worker_pool *p, struct mbox *mb)
 {
 	struct mbox	**pp;
-	struct timeval	 tv;
 	uint64_t	 warm;
 
 	if (mb->refs > 0 && --mb->refs > 0)
 		return;
 	if (!p->stopping && (warm = mbox_warm_for(p, mb)) > 0) {
 		/* Its hold and pace outlive its queue: look again then. */
-		if (mb->timer == NULL)
-			mb->timer = evtimer_new(p->base, mbox_timer_cb, mb);
-		tv.tv_sec = (time_t)(warm / 1000);
-		tv.tv_usec = (suseconds_t)(warm % 1000) * 1000;
-		evtimer_add(mb->timer, &tv);
+		mbox_wake_in(p, mb, warm);
 		return;
 	}
 	for (pp = &p->hash[hash_key(mb->key)]; *pp != mb; pp = &(*pp)->hnext)
@@ -300,7 +306,6 @@ pace_wait(const struct worker_pool *p, struct mbox *mb, uint64_t now)
 static void
 mbox_update(struct worker_pool *p, struct mbox *mb)
 {
-	struct timeval	 tv;
 	uint64_t	 now = now_ms(), wait = 0;
 	int		 want = !TAILQ_EMPTY(&mb->ready) &&
 	    mb->inflight < MAILBOX_CONCURRENCY;
@@ -311,11 +316,7 @@ mbox_update(struct worker_pool *p, struct mbox *mb)
 		wait = pace_wait(p, mb, now);
 	if (wait > 0) {
 		want = 0;
-		if (mb->timer == NULL)
-			mb->timer = evtimer_new(p->base, mbox_timer_cb, mb);
-		tv.tv_sec = (time_t)(wait / 1000);
-		tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
-		evtimer_add(mb->timer, &tv);
+		mbox_wake_in(p, mb, wait);
 	}
 	if (want && !mb->runnable)
 		TAILQ_INSERT_TAIL(&p->runnable, mb, rlink);
@@ -373,8 +374,7 @@ enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
 	if (next_ms > now) {
 		wait = next_ms - now;
 		qe->timer = evtimer_new(p->base, retry_cb, qe);
-		tv.tv_sec = (time_t)(wait / 1000);
-		tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
+		tv = ms_tv(wait);
 		evtimer_add(qe->timer, &tv);
 		return;
 	}
@@ -514,8 +514,7 @@ service_result(struct worker_pool *p, int failed)
 	    (double)p->svc_backoff_ms / 1000.0);
 	if (p->svc_timer == NULL)
 		p->svc_timer = evtimer_new(p->base, svc_timer_cb, p);
-	tv.tv_sec = (time_t)(p->svc_backoff_ms / 1000);
-	tv.tv_usec = (suseconds_t)(p->svc_backoff_ms % 1000) * 1000;
+	tv = ms_tv(p->svc_backoff_ms);
 	evtimer_add(p->svc_timer, &tv);
 }
 
@@ -616,8 +615,7 @@ defer(struct worker_pool *p, struct qent *qe, struct job *j)
 		return;
 	}
 	qe->timer = evtimer_new(p->base, retry_cb, qe);
-	tv.tv_sec = (time_t)(delay / 1000);
-	tv.tv_usec = (suseconds_t)(delay % 1000) * 1000;
+	tv = ms_tv(delay);
 	evtimer_add(qe->timer, &tv);
 }
 
