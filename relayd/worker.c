@@ -472,6 +472,12 @@ svc_timer_cb(evutil_socket_t fd, short ev, void *arg)
 
 	(void)fd;
 	(void)ev;
+	/*
+	 * libevent measures timeouts from the time it cached at the top of
+	 * the loop, so this can run a little before svc_until by now_ms():
+	 * the hold is over when the timer says so, or nothing would dispatch.
+	 */
+	p->svc_until = 0;
 	p->svc_probing = 1;
 	log_info("graph probing: one request to see whether Graph answers "
 	    "again");
