@@ -103,10 +103,12 @@ static const struct cfg_key cfg_keys[] = {
 	{ "smtp", "hostname", CFG_STR, NULL, 0, 0, OFF(hostname), NULL,
 	  "Name in the greeting and Received: header (default: the system "
 	  "host name)." },
-	{ "smtp", "max_message_size", CFG_SIZE, "35M", 1 * KB, 150 * MB,
+	{ "smtp", "max_message_size", CFG_SIZE, "35M", 1 * KB, 256 * MB,
 	  OFF(max_message_size), NULL,
 	  "Largest message accepted, in bytes (k, M suffixes); advertised with "
-	  "SIZE. Exchange Online's default is 35M, Graph's ceiling 150M." },
+	  "SIZE. Exchange Online's default is 35M. Graph takes attachments up "
+	  "to 150M each, which base64 makes 205M of message: 256M is the "
+	  "most." },
 	{ "smtp", "max_recipients", CFG_NUM, "500", 1, 500,
 	  OFF(max_recipients), NULL,
 	  "Recipients per message; Graph accepts at most 500." },

@@ -714,9 +714,11 @@ body_text(GMimeObject *obj, size_t *len)
 	return text;
 }
 
+static uint64_t	 part_size(GMimeObject *);
+
 static void
 map_parts(GMimeMessage *m, struct walk *w, json_object *msg,
-    struct graph_req *req)
+    struct graph_req *req, struct graph_draft *d)
 {
 	GMimeContentType	*ct;
 	json_object		*body, *arr, *att;
@@ -791,12 +793,34 @@ map_parts(GMimeMessage *m, struct walk *w, json_object *msg,
 		for (n = 0; type[n] != '\0'; n++)
 			type[n] = (char)tolower((unsigned char)type[n]);
 		name = attachment_name(obj, type,
-		    json_object_array_length(arr) + 1);
+		    json_object_array_length(arr) + (d ? d->nparts : 0) + 1);
+		id = g_mime_object_get_content_id(obj);
+		if (d != NULL) {
+			/* On its own, after the draft: nothing decoded yet. */
+			struct graph_part *gp;
+
+			json_object_put(att);
+			d->parts = xrealloc(d->parts, (d->nparts + 1) *
+			    sizeof(*d->parts));
+			gp = &d->parts[d->nparts++];
+			memset(gp, 0, sizeof(*gp));
+			gp->name = mime_utf8_repair(name, strlen(name), &n);
+			gp->type = mime_utf8_repair(type, strlen(type), &n);
+			if (html != NULL && id != NULL && html_refers(html, id)) {
+				gp->is_inline = 1;
+				gp->content_id = mime_utf8_repair(id,
+				    strlen(id), &n);
+			}
+			gp->obj = obj;
+			gp->size = part_size(obj);
+			free(name);
+			free(type);
+			continue;
+		}
 		json_object_object_add(att, "name", jstr(name));
 		json_object_object_add(att, "contentType", jstr(type));
 		json_object_object_add(att, "contentBytes",
 		    part_content_bytes(obj));
-		id = g_mime_object_get_content_id(obj);
 		if (html != NULL && id != NULL && html_refers(html, id)) {
 			json_object_object_add(att, "isInline",
 			    json_object_new_boolean(1));
@@ -808,7 +832,7 @@ map_parts(GMimeMessage *m, struct walk *w, json_object *msg,
 		free(name);
 		free(type);
 	}
-	req->nattach = json_object_array_length(arr);
+	req->nattach = json_object_array_length(arr) + (d ? d->nparts : 0);
 	add_array(msg, "attachments", arr);
 	free(html);
 }
@@ -1010,25 +1034,72 @@ map_mime(const char *data, size_t len, GMimeMessage *m,
 	return 0;
 }
 
+/*
+ * The message object msg (in req->root) from a parsed message; req->body
+ * is then the JSON text of req->root. With d, attachments are listed in d
+ * instead. Returns 0, or -1 with the reason in err.
+ */
+static int
+map_message(GMimeMessage *m, const struct graph_env *env,
+    const struct graph_opts *opts, json_object *msg, struct graph_req *req,
+    struct graph_draft *d, char *err, size_t errlen)
+{
+	struct walk	 w;
+	int		 rc = -1;
+
+	memset(&w, 0, sizeof(w));
+	w.max_depth = opts->max_depth;
+	map_headers(m, msg, req);
+	map_recipients(m, env, msg, &req->nrcpts);
+	map_parts(m, &w, msg, req, d);
+	if (w.too_deep)
+		snprintf(err, errlen, "MIME parts nested deeper than %u "
+		    "levels (max_mime_depth)", opts->max_depth);
+	else if (req->nrcpts == 0)
+		snprintf(err, errlen, "no recipients");
+	else {
+		req->body = json_object_to_json_string_length(req->root,
+		    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
+		    &req->len);
+		rc = 0;
+	}
+	free(w.nodes);
+	free(w.leaves);
+	return rc;
+}
+
+/* Lenient, as mail from old devices needs. */
+static GMimeParserOptions *
+parser_options(void)
+{
+	static const char	*fallback[] = { "UTF-8", "windows-1252", NULL };
+	GMimeParserOptions	*po = g_mime_parser_options_new();
+
+	g_mime_parser_options_set_fallback_charsets(po, fallback);
+	g_mime_parser_options_set_rfc2047_compliance_mode(po,
+	    GMIME_RFC_COMPLIANCE_LOOSE);
+	g_mime_parser_options_set_parameter_compliance_mode(po,
+	    GMIME_RFC_COMPLIANCE_LOOSE);
+	g_mime_parser_options_set_address_compliance_mode(po,
+	    GMIME_RFC_COMPLIANCE_LOOSE);
+	return po;
+}
+
 int
 graph_map(const char *data, size_t len, const struct graph_env *env,
     const struct graph_opts *opts, struct graph_req *req, char *err,
     size_t errlen)
 {
-	static const char	*fallback[] = { "UTF-8", "windows-1252", NULL };
 	GMimeParserOptions	*po;
 	GMimeParser		*parser;
 	GMimeStream		*stream;
 	GMimeMessage		*m;
 	GByteArray		*arr;
 	char			*copy = NULL;
-	struct walk		 w;
 	json_object		*msg;
 	int			 rc = -1;
 
 	memset(req, 0, sizeof(*req));
-	memset(&w, 0, sizeof(w));
-	w.max_depth = opts->max_depth;
 	if (len > G_MAXUINT) {
 		snprintf(err, errlen, "message too large to map");
 		return -1;
@@ -1039,14 +1110,7 @@ graph_map(const char *data, size_t len, const struct graph_env *env,
 	g_mime_stream_mem_set_owner(GMIME_STREAM_MEM(stream), FALSE);
 	parser = g_mime_parser_new_with_stream(stream);
 	g_mime_parser_set_persist_stream(parser, TRUE);
-	po = g_mime_parser_options_new();
-	g_mime_parser_options_set_fallback_charsets(po, fallback);
-	g_mime_parser_options_set_rfc2047_compliance_mode(po,
-	    GMIME_RFC_COMPLIANCE_LOOSE);
-	g_mime_parser_options_set_parameter_compliance_mode(po,
-	    GMIME_RFC_COMPLIANCE_LOOSE);
-	g_mime_parser_options_set_address_compliance_mode(po,
-	    GMIME_RFC_COMPLIANCE_LOOSE);
+	po = parser_options();
 	m = g_mime_parser_construct_message(parser, po);
 	if (m == NULL) {
 		/* No header at all: the whole text is the body. */
@@ -1084,22 +1148,8 @@ graph_map(const char *data, size_t len, const struct graph_env *env,
 	json_object_object_add(req->root, "message", msg);
 	json_object_object_add(req->root, "saveToSentItems",
 	    json_object_new_boolean(opts->save_to_sent != 0));
-	map_headers(m, msg, req);
-	map_recipients(m, env, msg, &req->nrcpts);
-	map_parts(m, &w, msg, req);
-	if (w.too_deep) {
-		snprintf(err, errlen, "MIME parts nested deeper than %u "
-		    "levels (max_mime_depth)", opts->max_depth);
-		goto out;
-	}
-	if (req->nrcpts == 0) {
-		snprintf(err, errlen, "no recipients");
-		goto out;
-	}
-	req->body = json_object_to_json_string_length(req->root,
-	    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE,
-	    &req->len);
-	rc = 0;
+	if (map_message(m, env, opts, msg, req, NULL, err, errlen) == 0)
+		rc = 0;
 out:
 	if (rc == -1)
 		graph_req_free(req);
@@ -1110,9 +1160,181 @@ out:
 	g_object_unref(stream);
 	g_byte_array_free(arr, FALSE);
 	free(copy);
-	free(w.nodes);
-	free(w.leaves);
 	return rc;
+}
+
+/* ---- the draft path: parts read from the spool file as needed ---- */
+
+/* A part's decoded bytes as a stream, from the start. */
+static GMimeStream *
+part_stream(GMimeObject *obj)
+{
+	GMimeDataWrapper	*dw;
+	GMimeStream		*src, *f;
+	GMimeFilter		*dec;
+	GMimeFormatOptions	*fo;
+	GMimeMessage		*inner;
+	GMimeContentEncoding	 enc;
+
+	if (GMIME_IS_MESSAGE_PART(obj)) {
+		/* Serialized (in memory), as the JSON form does. */
+		f = g_mime_stream_mem_new();
+		inner = g_mime_message_part_get_message(
+		    GMIME_MESSAGE_PART(obj));
+		if (inner != NULL) {
+			fo = g_mime_format_options_new();
+			g_mime_format_options_set_newline_format(fo,
+			    GMIME_NEWLINE_FORMAT_DOS);
+			g_mime_object_write_to_stream(GMIME_OBJECT(inner), fo,
+			    f);
+			g_mime_format_options_free(fo);
+		}
+		g_mime_stream_reset(f);
+		return f;
+	}
+	if ((dw = g_mime_part_get_content(GMIME_PART(obj))) == NULL ||
+	    (src = g_mime_data_wrapper_get_stream(dw)) == NULL)
+		return g_mime_stream_mem_new();
+	g_mime_stream_reset(src);
+	f = g_mime_stream_filter_new(src);
+	enc = g_mime_data_wrapper_get_encoding(dw);
+	if (enc == GMIME_CONTENT_ENCODING_BASE64 ||
+	    enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
+	    enc == GMIME_CONTENT_ENCODING_UUENCODE) {
+		dec = g_mime_filter_basic_new(enc, FALSE);
+		g_mime_stream_filter_add(GMIME_STREAM_FILTER(f), dec);
+		g_object_unref(dec);
+	}
+	return f;
+}
+
+/* Fills buf unless the stream ends first: the byte count, or -1. */
+static ssize_t
+stream_fill(GMimeStream *s, char *buf, size_t len)
+{
+	size_t	 got = 0;
+	ssize_t	 n;
+	int	 idle = 0;
+
+	while (got < len && !g_mime_stream_eos(s)) {
+		if ((n = g_mime_stream_read(s, buf + got, len - got)) < 0) {
+			if (g_mime_stream_eos(s))
+				break;
+			return -1;
+		}
+		if (n == 0 && ++idle > 64)
+			break;
+		got += (size_t)n;
+	}
+	return (ssize_t)got;
+}
+
+/* Decoded bytes, counted in one pass over the spool file. */
+static uint64_t
+part_size(GMimeObject *obj)
+{
+	GMimeStream	*s = part_stream(obj);
+	char		 buf[16384];
+	uint64_t	 total = 0;
+	ssize_t		 n;
+
+	while ((n = stream_fill(s, buf, sizeof(buf))) > 0)
+		total += (uint64_t)n;
+	g_object_unref(s);
+	return total;
+}
+
+struct graph_reader {
+	GMimeStream	*s;
+};
+
+struct graph_reader *
+graph_part_open(const struct graph_part *gp)
+{
+	struct graph_reader	*r = xcalloc(1, sizeof(*r));
+
+	r->s = part_stream(gp->obj);
+	return r;
+}
+
+ssize_t
+graph_part_read(struct graph_reader *r, char *buf, size_t len)
+{
+	return stream_fill(r->s, buf, len);
+}
+
+void
+graph_part_close(struct graph_reader *r)
+{
+	if (r == NULL)
+		return;
+	g_object_unref(r->s);
+	free(r);
+}
+
+int
+graph_map_draft(int fd, uint64_t off, uint64_t len,
+    const struct graph_env *env, const struct graph_opts *opts,
+    struct graph_draft *d, char *err, size_t errlen)
+{
+	GMimeParserOptions	*po;
+	GMimeParser		*parser;
+	GMimeStream		*stream;
+	GMimeMessage		*m;
+	struct graph_req	*req = &d->req;
+	int			 rc = -1;
+
+	memset(d, 0, sizeof(*d));
+	/* read() through the page cache: mapped pages would count as ours. */
+	stream = g_mime_stream_fs_new_with_bounds(fd, (gint64)off,
+	    (gint64)(off + len));
+	g_mime_stream_fs_set_owner(GMIME_STREAM_FS(stream), FALSE);
+	parser = g_mime_parser_new_with_stream(stream);
+	g_mime_parser_set_persist_stream(parser, TRUE);
+	po = parser_options();
+	if ((m = g_mime_parser_construct_message(parser, po)) == NULL) {
+		snprintf(err, errlen, "not a message (no header found)");
+		goto out;
+	}
+	req->root = json_object_new_object();
+	if (map_message(m, env, opts, req->root, req, d, err, errlen) == -1)
+		goto out;
+	d->msg = m;
+	d->stream = stream;
+	m = NULL;
+	stream = NULL;
+	rc = 0;
+out:
+	if (rc == -1)
+		graph_draft_free(d);
+	if (m != NULL)
+		g_object_unref(m);
+	g_object_unref(parser);
+	g_mime_parser_options_free(po);
+	if (stream != NULL)
+		g_object_unref(stream);
+	return rc;
+}
+
+void
+graph_draft_free(struct graph_draft *d)
+{
+	size_t	 i;
+
+	if (d == NULL)
+		return;
+	for (i = 0; i < d->nparts; i++) {
+		free(d->parts[i].name);
+		free(d->parts[i].type);
+		free(d->parts[i].content_id);
+	}
+	free(d->parts);
+	graph_req_free(&d->req);
+	if (d->msg != NULL)
+		g_object_unref(d->msg);
+	if (d->stream != NULL)
+		g_object_unref(d->stream);
+	memset(d, 0, sizeof(*d));
 }
 
 void

@@ -3,6 +3,8 @@
 #define RELAYD_GRAPH_H
 
 #include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
 
 struct json_object;
 
@@ -51,6 +53,47 @@ struct graph_req {
 int	graph_map(const char *, size_t, const struct graph_env *,
 	    const struct graph_opts *, struct graph_req *, char *, size_t);
 void	graph_req_free(struct graph_req *);
+
+/* Graph's limit for one request body; beyond it, the draft path. */
+#define GRAPH_REQ_MAX		(4 * 1024 * 1024)
+/* An attachment this size or more goes through an upload session. */
+#define GRAPH_UPLOAD_MIN	(3 * 1024 * 1024)
+
+/* An attachment that goes to the draft on its own, after it. */
+struct graph_part {
+	char		*name;		/* UTF-8 */
+	char		*type;
+	char		*content_id;	/* when inline */
+	int		 is_inline;
+	uint64_t	 size;		/* decoded bytes */
+	void		*obj;		/* the GMime part, owned by the draft */
+};
+
+/* A message too large for one request: the draft and its attachments. */
+struct graph_draft {
+	struct graph_req	 req;	/* body: the message for POST .../messages */
+	struct graph_part	*parts;
+	size_t			 nparts;
+	void			*msg;	/* GMimeMessage */
+	void			*stream;
+};
+
+/*
+ * Maps the message at off (len bytes) in the file fd for the draft path:
+ * the message JSON without attachments, each of which is listed in parts
+ * with its decoded size. Parts are read from the file again when sent,
+ * never held whole; fd must stay open until graph_draft_free(). Returns 0,
+ * or -1 with the reason in err (permanent, as for graph_map).
+ */
+int	graph_map_draft(int, uint64_t, uint64_t, const struct graph_env *,
+	    const struct graph_opts *, struct graph_draft *, char *, size_t);
+void	graph_draft_free(struct graph_draft *);
+
+/* Reads a part's decoded bytes from its start: full buffers until the end. */
+struct graph_reader;
+struct graph_reader *graph_part_open(const struct graph_part *);
+ssize_t	graph_part_read(struct graph_reader *, char *, size_t);
+void	graph_part_close(struct graph_reader *);
 
 /* What became of one request. */
 enum graph_result {

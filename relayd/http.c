@@ -76,6 +76,14 @@ http_abort_after(uint64_t ms)
 	atomic_store(&abort_at, ms);
 }
 
+int
+http_stopping(void)
+{
+	uint64_t	 at = atomic_load(&abort_at);
+
+	return at != 0 && now_ms() >= at;
+}
+
 static CURLcode
 add_cas(CURL *curl, void *sslctx, void *arg)
 {
@@ -128,7 +136,7 @@ on_body(char *data, size_t size, size_t n, void *arg)
 	struct http_resp	*r = arg;
 	size_t			 len = size * n, take;
 
-	take = r->len + len > HTTP_BODY_MAX ? HTTP_BODY_MAX - r->len : len;
+	take = r->len + len > r->keep ? r->keep - r->len : len;
 	if (take > 0) {
 		r->body = xrealloc(r->body, r->len + take + 1);
 		memcpy(r->body + r->len, data, take);
@@ -193,21 +201,41 @@ int
 http_post(CURL *c, const char *url, const char *const *headers,
     const char *body, size_t len, struct http_resp *r)
 {
+	return http_request(c, "POST", url, headers, body, len, HTTP_BODY_MAX,
+	    r);
+}
+
+int
+http_request(CURL *c, const char *method, const char *url,
+    const char *const *headers, const char *body, size_t len, size_t keep,
+    struct http_resp *r)
+{
 	struct curl_slist	*hl = NULL;
 	CURLcode		 rc;
 	uint64_t		 t0 = now_ms();
 	size_t			 i;
+	int			 has_body = strcmp(method, "POST") == 0 ||
+	    strcmp(method, "PUT") == 0;
 
 	memset(r, 0, sizeof(*r));
+	r->keep = keep;
 	for (i = 0; headers != NULL && headers[i] != NULL; i++)
 		hl = curl_slist_append(hl, headers[i]);
 	/* No "Expect: 100-continue" round trip before large bodies. */
 	hl = curl_slist_append(hl, "Expect:");
 	curl_easy_setopt(c, CURLOPT_URL, url);
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, hl);
-	curl_easy_setopt(c, CURLOPT_POST, 1L);
-	curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
-	curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+	if (has_body) {
+		/* POSTFIELDS sends the body with any method name. */
+		curl_easy_setopt(c, CURLOPT_POST, 1L);
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body != NULL ? body :
+		    "");
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE,
+		    (curl_off_t)len);
+	} else
+		curl_easy_setopt(c, CURLOPT_HTTPGET, 1L);
+	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, strcmp(method, "POST") ==
+	    0 || strcmp(method, "GET") == 0 ? NULL : method);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, r);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_header);
@@ -221,6 +249,7 @@ http_post(CURL *c, const char *url, const char *const *headers,
 	r->resent = r->requests > 1;
 	curl_easy_setopt(c, CURLOPT_HTTPHEADER, NULL);
 	curl_easy_setopt(c, CURLOPT_ERRORBUFFER, NULL);
+	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, NULL);
 	curl_slist_free_all(hl);
 	r->ms = now_ms() - t0;
 	if (rc != CURLE_OK) {

@@ -21,6 +21,7 @@ struct http_resp {
 	int		 sent;			/* no answer, but all sent */
 	int		 requests;		/* request heads sent */
 	int		 resent;		/* libcurl sent it again */
+	size_t		 keep;			/* answer bytes kept */
 	uint64_t	 ms;
 };
 
@@ -38,9 +39,17 @@ CURL	*http_handle_new(const struct config *);
  */
 int	 http_post(CURL *, const char *, const char *const *, const char *,
 	    size_t, struct http_resp *);
+/*
+ * Any method (GET, POST, PUT, DELETE), keeping up to keep bytes of the
+ * answer; POST and PUT send body, the others none. Returns as http_post.
+ */
+int	 http_request(CURL *, const char *, const char *, const char *const *,
+	    const char *, size_t, size_t, struct http_resp *);
 void	 http_resp_clear(struct http_resp *);
 /* Requests still running after this CLOCK_MONOTONIC ms are cut (stop). */
 void	 http_abort_after(uint64_t);
+/* 1 once that time has come. */
+int	 http_stopping(void);
 /* The URL without the password of a user:password@ part, malloc'd. */
 char	*http_redact(const char *);
 /* Percent-encodes a URL path segment into a malloc'd string. */

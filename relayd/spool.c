@@ -1435,6 +1435,7 @@ spool_map_msg(struct spool *sp, const char *qid, struct spool_view *v,
 	int		 fd, saved;
 
 	memset(v, 0, sizeof(*v));
+	v->fd = -1;
 	if (idx_locate(sp, qid, seg, &off, &len) == -1) {
 		*why = "not in the queue";
 		return -1;
@@ -1448,9 +1449,10 @@ spool_map_msg(struct spool *sp, const char *qid, struct spool_view *v,
 	v->map = mmap(NULL, v->maplen, PROT_READ, MAP_PRIVATE, fd,
 	    (off_t)base);
 	saved = errno;
-	close(fd);
+	v->fd = fd;
 	if (v->map == MAP_FAILED) {
 		v->map = NULL;
+		spool_unmap_msg(v);
 		*why = strerror(saved);
 		errno = saved;
 		return -1;
@@ -1463,6 +1465,7 @@ spool_map_msg(struct spool *sp, const char *qid, struct spool_view *v,
 		return -1;
 	}
 	v->msg = (char *)v->map + (off - base) + v->e.body_offset;
+	v->msg_off = off + v->e.body_offset;
 	return 0;
 }
 
@@ -1473,6 +1476,9 @@ spool_unmap_msg(struct spool_view *v)
 	if (v->map != NULL)
 		munmap(v->map, v->maplen);
 	v->map = NULL;
+	if (v->fd != -1)
+		close(v->fd);
+	v->fd = -1;
 }
 
 /* Rewrites byte(s) of a record in its segment, in place. */

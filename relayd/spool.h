@@ -55,6 +55,8 @@ struct spool_view {
 	const char		*msg;	/* e.size bytes */
 	void			*map;
 	size_t			 maplen;
+	int			 fd;	/* the segment, open for read() */
+	uint64_t		 msg_off;	/* where msg starts in it */
 };
 
 /* err is 0 on success or an errno value. The message is owned by the spool. */

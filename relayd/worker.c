@@ -52,6 +52,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "draft.h"
 #include "graph.h"
 #include "http.h"
 #include "log.h"
@@ -79,6 +80,7 @@ struct qent {
 	uint64_t		 arrival_ms;	/* wall clock */
 	char			*sender;	/* envelope, "" for null */
 	int			 maybe_dup;	/* an attempt may have gone out */
+	char			*stray;		/* a draft to delete: "mailbox id" */
 	struct mbox		*mb;
 	struct event		*timer;		/* while deferred */
 	struct worker_pool	*pool;
@@ -119,6 +121,8 @@ struct job {
 	size_t			 nrcpts;
 	size_t			 nattach;
 	uint64_t		 ms;
+	int			 draft;		/* it took the draft path */
+	char			*stray;		/* in and out: see qent */
 	struct job		*next;
 };
 
@@ -344,6 +348,7 @@ qent_free(struct worker_pool *p, struct qent *qe)
 	TAILQ_REMOVE(&p->all, qe, all);
 	p->queued--;
 	free(qe->sender);
+	free(qe->stray);
 	free(qe);
 }
 
@@ -418,6 +423,8 @@ dispatch(struct worker_pool *p)
 		p->busy++;
 		j = xcalloc(1, sizeof(*j));
 		j->qe = qe;
+		j->stray = qe->stray;
+		qe->stray = NULL;
 		memcpy(j->qid, qe->qid, sizeof(j->qid));
 		j->key = mb->key;
 		j->next = list;
@@ -634,6 +641,8 @@ finish(struct worker_pool *p, struct job *j)
 	qe->mb->inflight--;
 	p->busy--;
 	qe->attempts++;
+	qe->stray = j->stray;
+	j->stray = NULL;
 	if (j->err.flags & GRAPH_F_DUPLICATE)
 		qe->maybe_dup = 1;
 	/* Only what Graph said (or did not) counts; a probe that never got
@@ -645,9 +654,10 @@ finish(struct worker_pool *p, struct job *j)
 	case GRAPH_SENT:
 		log_info("%s graph sent mailbox=%s rcpts=%zu size=%" PRIu64
 		    " attachments=%zu graph_status=%ld request_id=%s ms=%" PRIu64
-		    "%s", qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
+		    "%s%s", qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
 		    qe->size, j->nattach, j->status,
 		    j->request_id[0] ? j->request_id : "-", j->ms,
+		    j->draft ? " path=draft" : "",
 		    qe->maybe_dup ? " possible_duplicate=yes" : "");
 		spool_remove(p->spool, qe->qid);
 		qent_free(p, qe);
@@ -696,6 +706,7 @@ notify_cb(evutil_socket_t fd, short ev, void *arg)
 		mbox_put(p, mb);
 		free(j->body);
 		free(j->mailbox);
+		free(j->stray);
 		free(j);
 	}
 	dispatch(p);
@@ -762,64 +773,214 @@ job_fail(struct job *j, enum graph_result r, const char *code,
 	va_end(ap);
 }
 
-/* POSTs the body, with one fresh token after a 401. */
+/*
+ * One request to Graph with the bearer token, and one fresh token after a
+ * 401. Returns 0 with an answer, -1 without (r->error says why), -2 when
+ * no token could be had (the job says why).
+ */
+static int
+authed(struct worker_pool *p, CURL *c, struct job *j, const char *method,
+    const char *url, const char *ctype, const char *body, size_t len,
+    size_t keep, struct http_resp *r)
+{
+	char		*tok, *auth, ctbuf[96], err[512];
+	const char	*headers[4];
+	int		 attempt, rc = -1;
+
+	memset(r, 0, sizeof(*r));
+	snprintf(ctbuf, sizeof(ctbuf), "Content-Type: %s", ctype);
+	for (attempt = 0; attempt < 2; attempt++) {
+		if ((tok = token_get(p->token, c, err, sizeof(err))) == NULL) {
+			/* Try again when the token service may be asked. */
+			job_fail(j, GRAPH_TEMPFAIL, "token", "%s", err);
+			j->retry_ms = token_retry_in(p->token);
+			j->err.flags = 0;
+			strlcpy_r(r->error, err, sizeof(r->error));
+			return -2;
+		}
+		xasprintf(&auth, "Authorization: Bearer %s", tok);
+		headers[0] = auth;
+		headers[1] = ctbuf;
+		headers[2] = "Accept: application/json";
+		headers[3] = NULL;
+		rc = http_request(c, method, url, headers, body, len, keep, r);
+		explicit_bzero(auth, strlen(auth));
+		free(auth);
+		j->reached = 1;
+		if (r->status == 401 && graph_classify(r->status, r->body,
+		    r->len, &j->err) == GRAPH_REAUTH) {
+			/* The next request (this one again, once) gets a
+			 * fresh token. */
+			token_invalidate(p->token, tok);
+			if (attempt == 0)
+				http_resp_clear(r);
+		} else
+			attempt = 2;
+		explicit_bzero(tok, strlen(tok));
+		free(tok);
+	}
+	return rc;
+}
+
+/* What an answer (or its absence) means for the job. */
+static void
+take_answer(struct job *j, struct http_resp *r)
+{
+	j->status = r->status;
+	j->ms += r->ms;
+	strlcpy_r(j->request_id, r->request_id, sizeof(j->request_id));
+	j->result = graph_classify(r->status, r->body, r->len, &j->err);
+	/* All of it went out and no answer came, or libcurl sent it again
+	 * by itself on a new connection: Graph may have it. */
+	if ((r->status == 0 && r->sent) || r->resent)
+		j->err.flags |= GRAPH_F_DUPLICATE;
+	if (r->status == 0)
+		log_escape(j->err.message, sizeof(j->err.message), r->error,
+		    strlen(r->error));
+	j->retry_ms = graph_retry_after_ms(r->retry_after[0] ?
+	    r->retry_after : NULL, (long long)(wall_us() / 1000));
+	free(j->body);
+	j->body = NULL;
+	if (j->result == GRAPH_PERMFAIL && r->body != NULL)
+		j->body = xstrndup(r->body, r->len < REASON_BODY_MAX ?
+		    r->len : REASON_BODY_MAX);
+}
+
+static char *
+user_url(struct worker_pool *p, const char *mailbox)
+{
+	char	*mb, *url;
+
+	mb = http_escape(mailbox);
+	xasprintf(&url, "%s/v1.0/users/%s", p->cfg->graph_url, mb);
+	free(mb);
+	return url;
+}
+
+/* POSTs the body to sendMail. */
 static void
 send_request(struct worker_pool *p, CURL *c, struct job *j,
     const struct graph_req *req)
 {
 	struct http_resp	 r;
-	char			*tok, *auth, *url, *mb, err[512];
-	const char		*headers[4];
-	int			 attempt;
+	char			*url, *base;
 
-	mb = http_escape(j->mailbox);
-	xasprintf(&url, "%s/v1.0/users/%s/sendMail", p->cfg->graph_url, mb);
-	free(mb);
-	for (attempt = 0; attempt < 2; attempt++) {
-		if ((tok = token_get(p->token, c, err, sizeof(err))) == NULL) {
-			/* Try again when the token service may be asked. */
-			job_fail(j, GRAPH_TEMPFAIL, "token", "%s", err);
-			j->status = 0;
-			j->retry_ms = token_retry_in(p->token);
-			break;
-		}
-		xasprintf(&auth, "Authorization: Bearer %s", tok);
-		headers[0] = auth;
-		headers[1] = req->mime ? "Content-Type: text/plain" :
-		    "Content-Type: application/json";
-		headers[2] = "Accept: application/json";
-		headers[3] = NULL;
-		http_post(c, url, headers, req->body, req->len, &r);
-		explicit_bzero(auth, strlen(auth));
-		free(auth);
-		j->status = r.status;
-		j->ms = r.ms;
-		strlcpy_r(j->request_id, r.request_id, sizeof(j->request_id));
-		j->reached = 1;
-		j->result = graph_classify(r.status, r.body, r.len, &j->err);
-		/* All of it went out and no answer came, or libcurl sent it
-		 * again by itself on a new connection: Graph may have it. */
-		if ((r.status == 0 && r.sent) || r.resent)
-			j->err.flags |= GRAPH_F_DUPLICATE;
-		if (r.status == 0)
-			log_escape(j->err.message, sizeof(j->err.message),
-			    r.error, strlen(r.error));
-		j->retry_ms = graph_retry_after_ms(r.retry_after[0] ?
-		    r.retry_after : NULL, (long long)(wall_us() / 1000));
-		free(j->body);
-		j->body = NULL;
-		if (j->result == GRAPH_PERMFAIL && r.body != NULL)
-			j->body = xstrndup(r.body, r.len < REASON_BODY_MAX ?
-			    r.len : REASON_BODY_MAX);
-		http_resp_clear(&r);
-		if (j->result == GRAPH_REAUTH)
-			token_invalidate(p->token, tok);
-		explicit_bzero(tok, strlen(tok));
-		free(tok);
-		if (j->result != GRAPH_REAUTH)
-			break;
-	}
+	base = user_url(p, j->mailbox);
+	xasprintf(&url, "%s/sendMail", base);
+	free(base);
+	if (authed(p, c, j, "POST", url, req->mime ? "text/plain" :
+	    "application/json", req->body, req->len, HTTP_BODY_MAX, &r) != -2)
+		take_answer(j, &r);
+	http_resp_clear(&r);
 	free(url);
+}
+
+struct draft_arg {
+	struct worker_pool	*p;
+	CURL			*c;
+	struct job		*j;
+	int			 no_token;
+};
+
+static int
+draft_authed(void *arg, const char *method, const char *url,
+    const char *ctype, const char *body, size_t len, size_t keep,
+    struct http_resp *r)
+{
+	struct draft_arg	*a = arg;
+	int			 rc;
+
+	rc = authed(a->p, a->c, a->j, method, url, ctype, body, len, keep, r);
+	if (rc == -2)
+		a->no_token = 1;
+	return rc == 0 ? 0 : -1;
+}
+
+/* A draft left by an earlier attempt goes first ("mailbox id"). */
+static void
+delete_stray(struct worker_pool *p, CURL *c, struct job *j)
+{
+	struct draft_arg	 a = { p, c, j, 0 };
+	struct draft_io		 io;
+	char			*sp;
+
+	if (j->stray == NULL || (sp = strchr(j->stray, ' ')) == NULL)
+		return;
+	*sp = '\0';
+	io.c = c;
+	io.user_url = user_url(p, j->stray);
+	io.call = draft_authed;
+	io.arg = &a;
+	if (draft_delete(&io, sp + 1) == 0) {
+		log_info("%s draft deleted mailbox=%s (left by an earlier "
+		    "attempt)", j->qid, j->stray);
+		free(j->stray);
+		j->stray = NULL;
+	} else
+		*sp = ' ';
+	free((char *)io.user_url);
+	j->reached = 0;
+}
+
+/* The draft path: the message is too large for one sendMail request. */
+static void
+send_draft(struct worker_pool *p, CURL *c, struct job *j,
+    struct graph_draft *d)
+{
+	struct draft_arg	 a = { p, c, j, 0 };
+	struct draft_io		 io;
+	struct draft_out	 out;
+	uint64_t		 t0 = now_ms();
+
+	j->draft = 1;
+	io.c = c;
+	io.user_url = user_url(p, j->mailbox);
+	io.call = draft_authed;
+	io.arg = &a;
+	if (draft_send(&io, d, &out) == 0 || out.maybe_sent) {
+		j->result = GRAPH_SENT;
+		j->status = 202;
+	} else if (!a.no_token) {
+		take_answer(j, &out.resp);
+		/* Say which step, and what a 403 on the draft means. */
+		if (out.no_permission)
+			snprintf(j->err.message, sizeof(j->err.message),
+			    "creating a draft needs the Mail.ReadWrite "
+			    "application permission: messages over 4 MB take "
+			    "the draft path (see README)");
+		else {
+			char msg[sizeof(out.step) + sizeof(j->err.message) +
+			    4];
+
+			snprintf(msg, sizeof(msg), "%s: %s", out.step,
+			    j->err.message);
+			strlcpy_r(j->err.message, msg, sizeof(j->err.message));
+		}
+	}
+	if (out.stray != NULL) {
+		free(j->stray);
+		xasprintf(&j->stray, "%s %s", j->mailbox, out.stray);
+		log_warnx("%s draft left mailbox=%s: it could not be deleted "
+		    "now, the next attempt deletes it", j->qid, j->mailbox);
+	}
+	draft_out_clear(&out);
+	free((char *)io.user_url);
+	j->ms = now_ms() - t0;
+}
+
+/* The sending mailbox, by [graph] mailbox; NULL if there is none. */
+static const char *
+sending_mailbox(const struct worker_pool *p, const struct spool_entry *e,
+    const char *from)
+{
+	const char	*mode = p->cfg->mailbox;
+
+	if (strcmp(mode, "envelope") == 0)
+		return *e->mail_from != '\0' ? e->mail_from : from;
+	if (strcmp(mode, "from") == 0)
+		return from != NULL ? from : (*e->mail_from != '\0' ?
+		    e->mail_from : NULL);
+	return mode;
 }
 
 /* One delivery attempt, start to end, on a worker thread. */
@@ -830,13 +991,15 @@ deliver(struct worker_pool *p, CURL *c, struct job *j)
 	struct spool_entry	*e = &v.e;
 	struct graph_env	 env;
 	struct graph_req	 req;
+	struct graph_draft	 d;
 	struct slot		*slot = NULL;
-	const char		*why, *mode = p->cfg->mailbox;
-	const char		*sender;
+	const char		*why, *sender;
 	char			**rcpts = NULL, err[256];
 	size_t			 i;
+	int			 large;
 
 	memset(&req, 0, sizeof(req));
+	memset(&d, 0, sizeof(d));
 	j->retry_ms = -1;
 	if (spool_map_msg(p->spool, j->qid, &v, &why) == -1) {
 		if (errno == EBADMSG)
@@ -856,21 +1019,38 @@ deliver(struct worker_pool *p, CURL *c, struct job *j)
 	env.mail_from = e->mail_from;
 	env.rcpts = (const char *const *)rcpts;
 	env.nrcpts = e->nrcpts;
-	if (graph_map(v.msg, e->size, &env, &p->opts, &req, err,
-	    sizeof(err)) == -1) {
+	/*
+	 * Over 4 MB as received, its JSON would be too: never build that in
+	 * memory. Under it, map, and take the draft path if the JSON grew
+	 * past the limit (base64 adds a third).
+	 */
+	large = e->size > GRAPH_REQ_MAX;
+	if (!large) {
+		if (graph_map(v.msg, e->size, &env, &p->opts, &req, err,
+		    sizeof(err)) == -1) {
+			job_fail(j, GRAPH_PERMFAIL, "mapping", "%s", err);
+			goto out;
+		}
+		if (req.len > GRAPH_REQ_MAX) {
+			graph_req_free(&req);
+			large = 1;
+		}
+	}
+	if (large && graph_map_draft(v.fd, v.msg_off, e->size, &env,
+	    &p->opts, &d, err, sizeof(err)) == -1) {
 		job_fail(j, GRAPH_PERMFAIL, "mapping", "%s", err);
 		goto out;
 	}
-	j->nrcpts = req.nrcpts;
-	j->nattach = req.nattach;
-	if (strcmp(mode, "envelope") == 0)
-		sender = *e->mail_from != '\0' ? e->mail_from : req.from;
-	else if (strcmp(mode, "from") == 0)
-		sender = req.from != NULL ? req.from : (*e->mail_from != '\0' ?
-		    e->mail_from : NULL);
-	else
-		sender = mode;
-	if (sender == NULL) {
+	if (large && d.req.len > GRAPH_REQ_MAX) {
+		job_fail(j, GRAPH_PERMFAIL, "mapping", "the message without "
+		    "its attachments is %zu bytes, over Graph's 4 MB request "
+		    "limit", d.req.len);
+		goto out;
+	}
+	j->nrcpts = large ? d.req.nrcpts : req.nrcpts;
+	j->nattach = large ? d.req.nattach : req.nattach;
+	if ((sender = sending_mailbox(p, e, large ? d.req.from : req.from)) ==
+	    NULL) {
 		job_fail(j, GRAPH_PERMFAIL, "mailbox", "no sending mailbox: "
 		    "null sender and no From: address");
 		goto out;
@@ -878,11 +1058,16 @@ deliver(struct worker_pool *p, CURL *c, struct job *j)
 	free(j->mailbox);
 	j->mailbox = xstrdup(sender);
 	slot = slot_take(p, sender);
-	send_request(p, c, j, &req);
+	delete_stray(p, c, j);
+	if (large)
+		send_draft(p, c, j, &d);
+	else
+		send_request(p, c, j, &req);
 	if (slot != NULL)
 		slot_give(p, slot);
 out:
 	graph_req_free(&req);
+	graph_draft_free(&d);
 	if (rcpts != NULL)
 		for (i = 0; i < e->nrcpts; i++)
 			free(rcpts[i]);
@@ -1081,6 +1266,7 @@ worker_free(struct worker_pool *p)
 			finish(p, j);
 		free(j->body);
 		free(j->mailbox);
+		free(j->stray);
 		free(j);
 	}
 	/* The rest stays on disk for the next start. */

@@ -353,7 +353,7 @@ def test_check_mode_unknown_key(tmp_path):
 
 @pytest.mark.parametrize("text,line,words", [
     ("[smtp]\nmax_recipients = 501\n", 2, "max_recipients"),
-    ("[smtp]\nmax_message_size = 151M\n", 2, "max_message_size"),
+    ("[smtp]\nmax_message_size = 257M\n", 2, "max_message_size"),
     ("[smtp]\nmax_message_size = 1000\n", 2, "max_message_size"),
     ("[smtp]\nmax_line_length = 100\n", 2, "max_line_length"),
     ("[smtp]\ncommand_timeout = 500ms\n", 2, "command_timeout"),

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include <json-c/json.h>
@@ -423,6 +424,83 @@ test_mime_form_too_big_goes_json(void **state)
 	free(big);
 }
 
+/*
+ * The draft path's mapping from a file: the message JSON without its
+ * attachments, each part listed with its decoded size, and read back
+ * exactly (base64, quoted-printable and 8bit), in one go and in pieces.
+ */
+static void
+test_draft_map(void **state)
+{
+	static const char msg[] = "Junk before the record\n"
+	    "From: Scan <scan@corp.example>\r\nTo: alice@example.com\r\n"
+	    "Subject: big\r\nMIME-Version: 1.0\r\n"
+	    "Content-Type: multipart/related; boundary=\"b\"\r\n\r\n"
+	    "--b\r\nContent-Type: text/html\r\n\r\n"
+	    "<img src=\"cid:logo@x\">\r\n"
+	    "--b\r\nContent-Type: image/png\r\nContent-ID: <logo@x>\r\n"
+	    "Content-Transfer-Encoding: base64\r\n\r\n"
+	    "aGVsbG8g\r\nd29ybGQ=\r\n"
+	    "--b\r\nContent-Type: text/plain; name=\"a.txt\"\r\n"
+	    "Content-Disposition: attachment; filename=\"a.txt\"\r\n"
+	    "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+	    "caf=C3=A9 =\r\nok\r\n"
+	    "--b\r\nContent-Type: application/octet-stream\r\n\r\n"
+	    "raw bytes\r\n--b--\r\nafter the record";
+	const char		*rcpts[] = { "alice@example.com" };
+	struct graph_env	 env = { "scan@corp.example", rcpts, 1 };
+	struct graph_opts	 opts = { 1, 30, GRAPH_MODE_AUTO };
+	struct graph_draft	 d;
+	struct graph_reader	*r;
+	char			 tmpl[] = "/tmp/test_graph.XXXXXX", buf[64], err[256];
+	size_t			 off = strlen("Junk before the record\n");
+	size_t			 len = strlen(msg) - off -
+	    strlen("after the record");
+	int			 fd;
+
+	(void)state;
+	fd = mkstemp(tmpl);
+	assert_true(fd != -1);
+	unlink(tmpl);
+	assert_int_equal(write(fd, msg, strlen(msg)), (ssize_t)strlen(msg));
+	assert_int_equal(graph_map_draft(fd, off, len, &env, &opts, &d, err,
+	    sizeof(err)), 0);
+	/* The message alone: no attachments, no wrapper. */
+	assert_null(strstr(d.req.body, "attachments"));
+	assert_null(strstr(d.req.body, "saveToSentItems"));
+	assert_non_null(strstr(d.req.body, "\"subject\":\"big\""));
+	assert_string_equal(d.req.from, "scan@corp.example");
+	assert_int_equal(d.req.nrcpts, 1);
+	assert_int_equal(d.req.nattach, 3);
+	assert_int_equal(d.nparts, 3);
+	assert_int_equal(d.parts[0].size, 11);
+	assert_int_equal(d.parts[0].is_inline, 1);
+	assert_string_equal(d.parts[0].content_id, "logo@x");
+	assert_string_equal(d.parts[0].type, "image/png");
+	assert_int_equal(d.parts[1].size, 8);
+	assert_string_equal(d.parts[1].name, "a.txt");
+	assert_int_equal(d.parts[1].is_inline, 0);
+	assert_int_equal(d.parts[2].size, 9);
+	/* Read back: whole, then again in small pieces. */
+	r = graph_part_open(&d.parts[0]);
+	assert_int_equal(graph_part_read(r, buf, sizeof(buf)), 11);
+	assert_memory_equal(buf, "hello world", 11);
+	graph_part_close(r);
+	r = graph_part_open(&d.parts[1]);
+	assert_int_equal(graph_part_read(r, buf, 4), 4);
+	assert_int_equal(graph_part_read(r, buf + 4, 60), 4);
+	assert_memory_equal(buf, "caf\xc3\xa9 ok", 8);
+	assert_int_equal(graph_part_read(r, buf, 8), 0);
+	graph_part_close(r);
+	r = graph_part_open(&d.parts[2]);
+	assert_int_equal(graph_part_read(r, buf, sizeof(buf)), 9);
+	assert_memory_equal(buf, "raw bytes", 9);
+	graph_part_close(r);
+	graph_draft_free(&d);
+	graph_draft_free(&d);		/* harmless twice */
+	close(fd);
+}
+
 int
 main(int argc, char **argv)
 {
@@ -432,6 +510,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_retry_after),
 		cmocka_unit_test(test_mime_form),
 		cmocka_unit_test(test_mime_form_too_big_goes_json),
+		cmocka_unit_test(test_draft_map),
 	};
 	char	 err[256], *out;
 
