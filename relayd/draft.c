@@ -148,6 +148,23 @@ next_expected(const struct http_resp *r)
 	return n;
 }
 
+/* POSTs o (which it frees) to the draft's URL + path. */
+static void
+post_json(struct run *run, const char *path, json_object *o,
+    struct http_resp *r)
+{
+	const char	*body;
+	char		*url;
+	size_t		 len;
+
+	body = json_object_to_json_string_length(o,
+	    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
+	xasprintf(&url, "%s%s", run->msg_url, path);
+	draft_call(run, "POST", url, body, len, r);
+	free(url);
+	json_object_put(o);
+}
+
 /* What an attachment and an upload session's AttachmentItem share. */
 static json_object *
 part_json(const struct graph_part *gp, const char *kind, const char *type)
@@ -186,21 +203,14 @@ session_open(struct run *run, const struct graph_part *gp, const char *name)
 {
 	json_object	*root, *item, *ans;
 	struct http_resp r;
-	const char	*body, *url;
-	char		*post;
-	size_t		 len;
+	const char	*url;
 
 	item = part_json(gp, "attachmentType", "file");
 	json_object_object_add(item, "size",
 	    json_object_new_int64((int64_t)gp->size));
 	root = json_object_new_object();
 	json_object_object_add(root, "AttachmentItem", item);
-	body = json_object_to_json_string_length(root,
-	    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
-	xasprintf(&post, "%s/attachments/createUploadSession", run->msg_url);
-	draft_call(run, "POST", post, body, len, &r);
-	free(post);
-	json_object_put(root);
+	post_json(run, "/attachments/createUploadSession", root, &r);
 	if (r.status != 201 || (ans = parse(&r)) == NULL)
 		return fail(run, &r, "createUploadSession for %s", name);
 	if ((url = jget(ans, "uploadUrl")) == NULL) {
@@ -350,8 +360,7 @@ attach(struct run *run, const struct graph_part *gp, const char *name)
 	struct graph_reader	*rd;
 	struct http_resp	 r;
 	json_object		*att;
-	const char		*body;
-	char			*raw, *b64, *url;
+	char			*raw, *b64;
 	size_t			 len;
 	ssize_t			 got;
 
@@ -373,12 +382,7 @@ attach(struct run *run, const struct graph_part *gp, const char *name)
 	json_object_object_add(att, "contentBytes",
 	    json_object_new_string_len(b64, (int)len));
 	free(b64);
-	body = json_object_to_json_string_length(att,
-	    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE, &len);
-	xasprintf(&url, "%s/attachments", run->msg_url);
-	draft_call(run, "POST", url, body, len, &r);
-	free(url);
-	json_object_put(att);
+	post_json(run, "/attachments", att, &r);
 	if (r.status != 201)
 		return fail(run, &r, "attachment %s", name);
 	http_resp_clear(&r);
