@@ -319,3 +319,27 @@ def test_json_over_4mb_takes_draft_path(relayd_factory, shared_fake_graph):
     # csv's own last CRLF stays; the one message() adds before the
     # boundary belongs to the boundary
     assert (att["size"], att["sha256"]) == (len(csv), sha(csv)), att
+
+
+def test_signed_over_4mb_goes_as_draft(relayd_factory, shared_fake_graph):
+    """auto: a signed message takes the MIME form only when it fits in
+    4 MB; a larger one is mapped to JSON and takes the draft path (the
+    signature becomes an attachment)."""
+    fake = shared_fake_graph
+    d = large_relayd(relayd_factory, fake, mode="auto")
+    pdf = blob(5 * MB, 20)
+    inner = message([part(pdf, "scan.pdf")])
+    inner = inner[inner.index(b"Content-Type: multipart/mixed"):]
+    sig = part(b"not really a signature", "smime.p7s",
+               "application/pkcs7-signature")
+    data = (b"From: scanner@contoso.test\r\nTo: boss@contoso.test\r\n"
+            b"Subject: signed scan\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/signed; protocol=\"application/"
+            b"pkcs7-signature\"; micalg=sha-256; boundary=\"SIG\"\r\n\r\n"
+            b"--SIG\r\n" + inner + b"\r\n--SIG\r\n" + sig + b"\r\n--SIG--\r\n")
+    send(d, data)
+    [rec] = fake.wait_sent(1, TIMEOUT)
+    assert rec["path"] == "draft" and rec["format"] == "json"
+    got = {a["name"]: a for a in rec["attachments"]}
+    assert got["scan.pdf"]["sha256"] == sha(pdf)
+    assert got["smime.p7s"]["via"] == "post"
