@@ -116,5 +116,7 @@ void		 config_free(struct config *);
 const char	*config_cloud_name(const struct config *);
 /* Writes every key with its default and help text, as conf/relayd.conf. */
 void		 config_dump_defaults(FILE *);
+/* Writes relayd.conf(5) in man(7) roff, from the same table. */
+void		 config_write_man(FILE *);
 
 #endif

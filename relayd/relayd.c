@@ -46,6 +46,7 @@ usage(void)
 	    "  -d       debug logging; with -n, print the [graph] settings "
 	    "in force\n"
 	    "  -D       print every key with its default and exit\n"
+	    "  -M       print relayd.conf(5) and exit\n"
 	    "  -V       print the version and exit\n");
 	exit(EX_USAGE);
 }
@@ -160,7 +161,7 @@ main(int argc, char *argv[])
 	char			 err[512], *summary;
 	int			 ch, check = 0, debug = 0;
 
-	while ((ch = getopt(argc, argv, "c:dDnV")) != -1) {
+	while ((ch = getopt(argc, argv, "c:dDMnV")) != -1) {
 		switch (ch) {
 		case 'c':
 			path = optarg;
@@ -170,6 +171,9 @@ main(int argc, char *argv[])
 			break;
 		case 'D':
 			config_dump_defaults(stdout);
+			return 0;
+		case 'M':
+			config_write_man(stdout);
 			return 0;
 		case 'n':
 			check = 1;
