@@ -15,5 +15,5 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	libgmime-3.0-dev libssl-dev libsystemd-dev libcmocka-dev libcrypt-dev \
 	python3 python3-pytest python3-jsonschema python3-cryptography \
 	swaks libnet-ssleay-perl msmtp curl postfix haproxy procps iproute2 wrk \
-	systemd \
+	systemd groff-base man-db \
 	>/dev/null
