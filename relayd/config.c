@@ -1406,7 +1406,8 @@ config_write_man(FILE *fp)
 	    ".B %s/relayd/relayd.conf\n"
 	    ".SH DESCRIPTION\n", RELEASE_DATE, PACKAGE_VERSION, SYSCONFDIR);
 	fputs(".BR relayd (8)\n"
-	    "reads its settings from this file at start.\n"
+	    "reads its settings from this file at start, and again on\n"
+	    "SIGHUP.\n"
 	    ".B relayd \\-n\n"
 	    "checks a file and reports every error as\n"
 	    ".IR file : line :\n"
