@@ -111,6 +111,10 @@ static const struct cfg_key cfg_keys[] = {
 	  "SIZE. Exchange Online's default is 35M. Graph takes attachments up "
 	  "to 150M each, which base64 makes 205M of message: 256M is the "
 	  "most." },
+	{ "smtp", "drain_timeout", CFG_DURATION, "30s", 0, 3600 * 1000,
+	  OFF(drain_timeout_ms), NULL,
+	  "On SIGTERM: how long sessions may take to finish their "
+	  "transaction (new clients get 421) before relayd stops anyway." },
 	{ "smtp", "max_recipients", CFG_NUM, "500", 1, 500,
 	  OFF(max_recipients), NULL,
 	  "Recipients per message; Graph accepts at most 500." },
@@ -270,7 +274,19 @@ static const struct cfg_key cfg_keys[] = {
 	  "How long an address that failed max_failures times may not AUTH, "
 	  "and the window in which failures are counted." },
 	{ "status", "socket", CFG_STR, "/run/relayd/status.sock", 0, 0,
-	  OFF(status_socket), NULL, "UNIX socket for relayctl." },
+	  OFF(status_socket), NULL,
+	  "UNIX socket for relayctl, mode 0660; empty: none. root and "
+	  "relayd's own user may connect, and those named below." },
+	{ "status", "users", CFG_STR, NULL, 0, 0, OFF(status_users), NULL,
+	  "Other users who may use the status socket (comma-separated "
+	  "names)." },
+	{ "status", "groups", CFG_STR, NULL, 0, 0, OFF(status_groups), NULL,
+	  "Groups whose members may use the status socket (comma-separated "
+	  "names)." },
+	{ "status", "metrics_listen", CFG_STR, NULL, 0, 0,
+	  OFF(status_metrics_listen), NULL,
+	  "ADDR:PORT to serve Prometheus metrics at /metrics over HTTP, e.g. "
+	  "127.0.0.1:9464; unset: none (relayctl metrics still works)." },
 	{ "log", "level", CFG_ENUM, "info", 0, 0, OFF(log_level),
 	  log_level_names, "error, warning, info or debug." },
 };
@@ -1176,6 +1192,64 @@ config_free(struct config *cfg)
 	free(cfg->allow);
 	free(cfg->path);
 	free(cfg);
+}
+
+static int
+listen_same(const struct config *a, const struct config *b)
+{
+	size_t	 i;
+
+	if (a->nlisten != b->nlisten)
+		return 0;
+	for (i = 0; i < a->nlisten; i++)
+		if (strcmp(a->listen[i].text, b->listen[i].text) != 0 ||
+		    a->listen[i].tls != b->listen[i].tls ||
+		    a->listen[i].proxy != b->listen[i].proxy ||
+		    a->listen[i].auth_plaintext != b->listen[i].auth_plaintext)
+			return 0;
+	return 1;
+}
+
+void
+config_diff(const struct config *a, const struct config *b,
+    config_diff_cb *cb, void *arg)
+{
+	const struct cfg_key	*k;
+	const char		*pa, *pb;
+	size_t			 i;
+	int			 same;
+
+	for (i = 0; i < NELEM(cfg_keys); i++) {
+		k = &cfg_keys[i];
+		pa = (const char *)a + k->off;
+		pb = (const char *)b + k->off;
+		switch (k->type) {
+		case CFG_STR: {
+			const char *sa = *(char *const *)pa;
+			const char *sb = *(char *const *)pb;
+
+			same = (sa == NULL && sb == NULL) || (sa != NULL &&
+			    sb != NULL && strcmp(sa, sb) == 0);
+			break;
+		}
+		case CFG_NUM:
+		case CFG_SIZE:
+		case CFG_DURATION:
+			same = *(const uint64_t *)pa == *(const uint64_t *)pb;
+			break;
+		case CFG_ENUM:
+		case CFG_BOOL:
+			same = *(const int *)pa == *(const int *)pb;
+			break;
+		case CFG_LISTEN:
+			same = listen_same(a, b);
+			break;
+		default:
+			continue;	/* lists: taken as they come */
+		}
+		if (!same)
+			cb(arg, k->section, k->name);
+	}
 }
 
 const char *

@@ -96,8 +96,13 @@ struct config {
 	uint64_t		 auth_max_failures;
 	uint64_t		 auth_lockout_ms;
 
+	uint64_t		 drain_timeout_ms;	/* [smtp] */
+
 	/* [status] */
 	char			*status_socket;
+	char			*status_users;
+	char			*status_groups;
+	char			*status_metrics_listen;
 
 	/* [log] */
 	int			 log_level;
@@ -114,6 +119,10 @@ struct config	*config_load_string(const char *, const char *, FILE *);
 void		 config_free(struct config *);
 /* [graph] cloud as written in relayd.conf: "global", "usgov", ... */
 const char	*config_cloud_name(const struct config *);
+/* Calls back with the section and name of each key whose value differs. */
+typedef void config_diff_cb(void *, const char *, const char *);
+void		 config_diff(const struct config *, const struct config *,
+		    config_diff_cb *, void *);
 /* Writes every key with its default and help text, as conf/relayd.conf. */
 void		 config_dump_defaults(FILE *);
 /* Writes relayd.conf(5) in man(7) roff, from the same table. */

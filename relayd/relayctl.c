@@ -1,29 +1,74 @@
 /*
  * relayctl.c - relayd's control tool.
  *
+ *   relayctl [-s SOCKET] [-c CONFIG] status|queue [--json]
+ *   relayctl [-s SOCKET] [-c CONFIG] show|retry|delete|hold|release ID
+ *   relayctl [-s SOCKET] [-c CONFIG] metrics
+ *   relayctl [-c CONFIG] test [--to ADDRESS] [--from ADDRESS]
  *   relayctl passwd USER [--cram-md5]
  *
- * reads a password (one line from standard input, or asked twice on a
- * terminal) and prints a line for [auth] users_file: a yescrypt hash for
- * PLAIN and LOGIN and SCRAM-SHA-256 keys, never the password itself, except
- * with --cram-md5, which needs it (and says so).
+ * The first ones talk to relayd's status socket (-s, else [status] socket
+ * of the config, else the default): a line out, a line of JSON back.
+ * `test` does what relayd would: fetches a token with the config's
+ * credentials and, with --to, sends a short message through Graph; what
+ * goes wrong is explained in an admin's words. `passwd` reads a password
+ * (one line from standard input, or asked twice on a terminal) and prints
+ * a line for [auth] users_file: a yescrypt hash for PLAIN and LOGIN and
+ * SCRAM-SHA-256 keys, never the password itself, except with --cram-md5,
+ * which needs it (and says so).
  *
- * Exit codes: 0 done, 1 failure, 64 usage (sysexits EX_USAGE).
+ * Exit codes: 0 done; 1 the command failed (no such message; the token or
+ * Graph refused in `test`); 64 usage; 69 relayd not reachable; 77
+ * permission denied; 78 configuration error (sysexits).
  */
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sysexits.h>
 #include <termios.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <json-c/json.h>
 
 #include "auth.h"
 #include "autoconf.h"
+#include "config.h"
+#include "graph.h"
+#include "http.h"
+#include "log.h"
+#include "token.h"
+#include "util.h"
+
+#ifndef SYSCONFDIR
+#define SYSCONFDIR "/etc"
+#endif
+#define RELAYD_CONF	SYSCONFDIR "/relayd/relayd.conf"
+#define STATUS_SOCKET	"/run/relayd/status.sock"
+#define ANSWER_MAX	(64 * 1024 * 1024)
+
+static const char	*conf_path;
+static int		 conf_given;
+static const char	*sock_path;
 
 static void
 usage(void)
 {
-	fprintf(stderr, "usage: relayctl passwd USER [--cram-md5]\n"
+	fprintf(stderr,
+	    "usage: relayctl [-s socket] [-c config] status [--json]\n"
+	    "       relayctl [-s socket] [-c config] queue [--json]\n"
+	    "       relayctl [-s socket] [-c config] show|retry|delete|hold|"
+	    "release ID\n"
+	    "       relayctl [-s socket] [-c config] retry all\n"
+	    "       relayctl [-s socket] [-c config] metrics\n"
+	    "       relayctl [-c config] test [--to ADDRESS] [--from ADDRESS]\n"
+	    "       relayctl passwd USER [--cram-md5]\n"
 	    "       relayctl -V\n");
 	exit(EX_USAGE);
 }
@@ -104,17 +149,491 @@ cmd_passwd(int argc, char **argv)
 	return 0;
 }
 
+/* ---- the status socket ---- */
+
+/* The socket: -s, else [status] socket of the config, else the default. */
+static char *
+socket_path(void)
+{
+	struct config	*cfg;
+	char		*path;
+	FILE		*devnull;
+
+	if (sock_path != NULL)
+		return xstrdup(sock_path);
+	if (!conf_given && access(conf_path, R_OK) == -1)
+		return xstrdup(STATUS_SOCKET);
+	devnull = conf_given ? stderr : fopen("/dev/null", "w");
+	cfg = config_load(conf_path, devnull != NULL ? devnull : stderr);
+	if (devnull != NULL && devnull != stderr)
+		fclose(devnull);
+	if (cfg == NULL) {
+		if (conf_given)
+			exit(EX_CONFIG);
+		fprintf(stderr, "relayctl: %s does not load (relayd -n says "
+		    "why); trying %s (-s names another)\n", conf_path,
+		    STATUS_SOCKET);
+		return xstrdup(STATUS_SOCKET);
+	}
+	path = xstrdup(cfg->status_socket != NULL && *cfg->status_socket ?
+	    cfg->status_socket : STATUS_SOCKET);
+	config_free(cfg);
+	return path;
+}
+
+/* Sends one command and returns relayd's JSON answer; exits on failure. */
+static json_object *
+ask(const char *cmd)
+{
+	struct sockaddr_un	 sun;
+	json_object		*ans, *e;
+	char			*path = socket_path(), *buf = NULL;
+	size_t			 len = 0, cap = 0;
+	ssize_t			 n;
+	int			 fd, code;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		fprintf(stderr, "relayctl: socket path too long: %s\n", path);
+		exit(EX_USAGE);
+	}
+	strlcpy_r(sun.sun_path, path, sizeof(sun.sun_path));
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1 ||
+	    connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
+		code = errno == EACCES || errno == EPERM ? EX_NOPERM :
+		    EX_UNAVAILABLE;
+		fprintf(stderr, "relayctl: %s: %s (%s)\n", path,
+		    strerror(errno), code == EX_NOPERM ? "root, relayd's "
+		    "user and [status] users/groups may use it" : "is relayd "
+		    "running? -s or [status] socket names another socket");
+		exit(code);
+	}
+	/* A refused peer finds the socket closed: read why all the same. */
+	signal(SIGPIPE, SIG_IGN);
+	if ((write(fd, cmd, strlen(cmd)) != (ssize_t)strlen(cmd) ||
+	    write(fd, "\n", 1) != 1) && errno != EPIPE) {
+		fprintf(stderr, "relayctl: %s: %s\n", path, strerror(errno));
+		exit(EX_UNAVAILABLE);
+	}
+	for (;;) {
+		if (len + 65536 > cap) {
+			cap = cap * 2 + 65536;
+			buf = xrealloc(buf, cap + 1);
+		}
+		n = read(fd, buf + len, cap - len);
+		if (n <= 0)
+			break;
+		len += (size_t)n;
+		if (memchr(buf + len - (size_t)n, '\n', (size_t)n) != NULL ||
+		    len > ANSWER_MAX)
+			break;
+	}
+	close(fd);
+	if (buf == NULL || len == 0) {
+		fprintf(stderr, "relayctl: %s: no answer from relayd\n", path);
+		exit(EX_UNAVAILABLE);
+	}
+	buf[len] = '\0';
+	if ((ans = json_tokener_parse(buf)) == NULL) {
+		fprintf(stderr, "relayctl: %s: an answer that is not JSON\n",
+		    path);
+		exit(EX_PROTOCOL);
+	}
+	free(buf);
+	free(path);
+	if (json_object_object_get_ex(ans, "error", &e)) {
+		fprintf(stderr, "relayctl: %s\n", json_object_get_string(e));
+		exit(strncmp(json_object_get_string(e), "permission denied",
+		    17) == 0 ? EX_NOPERM : 1);
+	}
+	return ans;
+}
+
+static const char *
+jstr(json_object *o, const char *k)
+{
+	json_object	*v;
+
+	if (!json_object_object_get_ex(o, k, &v) || v == NULL)
+		return NULL;
+	return json_object_get_string(v);
+}
+
+static int64_t
+jint(json_object *o, const char *k)
+{
+	json_object	*v;
+
+	if (!json_object_object_get_ex(o, k, &v) || v == NULL)
+		return 0;
+	return json_object_get_int64(v);
+}
+
+static void
+print_json(json_object *o)
+{
+	printf("%s\n", json_object_to_json_string_ext(o,
+	    JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+}
+
+/* 3h12m, 45s ... */
+static const char *
+span(int64_t s, char *buf, size_t len)
+{
+	if (s < 60)
+		snprintf(buf, len, "%llds", (long long)s);
+	else if (s < 3600)
+		snprintf(buf, len, "%lldm", (long long)(s / 60));
+	else if (s < 86400)
+		snprintf(buf, len, "%lldh%02lldm", (long long)(s / 3600),
+		    (long long)(s % 3600 / 60));
+	else
+		snprintf(buf, len, "%lldd%02lldh", (long long)(s / 86400),
+		    (long long)(s % 86400 / 3600));
+	return buf;
+}
+
+static int
+cmd_status(int json)
+{
+	json_object	*o = ask("status"), *q, *a, *x;
+	char		 up[32];
+	size_t		 i, n;
+
+	if (json) {
+		print_json(o);
+		json_object_put(o);
+		return 0;
+	}
+	printf("relayd %s, pid %lld, up %s\n", jstr(o, "version"),
+	    (long long)jint(o, "pid"), span(jint(o, "uptime"), up,
+	    sizeof(up)));
+	json_object_object_get_ex(o, "listeners", &a);
+	printf("listeners:");
+	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++)
+		printf("%s %s", i ? "," : "",
+		    json_object_get_string(json_object_array_get_idx(a, i)));
+	printf("\nconnections: %lld\n", (long long)jint(o, "connections"));
+	json_object_object_get_ex(o, "queue", &q);
+	printf("queue: %lld queued, %lld in flight, %lld deferred, %lld "
+	    "throttled, %lld held, %lld dead\n", (long long)jint(q, "queued"),
+	    (long long)jint(q, "in_flight"), (long long)jint(q, "deferred"),
+	    (long long)jint(q, "throttled"), (long long)jint(q, "held"),
+	    (long long)jint(q, "dead"));
+	json_object_object_get_ex(o, "totals", &q);
+	printf("since start: %lld sent, %lld deferred attempts, %lld "
+	    "failed\n", (long long)jint(q, "sent"),
+	    (long long)jint(q, "deferred"), (long long)jint(q, "failed"));
+	printf("delivery: %s%s%s\n", jstr(o, "delivery"),
+	    jstr(o, "graph_resume") ? ", resumes " : "",
+	    jstr(o, "graph_resume") ? jstr(o, "graph_resume") : "");
+	printf("token: %s%s\n", jstr(o, "token_expires") ? "expires " :
+	    "none yet", jstr(o, "token_expires") ? jstr(o, "token_expires") :
+	    "");
+	json_object_object_get_ex(o, "throttled_mailboxes", &a);
+	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
+		x = json_object_array_get_idx(a, i);
+		printf("%s%s until %s\n", i == 0 ? "throttled: " :
+		    "           ", jstr(x, "mailbox"), jstr(x, "resume"));
+	}
+	json_object_object_get_ex(o, "recent_errors", &a);
+	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
+		x = json_object_array_get_idx(a, i);
+		if (i == 0)
+			printf("recent errors (newest first):\n");
+		printf("  %s %s %s %lld %s %s\n", jstr(x, "time"),
+		    jstr(x, "id"), jstr(x, "mailbox"),
+		    (long long)jint(x, "status"), jstr(x, "code"),
+		    jstr(x, "message"));
+	}
+	json_object_put(o);
+	return 0;
+}
+
+static int
+cmd_queue(int json)
+{
+	json_object	*o = ask("queue"), *a, *x;
+	char		 age[32];
+	size_t		 i, n;
+	uint64_t	 bytes = 0;
+
+	json_object_object_get_ex(o, "queue", &a);
+	n = a != NULL ? json_object_array_length(a) : 0;
+	if (json) {
+		print_json(o);
+		json_object_put(o);
+		return 0;
+	}
+	if (n == 0) {
+		printf("The queue is empty.\n");
+		json_object_put(o);
+		return 0;
+	}
+	printf("%-16s %6s %10s %-9s %3s %-20s %s\n", "ID", "AGE", "SIZE",
+	    "STATE", "TRY", "NEXT ATTEMPT", "SENDER -> MAILBOX (RCPTS)");
+	for (i = 0; i < n; i++) {
+		x = json_object_array_get_idx(a, i);
+		bytes += (uint64_t)jint(x, "size");
+		printf("%-16s %6s %10lld %-9s %3lld %-20s <%s> -> %s (%lld)\n",
+		    jstr(x, "id"), span(jint(x, "age"), age, sizeof(age)),
+		    (long long)jint(x, "size"), jstr(x, "state"),
+		    (long long)jint(x, "attempts"), jstr(x, "next_attempt") ?
+		    jstr(x, "next_attempt") : "-", jstr(x, "sender"),
+		    jstr(x, "mailbox"), (long long)jint(x, "rcpts"));
+		if (jstr(x, "last_error") && *jstr(x, "last_error"))
+			printf("%16s last error: %s\n", "",
+			    jstr(x, "last_error"));
+	}
+	printf("-- %zu message(s), %" PRIu64 " KiB\n", n,
+	    (bytes + 1023) / 1024);
+	json_object_put(o);
+	return 0;
+}
+
+static int
+cmd_simple(const char *verb, const char *id)
+{
+	char		*cmd;
+	json_object	*o, *v;
+
+	xasprintf(&cmd, "%s %s", verb, id);
+	o = ask(cmd);
+	free(cmd);
+	if (strcmp(verb, "show") == 0)
+		print_json(o);
+	else if (strcmp(verb, "retry") == 0)
+		printf("%lld message(s) to be tried now\n",
+		    (long long)jint(o, "retried"));
+	else if (json_object_object_get_ex(o, "id", &v))
+		printf("%s: %s\n", json_object_get_string(v),
+		    strcmp(verb, "hold") == 0 ? "held" :
+		    strcmp(verb, "release") == 0 ? "released" : "deleted");
+	json_object_put(o);
+	return 0;
+}
+
+static int
+cmd_metrics(void)
+{
+	json_object	*o = ask("metrics");
+
+	fputs(jstr(o, "metrics"), stdout);
+	json_object_put(o);
+	return 0;
+}
+
+/* ---- test: what relayd would do, said plainly ---- */
+
+/* Graph's refusals of sendMail in an admin's words. */
+static const struct {
+	long		 status;
+	const char	*code;		/* NULL: any */
+	const char	*in_message;	/* NULL: any */
+	const char	*words;
+} graph_words[] = {
+	/* FACTS.md 4: "Access to OData is disabled." (the policy) */
+	{ 403, NULL, "Access to OData is disabled",
+	  "an application access policy (or RBAC for Applications scope) "
+	  "keeps the app away from this mailbox: add the mailbox to the "
+	  "policy's group, or send from one that is in it" },
+	{ 403, "ErrorAccessDenied", NULL,
+	  "the app lacks the Mail.Send application permission, or admin "
+	  "consent was not granted: in Entra ID, App registrations > API "
+	  "permissions, add Microsoft Graph > Application > Mail.Send and "
+	  "grant admin consent" },
+	{ 403, "ErrorSendAsDenied", NULL,
+	  "the app may send from the mailbox, but not as this From: "
+	  "address: send as the mailbox's own address, or give the mailbox "
+	  "Send As rights on that address" },
+	{ 404, "MailboxNotEnabledForRESTAPI", NULL,
+	  "the mailbox is not in Exchange Online (on-premises, or no "
+	  "Exchange Online licence): license it, or send from another" },
+	{ 404, "ErrorInvalidUser", NULL,
+	  "no such mailbox in the tenant: check the address (or [graph] "
+	  "mailbox)" },
+	{ 404, "ResourceNotFound", NULL,
+	  "no such user in the tenant: check the address (or [graph] "
+	  "mailbox)" },
+	{ 401, NULL, NULL,
+	  "Graph refused the token: is graph_url right for the tenant's "
+	  "cloud ([graph] cloud)?" },
+	{ 429, NULL, NULL,
+	  "Graph is throttling the app or the mailbox: try again in a "
+	  "minute" },
+};
+
+static const char *
+graph_explain(long status, const char *code, const char *message)
+{
+	size_t	 i;
+
+	for (i = 0; i < NELEM(graph_words); i++) {
+		if (graph_words[i].status != status)
+			continue;
+		if (graph_words[i].code != NULL &&
+		    strcmp(graph_words[i].code, code) != 0)
+			continue;
+		if (graph_words[i].in_message != NULL &&
+		    strcasestr(message, graph_words[i].in_message) == NULL)
+			continue;
+		return graph_words[i].words;
+	}
+	return status >= 500 ? "Graph itself is failing: try again later" :
+	    NULL;
+}
+
+static int
+cmd_test(int argc, char **argv)
+{
+	struct config		*cfg;
+	struct token		*tok = NULL;
+	struct graph_error	 ge;
+	struct http_resp	 r;
+	const char		*to = NULL, *from = NULL, *words;
+	const char		*hdrs[4];
+	char			 err[1024], *t = NULL, *auth, *url, *mb, *body;
+	long long		 exp;
+	CURL			*c = NULL;
+	int			 i, rc = 1;
+
+	for (i = 1; i < argc; i++) {
+		if (strcmp(argv[i], "--to") == 0 && i + 1 < argc)
+			to = argv[++i];
+		else if (strcmp(argv[i], "--from") == 0 && i + 1 < argc)
+			from = argv[++i];
+		else
+			usage();
+	}
+	if ((cfg = config_load(conf_path, stderr)) == NULL)
+		return EX_CONFIG;
+	if (!cfg->graph_enabled) {
+		fprintf(stderr, "relayctl: %s has no [graph] section: there is "
+		    "nothing to test\n", conf_path);
+		config_free(cfg);
+		return EX_CONFIG;
+	}
+	log_init("relayctl", LOG_LVL_ERR);
+	if (http_init(cfg, err, sizeof(err)) == -1 ||
+	    (tok = token_new(cfg, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "relayctl: %s\n", err);
+		config_free(cfg);
+		return EX_CONFIG;
+	}
+	c = http_handle_new(cfg);
+	printf("token: asking %s/%s for %s ... ", cfg->login_url, cfg->tenant,
+	    cfg->client_id);
+	fflush(stdout);
+	if ((t = token_get(tok, c, err, sizeof(err))) == NULL) {
+		printf("refused\n  %s\n", err);
+		goto out;
+	}
+	exp = token_expires_in(tok);
+	printf("ok (valid for %llds)\n", exp / 1000);
+	if (to == NULL) {
+		printf("No --to: no message sent. relayctl test --to ADDRESS "
+		    "sends one.\n");
+		rc = 0;
+		goto out;
+	}
+	if (from == NULL)
+		from = strchr(cfg->mailbox, '@') != NULL ? cfg->mailbox : to;
+	mb = http_escape(from);
+	xasprintf(&url, "%s/v1.0/users/%s/sendMail", cfg->graph_url, mb);
+	free(mb);
+	xasprintf(&body, "{\"message\":{\"subject\":\"relayctl test\","
+	    "\"body\":{\"contentType\":\"text\",\"content\":\"A test "
+	    "message from relayctl test: the relay can send from %s.\"},"
+	    "\"toRecipients\":[{\"emailAddress\":{\"address\":\"%s\"}}]},"
+	    "\"saveToSentItems\":false}", from, to);
+	xasprintf(&auth, "Authorization: Bearer %s", t);
+	hdrs[0] = auth;
+	hdrs[1] = "Content-Type: application/json";
+	hdrs[2] = "Accept: application/json";
+	hdrs[3] = NULL;
+	printf("sendMail: from %s to %s ... ", from, to);
+	fflush(stdout);
+	http_post(c, url, hdrs, body, strlen(body), &r);
+	explicit_bzero(auth, strlen(auth));
+	free(auth);
+	free(url);
+	free(body);
+	if (r.status == 202) {
+		printf("accepted (202, request-id %s)\n", r.request_id[0] ?
+		    r.request_id : "-");
+		rc = 0;
+	} else if (r.status == 0)
+		printf("no answer: %s\n", r.error);
+	else {
+		graph_classify(r.status, r.body, r.len, &ge);
+		printf("refused: HTTP %ld %s %s\n", r.status, ge.code,
+		    ge.message);
+		if ((words = graph_explain(r.status, ge.code, ge.message)) !=
+		    NULL)
+			printf("  what to do: %s\n", words);
+	}
+	http_resp_clear(&r);
+out:
+	if (t != NULL) {
+		explicit_bzero(t, strlen(t));
+		free(t);
+	}
+	if (c != NULL)
+		curl_easy_cleanup(c);
+	token_free(tok);
+	http_cleanup();
+	config_free(cfg);
+	return rc;
+}
+
 int
 main(int argc, char **argv)
 {
-	if (argc < 2)
-		usage();
-	if (strcmp(argv[1], "-V") == 0) {
-		printf("relayctl %s\n", PACKAGE_VERSION);
-		return 0;
+	const char	*verb;
+	int		 ch, json = 0;
+
+	conf_path = RELAYD_CONF;
+	while ((ch = getopt(argc, argv, "+c:s:V")) != -1) {
+		switch (ch) {
+		case 'c':
+			conf_path = optarg;
+			conf_given = 1;
+			break;
+		case 's':
+			sock_path = optarg;
+			break;
+		case 'V':
+			printf("relayctl %s\n", PACKAGE_VERSION);
+			return 0;
+		default:
+			usage();
+		}
 	}
-	if (strcmp(argv[1], "passwd") == 0)
-		return cmd_passwd(argc - 1, argv + 1);
+	argc -= optind;
+	argv += optind;
+	if (argc < 1)
+		usage();
+	verb = argv[0];
+	if (strcmp(verb, "passwd") == 0)
+		return cmd_passwd(argc, argv);
+	if (strcmp(verb, "test") == 0)
+		return cmd_test(argc, argv);
+	if (argc == 2 && strcmp(argv[1], "--json") == 0)
+		json = 1;
+	else if (argc > 2 || (argc == 2 && (strcmp(verb, "status") == 0 ||
+	    strcmp(verb, "queue") == 0 || strcmp(verb, "metrics") == 0)))
+		usage();
+	if (strcmp(verb, "status") == 0)
+		return cmd_status(json);
+	if (strcmp(verb, "queue") == 0)
+		return cmd_queue(json);
+	if (strcmp(verb, "metrics") == 0 && argc == 1)
+		return cmd_metrics();
+	if (argc == 2 && !json && (strcmp(verb, "show") == 0 ||
+	    strcmp(verb, "retry") == 0 || strcmp(verb, "delete") == 0 ||
+	    strcmp(verb, "hold") == 0 || strcmp(verb, "release") == 0))
+		return cmd_simple(verb, argv[1]);
 	usage();
 	return EX_USAGE;
 }

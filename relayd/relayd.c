@@ -30,6 +30,7 @@
 #include "log.h"
 #include "smtp.h"
 #include "spool.h"
+#include "status.h"
 #include "util.h"
 
 #ifndef SYSCONFDIR
@@ -51,21 +52,151 @@ usage(void)
 	exit(EX_USAGE);
 }
 
-/* SIGHUP: certificates renewed on disk are taken up; sessions go on. */
+/*
+ * SIGHUP: the config file again. A file with errors is refused (each
+ * error logged) and the one in force stays. Otherwise new SMTP sessions
+ * take it: [smtp] limits and allow lists, [senders], [auth] users (the
+ * users file is read again), certificates, [log] level; sessions open
+ * keep the one they started with. What the delivery side, the spool and
+ * the listeners read at start ([graph], [queue], [status], listen lines)
+ * is logged as taking effect at restart. Old configs and users stay
+ * allocated until exit: sessions may still point at them.
+ */
+struct reloader {
+	const char	*path;
+	struct config	*cfg;		/* in force */
+	struct config	**old;
+	size_t		 nold;
+	struct auth	*auth;		/* in force */
+	struct auth	**old_auth;
+	size_t		 nold_auth;
+	struct smtp	*smtp;
+	int		 restart_needed;
+};
+
+static void
+reload_diff(void *arg, const char *section, const char *key)
+{
+	struct reloader	*r = arg;
+
+	if (strcmp(section, "smtp") == 0 && strcmp(key, "listen") != 0 &&
+	    strcmp(key, "max_line_length") != 0 &&
+	    strcmp(key, "drain_timeout") != 0)
+		return;
+	if (strcmp(section, "auth") == 0 || strcmp(section, "log") == 0)
+		return;
+	log_warnx("reload: [%s] %s changed: takes effect at restart",
+	    section, key);
+	r->restart_needed = 1;
+}
+
 static void
 hup_cb(evutil_socket_t sig, short ev, void *arg)
 {
-	smtp_reload_tls(arg);
+	struct reloader	*r = arg;
+	struct config	*cfg;
+	struct auth	*auth = NULL;
+	FILE		*mf;
+	char		*errs = NULL, *line, *save = NULL, err[512];
+	size_t		 len = 0;
+
+	(void)sig;
+	(void)ev;
+	if ((mf = open_memstream(&errs, &len)) == NULL) {
+		log_warn("reload: open_memstream");
+		return;
+	}
+	cfg = config_load(r->path, mf);
+	fclose(mf);
+	if (cfg == NULL) {
+		for (line = strtok_r(errs, "\n", &save); line != NULL;
+		    line = strtok_r(NULL, "\n", &save))
+			log_warnx("reload: %s", line);
+		log_warnx("reload refused: %s has errors; the configuration "
+		    "in force stays", r->path);
+		free(errs);
+		return;
+	}
+	free(errs);
+	if (cfg->users_file != NULL &&
+	    (auth = auth_new(cfg, err, sizeof(err))) == NULL) {
+		log_warnx("reload: %s", err);
+		log_warnx("reload refused: the configuration in force stays");
+		config_free(cfg);
+		return;
+	}
+	r->restart_needed = 0;
+	config_diff(r->cfg, cfg, reload_diff, r);
+	if (smtp_reconfigure(r->smtp, cfg) == -1 && !r->restart_needed)
+		log_warnx("reload: [smtp] listen options changed: take effect "
+		    "at restart");
+	r->old_auth = xrealloc(r->old_auth, (r->nold_auth + 1) *
+	    sizeof(*r->old_auth));
+	r->old_auth[r->nold_auth++] = r->auth;
+	r->auth = auth;
+	smtp_session_set_auth(auth);
+	if (auth != NULL)
+		log_info("auth: users_file=%s mechanisms=\"%s\"",
+		    cfg->users_file, auth_mechanisms(auth));
+	log_set_level(cfg->log_level);
+	r->old = xrealloc(r->old, (r->nold + 1) * sizeof(*r->old));
+	r->old[r->nold++] = r->cfg;
+	r->cfg = cfg;
+	log_info("reload: %s in force for new sessions", r->path);
+}
+
+/*
+ * SIGTERM, SIGINT: drain. New clients get 421, sessions finish the
+ * transaction they are in (up to [smtp] drain_timeout), then the loop
+ * ends and Graph requests in flight get their grace (worker_free). A
+ * second signal stops at once.
+ */
+struct stopper {
+	struct event_base	*base;
+	struct smtp		*smtp;
+	struct event		*tick;
+	uint64_t		 deadline;
+	uint64_t		 timeout_ms;
+};
+
+static void
+drain_tick(evutil_socket_t fd, short ev, void *arg)
+{
+	struct stopper	*st = arg;
+	size_t		 n = smtp_nsessions(st->smtp);
+
+	(void)fd;
+	(void)ev;
+	if (n > 0 && now_ms() < st->deadline)
+		return;
+	if (n > 0)
+		log_warnx("relayd: drain_timeout: %zu session(s) still open "
+		    "are closed (their unfinished messages were never "
+		    "acknowledged)", n);
+	event_base_loopbreak(st->base);
 }
 
 static void
 stop_cb(evutil_socket_t sig, short ev, void *arg)
 {
-	struct event_base	*base = arg;
+	struct stopper	*st = arg;
+	struct timeval	 tv = { 0, 100000 };
 
 	(void)ev;
-	log_info("relayd: signal %d, stopping", (int)sig);
-	event_base_loopbreak(base);
+	if (st->tick != NULL) {
+		log_info("relayd: signal %d again, stopping now", (int)sig);
+		event_base_loopbreak(st->base);
+		return;
+	}
+	log_info("relayd: signal %d, stopping: new clients get 421, %zu "
+	    "session(s) may finish (drain_timeout %.0fs)", (int)sig,
+	    smtp_nsessions(st->smtp), (double)st->timeout_ms / 1000.0);
+	sd_notify(0, "STOPPING=1");
+	smtp_drain(st->smtp);
+	st->deadline = now_ms() + st->timeout_ms;
+	st->tick = event_new(st->base, -1, EV_PERSIST, drain_tick, st);
+	event_add(st->tick, &tv);
+	drain_tick(-1, 0, st);
 }
 
 /*
@@ -156,8 +287,14 @@ main(int argc, char *argv[])
 	struct auth		*auth = NULL;
 	struct event		*ev_term, *ev_int, *ev_hup;
 	struct heartbeat	 hb = { NULL, NULL, 0 };
+	struct stopper		 stopper;
+	struct reloader		 reloader;
+	size_t			 i;
 	struct spool		*spool;
 	struct smtp		*smtp;
+	struct status		*status;
+	struct status_env	 senv;
+	uint64_t		 started_ms = wall_us() / 1000;
 	char			 err[512], *summary;
 	int			 ch, check = 0, debug = 0;
 
@@ -249,9 +386,30 @@ main(int argc, char *argv[])
 		log_msg(LOG_LVL_ERR, "%s", err);
 		return EX_OSERR;
 	}
-	ev_term = evsignal_new(base, SIGTERM, stop_cb, base);
-	ev_int = evsignal_new(base, SIGINT, stop_cb, base);
-	ev_hup = evsignal_new(base, SIGHUP, hup_cb, smtp);
+	memset(&senv, 0, sizeof(senv));
+	senv.base = base;
+	senv.cfg = cfg;
+	senv.smtp = smtp;
+	senv.spool = spool;
+	senv.pool = pool;
+	senv.token = token;
+	senv.started_ms = started_ms;
+	if ((status = status_new(&senv, err, sizeof(err))) == NULL) {
+		log_msg(LOG_LVL_ERR, "%s", err);
+		return EX_CONFIG;
+	}
+	memset(&stopper, 0, sizeof(stopper));
+	stopper.base = base;
+	stopper.smtp = smtp;
+	stopper.timeout_ms = cfg->drain_timeout_ms;
+	ev_term = evsignal_new(base, SIGTERM, stop_cb, &stopper);
+	ev_int = evsignal_new(base, SIGINT, stop_cb, &stopper);
+	memset(&reloader, 0, sizeof(reloader));
+	reloader.path = path;
+	reloader.cfg = cfg;
+	reloader.auth = auth;
+	reloader.smtp = smtp;
+	ev_hup = evsignal_new(base, SIGHUP, hup_cb, &reloader);
 	evsignal_add(ev_term, NULL);
 	evsignal_add(ev_int, NULL);
 	evsignal_add(ev_hup, NULL);
@@ -263,11 +421,14 @@ main(int argc, char *argv[])
 	sd_notify(0, "STOPPING=1");
 	if (hb.ev != NULL)
 		event_free(hb.ev);
+	if (stopper.tick != NULL)
+		event_free(stopper.tick);
 
 	/*
 	 * Commits in flight finish (and their sessions hear of it) before
 	 * the sessions go, and the sessions before the listeners' tables.
 	 */
+	status_free(status);
 	worker_free(pool);
 	spool_free(spool);
 	token_free(token);
@@ -275,7 +436,16 @@ main(int argc, char *argv[])
 		http_cleanup();
 	smtp_session_shutdown();
 	smtp_free(smtp);
-	auth_free(auth);
+	auth_free(reloader.auth);
+	for (i = 0; i < reloader.nold_auth; i++)
+		auth_free(reloader.old_auth[i]);
+	free(reloader.old_auth);
+	for (i = 0; i < reloader.nold; i++)
+		if (reloader.old[i] != cfg)
+			config_free(reloader.old[i]);
+	if (reloader.cfg != cfg)
+		config_free(reloader.cfg);
+	free(reloader.old);
 	event_free(ev_term);
 	event_free(ev_int);
 	event_free(ev_hup);

@@ -17,6 +17,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
 #include <event2/event.h>
 #include <event2/listener.h>
 
@@ -56,6 +58,7 @@ struct smtp {
 	size_t			 nlisteners;
 	struct proxied		*proxied;	/* waiting for a PROXY header */
 	size_t			 nsessions;
+	int			 draining;
 	struct client_count	*clients[CLIENT_BUCKETS];
 };
 
@@ -261,6 +264,15 @@ accept_client(struct smtp_listener *l, int fd, const struct sockaddr *sa,
 			refuse(fd, buf);
 		return;
 	}
+	if (sm->draining) {
+		snprintf(buf, sizeof(buf), "421 4.3.2 %s Service shutting "
+		    "down, try again later\r\n", sm->cfg->hostname);
+		if (l->implicit_tls)
+			close(fd);
+		else
+			refuse(fd, buf);
+		return;
+	}
 	if (sm->nsessions >= sm->cfg->max_connections) {
 		log_warnx("smtp refused client=%s listener=%s reason=\"too "
 		    "many connections (max_connections=%llu)\"", ip, l->name,
@@ -331,22 +343,51 @@ smtp_new(struct event_base *base, const struct config *cfg,
 	return sm;
 }
 
+/*
+ * Socket activation (relayd.socket): a descriptor systemd passed that
+ * listens on exactly this address, taken once; -1 if none.
+ */
 static int
-bind_one(struct smtp *sm, const struct listen_cfg *lc, char *err, size_t len)
+passed_fd(const struct listen_cfg *lc, int *passed, int npassed)
+{
+	int	 i, fd;
+
+	for (i = 0; i < npassed; i++) {
+		fd = SD_LISTEN_FDS_START + i;
+		if (!passed[i] && sd_is_socket_sockaddr(fd, SOCK_STREAM,
+		    (const struct sockaddr *)&lc->ss, lc->sslen, 1) > 0) {
+			passed[i] = 1;
+			return fd;
+		}
+	}
+	return -1;
+}
+
+static int
+bind_one(struct smtp *sm, const struct listen_cfg *lc, int *passed,
+    int npassed, char *err, size_t len)
 {
 	struct smtp_listener	*l = &sm->listeners[sm->nlisteners];
-	int			 fd, one = 1;
+	int			 fd, one = 1, flags;
 
-	fd = socket(lc->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
-	    SOCK_CLOEXEC, 0);
-	if (fd == -1)
-		goto fail;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	if (lc->ss.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-	if (bind(fd, (const struct sockaddr *)&lc->ss, lc->sslen) == -1 ||
-	    listen(fd, 1024) == -1)
-		goto fail;
+	if ((fd = passed_fd(lc, passed, npassed)) != -1) {
+		flags = fcntl(fd, F_GETFL);
+		fcntl(fd, F_SETFL, flags | O_NONBLOCK);
+		fcntl(fd, F_SETFD, FD_CLOEXEC);
+		log_info("smtp listener=%s: socket from systemd", lc->text);
+	} else {
+		fd = socket(lc->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
+		    SOCK_CLOEXEC, 0);
+		if (fd == -1)
+			goto fail;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (lc->ss.ss_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
+			    sizeof(one));
+		if (bind(fd, (const struct sockaddr *)&lc->ss, lc->sslen) ==
+		    -1 || listen(fd, 1024) == -1)
+			goto fail;
+	}
 	l->smtp = sm;
 	strlcpy_r(l->name, lc->text, sizeof(l->name));
 	l->implicit_tls = lc->tls;
@@ -388,12 +429,24 @@ int
 smtp_listen(struct smtp *sm, char *err, size_t len)
 {
 	size_t	 i;
+	int	 npassed = sd_listen_fds(1), *passed, rc = 0, k;
 
+	if (npassed < 0)
+		npassed = 0;
+	passed = xcalloc((size_t)npassed + 1, sizeof(*passed));
 	sm->listeners = xcalloc(sm->cfg->nlisten, sizeof(*sm->listeners));
-	for (i = 0; i < sm->cfg->nlisten; i++)
-		if (bind_one(sm, &sm->cfg->listen[i], err, len) == -1)
-			return -1;
-	return 0;
+	for (i = 0; i < sm->cfg->nlisten && rc == 0; i++)
+		rc = bind_one(sm, &sm->cfg->listen[i], passed, npassed, err,
+		    len);
+	for (k = 0; k < npassed; k++)
+		if (!passed[k]) {
+			log_warnx("smtp: a socket from systemd matches no "
+			    "listen line of relayd.conf; closed (make "
+			    "relayd.socket's ListenStream= and listen agree)");
+			close(SD_LISTEN_FDS_START + k);
+		}
+	free(passed);
+	return rc;
 }
 
 void
@@ -454,6 +507,44 @@ size_t
 smtp_nsessions(const struct smtp *sm)
 {
 	return sm->nsessions;
+}
+
+int
+smtp_reconfigure(struct smtp *sm, const struct config *cfg)
+{
+	size_t	 i;
+	int	 same = cfg->nlisten == sm->nlisteners;
+
+	for (i = 0; same && i < sm->nlisteners; i++)
+		same = strcmp(cfg->listen[i].text, sm->listeners[i].name) ==
+		    0 && cfg->listen[i].tls == sm->listeners[i].implicit_tls &&
+		    cfg->listen[i].proxy == sm->listeners[i].lc->proxy &&
+		    cfg->listen[i].auth_plaintext ==
+		    sm->listeners[i].auth_plaintext;
+	sm->cfg = cfg;
+	for (i = 0; same && i < sm->nlisteners; i++)
+		sm->listeners[i].lc = &cfg->listen[i];
+	smtp_reload_tls(sm);
+	return same ? 0 : -1;
+}
+
+void
+smtp_drain(struct smtp *sm)
+{
+	sm->draining = 1;
+	smtp_session_drain();
+}
+
+size_t
+smtp_nlisteners(const struct smtp *sm)
+{
+	return sm->nlisteners;
+}
+
+const struct smtp_listener *
+smtp_listener_at(const struct smtp *sm, size_t i)
+{
+	return i < sm->nlisteners ? &sm->listeners[i] : NULL;
 }
 
 const struct config *

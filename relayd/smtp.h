@@ -17,9 +17,23 @@ struct smtp	*smtp_new(struct event_base *, const struct config *,
 /* Binds every listen address; on failure says which and why in err. */
 int		 smtp_listen(struct smtp *, char *, size_t);
 void		 smtp_free(struct smtp *);
+/*
+ * SIGHUP: new sessions take cfg (the caller keeps the old one alive for
+ * the sessions that have it); listeners take their new networks and
+ * certificates if the listen lines are the same, else -1 (a restart
+ * applies them).
+ */
+int		 smtp_reconfigure(struct smtp *, const struct config *);
 /* Loads every listener's certificate and key again (SIGHUP). */
 void		 smtp_reload_tls(struct smtp *);
 size_t		 smtp_nsessions(const struct smtp *);
+/*
+ * Stopping: new clients get 421, sessions between transactions are told
+ * 421 and closed, the others once their transaction is done.
+ */
+void		 smtp_drain(struct smtp *);
+size_t		 smtp_nlisteners(const struct smtp *);
+const struct smtp_listener *smtp_listener_at(const struct smtp *, size_t);
 
 /* For smtp_session.c. */
 const struct config *smtp_config(const struct smtp *);
@@ -38,6 +52,7 @@ void		 smtp_session_new(struct smtp *, struct smtp_listener *, int,
 /* Scratch buffers sized from the config; call once at start. */
 void		 smtp_session_init(const struct config *);
 void		 smtp_session_shutdown(void);
+void		 smtp_session_drain(void);
 /* AUTH for every session (NULL: none); the caller keeps it alive. */
 struct auth;
 void		 smtp_session_set_auth(struct auth *);

@@ -191,6 +191,7 @@ static size_t	 line_max;
 static char	*dec_buf;
 static uint64_t	 next_id;
 static LIST_HEAD(, smtp_session) sessions = LIST_HEAD_INITIALIZER(sessions);
+static int	 draining;	/* relayd is stopping: no new transactions */
 
 void
 smtp_session_set_auth(struct auth *a)
@@ -225,6 +226,31 @@ smtp_session_shutdown(void)
 	free(line_buf);
 	free(dec_buf);
 	line_buf = dec_buf = NULL;
+}
+
+/* Stopping: a session between transactions says so and goes. */
+static void
+bye(struct smtp_session *s)
+{
+	smtp_reply(s, "421 4.3.2 %s Service shutting down, try again later",
+	    s->cfg->hostname);
+	smtp_close(s, "shutdown");
+}
+
+void
+smtp_session_drain(void)
+{
+	struct smtp_session	*s, *next;
+
+	draining = 1;
+	for (s = LIST_FIRST(&sessions); s != NULL; s = next) {
+		next = LIST_NEXT(s, entry);
+		if (!s->freeing && s->bev != NULL &&
+		    (s->state == STATE_GREETED || s->state == STATE_HELO)) {
+			bye(s);
+			smtp_flush(s);
+		}
+	}
 }
 
 static const char *
@@ -1004,6 +1030,8 @@ commit_done(void *arg, int err, const char *qid)
 	tx_free(s);
 	smtp_enter(s, STATE_HELO);
 	smtp_process(s);
+	if (draining && !s->freeing && s->state == STATE_HELO)
+		bye(s);		/* its message is safe; no next one */
 	smtp_flush(s);
 }
 
@@ -1226,7 +1254,10 @@ feed_line(struct smtp_session *s, struct evbuffer *in)
 		smtp_error(s, "500 5.5.2 NUL byte in command");
 		return 1;
 	}
-	if (s->state == STATE_AUTH)
+	if (draining && (s->state == STATE_GREETED ||
+	    s->state == STATE_HELO) && strncasecmp(line_buf, "QUIT", 4) != 0)
+		bye(s);
+	else if (s->state == STATE_AUTH)
 		auth_line(s, line_buf);
 	else
 		smtp_command(s, line_buf);

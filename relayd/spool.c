@@ -57,6 +57,7 @@
  * offset) is shared under a mutex so that delivery threads can map a
  * message.
  */
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -109,6 +110,7 @@ struct spool_msg {
 	uint64_t		 off;		/* record offset in its segment */
 	struct seg		*seg;		/* where it was committed */
 	char			*mail_from;
+	size_t			 nrcpts;
 	char			*buf;
 	size_t			 buflen;
 	spool_done_cb		*cb;
@@ -1234,7 +1236,8 @@ static void
 msg_done(struct spool *sp, struct spool_msg *m)
 {
 	if (m->err == 0 && sp->queued_cb != NULL)
-		sp->queued_cb(sp->queued_arg, m->qid, m->mail_from, m->size);
+		sp->queued_cb(sp->queued_arg, m->qid, m->mail_from,
+		    m->nrcpts, m->size);
 	if (m->cb != NULL)
 		m->cb(m->cbarg, m->err, m->qid);
 }
@@ -1293,6 +1296,13 @@ spool_open(const char *dir, int sync_method, struct event_base *base,
 		snprintf(err, errlen, "spool_dir %s: %s (check that it exists "
 		    "and belongs to the user relayd runs as)", dir,
 		    strerror(errno));
+		goto fail;
+	}
+	/* One relayd per spool: two would deliver each message twice. */
+	if (flock(sp->dirfd, LOCK_EX | LOCK_NB) == -1) {
+		snprintf(err, errlen, "spool_dir %s: %s", dir,
+		    errno == EWOULDBLOCK ? "in use by another relayd (each "
+		    "instance needs a spool of its own)" : strerror(errno));
 		goto fail;
 	}
 	spool_probe(sp);
@@ -1416,6 +1426,30 @@ const struct spool_entry *
 spool_entry_at(const struct spool *sp, size_t i)
 {
 	return i < sp->nentries ? &sp->entries[i] : NULL;
+}
+
+size_t
+spool_dead_count(struct spool *sp)
+{
+	DIR		*d;
+	struct dirent	*de;
+	size_t		 n = 0, len;
+	int		 fd;
+
+	if ((fd = openat(sp->dirfd, "dead", O_RDONLY | O_DIRECTORY |
+	    O_CLOEXEC)) == -1 || (d = fdopendir(fd)) == NULL) {
+		if (fd != -1)
+			close(fd);
+		return 0;
+	}
+	while ((de = readdir(d)) != NULL) {
+		len = strlen(de->d_name);
+		if (len == SPOOL_QID_LEN && strspn(de->d_name,
+		    "0123456789ABCDEF") == len)
+			n++;
+	}
+	closedir(d);
+	return n;
 }
 
 void
@@ -1703,6 +1737,7 @@ spool_msg_new(struct spool *sp, const struct spool_env *env)
 	spool_new_qid(sp, m->qid);
 	m->buf = xmalloc(SPOOL_BUF_SIZE);
 	m->mail_from = xstrdup(env->mail_from);
+	m->nrcpts = env->nrcpts;
 	snprintf(line, sizeof(line), "%s%d\n", SPOOL_MAGIC, SPOOL_VERSION);
 	msg_append(m, line, strlen(line));
 	spool_format_state(line, SPOOL_QUEUED, 0, 0, "");

@@ -63,7 +63,7 @@ struct spool_view {
 typedef void spool_done_cb(void *arg, int err, const char *qid);
 /* A message has been committed to queue/ (called on the event loop). */
 typedef void spool_queued_cb(void *arg, const char *qid,
-    const char *mail_from, uint64_t size);
+    const char *mail_from, size_t nrcpts, uint64_t size);
 
 /*
  * Opens (creating if needed) the spool under dir, syncing the way the
@@ -80,6 +80,8 @@ size_t		 spool_count(struct spool *);
 size_t		 spool_segments(struct spool *);
 /* The messages found at open, oldest first. */
 const struct spool_entry *spool_entry_at(const struct spool *, size_t);
+/* Messages in dead/ (a directory scan: for the status socket). */
+size_t		 spool_dead_count(struct spool *);
 void		 spool_set_queued_cb(struct spool *, spool_queued_cb *, void *);
 
 /* Maps a queued message for reading (any thread). -1 with errno. */

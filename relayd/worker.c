@@ -81,6 +81,12 @@ struct qent {
 	char			*sender;	/* envelope, "" for null */
 	int			 maybe_dup;	/* an attempt may have gone out */
 	char			*stray;		/* a draft to delete: "mailbox id" */
+	size_t			 nrcpts;
+	int			 inflight;	/* a worker has it */
+	int			 held;		/* relayctl hold: state H */
+	int			 hold_asked;	/* held once back from a worker */
+	uint64_t		 next_wall;	/* deferred till then (ms) */
+	char			 error[SPOOL_ERROR_MAX + 1];	/* the last */
 	struct mbox		*mb;
 	struct event		*timer;		/* while deferred */
 	struct worker_pool	*pool;
@@ -157,6 +163,11 @@ struct worker_pool {
 	int			 stopping;
 	struct event		*notify_ev;
 	int			 notify[2];
+
+	/* For the status socket. */
+	uint64_t		 nsent, ndeferred, nfailed;
+	struct worker_error	 errors[WORKER_ERRORS];
+	size_t			 nerrors;	/* ever; the ring holds the last */
 
 	/* Shared, under lock. */
 	pthread_mutex_t		 lock;
@@ -354,33 +365,46 @@ qent_free(struct worker_pool *p, struct qent *qe)
 
 static void	retry_cb(evutil_socket_t, short, void *);
 
+/* Deferred: the retry timer, and when it fires by the wall clock. */
+static void
+retry_at(struct worker_pool *p, struct qent *qe, uint64_t delay)
+{
+	struct timeval	 tv = ms_tv(delay);
+
+	qe->next_wall = wall_us() / 1000 + delay;
+	qe->timer = evtimer_new(p->base, retry_cb, qe);
+	evtimer_add(qe->timer, &tv);
+}
+
 /*
  * A message joins the queue: ready now, or (found at start with a retry
  * time on disk) when its next attempt is due.
  */
 static void
 enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
-    uint64_t size, unsigned attempts, uint64_t arrival_ms, uint64_t next_ms)
+    size_t nrcpts, uint64_t size, unsigned attempts, uint64_t arrival_ms,
+    uint64_t next_ms, const char *error, int held)
 {
 	struct qent	*qe = xcalloc(1, sizeof(*qe));
-	struct timeval	 tv;
-	uint64_t	 now = wall_us() / 1000, wait;
+	uint64_t	 now = wall_us() / 1000;
 
 	strlcpy_r(qe->qid, qid, sizeof(qe->qid));
 	qe->size = size;
+	qe->nrcpts = nrcpts;
 	qe->attempts = attempts;
 	qe->arrival_ms = arrival_ms;
 	qe->sender = xstrdup(mail_from);
+	qe->held = held;
+	strlcpy_r(qe->error, error != NULL ? error : "", sizeof(qe->error));
 	qe->pool = p;
 	qe->mb = mbox_get(p, mailbox_key(p, mail_from));
 	qe->mb->refs++;
 	TAILQ_INSERT_TAIL(&p->all, qe, all);
 	p->queued++;
+	if (held)
+		return;			/* until relayctl release */
 	if (next_ms > now) {
-		wait = next_ms - now;
-		qe->timer = evtimer_new(p->base, retry_cb, qe);
-		tv = ms_tv(wait);
-		evtimer_add(qe->timer, &tv);
+		retry_at(p, qe, next_ms - now);
 		return;
 	}
 	TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
@@ -391,11 +415,13 @@ enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
 }
 
 static void
-on_queued(void *arg, const char *qid, const char *mail_from, uint64_t size)
+on_queued(void *arg, const char *qid, const char *mail_from, size_t nrcpts,
+    uint64_t size)
 {
 	struct worker_pool	*p = arg;
 
-	enqueue(p, qid, mail_from, size, 0, wall_us() / 1000, 0);
+	enqueue(p, qid, mail_from, nrcpts, size, 0, wall_us() / 1000, 0, NULL,
+	    0);
 	dispatch(p);
 }
 
@@ -423,6 +449,7 @@ dispatch(struct worker_pool *p)
 		p->busy++;
 		j = xcalloc(1, sizeof(*j));
 		j->qe = qe;
+		qe->inflight = 1;
 		j->stray = qe->stray;
 		qe->stray = NULL;
 		memcpy(j->qid, qe->qid, sizeof(j->qid));
@@ -451,6 +478,7 @@ retry_cb(evutil_socket_t fd, short ev, void *arg)
 
 	event_free(qe->timer);
 	qe->timer = NULL;
+	qe->next_wall = 0;
 	TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
 	mbox_update(p, qe->mb);
 	dispatch(p);
@@ -583,7 +611,6 @@ hold_on_disk(struct worker_pool *p, struct mbox *mb, uint64_t until,
 static void
 defer(struct worker_pool *p, struct qent *qe, struct job *j)
 {
-	struct timeval	 tv;
 	struct mbox	*mb = qe->mb;
 	unsigned	 flags = j->err.flags;
 	uint64_t	 delay, now = wall_us() / 1000;
@@ -627,9 +654,50 @@ defer(struct worker_pool *p, struct qent *qe, struct job *j)
 		hold_on_disk(p, mb, now + delay, last);
 		return;
 	}
-	qe->timer = evtimer_new(p->base, retry_cb, qe);
-	tv = ms_tv(delay);
-	evtimer_add(qe->timer, &tv);
+	retry_at(p, qe, delay);
+}
+
+/* The status socket's recent errors, and the message's last one. */
+static void
+note_error(struct worker_pool *p, struct qent *qe, const struct job *j)
+{
+	struct worker_error	*we = &p->errors[p->nerrors++ % WORKER_ERRORS];
+
+	memset(we, 0, sizeof(*we));
+	we->time_ms = wall_us() / 1000;
+	strlcpy_r(we->qid, qe->qid, sizeof(we->qid));
+	strlcpy_r(we->mailbox, j->mailbox ? j->mailbox : "",
+	    sizeof(we->mailbox));
+	we->status = j->status;
+	we->permanent = j->result == GRAPH_PERMFAIL;
+	strlcpy_r(we->code, j->err.code, sizeof(we->code));
+	strlcpy_r(we->message, j->err.message, sizeof(we->message));
+	{
+		char last[sizeof(j->err.code) + sizeof(j->err.message) + 1];
+
+		snprintf(last, sizeof(last), "%s %s", j->err.code,
+		    j->err.message);
+		strlcpy_r(qe->error, last, sizeof(qe->error));
+	}
+}
+
+/* relayctl hold: out of every list until released (state H on disk). */
+static void
+hold_now(struct worker_pool *p, struct qent *qe)
+{
+	if (qe->timer != NULL) {
+		event_free(qe->timer);
+		qe->timer = NULL;
+	} else if (!qe->held) {
+		TAILQ_REMOVE(&qe->mb->ready, qe, link);
+		mbox_update(p, qe->mb);
+	}
+	qe->held = 1;
+	qe->hold_asked = 0;
+	qe->next_wall = 0;
+	spool_set_state(p->spool, qe->qid, SPOOL_HELD, qe->attempts, 0,
+	    qe->error);
+	log_info("%s held by relayctl", qe->qid);
 }
 
 /* Loop thread: what became of one attempt. */
@@ -640,6 +708,7 @@ finish(struct worker_pool *p, struct job *j)
 
 	qe->mb->inflight--;
 	p->busy--;
+	qe->inflight = 0;
 	qe->attempts++;
 	qe->stray = j->stray;
 	j->stray = NULL;
@@ -650,8 +719,11 @@ finish(struct worker_pool *p, struct job *j)
 	if (j->reached)
 		service_result(p, j->result == GRAPH_TEMPFAIL &&
 		    (j->err.flags & GRAPH_F_SERVICE));
+	if (j->result != GRAPH_SENT)
+		note_error(p, qe, j);
 	switch (j->result) {
 	case GRAPH_SENT:
+		p->nsent++;
 		log_info("%s graph sent mailbox=%s rcpts=%zu size=%" PRIu64
 		    " attachments=%zu graph_status=%ld request_id=%s ms=%" PRIu64
 		    "%s%s", qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
@@ -668,10 +740,20 @@ finish(struct worker_pool *p, struct job *j)
 		    qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
 		    qe->size, j->status, j->err.code, j->err.message,
 		    j->request_id[0] ? j->request_id : "-");
+		p->nfailed++;
 		dead_letter(p, qe, j, "refused");
 		break;
 	case GRAPH_TEMPFAIL:
 	case GRAPH_REAUTH:
+		p->ndeferred++;
+		if (qe->hold_asked) {
+			/* relayctl hold came while a worker had it. */
+			log_info("%s graph deferred code=%s message=\"%s\" "
+			    "attempts=%u held=yes", qe->qid, j->err.code,
+			    j->err.message, qe->attempts);
+			hold_now(p, qe);
+			break;
+		}
 		defer(p, qe, j);
 		break;
 	}
@@ -1223,9 +1305,10 @@ worker_new(struct event_base *base, const struct config *cfg,
 	}
 	p->rng = wall_us() | 1;
 	for (i = 0; (e = spool_entry_at(spool, i)) != NULL; i++)
-		if (e->state == SPOOL_QUEUED)
-			enqueue(p, e->qid, e->mail_from, e->size, e->attempts,
-			    e->arrival_us / 1000, e->next_ms);
+		if (e->state == SPOOL_QUEUED || e->state == SPOOL_HELD)
+			enqueue(p, e->qid, e->mail_from, e->nrcpts, e->size,
+			    e->attempts, e->arrival_us / 1000, e->next_ms,
+			    e->error, e->state == SPOOL_HELD);
 	spool_set_queued_cb(spool, on_queued, p);
 	dispatch(p);
 	return p;
@@ -1275,6 +1358,7 @@ worker_free(struct worker_pool *p)
 		if (qe->timer != NULL)
 			event_free(qe->timer);
 		free(qe->sender);
+		free(qe->stray);
 		free(qe);
 	}
 	for (i = 0; i < MBOX_HASH_SIZE; i++)
@@ -1302,4 +1386,243 @@ size_t
 worker_queued(const struct worker_pool *p)
 {
 	return p->queued;
+}
+
+/* ---- the status socket's view and relayctl's actions (loop thread) ---- */
+
+static const char *
+qent_state(const struct worker_pool *p, const struct qent *qe)
+{
+	if (qe->inflight)
+		return "in flight";
+	if (qe->held)
+		return "held";
+	if (qe->timer != NULL)
+		return "deferred";
+	if (qe->mb->hold_until > now_ms() || p->svc_until > now_ms())
+		return "throttled";
+	return "queued";
+}
+
+static void
+qent_info(const struct worker_pool *p, const struct qent *qe,
+    struct worker_msg *m)
+{
+	uint64_t	 now = now_ms();
+
+	memset(m, 0, sizeof(*m));
+	m->qid = qe->qid;
+	m->size = qe->size;
+	m->arrival_ms = qe->arrival_ms;
+	m->sender = qe->sender;
+	m->mailbox = qe->mb->key;
+	m->nrcpts = qe->nrcpts;
+	m->attempts = qe->attempts;
+	m->state = qent_state(p, qe);
+	m->error = qe->error;
+	if (qe->timer != NULL)
+		m->next_ms = qe->next_wall;
+	else if (!qe->held && !qe->inflight && qe->mb->hold_until > now)
+		m->next_ms = wall_us() / 1000 + (qe->mb->hold_until - now);
+}
+
+void
+worker_counts(const struct worker_pool *p, struct worker_counts *c)
+{
+	const struct qent	*qe;
+	const char		*st;
+
+	memset(c, 0, sizeof(*c));
+	TAILQ_FOREACH(qe, &p->all, all) {
+		st = qent_state(p, qe);
+		if (strcmp(st, "in flight") == 0)
+			c->inflight++;
+		else if (strcmp(st, "held") == 0)
+			c->held++;
+		else if (strcmp(st, "deferred") == 0)
+			c->deferred++;
+		else if (strcmp(st, "throttled") == 0)
+			c->throttled++;
+		else
+			c->queued++;
+	}
+	c->sent = p->nsent;
+	c->deferred_total = p->ndeferred;
+	c->failed = p->nfailed;
+	c->graph_held_ms = p->svc_until > now_ms() ? p->svc_until -
+	    now_ms() : 0;
+}
+
+void
+worker_foreach(const struct worker_pool *p, worker_msg_cb *cb, void *arg)
+{
+	const struct qent	*qe;
+	struct worker_msg	 m;
+
+	TAILQ_FOREACH(qe, &p->all, all) {
+		qent_info(p, qe, &m);
+		cb(arg, &m);
+	}
+}
+
+static struct qent *
+qent_find(const struct worker_pool *p, const char *qid)
+{
+	struct qent	*qe;
+
+	TAILQ_FOREACH(qe, &p->all, all)
+		if (strcasecmp(qe->qid, qid) == 0)
+			return qe;
+	return NULL;
+}
+
+int
+worker_find(const struct worker_pool *p, const char *qid,
+    struct worker_msg *m)
+{
+	const struct qent	*qe = qent_find(p, qid);
+
+	if (qe == NULL)
+		return -1;
+	qent_info(p, qe, m);
+	return 0;
+}
+
+void
+worker_throttled(const struct worker_pool *p, worker_throttle_cb *cb,
+    void *arg)
+{
+	const struct mbox	*mb;
+	uint64_t		 now = now_ms(), wall = wall_us() / 1000;
+	size_t			 i;
+
+	for (i = 0; i < MBOX_HASH_SIZE; i++)
+		for (mb = p->hash[i]; mb != NULL; mb = mb->hnext)
+			if (mb->hold_until > now)
+				cb(arg, mb->key, wall + (mb->hold_until - now));
+}
+
+size_t
+worker_errors(const struct worker_pool *p, const struct worker_error **out)
+{
+	size_t	 n = p->nerrors < WORKER_ERRORS ? p->nerrors : WORKER_ERRORS;
+	size_t	 i;
+
+	/* Newest first. */
+	for (i = 0; i < n; i++)
+		out[i] = &p->errors[(p->nerrors - 1 - i) % WORKER_ERRORS];
+	return n;
+}
+
+/* Ready now: out of its timer, its mailbox's hold lifted. */
+static void
+retry_now(struct worker_pool *p, struct qent *qe)
+{
+	if (qe->timer != NULL) {
+		event_free(qe->timer);
+		qe->timer = NULL;
+		qe->next_wall = 0;
+		TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
+	}
+	qe->mb->hold_until = 0;
+	spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, qe->attempts, 0,
+	    qe->error);
+	mbox_update(p, qe->mb);
+}
+
+int
+worker_retry(struct worker_pool *p, const char *qid, const char **why)
+{
+	struct qent	*qe;
+	int		 n = 0;
+
+	if (strcmp(qid, "all") == 0) {
+		p->svc_until = 0;	/* the Graph-wide hold too */
+		p->svc_probing = 0;
+		TAILQ_FOREACH(qe, &p->all, all)
+			if (!qe->inflight && !qe->held) {
+				retry_now(p, qe);
+				n++;
+			}
+	} else if ((qe = qent_find(p, qid)) == NULL) {
+		*why = "no such message in the queue";
+		return -1;
+	} else if (qe->held) {
+		*why = "held: release it";
+		return -1;
+	} else if (!qe->inflight) {
+		retry_now(p, qe);
+		n = 1;
+	}
+	log_info("relayctl: retry %s: %d message(s) now", qid, n);
+	dispatch(p);
+	return n;
+}
+
+int
+worker_hold(struct worker_pool *p, const char *qid, const char **why)
+{
+	struct qent	*qe;
+
+	if ((qe = qent_find(p, qid)) == NULL) {
+		*why = "no such message in the queue";
+		return -1;
+	}
+	if (qe->inflight)
+		qe->hold_asked = 1;	/* held if it comes back unsent */
+	else if (!qe->held)
+		hold_now(p, qe);
+	return 0;
+}
+
+int
+worker_release(struct worker_pool *p, const char *qid, const char **why)
+{
+	struct qent	*qe;
+
+	if ((qe = qent_find(p, qid)) == NULL) {
+		*why = "no such message in the queue";
+		return -1;
+	}
+	qe->hold_asked = 0;
+	if (!qe->held) {
+		*why = "not held";
+		return -1;
+	}
+	qe->held = 0;
+	spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, qe->attempts, 0,
+	    qe->error);
+	TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
+	mbox_update(p, qe->mb);
+	log_info("%s released by relayctl", qe->qid);
+	dispatch(p);
+	return 0;
+}
+
+int
+worker_delete(struct worker_pool *p, const char *qid, const char **why)
+{
+	struct qent	*qe;
+
+	if ((qe = qent_find(p, qid)) == NULL) {
+		*why = "no such message in the queue";
+		return -1;
+	}
+	if (qe->inflight) {
+		*why = "being delivered now: hold it, then delete it";
+		return -1;
+	}
+	if (!qe->held && qe->timer == NULL)
+		TAILQ_REMOVE(&qe->mb->ready, qe, link);
+	if (spool_remove(p->spool, qe->qid) == -1) {
+		*why = "the spool could not mark it";
+		if (!qe->held && qe->timer == NULL)
+			TAILQ_INSERT_HEAD(&qe->mb->ready, qe, link);
+		return -1;
+	}
+	log_info("%s deleted by relayctl size=%" PRIu64 " sender=<%s> "
+	    "attempts=%u", qe->qid, qe->size, qe->sender, qe->attempts);
+	mbox_update(p, qe->mb);
+	qent_free(p, qe);
+	return 0;
 }

@@ -3,6 +3,7 @@
 #define RELAYD_WORKER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct config;
 struct event_base;
@@ -19,5 +20,71 @@ struct worker_pool *worker_new(struct event_base *, const struct config *,
 /* Stops: requests in flight get a short grace, the rest stays queued. */
 void		 worker_free(struct worker_pool *);
 size_t		 worker_queued(const struct worker_pool *);
+
+/* ---- for the status socket (event loop thread) ---- */
+
+#define WORKER_ERRORS	16		/* recent errors kept */
+
+struct worker_counts {
+	size_t		 queued;	/* ready for a worker */
+	size_t		 inflight;
+	size_t		 deferred;	/* waiting for a retry */
+	size_t		 throttled;	/* its mailbox (or Graph) on hold */
+	size_t		 held;		/* relayctl hold */
+	uint64_t	 sent, deferred_total, failed;	/* since start */
+	uint64_t	 graph_held_ms;	/* Graph-wide hold left, 0: none */
+};
+
+/* One queued message; the strings live as long as the entry. */
+struct worker_msg {
+	const char	*qid;
+	uint64_t	 size;
+	uint64_t	 arrival_ms;	/* wall clock */
+	const char	*sender;	/* "" for the null sender */
+	const char	*mailbox;	/* the queue's mailbox key */
+	size_t		 nrcpts;
+	unsigned	 attempts;
+	uint64_t	 next_ms;	/* wall clock, 0: as soon as it can */
+	const char	*state;		/* queued, in flight, deferred, ... */
+	const char	*error;		/* the last, "" if none */
+};
+
+struct worker_error {
+	uint64_t	 time_ms;	/* wall clock */
+	char		 qid[17];
+	char		 mailbox[256];
+	long		 status;
+	int		 permanent;
+	char		 code[64];
+	char		 message[256];
+};
+
+typedef void worker_msg_cb(void *, const struct worker_msg *);
+typedef void worker_throttle_cb(void *, const char *, uint64_t);
+
+void		 worker_counts(const struct worker_pool *,
+		    struct worker_counts *);
+void		 worker_foreach(const struct worker_pool *, worker_msg_cb *,
+		    void *);
+int		 worker_find(const struct worker_pool *, const char *,
+		    struct worker_msg *);
+/* Mailboxes on hold after a 429, with when they resume (wall ms). */
+void		 worker_throttled(const struct worker_pool *,
+		    worker_throttle_cb *, void *);
+/* The recent errors, newest first, into out[WORKER_ERRORS]. */
+size_t		 worker_errors(const struct worker_pool *,
+		    const struct worker_error **);
+/*
+ * relayctl's actions by queue id. retry ("all" for every message, which
+ * also lifts mailbox and Graph-wide holds) returns how many go now;
+ * the others 0. -1 with why for an unknown id or a state that forbids it.
+ */
+int		 worker_retry(struct worker_pool *, const char *,
+		    const char **);
+int		 worker_hold(struct worker_pool *, const char *, const char **);
+int		 worker_release(struct worker_pool *, const char *,
+		    const char **);
+int		 worker_delete(struct worker_pool *, const char *,
+		    const char **);
 
 #endif

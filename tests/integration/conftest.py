@@ -36,6 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 BUILDDIR = Path(os.environ.get("RELAYD_BUILDDIR") or REPO_ROOT)
 SRCDIR = Path(os.environ.get("RELAYD_SRCDIR") or REPO_ROOT)
 RELAYD_BIN = BUILDDIR / "relayd" / "relayd"
+RELAYCTL_BIN = BUILDDIR / "relayd" / "relayctl"
 
 HOSTNAME = "relayd.test"
 QID_RE = re.compile(r"^[0-9A-F]{16}$")
@@ -545,9 +546,12 @@ class Relayd:
         self.ipv6 = ipv6
         self.port = None
         self._listen = listen
-        self.smtp_opts = {"hostname": HOSTNAME}
+        # SIGTERM drains sessions in a transaction: 5 s, not 30, within
+        # STOP_TIMEOUT for tests that leave one open
+        self.smtp_opts = {"hostname": HOSTNAME, "drain_timeout": "5s"}
         self.smtp_opts.update(smtp or {})
-        self.sections = {"log": {"level": "debug"}}
+        self.sections = {"log": {"level": "debug"},
+                         "status": {"socket": str(self.status_path())}}
         for sec, kv in (sections or {}).items():
             self.sections.setdefault(sec, {}).update(kv)
         self.proc = None
@@ -555,6 +559,37 @@ class Relayd:
         self.exits = []         # return codes of processes that ended
         self.expect_dead = False
         self._log_offset = 0    # where the current process's log begins
+
+    def status_path(self):
+        """The status socket: in the work directory, or (a UNIX socket
+        path has 108 bytes) a short one under /tmp."""
+        path = self.workdir / "status.sock"
+        if len(str(path)) > 100:
+            path = Path("/tmp") / ("relayd-%d-%x.sock"
+                                   % (os.getpid(), id(self)))
+        return path
+
+    def ctl(self, command, timeout=10):
+        """One command on the status socket: the JSON answer."""
+        path = self.sections["status"]["socket"]
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(command.encode() + b"\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        return json.loads(data)
+
+    def relayctl(self, *args, check=False, timeout=30, env=None):
+        """relayctl -s <this relayd's socket> ARGS: CompletedProcess."""
+        return subprocess.run(
+            [str(RELAYCTL_BIN), "-s", self.sections["status"]["socket"]]
+            + [str(a) for a in args], capture_output=True, text=True,
+            timeout=timeout, check=check, env=env)
 
     # -- config
     def listen_lines(self):

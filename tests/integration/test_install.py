@@ -56,6 +56,7 @@ def expected_files(dirs):
         *(dirs["mandir"] + "/" + p for p in MAN_PAGES),
         dirs["sysconfdir"] + "/relayd/relayd.conf.example",
         dirs["systemdsystemunitdir"] + "/relayd.service",
+        dirs["systemdsystemunitdir"] + "/relayd.socket",
         dirs["sysusersdir"] + "/relayd.conf",
     }
 

@@ -1036,10 +1036,12 @@ def test_sighup_reloads_certificate_and_keeps_sessions(relayd_factory,
     before.close()
     after.close()
 
-    # A broken file: the working certificate stays, the log says why.
+    # A broken file: the reload is refused (the config's check reads the
+    # certificate), the working certificate stays, the log says why.
     cert.write_text("not a certificate\n")
     os.kill(d.proc.pid, sig.SIGHUP)
-    d.wait_log(r"certificate not reloaded, the old one stays")
+    d.wait_log(r"reload: .*certificate .*live\.pem: .*no start line")
+    d.wait_log(r"reload refused: .* the configuration in force stays")
     again = Conn.implicit(ports[0], ctx)
     assert peer_cn(again) == "renewed.localhost"
     again.close()

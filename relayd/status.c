@@ -1,0 +1,772 @@
+/*
+ * status.c - the status socket relayctl talks to, and /metrics.
+ *
+ * A UNIX stream socket ([status] socket, mode 0660). Each peer is checked
+ * with SO_PEERCRED when it connects: root, relayd's own user, and the
+ * users and groups of [status] users / groups may talk; anyone else gets
+ * one error line and is closed. The protocol is a line per command and a
+ * line of JSON per answer:
+ *
+ *   status | queue | show ID | retry ID|all | delete ID | hold ID |
+ *   release ID | metrics
+ *
+ * Errors are {"error": "..."}. Everything runs on the event loop, which
+ * owns the queue's state, so answers are consistent snapshots. [status]
+ * metrics_listen serves the same metrics as Prometheus text over HTTP.
+ */
+#include <sys/queue.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+
+#include <errno.h>
+#include <grp.h>
+#include <inttypes.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <json-c/json.h>
+
+#include "autoconf.h"
+#include "config.h"
+#include "log.h"
+#include "smtp.h"
+#include "spool.h"
+#include "status.h"
+#include "token.h"
+#include "util.h"
+#include "worker.h"
+
+#define STATUS_LINE_MAX		1024	/* bytes of one command */
+#define STATUS_IDS_MAX		32	/* users or groups named */
+#define STATUS_CLIENTS_MAX	64	/* connections at once */
+#define STATUS_IDLE_SEC		60	/* a silent client is closed */
+
+struct client {
+	struct status		*st;
+	struct bufferevent	*bev;
+	TAILQ_ENTRY(client)	 link;
+};
+TAILQ_HEAD(client_list, client);
+
+struct status {
+	struct status_env	 env;
+	struct client_list	 clients;
+	struct evconnlistener	*evl;
+	char			*path;
+	struct evhttp		*http;
+	uid_t			 uids[STATUS_IDS_MAX];
+	size_t			 nuids;
+	gid_t			 gids[STATUS_IDS_MAX];
+	size_t			 ngids;
+	size_t			 nclients;
+};
+
+/* ---- who may talk ---- */
+
+static int
+parse_ids(struct status *st, const char *list, int groups, char *err,
+    size_t errlen)
+{
+	char		*copy, *tok, *save = NULL;
+	struct passwd	*pw;
+	struct group	*gr;
+	int		 rc = 0;
+
+	if (list == NULL)
+		return 0;
+	copy = xstrdup(list);
+	for (tok = strtok_r(copy, ", \t", &save); tok != NULL && rc == 0;
+	    tok = strtok_r(NULL, ", \t", &save)) {
+		if (groups && (gr = getgrnam(tok)) != NULL &&
+		    st->ngids < STATUS_IDS_MAX)
+			st->gids[st->ngids++] = gr->gr_gid;
+		else if (!groups && (pw = getpwnam(tok)) != NULL &&
+		    st->nuids < STATUS_IDS_MAX)
+			st->uids[st->nuids++] = pw->pw_uid;
+		else {
+			snprintf(err, errlen, "[status] %s: no %s \"%s\" on "
+			    "this system (or more than %d named)",
+			    groups ? "groups" : "users", groups ? "group" :
+			    "user", tok, STATUS_IDS_MAX);
+			rc = -1;
+		}
+	}
+	free(copy);
+	return rc;
+}
+
+static int
+peer_allowed(const struct status *st, uid_t uid, gid_t gid)
+{
+	struct passwd	*pw;
+	gid_t		 groups[256];
+	int		 n = (int)NELEM(groups), i;
+	size_t		 k;
+
+	if (uid == 0 || uid == geteuid())
+		return 1;
+	for (k = 0; k < st->nuids; k++)
+		if (st->uids[k] == uid)
+			return 1;
+	for (k = 0; k < st->ngids; k++)
+		if (st->gids[k] == gid)
+			return 1;
+	if (st->ngids == 0 || (pw = getpwuid(uid)) == NULL ||
+	    getgrouplist(pw->pw_name, pw->pw_gid, groups, &n) == -1)
+		return 0;
+	for (i = 0; i < n; i++)
+		for (k = 0; k < st->ngids; k++)
+			if (st->gids[k] == groups[i])
+				return 1;
+	return 0;
+}
+
+/* ---- answers ---- */
+
+static json_object *
+jerror(const char *fmt, ...) PRINTFLIKE(1, 2);
+
+static json_object *
+jerror(const char *fmt, ...)
+{
+	json_object	*o = json_object_new_object();
+	va_list		 ap;
+	char		 buf[512];
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	json_object_object_add(o, "error", json_object_new_string(buf));
+	return o;
+}
+
+static void
+add_str(json_object *o, const char *k, const char *v)
+{
+	json_object_object_add(o, k, v != NULL ? json_object_new_string(v) :
+	    NULL);
+}
+
+static void
+add_int(json_object *o, const char *k, int64_t v)
+{
+	json_object_object_add(o, k, json_object_new_int64(v));
+}
+
+/* ISO 8601 UTC for a wall-clock millisecond time; NULL for 0. */
+static json_object *
+jtime(uint64_t ms)
+{
+	char		 buf[32];
+	time_t		 t = (time_t)(ms / 1000);
+	struct tm	 tm;
+
+	if (ms == 0)
+		return NULL;
+	gmtime_r(&t, &tm);
+	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	return json_object_new_string(buf);
+}
+
+static json_object *
+msg_json(const struct worker_msg *m)
+{
+	json_object	*o = json_object_new_object();
+	uint64_t	 now = wall_us() / 1000;
+
+	add_str(o, "id", m->qid);
+	add_str(o, "state", m->state);
+	add_int(o, "age", (int64_t)(now > m->arrival_ms ? (now -
+	    m->arrival_ms) / 1000 : 0));
+	json_object_object_add(o, "arrived", jtime(m->arrival_ms));
+	add_int(o, "size", (int64_t)m->size);
+	add_str(o, "sender", m->sender);
+	add_str(o, "mailbox", m->mailbox);
+	add_int(o, "rcpts", (int64_t)m->nrcpts);
+	add_int(o, "attempts", m->attempts);
+	json_object_object_add(o, "next_attempt", jtime(m->next_ms));
+	add_str(o, "last_error", m->error);
+	return o;
+}
+
+static void
+queue_add(void *arg, const struct worker_msg *m)
+{
+	json_object_array_add(arg, msg_json(m));
+}
+
+static void
+throttled_add(void *arg, const char *mailbox, uint64_t until)
+{
+	json_object	*o = json_object_new_object();
+
+	add_str(o, "mailbox", mailbox);
+	json_object_object_add(o, "resume", jtime(until));
+	json_object_array_add(arg, o);
+}
+
+static json_object *
+cmd_status(struct status *st)
+{
+	const struct status_env	*e = &st->env;
+	const struct worker_error *errs[WORKER_ERRORS];
+	struct worker_counts	 c;
+	json_object		*o = json_object_new_object(), *a, *q, *x;
+	size_t			 i, n;
+	long long		 exp;
+
+	add_str(o, "version", PACKAGE_VERSION);
+	add_int(o, "pid", (int64_t)getpid());
+	add_int(o, "uptime", (int64_t)((wall_us() / 1000 - e->started_ms) /
+	    1000));
+	a = json_object_new_array();
+	for (i = 0; i < smtp_nlisteners(e->smtp); i++)
+		json_object_array_add(a, json_object_new_string(
+		    smtp_listener_name(smtp_listener_at(e->smtp, i))));
+	json_object_object_add(o, "listeners", a);
+	add_int(o, "connections", (int64_t)smtp_nsessions(e->smtp));
+	q = json_object_new_object();
+	memset(&c, 0, sizeof(c));
+	if (e->pool != NULL)
+		worker_counts(e->pool, &c);
+	else
+		c.queued = spool_count(e->spool);
+	add_int(q, "queued", (int64_t)c.queued);
+	add_int(q, "in_flight", (int64_t)c.inflight);
+	add_int(q, "deferred", (int64_t)c.deferred);
+	add_int(q, "throttled", (int64_t)c.throttled);
+	add_int(q, "held", (int64_t)c.held);
+	add_int(q, "dead", (int64_t)spool_dead_count(e->spool));
+	json_object_object_add(o, "queue", q);
+	q = json_object_new_object();
+	add_int(q, "sent", (int64_t)c.sent);
+	add_int(q, "deferred", (int64_t)c.deferred_total);
+	add_int(q, "failed", (int64_t)c.failed);
+	json_object_object_add(o, "totals", q);
+	json_object_object_add(o, "delivery", json_object_new_string(
+	    e->pool == NULL ? "off ([graph] not configured)" :
+	    c.graph_held_ms > 0 ? "held: Graph unavailable" : "on"));
+	if (c.graph_held_ms > 0)
+		json_object_object_add(o, "graph_resume", jtime(wall_us() /
+		    1000 + c.graph_held_ms));
+	exp = e->token != NULL ? token_expires_in(e->token) : -1;
+	json_object_object_add(o, "token_expires", exp >= 0 ?
+	    jtime(wall_us() / 1000 + (uint64_t)exp) : NULL);
+	a = json_object_new_array();
+	if (e->pool != NULL)
+		worker_throttled(e->pool, throttled_add, a);
+	json_object_object_add(o, "throttled_mailboxes", a);
+	a = json_object_new_array();
+	n = e->pool != NULL ? worker_errors(e->pool, errs) : 0;
+	for (i = 0; i < n; i++) {
+		x = json_object_new_object();
+		json_object_object_add(x, "time", jtime(errs[i]->time_ms));
+		add_str(x, "id", errs[i]->qid);
+		add_str(x, "mailbox", errs[i]->mailbox);
+		add_int(x, "status", errs[i]->status);
+		add_str(x, "code", errs[i]->code);
+		add_str(x, "message", errs[i]->message);
+		json_object_object_add(x, "permanent",
+		    json_object_new_boolean(errs[i]->permanent));
+		json_object_array_add(a, x);
+	}
+	json_object_object_add(o, "recent_errors", a);
+	return o;
+}
+
+/* A header field of the message, unfolded, for `show`. */
+static json_object *
+header_field(const char *msg, size_t len, const char *name)
+{
+	size_t		 n = strlen(name), i = 0, j;
+	char		 buf[512];
+	size_t		 k = 0;
+
+	while (i < len && msg[i] != '\r' && msg[i] != '\n') {
+		if (len - i > n && strncasecmp(msg + i, name, n) == 0 &&
+		    msg[i + n] == ':') {
+			for (j = i + n + 1; j < len && k < sizeof(buf) - 1; j++) {
+				if (msg[j] == '\r' || msg[j] == '\n') {
+					if (j + 2 < len && msg[j] == '\r' &&
+					    (msg[j + 2] == ' ' ||
+					    msg[j + 2] == '\t')) {
+						j++;
+						continue;
+					}
+					break;
+				}
+				buf[k++] = msg[j];
+			}
+			buf[k] = '\0';
+			return json_object_new_string(str_trim(buf));
+		}
+		while (i < len && msg[i] != '\n')
+			i++;
+		i++;
+	}
+	return NULL;
+}
+
+static json_object *
+cmd_show(struct status *st, const char *id)
+{
+	struct worker_msg	 m;
+	struct spool_view	 v;
+	json_object		*o, *a;
+	const char		*why;
+	size_t			 i, hlen;
+	static const char	*fields[] = { "From", "To", "Cc", "Subject",
+	    "Date", "Message-ID" };
+
+	if (st->env.pool == NULL || worker_find(st->env.pool, id, &m) == -1)
+		return jerror("no such message in the queue: %s", id);
+	o = msg_json(&m);
+	if (spool_map_msg(st->env.spool, m.qid, &v, &why) == -1) {
+		add_str(o, "spool_error", why);
+		return o;
+	}
+	a = json_object_new_array();
+	for (i = 0; i < v.e.nrcpts; i++)
+		json_object_array_add(a, json_object_new_string(v.e.rcpts[i]));
+	json_object_object_add(o, "recipients", a);
+	a = json_object_new_object();
+	hlen = v.e.size < 256 * 1024 ? v.e.size : 256 * 1024;
+	for (i = 0; i < NELEM(fields); i++)
+		json_object_object_add(a, fields[i], header_field(v.msg, hlen,
+		    fields[i]));
+	json_object_object_add(o, "headers", a);
+	spool_unmap_msg(&v);
+	return o;
+}
+
+static json_object *
+cmd_action(struct status *st, const char *verb, const char *id)
+{
+	struct worker_pool	*p = st->env.pool;
+	const char		*why = "";
+	json_object		*o;
+	int			 n;
+
+	if (p == NULL)
+		return jerror("delivery is off ([graph] not configured)");
+	if (strcmp(verb, "retry") == 0)
+		n = worker_retry(p, id, &why);
+	else if (strcmp(id, "all") == 0)
+		return jerror("%s takes one queue id", verb);
+	else if (strcmp(verb, "hold") == 0)
+		n = worker_hold(p, id, &why);
+	else if (strcmp(verb, "release") == 0)
+		n = worker_release(p, id, &why);
+	else
+		n = worker_delete(p, id, &why);
+	if (n == -1)
+		return jerror("%s %s: %s", verb, id, why);
+	o = json_object_new_object();
+	add_str(o, "ok", verb);
+	add_str(o, "id", id);
+	if (strcmp(verb, "retry") == 0)
+		add_int(o, "retried", n);
+	return o;
+}
+
+char *
+status_metrics(struct status *st)
+{
+	const struct status_env	*e = &st->env;
+	struct worker_counts	 c;
+	char			*out;
+	size_t			 ntr = 0;
+	long long		 exp;
+	struct json_object	*a = json_object_new_array();
+
+	memset(&c, 0, sizeof(c));
+	if (e->pool != NULL) {
+		worker_counts(e->pool, &c);
+		worker_throttled(e->pool, throttled_add, a);
+		ntr = json_object_array_length(a);
+	} else
+		c.queued = spool_count(e->spool);
+	json_object_put(a);
+	exp = e->token != NULL ? token_expires_in(e->token) : -1;
+	xasprintf(&out,
+	    "# HELP relayd_info relayd's version.\n"
+	    "# TYPE relayd_info gauge\n"
+	    "relayd_info{version=\"%s\"} 1\n"
+	    "# HELP relayd_uptime_seconds Seconds since relayd started.\n"
+	    "# TYPE relayd_uptime_seconds gauge\n"
+	    "relayd_uptime_seconds %" PRIu64 "\n"
+	    "# HELP relayd_smtp_connections SMTP connections open now.\n"
+	    "# TYPE relayd_smtp_connections gauge\n"
+	    "relayd_smtp_connections %zu\n"
+	    "# HELP relayd_queue_messages Messages in the queue by state.\n"
+	    "# TYPE relayd_queue_messages gauge\n"
+	    "relayd_queue_messages{state=\"queued\"} %zu\n"
+	    "relayd_queue_messages{state=\"in_flight\"} %zu\n"
+	    "relayd_queue_messages{state=\"deferred\"} %zu\n"
+	    "relayd_queue_messages{state=\"throttled\"} %zu\n"
+	    "relayd_queue_messages{state=\"held\"} %zu\n"
+	    "relayd_queue_messages{state=\"dead\"} %zu\n"
+	    "# HELP relayd_messages_sent_total Messages Graph accepted.\n"
+	    "# TYPE relayd_messages_sent_total counter\n"
+	    "relayd_messages_sent_total %" PRIu64 "\n"
+	    "# HELP relayd_delivery_deferrals_total Attempts that failed for "
+	    "now.\n"
+	    "# TYPE relayd_delivery_deferrals_total counter\n"
+	    "relayd_delivery_deferrals_total %" PRIu64 "\n"
+	    "# HELP relayd_messages_failed_total Messages refused for good "
+	    "(dead letters).\n"
+	    "# TYPE relayd_messages_failed_total counter\n"
+	    "relayd_messages_failed_total %" PRIu64 "\n"
+	    "# HELP relayd_throttled_mailboxes Mailboxes on hold after a "
+	    "429.\n"
+	    "# TYPE relayd_throttled_mailboxes gauge\n"
+	    "relayd_throttled_mailboxes %zu\n"
+	    "# HELP relayd_graph_hold_seconds Seconds left of a Graph-wide "
+	    "hold (Graph unavailable).\n"
+	    "# TYPE relayd_graph_hold_seconds gauge\n"
+	    "relayd_graph_hold_seconds %.3f\n"
+	    "# HELP relayd_token_expiry_seconds Seconds until the access "
+	    "token expires; -1: none.\n"
+	    "# TYPE relayd_token_expiry_seconds gauge\n"
+	    "relayd_token_expiry_seconds %.3f\n",
+	    PACKAGE_VERSION, (wall_us() / 1000 - e->started_ms) / 1000,
+	    smtp_nsessions(e->smtp), c.queued, c.inflight, c.deferred,
+	    c.throttled, c.held, spool_dead_count(e->spool), c.sent,
+	    c.deferred_total, c.failed, ntr, (double)c.graph_held_ms / 1000.0,
+	    exp < 0 ? -1.0 : (double)exp / 1000.0);
+	return out;
+}
+
+char *
+status_command(struct status *st, const char *line)
+{
+	char		 verb[16], id[64], extra[8];
+	json_object	*o;
+	char		*out, *text;
+	int		 n;
+
+	n = sscanf(line, "%15s %63s %7s", verb, id, extra);
+	if (n <= 0)
+		o = jerror("empty command");
+	else if (n == 1 && strcmp(verb, "status") == 0)
+		o = cmd_status(st);
+	else if (n == 1 && strcmp(verb, "queue") == 0 &&
+	    st->env.pool == NULL)
+		o = jerror("delivery is off ([graph] not configured): %zu "
+		    "message(s) wait in the spool", spool_count(st->env.spool));
+	else if (n == 1 && strcmp(verb, "queue") == 0) {
+		o = json_object_new_object();
+		json_object_object_add(o, "queue", json_object_new_array());
+		if (st->env.pool != NULL)
+			worker_foreach(st->env.pool, queue_add,
+			    json_object_object_get(o, "queue"));
+	} else if (n == 1 && strcmp(verb, "metrics") == 0) {
+		text = status_metrics(st);
+		o = json_object_new_object();
+		add_str(o, "metrics", text);
+		free(text);
+	} else if (n == 2 && strcmp(verb, "show") == 0)
+		o = cmd_show(st, id);
+	else if (n == 2 && (strcmp(verb, "retry") == 0 ||
+	    strcmp(verb, "delete") == 0 || strcmp(verb, "hold") == 0 ||
+	    strcmp(verb, "release") == 0))
+		o = cmd_action(st, verb, id);
+	else
+		o = jerror("unknown command: try status, queue, show ID, "
+		    "retry ID|all, delete ID, hold ID, release ID, metrics");
+	out = xstrdup(json_object_to_json_string_ext(o,
+	    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+	json_object_put(o);
+	return out;
+}
+
+/* ---- the socket ---- */
+
+static void
+client_free(struct client *c)
+{
+	c->st->nclients--;
+	TAILQ_REMOVE(&c->st->clients, c, link);
+	bufferevent_free(c->bev);
+	free(c);
+}
+
+static void
+client_read(struct bufferevent *bev, void *arg)
+{
+	static const char too_long[] = "{\"error\":\"command line too long\"}\n";
+	struct client	*c = arg;
+	struct evbuffer	*in = bufferevent_get_input(bev);
+	char		*line, *ans;
+	size_t		 n;
+
+	while ((line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF)) != NULL) {
+		ans = status_command(c->st, line);
+		bufferevent_write(bev, ans, strlen(ans));
+		bufferevent_write(bev, "\n", 1);
+		free(ans);
+		free(line);
+	}
+	if (evbuffer_get_length(in) > STATUS_LINE_MAX) {
+		bufferevent_write(bev, too_long, sizeof(too_long) - 1);
+		bufferevent_disable(bev, EV_READ);
+		bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+	}
+}
+
+static void
+client_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct client	*c = arg;
+
+	(void)bev;
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+		client_free(c);
+}
+
+static void
+client_written(struct bufferevent *bev, void *arg)
+{
+	/* After a refusal or an overlong line: close once it is out. */
+	if (!(bufferevent_get_enabled(bev) & EV_READ))
+		client_free(arg);
+}
+
+static void
+on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+    int salen, void *arg)
+{
+	struct status	*st = arg;
+	struct client	*c;
+	struct ucred	 cred;
+	socklen_t	 len = sizeof(cred);
+	struct timeval	 idle = { STATUS_IDLE_SEC, 0 };
+	const char	*refusal = NULL;
+	char		 msg[256];
+
+	(void)l;
+	(void)sa;
+	(void)salen;
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == -1) {
+		log_warn("status: SO_PEERCRED");
+		close(fd);
+		return;
+	}
+	if (!peer_allowed(st, cred.uid, cred.gid)) {
+		log_warnx("status: refused uid=%u gid=%u pid=%d (not root, "
+		    "relayd's user or in [status] users/groups)",
+		    (unsigned)cred.uid, (unsigned)cred.gid, (int)cred.pid);
+		snprintf(msg, sizeof(msg), "{\"error\":\"permission denied: "
+		    "uid %u may not use relayd's status socket (see [status] "
+		    "users and groups)\"}\n", (unsigned)cred.uid);
+		refusal = msg;
+	} else if (st->nclients >= STATUS_CLIENTS_MAX)
+		refusal = "{\"error\":\"too many status connections\"}\n";
+	c = xcalloc(1, sizeof(*c));
+	c->st = st;
+	c->bev = bufferevent_socket_new(st->env.base, fd,
+	    BEV_OPT_CLOSE_ON_FREE);
+	st->nclients++;
+	TAILQ_INSERT_TAIL(&st->clients, c, link);
+	bufferevent_setcb(c->bev, client_read, client_written, client_event,
+	    c);
+	bufferevent_set_timeouts(c->bev, &idle, &idle);
+	if (refusal != NULL) {
+		bufferevent_write(c->bev, refusal, strlen(refusal));
+		bufferevent_disable(c->bev, EV_READ);
+		bufferevent_enable(c->bev, EV_WRITE);
+		return;
+	}
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/* Another relayd answering on the path? Then it is not stale. */
+static int
+in_use(const char *path)
+{
+	struct sockaddr_un	 sun;
+	int			 fd, used;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	strlcpy_r(sun.sun_path, path, sizeof(sun.sun_path));
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
+		return 0;
+	used = connect(fd, (struct sockaddr *)&sun, sizeof(sun)) == 0;
+	close(fd);
+	return used;
+}
+
+static int
+socket_open(struct status *st, const char *path, char *err, size_t errlen)
+{
+	struct sockaddr_un	 sun;
+	struct stat		 sb;
+	int			 fd;
+	mode_t			 old;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		snprintf(err, errlen, "[status] socket %s: path too long",
+		    path);
+		return -1;
+	}
+	strlcpy_r(sun.sun_path, path, sizeof(sun.sun_path));
+	if (lstat(path, &sb) == 0) {
+		if (!S_ISSOCK(sb.st_mode)) {
+			snprintf(err, errlen, "[status] socket %s exists and "
+			    "is not a socket", path);
+			return -1;
+		}
+		if (in_use(path)) {
+			snprintf(err, errlen, "[status] socket %s: another "
+			    "relayd answers there", path);
+			return -1;
+		}
+		unlink(path);
+	}
+	if ((fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    0)) == -1) {
+		snprintf(err, errlen, "status socket: %s", strerror(errno));
+		return -1;
+	}
+	old = umask(0117);
+	if (bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1) {
+		umask(old);
+		snprintf(err, errlen, "[status] socket %s: %s", path,
+		    strerror(errno));
+		close(fd);
+		return -1;
+	}
+	umask(old);
+	chmod(path, 0660);
+	st->evl = evconnlistener_new(st->env.base, on_accept, st,
+	    LEV_OPT_CLOSE_ON_FREE, 16, fd);
+	if (st->evl == NULL) {
+		snprintf(err, errlen, "[status] socket %s: cannot listen",
+		    path);
+		close(fd);
+		unlink(path);
+		return -1;
+	}
+	st->path = xstrdup(path);
+	return 0;
+}
+
+static void
+http_metrics(struct evhttp_request *req, void *arg)
+{
+	struct evbuffer	*b = evbuffer_new();
+	char		*text;
+
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_GET) {
+		evhttp_send_error(req, 405, "Method Not Allowed");
+		evbuffer_free(b);
+		return;
+	}
+	text = status_metrics(arg);
+	evbuffer_add(b, text, strlen(text));
+	free(text);
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+	    "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+	evhttp_send_reply(req, 200, "OK", b);
+	evbuffer_free(b);
+}
+
+static int
+metrics_open(struct status *st, const char *addr, char *err, size_t errlen)
+{
+	char		*host = xstrdup(addr), *colon;
+	char		*end;
+	unsigned long	 port;
+	int		 rc = -1;
+
+	colon = strrchr(host, ':');
+	if (colon == NULL || colon == host) {
+		snprintf(err, errlen, "[status] metrics_listen %s: want "
+		    "ADDR:PORT", addr);
+		goto out;
+	}
+	*colon = '\0';
+	port = strtoul(colon + 1, &end, 10);
+	if (*end != '\0' || port == 0 || port > 65535) {
+		snprintf(err, errlen, "[status] metrics_listen %s: bad port",
+		    addr);
+		goto out;
+	}
+	if (host[0] == '[' && host[strlen(host) - 1] == ']') {
+		memmove(host, host + 1, strlen(host));
+		host[strlen(host) - 1] = '\0';
+	}
+	st->http = evhttp_new(st->env.base);
+	evhttp_set_allowed_methods(st->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+	evhttp_set_cb(st->http, "/metrics", http_metrics, st);
+	if (evhttp_bind_socket(st->http, host, (ev_uint16_t)port) != 0) {
+		snprintf(err, errlen, "[status] metrics_listen %s: cannot "
+		    "bind: %s", addr, strerror(errno));
+		goto out;
+	}
+	rc = 0;
+out:
+	free(host);
+	return rc;
+}
+
+struct status *
+status_new(const struct status_env *env, char *err, size_t errlen)
+{
+	struct status	*st = xcalloc(1, sizeof(*st));
+	const char	*path = env->cfg->status_socket;
+	char		 why[512];
+
+	st->env = *env;
+	TAILQ_INIT(&st->clients);
+	if (parse_ids(st, env->cfg->status_users, 0, err, errlen) == -1 ||
+	    parse_ids(st, env->cfg->status_groups, 1, err, errlen) == -1 ||
+	    (env->cfg->status_metrics_listen != NULL &&
+	    metrics_open(st, env->cfg->status_metrics_listen, err,
+	    errlen) == -1)) {
+		status_free(st);
+		return NULL;
+	}
+	/* Mail goes on without it: say so and carry on. */
+	if (path != NULL && *path != '\0' && socket_open(st, path, why,
+	    sizeof(why)) == -1)
+		log_warnx("status: %s; relayctl cannot reach this relayd",
+		    why);
+	if (st->path != NULL)
+		log_info("status: socket=%s", st->path);
+	if (st->http != NULL)
+		log_info("status: metrics at http://%s/metrics",
+		    env->cfg->status_metrics_listen);
+	return st;
+}
+
+void
+status_free(struct status *st)
+{
+	if (st == NULL)
+		return;
+	while (!TAILQ_EMPTY(&st->clients))
+		client_free(TAILQ_FIRST(&st->clients));
+	if (st->evl != NULL)
+		evconnlistener_free(st->evl);
+	if (st->path != NULL)
+		unlink(st->path);
+	if (st->http != NULL)
+		evhttp_free(st->http);
+	free(st->path);
+	free(st);
+}

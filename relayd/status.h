@@ -1,0 +1,42 @@
+/* status.h - the status socket (relayctl) and the optional /metrics. */
+#ifndef RELAYD_STATUS_H
+#define RELAYD_STATUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+struct event_base;
+struct smtp;
+struct spool;
+struct status;
+struct token;
+struct worker_pool;
+
+/* What the status socket reports on; pool and token may be NULL. */
+struct status_env {
+	struct event_base	*base;
+	const struct config	*cfg;
+	struct smtp		*smtp;
+	struct spool		*spool;
+	struct worker_pool	*pool;
+	struct token		*token;
+	uint64_t		 started_ms;	/* wall clock */
+};
+
+/*
+ * Listens on [status] socket (mode 0660; peers checked with SO_PEERCRED)
+ * and, if set, [status] metrics_listen. NULL with err if an address
+ * cannot be bound or a user or group is unknown.
+ */
+struct status	*status_new(const struct status_env *, char *, size_t);
+void		 status_free(struct status *);
+/*
+ * Answers one command line (without its newline) as relayctl would get
+ * it: a malloc'd JSON text. Pure but for the state it reads; for tests.
+ */
+char		*status_command(struct status *, const char *);
+/* The Prometheus text of `metrics`, malloc'd. */
+char		*status_metrics(struct status *);
+
+#endif
