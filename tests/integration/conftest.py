@@ -42,10 +42,18 @@ HOSTNAME = "relayd.test"
 QID_RE = re.compile(r"^[0-9A-F]{16}$")
 QUEUED_RE = re.compile(r"^250 2\.0\.0 Ok: queued as ([0-9A-F]{16})$")
 
+# RELAYD_VALGRIND=1 (tests/valgrind-run): every daemon runs under
+# valgrind memcheck, which is about ten times slower: the waits stretch.
+VALGRIND = os.environ.get("RELAYD_VALGRIND", "") not in ("", "0")
+SLOW = 4.0 if VALGRIND else 1.0
+VALGRIND_CMD = ["valgrind", "-q", "--leak-check=full",
+                "--show-leak-kinds=definite",
+                "--errors-for-leak-kinds=definite", "--num-callers=30"]
+
 POLL = 0.01            # seconds between polls
-START_TIMEOUT = 10.0   # daemon start-up
-STOP_TIMEOUT = 10.0    # daemon shutdown after SIGTERM
-IO_TIMEOUT = 5.0       # default wait for a reply
+START_TIMEOUT = 10.0 * SLOW     # daemon start-up
+STOP_TIMEOUT = 10.0 * SLOW      # daemon shutdown after SIGTERM
+IO_TIMEOUT = 5.0 * SLOW         # default wait for a reply
 
 
 # --------------------------------------------------------------------------
@@ -560,6 +568,22 @@ class Relayd:
         self.expect_dead = False
         self._log_offset = 0    # where the current process's log begins
 
+    def command(self):
+        cmd = [str(RELAYD_BIN), "-c", str(self.conf_path)]
+        if VALGRIND:
+            cmd = VALGRIND_CMD + ["--log-file=%s" % (
+                self.workdir / "valgrind.%p.log")] + cmd
+        return cmd
+
+    def valgrind_reports(self):
+        """What memcheck said about each process (empty logs: nothing)."""
+        out = []
+        for p in sorted(self.workdir.glob("valgrind.*.log")):
+            text = p.read_text(errors="replace").strip()
+            if text:
+                out.append("%s:\n%s" % (p.name, text))
+        return out
+
     def status_path(self):
         """The status socket: in the work directory, or (a UNIX socket
         path has 108 bytes) a short one under /tmp."""
@@ -627,7 +651,7 @@ class Relayd:
             self._log_offset = self.log_path.stat().st_size
             self.expect_dead = False
             self.proc = subprocess.Popen(
-                [str(RELAYD_BIN), "-c", str(self.conf_path)],
+                self.command(),
                 stdin=subprocess.DEVNULL, stdout=self.logf,
                 stderr=self.logf, close_fds=True)
             deadline = time.monotonic() + START_TIMEOUT
@@ -1360,10 +1384,25 @@ def relayd_factory(request, tmp_path):
             except AssertionError as e:
                 problems.append(str(e))
         d.close()
+    for d in daemons:
+        reports = d.valgrind_reports() if VALGRIND else []
+        if reports:
+            record_valgrind(request.node.nodeid, reports)
+            problems.append("valgrind memcheck (relayd %s):\n%s"
+                            % (d.name, "\n".join(reports)[:20000]))
     if problems and not getattr(request.node, "_relayd_call_failed", False):
         pytest.fail("; ".join(problems) + "\n\n" +
                     "\n".join("== %s ==\n%s" % (d.name, d.log)
                               for d in daemons))
+
+
+def record_valgrind(test, reports):
+    """Appends memcheck's reports to $RELAYD_VALGRIND_REPORT (the run's
+    summary reads it), whatever became of the test."""
+    path = os.environ.get("RELAYD_VALGRIND_REPORT")
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"test": test, "reports": reports}) + "\n")
 
 
 @pytest.fixture
