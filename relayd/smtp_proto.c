@@ -176,11 +176,15 @@ smtp_parse_path(const char *arg, const char *prefix, char *addr, size_t len,
 	if (*p == '<') {
 		p++;
 		/* Quoted local parts may hold '>'; find the real end. */
-		for (end = p; *end != '\0' && *end != '>'; end++)
-			if (*end == '"')
-				for (end++; *end != '\0' && *end != '"'; end++)
-					if (*end == '\\' && end[1] != '\0')
-						end++;
+		for (end = p; *end != '\0' && *end != '>'; end++) {
+			if (*end != '"')
+				continue;
+			for (end++; *end != '\0' && *end != '"'; end++)
+				if (*end == '\\' && end[1] != '\0')
+					end++;
+			if (*end == '\0')	/* unclosed quote: no '>' */
+				break;
+		}
 		if (*end != '>') {
 			*why = "syntax: missing '>'";
 			return -1;
