@@ -52,9 +52,16 @@ struct data_dec {
 
 void	 data_dec_init(struct data_dec *, int);
 /*
- * Decodes up to inlen bytes into out (which must hold 2*inlen bytes).
- * Returns the bytes consumed; *outlen gets the bytes produced; *end is set
- * when the end-of-data line was consumed (it is not part of the output).
+ * The most one data_dec_run() call writes for n bytes: each byte makes at
+ * most two (a bare LF normalized to CRLF), and a "." CR held over from the
+ * call before makes "." CRLF on top.
+ */
+#define DATA_DEC_OUTMAX(n)	(2 * (n) + 2)
+/*
+ * Decodes up to inlen bytes into out, which must hold
+ * DATA_DEC_OUTMAX(inlen) bytes. Returns the bytes consumed; *outlen gets
+ * the bytes produced; *end is set when the end-of-data line was consumed
+ * (it is not part of the output).
  */
 size_t	 data_dec_run(struct data_dec *, const char *, size_t, char *,
 	    size_t *, int *);

@@ -204,7 +204,7 @@ smtp_session_init(const struct config *cfg)
 {
 	line_max = cfg->max_line_length;
 	line_buf = xrealloc(line_buf, line_max + 3);
-	dec_buf = xrealloc(dec_buf, 2 * SMTP_DATA_CHUNK + 8);
+	dec_buf = xrealloc(dec_buf, DATA_DEC_OUTMAX(SMTP_DATA_CHUNK));
 	next_id = wall_us() << 8;
 }
 
