@@ -211,7 +211,7 @@ token_free(struct token *t)
 
 /* The token service's answer as a log line with the admin's next step. */
 static void
-describe_error(const struct http_resp *r, char *out, size_t outlen)
+describe_error(long status, const char *body, char *out, size_t outlen)
 {
 	json_object	*root = NULL, *v, *codes;
 	const char	*error = NULL, *desc = NULL, *hint;
@@ -219,13 +219,8 @@ describe_error(const struct http_resp *r, char *out, size_t outlen)
 	char		 first[200], esc[256];
 	size_t		 n;
 
-	if (r->status == 0) {
-		snprintf(out, outlen, "no answer from the token service (%s)",
-		    r->error);
-		return;
-	}
-	if (r->body != NULL)
-		root = json_tokener_parse(r->body);
+	if (body != NULL)
+		root = json_tokener_parse(body);
 	if (root != NULL) {
 		if (json_object_object_get_ex(root, "error", &v))
 			error = json_object_get_string(v);
@@ -249,11 +244,11 @@ describe_error(const struct http_resp *r, char *out, size_t outlen)
 		memcpy(first, desc, n);
 		first[n] = '\0';
 		log_escape(esc, sizeof(esc), first, n);
-		snprintf(out, outlen, "%s (HTTP %ld, %s)", esc, r->status,
+		snprintf(out, outlen, "%s (HTTP %ld, %s)", esc, status,
 		    error != NULL ? error : "error");
 	} else
 		snprintf(out, outlen, "HTTP %ld from the token service",
-		    r->status);
+		    status);
 	if (root != NULL)
 		json_object_put(root);
 }
@@ -267,7 +262,6 @@ fetch(struct token *t, CURL *c, char **access, long long *life_ms,
 	    "Content-Type: application/x-www-form-urlencoded",
 	    "Accept: application/json", NULL };
 	struct http_resp	 r;
-	json_object		*root = NULL, *v;
 	char			*form, *assertion = NULL;
 	int			 rc = -1;
 
@@ -284,11 +278,28 @@ fetch(struct token *t, CURL *c, char **access, long long *life_ms,
 	http_post(c, t->url, headers, form, strlen(form), &r);
 	explicit_bzero(form, strlen(form));
 	free(form);
-	if (r.status != 200) {
-		describe_error(&r, err, errlen);
-		goto out;
+	if (r.status == 0)
+		snprintf(err, errlen, "no answer from the token service (%s)",
+		    r.error);
+	else
+		rc = token_parse_answer(r.status, r.body, access, life_ms, err,
+		    errlen);
+	http_resp_clear(&r);
+	return rc;
+}
+
+int
+token_parse_answer(long status, const char *body, char **access,
+    long long *life_ms, char *err, size_t errlen)
+{
+	json_object	*root = NULL, *v;
+	int		 rc = -1;
+
+	if (status != 200) {
+		describe_error(status, body, err, errlen);
+		return -1;
 	}
-	if (r.body == NULL || (root = json_tokener_parse(r.body)) == NULL ||
+	if (body == NULL || (root = json_tokener_parse(body)) == NULL ||
 	    !json_object_object_get_ex(root, "access_token", &v) ||
 	    !json_object_is_type(v, json_type_string) ||
 	    json_object_get_string_len(v) == 0) {
@@ -308,7 +319,6 @@ fetch(struct token *t, CURL *c, char **access, long long *life_ms,
 out:
 	if (root != NULL)
 		json_object_put(root);
-	http_resp_clear(&r);
 	return rc;
 }
 

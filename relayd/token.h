@@ -28,6 +28,13 @@ long long	 token_expires_in(struct token *);
 
 /* The scope asked for: {graph_url}/.default, malloc'd. */
 char		*token_scope(const struct config *);
+/*
+ * The token service's answer (status, NUL-terminated body or NULL): 0 with
+ * a malloc'd access token and its life in ms, or -1 with the reason (and
+ * the admin's next step) in err. Pure; for tests and fuzzing.
+ */
+int		 token_parse_answer(long, const char *, char **, long long *,
+		    char *, size_t);
 /* The admin's hint for an AADSTS error code, or NULL. Pure. */
 const char	*token_hint(long);
 
