@@ -16,4 +16,11 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	python3 python3-pytest python3-jsonschema python3-cryptography \
 	swaks libnet-ssleay-perl msmtp curl postfix haproxy procps iproute2 wrk \
 	systemd groff-base man-db \
+	clang \
 	>/dev/null
+# libFuzzer and the sanitizer runtimes for `CC=clang ./configure
+# --enable-fuzzing`, which clang only recommends on Debian 12.
+if apt-cache show libclang-rt-dev >/dev/null 2>&1; then
+	$SUDO apt-get install -y -qq --no-install-recommends libclang-rt-dev \
+	    >/dev/null
+fi
