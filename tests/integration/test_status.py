@@ -9,8 +9,10 @@ import json
 import os
 import pwd
 import re
+import shutil
 import stat
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -236,10 +238,23 @@ def status_as_nobody(relayd_factory, fake, tmp_path, **status):
 
     def as_nobody():
         os.setgid(nobody.pw_gid)
+        os.setgroups([])
         os.setuid(nobody.pw_uid)
-    return d, subprocess.run([str(RELAYCTL_BIN), "-s", sock, "status"],
-                             capture_output=True, text=True, timeout=10,
-                             preexec_fn=as_nobody)
+    # The build tree may sit under a directory nobody cannot enter (CI's
+    # sanitizer copy is mode 0700): run a copy from a public one.
+    pub = tempfile.mkdtemp(prefix="relayctl-")
+    try:
+        os.chmod(pub, 0o755)
+        ctl = os.path.join(pub, "relayctl")
+        shutil.copy(RELAYCTL_BIN, ctl)
+        os.chmod(ctl, 0o755)
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("ASAN_", "UBSAN_"))}
+        return d, subprocess.run([ctl, "-s", sock, "status"],
+                                 capture_output=True, text=True,
+                                 timeout=10, preexec_fn=as_nobody, env=env)
+    finally:
+        shutil.rmtree(pub, ignore_errors=True)
 
 
 def test_refuses_other_users(relayd_factory, shared_fake_graph, tmp_path):
