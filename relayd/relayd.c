@@ -285,18 +285,18 @@ main(int argc, char *argv[])
 	struct worker_pool	*pool = NULL;
 	struct token		*token = NULL;
 	struct auth		*auth = NULL;
-	struct event		*ev_term, *ev_int, *ev_hup;
+	struct event		*ev_term = NULL, *ev_int = NULL, *ev_hup = NULL;
 	struct heartbeat	 hb = { NULL, NULL, 0 };
 	struct stopper		 stopper;
 	struct reloader		 reloader;
 	size_t			 i;
 	struct spool		*spool;
-	struct smtp		*smtp;
-	struct status		*status;
+	struct smtp		*smtp = NULL;
+	struct status		*status = NULL;
 	struct status_env	 senv;
 	uint64_t		 started_ms = wall_us() / 1000;
 	char			 err[512], *summary;
-	int			 ch, check = 0, debug = 0;
+	int			 ch, check = 0, debug = 0, rc = 0, http_ok = 0;
 
 	while ((ch = getopt(argc, argv, "c:dDMnV")) != -1) {
 		switch (ch) {
@@ -342,12 +342,16 @@ main(int argc, char *argv[])
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();
 
+	memset(&senv, 0, sizeof(senv));
+	memset(&stopper, 0, sizeof(stopper));
+	memset(&reloader, 0, sizeof(reloader));
 	if ((base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
 	if ((spool = spool_open(cfg->spool_dir, cfg->sync_method, base, err,
 	    sizeof(err))) == NULL) {
 		log_msg(LOG_LVL_ERR, "%s", err);
-		return EX_CANTCREAT;
+		rc = EX_CANTCREAT;
+		goto out;
 	}
 	log_info("spool: %zu queued message(s) found dir=%s",
 	    spool_count(spool), cfg->spool_dir);
@@ -355,14 +359,17 @@ main(int argc, char *argv[])
 	mime_init();		/* GMime: delivery, and From: checks */
 	if (cfg->graph_enabled) {
 		if (http_init(cfg, err, sizeof(err)) == -1 ||
-		    (token = token_new(cfg, err, sizeof(err))) == NULL) {
+		    (http_ok = 1, token = token_new(cfg, err,
+		    sizeof(err))) == NULL) {
 			log_msg(LOG_LVL_ERR, "%s", err);
-			return EX_CONFIG;
+			rc = EX_CONFIG;
+			goto out;
 		}
 		if ((pool = worker_new(base, cfg, spool, token, err,
 		    sizeof(err))) == NULL) {
 			log_msg(LOG_LVL_ERR, "%s", err);
-			return EX_OSERR;
+			rc = EX_OSERR;
+			goto out;
 		}
 		summary = graph_summary(cfg);
 		log_info("graph: delivering %s", summary);
@@ -374,19 +381,21 @@ main(int argc, char *argv[])
 	if (cfg->users_file != NULL) {
 		if ((auth = auth_new(cfg, err, sizeof(err))) == NULL) {
 			log_msg(LOG_LVL_ERR, "%s", err);
-			return EX_CONFIG;
+			rc = EX_CONFIG;
+			goto out;
 		}
 		log_info("auth: users_file=%s mechanisms=\"%s\"",
 		    cfg->users_file, auth_mechanisms(auth));
 	}
+	reloader.auth = auth;
 	smtp_session_init(cfg);
 	smtp_session_set_auth(auth);
 	smtp = smtp_new(base, cfg, spool);
 	if (smtp_listen(smtp, err, sizeof(err)) == -1) {
 		log_msg(LOG_LVL_ERR, "%s", err);
-		return EX_OSERR;
+		rc = EX_OSERR;
+		goto out;
 	}
-	memset(&senv, 0, sizeof(senv));
 	senv.base = base;
 	senv.cfg = cfg;
 	senv.smtp = smtp;
@@ -396,18 +405,16 @@ main(int argc, char *argv[])
 	senv.started_ms = started_ms;
 	if ((status = status_new(&senv, err, sizeof(err))) == NULL) {
 		log_msg(LOG_LVL_ERR, "%s", err);
-		return EX_CONFIG;
+		rc = EX_CONFIG;
+		goto out;
 	}
-	memset(&stopper, 0, sizeof(stopper));
 	stopper.base = base;
 	stopper.smtp = smtp;
 	stopper.timeout_ms = cfg->drain_timeout_ms;
 	ev_term = evsignal_new(base, SIGTERM, stop_cb, &stopper);
 	ev_int = evsignal_new(base, SIGINT, stop_cb, &stopper);
-	memset(&reloader, 0, sizeof(reloader));
 	reloader.path = path;
 	reloader.cfg = cfg;
-	reloader.auth = auth;
 	reloader.smtp = smtp;
 	ev_hup = evsignal_new(base, SIGHUP, hup_cb, &reloader);
 	evsignal_add(ev_term, NULL);
@@ -424,6 +431,7 @@ main(int argc, char *argv[])
 	if (stopper.tick != NULL)
 		event_free(stopper.tick);
 
+out:
 	/*
 	 * Commits in flight finish (and their sessions hear of it) before
 	 * the sessions go, and the sessions before the listeners' tables.
@@ -432,7 +440,7 @@ main(int argc, char *argv[])
 	worker_free(pool);
 	spool_free(spool);
 	token_free(token);
-	if (cfg->graph_enabled)
+	if (http_ok)
 		http_cleanup();
 	smtp_session_shutdown();
 	smtp_free(smtp);
@@ -446,11 +454,15 @@ main(int argc, char *argv[])
 	if (reloader.cfg != cfg)
 		config_free(reloader.cfg);
 	free(reloader.old);
-	event_free(ev_term);
-	event_free(ev_int);
-	event_free(ev_hup);
+	if (ev_term != NULL)
+		event_free(ev_term);
+	if (ev_int != NULL)
+		event_free(ev_int);
+	if (ev_hup != NULL)
+		event_free(ev_hup);
 	event_base_free(base);
 	config_free(cfg);
-	log_info("relayd stopped");
-	return 0;
+	if (rc == 0)
+		log_info("relayd stopped");
+	return rc;
 }

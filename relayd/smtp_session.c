@@ -583,7 +583,7 @@ static void
 cmd_rcpt(struct smtp_session *s, const char *arg)
 {
 	struct smtp_tx	*tx = s->tx;
-	const char	*params, *why;
+	const char	*params, *why = NULL;
 	char		 addr[SMTP_PATH_MAX + 1];
 	size_t		 i;
 	int		 utf8;
@@ -597,10 +597,11 @@ cmd_rcpt(struct smtp_session *s, const char *arg)
 		    " per message)", s->cfg->max_recipients);
 		return;
 	}
+	/* addr is only written when the path parses. */
 	if (smtp_parse_path(arg, "TO:", addr, sizeof(addr), &params, &utf8,
 	    &why) == -1 || addr[0] == '\0') {
 		smtp_error(s, "501 5.1.3 Bad recipient address: %s",
-		    addr[0] == '\0' ? "empty" : why);
+		    why == NULL ? "empty" : why);
 		return;
 	}
 	if (*params != '\0') {
