@@ -418,3 +418,52 @@ def run(prefix, bench_dir, keep, body, errors=()):
             signal.signal(sig, signal.SIG_IGN)
         cleanup(workdir, keep)
     return status
+
+
+# ---------------------------------------------------------------- TLS, AUTH
+
+def openssl_ca(directory, cn="relayd bench CA"):
+    """A throw-away CA and a server certificate it signs for localhost,
+    127.0.0.1 and ::1, made with the openssl command (P-256 keys, valid
+    for a day). Returns (ca_file, cert_file, key_file); the key is 0600."""
+    def sh(*args):
+        r = subprocess.run(["openssl"] + list(args), capture_output=True,
+                           text=True, cwd=directory)
+        if r.returncode != 0:
+            raise BenchError(f"openssl {args[0]} failed: "
+                             f"{r.stderr.strip()[-300:]}")
+    ca_key, ca = (os.path.join(directory, n) for n in ("ca.key", "ca.pem"))
+    key, csr, cert, ext = (os.path.join(directory, n) for n in (
+        "server.key", "server.csr", "server.pem", "server.ext"))
+    sh("req", "-x509", "-newkey", "ec", "-pkeyopt",
+       "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", ca_key,
+       "-out", ca, "-days", "2", "-subj", f"/CN={cn}",
+       "-addext", "basicConstraints=critical,CA:TRUE",
+       "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    sh("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+       "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    with open(ext, "w") as f:
+        f.write("subjectAltName = DNS:localhost, IP:127.0.0.1, IP:::1\n"
+                "basicConstraints = CA:FALSE\n"
+                "keyUsage = critical, digitalSignature\n"
+                "extendedKeyUsage = serverAuth\n")
+    sh("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key,
+       "-CAcreateserial", "-out", cert, "-days", "1", "-extfile", ext)
+    os.chmod(key, 0o600)
+    os.chmod(ca_key, 0o600)
+    return ca, cert, key
+
+
+def relayctl_passwd(relayctl, user, password):
+    """The users_file line `relayctl passwd USER` makes for password (read
+    from its stdin)."""
+    try:
+        r = subprocess.run([relayctl, "passwd", user], input=password + "\n",
+                           capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise BenchError(f"{relayctl} passwd {user}: {e}")
+    line = r.stdout.strip()
+    if r.returncode != 0 or not line.startswith(user + " "):
+        raise BenchError(f"{relayctl} passwd {user} exited with status "
+                         f"{r.returncode}: {r.stderr.strip()[-300:]}")
+    return line
