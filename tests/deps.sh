@@ -15,7 +15,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	libgmime-3.0-dev libssl-dev libsystemd-dev libcmocka-dev libcrypt-dev \
 	python3 python3-pytest python3-jsonschema python3-cryptography \
 	swaks libnet-ssleay-perl msmtp curl postfix haproxy procps iproute2 wrk \
-	systemd groff-base man-db \
+	systemd groff-base man-db valgrind \
 	clang \
 	>/dev/null
 # libFuzzer and the sanitizer runtimes for `CC=clang ./configure
