@@ -1,7 +1,8 @@
 """bench/benchlib.py - what bench/deliver and bench/soak share: settings
 from the environment, loopback ports, the processes a run starts (stopped
 again by cleanup() on every exit), work directories, and the fake Graph
-(tests/fakegraph.py) with a client for its control API.
+(tests/fakegraph.py) with a client for its control API; for bench/soak-all
+also a throw-away CA (openssl) and users_file lines (relayctl passwd).
 
 Standard library only. The scripts put this directory on sys.path.
 """
