@@ -126,7 +126,9 @@ static const struct cfg_key cfg_keys[] = {
 	  "Idle time allowed while waiting for a command (RFC 5321: 5m)." },
 	{ "smtp", "data_timeout", CFG_DURATION, "10m", 1000, 3600 * 1000,
 	  OFF(data_timeout_ms), NULL,
-	  "Idle time allowed while receiving message data." },
+	  "Idle time allowed while receiving message data; past it, the "
+	  "data must also average 256 bytes a second (a trickle is cut "
+	  "with 421)." },
 	{ "smtp", "max_connections", CFG_NUM, "1000", 1, 1000000,
 	  OFF(max_connections), NULL,
 	  "Simultaneous SMTP connections in total." },
@@ -275,7 +277,7 @@ static const struct cfg_key cfg_keys[] = {
 	  "and the window in which failures are counted." },
 	{ "status", "socket", CFG_STR, "/run/relayd/status.sock", 0, 0,
 	  OFF(status_socket), NULL,
-	  "UNIX socket for relayctl, mode 0660; empty: none. root and "
+	  "UNIX socket for relayctl, mode 0660; none: no socket. root and "
 	  "relayd's own user may connect, and those named below." },
 	{ "status", "users", CFG_STR, NULL, 0, 0, OFF(status_users), NULL,
 	  "Other users who may use the status socket (comma-separated "

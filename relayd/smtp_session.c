@@ -48,6 +48,7 @@
 
 #define SMTP_READ_HIGHWAT	(256 * 1024)	/* bytes buffered per client */
 #define SMTP_DATA_CHUNK		(64 * 1024)	/* decoded per pass */
+#define SMTP_DATA_MIN_RATE	256	/* bytes/s past data_timeout */
 #define SMTP_OUT_MAX		(64 * 1024)	/* unread replies before we wait */
 #define SMTP_LOGTEXT_MAX	128
 #define SMTP_LINGER_SEC		2	/* discard input after the last reply */
@@ -90,6 +91,8 @@ struct smtp_tx {
 	size_t			 headlen;
 	int			 head_done;	/* stop keeping */
 	int			 head_ended;	/* the blank line was seen */
+	uint64_t		 data_started;	/* now_ms() at the 354 */
+	uint64_t		 data_bytes;	/* read since, as sent */
 };
 
 struct smtp_session {
@@ -714,6 +717,8 @@ cmd_data(struct smtp_session *s, const char *arg)
 		return;
 	}
 	data_dec_init(&tx->dec, s->cfg->bare_lf == BARE_LF_NORMALIZE);
+	tx->data_started = now_ms();
+	tx->data_bytes = 0;
 	smtp_enter(s, STATE_DATA);
 	smtp_reply(s, "354 End data with <CR><LF>.<CR><LF>");
 }
@@ -1153,6 +1158,28 @@ tx_append(struct smtp_session *s, const char *data, size_t len)
 	}
 }
 
+/*
+ * data_timeout counts idle time, which a byte now and then resets: a
+ * client trickling its message holds the connection for ever. Past
+ * data_timeout, the message must average SMTP_DATA_MIN_RATE bytes a
+ * second (256; a 9600 baud line sends 1200).
+ */
+static int
+data_too_slow(struct smtp_session *s)
+{
+	struct smtp_tx	*tx = s->tx;
+	uint64_t	 el = now_ms() - tx->data_started;
+
+	if (el <= s->cfg->data_timeout_ms ||
+	    tx->data_bytes * 1000 >= el * SMTP_DATA_MIN_RATE)
+		return 0;
+	smtp_reply(s, "421 4.4.2 %s Timeout exceeded (message data under %d "
+	    "bytes a second), closing connection", s->cfg->hostname,
+	    SMTP_DATA_MIN_RATE);
+	smtp_close(s, "message data too slow");
+	return 1;
+}
+
 /* Decodes what DATA input there is; returns 1 if it made progress. */
 static int
 feed_data(struct smtp_session *s, struct evbuffer *in)
@@ -1168,8 +1195,11 @@ feed_data(struct smtp_session *s, struct evbuffer *in)
 	    &end);
 	tx_append(s, dec_buf, outlen);
 	evbuffer_drain(in, used);
+	s->tx->data_bytes += used;
 	if (end)
 		tx_finish(s);
+	else if (data_too_slow(s))
+		return 0;
 	return 1;
 }
 

@@ -742,7 +742,8 @@ status_new(const struct status_env *env, char *err, size_t errlen)
 		return NULL;
 	}
 	/* Mail goes on without it: say so and carry on. */
-	if (path != NULL && *path != '\0' && socket_open(st, path, why,
+	if (path != NULL && *path != '\0' && strcmp(path, "none") != 0 &&
+	    socket_open(st, path, why,
 	    sizeof(why)) == -1)
 		log_warnx("status: %s; relayctl cannot reach this relayd",
 		    why);

@@ -229,8 +229,9 @@ def test_idle_during_data_is_reset_by_input(relayd_factory):
     with d.connect() as c:
         start_tx(c)
         assert c.cmd("DATA").code == 354
-        for i in range(4):          # 2 s in all, never 1 s idle
-            c.send(b"line %d\r\n" % i)
+        # 2 s in all, never 1 s idle, and 2 KB/s: over the 256 B/s floor
+        for i in range(4):
+            c.send(b"line %d %s\r\n" % (i, b"x" * 1000))
             assert c.quiet(0.5)
         c.send(b".\r\n")
         r = c.reply()
@@ -478,3 +479,31 @@ def test_greeting_delay_talker_that_stays_connected(relayd_factory):
     assert not re.search(r"state CLOSING -> (?!CLOSING)", log), \
         "a closing session went back to work:\n" + log
     d.assert_serves()
+
+
+def test_data_trickle_is_cut(relayd_factory):
+    """data_timeout counts idle time, which each byte resets; past it the
+    message must also average 256 bytes a second, or 421 and close."""
+    d = relayd_factory(smtp={"data_timeout": "1s"})
+    c = d.connect()
+    c.ehlo()
+    assert c.cmd("MAIL FROM:<a@b.test>").code == 250
+    assert c.cmd("RCPT TO:<c@d.test>").code == 250
+    assert c.cmd("DATA").code == 354
+    t0 = time.monotonic()
+    r = None
+    while time.monotonic() - t0 < 10:
+        try:
+            c.send(b"x")
+        except OSError:
+            break
+        try:
+            r = c.reply(timeout=0.3)
+            break
+        except Exception:       # noqa: BLE001 - no reply yet: go on
+            continue
+    assert r is not None and r.code == 421 \
+        and "under 256 bytes a second" in r.text, r
+    assert 1.0 <= time.monotonic() - t0 < 5
+    d.wait_log(r'reason="message data too slow"')
+    assert d.queued() == []
