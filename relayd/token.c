@@ -288,6 +288,8 @@ fetch(struct token *t, CURL *c, char **access, long long *life_ms,
 	return rc;
 }
 
+#define TOKEN_LIFE_MAX_S	86400	/* expires_in taken at most */
+
 int
 token_parse_answer(long status, const char *body, char **access,
     long long *life_ms, char *err, size_t errlen)
@@ -312,6 +314,11 @@ token_parse_answer(long status, const char *body, char **access,
 	if (json_object_object_get_ex(root, "expires_in", &v)) {
 		/* A number, or a string of one (older endpoints). */
 		long long s = json_object_get_int64(v);
+
+		/* Entra's tokens live an hour or so; a day at most is taken
+		 * (and a huge value must not overflow the milliseconds). */
+		if (s > TOKEN_LIFE_MAX_S)
+			s = TOKEN_LIFE_MAX_S;
 		if (s > 0)
 			*life_ms = s * 1000;
 	}
