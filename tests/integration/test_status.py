@@ -371,3 +371,28 @@ def test_relayctl_test_explains_token(relayd_factory, shared_fake_graph):
     d.conf_path.write_text(d.conf_path.read_text() + "\n[graph]\nbogus = 1\n")
     r = relayctl_test(d)
     assert r.returncode == 78 and 'unknown key "bogus"' in r.stderr
+
+
+def test_overlong_command_line_is_refused(relayd_factory):
+    """A command line past 1024 bytes: the socket is closed (with an
+    error line, unless the unread rest resets the connection first), no
+    hang, and relayd goes on serving."""
+    import socket as sk
+    d = relayd_factory()
+    with sk.socket(sk.AF_UNIX, sk.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(d.sections["status"]["socket"])
+        s.sendall(b"x" * 5000)
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+        except ConnectionResetError:
+            pass
+    if data:
+        assert json.loads(data)["error"] == "command line too long"
+    assert d.ctl("status")["delivery"].startswith("off")
+    d.assert_alive()
