@@ -11,9 +11,11 @@
  * Parts are read from the spool file through their transfer decoding, one
  * chunk at a time: memory stays near one DRAFT_CHUNK whatever the size.
  * A failed chunk is followed by a GET of the uploadUrl, which says where to
- * go on (nextExpectedRanges); an expired session is made again. A draft
- * that is not found right after it was made is asked again after a short
- * pause (Exchange's store can lag its own answer). Whatever fails, the
+ * go on (nextExpectedRanges); an expired session is made again, unless the
+ * draft's attachments show that the session closed on our last chunk and
+ * only its answer was lost. A draft that is not found right after it was
+ * made is asked again after a short pause (Exchange's store can lag its
+ * own answer). Whatever fails, the
  * session and the draft are deleted before returning, so that retries do
  * not pile up drafts in the mailbox. Runs on a worker thread: the pauses
  * block only that thread.
@@ -265,9 +267,48 @@ chunk_load(const struct graph_part *gp, struct graph_reader **rd, char *buf,
 	return 0;
 }
 
-/* One part through an upload session, resumed where Graph says. */
+/*
+ * How many of the draft's attachments are named name, or -1 if Graph does
+ * not say. Names, not sizes: Graph's size of an attachment is not that of
+ * its content.
+ */
 static int
-upload(struct run *run, const struct graph_part *gp, const char *name)
+attached(struct run *run, const char *name)
+{
+	struct http_resp	 r;
+	json_object		*root, *arr;
+	char			*url;
+	size_t			 i;
+	int			 n = -1;
+
+	xasprintf(&url, "%s/attachments?$select=name", run->msg_url);
+	run->io->call(run->io->arg, "GET", url, "application/json", NULL, 0,
+	    HTTP_BODY_MAX, &r);
+	free(url);
+	root = r.status == 200 ? parse(&r) : NULL;
+	if (root != NULL && json_object_object_get_ex(root, "value", &arr) &&
+	    json_object_is_type(arr, json_type_array)) {
+		n = 0;
+		for (i = 0; i < json_object_array_length(arr); i++) {
+			const char *s = jget(json_object_array_get_idx(arr, i),
+			    "name");
+
+			if (s != NULL && strcmp(s, name) == 0)
+				n++;
+		}
+	}
+	json_object_put(root);
+	http_resp_clear(&r);
+	return n;
+}
+
+/*
+ * One part through an upload session, resumed where Graph says. prior:
+ * how many parts of the same name the draft had before this one.
+ */
+static int
+upload(struct run *run, const struct graph_part *gp, const char *name,
+    int prior)
 {
 	struct graph_reader	*rd = NULL;
 	struct http_resp	 r;
@@ -327,10 +368,21 @@ upload(struct run *run, const struct graph_part *gp, const char *name)
 		    (uint64_t)next <= gp->size)
 			pos = (uint64_t)next;
 		else if (r.status == 404 || r.status == 401) {
-			/* Expired: a new session, from the start. */
+			/*
+			 * Expired, or closed by our last chunk whose 201 was
+			 * lost: the draft's attachments tell which.
+			 */
 			free(run->session);
 			run->session = NULL;
 			http_resp_clear(&r);
+			if (pos + n == gp->size &&
+			    attached(run, gp->name) > prior) {
+				log_info("draft: %s was taken whole, its last "
+				    "answer lost", name);
+				rc = 0;
+				goto out;
+			}
+			/* Expired: a new session, from the start. */
 			if (++sessions > DRAFT_SESSIONS_MAX) {
 				snprintf(r.error, sizeof(r.error), "upload "
 				    "session expired %d times",
@@ -446,9 +498,14 @@ draft_send(const struct draft_io *io, struct graph_draft *d,
 	xasprintf(&run.msg_url, "%s/messages/%s", io->user_url, run.id);
 	for (i = 0; i < d->nparts; i++) {
 		const struct graph_part *gp = &d->parts[i];
+		size_t	 j;
+		int	 prior = 0;
 
+		for (j = 0; j < i; j++)
+			prior += strcmp(d->parts[j].name, gp->name) == 0;
 		log_escape(name, sizeof(name), gp->name, strlen(gp->name));
-		if ((gp->size >= GRAPH_UPLOAD_MIN ? upload(&run, gp, name) :
+		if ((gp->size >= GRAPH_UPLOAD_MIN ?
+		    upload(&run, gp, name, prior) :
 		    attach(&run, gp, name)) == -1) {
 			clean_up(&run);
 			goto out;

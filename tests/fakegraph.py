@@ -14,6 +14,8 @@ and the large-message path (FACTS.md section 3):
     GET    /v1.0/users/{mb}/messages/{id}   the draft -> 200
     DELETE /v1.0/users/{mb}/messages/{id}   -> 204
     POST   .../messages/{id}/attachments    fileAttachment JSON -> 201
+    GET    .../messages/{id}/attachments    the draft's attachments -> 200
+                                            (no contentBytes; $select)
     POST   .../messages/{id}/attachments/createUploadSession
                                             {"AttachmentItem": {...}} -> 201
     POST   .../messages/{id}/send           Content-Length: 0 -> 202
@@ -1691,6 +1693,8 @@ class Handler(BaseHTTPRequestHandler):
         contentBytes (message-post-attachments.md) -> 201. Under 3 MB in
         the docs' words; no check of its own here: 3 MB as base64 is the
         4 MB request limit, which answers 413 above it."""
+        if self.command == "GET":
+            return self._list_attachments(mb)
         d, doc = self._draft_post(body, mb, "attachments")
         if d is None or self._invalid("attachment", doc):
             return
@@ -1719,6 +1723,37 @@ class Handler(BaseHTTPRequestHandler):
                         "contentLocation": None,
                         "contentBytes": doc.get("contentBytes")})
         self._json(201, out)
+
+    def _list_attachments(self, mb):
+        """GET .../messages/{id}/attachments (message-list-attachments.md)
+        -> 200 {"value": [...]}: each attachment's metadata; contentBytes
+        are never listed here (the records keep only their hash). $select
+        keeps the named properties, with id and @odata.type."""
+        d = self._find_draft(mb)
+        if d is None:
+            return
+        sel = parse_qs(urlsplit(self.path).query).get("$select")
+        keep = {k.strip().lower() for k in sel[0].split(",")} if sel \
+            else None
+        with self.server.state.lock:
+            atts = list(d["attachments"])
+        out = []
+        for a in atts:
+            item = {"@odata.type": "#microsoft.graph." + (a["type"] or
+                                                          "fileAttachment"),
+                    "id": a["id"], "name": a["name"],
+                    "contentType": a["contentType"], "size": a["size"] or 0,
+                    "isInline": a["isInline"]}
+            if keep is not None:
+                item = {k: v for k, v in item.items()
+                        if k in ("@odata.type", "id") or k.lower() in keep}
+            out.append(item)
+        self._json(200, {"@odata.context": "%s/v1.0/$metadata#users('%s')/"
+                         "messages('%s')/attachments" % (
+                             self.server.base_url,
+                             quote(d["mailbox"], safe=""),
+                             quote(d["id"], safe="")),
+                         "value": out})
 
     def _r_send(self, body, cfg, mb):
         """POST .../messages/{id}/send, no body (message-send.md) -> 202;

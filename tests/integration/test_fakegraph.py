@@ -707,6 +707,19 @@ def test_draft_json_send(fake):
     assert_schema("microsoft.graph.fileAttachment", att)
     st, h, got = graph_call(fake, "GET", draft_tail(draft["id"]), None, tok)
     assert st == 200 and got["hasAttachments"] is True
+    # The list: metadata, never contentBytes; $select narrows it.
+    st, h, got = graph_call(fake, "GET", draft_tail(draft["id"],
+                                                    "/attachments"), None, tok)
+    assert st == 200, got
+    [item] = got["value"]
+    assert (item["name"], item["size"], item["id"]) == ("a.pdf", len(data),
+                                                        att["id"])
+    assert "contentBytes" not in item
+    st, h, got = graph_call(fake, "GET", draft_tail(
+        draft["id"], "/attachments?$select=name"), None, tok)
+    assert st == 200 and got["value"] == [{
+        "@odata.type": "#microsoft.graph.fileAttachment", "id": att["id"],
+        "name": "a.pdf"}], got
     [d] = fake.drafts()
     assert d["id"] == draft["id"] and d["attachments"][0]["size"] == len(data)
     st, h, body = graph_call(fake, "POST", draft_tail(draft["id"], "/send"),

@@ -171,6 +171,37 @@ def test_chunk_failure_resumes(relayd_factory, shared_fake_graph):
     assert fake.drafts() == [] and fake.sessions() == []
 
 
+@pytest.mark.parametrize("parts", [1, 2], ids=["one", "same-name"])
+def test_last_chunk_answer_lost(relayd_factory, shared_fake_graph, parts):
+    """The last PUT of a session is stored but its 201 never comes: the
+    session is gone then, as an expired one would be. relayd asks the
+    draft's attachments instead of uploading the part again; with two
+    parts of one name, the first does not count for the second."""
+    fake = shared_fake_graph
+    fake.faults([{"kind": "upload", "method": "PUT", "commit": True,
+                  "drop": True, "skip": 2 * parts - 1}])
+    d = large_relayd(relayd_factory, fake)
+    pdfs = [blob(5 * MB, 20 + i) for i in range(parts)]
+    send(d, message([part(x, "scan.pdf") for x in pdfs]))
+    [rec] = fake.wait_sent(1, TIMEOUT)
+    assert sorted(a["sha256"] for a in rec["attachments"]) == \
+        sorted(sha(x) for x in pdfs)
+    made = [r for r in fake.requests()
+            if r["path"].endswith("/createUploadSession")]
+    assert len(made) == parts, made
+    listed = [r for r in fake.requests() if r["method"] == "GET" and
+              r["path"].endswith("/attachments?$select=name")]
+    assert [r["status"] for r in listed] == [200], listed
+    # Stored: answered 200/201, or dropped after the commit (0). libcurl
+    # may send the dropped PUT once more itself: the gone session's 404.
+    ups = [u for u in fake.uploads() if u["method"] == "PUT"]
+    assert sum(u["length"] for u in ups if u["status"] in (0, 200, 201)) \
+        == parts * 5 * MB, ups
+    assert len(drafts_made(fake)) == 1
+    assert fake.drafts() == [] and fake.sessions() == []
+    assert "scan.pdf was taken whole" in d.log
+
+
 def test_expired_session_starts_over(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     fake.faults([{"kind": "upload", "expire_session": True, "skip": 1}])
