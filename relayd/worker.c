@@ -86,6 +86,7 @@ struct qent {
 	int			 held;		/* relayctl hold: state H */
 	int			 hold_asked;	/* held once back from a worker */
 	uint64_t		 next_wall;	/* deferred till then (ms) */
+	uint64_t		 next_ms;	/* the same by now_ms() */
 	char			 error[SPOOL_ERROR_MAX + 1];	/* the last */
 	struct mbox		*mb;
 	struct event		*timer;		/* while deferred */
@@ -365,6 +366,25 @@ qent_free(struct worker_pool *p, struct qent *qe)
 
 static void	retry_cb(evutil_socket_t, short, void *);
 
+/*
+ * libevent measures a timeout from a coarse clock it cached at the top of
+ * the loop, so a timer can run a few ms before its time by now_ms(). A
+ * callback that finds itself early arms its timer again for the rest and
+ * returns 1: a Retry-After is never cut short.
+ */
+static int
+too_early(struct event *ev, uint64_t at)
+{
+	uint64_t	 now = now_ms();
+	struct timeval	 tv;
+
+	if (now >= at)
+		return 0;
+	tv = ms_tv(at - now);
+	evtimer_add(ev, &tv);
+	return 1;
+}
+
 /* Deferred: the retry timer, and when it fires by the wall clock. */
 static void
 retry_at(struct worker_pool *p, struct qent *qe, uint64_t delay)
@@ -372,6 +392,7 @@ retry_at(struct worker_pool *p, struct qent *qe, uint64_t delay)
 	struct timeval	 tv = ms_tv(delay);
 
 	qe->next_wall = wall_us() / 1000 + delay;
+	qe->next_ms = now_ms() + delay;
 	qe->timer = evtimer_new(p->base, retry_cb, qe);
 	evtimer_add(qe->timer, &tv);
 }
@@ -476,6 +497,10 @@ retry_cb(evutil_socket_t fd, short ev, void *arg)
 	struct qent		*qe = arg;
 	struct worker_pool	*p = qe->pool;
 
+	(void)fd;
+	(void)ev;
+	if (too_early(qe->timer, qe->next_ms))
+		return;
 	event_free(qe->timer);
 	qe->timer = NULL;
 	qe->next_wall = 0;
@@ -507,11 +532,8 @@ svc_timer_cb(evutil_socket_t fd, short ev, void *arg)
 
 	(void)fd;
 	(void)ev;
-	/*
-	 * libevent measures timeouts from the time it cached at the top of
-	 * the loop, so this can run a little before svc_until by now_ms():
-	 * the hold is over when the timer says so, or nothing would dispatch.
-	 */
+	if (too_early(p->svc_timer, p->svc_until))
+		return;
 	p->svc_until = 0;
 	p->svc_probing = 1;
 	log_info("graph probing: one request to see whether Graph answers "
