@@ -339,7 +339,7 @@ spool_dir = {spool}
         if graph:
             text += "\n[graph]\n" + "".join(f"{k} = {v}\n"
                                             for k, v in graph.items())
-        text += f"\n[log]\nlevel = {level}\n"
+        text += f"\n[status]\nsocket = none\n\n[log]\nlevel = {level}\n"
         with open(self.conf, "w") as f:
             f.write(text)
 
