@@ -396,3 +396,32 @@ def test_overlong_command_line_is_refused(relayd_factory):
         assert json.loads(data)["error"] == "command line too long"
     assert d.ctl("status")["delivery"].startswith("off")
     d.assert_alive()
+
+
+def test_silent_clients_take_only_their_slots(relayd_factory):
+    """64 connections that say nothing: the 65th is told why it is
+    refused, relayd goes on serving SMTP, and the socket is usable again
+    once they leave."""
+    import socket as sk
+    d = relayd_factory()
+    path = d.sections["status"]["socket"]
+    silent = []
+    try:
+        for _ in range(64):
+            s = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+            s.connect(path)
+            silent.append(s)
+        # each was accepted (not only queued by the kernel) once relayd
+        # refuses the next
+        with sk.socket(sk.AF_UNIX, sk.SOCK_STREAM) as s:
+            s.settimeout(10)
+            s.connect(path)
+            data = s.makefile("rb").readline()
+        assert json.loads(data)["error"] == "too many status connections"
+        d.send_one()
+    finally:
+        for s in silent:
+            s.close()
+    wait_for(lambda: "error" not in d.ctl("status"), TIMEOUT,
+             "the status socket to answer again")
+    d.assert_alive()
