@@ -35,6 +35,7 @@
 #include "graph.h"
 #include "log.h"
 #include "mime.h"
+#include "repair.h"
 #include "util.h"
 
 #define GRAPH_MAX_X_HEADERS	5	/* InvalidInternetMessageHeaderCollection */
@@ -49,6 +50,10 @@ struct node {
 struct leaf {
 	GMimeObject	*obj;
 	int		 parent;
+	int		 index;		/* among its parent's parts */
+	int		 related;	/* its parent is multipart/related */
+	char		*type;		/* media type, lowercase (leaf_type) */
+	int		 badtype;	/* its Content-Type could not be read */
 };
 
 struct walk {
@@ -60,21 +65,28 @@ struct walk {
 	int		 too_deep;
 };
 
+static char	*leaf_type(GMimeObject *, int *);
+
 static void
-walk_tree(struct walk *w, GMimeObject *obj, int parent, unsigned depth)
+walk_tree(struct walk *w, GMimeObject *obj, int parent, int index,
+    int related, unsigned depth)
 {
 	GMimeMultipart	*mp;
 	GMimeContentType *ct;
-	int		 idx, i, n;
+	struct leaf	*l;
+	int		 idx, i, n, rel;
 
 	if (obj == NULL)
 		return;
 	if (!GMIME_IS_MULTIPART(obj)) {
 		w->leaves = xrealloc(w->leaves,
 		    (w->nleaves + 1) * sizeof(*w->leaves));
-		w->leaves[w->nleaves].obj = obj;
-		w->leaves[w->nleaves].parent = parent;
-		w->nleaves++;
+		l = &w->leaves[w->nleaves++];
+		l->obj = obj;
+		l->parent = parent;
+		l->index = index;
+		l->related = related;
+		l->type = leaf_type(obj, &l->badtype);
 		return;
 	}
 	if (depth + 1 > w->max_depth) {
@@ -87,87 +99,204 @@ walk_tree(struct walk *w, GMimeObject *obj, int parent, unsigned depth)
 	w->nodes[idx].parent = parent;
 	w->nodes[idx].alternative = ct != NULL &&
 	    g_mime_content_type_is_type(ct, "multipart", "alternative");
+	rel = ct != NULL && g_mime_content_type_is_type(ct, "multipart",
+	    "related");
 	mp = GMIME_MULTIPART(obj);
 	n = g_mime_multipart_get_count(mp);
 	for (i = 0; i < n && !w->too_deep; i++)
-		walk_tree(w, g_mime_multipart_get_part(mp, i), idx, depth + 1);
+		walk_tree(w, g_mime_multipart_get_part(mp, i), idx, i, rel,
+		    depth + 1);
+}
+
+static const char *
+raw_header(GMimeObject *obj, const char *name)
+{
+	GMimeHeader	*hdr;
+
+	hdr = g_mime_header_list_get_header(g_mime_object_get_header_list(obj),
+	    name);
+	return hdr != NULL ? g_mime_header_get_raw_value(hdr) : NULL;
 }
 
 /*
- * A quoted parameter as written, when it holds a backslash: Windows
- * clients send filename="C:\Scans\doc.pdf", and RFC 2045's unquoting
- * (which GMime follows) would make that "C:Scansdoc.pdf". Only \" and
- * \\ are taken as escapes here, so the path can be cut off.
+ * A plain (not RFC 2231) parameter as written: quoted, or up to ';' or
+ * white space. Only \" and \\ are taken as escapes in a quoted value:
+ * Windows clients send filename="C:\Scans\doc.pdf", and RFC 2045's
+ * unquoting would make that "C:Scansdoc.pdf". Sets *ext if the header also
+ * has the parameter in RFC 2231 form (param*=, param*0=...).
  */
 static char *
-raw_param(GMimeObject *obj, const char *hname, const char *param)
+raw_param(GMimeObject *obj, const char *hname, const char *param, int *ext)
 {
-	GMimeHeader	*hdr;
 	const char	*h, *p, *q;
 	size_t		 n = strlen(param);
-	char		*out, *o;
+	char		*out = NULL, *o;
 
-	hdr = g_mime_header_list_get_header(g_mime_object_get_header_list(obj),
-	    hname);
-	if (hdr == NULL || (h = g_mime_header_get_raw_value(hdr)) == NULL ||
-	    strchr(h, '\\') == NULL)
+	*ext = 0;
+	if ((h = raw_header(obj, hname)) == NULL)
 		return NULL;
 	for (p = h; (p = strcasestr(p, param)) != NULL; p += n) {
 		if (p > h && p[-1] != ';' && !isspace((unsigned char)p[-1]))
 			continue;
 		for (q = p + n; isspace((unsigned char)*q); q++)
 			;
-		if (*q++ != '=')
+		if (*q == '*') {
+			*ext = 1;
+			continue;
+		}
+		if (*q++ != '=' || out != NULL)
 			continue;
 		while (isspace((unsigned char)*q))
 			q++;
-		if (*q++ != '"')
-			return NULL;
 		out = o = xmalloc(strlen(q) + 1);
-		for (; *q != '\0' && *q != '"'; q++) {
-			if (*q == '\\' && (q[1] == '"' || q[1] == '\\'))
-				q++;
-			*o++ = *q;
+		if (*q == '"') {
+			for (q++; *q != '\0' && *q != '"'; q++) {
+				if (*q == '\\' && (q[1] == '"' || q[1] == '\\'))
+					q++;
+				*o++ = *q;
+			}
+		} else {
+			for (; *q != '\0' && *q != ';' &&
+			    !isspace((unsigned char)*q); q++)
+				*o++ = *q;
 		}
 		*o = '\0';
-		return out;
 	}
-	return NULL;
+	return out;
 }
 
-static const char *
+/*
+ * A file name parameter, decoded: RFC 2231 by GMime; RFC 2047 words by
+ * relayd's own decoder (GMime 3.2.13 drops the words after a padded base64
+ * word, and with them the file's extension).
+ */
+static char *
+name_param(GMimeObject *obj, const char *hname, const char *param)
+{
+	const char	*g;
+	char		*raw, *s;
+	size_t		 n;
+	int		 ext;
+
+	if (strcmp(hname, "Content-Disposition") == 0)
+		g = g_mime_object_get_content_disposition_parameter(obj,
+		    param);
+	else
+		g = g_mime_object_get_content_type_parameter(obj, param);
+	raw = raw_param(obj, hname, param, &ext);
+	if (raw == NULL || (ext && g != NULL && *g != '\0')) {
+		free(raw);
+		return g != NULL && *g != '\0' ? xstrdup(g) : NULL;
+	}
+	s = mime_decode_words(raw, strlen(raw), &n);
+	free(raw);
+	if (*s == '\0') {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+static char *
 part_filename(GMimeObject *obj)
 {
-	const char	*s;
+	char	*s;
 
-	s = g_mime_object_get_content_disposition_parameter(obj, "filename");
-	if (s == NULL || *s == '\0')
-		s = g_mime_object_get_content_type_parameter(obj, "name");
-	return s != NULL && *s != '\0' ? s : NULL;
+	if ((s = name_param(obj, "Content-Disposition", "filename")) == NULL)
+		s = name_param(obj, "Content-Type", "name");
+	return s;
 }
 
 static int
-is_attachment(GMimeObject *obj)
+has_filename(GMimeObject *obj)
+{
+	char	*s = part_filename(obj);
+
+	free(s);
+	return s != NULL;
+}
+
+static int
+disposition_attachment(GMimeObject *obj)
 {
 	GMimeContentDisposition	*cd;
+	const char		*d;
 
 	cd = g_mime_object_get_content_disposition(obj);
-	if (cd != NULL && g_mime_content_disposition_get_disposition(cd) !=
-	    NULL && strcasecmp(g_mime_content_disposition_get_disposition(cd),
-	    "attachment") == 0)
-		return 1;
-	return part_filename(obj) != NULL;
+	return cd != NULL &&
+	    (d = g_mime_content_disposition_get_disposition(cd)) != NULL &&
+	    strcasecmp(d, "attachment") == 0;
 }
 
+/* type "/" subtype, as tokens (RFC 2045 section 5.1), comments aside. */
 static int
-is_text(GMimeObject *obj, const char *subtype)
+type_syntax_ok(const char *s)
+{
+	static const char	 tspecials[] = "()<>@,;:\\\"/[]?=";
+	int			 k, part;
+
+	for (part = 0; part < 2; part++) {
+		while (isspace((unsigned char)*s))
+			s++;
+		for (k = 0; *s > ' ' && *s < 0x7f && strchr(tspecials, *s) ==
+		    NULL; s++)
+			k++;
+		if (k == 0)
+			return 0;
+		while (isspace((unsigned char)*s))
+			s++;
+		if (part == 0 && *s++ != '/')
+			return 0;
+	}
+	return *s == '\0' || *s == ';' || *s == '(';
+}
+
+/*
+ * A leaf's media type, lowercase. A Content-Type that can't be read is
+ * text/plain (RFC 2045 section 5.2), or application/octet-stream when the
+ * part names a file (*bad is set either way).
+ */
+static char *
+leaf_type(GMimeObject *obj, int *bad)
 {
 	GMimeContentType	*ct;
+	const char		*raw, *t, *st;
+	char			*type;
+	size_t			 i;
 
-	if (!GMIME_IS_PART(obj) || is_attachment(obj))
-		return 0;
+	*bad = 0;
+	if (GMIME_IS_MESSAGE_PART(obj))
+		return xstrdup("message/rfc822");
+	if ((raw = raw_header(obj, "Content-Type")) != NULL &&
+	    !type_syntax_ok(raw)) {
+		*bad = 1;
+		return xstrdup(has_filename(obj) ? "application/octet-stream" :
+		    "text/plain");
+	}
 	ct = g_mime_object_get_content_type(obj);
-	return ct != NULL && g_mime_content_type_is_type(ct, "text", subtype);
+	if (ct == NULL || (t = g_mime_content_type_get_media_type(ct)) ==
+	    NULL || (st = g_mime_content_type_get_media_subtype(ct)) == NULL ||
+	    *t == '\0' || *st == '\0')
+		return xstrdup("application/octet-stream");
+	xasprintf(&type, "%s/%s", t, st);
+	for (i = 0; type[i] != '\0'; i++)
+		type[i] = (char)tolower((unsigned char)type[i]);
+	return type;
+}
+
+/*
+ * May the leaf be the body (text/plain or text/html)? The rule of RFC 8621
+ * section 4.1.4: not "Content-Disposition: attachment", and either the
+ * first part of its multipart or, outside multipart/related, a part
+ * without a file name. A first text part with a file name is the body.
+ */
+static int
+is_text(const struct leaf *l, const char *type)
+{
+	if (!GMIME_IS_PART(l->obj) || strcmp(l->type, type) != 0 ||
+	    disposition_attachment(l->obj))
+		return 0;
+	return l->index == 0 || (!l->related && !has_filename(l->obj));
 }
 
 /* Does the leaf sit in another branch of multipart/alternative alt? */
@@ -184,18 +313,59 @@ other_alternative(const struct walk *w, size_t li, int alt, int branch)
 	return 0;
 }
 
+static int	 stream_view(GMimeStream *, const char **, size_t *);
+static ssize_t	 stream_fill(GMimeStream *, char *, size_t);
+
+/*
+ * Base64 content decoded by relayd's own decoder, which keeps the last
+ * bytes of unpadded base64 (GMime's drops them: a PDF two bytes short).
+ */
+static char *
+b64_bytes(GMimeStream *src, size_t *len)
+{
+	struct mime_b64dec	 dec;
+	const char		*view;
+	char			*out, buf[16384];
+	size_t			 n, cap;
+	ssize_t			 r;
+
+	mime_b64_dec_init(&dec);
+	if (stream_view(src, &view, &n) == 0) {
+		out = xmalloc(MIME_B64_DEC_MAX(n) + 1);
+		*len = mime_b64_dec_step(&dec, view, n, (unsigned char *)out);
+	} else {
+		g_mime_stream_reset(src);
+		cap = 65536;
+		out = xmalloc(cap);
+		*len = 0;
+		while ((r = stream_fill(src, buf, sizeof(buf))) > 0) {
+			while (*len + MIME_B64_DEC_MAX((size_t)r) + 1 > cap)
+				out = xrealloc(out, cap *= 2);
+			*len += mime_b64_dec_step(&dec, buf, (size_t)r,
+			    (unsigned char *)out + *len);
+		}
+	}
+	*len += mime_b64_dec_end(&dec, (unsigned char *)out + *len);
+	out[*len] = '\0';
+	return out;
+}
+
 /* Transfer-decoded bytes of a part (NUL-terminated for convenience). */
 static char *
 part_bytes(GMimePart *part, size_t *len)
 {
 	GMimeDataWrapper	*dw = g_mime_part_get_content(part);
-	GMimeStream		*mem;
+	GMimeStream		*mem, *src;
 	GByteArray		*a;
 	char			*out;
 
 	*len = 0;
 	if (dw == NULL)
 		return xstrdup("");
+	if (g_mime_data_wrapper_get_encoding(dw) ==
+	    GMIME_CONTENT_ENCODING_BASE64 &&
+	    (src = g_mime_data_wrapper_get_stream(dw)) != NULL)
+		return b64_bytes(src, len);
 	mem = g_mime_stream_mem_new();
 	g_mime_data_wrapper_write_to_stream(dw, mem);
 	a = g_mime_stream_mem_get_byte_array(GMIME_STREAM_MEM(mem));
@@ -363,17 +533,13 @@ static const struct {
 static char *
 attachment_name(GMimeObject *obj, const char *type, size_t index)
 {
-	const char	*given = part_filename(obj), *base, *s;
+	char		*given = part_filename(obj);
+	const char	*base, *s;
 	const char	*ext = "bin";
-	char		*out, *fixed, *raw;
+	char		*out, *fixed;
 	size_t		 i, n;
 
 	out = NULL;
-	if ((raw = raw_param(obj, "Content-Disposition", "filename")) == NULL &&
-	    (raw = raw_param(obj, "Content-Type", "name")) == NULL)
-		raw = NULL;
-	if (raw != NULL && given != NULL && strchr(given, '\\') == NULL)
-		given = raw;
 	if (given != NULL) {
 		base = given;
 		for (s = given; *s != '\0'; s++)
@@ -394,7 +560,7 @@ attachment_name(GMimeObject *obj, const char *type, size_t index)
 			out = NULL;
 		}
 	}
-	free(raw);
+	free(given);
 	if (out != NULL) {
 		n = strlen(out);
 		if (GMIME_IS_MESSAGE_PART(obj) &&
@@ -456,6 +622,41 @@ is_mailbox(const char *a)
 	    at[1] != '\0';
 }
 
+static GMimeParserOptions *parser_options(void);
+
+/*
+ * Every address in the header fields called name, display names decoded
+ * by relayd (mime_decode_address_words), then parsed by GMime. A new list.
+ */
+static InternetAddressList *
+addresses(GMimeMessage *m, const char *name)
+{
+	GMimeHeaderList		*hl;
+	GMimeHeader		*h;
+	GMimeParserOptions	*po = parser_options();
+	InternetAddressList	*all = internet_address_list_new(), *l;
+	const char		*raw;
+	char			*fixed;
+	int			 i, n;
+
+	hl = g_mime_object_get_header_list(GMIME_OBJECT(m));
+	n = g_mime_header_list_get_count(hl);
+	for (i = 0; i < n; i++) {
+		h = g_mime_header_list_get_header_at(hl, i);
+		if (g_ascii_strcasecmp(g_mime_header_get_name(h), name) != 0 ||
+		    (raw = g_mime_header_get_raw_value(h)) == NULL)
+			continue;
+		fixed = mime_decode_address_words(raw);
+		if ((l = internet_address_list_parse(po, fixed)) != NULL) {
+			internet_address_list_append(all, l);
+			g_object_unref(l);
+		}
+		free(fixed);
+	}
+	g_mime_parser_options_free(po);
+	return all;
+}
+
 /* The mailboxes of an address list, groups flattened, in order. */
 static void
 flatten(InternetAddressList *list, GPtrArray *out, unsigned depth)
@@ -507,15 +708,14 @@ map_recipients(GMimeMessage *m, const struct graph_env *env,
     json_object *msg, size_t *count)
 {
 	GPtrArray	*to = g_ptr_array_new(), *cc = g_ptr_array_new();
+	InternetAddressList *lto = addresses(m, "To"), *lcc = addresses(m, "Cc");
 	json_object	*jto, *jcc, *jbcc;
 	InternetAddress	*ia;
 	size_t		 i, j;
 	int		 dup;
 
-	flatten(g_mime_message_get_addresses(m, GMIME_ADDRESS_TYPE_TO), to,
-	    0);
-	flatten(g_mime_message_get_addresses(m, GMIME_ADDRESS_TYPE_CC), cc,
-	    0);
+	flatten(lto, to, 0);
+	flatten(lcc, cc, 0);
 	jto = json_object_new_array();
 	jcc = json_object_new_array();
 	jbcc = json_object_new_array();
@@ -541,6 +741,8 @@ map_recipients(GMimeMessage *m, const struct graph_env *env,
 	add_array(msg, "bccRecipients", jbcc);
 	g_ptr_array_free(to, TRUE);
 	g_ptr_array_free(cc, TRUE);
+	g_object_unref(lto);
+	g_object_unref(lcc);
 }
 
 static const char *
@@ -649,18 +851,25 @@ static void
 map_headers(GMimeMessage *m, json_object *msg, struct graph_req *req)
 {
 	GPtrArray	*list = g_ptr_array_new();
+	InternetAddressList *from = addresses(m, "From");
+	InternetAddressList *reply = addresses(m, "Reply-To");
 	InternetAddress	*ia;
 	json_object	*arr;
 	const char	*s;
-	char		*subject;
+	char		*subject, *dec;
+	size_t		 n;
 	guint		 i;
 
-	s = g_mime_message_get_subject(m);
-	subject = unfold(s != NULL ? s : "");
+	/* Decoded by relayd: GMime 3.2.13 loses words after a padded one. */
+	s = raw_header(GMIME_OBJECT(m), "Subject");
+	dec = mime_decode_words(s != NULL ? s : "", s != NULL ? strlen(s) : 0,
+	    &n);
+	subject = unfold(dec);
+	free(dec);
 	json_object_object_add(msg, "subject", jstr(subject));
 	free(subject);
 
-	flatten(g_mime_message_get_from(m), list, 0);
+	flatten(from, list, 0);
 	if (list->len > 0) {
 		ia = g_ptr_array_index(list, 0);
 		s = internet_address_mailbox_get_addr(
@@ -670,7 +879,7 @@ map_headers(GMimeMessage *m, json_object *msg, struct graph_req *req)
 		req->from = xstrdup(s);
 	}
 	g_ptr_array_set_size(list, 0);
-	flatten(g_mime_message_get_reply_to(m), list, 0);
+	flatten(reply, list, 0);
 	arr = json_object_new_array();
 	for (i = 0; i < list->len; i++) {
 		ia = g_ptr_array_index(list, i);
@@ -681,6 +890,8 @@ map_headers(GMimeMessage *m, json_object *msg, struct graph_req *req)
 	}
 	add_array(msg, "replyTo", arr);
 	g_ptr_array_free(list, TRUE);
+	g_object_unref(from);
+	g_object_unref(reply);
 
 	if ((s = importance(m)) != NULL)
 		json_object_object_add(msg, "importance",
@@ -702,14 +913,15 @@ map_headers(GMimeMessage *m, json_object *msg, struct graph_req *req)
 }
 
 static char *
-body_text(GMimeObject *obj, size_t *len)
+body_text(const struct leaf *l, size_t *len)
 {
 	char	*raw, *text;
 	size_t	 n;
 
-	raw = part_bytes(GMIME_PART(obj), &n);
-	text = mime_to_utf8(g_mime_object_get_content_type_parameter(obj,
-	    "charset"), raw, n, len);
+	raw = part_bytes(GMIME_PART(l->obj), &n);
+	text = mime_to_utf8(l->badtype ? NULL :
+	    g_mime_object_get_content_type_parameter(l->obj, "charset"), raw,
+	    n, len);
 	free(raw);
 	return text;
 }
@@ -720,26 +932,24 @@ static void
 map_parts(GMimeMessage *m, struct walk *w, json_object *msg,
     struct graph_req *req, struct graph_draft *d)
 {
-	GMimeContentType	*ct;
 	json_object		*body, *arr, *att;
 	const char		*id;
 	char			*html = NULL, *text, *type, *name;
 	size_t			 i, n, chosen = SIZE_MAX;
 	int			 alt = -1, branch = -1, p;
 
-	walk_tree(w, g_mime_message_get_mime_part(m), -1, 0);
+	walk_tree(w, g_mime_message_get_mime_part(m), -1, 0, 0, 0);
 	for (i = 0; i < w->nleaves && chosen == SIZE_MAX; i++)
-		if (is_text(w->leaves[i].obj, "html"))
+		if (is_text(&w->leaves[i], "text/html"))
 			chosen = i;
 	for (i = 0; i < w->nleaves && chosen == SIZE_MAX; i++)
-		if (is_text(w->leaves[i].obj, "plain"))
+		if (is_text(&w->leaves[i], "text/plain"))
 			chosen = i;
 
 	body = json_object_new_object();
 	if (chosen != SIZE_MAX) {
-		text = body_text(w->leaves[chosen].obj, &n);
-		ct = g_mime_object_get_content_type(w->leaves[chosen].obj);
-		if (g_mime_content_type_is_type(ct, "text", "html")) {
+		text = body_text(&w->leaves[chosen], &n);
+		if (strcmp(w->leaves[chosen].type, "text/html") == 0) {
 			json_object_object_add(body, "contentType",
 			    json_object_new_string("html"));
 			html = text;
@@ -779,19 +989,7 @@ map_parts(GMimeMessage *m, struct walk *w, json_object *msg,
 		att = json_object_new_object();
 		json_object_object_add(att, "@odata.type",
 		    json_object_new_string("#microsoft.graph.fileAttachment"));
-		ct = g_mime_object_get_content_type(obj);
-		if (GMIME_IS_MESSAGE_PART(obj))
-			type = xstrdup("message/rfc822");
-		else if (ct != NULL && g_mime_content_type_get_media_type(ct)
-		    != NULL && g_mime_content_type_get_media_subtype(ct) !=
-		    NULL)
-			xasprintf(&type, "%s/%s",
-			    g_mime_content_type_get_media_type(ct),
-			    g_mime_content_type_get_media_subtype(ct));
-		else
-			type = xstrdup("application/octet-stream");
-		for (n = 0; type[n] != '\0'; n++)
-			type[n] = (char)tolower((unsigned char)type[n]);
+		type = xstrdup(w->leaves[i].type);
 		name = attachment_name(obj, type,
 		    json_object_array_length(arr) + (d ? d->nparts : 0) + 1);
 		id = g_mime_object_get_content_id(obj);
@@ -843,16 +1041,21 @@ map_parts(GMimeMessage *m, struct walk *w, json_object *msg,
 static void
 flatten_from(GMimeMessage *m, struct graph_req *req)
 {
-	GPtrArray	*from = g_ptr_array_new();
+	GPtrArray		*from = g_ptr_array_new();
+	InternetAddressList	*l = addresses(m, "From");
 
-	flatten(g_mime_message_get_from(m), from, 0);
+	flatten(l, from, 0);
 	if (from->len > 0)
 		req->from = xstrdup(internet_address_mailbox_get_addr(
 		    INTERNET_ADDRESS_MAILBOX(g_ptr_array_index(from, 0))));
 	g_ptr_array_free(from, TRUE);
+	g_object_unref(l);
 }
 
-/* What the JSON form cannot carry: signatures, encryption, invitations. */
+/*
+ * What the JSON form cannot carry: signatures, encryption, invitations,
+ * and the threading headers (needs_mime).
+ */
 static void
 needs_mime_cb(GMimeObject *parent, GMimeObject *part, gpointer arg)
 {
@@ -876,6 +1079,9 @@ needs_mime(GMimeMessage *m)
 	GMimeObject	*top = g_mime_message_get_mime_part(m);
 	int		 want = 0;
 
+	/* Threading: Graph's JSON takes no In-Reply-To or References. */
+	if (header(m, "In-Reply-To") != NULL || header(m, "References") != NULL)
+		return 1;
 	if (top != NULL)
 		needs_mime_cb(NULL, top, &want);
 	g_mime_message_foreach(m, needs_mime_cb, &want);
@@ -919,15 +1125,16 @@ mime_addresses(GMimeMessage *m, const struct graph_env *env,
 	GPtrArray		*to = g_ptr_array_new(), *cc = g_ptr_array_new();
 	GPtrArray		*from = g_ptr_array_new();
 	InternetAddressList	*nfrom, *nto, *ncc, *nbcc;
+	InternetAddressList	*lto = addresses(m, "To");
+	InternetAddressList	*lcc = addresses(m, "Cc");
+	InternetAddressList	*lfrom = addresses(m, "From");
 	InternetAddress		*ia;
 	size_t			 i, j, n = 0;
 	int			 dup;
 
-	flatten(g_mime_message_get_addresses(m, GMIME_ADDRESS_TYPE_TO), to,
-	    0);
-	flatten(g_mime_message_get_addresses(m, GMIME_ADDRESS_TYPE_CC), cc,
-	    0);
-	flatten(g_mime_message_get_from(m), from, 0);
+	flatten(lto, to, 0);
+	flatten(lcc, cc, 0);
+	flatten(lfrom, from, 0);
 	nfrom = internet_address_list_new();
 	nto = internet_address_list_new();
 	ncc = internet_address_list_new();
@@ -961,6 +1168,9 @@ mime_addresses(GMimeMessage *m, const struct graph_env *env,
 	g_ptr_array_free(to, TRUE);
 	g_ptr_array_free(cc, TRUE);
 	g_ptr_array_free(from, TRUE);
+	g_object_unref(lto);
+	g_object_unref(lcc);
+	g_object_unref(lfrom);
 	return n;
 }
 
@@ -1045,6 +1255,7 @@ map_message(GMimeMessage *m, const struct graph_env *env,
     struct graph_draft *d, char *err, size_t errlen)
 {
 	struct walk	 w;
+	size_t		 i;
 	int		 rc = -1;
 
 	memset(&w, 0, sizeof(w));
@@ -1064,6 +1275,8 @@ map_message(GMimeMessage *m, const struct graph_env *env,
 		rc = 0;
 	}
 	free(w.nodes);
+	for (i = 0; i < w.nleaves; i++)
+		free(w.leaves[i].type);
 	free(w.leaves);
 	return rc;
 }
@@ -1095,7 +1308,8 @@ graph_map(const char *data, size_t len, const struct graph_env *env,
 	GMimeStream		*stream;
 	GMimeMessage		*m;
 	GByteArray		*arr;
-	char			*copy = NULL;
+	struct repair		 rp;
+	char			*copy = NULL, *fixed = NULL;
 	json_object		*msg;
 	int			 rc = -1;
 
@@ -1104,6 +1318,12 @@ graph_map(const char *data, size_t len, const struct graph_env *env,
 		snprintf(err, errlen, "message too large to map");
 		return -1;
 	}
+	/* Broken header blocks and a byte-order mark: see repair.c. */
+	if (repair_scan_mem(data, len, &rp) == 0 && rp.n > 0) {
+		fixed = repair_apply(data, len, &rp, &len);
+		data = fixed;
+	}
+	repair_free(&rp);
 	/* Parse in place: the array borrows data and must not free it. */
 	arr = g_byte_array_new_take((guint8 *)(uintptr_t)data, len);
 	stream = g_mime_stream_mem_new_with_byte_array(arr);
@@ -1160,14 +1380,18 @@ out:
 	g_object_unref(stream);
 	g_byte_array_free(arr, FALSE);
 	free(copy);
+	free(fixed);
 	return rc;
 }
 
 /* ---- the draft path: parts read from the spool file as needed ---- */
 
-/* A part's decoded bytes as a stream, from the start. */
+/*
+ * A part's bytes as a stream, from the start: decoded, except base64, for
+ * which *b64 is set and the stream is the encoded text.
+ */
 static GMimeStream *
-part_stream(GMimeObject *obj)
+part_stream(GMimeObject *obj, int *b64)
 {
 	GMimeDataWrapper	*dw;
 	GMimeStream		*src, *f;
@@ -1176,6 +1400,7 @@ part_stream(GMimeObject *obj)
 	GMimeMessage		*inner;
 	GMimeContentEncoding	 enc;
 
+	*b64 = 0;
 	if (GMIME_IS_MESSAGE_PART(obj)) {
 		/* Serialized (in memory), as the JSON form does. */
 		f = g_mime_stream_mem_new();
@@ -1196,10 +1421,14 @@ part_stream(GMimeObject *obj)
 	    (src = g_mime_data_wrapper_get_stream(dw)) == NULL)
 		return g_mime_stream_mem_new();
 	g_mime_stream_reset(src);
-	f = g_mime_stream_filter_new(src);
 	enc = g_mime_data_wrapper_get_encoding(dw);
-	if (enc == GMIME_CONTENT_ENCODING_BASE64 ||
-	    enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
+	if (enc == GMIME_CONTENT_ENCODING_BASE64) {
+		/* Decoded by the reader (relayd's lenient decoder). */
+		*b64 = 1;
+		return g_object_ref(src);
+	}
+	f = g_mime_stream_filter_new(src);
+	if (enc == GMIME_CONTENT_ENCODING_QUOTEDPRINTABLE ||
 	    enc == GMIME_CONTENT_ENCODING_UUENCODE) {
 		dec = g_mime_filter_basic_new(enc, FALSE);
 		g_mime_stream_filter_add(GMIME_STREAM_FILTER(f), dec);
@@ -1229,38 +1458,87 @@ stream_fill(GMimeStream *s, char *buf, size_t len)
 	return (ssize_t)got;
 }
 
+#define READ_CHUNK	16384
+
+struct graph_reader {
+	GMimeStream		*s;
+	int			 b64;
+	struct mime_b64dec	 dec;
+	int			 eof;
+	size_t			 olen, opos;
+	char			 in[READ_CHUNK];
+	unsigned char		 out[MIME_B64_DEC_MAX(READ_CHUNK)];
+};
+
+static struct graph_reader *
+reader_open(GMimeObject *obj)
+{
+	struct graph_reader	*r = xcalloc(1, sizeof(*r));
+
+	r->s = part_stream(obj, &r->b64);
+	mime_b64_dec_init(&r->dec);
+	return r;
+}
+
+/* Full buffers of decoded bytes until the end: the byte count, or -1. */
+static ssize_t
+reader_read(struct graph_reader *r, char *buf, size_t len)
+{
+	size_t	 got = 0, k;
+	ssize_t	 n;
+
+	if (!r->b64)
+		return stream_fill(r->s, buf, len);
+	while (got < len) {
+		if (r->opos < r->olen) {
+			k = r->olen - r->opos;
+			if (k > len - got)
+				k = len - got;
+			memcpy(buf + got, r->out + r->opos, k);
+			r->opos += k;
+			got += k;
+			continue;
+		}
+		if (r->eof)
+			break;
+		r->opos = 0;
+		if ((n = stream_fill(r->s, r->in, sizeof(r->in))) < 0)
+			return -1;
+		if (n == 0) {
+			r->olen = mime_b64_dec_end(&r->dec, r->out);
+			r->eof = 1;
+		} else
+			r->olen = mime_b64_dec_step(&r->dec, r->in, (size_t)n,
+			    r->out);
+	}
+	return (ssize_t)got;
+}
+
 /* Decoded bytes, counted in one pass over the spool file. */
 static uint64_t
 part_size(GMimeObject *obj)
 {
-	GMimeStream	*s = part_stream(obj);
-	char		 buf[16384];
-	uint64_t	 total = 0;
-	ssize_t		 n;
+	struct graph_reader	*r = reader_open(obj);
+	char			 buf[READ_CHUNK];
+	uint64_t		 total = 0;
+	ssize_t			 n;
 
-	while ((n = stream_fill(s, buf, sizeof(buf))) > 0)
+	while ((n = reader_read(r, buf, sizeof(buf))) > 0)
 		total += (uint64_t)n;
-	g_object_unref(s);
+	graph_part_close(r);
 	return total;
 }
-
-struct graph_reader {
-	GMimeStream	*s;
-};
 
 struct graph_reader *
 graph_part_open(const struct graph_part *gp)
 {
-	struct graph_reader	*r = xcalloc(1, sizeof(*r));
-
-	r->s = part_stream(gp->obj);
-	return r;
+	return reader_open(gp->obj);
 }
 
 ssize_t
 graph_part_read(struct graph_reader *r, char *buf, size_t len)
 {
-	return stream_fill(r->s, buf, len);
+	return reader_read(r, buf, len);
 }
 
 void
@@ -1270,6 +1548,37 @@ graph_part_close(struct graph_reader *r)
 		return;
 	g_object_unref(r->s);
 	free(r);
+}
+
+/* The file's bytes with the edits made: pieces of it and the insertions. */
+static GMimeStream *
+repaired_stream(GMimeStream *fs, uint64_t off, uint64_t len,
+    const struct repair *r)
+{
+	GMimeStream	*cat = g_mime_stream_cat_new(), *sub;
+	uint64_t	 at = 0;
+	size_t		 i;
+
+	for (i = 0; i <= r->n; i++) {
+		uint64_t end = i < r->n ? r->e[i].off : len;
+
+		if (end > at) {
+			sub = g_mime_stream_substream(fs, (gint64)(off + at),
+			    (gint64)(off + end));
+			g_mime_stream_cat_add_source(GMIME_STREAM_CAT(cat), sub);
+			g_object_unref(sub);
+		}
+		if (i == r->n)
+			break;
+		at = end + r->e[i].del;
+		if (r->e[i].ins != NULL) {
+			sub = g_mime_stream_mem_new_with_buffer(r->e[i].ins,
+			    strlen(r->e[i].ins));
+			g_mime_stream_cat_add_source(GMIME_STREAM_CAT(cat), sub);
+			g_object_unref(sub);
+		}
+	}
+	return cat;
 }
 
 int
@@ -1282,6 +1591,7 @@ graph_map_draft(int fd, uint64_t off, uint64_t len,
 	GMimeStream		*stream;
 	GMimeMessage		*m;
 	struct graph_req	*req = &d->req;
+	struct repair		 rp;
 	int			 rc = -1;
 
 	memset(d, 0, sizeof(*d));
@@ -1289,6 +1599,13 @@ graph_map_draft(int fd, uint64_t off, uint64_t len,
 	stream = g_mime_stream_fs_new_with_bounds(fd, (gint64)off,
 	    (gint64)(off + len));
 	g_mime_stream_fs_set_owner(GMIME_STREAM_FS(stream), FALSE);
+	if (repair_scan_fd(fd, off, len, &rp) == 0 && rp.n > 0) {
+		GMimeStream *cat = repaired_stream(stream, off, len, &rp);
+
+		g_object_unref(stream);
+		stream = cat;
+	}
+	repair_free(&rp);
 	parser = g_mime_parser_new_with_stream(stream);
 	g_mime_parser_set_persist_stream(parser, TRUE);
 	po = parser_options();

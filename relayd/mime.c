@@ -54,6 +54,8 @@ ob_reserve(struct obuf *b, size_t more)
 static void
 ob_add(struct obuf *b, const void *s, size_t n)
 {
+	if (n == 0)
+		return;
 	ob_reserve(b, n);
 	memcpy(b->p + b->len, s, n);
 	b->len += n;
@@ -408,4 +410,297 @@ mime_b64_canonical(const char *in, size_t len, char *out)
 	    (pad == 1 && (last & 3) != 0))
 		return -1;
 	return (long)o;
+}
+
+void
+mime_b64_dec_init(struct mime_b64dec *d)
+{
+	pthread_once(&b64_once, b64_class_init);
+	d->v = 0;
+	d->n = 0;
+}
+
+/* The bytes of a partial group of 2 or 3 characters (1 or 2 bytes). */
+static size_t
+b64_flush(struct mime_b64dec *d, unsigned char *o)
+{
+	size_t	 k = 0;
+
+	if (d->n == 2) {
+		o[k++] = (unsigned char)(d->v >> 4);
+	} else if (d->n == 3) {
+		o[k++] = (unsigned char)(d->v >> 10);
+		o[k++] = (unsigned char)(d->v >> 2);
+	}
+	d->v = 0;
+	d->n = 0;
+	return k;
+}
+
+size_t
+mime_b64_dec_step(struct mime_b64dec *d, const char *in, size_t len,
+    unsigned char *out)
+{
+	const unsigned char	*s = (const unsigned char *)in;
+	unsigned char		*o = out, c;
+	size_t			 i;
+
+	for (i = 0; i < len; i++) {
+		c = b64_class[s[i]];
+		if (c < 64) {
+			d->v = d->v << 6 | c;
+			if (++d->n == 4) {
+				o[0] = (unsigned char)(d->v >> 16);
+				o[1] = (unsigned char)(d->v >> 8);
+				o[2] = (unsigned char)d->v;
+				o += 3;
+				d->v = 0;
+				d->n = 0;
+			}
+		} else if (c == 64) {
+			/* Padding ends a group; what follows starts anew. */
+			o += b64_flush(d, o);
+		}
+	}
+	return (size_t)(o - out);
+}
+
+size_t
+mime_b64_dec_end(struct mime_b64dec *d, unsigned char *out)
+{
+	return b64_flush(d, out);
+}
+
+size_t
+mime_b64_decode(const char *in, size_t len, unsigned char *out)
+{
+	struct mime_b64dec	 d;
+	size_t			 n;
+
+	mime_b64_dec_init(&d);
+	n = mime_b64_dec_step(&d, in, len, out);
+	return n + mime_b64_dec_end(&d, out + n);
+}
+
+/* ---- RFC 2047 encoded words ---- */
+
+static int
+hexval(int c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	return -1;
+}
+
+/*
+ * An encoded word at s (before end): its charset (without an RFC 2231
+ * language) in cs, its decoded bytes appended to b, and the length of the
+ * word; 0 if s does not start one.
+ */
+static size_t
+encoded_word(const char *s, const char *end, char *cs, size_t cslen,
+    struct obuf *b)
+{
+	const char	*p, *q, *t, *e;
+	size_t		 n;
+	int		 hi, lo;
+
+	if (end - s < 8 || s[0] != '=' || s[1] != '?')
+		return 0;
+	p = s + 2;
+	if ((q = memchr(p, '?', (size_t)(end - p))) == NULL || q == p ||
+	    q + 3 > end || q[2] != '?')
+		return 0;
+	for (t = p; t < q; t++)
+		if (*t <= ' ' || *t == '=' || (unsigned char)*t >= 0x7f)
+			return 0;
+	if (strchr("BbQq", q[1]) == NULL)
+		return 0;
+	t = q + 3;
+	for (e = t; e + 1 < end && !(e[0] == '?' && e[1] == '='); e++)
+		if (*e == '\r' || *e == '\n')
+			return 0;
+	if (e + 1 >= end)
+		return 0;
+	n = (size_t)(q - p);
+	if ((q = memchr(p, '*', n)) != NULL)
+		n = (size_t)(q - p);
+	if (n == 0 || n >= cslen)
+		return 0;
+	memcpy(cs, p, n);
+	cs[n] = '\0';
+	if (t[-2] == 'B' || t[-2] == 'b') {
+		ob_reserve(b, (size_t)(e - t));
+		b->len += mime_b64_decode(t, (size_t)(e - t),
+		    (unsigned char *)b->p + b->len);
+	} else {
+		for (p = t; p < e; p++) {
+			if (*p == '_')
+				ob_add(b, " ", 1);
+			else if (*p == '=' && e - p >= 3 &&
+			    (hi = hexval(p[1])) >= 0 && (lo = hexval(p[2])) >= 0) {
+				char	 c = (char)(hi << 4 | lo);
+
+				ob_add(b, &c, 1);
+				p += 2;
+			} else
+				ob_add(b, p, 1);
+		}
+	}
+	return (size_t)(e + 2 - s);
+}
+
+/* Converts the pending bytes of encoded words (charset cs) onto out. */
+static void
+words_flush(struct obuf *out, struct obuf *pend, const char *cs)
+{
+	char	*u;
+	size_t	 n;
+
+	if (pend->len == 0)
+		return;
+	u = mime_to_utf8(cs, pend->p, pend->len, &n);
+	ob_add(out, u, n);
+	free(u);
+	pend->len = 0;
+}
+
+/* Appends text outside encoded words: raw bytes, UTF-8 or windows-1252. */
+static void
+words_literal(struct obuf *out, const char *s, size_t n)
+{
+	char	*u;
+	size_t	 k;
+
+	if (n == 0)
+		return;
+	u = mime_to_utf8(NULL, s, n, &k);
+	ob_add(out, u, k);
+	free(u);
+}
+
+char *
+mime_decode_words(const char *in, size_t len, size_t *outlen)
+{
+	struct obuf	 out = { NULL, 0, 0 }, pend = { NULL, 0, 0 };
+	struct obuf	 word = { NULL, 0, 0 };
+	const char	*s = in, *end = in + len, *lit = in, *p;
+	char		 cs[64], pcs[64] = "";
+	size_t		 w;
+	int		 blank;
+
+	while (s < end) {
+		word.len = 0;
+		if ((w = encoded_word(s, end, cs, sizeof(cs), &word)) == 0) {
+			s++;
+			continue;
+		}
+		/*
+		 * Text between two words that is only white space goes; the
+		 * bytes of adjacent words in one charset are converted
+		 * together, so a character split across two words survives.
+		 */
+		for (blank = 1, p = lit; p < s && blank; p++)
+			blank = *p == ' ' || *p == '\t' || *p == '\r' ||
+			    *p == '\n';
+		if (!blank || pend.len == 0 || strcasecmp(cs, pcs) != 0)
+			words_flush(&out, &pend, pcs);
+		if (!blank || pcs[0] == '\0')
+			words_literal(&out, lit, (size_t)(s - lit));
+		ob_add(&pend, word.p, word.len);
+		memcpy(pcs, cs, sizeof(pcs));
+		s += w;
+		lit = s;
+	}
+	words_flush(&out, &pend, pcs);
+	words_literal(&out, lit, (size_t)(end - lit));
+	free(pend.p);
+	free(word.p);
+	return ob_finish(&out, outlen);
+}
+
+/* Where a run of encoded words at s ends (only white space between). */
+static const char *
+words_run(const char *s, const char *end)
+{
+	struct obuf	 scratch = { NULL, 0, 0 };
+	const char	*p, *last = s;
+	char		 cs[64];
+	size_t		 w;
+
+	for (p = s; p < end; ) {
+		if ((w = encoded_word(p, end, cs, sizeof(cs), &scratch)) == 0)
+			break;
+		last = p += w;
+		while (p < end && (*p == ' ' || *p == '\t' || *p == '\r' ||
+		    *p == '\n'))
+			p++;
+	}
+	free(scratch.p);
+	return last;
+}
+
+/* Decoded text escaped for a quoted string or a comment. */
+static void
+add_escaped(struct obuf *b, const char *s, size_t n, const char *special)
+{
+	size_t	 i;
+
+	for (i = 0; i < n; i++) {
+		if (s[i] == '\r' || s[i] == '\n' || s[i] == '\t') {
+			ob_add(b, " ", 1);
+			continue;
+		}
+		if (strchr(special, s[i]) != NULL && s[i] != '\0')
+			ob_add(b, "\\", 1);
+		ob_add(b, s + i, 1);
+	}
+}
+
+char *
+mime_decode_address_words(const char *in)
+{
+	struct obuf	 b = { NULL, 0, 0 };
+	const char	*s = in, *end = in + strlen(in), *run;
+	char		*text;
+	size_t		 n;
+	int		 quoted = 0, comment = 0, angle = 0;
+
+	while (s < end) {
+		if (!angle && *s == '=' && s[1] == '?' &&
+		    (run = words_run(s, end)) > s) {
+			text = mime_decode_words(s, (size_t)(run - s), &n);
+			if (!quoted && !comment)
+				ob_add(&b, "\"", 1);
+			add_escaped(&b, text, n, comment ? "()\\" : "\"\\");
+			if (!quoted && !comment)
+				ob_add(&b, "\"", 1);
+			free(text);
+			s = run;
+			continue;
+		}
+		if (*s == '\\' && (quoted || comment) && s + 1 < end) {
+			ob_add(&b, s, 2);
+			s += 2;
+			continue;
+		}
+		if (quoted)
+			quoted = *s != '"';
+		else if (comment)
+			comment += *s == '(' ? 1 : *s == ')' ? -1 : 0;
+		else if (angle)
+			angle = *s != '>';
+		else if (*s == '"')
+			quoted = 1;
+		else if (*s == '(')
+			comment = 1;
+		else if (*s == '<')
+			angle = 1;
+		ob_add(&b, s++, 1);
+	}
+	return ob_finish(&b, NULL);
 }

@@ -3,6 +3,7 @@
 #define RELAYD_MIME_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Once per process, before any thread uses GMime (g_mime_init). */
 void	 mime_init(void);
@@ -31,5 +32,40 @@ size_t	 mime_b64_encode(const unsigned char *, size_t, char *);
  * or -1 if it is not and must be decoded and encoded again.
  */
 long	 mime_b64_canonical(const char *, size_t, char *);
+
+/*
+ * A base64 decoder fed in pieces, lenient as mail readers are: characters
+ * outside the alphabet are skipped, a last group of 2 or 3 characters
+ * without its padding still gives its bytes, a single stray character is
+ * ignored, and '=' padding ends a group (what follows is decoded anew).
+ * step writes at most 3 * (n / 4 + 2) bytes, end at most 2.
+ */
+struct mime_b64dec {
+	uint32_t	 v;
+	unsigned	 n;
+};
+void	 mime_b64_dec_init(struct mime_b64dec *);
+size_t	 mime_b64_dec_step(struct mime_b64dec *, const char *, size_t,
+	    unsigned char *);
+size_t	 mime_b64_dec_end(struct mime_b64dec *, unsigned char *);
+#define MIME_B64_DEC_MAX(n)	(3 * ((n) / 4 + 2))
+/* All at once: out holds MIME_B64_DEC_MAX(n). Returns the byte count. */
+size_t	 mime_b64_decode(const char *, size_t, unsigned char *);
+
+/*
+ * Decodes the RFC 2047 encoded words in unstructured text (a Subject, a
+ * file name) to UTF-8, in full: white space between two words goes, the
+ * bytes of adjacent words in one charset are converted together, a base64
+ * word may lack its padding, and words need not stand apart from other
+ * text. Text outside words is taken as UTF-8, else windows-1252. Does not
+ * depend on GMime's decoder (3.2.13 drops the words after a padded one).
+ */
+char	*mime_decode_words(const char *, size_t, size_t *);
+/*
+ * An address header's value with each run of encoded words replaced by
+ * its decoded text as a quoted string (escaped inside a quoted string or
+ * a comment; left alone inside <>), ready for an address parser.
+ */
+char	*mime_decode_address_words(const char *);
 
 #endif

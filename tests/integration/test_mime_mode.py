@@ -4,7 +4,8 @@ The MIME form sends the message itself (base64, Content-Type text/plain).
 The envelope decides the recipients (To/Cc keep envelope recipients only,
 the others become Bcc), every other byte is kept, so S/MIME signatures
 verify at the far end. auto (the default) takes it for signed or
-encrypted mail and calendar invitations that fit in 4 MB.
+encrypted mail, calendar invitations and replies (In-Reply-To or
+References, which the JSON form can't carry) that fit in 4 MB.
 
 Mozilla's S/MIME samples come from ../shared/corpus; those tests skip,
 naming the path, where it is absent.
@@ -110,6 +111,14 @@ CALENDAR = (b"From: boss@contoso.test\r\nTo: team@fabrikam.test\r\n"
             b"\r\nBEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n")
 PLAIN = (b"From: boss@contoso.test\r\nTo: team@fabrikam.test\r\n"
          b"Subject: plain\r\n\r\nhello\r\n")
+# A ticket system's reply: JSON can't carry In-Reply-To or References.
+REPLY = (b"From: helpdesk@contoso.test\r\nTo: team@fabrikam.test\r\n"
+         b"Subject: Re: [#4711] printer jam\r\n"
+         b"Message-ID: <r2@contoso.test>\r\n"
+         b"In-Reply-To: <q1@fabrikam.test>\r\n"
+         b"References: <q0@fabrikam.test>\r\n <q1@fabrikam.test>\r\n"
+         b"\r\nfixed\r\n")
+REFS = REPLY.replace(b"In-Reply-To: <q1@fabrikam.test>\r\n", b"")
 
 
 @pytest.mark.parametrize("mode, data, want", [
@@ -117,6 +126,9 @@ PLAIN = (b"From: boss@contoso.test\r\nTo: team@fabrikam.test\r\n"
     ("auto", PLAIN, "json"),
     ("mime", PLAIN, "mime"),
     ("json", CALENDAR, "json"),
+    ("auto", REPLY, "mime"),
+    ("auto", REFS, "mime"),
+    ("json", REPLY, "json"),
 ])
 def test_mode_choice(relayd_factory, shared_fake_graph, mode, data, want):
     fake = shared_fake_graph
@@ -125,7 +137,13 @@ def test_mode_choice(relayd_factory, shared_fake_graph, mode, data, want):
     [rec] = delivered(fake)
     assert rec["format"] == want, (mode, rec["format"])
     if want == "mime":
-        assert split(mime_bytes(rec))[1] == split(data)[1]
+        head, body = split(mime_bytes(rec))
+        assert body == split(data)[1]
+        if data is REPLY:
+            # The thread survives: both headers byte for byte.
+            assert b"\r\nIn-Reply-To: <q1@fabrikam.test>\r\n" in head
+            assert (b"\r\nReferences: <q0@fabrikam.test>\r\n"
+                    b" <q1@fabrikam.test>") in head
 
 
 def test_too_big_for_mime_goes_json(relayd_factory, shared_fake_graph):

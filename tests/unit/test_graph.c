@@ -95,34 +95,135 @@ free_env(struct envfile *e)
 		free(e->rcpts[i]);
 }
 
+/* A case's message and envelope, and the options the golden cases use. */
+struct mcase {
+	char			*data;
+	size_t			 len;
+	struct envfile		 e;
+	struct graph_env	 ge;
+	struct graph_opts	 go;
+};
+
+static int
+load_case(struct mcase *c, const char *eml, const char *env, char *err,
+    size_t errlen)
+{
+	if ((c->data = slurp(eml, &c->len)) == NULL) {
+		snprintf(err, errlen, "cannot read %s", eml);
+		return -1;
+	}
+	read_env(env, &c->e);
+	c->ge.mail_from = c->e.mail_from;
+	c->ge.rcpts = (const char *const *)c->e.rcpts;
+	c->ge.nrcpts = c->e.nrcpts;
+	c->go.save_to_sent = c->e.save;
+	c->go.max_depth = 32;
+	c->go.mode = GRAPH_MODE_JSON;
+	return 0;
+}
+
+static void
+free_case(struct mcase *c)
+{
+	free_env(&c->e);
+	free(c->data);
+}
+
 /* Maps one file; returns the JSON text (malloc'd) or NULL with err. */
 static char *
 map_file(const char *eml, const char *env, char *err, size_t errlen)
 {
-	struct envfile		 e;
-	struct graph_env	 ge;
-	struct graph_opts	 go;
+	struct mcase		 c;
 	struct graph_req	 req;
-	char			*data, *out = NULL;
-	size_t			 len;
+	char			*out = NULL;
 
-	if ((data = slurp(eml, &len)) == NULL) {
-		snprintf(err, errlen, "cannot read %s", eml);
+	if (load_case(&c, eml, env, err, errlen) == -1)
 		return NULL;
-	}
-	read_env(env, &e);
-	ge.mail_from = e.mail_from;
-	ge.rcpts = (const char *const *)e.rcpts;
-	ge.nrcpts = e.nrcpts;
-	go.save_to_sent = e.save;
-	go.max_depth = 32;
-	go.mode = GRAPH_MODE_JSON;
-	if (graph_map(data, len, &ge, &go, &req, err, errlen) == 0) {
+	if (graph_map(c.data, c.len, &c.ge, &c.go, &req, err, errlen) == 0) {
 		out = strndup(req.body, req.len);
 		graph_req_free(&req);
 	}
-	free_env(&e);
-	free(data);
+	free_case(&c);
+	return out;
+}
+
+/*
+ * Maps one file through the draft path (parts read back from the file)
+ * and puts the request together as the JSON path would make it, so the
+ * golden cases check both paths.
+ */
+static char *
+map_file_draft(const char *eml, const char *env, char *err, size_t errlen)
+{
+	struct mcase		 c;
+	struct graph_draft	 d;
+	struct graph_reader	*r;
+	json_object		*root, *msg, *arr, *att;
+	char			 tmpl[] = "/tmp/test_graph.XXXXXX", *out = NULL;
+	char			*bytes, *b64;
+	size_t			 i, n, cap;
+	ssize_t			 k;
+	int			 fd;
+
+	if (load_case(&c, eml, env, err, errlen) == -1)
+		return NULL;
+	fd = mkstemp(tmpl);
+	assert_true(fd != -1);
+	unlink(tmpl);
+	/* Behind other bytes, as in a spool segment. */
+	assert_int_equal(write(fd, "XXXX", 4), 4);
+	assert_int_equal(write(fd, c.data, c.len), (ssize_t)c.len);
+	if (graph_map_draft(fd, 4, c.len, &c.ge, &c.go, &d, err, errlen) ==
+	    0) {
+		msg = json_tokener_parse(d.req.body);
+		arr = json_object_new_array();
+		for (i = 0; i < d.nparts; i++) {
+			cap = d.parts[i].size + 16;
+			bytes = malloc(cap);
+			r = graph_part_open(&d.parts[i]);
+			for (n = 0; (k = graph_part_read(r, bytes + n,
+			    cap - n)) > 0; n += (size_t)k)
+				;
+			graph_part_close(r);
+			assert_int_equal(n, d.parts[i].size);
+			b64 = malloc(MIME_B64_LEN(n) + 1);
+			b64[mime_b64_encode((unsigned char *)bytes, n, b64)] =
+			    '\0';
+			att = json_object_new_object();
+			json_object_object_add(att, "@odata.type",
+			    json_object_new_string(
+			    "#microsoft.graph.fileAttachment"));
+			json_object_object_add(att, "name",
+			    json_object_new_string(d.parts[i].name));
+			json_object_object_add(att, "contentType",
+			    json_object_new_string(d.parts[i].type));
+			json_object_object_add(att, "contentBytes",
+			    json_object_new_string(b64));
+			json_object_object_add(att, "isInline",
+			    json_object_new_boolean(d.parts[i].is_inline));
+			if (d.parts[i].is_inline)
+				json_object_object_add(att, "contentId",
+				    json_object_new_string(
+				    d.parts[i].content_id));
+			json_object_array_add(arr, att);
+			free(bytes);
+			free(b64);
+		}
+		if (d.nparts > 0)
+			json_object_object_add(msg, "attachments", arr);
+		else
+			json_object_put(arr);
+		root = json_object_new_object();
+		json_object_object_add(root, "message", msg);
+		json_object_object_add(root, "saveToSentItems",
+		    json_object_new_boolean(c.e.save));
+		out = strdup(json_object_to_json_string_ext(root,
+		    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+		json_object_put(root);
+		graph_draft_free(&d);
+	}
+	close(fd);
+	free_case(&c);
 	return out;
 }
 
@@ -135,7 +236,7 @@ has_suffix(const char *s, const char *suf)
 }
 
 static void
-test_golden(void **state)
+golden(char *(*map)(const char *, const char *, char *, size_t))
 {
 	const char	*dir = RELAYD_SRCDIR "/tests/data/map";
 	struct dirent	*de;
@@ -155,7 +256,7 @@ test_golden(void **state)
 		    (int)(strlen(eml) - 4), eml);
 		snprintf(js, sizeof(js), "%.*s.json",
 		    (int)(strlen(eml) - 4), eml);
-		if ((got = map_file(eml, env, err, sizeof(err))) == NULL) {
+		if ((got = map(eml, env, err, sizeof(err))) == NULL) {
 			printf("FAIL %s: %s\n", de->d_name, err);
 			bad++;
 			continue;
@@ -177,9 +278,24 @@ test_golden(void **state)
 		free(got);
 	}
 	closedir(d);
-	printf("golden: %d cases, %d failed\n", n, bad);
+	printf("golden%s: %d cases, %d failed\n", map == map_file ? "" :
+	    " (draft path)", n, bad);
 	assert_true(n >= 40);
 	assert_int_equal(bad, 0);
+}
+
+static void
+test_golden(void **state)
+{
+	(void)state;
+	golden(map_file);
+}
+
+static void
+test_golden_draft(void **state)
+{
+	(void)state;
+	golden(map_file_draft);
 }
 
 /* One case per row of ../shared/graph/FACTS.md section 4, and the edges. */
@@ -511,6 +627,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_mime_form),
 		cmocka_unit_test(test_mime_form_too_big_goes_json),
 		cmocka_unit_test(test_draft_map),
+		cmocka_unit_test(test_golden_draft),
 	};
 	char	 err[256], *out;
 

@@ -1,4 +1,7 @@
-/* Unit tests for mime.c: charsets, UTF-8 repair, base64. */
+/*
+ * Unit tests for mime.c (charsets, UTF-8 repair, base64, RFC 2047 words)
+ * and repair.c (broken header blocks).
+ */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -6,9 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "mime.h"
+#include "repair.h"
 
 static void
 test_repair(void **state)
@@ -125,6 +130,233 @@ test_b64(void **state)
 	}
 }
 
+/* Lenient base64: unpadded tails, stray characters, fed in pieces. */
+static void
+test_b64_decode(void **state)
+{
+	static const struct { const char *in, *out; } cases[] = {
+		{ "TWFu", "Man" },
+		{ "TWE=", "Ma" }, { "TQ==", "M" },
+		{ "TWE", "Ma" },		/* 4n+3 without its '=' */
+		{ "TQ", "M" },			/* 4n+2 without its '==' */
+		{ "TWFuT", "Man" },		/* 4n+1: the stray one goes */
+		{ "TW\r\nFu\r\nTQ\r\n", "ManM" },
+		{ "TQ==TWE=", "MMa" },		/* padding ends a group */
+		{ "T*W!F u", "Man" },		/* outside the alphabet */
+		{ "", "" },
+	};
+	struct mime_b64dec	 d;
+	unsigned char		 out[64];
+	size_t			 i, j, n, len;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		len = strlen(cases[i].in);
+		n = mime_b64_decode(cases[i].in, len, out);
+		if (n != strlen(cases[i].out) ||
+		    memcmp(out, cases[i].out, n) != 0)
+			fail_msg("decode %zu: got %zu bytes", i, n);
+		/* One character at a time gives the same. */
+		mime_b64_dec_init(&d);
+		for (n = 0, j = 0; j < len; j++)
+			n += mime_b64_dec_step(&d, cases[i].in + j, 1, out + n);
+		n += mime_b64_dec_end(&d, out + n);
+		assert_int_equal(n, strlen(cases[i].out));
+		assert_memory_equal(out, cases[i].out, n);
+	}
+}
+
+static void
+test_words(void **state)
+{
+	static const struct { const char *in, *want; } cases[] = {
+		{ "plain text", "plain text" },
+		/* GMime 3.2.13 stops after a padded base64 word. */
+		{ "=?UTF-8?B?SGVsbG8gdw==?= =?UTF-8?B?b3JsZA==?=",
+		  "Hello world" },
+		{ "=?UTF-8?B?w6k=?= =?UTF-8?B?YS5wZGY=?=", "\xc3\xa9" "a.pdf" },
+		{ "=?UTF-8?B?w6k=?==?UTF-8?B?YS5wZGY=?=", "\xc3\xa9" "a.pdf" },
+		/* White space between words goes, folds too; text stays. */
+		{ "=?utf-8?q?a?=\r\n =?utf-8?q?b?= c =?utf-8?q?d?=", "ab c d" },
+		{ "Re: =?iso-8859-1?q?caf=E9_ok?=", "Re: caf\xc3\xa9 ok" },
+		/* A character split across two words survives. */
+		{ "=?UTF-8?Q?=C3?= =?UTF-8?Q?=A9?=", "\xc3\xa9" },
+		{ "=?UTF-8?B?0J/R?= =?UTF-8?B?gA==?=", "\xd0\x9f\xd1\x80" },
+		/* Unpadded base64, a language, lower case. */
+		{ "=?utf-8*en?b?w6k?=", "\xc3\xa9" },
+		/* Labels as browsers read them. */
+		{ "=?iso-8859-1?Q?=80?=", "\xe2\x82\xac" },
+		{ "=?us-ascii?Q?caf=C3=A9?=", "caf\xc3\xa9" },
+		/* Not words: left as they are. */
+		{ "=?utf-8?x?abc?=", "=?utf-8?x?abc?=" },
+		{ "=?utf-8?q?abc", "=?utf-8?q?abc" },
+		{ "a =? b ?= c", "a =? b ?= c" },
+		/* Raw 8-bit outside words: UTF-8, else windows-1252. */
+		{ "caf\xe9", "caf\xc3\xa9" },
+	};
+	char	*out;
+	size_t	 i, n;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		out = mime_decode_words(cases[i].in, strlen(cases[i].in), &n);
+		if (strcmp(out, cases[i].want) != 0)
+			fail_msg("words %zu: got \"%s\", want \"%s\"", i, out,
+			    cases[i].want);
+		assert_int_equal(n, strlen(out));
+		free(out);
+	}
+}
+
+static void
+test_address_words(void **state)
+{
+	static const struct { const char *in, *want; } cases[] = {
+		{ "a@b.c", "a@b.c" },
+		{ "=?UTF-8?B?w6k=?= =?UTF-8?B?w6k=?= <a@b.c>",
+		  "\"\xc3\xa9\xc3\xa9\" <a@b.c>" },
+		{ "John =?UTF-8?Q?D=C3=B6e?= <a@b.c>, x@y.z",
+		  "John \"D\xc3\xb6" "e\" <a@b.c>, x@y.z" },
+		/* Specials in the decoded text stay inside the quotes. */
+		{ "=?UTF-8?Q?Doe=2C_John_=22JD=22?= <a@b.c>",
+		  "\"Doe, John \\\"JD\\\"\" <a@b.c>" },
+		/* Inside a quoted string, a comment, and <> (left). */
+		{ "\"=?UTF-8?Q?=C3=A9?=\" <a@b.c>", "\"\xc3\xa9\" <a@b.c>" },
+		{ "a@b.c (=?UTF-8?Q?x=29?=)", "a@b.c (x\\))" },
+		{ "<=?UTF-8?Q?x?=@b.c>", "<=?UTF-8?Q?x?=@b.c>" },
+	};
+	char	*out;
+	size_t	 i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		out = mime_decode_address_words(cases[i].in);
+		if (strcmp(out, cases[i].want) != 0)
+			fail_msg("address %zu: got \"%s\", want \"%s\"", i,
+			    out, cases[i].want);
+		free(out);
+	}
+}
+
+/* repair.c: the edits, and the message they make. */
+static void
+test_header_repair(void **state)
+{
+	static const struct { const char *in, *want; } cases[] = {
+		/* Well formed: no edit. */
+		{ "A: 1\r\n\r\nbody\r\n", NULL },
+		{ "A: 1\r\n b\r\n\r\nbody\r\n", NULL },
+		/* A byte-order mark before the first header, or after ours. */
+		{ "\xef\xbb\xbf" "From: a\r\n\r\nb\r\n", "From: a\r\n\r\nb\r\n" },
+		{ "Received: x\r\n\xef\xbb\xbf" "From: a\r\n\r\nb\r\n",
+		  "Received: x\r\nFrom: a\r\n\r\nb\r\n" },
+		/* No blank line: the body starts at the first other line. */
+		{ "A: 1\r\nHello there\r\nB: 2 is body\r\n",
+		  "A: 1\r\n Hello there\r\nB: 2 is body\r\n" },
+		{ "A: 1\r\nHello there\r\nmore\r\n",
+		  "A: 1\r\n\r\nHello there\r\nmore\r\n" },
+		/* A broken fold, more fields after it. */
+		{ "Subject: a\r\nb c\r\nTo: x\r\n\r\nbody",
+		  "Subject: a\r\n b c\r\nTo: x\r\n\r\nbody" },
+		/* No header at all. */
+		{ "just text\r\n", "\r\njust text\r\n" },
+		/* Headers straight into the first boundary. */
+		{ "Content-Type: multipart/mixed; boundary=b\r\n--b\r\n"
+		  "Content-Type: text/plain\r\n\r\nx\r\n--b--\r\n",
+		  "Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+		  "Content-Type: text/plain\r\n\r\nx\r\n--b--\r\n" },
+		/* A part without its blank line; a part ending in a boundary. */
+		{ "Content-Type: multipart/mixed;\r\n boundary=\"b\"\r\n\r\n"
+		  "--b\r\nContent-Type: text/plain\r\nhi\r\n"
+		  "--b\r\nContent-Type: text/plain\r\n--b--\r\n",
+		  "Content-Type: multipart/mixed;\r\n boundary=\"b\"\r\n\r\n"
+		  "--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+		  "--b\r\nContent-Type: text/plain\r\n\r\n--b--\r\n" },
+		/* Boundary-like lines in a body are not boundaries. */
+		{ "Content-Type: text/plain\r\n\r\n--b\r\nx y\r\n", NULL },
+	};
+	struct repair	 r;
+	char		*out;
+	size_t		 i, n;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(repair_scan_mem(cases[i].in,
+		    strlen(cases[i].in), &r), 0);
+		if (cases[i].want == NULL) {
+			if (r.n != 0)
+				fail_msg("repair %zu: %zu edits, want none", i,
+				    r.n);
+			repair_free(&r);
+			continue;
+		}
+		out = repair_apply(cases[i].in, strlen(cases[i].in), &r, &n);
+		if (strcmp(out, cases[i].want) != 0)
+			fail_msg("repair %zu: got \"%s\"", i, out);
+		free(out);
+		repair_free(&r);
+	}
+}
+
+/* The file reader (a window at a time) finds what the memory one does. */
+static size_t
+same_edits(const char *msg, size_t len)
+{
+	struct repair	 a, b;
+	char		 tmpl[] = "/tmp/test_mime.XXXXXX";
+	size_t		 i;
+	int		 fd;
+
+	assert_true((fd = mkstemp(tmpl)) != -1);
+	unlink(tmpl);
+	assert_int_equal(write(fd, "junk", 4), 4);
+	assert_int_equal(write(fd, msg, len), (ssize_t)len);
+	assert_int_equal(write(fd, "\r\n\r\njunk", 8), 8);
+	assert_int_equal(repair_scan_mem(msg, len, &a), 0);
+	assert_int_equal(repair_scan_fd(fd, 4, len, &b), 0);
+	assert_int_equal(a.n, b.n);
+	for (i = 0; i < a.n; i++) {
+		assert_int_equal(a.e[i].off, b.e[i].off);
+		assert_int_equal(a.e[i].del, b.e[i].del);
+		assert_ptr_equal(a.e[i].ins, b.e[i].ins);
+	}
+	repair_free(&a);
+	repair_free(&b);
+	close(fd);
+	return i;
+}
+
+static void
+test_header_repair_fd(void **state)
+{
+	static const char head[] = "From: a@b.c\r\n"
+	    "Content-Type: multipart/mixed; boundary=b\r\n--b\r\n"
+	    "Content-Type: application/pdf\r\n\r\n";
+	static const char tail[] = "\r\n--b\r\nContent-Type: text/plain\r\n"
+	    "Hello\r\n--b--\r\n";
+	size_t	 sizes[] = { 10, 65536 - 200, 65536, 150000, 300001 };
+	size_t	 i, j, n, line;
+	char	*msg;
+
+	(void)state;
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		/* A part of sizes[i] bytes, in lines of 76 or in one line. */
+		for (line = 0; line < 2; line++) {
+			n = strlen(head) + sizes[i] + strlen(tail);
+			msg = malloc(n + 1);
+			memcpy(msg, head, strlen(head));
+			for (j = 0; j < sizes[i]; j++)
+				msg[strlen(head) + j] = line || j % 78 < 76 ?
+				    'A' : j % 78 == 76 ? '\r' : '\n';
+			memcpy(msg + strlen(head) + sizes[i], tail,
+			    strlen(tail) + 1);
+			/* Before the first boundary, and before "Hello". */
+			assert_int_equal(same_edits(msg, n), 2);
+			free(msg);
+		}
+	}
+}
+
 int
 main(void)
 {
@@ -132,6 +364,11 @@ main(void)
 		cmocka_unit_test(test_repair),
 		cmocka_unit_test(test_charsets),
 		cmocka_unit_test(test_b64),
+		cmocka_unit_test(test_b64_decode),
+		cmocka_unit_test(test_words),
+		cmocka_unit_test(test_address_words),
+		cmocka_unit_test(test_header_repair),
+		cmocka_unit_test(test_header_repair_fd),
 	};
 
 	mime_init();

@@ -1266,9 +1266,34 @@ Content-Type: multipart/mixed; boundary="digest-outer"
           att("attachment-3.txt", "text/plain", D3)]})
 
 # ---- text/plain attachment with filename comes first; raw bytes kept ------
+#      (Content-Disposition: attachment: a first text part that is inline
+#      with a file name is the body, see text-inline-filename-first-then-plain)
 LOG = T("build 1234: Prüfung bestanden\nwarnings: 0\n", "iso-8859-1")
 BODY = "The build log is attached.\n"
 case("text-attachment-first",
+     env("ci@corp.example", "dev@corp.example"),
+     M("""From: CI <ci@corp.example>
+To: dev@corp.example
+Subject: Build 1234
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="ci-b"
+
+""", mp("ci-b", [
+         part('Content-Type: text/plain; charset=iso-8859-1; name="build.log"\n'
+              "Content-Transfer-Encoding: 8bit\n"
+              'Content-Disposition: attachment; filename="build.log"\n', LOG),
+         part("Content-Type: text/plain; charset=us-ascii\n", BODY),
+     ])),
+     {"subject": "Build 1234",
+      "from": addr("ci@corp.example", "CI"),
+      "toRecipients": [addr("dev@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("build.log", "text/plain", LOG)]})
+
+# ---- the same with Content-Disposition: inline: the first displayable
+#      part is the body despite its file name (RFC 8621 4.1.4); the second
+#      text part is then an attachment -----------------------------------
+case("text-inline-filename-first-then-plain",
      env("ci@corp.example", "dev@corp.example"),
      M("""From: CI <ci@corp.example>
 To: dev@corp.example
@@ -1285,8 +1310,8 @@ Content-Type: multipart/mixed; boundary="ci-b"
      {"subject": "Build 1234",
       "from": addr("ci@corp.example", "CI"),
       "toRecipients": [addr("dev@corp.example")],
-      "body": text(BODY),
-      "attachments": [att("build.log", "text/plain", LOG)]})
+      "body": text("build 1234: Prüfung bestanden\nwarnings: 0\n"),
+      "attachments": [att("attachment-1.txt", "text/plain", T(BODY))]})
 
 # ---- two inline text parts: the second becomes an attachment ------------
 P1 = "Part one of the message.\n"
@@ -2126,6 +2151,746 @@ Content-Type: multipart/mixed; boundary="hw-1"
       "body": html(HTML),
       "attachments": [att("attachment-1.txt", "text/plain", INTRO),
                       att("invite.ics", "text/calendar", ICS)]})
+
+
+# ==========================================================================
+# encoded words, broken header blocks, body choice, unparseable types,
+# damaged base64, BOM, browser charset labels
+# ==========================================================================
+
+
+def bword_padded(s, charset="UTF-8", pad="=="):
+    """A B encoded-word of s that must end in the given padding."""
+    w = bword(s, charset)
+    assert w.endswith(pad + "?=") and not w.endswith("=" + pad + "?="), (s, w)
+    return w
+
+
+def bword_bytes(data, charset="UTF-8"):
+    """A B encoded-word of raw bytes (may hold half a character)."""
+    return "=?%s?B?%s?=" % (charset, base64.b64encode(data).decode())
+
+
+def qword_bytes(data, charset="UTF-8"):
+    """A Q encoded-word of raw bytes (may hold half a character)."""
+    out = []
+    for byte in data:
+        c = chr(byte)
+        if c == " ":
+            out.append("_")
+        elif byte < 128 and c.isalnum():
+            out.append(c)
+        else:
+            out.append("=%02X" % byte)
+    return "=?%s?Q?%s?=" % (charset, "".join(out))
+
+
+def b64_unpadded(data, stray=""):
+    """b64w() with the final '=' padding removed (and a stray character
+    appended to the last line)."""
+    s = b64w(data).rstrip("\n").rstrip("=") + stray
+    return s + "\n"
+
+
+def pdf_len_mod3(label, rem):
+    """A PDF whose length is rem modulo 3 (so its base64 ends as wanted)."""
+    for k in range(3):
+        data = make_pdf(label, b"%" + b"x" * k + b"\n")
+        if len(data) % 3 == rem:
+            return data
+    raise AssertionError(label)
+
+
+# ---- 1. RFC 2047: a padded base64 word followed by another word (Subject) --
+S1, S2 = "Ihre Rechnung für ", "März 2024 – bitte prüfen"
+SUBJ = bword_padded(S1) + " " + bword(S2, "UTF-8")
+case("ew-subject-padded-then-word",
+     env("billing@corp.example", "bob@corp.example"),
+     M("""From: billing@corp.example
+To: bob@corp.example
+Subject: """, SUBJ, """
+MIME-Version: 1.0
+Content-Type: text/plain; charset=us-ascii
+
+Invoice follows.
+"""),
+     {"subject": S1 + S2,
+      "from": addr("billing@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text("Invoice follows.\n")})
+
+# ---- 1. padded base64 word + another word in From/To/Cc/Reply-To names ----
+NF = ("Björn ", "Groß")
+NT = ("Anaïs ", "Ångström")
+NC = ("Søren ", "Müller-Lüdenscheidt")
+NR = ("Zoë", " Support-Team")
+BODY = "Names in two encoded words.\n"
+case("ew-display-name-padded-then-word",
+     env("juergen@corp.example", "zoe@partner.example", "zm@partner.example"),
+     M("From: " + bword_padded(NF[0]) + " " + bword(NF[1], "UTF-8")
+       + " <juergen@corp.example>\n"
+       "To: " + bword_padded(NT[0]) + " " + bword(NT[1], "UTF-8")
+       + " <zoe@partner.example>\n"
+       "Cc: " + bword_padded(NC[0]) + "\n " + bword(NC[1], "UTF-8")
+       + " <zm@partner.example>\n"
+       "Reply-To: " + bword_padded(NR[0]) + " " + bword(NR[1], "UTF-8")
+       + " <support@corp.example>\n"
+       """Subject: Names
+MIME-Version: 1.0
+Content-Type: text/plain; charset=us-ascii
+
+""", BODY),
+     {"subject": "Names",
+      "from": addr("juergen@corp.example", "".join(NF)),
+      "toRecipients": [addr("zoe@partner.example", "".join(NT))],
+      "ccRecipients": [addr("zm@partner.example", "".join(NC))],
+      "replyTo": [addr("support@corp.example", "".join(NR))],
+      "body": text(BODY)})
+
+# ---- 1. file names split into a padded word and a word holding ".pdf" ----
+PDF_EW1 = make_pdf("ew name and filename")
+PDF_EW2 = make_pdf("ew name only")
+PDF_EW3 = make_pdf("ew filename only")
+F1 = ("Prüfbericht Köln ", "2024.pdf")
+F2 = ("Angebot Nr", ".pdf")
+F3 = ("Übersicht", " Q1.pdf")
+EW1 = bword_padded(F1[0]) + " " + bword(F1[1], "UTF-8")
+EW2 = bword_padded(F2[0]) + " " + bword(F2[1], "UTF-8")
+EW3 = bword_padded(F3[0]) + "\n " + bword(F3[1], "UTF-8")
+BODY = "Three documents.\n"
+case("ew-filename-padded-then-extension",
+     env("qs@corp.example", "bob@corp.example"),
+     M("""From: qs@corp.example
+To: bob@corp.example
+Subject: Documents
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="ewf"
+
+""", mp("ewf", [
+         part("Content-Type: text/plain; charset=us-ascii\n", BODY),
+         part('Content-Type: application/pdf; name="' + EW1 + '"\n'
+              "Content-Transfer-Encoding: base64\n"
+              'Content-Disposition: attachment; filename="' + EW1 + '"\n',
+              b64w(PDF_EW1)),
+         part('Content-Type: application/pdf; name="' + EW2 + '"\n'
+              "Content-Transfer-Encoding: base64\n", b64w(PDF_EW2)),
+         part("Content-Type: application/pdf\n"
+              "Content-Transfer-Encoding: base64\n"
+              'Content-Disposition: attachment;\n filename="' + EW3 + '"\n',
+              b64w(PDF_EW3)),
+     ])),
+     {"subject": "Documents",
+      "from": addr("qs@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("".join(F1), "application/pdf", PDF_EW1),
+                      att("".join(F2), "application/pdf", PDF_EW2),
+                      att("".join(F3), "application/pdf", PDF_EW3)]})
+
+# ---- 1. RFC 2231 filename* with charset and continuations; a UTF-8
+#      character split across two sections ------------------------------
+PDF_C1 = make_pdf("2231 latin1")
+PDF_C2 = make_pdf("2231 split")
+BODY = "RFC 2231 sections.\n"
+case("rfc2231-continuations-charset-split",
+     env("docs@corp.example", "bob@corp.example"),
+     M("""From: docs@corp.example
+To: bob@corp.example
+Subject: Sections
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="r2231"
+
+""", mp("r2231", [
+         part("Content-Type: text/plain; charset=us-ascii\n", BODY),
+         part("Content-Type: application/pdf\n"
+              "Content-Transfer-Encoding: base64\n"
+              "Content-Disposition: attachment;\n"
+              " filename*0*=iso-8859-1'de'" + pct("Prüfbericht ", "iso-8859-1")
+              + ";\n filename*1*=" + pct("Köln ", "iso-8859-1") + ";\n"
+              ' filename*2="2024.pdf"\n', b64w(PDF_C1)),
+         part("Content-Type: application/pdf\n"
+              "Content-Transfer-Encoding: base64\n"
+              "Content-Disposition: attachment;\n"
+              " filename*0*=UTF-8''Beleg%20%E2%82;\n"
+              " filename*1*=%AC%2019%20%E2%80%93%20Hotel.pdf\n",
+              b64w(PDF_C2)),
+     ])),
+     {"subject": "Sections",
+      "from": addr("docs@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("Prüfbericht Köln 2024.pdf", "application/pdf", PDF_C1),
+                      att("Beleg € 19 – Hotel.pdf", "application/pdf", PDF_C2)]})
+
+# ---- 1. Q encoded words: subject of three words (=3F, =5F, _), names,
+#      a Q-encoded filename= --------------------------------------------
+PDF_Q = make_pdf("q filename")
+SUBJ = ("=?utf-8?q?Re=3A_Angebot_=E2=80=93?= =?UTF-8?Q?_Preis=3F?=\n"
+        " =?iso-8859-1?q?_=5Fdringend=5F_f=FCr_Andr=E9?=")
+BODY = "Q words.\n"
+case("ew-q-words",
+     env("sales@corp.example", "andre@partner.example", "lea@partner.example"),
+     M("""From: =?iso-8859-1?q?Ren=E9_M=FCller?= <sales@corp.example>
+To: =?UTF-8?Q?Andr=C3=A9_Fran=C3=A7ois?= <andre@partner.example>
+Cc: =?utf-8?q?L=C3=A9a?= =?utf-8?q?_=C3=96zdemir?= <lea@partner.example>
+Subject: """, SUBJ, """
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="qw"
+
+""", mp("qw", [
+         part("Content-Type: text/plain; charset=us-ascii\n", BODY),
+         part("Content-Type: application/pdf\n"
+              "Content-Transfer-Encoding: base64\n"
+              'Content-Disposition: attachment; filename="'
+              "=?utf-8?q?Angebot_f=C3=BCr_Andr=C3=A9.pdf?=\"\n", b64w(PDF_Q)),
+     ])),
+     {"subject": "Re: Angebot – Preis? _dringend_ für André",
+      "from": addr("sales@corp.example", "René Müller"),
+      "toRecipients": [addr("andre@partner.example", "André François")],
+      "ccRecipients": [addr("lea@partner.example", "Léa Özdemir")],
+      "body": text(BODY),
+      "attachments": [att("Angebot für André.pdf", "application/pdf", PDF_Q)]})
+
+# ---- 1. a UTF-8 character split across two adjacent encoded words
+#      (Q in Subject, B in the From name, B in a file name) -------------
+PDF_SPLIT = make_pdf("split")
+SB = "Grüße aus Köln".encode()
+i = SB.index(b"\xc3")            # split inside the first ü
+SUBJ = (qword_bytes(SB[:i + 1]) + " " + qword_bytes(SB[i + 1:]))
+NB = "Привет Мир 👍".encode()
+j = NB.index(b"\xf0") + 2       # split inside the emoji
+FROM = bword_bytes(NB[:5]) + " " + bword_bytes(NB[5:j]) + " " + bword_bytes(NB[j:])
+FB = "Prüfung.pdf".encode()
+k = FB.index(b"\xc3") + 1
+FNAME = bword_bytes(FB[:k]) + " " + bword_bytes(FB[k:])
+BODY = "Split characters.\n"
+case("ew-multibyte-split-across-words",
+     env("ivan@corp.example", "bob@corp.example"),
+     M("From: " + FROM + " <ivan@corp.example>\n"
+       "To: bob@corp.example\n"
+       "Subject: " + SUBJ + "\n"
+       """MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="split"
+
+""", mp("split", [
+         part("Content-Type: text/plain; charset=us-ascii\n", BODY),
+         part('Content-Type: application/pdf; name="' + FNAME + '"\n'
+              "Content-Transfer-Encoding: base64\n"
+              'Content-Disposition: attachment; filename="' + FNAME + '"\n',
+              b64w(PDF_SPLIT)),
+     ])),
+     {"subject": "Grüße aus Köln",
+      "from": addr("ivan@corp.example", "Привет Мир 👍"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("Prüfung.pdf", "application/pdf", PDF_SPLIT)]})
+
+# ---- 2. no blank line between the message's headers and its body ---------
+BODY = ("Disk /var on db01 is 93 percent full.\n"
+        "Cleanup started.\n"
+        "\n"
+        "-- \n"
+        "monitor\n")
+case("header-no-blank-line-before-body",
+     env("monitor@corp.example", "oncall@corp.example"),
+     M("""From: Monitor <monitor@corp.example>
+To: oncall@corp.example
+Subject: Disk alert
+MIME-Version: 1.0
+Content-Type: text/plain; charset=us-ascii
+""", BODY),
+     {"subject": "Disk alert",
+      "from": addr("monitor@corp.example", "Monitor"),
+      "toRecipients": [addr("oncall@corp.example")],
+      "body": text(BODY)})
+
+# ---- 2. no blank line between a MIME part's headers and its body ----------
+PDF_NB = make_pdf("no blank in part")
+BODY = "Hello Bob,\nthe scan is attached.\n"
+case("header-no-blank-line-in-part",
+     env("scanner@corp.example", "bob@corp.example"),
+     M("""From: scanner@corp.example
+To: bob@corp.example
+Subject: Scan
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="nbp"
+
+--nbp
+Content-Type: text/plain; charset=us-ascii
+Content-Transfer-Encoding: 7bit
+""", BODY, """--nbp
+Content-Type: application/pdf; name="scan.pdf"
+Content-Transfer-Encoding: base64
+
+""", b64w(PDF_NB), """--nbp--
+"""),
+     {"subject": "Scan",
+      "from": addr("scanner@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY.rstrip("\n")),
+      "attachments": [att("scan.pdf", "application/pdf", PDF_NB)]})
+
+# ---- 2. the message's headers directly followed by the first boundary:
+#      the part's Content-Type must not replace the message's -----------
+PDF_NBB = make_pdf("no blank before boundary")
+BODY = "Body of the first part.\n"
+case("header-no-blank-line-before-boundary",
+     env("app@corp.example", "bob@corp.example"),
+     M("""From: App <app@corp.example>
+To: bob@corp.example
+Subject: Report without a blank line
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="nbb"
+""", mp("nbb", [
+         part("Content-Type: text/plain; charset=us-ascii\n", BODY),
+         part('Content-Type: application/pdf; name="report.pdf"\n'
+              "Content-Transfer-Encoding: base64\n", b64w(PDF_NBB)),
+     ])),
+     {"subject": "Report without a blank line",
+      "from": addr("app@corp.example", "App"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("report.pdf", "application/pdf", PDF_NBB)]})
+
+# ---- 2. a broken fold (continuation without leading white space) in
+#      Subject, more fields after it ---------------------------------------
+BODY = "Numbers attached.\n"
+case("header-broken-fold-subject",
+     env("cfo@corp.example", "bob@corp.example"),
+     M("""From: CFO <cfo@corp.example>
+Subject: Quarterly report for
+the northern region
+To: Bob <bob@corp.example>
+MIME-Version: 1.0
+Content-Type: text/plain; charset=us-ascii
+
+""", BODY),
+     {"subject": "Quarterly report for the northern region",
+      "from": addr("cfo@corp.example", "CFO"),
+      "toRecipients": [addr("bob@corp.example", "Bob")],
+      "body": text(BODY)})
+
+# ---- 2. a broken fold in a MIME part's Content-Type (name= on its own
+#      line), more fields after it -------------------------------------------
+PDF_BF = make_pdf("broken fold in part")
+BODY = "Quote attached.\n"
+case("header-broken-fold-in-part",
+     env("sales@corp.example", "bob@corp.example"),
+     M("""From: sales@corp.example
+To: bob@corp.example
+Subject: Quote
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="bfp"
+
+""", mp("bfp", [
+         part("Content-Type: text/plain; charset=us-ascii\n", BODY),
+         part("Content-Type: application/pdf;\n"
+              'name="quote 2024.pdf"\n'
+              "Content-Transfer-Encoding: base64\n", b64w(PDF_BF)),
+     ])),
+     {"subject": "Quote",
+      "from": addr("sales@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("quote 2024.pdf", "application/pdf", PDF_BF)]})
+
+# ---- 2. no header at all: the whole text is the body ----------------------
+BODY = ("Hello team,\n"
+        "\n"
+        "the nightly backup finished at 02:00 without errors.\n"
+        "\n"
+        "backup01\n")
+case("no-headers-body-only",
+     env("backup@corp.example", "ops@corp.example"),
+     M(BODY),
+     {"subject": "",
+      "bccRecipients": [addr("ops@corp.example")],
+      "body": text(BODY)})
+
+# ---- 3. first text part with a file name, inline: the body ---------------
+PDF_B1 = make_pdf("body choice 1")
+BODY = "Please sign the attached contract.\n"
+case("text-inline-filename-first-is-body",
+     env("legal@corp.example", "bob@corp.example"),
+     M("""From: legal@corp.example
+To: bob@corp.example
+Subject: Contract
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="tif"
+
+""", mp("tif", [
+         part('Content-Type: text/plain; charset=utf-8; name="message.txt"\n'
+              'Content-Disposition: inline; filename="message.txt"\n', BODY),
+         part('Content-Type: application/pdf; name="contract.pdf"\n'
+              "Content-Transfer-Encoding: base64\n"
+              'Content-Disposition: attachment; filename="contract.pdf"\n',
+              b64w(PDF_B1)),
+     ])),
+     {"subject": "Contract",
+      "from": addr("legal@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("contract.pdf", "application/pdf", PDF_B1)]})
+
+# ---- 3. first text part with name= and no disposition: the body ---------
+PDF_B2 = make_pdf("body choice 2")
+BODY = "Scanned document attached.\n"
+case("text-name-no-disposition-first-is-body",
+     env("mfp@corp.example", "bob@corp.example"),
+     M("""From: mfp@corp.example
+To: bob@corp.example
+Subject: Scan
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="tnd"
+
+""", mp("tnd", [
+         part('Content-Type: text/plain; charset=us-ascii; name="body.txt"\n'
+              "Content-Transfer-Encoding: 7bit\n", BODY),
+         part('Content-Type: application/pdf; name="scan.pdf"\n'
+              "Content-Transfer-Encoding: base64\n", b64w(PDF_B2)),
+     ])),
+     {"subject": "Scan",
+      "from": addr("mfp@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("scan.pdf", "application/pdf", PDF_B2)]})
+
+# ---- 3. first text/html part with name=: the (HTML) body ------------------
+HTML = "<html><body><p>Your <b>statement</b> is ready.</p></body></html>\n"
+case("html-name-first-is-body",
+     env("bank@corp.example", "bob@corp.example"),
+     M("""From: bank@corp.example
+To: bob@corp.example
+Subject: Statement
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="hnf"
+
+""", mp("hnf", [
+         part('Content-Type: text/html; charset=us-ascii; name="statement.html"\n',
+              HTML),
+     ])),
+     {"subject": "Statement",
+      "from": addr("bank@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": html(HTML)})
+
+# ---- 3. later text/plain parts with a file name: attachments -------------
+BODY = "Notes attached.\n"
+NOTES = T("meeting notes\n")
+TODO = T("todo list\n")
+case("text-second-with-filename-is-attachment",
+     env("pm@corp.example", "bob@corp.example"),
+     M("""From: pm@corp.example
+To: bob@corp.example
+Subject: Notes
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="tsf"
+
+""", mp("tsf", [
+         part("Content-Type: text/plain; charset=us-ascii\n", BODY),
+         part("Content-Type: text/plain; charset=us-ascii\n"
+              'Content-Disposition: inline; filename="notes.txt"\n', NOTES),
+         part('Content-Type: text/plain; charset=us-ascii; name="todo.txt"\n',
+              TODO),
+     ])),
+     {"subject": "Notes",
+      "from": addr("pm@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("notes.txt", "text/plain", NOTES),
+                      att("todo.txt", "text/plain", TODO)]})
+
+# ---- 3. first text part with Content-Disposition: attachment ------------
+README = T("Read me first.\n")
+PDF_B3 = make_pdf("body choice 3")
+case("text-first-disposition-attachment",
+     env("dist@corp.example", "bob@corp.example"),
+     M("""From: dist@corp.example
+To: bob@corp.example
+Subject: Package
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="tfa"
+
+""", mp("tfa", [
+         part("Content-Type: text/plain; charset=us-ascii\n"
+              "Content-Disposition: attachment\n", README),
+         part('Content-Type: application/pdf; name="manual.pdf"\n'
+              "Content-Transfer-Encoding: base64\n", b64w(PDF_B3)),
+     ])),
+     {"subject": "Package",
+      "from": addr("dist@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(""),
+      "attachments": [att("attachment-1.txt", "text/plain", README),
+                      att("manual.pdf", "application/pdf", PDF_B3)]})
+
+# ---- 4. Content-Type without a subtype: text/plain; charset=us-ascii
+#      (the UTF-8 bytes are then read as UTF-8) ----------------------------
+BODY = "Job finished: café machine cleaned.\n"
+case("ctype-no-subtype",
+     env("cron@corp.example", "bob@corp.example"),
+     M("""From: cron@corp.example
+To: bob@corp.example
+Subject: Job
+MIME-Version: 1.0
+Content-Type: text
+Content-Transfer-Encoding: 8bit
+
+""", T(BODY, "utf-8")),
+     {"subject": "Job",
+      "from": addr("cron@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY)})
+
+# ---- 4. Content-Type: <html> is text/plain, not HTML ---------------------
+BODY = "<html><body><p>Build finished.</p></body></html>\n"
+case("ctype-angle-html",
+     env("ci@corp.example", "bob@corp.example"),
+     M("""From: ci@corp.example
+To: bob@corp.example
+Subject: Build
+MIME-Version: 1.0
+Content-Type: <html>
+
+""", BODY),
+     {"subject": "Build",
+      "from": addr("ci@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY)})
+
+# ---- 4. garbage Content-Type on the first part of a multipart ------------
+PDF_G = make_pdf("garbage ctype")
+BODY = "Text under a garbage Content-Type.\n"
+case("ctype-garbage",
+     env("app@corp.example", "bob@corp.example"),
+     M("""From: app@corp.example
+To: bob@corp.example
+Subject: Garbage
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="garb"
+
+""", mp("garb", [
+         part("Content-Type: @@@ garbage ;;; ===\n", BODY),
+         part('Content-Type: application/pdf; name="data.pdf"\n'
+              "Content-Transfer-Encoding: base64\n", b64w(PDF_G)),
+     ])),
+     {"subject": "Garbage",
+      "from": addr("app@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("data.pdf", "application/pdf", PDF_G)]})
+
+# ---- 4. unparseable Content-Type + a file name: application/octet-stream
+#      attachment with that name ------------------------------------------
+PDF_U = make_pdf("unparseable with name")
+JPG_U = make_jpeg("unparseable with filename")
+BODY = "Two files with broken types.\n"
+case("ctype-unparseable-with-filename",
+     env("app@corp.example", "bob@corp.example"),
+     M("""From: app@corp.example
+To: bob@corp.example
+Subject: Broken types
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="unp"
+
+""", mp("unp", [
+         part("Content-Type: text/plain; charset=us-ascii\n", BODY),
+         part('Content-Type: pdf; name="report.pdf"\n'
+              "Content-Transfer-Encoding: base64\n", b64w(PDF_U)),
+         part("Content-Type: <image>\n"
+              "Content-Transfer-Encoding: base64\n"
+              'Content-Disposition: inline; filename="photo.jpg"\n',
+              b64w(JPG_U)),
+     ])),
+     {"subject": "Broken types",
+      "from": addr("app@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY),
+      "attachments": [att("report.pdf", "application/octet-stream", PDF_U),
+                      att("photo.jpg", "application/octet-stream", JPG_U)]})
+
+# ---- 4. a single-part message whose unparseable type names a file: an
+#      attachment, not the body ------------------------------------------
+PDF_U1 = make_pdf("unparseable single part")
+case("ctype-unparseable-filename-single-part",
+     env("fax@corp.example", "bob@corp.example"),
+     M("""From: fax@corp.example
+To: bob@corp.example
+Subject: Fax
+MIME-Version: 1.0
+Content-Type: pdf; name="fax.pdf"
+Content-Transfer-Encoding: base64
+
+""", b64w(PDF_U1)),
+     {"subject": "Fax",
+      "from": addr("fax@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(""),
+      "attachments": [att("fax.pdf", "application/octet-stream", PDF_U1)]})
+
+
+# ---- 5. base64 without its final padding; a stray trailing character -----
+def b64_case(name, data, enc_text, label):
+    body = "Attachment %s.\n" % label
+    case(name,
+         env("scanner@corp.example", "bob@corp.example"),
+         M("""From: scanner@corp.example
+To: bob@corp.example
+Subject: """ + label + """
+MIME-Version: 1.0
+Content-Type: multipart/mixed; boundary="b64m"
+
+""", mp("b64m", [
+             part("Content-Type: text/plain; charset=us-ascii\n", body),
+             part('Content-Type: application/pdf; name="scan.pdf"\n'
+                  "Content-Transfer-Encoding: base64\n", enc_text),
+         ])),
+         {"subject": label,
+          "from": addr("scanner@corp.example"),
+          "toRecipients": [addr("bob@corp.example")],
+          "body": text(body),
+          "attachments": [att("scan.pdf", "application/pdf", data)]})
+
+
+PDF_4N2 = pdf_len_mod3("unpadded 4n+2", 1)
+E = b64_unpadded(PDF_4N2)
+assert len(E.replace("\n", "")) % 4 == 2 and "=" not in E
+b64_case("malformed-b64-unpadded-4n2", PDF_4N2, E, "unpadded 4n+2")
+PDF_4N3 = pdf_len_mod3("unpadded 4n+3", 2)
+E = b64_unpadded(PDF_4N3)
+assert len(E.replace("\n", "")) % 4 == 3 and "=" not in E
+b64_case("malformed-b64-unpadded-4n3", PDF_4N3, E, "unpadded 4n+3")
+PDF_4N1 = pdf_len_mod3("stray 4n+1", 0)
+E = b64_unpadded(PDF_4N1, "Q")
+assert len(E.replace("\n", "")) % 4 == 1 and "=" not in E
+b64_case("malformed-b64-stray-char-4n1", PDF_4N1, E, "stray 4n+1")
+
+# ---- 5. a body text part in base64 without its padding -------------------
+BODY = "Grüße aus Köln – ünpadded base64 body.\n"
+RAW = T(BODY, "utf-8")
+assert len(RAW) % 3 != 0
+case("malformed-b64-unpadded-body",
+     env("app@corp.example", "bob@corp.example"),
+     M("""From: app@corp.example
+To: bob@corp.example
+Subject: unpadded body
+MIME-Version: 1.0
+Content-Type: text/plain; charset=utf-8
+Content-Transfer-Encoding: base64
+
+""", b64_unpadded(RAW)),
+     {"subject": "unpadded body",
+      "from": addr("app@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY)})
+
+# ---- 6. a UTF-8 byte-order mark before the first header -----------------
+BODY = "The file started with a byte-order mark.\n"
+case("bom-before-headers",
+     env("winapp@corp.example", "bob@corp.example"),
+     M(b"\xef\xbb\xbf", """From: Win App <winapp@corp.example>
+To: Bob <bob@corp.example>
+Subject: BOM
+MIME-Version: 1.0
+Content-Type: text/plain; charset=utf-8
+
+""", BODY),
+     {"subject": "BOM",
+      "from": addr("winapp@corp.example", "Win App"),
+      "toRecipients": [addr("bob@corp.example", "Bob")],
+      "body": text(BODY)})
+
+# ---- 7. charset labels as browsers read them (WHATWG Encoding) ---------
+
+
+def not_in(codec, *texts):
+    """Each text holds a character the strict codec can't encode."""
+    for t in texts:
+        try:
+            t.encode(codec)
+            raise AssertionError((codec, t))
+        except UnicodeEncodeError:
+            pass
+
+
+def charset_case(name, sender, rcpt, label, codec, body, subject,
+                 word=bword, name_text=None, raw=None):
+    """A text/plain body and Subject (and From name) labelled `label`,
+    written in the browsers' codec for it: what a reader must see."""
+    cs = label.strip('"')
+    frm = (word(name_text, cs, codec) + " <%s>" % sender
+           if name_text else sender)
+    case(name, env(sender, rcpt),
+         M("From: ", frm, "\nTo: ", rcpt, "\nSubject: ",
+           word(subject, cs, codec), """
+MIME-Version: 1.0
+Content-Type: text/plain; charset=""" + label + """
+Content-Transfer-Encoding: 8bit
+
+""", raw if raw is not None else T(body, codec)),
+         {"subject": subject,
+          "from": addr(sender, name_text),
+          "toRecipients": [addr(rcpt)],
+          "body": text(body)})
+
+
+# gb2312: GB18030-only characters (the euro sign, a 4-byte ideograph).
+BODY = ("发票金额：€ 100。\n"
+        "吉祥物：𠮷野家。\n")
+not_in("gb2312", "€", "𠮷")
+charset_case("body-gb2312-gb18030-chars", "li@corp.example",
+             "wang@partner.example", "gb2312", "gb18030", BODY, "发票 € 𠮷")
+
+# gbk: traditional characters outside GB2312.
+BODY = "繁體中文測試：鏡子、龍、鎔。\n"
+same_decoding(T(BODY, "gbk"), ["gbk", "gb18030"])
+same_decoding("繁體報告".encode("gbk"), ["gbk", "gb18030"])
+not_in("gb2312", "體")
+charset_case("body-gbk", "chen@corp.example", "lin@partner.example",
+             '"GBK"', "gbk", BODY, "繁體報告", name_text="陳大文")
+
+# ks_c_5601-1987: hangul only cp949 (UHC) has, not KS X 1001 (EUC-KR).
+BODY = "안녕하세요.\n똠방각하 햏 펲 - 확장 한글입니다.\n"
+for ch in "똠햏펲":
+    cb = ch.encode("cp949")
+    assert len(cb) == 2 and (cb[0] < 0xA1 or cb[1] < 0xA1), ch
+charset_case("body-ks-c-5601-cp949", "kim@corp.example",
+             "park@partner.example", '"ks_c_5601-1987"', "cp949", BODY,
+             "회의 똠 햏")
+
+# iso-8859-1: bytes 0x80-0x9F are windows-1252 characters.
+BODY = ("Price: 100 € – that’s “final”…\n"
+        "Trademark™ • Œuvre ‰ Šárka Žižka\n")
+assert any(0x80 <= c <= 0x9F for c in T(BODY, "cp1252"))
+charset_case("body-latin1-label-c1-as-cp1252", "shop@corp.example",
+             "bob@corp.example", "iso-8859-1", "cp1252", BODY,
+             "Angebot – 50 € ‘final’", word=qword,
+             name_text="Café “Zum Löwen”")
+
+# shift_jis: windows-31j characters (NEC/IBM extensions, fullwidth forms).
+BODY = "①会議は１０時～１２時です。\n㈱山田商事　髙橋様\n金額：－５００円\n"
+not_in("shift_jis", BODY, "①㈱髙橋～見積")
+charset_case("body-shift-jis-cp932-chars", "yamada@corp.example",
+             "takahashi@partner.example", "Shift_JIS", "cp932", BODY,
+             "①㈱髙橋～見積")
+
+# ---- 7. unknown label, valid UTF-8 -> UTF-8; us-ascii encoded word with
+#      UTF-8 bytes -> UTF-8 --------------------------------------------------
+BODY = "Grüße – “hallo” für 5 € 👍\n"
+case("body-unknown-charset-utf8",
+     env("script@corp.example", "bob@corp.example"),
+     M("""From: script@corp.example
+To: bob@corp.example
+Subject: =?us-ascii?Q?Caf=C3=A9_cr=C3=A8me?=
+MIME-Version: 1.0
+Content-Type: text/plain; charset="x-unknown"
+Content-Transfer-Encoding: 8bit
+
+""", T(BODY, "utf-8")),
+     {"subject": "Café crème",
+      "from": addr("script@corp.example"),
+      "toRecipients": [addr("bob@corp.example")],
+      "body": text(BODY)})
 
 
 # ==========================================================================
