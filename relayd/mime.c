@@ -203,9 +203,34 @@ static const struct cs_alias cs_aliases[] = {
 	  "CP949" },
 };
 
-static char *
-iconv_to_utf8(iconv_t cd, const char *in, size_t len, size_t *outlen)
+/*
+ * A byte iconv refuses that the WHATWG decoders map all the same: the five
+ * bytes windows-1252 leaves unassigned are U+0081, U+008D, U+008F, U+0090
+ * and U+009D; gb18030's 0x80 is the euro sign.
+ */
+static const char *
+whatwg_byte(const char *name, unsigned char c)
 {
+	static const char	*c1[] = { "\xc2\x81", "\xc2\x8d", "\xc2\x8f",
+	    "\xc2\x90", "\xc2\x9d" };
+	static const unsigned char c1b[] = { 0x81, 0x8d, 0x8f, 0x90, 0x9d };
+	size_t			 i;
+
+	if (strcmp(name, "CP1252") == 0) {
+		for (i = 0; i < NELEM(c1b); i++)
+			if (c == c1b[i])
+				return c1[i];
+	} else if (strcmp(name, "GB18030") == 0 && c == 0x80)
+		return "\xe2\x82\xac";
+	return NULL;
+}
+
+static char *
+iconv_to_utf8(iconv_t cd, const char *name, const char *in, size_t len,
+    size_t *outlen)
+{
+	const char	*w;
+
 	struct obuf	 b = { NULL, 0, 0 };
 	char		*ip = (char *)(uintptr_t)in, *op;
 	size_t		 il = len, ol, r;
@@ -223,7 +248,11 @@ iconv_to_utf8(iconv_t cd, const char *in, size_t len, size_t *outlen)
 			continue;
 		}
 		/* EILSEQ: one bad byte; EINVAL: a sequence cut at the end. */
-		ob_fffd(&b);
+		if (errno == EILSEQ &&
+		    (w = whatwg_byte(name, (unsigned char)*ip)) != NULL)
+			ob_add(&b, w, strlen(w));
+		else
+			ob_fffd(&b);
 		if (errno == EINVAL)
 			break;
 		ip++;
@@ -256,7 +285,7 @@ auto_to_utf8(const char *in, size_t len, size_t *outlen)
 	}
 	if ((cd = iconv_open("UTF-8", "CP1252")) == (iconv_t)-1)
 		return mime_utf8_repair(in, len, outlen);
-	out = iconv_to_utf8(cd, in, len, outlen);
+	out = iconv_to_utf8(cd, "CP1252", in, len, outlen);
 	iconv_close(cd);
 	return out;
 }
@@ -295,7 +324,7 @@ mime_to_utf8(const char *charset, const char *in, size_t len, size_t *outlen)
 		name = g_mime_charset_iconv_name(label);
 	if ((cd = iconv_open("UTF-8", name)) == (iconv_t)-1)
 		return auto_to_utf8(in, len, outlen);
-	out = iconv_to_utf8(cd, in, len, outlen);
+	out = iconv_to_utf8(cd, name, in, len, outlen);
 	iconv_close(cd);
 	return out;
 }

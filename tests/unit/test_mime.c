@@ -71,6 +71,11 @@ test_charsets(void **state)
 		{ "shift_jis", "a\xff" "b", "a\xef\xbf\xbd" "b" },
 		/* Cut at the end of the text. */
 		{ "shift_jis", "a\x93", "a\xef\xbf\xbd" },
+		/* WHATWG: 1252's unassigned bytes, gb18030's euro. */
+		{ "windows-1252", "a\x81\x9d", "a\xc2\x81\xc2\x9d" },
+		{ NULL, "\xe9\x90", "\xc3\xa9\xc2\x90" },
+		{ "gbk", "\x80", "\xe2\x82\xac" },
+		{ "gb2312", "\xc4\xe3\x80", "\xe4\xbd\xa0\xe2\x82\xac" },
 	};
 	size_t	 i, n;
 	char	*out;
