@@ -71,7 +71,7 @@ addr_parse_cidr(const char *s, struct netmask *nm)
 	char		 buf[INET6_ADDRSTRLEN + 8];
 	char		*slash;
 	uint64_t	 prefix;
-	int		 max;
+	int		 max, hostbits = 0;
 	size_t		 i;
 
 	memset(nm, 0, sizeof(*nm));
@@ -92,15 +92,29 @@ addr_parse_cidr(const char *s, struct netmask *nm)
 	else if (parse_u64(slash, 0, (uint64_t)max, &prefix) == -1)
 		return -1;
 	nm->prefix = (int)prefix;
-	/* Clear host bits so that 10.1.2.3/8 means 10.0.0.0/8. */
+	/* Clear host bits: 10.1.2.3/8 is 10.0.0.0/8, but likely a slip. */
 	for (i = 0; i < 16; i++) {
-		int bits = nm->prefix - (int)i * 8;
+		int	 bits = nm->prefix - (int)i * 8;
+		uint8_t	 was = nm->addr[i];
+
 		if (bits <= 0)
 			nm->addr[i] = 0;
 		else if (bits < 8)
 			nm->addr[i] &= (uint8_t)(0xff << (8 - bits));
+		if (nm->addr[i] != was)
+			hostbits = 1;
 	}
-	return 0;
+	return hostbits ? -2 : 0;
+}
+
+void
+addr_net_text(const struct netmask *nm, char *buf, size_t len)
+{
+	char	 a[INET6_ADDRSTRLEN];
+
+	if (inet_ntop(nm->family, nm->addr, a, sizeof(a)) == NULL)
+		a[0] = '\0';
+	snprintf(buf, len, "%s/%d", a, nm->prefix);
 }
 
 /* Unwraps ::ffff:a.b.c.d so that IPv4 rules apply to dual-stack sockets. */

@@ -59,6 +59,7 @@ struct user {
 	char		*cram;		/* plaintext, CRAM-MD5 only */
 	unsigned char	 cached[32];	/* HMAC of a verified password */
 	uint64_t	 cached_until;
+	int		 line;		/* in the users file */
 };
 
 struct failures {
@@ -251,14 +252,26 @@ load_users(const char *path, FILE *errf, struct user **out, size_t *nout)
 		why = parse_line(line, &u, &empty);
 		for (i = 0; why == NULL && !empty && i < n; i++)
 			if (strcmp(users[i].name, u.name) == 0)
-				why = "user listed twice";
-		if (why != NULL) {
+				break;
+		if (why == NULL && !empty && i < n) {
 			if (errf != NULL)
-				fprintf(errf, "%s:%d: %s\n", path, lineno, why);
+				fprintf(errf, "%s:%d: user \"%s\" is listed twice "
+				    "(also on line %d); keep one line per user\n",
+				    path, lineno, u.name, users[i].line);
 			errors++;
 			user_clear(&u);
 			continue;
 		}
+		if (why != NULL) {
+			if (errf != NULL)
+				fprintf(errf, "%s:%d: %s; make a good line "
+				    "with: relayctl passwd USER\n", path,
+				    lineno, why);
+			errors++;
+			user_clear(&u);
+			continue;
+		}
+		u.line = lineno;
 		if (empty)
 			continue;
 		users = xrealloc(users, (n + 1) * sizeof(*users));

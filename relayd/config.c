@@ -34,6 +34,7 @@
 #include "http.h"
 #include "jwt.h"
 #include "log.h"
+#include "status.h"
 #include "tls.h"
 #include "util.h"
 
@@ -364,7 +365,31 @@ suggest(const char *section, const char *name)
 	return best;
 }
 
-/* Replaces the network list; on error returns -1 with the bad token in bad. */
+/*
+ * One network of a list; -1 with what is wrong in err. 127.0.0.1/8 is
+ * refused, not taken as 127.0.0.0/8: it is more often a slip than meant.
+ */
+static int
+parse_net(const char *tok, struct netmask *nm, char *err, size_t errlen)
+{
+	char	 net[64];
+
+	switch (addr_parse_cidr(tok, nm)) {
+	case 0:
+		return 0;
+	case -2:
+		addr_net_text(nm, net, sizeof(net));
+		snprintf(err, errlen, "\"%s\" has host bits set; did you "
+		    "mean %s?", tok, net);
+		return -1;
+	default:
+		snprintf(err, errlen, "\"%s\" is not a network (CIDR such as "
+		    "192.0.2.0/24 or 2001:db8::/32)", tok);
+		return -1;
+	}
+}
+
+/* Replaces the network list; on error returns -1 with the reason. */
 static int
 set_nets(struct config *cfg, const char *value, char *bad, size_t badlen)
 {
@@ -374,8 +399,7 @@ set_nets(struct config *cfg, const char *value, char *bad, size_t badlen)
 
 	for (tok = strtok_r(copy, ", \t", &save); tok != NULL;
 	    tok = strtok_r(NULL, ", \t", &save)) {
-		if (addr_parse_cidr(tok, &nm) == -1) {
-			strlcpy_r(bad, tok, badlen);
+		if (parse_net(tok, &nm, bad, badlen) == -1) {
 			free(copy);
 			free(list);
 			return -1;
@@ -425,11 +449,11 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 
 			for (n = strtok_r(nets, ",", &sv); n != NULL;
 			    n = strtok_r(NULL, ",", &sv)) {
-				if (addr_parse_cidr(n, &nm) == -1) {
+				char why[256];
+
+				if (parse_net(n, &nm, why, sizeof(why)) == -1) {
 					snprintf(err, errlen, "listen %s: "
-					    "networks: \"%s\" is not a network "
-					    "(CIDR such as 192.0.2.0/24)",
-					    lc.text, n);
+					    "networks: %s", lc.text, why);
 					free(nets);
 					goto out;
 				}
@@ -537,12 +561,10 @@ set_value(struct config *cfg, const struct cfg_key *k, const char *value,
 		    k->name, value);
 		return -1;
 	case CFG_NETS: {
-		char bad[128];
+		char why[256];
 
-		if (set_nets(cfg, value, bad, sizeof(bad)) == -1) {
-			snprintf(err, errlen, "%s: \"%s\" is not a network "
-			    "(CIDR such as 192.0.2.0/24 or 2001:db8::/32)",
-			    k->name, bad);
+		if (set_nets(cfg, value, why, sizeof(why)) == -1) {
+			snprintf(err, errlen, "%s: %s", k->name, why);
 			return -1;
 		}
 		return 0;
@@ -621,9 +643,11 @@ parse_sender(struct parser *p, const char *key, const char *val, int lineno)
 
 	memset(&r, 0, sizeof(r));
 	if (strchr(key, '.') != NULL || strchr(key, ':') != NULL) {
-		if (addr_parse_cidr(key, &r.net) == -1) {
-			perr(p, lineno, "[senders] \"%s\" is neither a user "
-			    "name nor a network (CIDR)", key);
+		char why[256];
+
+		if (parse_net(key, &r.net, why, sizeof(why)) == -1) {
+			perr(p, lineno, "[senders] %s (a user name or a "
+			    "network)", why);
 			return;
 		}
 	} else
@@ -780,6 +804,30 @@ check_secret_file(struct parser *p, int line, const char *what,
 		perr(p, line, "%s", err);
 }
 
+/* The client secret's file: private, and not empty (white space aside). */
+static void
+check_secret(struct parser *p, int line, const char *what, const char *path)
+{
+	char	 buf[512];
+	ssize_t	 n, i;
+	int	 fd, errors = p->errors;
+
+	check_secret_file(p, line, what, path);
+	if (p->errors > errors || (fd = open(path, O_RDONLY | O_CLOEXEC)) ==
+	    -1)
+		return;
+	n = read(fd, buf, sizeof(buf));
+	close(fd);
+	for (i = 0; i < n; i++)
+		if (!isspace((unsigned char)buf[i]))
+			break;
+	explicit_bzero(buf, sizeof(buf));
+	if (n >= 0 && i == n)
+		perr(p, line, "%s \"%s\" is empty; put the client secret's "
+		    "Value (from Entra: Certificates & secrets) in it", what,
+		    path);
+}
+
 /* Is a URL's host[:port] (up to / ? #) this machine, exactly? */
 static int
 loopback_host(const char *a, size_t n)
@@ -880,6 +928,113 @@ check_proxy(struct parser *p)
 static void	check_readable(struct parser *, int, const char *,
 		    const char *);
 
+#define EXPIRY_WARN_DAYS	30
+
+/*
+ * Whether a certificate expires soon (1) or has expired (2), in words in
+ * buf; 0 if neither (or it can't be read: that is reported elsewhere).
+ */
+static int
+expiry_note(const char *what, const char *path, const char *todo,
+    char *buf, size_t len)
+{
+	time_t		 when, now = time(NULL);
+	struct tm	 tm;
+	char		 date[32];
+
+	if (tls_cert_expiry(path, &when) == -1)
+		return 0;
+	gmtime_r(&when, &tm);
+	strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", &tm);
+	if (when <= now) {
+		snprintf(buf, len, "%s \"%s\" expired on %s; %s", what, path,
+		    date, todo);
+		return 2;
+	}
+	if (when - now < EXPIRY_WARN_DAYS * 86400) {
+		snprintf(buf, len, "%s \"%s\" expires on %s (in %lld days); "
+		    "%s", what, path, date, (long long)((when - now) / 86400),
+		    todo);
+		return 1;
+	}
+	return 0;
+}
+
+static const char tls_todo[] = "renew it and run systemctl reload relayd";
+static const char cert_todo[] = "upload a new certificate to the app "
+    "registration, point certificate_file at it and run systemctl reload "
+    "relayd";
+
+/* An expired certificate is an error; one about to expire a warning. */
+static void
+check_expiry(struct parser *p, int line, const char *what, const char *path,
+    const char *todo)
+{
+	char	 buf[1024];
+
+	switch (expiry_note(what, path, todo, buf, sizeof(buf))) {
+	case 2:
+		perr(p, line, "%s", buf);
+		break;
+	case 1:
+		fprintf(p->errf, "%s:%d: warning: %s\n", p->file, line, buf);
+		break;
+	}
+}
+
+void
+config_warn_expiry(const struct config *cfg, FILE *fp)
+{
+	char	 buf[1024];
+	size_t	 i;
+
+	if (cfg->tls_cert != NULL &&
+	    expiry_note("tls_cert", cfg->tls_cert, tls_todo, buf,
+	    sizeof(buf)) != 0)
+		fprintf(fp, "%s\n", buf);
+	for (i = 0; i < cfg->nlisten; i++)
+		if (cfg->listen[i].cert != NULL && (cfg->tls_cert == NULL ||
+		    strcmp(cfg->listen[i].cert, cfg->tls_cert) != 0) &&
+		    expiry_note("cert=", cfg->listen[i].cert, tls_todo, buf,
+		    sizeof(buf)) != 0)
+			fprintf(fp, "%s\n", buf);
+	if (cfg->certificate_file != NULL &&
+	    expiry_note("certificate_file", cfg->certificate_file, cert_todo,
+	    buf, sizeof(buf)) != 0)
+		fprintf(fp, "%s\n", buf);
+}
+
+/*
+ * A certificate and its key (tls_cert/tls_key, or a listener's cert=/key=):
+ * readable, the key private, both PEM, one pair, not expired. Each
+ * problem names the line of the key responsible.
+ */
+static void
+check_pair(struct parser *p, const char *cname, int cline, const char *cert,
+    const char *kname, int kline, const char *key)
+{
+	char	 err[1024];
+	int	 errors = p->errors;
+
+	check_readable(p, cline, cname, cert);
+	check_secret_file(p, kline, kname, key);
+	if (p->errors > errors)
+		return;
+	switch (tls_check_pair(cert, key, err, sizeof(err))) {
+	case TLS_PAIR_CERT:
+		perr(p, cline, "%s %s", cname, err);
+		return;
+	case TLS_PAIR_KEY:
+		perr(p, kline, "%s %s", kname, err);
+		return;
+	case TLS_PAIR_MISMATCH:
+		perr(p, kline, "%s: %s; set the key made with this certificate",
+		    kname, err);
+		return;
+	}
+	check_expiry(p, cline, cname, cert, tls_todo);
+}
+
 /*
  * Certificate credentials: certificate_file and its key, from
  * private_key_file or the systemd credential private_key. They are loaded
@@ -891,7 +1046,7 @@ check_certificate(struct parser *p, const char *creds)
 {
 	struct config	*cfg = p->cfg;
 	struct jwt_key	*k;
-	char		 err[1024], when[64];
+	char		 err[1024];
 	int		 line = key_line(p, "graph", "certificate_file");
 	int		 errors = p->errors;
 
@@ -924,12 +1079,9 @@ check_certificate(struct parser *p, const char *creds)
 		perr(p, line, "%s", err);
 		return;
 	}
-	if (jwt_key_expired(k, when, sizeof(when)))
-		fprintf(p->errf, "%s:%d: warning: certificate_file \"%s\" "
-		    "expired on %s; Entra refuses it once its registration on "
-		    "the app has expired too (upload a new certificate)\n",
-		    p->file, line, cfg->certificate_file, when);
 	jwt_key_free(k);
+	check_expiry(p, line, "certificate_file", cfg->certificate_file,
+	    cert_todo);
 }
 
 /*
@@ -973,9 +1125,8 @@ check_graph(struct parser *p)
 		return;
 	}
 	if (cfg->client_secret_file != NULL) {
-		check_secret_file(p, key_line(p, "graph",
-		    "client_secret_file"), "client_secret_file",
-		    cfg->client_secret_file);
+		check_secret(p, key_line(p, "graph", "client_secret_file"),
+		    "client_secret_file", cfg->client_secret_file);
 		return;
 	}
 	if (creds == NULL || *creds == '\0') {
@@ -985,7 +1136,7 @@ check_graph(struct parser *p)
 		return;
 	}
 	xasprintf(&path, "%s/client_secret", creds);
-	check_secret_file(p, 0, "credential", path);
+	check_secret(p, 0, "credential", path);
 	cfg->client_secret_file = path;
 }
 
@@ -1013,11 +1164,9 @@ check_tls(struct parser *p)
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
 		perr(p, key_line(p, "smtp", cfg->tls_cert ? "tls_cert" :
 		    "tls_key"), "tls_cert and tls_key go together");
-	if (cfg->tls_cert != NULL)
-		check_readable(p, key_line(p, "smtp", "tls_cert"), "tls_cert",
-		    cfg->tls_cert);
-	if (cfg->tls_key != NULL)
-		check_secret_file(p, key_line(p, "smtp", "tls_key"), "tls_key",
+	else if (cfg->tls_cert != NULL)
+		check_pair(p, "tls_cert", key_line(p, "smtp", "tls_cert"),
+		    cfg->tls_cert, "tls_key", key_line(p, "smtp", "tls_key"),
 		    cfg->tls_key);
 	for (i = 0; i < cfg->nlisten; i++) {
 		lc = &cfg->listen[i];
@@ -1027,8 +1176,8 @@ check_tls(struct parser *p)
 			continue;
 		}
 		if (lc->cert != NULL) {
-			check_readable(p, lc->line, "cert", lc->cert);
-			check_secret_file(p, lc->line, "key", lc->key);
+			check_pair(p, "cert=", lc->line, lc->cert, "key=",
+			    lc->line, lc->key);
 		} else if (cfg->tls_cert != NULL && cfg->tls_key != NULL) {
 			lc->cert = xstrdup(cfg->tls_cert);
 			lc->key = xstrdup(cfg->tls_key);
@@ -1049,6 +1198,44 @@ check_tls(struct parser *p)
 			    "tls_cert and tls_key in [smtp], or cert= and key= "
 			    "on the listen line)", lc->text);
 	}
+}
+
+/*
+ * Never an open relay: allow_networks may not cover every address unless
+ * relaying needs AUTH anyway.
+ */
+static void
+check_open_relay(struct parser *p)
+{
+	struct config	*cfg = p->cfg;
+	size_t		 i;
+
+	if (cfg->require_auth)
+		return;
+	for (i = 0; i < cfg->nallow; i++)
+		if (cfg->allow[i].prefix == 0) {
+			perr(p, key_line(p, "smtp", "allow_networks"),
+			    "allow_networks %s covers every address: anyone "
+			    "who can reach relayd could send mail as your "
+			    "tenant (an open relay); list your own networks, "
+			    "or set require_auth = yes",
+			    cfg->allow[i].family == AF_INET ? "0.0.0.0/0" :
+			    "::/0");
+			return;
+		}
+}
+
+/* [status] users and groups must exist, or relayd would not start. */
+static void
+check_status_ids(struct parser *p)
+{
+	char	 err[512];
+
+	if (status_ids_check(p->cfg->status_users, 0, err, sizeof(err)) == -1)
+		perr(p, key_line(p, "status", "users"), "%s", err);
+	if (status_ids_check(p->cfg->status_groups, 1, err, sizeof(err)) ==
+	    -1)
+		perr(p, key_line(p, "status", "groups"), "%s", err);
 }
 
 /* Checks that span keys or need the file system. */
@@ -1081,11 +1268,18 @@ check_config(struct parser *p)
 		}
 		free(copy);
 	}
+	check_open_relay(p);
 	if (cfg->require_auth && cfg->users_file == NULL)
 		perr(p, key_line(p, "smtp", "require_auth"), "require_auth "
 		    "needs [auth] users_file (nobody could relay)");
-	if (cfg->users_file != NULL)
+	if (cfg->users_file != NULL &&
+	    access(cfg->users_file, R_OK) == -1)
+		perr(p, key_line(p, "auth", "users_file"), "users_file \"%s\": "
+		    "%s; make it with: relayctl passwd USER", cfg->users_file,
+		    strerror(errno));
+	else if (cfg->users_file != NULL)
 		p->errors += auth_users_check(cfg->users_file, p->errf);
+	check_status_ids(p);
 }
 
 static struct config *

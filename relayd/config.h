@@ -128,4 +128,10 @@ void		 config_dump_defaults(FILE *);
 /* Writes relayd.conf(5) in man(7) roff, from the same table. */
 void		 config_write_man(FILE *);
 
+/*
+ * Certificates that expire within 30 days, or have expired, one line each
+ * (relayd logs them once a day).
+ */
+void		 config_warn_expiry(const struct config *, FILE *);
+
 #endif

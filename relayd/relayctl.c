@@ -58,9 +58,9 @@ static int		 conf_given;
 static const char	*sock_path;
 
 static void
-usage(void)
+usage_to(FILE *fp, int rc)
 {
-	fprintf(stderr,
+	fprintf(fp,
 	    "usage: relayctl [-s socket] [-c config] status [--json]\n"
 	    "       relayctl [-s socket] [-c config] queue [--json]\n"
 	    "       relayctl [-s socket] [-c config] show|retry|delete|hold|"
@@ -69,8 +69,14 @@ usage(void)
 	    "       relayctl [-s socket] [-c config] metrics\n"
 	    "       relayctl [-c config] test [--to ADDRESS] [--from ADDRESS]\n"
 	    "       relayctl passwd USER [--cram-md5]\n"
-	    "       relayctl -V\n");
-	exit(EX_USAGE);
+	    "       relayctl -V | --help\n");
+	exit(rc);
+}
+
+static void
+usage(void)
+{
+	usage_to(stderr, EX_USAGE);
 }
 
 /* One line from stdin; on a terminal without echo. NULL at EOF. */
@@ -610,6 +616,9 @@ main(int argc, char **argv)
 	int		 ch, json = 0;
 
 	conf_path = RELAYD_CONF;
+	if (argc == 2 && (strcmp(argv[1], "--help") == 0 ||
+	    strcmp(argv[1], "-h") == 0))
+		usage_to(stdout, 0);
 	while ((ch = getopt(argc, argv, "+c:s:V")) != -1) {
 		switch (ch) {
 		case 'c':

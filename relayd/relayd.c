@@ -41,17 +41,19 @@
 #define RELAYD_ARENAS	2	/* malloc arenas (M_ARENA_MAX) */
 
 static void
-usage(void)
+usage(int rc)
 {
-	fprintf(stderr, "usage: relayd [-n] [-d] [-c file]\n"
+	fprintf(rc == 0 ? stdout : stderr,
+	    "usage: relayd [-n] [-d] [-c file]\n"
 	    "  -c file  configuration (default " RELAYD_CONF ")\n"
 	    "  -n       check the configuration and exit (0 ok, 78 errors)\n"
 	    "  -d       debug logging; with -n, print the [graph] settings "
 	    "in force\n"
 	    "  -D       print every key with its default and exit\n"
 	    "  -M       print relayd.conf(5) and exit\n"
-	    "  -V       print the version and exit\n");
-	exit(EX_USAGE);
+	    "  -V       print the version and exit\n"
+	    "  --help   print this and exit\n");
+	exit(rc);
 }
 
 /*
@@ -74,7 +76,38 @@ struct reloader {
 	size_t		 nold_auth;
 	struct smtp	*smtp;
 	int		 restart_needed;
+	struct event	*expiry;	/* once a day: certificates */
 };
+
+/* Each line of text (which it takes apart) as a warning. */
+static void
+log_lines(const char *prefix, char *text)
+{
+	char	*line, *save = NULL;
+
+	for (line = strtok_r(text, "\n", &save); line != NULL;
+	    line = strtok_r(NULL, "\n", &save))
+		log_warnx("%s%s", prefix, line);
+}
+
+/* Once a day: certificates that expire within 30 days, or have. */
+static void
+expiry_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct reloader	*r = arg;
+	FILE		*mf;
+	char		*text = NULL;
+	size_t		 len = 0;
+
+	(void)fd;
+	(void)ev;
+	if ((mf = open_memstream(&text, &len)) == NULL)
+		return;
+	config_warn_expiry(r->cfg, mf);
+	fclose(mf);
+	log_lines("warning: ", text);
+	free(text);
+}
 
 static void
 reload_diff(void *arg, const char *section, const char *key)
@@ -99,7 +132,7 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 	struct config	*cfg;
 	struct auth	*auth = NULL;
 	FILE		*mf;
-	char		*errs = NULL, *line, *save = NULL, err[512];
+	char		*errs = NULL, err[512];
 	size_t		 len = 0;
 
 	(void)sig;
@@ -110,16 +143,14 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 	}
 	cfg = config_load(r->path, mf);
 	fclose(mf);
+	/* The errors that refuse it, or its warnings. */
+	log_lines("reload: ", errs);
+	free(errs);
 	if (cfg == NULL) {
-		for (line = strtok_r(errs, "\n", &save); line != NULL;
-		    line = strtok_r(NULL, "\n", &save))
-			log_warnx("reload: %s", line);
 		log_warnx("reload refused: %s has errors; the configuration "
 		    "in force stays", r->path);
-		free(errs);
 		return;
 	}
-	free(errs);
 	if (cfg->users_file != NULL &&
 	    (auth = auth_new(cfg, err, sizeof(err))) == NULL) {
 		log_warnx("reload: %s", err);
@@ -300,6 +331,9 @@ main(int argc, char *argv[])
 	char			 err[512], *summary;
 	int			 ch, check = 0, debug = 0, rc = 0, http_ok = 0;
 
+	if (argc == 2 && (strcmp(argv[1], "--help") == 0 ||
+	    strcmp(argv[1], "-h") == 0))
+		usage(0);
 	while ((ch = getopt(argc, argv, "c:dDMnV")) != -1) {
 		switch (ch) {
 		case 'c':
@@ -321,11 +355,11 @@ main(int argc, char *argv[])
 			printf("relayd %s\n", PACKAGE_VERSION);
 			return 0;
 		default:
-			usage();
+			usage(EX_USAGE);
 		}
 	}
 	if (optind != argc)
-		usage();
+		usage(EX_USAGE);
 	log_init("relayd", LOG_LVL_INFO);
 
 	if ((cfg = config_load(path, stderr)) == NULL)
@@ -432,6 +466,13 @@ main(int argc, char *argv[])
 	log_info("relayd started version=%s", PACKAGE_VERSION);
 	sd_notify(0, "READY=1");
 	heartbeat_start(base, &hb, spool);
+	{
+		struct timeval day = { 86400, 0 };
+
+		reloader.expiry = event_new(base, -1, EV_PERSIST, expiry_cb,
+		    &reloader);
+		event_add(reloader.expiry, &day);
+	}
 	event_base_dispatch(base);
 	sd_notify(0, "STOPPING=1");
 	if (hb.ev != NULL)
@@ -468,6 +509,8 @@ out:
 		event_free(ev_int);
 	if (ev_hup != NULL)
 		event_free(ev_hup);
+	if (reloader.expiry != NULL)
+		event_free(reloader.expiry);
 	event_base_free(base);
 	config_free(cfg);
 	if (rc == 0)

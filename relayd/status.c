@@ -106,6 +106,17 @@ parse_ids(struct status *st, const char *list, int groups, char *err,
 	return rc;
 }
 
+int
+status_ids_check(const char *list, int groups, char *err, size_t errlen)
+{
+	struct status	*st = xcalloc(1, sizeof(*st));
+	int		 rc;
+
+	rc = parse_ids(st, list, groups, err, errlen);
+	free(st);
+	return rc;
+}
+
 static int
 peer_allowed(const struct status *st, uid_t uid, gid_t gid)
 {

@@ -32,6 +32,11 @@ struct status_env {
 struct status	*status_new(const struct status_env *, char *, size_t);
 void		 status_free(struct status *);
 /*
+ * [status] users (groups = 0) or groups (1): -1 with the reason in err if
+ * one of them does not exist here (status_new would refuse to start).
+ */
+int		 status_ids_check(const char *, int, char *, size_t);
+/*
  * Answers one command line (without its newline) as relayctl would get
  * it: a malloc'd JSON text. Pure but for the state it reads; for tests.
  */

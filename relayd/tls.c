@@ -9,8 +9,10 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 
 #include "config.h"
@@ -72,6 +74,86 @@ tls_ctx_new(const struct listen_cfg *lc, char *err, size_t errlen)
 fail:
 	SSL_CTX_free(ctx);
 	return NULL;
+}
+
+/* Never asks for a pass phrase: an encrypted key just fails to load. */
+static int
+no_passphrase(char *buf, int size, int rw, void *u)
+{
+	(void)buf;
+	(void)size;
+	(void)rw;
+	(void)u;
+	return -1;
+}
+
+static X509 *
+read_cert(const char *path)
+{
+	BIO	*b;
+	X509	*x = NULL;
+
+	if ((b = BIO_new_file(path, "r")) != NULL) {
+		x = PEM_read_bio_X509(b, NULL, no_passphrase, NULL);
+		BIO_free(b);
+	}
+	return x;
+}
+
+int
+tls_check_pair(const char *cert, const char *key, char *err, size_t errlen)
+{
+	X509		*x;
+	EVP_PKEY	*k = NULL;
+	BIO		*b;
+	char		 why[256];
+	int		 rc = TLS_PAIR_OK;
+
+	if ((x = read_cert(cert)) == NULL) {
+		tls_error(why, sizeof(why));
+		snprintf(err, errlen, "\"%s\" holds no PEM certificate "
+		    "(-----BEGIN CERTIFICATE-----); (OpenSSL: %s)", cert, why);
+		return TLS_PAIR_CERT;
+	}
+	if ((b = BIO_new_file(key, "r")) != NULL) {
+		k = PEM_read_bio_PrivateKey(b, NULL, no_passphrase, NULL);
+		BIO_free(b);
+	}
+	if (k == NULL) {
+		tls_error(why, sizeof(why));
+		snprintf(err, errlen, "\"%s\" holds no PEM private key, or "
+		    "one protected by a pass phrase (relayd needs it "
+		    "unencrypted); (OpenSSL: %s)", key, why);
+		rc = TLS_PAIR_KEY;
+	} else if (X509_check_private_key(x, k) != 1) {
+		tls_error(why, sizeof(why));
+		snprintf(err, errlen, "the key \"%s\" does not belong to the "
+		    "certificate \"%s\" (they are of two different pairs); "
+		    "(OpenSSL: %s)", key, cert, why);
+		rc = TLS_PAIR_MISMATCH;
+	}
+	EVP_PKEY_free(k);
+	X509_free(x);
+	return rc;
+}
+
+int
+tls_cert_expiry(const char *path, time_t *when)
+{
+	X509		*x;
+	struct tm	 tm;
+	int		 rc = -1;
+
+	if ((x = read_cert(path)) == NULL) {
+		ERR_clear_error();
+		return -1;
+	}
+	if (ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm) == 1) {
+		*when = timegm(&tm);
+		rc = 0;
+	}
+	X509_free(x);
+	return rc;
 }
 
 void

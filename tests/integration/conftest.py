@@ -1015,7 +1015,7 @@ class CertAuthority:
         return cert_path, key_path
 
     def issue(self, name, dns=("localhost",), ips=("127.0.0.1", "::1"),
-              days=1, expired=False, server=True):
+              days=400, expired=False, server=True):
         """Signs a new certificate; returns (cert_path, key_path). expired:
         valid only until yesterday. server=False makes a plain client
         certificate (e.g. for JWT client assertions)."""

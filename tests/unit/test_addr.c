@@ -60,7 +60,6 @@ test_cidr_match(void **state)
 	} cases[] = {
 		{ "10.0.0.0/8", "10.1.2.3", 1 },
 		{ "10.0.0.0/8", "11.0.0.1", 0 },
-		{ "10.1.2.3/8", "10.200.0.1", 1 },	/* host bits ignored */
 		{ "192.0.2.7", "192.0.2.7", 1 },
 		{ "192.0.2.7", "192.0.2.8", 0 },
 		{ "192.0.2.0/25", "192.0.2.127", 1 },
@@ -74,6 +73,7 @@ test_cidr_match(void **state)
 		{ "::1/128", "127.0.0.1", 0 },
 	};
 	struct netmask		 nm;
+	char			 buf[64];
 	struct sockaddr_storage	 ss;
 	size_t			 i;
 
@@ -89,6 +89,13 @@ test_cidr_match(void **state)
 	assert_int_equal(addr_parse_cidr("2001:db8::/129", &nm), -1);
 	assert_int_equal(addr_parse_cidr("10.0.0/8", &nm), -1);
 	assert_int_equal(addr_parse_cidr("10.0.0.0/", &nm), -1);
+	/* Host bits set: refused, with the network it means. */
+	assert_int_equal(addr_parse_cidr("127.0.0.1/8", &nm), -2);
+	addr_net_text(&nm, buf, sizeof(buf));
+	assert_string_equal(buf, "127.0.0.0/8");
+	assert_int_equal(addr_parse_cidr("2001:db8::1/64", &nm), -2);
+	addr_net_text(&nm, buf, sizeof(buf));
+	assert_string_equal(buf, "2001:db8::/64");
 }
 
 static void
