@@ -884,6 +884,14 @@ check_url(struct parser *p, const char *name, char *url)
 	n = strlen(url);
 	while (n > 0 && url[n - 1] == '/')
 		url[--n] = '\0';
+	/* A common paste: relayd adds the version itself. */
+	if (strcmp(name, "graph_url") == 0 && n > 5 &&
+	    strcasecmp(url + n - 5, "/v1.0") == 0) {
+		url[n - 5] = '\0';
+		fprintf(p->errf, "%s:%d: warning: graph_url ends in /v1.0, "
+		    "which relayd adds itself; taking graph_url = %s (write "
+		    "it so)\n", p->file, line, url);
+	}
 }
 
 /*

@@ -401,6 +401,15 @@ data_dec_run(struct data_dec *d, const char *in, size_t inlen, char *out,
 			d->state = DEC_TEXT;
 		}
 	}
+	for (i = inlen > 3 ? inlen - 3 : 0; i < inlen; i++)
+		d->tail = d->tail << 8 | (unsigned char)in[i];
 	*outlen = (size_t)(o - out);
 	return inlen;
+}
+
+int
+data_dec_lf_end(const struct data_dec *d)
+{
+	return (d->tail & 0xffffff) == ((uint32_t)'\n' << 16 |
+	    (uint32_t)'.' << 8 | '\n');
 }

@@ -48,9 +48,15 @@ struct data_dec {
 	int		 state;
 	int		 normalize;
 	uint64_t	 bare;		/* bare CR or LF seen */
+	uint32_t	 tail;		/* the last bytes in, newest lowest */
 };
 
 void	 data_dec_init(struct data_dec *, int);
+/*
+ * 1 if the last bytes in were "\n.\n": a client that ends its data with
+ * bare LFs, which is no end of data (RFC 5321 wants CRLF.CRLF).
+ */
+int	 data_dec_lf_end(const struct data_dec *);
 /*
  * The most one data_dec_run() call writes for n bytes: each byte makes at
  * most two (a bare LF normalized to CRLF), and a "." CR held over from the

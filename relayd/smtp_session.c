@@ -1550,6 +1550,12 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_TIMEOUT) {
 		if (s->state != STATE_CLOSING) {
 			s->close_reason = "timeout";
+			if (s->state == STATE_DATA && s->tx != NULL &&
+			    data_dec_lf_end(&s->tx->dec))
+				s->close_reason = "timeout: the client ended "
+				    "DATA with a bare LF (\\n.\\n), which is no "
+				    "end of data: RFC 5321 requires CRLF.CRLF "
+				    "(\\r\\n.\\r\\n); fix the client";
 			smtp_reply(s, "421 4.4.2 %s Timeout exceeded, closing "
 			    "connection", s->cfg->hostname);
 			smtp_close(s, "timeout");

@@ -282,3 +282,20 @@ def test_help(prog):
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("usage: %s" % prog), r.stdout
+
+
+# ---- graph_url with the version pasted in
+
+def test_graph_url_with_version_is_corrected(tmp_path):
+    secret = write(tmp_path / "secret", "s3cret\n")
+    conf = write(tmp_path / "r.conf", base(tmp_path, (
+        "[graph]\ntenant = t\nclient_id = c\nclient_secret_file = %s\n"
+        "graph_url = https://graph.microsoft.com/v1.0/\n") % secret))
+    from conftest import RELAYD_BIN
+    r = subprocess.run([str(RELAYD_BIN), "-n", "-d", "-c", str(conf)],
+                       capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0, r.stderr
+    assert ("%s:9: warning: graph_url ends in /v1.0" % conf) in r.stderr
+    assert "graph_url = https://graph.microsoft.com (write it so)" \
+        in r.stderr, r.stderr
+    assert "url=https://graph.microsoft.com " in r.stdout + r.stderr

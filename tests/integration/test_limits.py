@@ -210,6 +210,35 @@ def test_data_timeout(relayd_factory):
     d.assert_serves()
 
 
+@pytest.mark.parametrize("end", [b"\n.\n", b"\r\n.\n"])
+def test_data_timeout_after_bare_lf_end_says_why(relayd_factory, end):
+    """A client that ends DATA with LF.LF waits for nothing: relayd rightly
+    takes no end there. When the session times out, the log says why."""
+    d = relayd_factory(smtp={"command_timeout": "30s",
+                             "data_timeout": "1s"})
+    with d.connect() as c:
+        start_tx(c)
+        assert c.cmd("DATA").code == 354
+        c.send(b"Subject: unix\r\n\r\nbody" + end)
+        r = c.reply(timeout=5)
+        assert r.text.startswith("421 4.4.2"), r
+    d.wait_log(r'reason="timeout: the client ended DATA with a bare LF .*'
+               r'RFC 5321 requires CRLF\.CRLF')
+    assert d.queued() == []
+
+
+def test_data_timeout_plain_says_only_timeout(relayd_factory):
+    d = relayd_factory(smtp={"command_timeout": "30s",
+                             "data_timeout": "1s"})
+    with d.connect() as c:
+        start_tx(c)
+        assert c.cmd("DATA").code == 354
+        c.send(b"Subject: slow\r\n\r\nline\n.\nmore")
+        assert c.reply(timeout=5).text.startswith("421 4.4.2")
+    d.wait_log(r'reason="timeout"')
+    assert "bare LF" not in d.log
+
+
 def test_data_uses_data_timeout_not_command_timeout(relayd_factory):
     d = relayd_factory(smtp={"command_timeout": "1s",
                              "data_timeout": "30s"})
