@@ -1489,6 +1489,13 @@ linger(struct smtp_session *s)
 		return;
 	s->lingering = 1;
 	/*
+	 * TLS ends with our close_notify, so that the client can tell the
+	 * end from a cut connection (through the socket BIO at once, or into
+	 * the socket bufferevent under STARTTLS).
+	 */
+	if (s->ssl != NULL && !(SSL_get_shutdown(s->ssl) & SSL_SENT_SHUTDOWN))
+		SSL_shutdown(s->ssl);
+	/*
 	 * Under STARTTLS the last reply may still sit below us, in the socket
 	 * bufferevent the TLS filter writes into: then no shutdown, just wait
 	 * for the client to close.

@@ -1040,8 +1040,30 @@ def test_sighup_reloads_certificate_and_keeps_sessions(relayd_factory,
     # certificate), the working certificate stays, the log says why.
     cert.write_text("not a certificate\n")
     os.kill(d.proc.pid, sig.SIGHUP)
-    d.wait_log(r"reload: .*certificate .*live\.pem: .*no start line")
+    d.wait_log(r"reload: .*live\.pem\" holds no PEM certificate.*no start line")
     d.wait_log(r"reload refused: .* the configuration in force stays")
     again = Conn.implicit(ports[0], ctx)
     assert peer_cn(again) == "renewed.localhost"
     again.close()
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_quit_sends_close_notify(relayd_factory, tls_ca, mode):
+    """After QUIT relayd ends TLS properly: its close_notify comes before
+    the TCP close, so the client's own TLS shutdown (unwrap) completes
+    instead of meeting a bare EOF (a truncation attack, to a client)."""
+    d, _ = tls_relayd(relayd_factory, ["" if mode == "starttls" else "tls"],
+                      smtp=default_cert(tls_ca))
+    ctx = client_ctx(tls_ca)
+    c = (Conn.implicit(d.port, ctx) if mode == "implicit"
+         else Conn(d.port))
+    with c:
+        if mode == "starttls":
+            c.ehlo()
+            c.starttls(ctx)
+        c.ehlo()
+        assert c.cmd("QUIT").code == 221
+        c.sock.settimeout(5)
+        plain = c.sock.unwrap()     # raises SSLEOFError without it
+        assert plain.recv(1) == b""
+    d.assert_alive()
