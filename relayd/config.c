@@ -645,9 +645,13 @@ parse_sender(struct parser *p, const char *key, const char *val, int lineno)
 	if (strchr(key, '.') != NULL || strchr(key, ':') != NULL) {
 		char why[256];
 
+		if (addr_parse_cidr(key, &r.net) == -1) {
+			perr(p, lineno, "[senders] \"%s\" is neither a user "
+			    "name nor a network (CIDR)", key);
+			return;
+		}
 		if (parse_net(key, &r.net, why, sizeof(why)) == -1) {
-			perr(p, lineno, "[senders] %s (a user name or a "
-			    "network)", why);
+			perr(p, lineno, "[senders] %s", why);
 			return;
 		}
 	} else

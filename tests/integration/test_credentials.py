@@ -302,16 +302,18 @@ def test_certificate_config_errors(relayd_factory, shared_fake_graph,
                               want) in err, (graph, err)
 
 
-def test_expired_certificate_warned(relayd_factory, shared_fake_graph,
+def test_expired_certificate_refused(relayd_factory, shared_fake_graph,
                                     tmp_path):
+    """An expired certificate_file stops relayd -n (Entra refuses it once
+    its registration on the app has expired too), at its line."""
     cert, key, _ = make_cert(tmp_path, expired=True)
     d = cert_relayd(relayd_factory, shared_fake_graph, cert, key,
                     start=False)
     code, out, err = check(d)
-    assert code == 0, err
-    assert re.search(r"^%s:%d: warning: certificate_file \"%s\" expired on "
-                     r"\w+ +\d+ [\d:]+ \d{4} GMT; " % (
+    assert code == 78, err
+    assert re.search(r"^%s:%d: certificate_file \"%s\" expired on "
+                     r"\d{4}-\d\d-\d\d [\d:]+ UTC; upload a new certificate" % (
                          re.escape(str(d.conf_path)),
                          conf_line(d, "certificate_file"),
                          re.escape(str(cert))), err, re.M), err
-    assert out.endswith("configuration OK\n")
+    assert "configuration OK" not in out
