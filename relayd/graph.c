@@ -133,7 +133,9 @@ raw_param(GMimeObject *obj, const char *hname, const char *param, int *ext)
 	char		*out = NULL, *o;
 
 	*ext = 0;
-	if ((h = raw_header(obj, hname)) == NULL)
+	if ((h = raw_header(obj, hname)) == NULL &&
+	    (strcmp(hname, "Content-Type") != 0 ||
+	    (h = raw_header(obj, REPAIR_IGNORED_CT)) == NULL))
 		return NULL;
 	for (p = h; (p = strcasestr(p, param)) != NULL; p += n) {
 		if (p > h && p[-1] != ';' && !isspace((unsigned char)p[-1]))
@@ -228,47 +230,25 @@ disposition_attachment(GMimeObject *obj)
 	    strcasecmp(d, "attachment") == 0;
 }
 
-/* type "/" subtype, as tokens (RFC 2045 section 5.1), comments aside. */
-static int
-type_syntax_ok(const char *s)
-{
-	static const char	 tspecials[] = "()<>@,;:\\\"/[]?=";
-	int			 k, part;
-
-	for (part = 0; part < 2; part++) {
-		while (isspace((unsigned char)*s))
-			s++;
-		for (k = 0; *s > ' ' && *s < 0x7f && strchr(tspecials, *s) ==
-		    NULL; s++)
-			k++;
-		if (k == 0)
-			return 0;
-		while (isspace((unsigned char)*s))
-			s++;
-		if (part == 0 && *s++ != '/')
-			return 0;
-	}
-	return *s == '\0' || *s == ';' || *s == '(';
-}
-
 /*
- * A leaf's media type, lowercase. A Content-Type that can't be read is
- * text/plain (RFC 2045 section 5.2), or application/octet-stream when the
- * part names a file (*bad is set either way).
+ * A leaf's media type, lowercase. A Content-Type that can't be read
+ * (renamed by repair.c) is text/plain (RFC 2045 section 5.2), or
+ * application/octet-stream when the part names a file (*bad is set
+ * either way).
  */
 static char *
 leaf_type(GMimeObject *obj, int *bad)
 {
 	GMimeContentType	*ct;
-	const char		*raw, *t, *st;
+	const char		*t, *st;
 	char			*type;
 	size_t			 i;
 
 	*bad = 0;
 	if (GMIME_IS_MESSAGE_PART(obj))
 		return xstrdup("message/rfc822");
-	if ((raw = raw_header(obj, "Content-Type")) != NULL &&
-	    !type_syntax_ok(raw)) {
+	if (raw_header(obj, "Content-Type") == NULL &&
+	    raw_header(obj, REPAIR_IGNORED_CT) != NULL) {
 		*bad = 1;
 		return xstrdup(has_filename(obj) ? "application/octet-stream" :
 		    "text/plain");

@@ -445,8 +445,7 @@ void
 mime_b64_dec_init(struct mime_b64dec *d)
 {
 	pthread_once(&b64_once, b64_class_init);
-	d->v = 0;
-	d->n = 0;
+	memset(d, 0, sizeof(*d));
 }
 
 /* The bytes of a partial group of 2 or 3 characters (1 or 2 bytes). */
@@ -474,9 +473,10 @@ mime_b64_dec_step(struct mime_b64dec *d, const char *in, size_t len,
 	unsigned char		*o = out, c;
 	size_t			 i;
 
-	for (i = 0; i < len; i++) {
+	for (i = 0; i < len && !d->done; i++) {
 		c = b64_class[s[i]];
 		if (c < 64) {
+			d->pad = 0;	/* a lone '=' inside a group: a slip */
 			d->v = d->v << 6 | c;
 			if (++d->n == 4) {
 				o[0] = (unsigned char)(d->v >> 16);
@@ -486,10 +486,12 @@ mime_b64_dec_step(struct mime_b64dec *d, const char *in, size_t len,
 				d->v = 0;
 				d->n = 0;
 			}
-		} else if (c == 64) {
-			/* Padding ends a group; what follows starts anew. */
+		} else if (c == 64 && (d->n == 3 || (d->n == 2 && d->pad))) {
+			/* Padding that completes a group ends the data. */
 			o += b64_flush(d, o);
-		}
+			d->done = 1;
+		} else if (c == 64 && d->n == 2)
+			d->pad = 1;
 	}
 	return (size_t)(o - out);
 }
@@ -497,7 +499,7 @@ mime_b64_dec_step(struct mime_b64dec *d, const char *in, size_t len,
 size_t
 mime_b64_dec_end(struct mime_b64dec *d, unsigned char *out)
 {
-	return b64_flush(d, out);
+	return d->done ? 0 : b64_flush(d, out);
 }
 
 size_t

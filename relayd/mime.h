@@ -37,12 +37,15 @@ long	 mime_b64_canonical(const char *, size_t, char *);
  * A base64 decoder fed in pieces, lenient as mail readers are: characters
  * outside the alphabet are skipped, a last group of 2 or 3 characters
  * without its padding still gives its bytes, a single stray character is
- * ignored, and '=' padding ends a group (what follows is decoded anew).
- * step writes at most 3 * (n / 4 + 2) bytes, end at most 2.
+ * ignored, a lone '=' inside a group is a slip, and padding that
+ * completes a group ends the data (RFC 2045 section 6.8: text after it is
+ * not decoded). step writes at most 3 * (n / 4 + 2) bytes, end at most 2.
  */
 struct mime_b64dec {
 	uint32_t	 v;
 	unsigned	 n;
+	int		 pad;		/* one '=' after two characters */
+	int		 done;		/* padding ended the data */
 };
 void	 mime_b64_dec_init(struct mime_b64dec *);
 size_t	 mime_b64_dec_step(struct mime_b64dec *, const char *, size_t,

@@ -20,6 +20,7 @@
  * never held). The common case, a well-formed message, makes no edit and
  * costs one scan.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +36,11 @@
 #define PEEK		1024	/* bytes of a line needed to classify it */
 #define CT_MAX		8192	/* bytes of a Content-Type field kept */
 #define MAX_DEPTH	64	/* multipart nesting followed */
+/*
+ * The longest boundary taken (RFC 2046 allows 70): GMime matches up to
+ * about 4 KiB; a multipart with a longer one is read as text, not lost.
+ */
+#define BOUNDARY_MAX	4000
 
 struct src {
 	const char	*mem;		/* the message in memory, or NULL */
@@ -227,6 +233,69 @@ struct ctinfo {
 	char	*boundary;
 };
 
+static const char tspecials[] = "()<>@,;:\\\"/[]?=";
+
+static int
+is_token(int c)
+{
+	return c > ' ' && c < 0x7f && strchr(tspecials, c) == NULL;
+}
+
+/* Past type "/" subtype (RFC 2045 tokens) and white space; NULL if none. */
+static const char *
+type_end(const char *s)
+{
+	int	 part, k;
+
+	for (part = 0; part < 2; part++) {
+		while (isspace((unsigned char)*s))
+			s++;
+		for (k = 0; is_token((unsigned char)*s); s++)
+			k++;
+		if (k == 0)
+			return NULL;
+		if (part == 0) {
+			while (isspace((unsigned char)*s))
+				s++;
+			if (*s++ != '/')
+				return NULL;
+		}
+	}
+	return s;
+}
+
+int
+repair_type_ok(const char *s)
+{
+	if ((s = type_end(s)) == NULL)
+		return 0;
+	while (isspace((unsigned char)*s))
+		s++;
+	return *s == '\0' || *s == ';' || *s == '(';
+}
+
+/*
+ * "multipart/mixed boundary=x": a parameter without the ';' before it.
+ * The offset in s where the ';' belongs, or -1.
+ */
+static long
+missing_semicolon(const char *s)
+{
+	const char	*e = type_end(s), *p;
+
+	if (e == NULL || !isspace((unsigned char)*e))
+		return -1;
+	for (p = e; isspace((unsigned char)*p); p++)
+		;
+	if (!is_token((unsigned char)*p))
+		return -1;
+	while (is_token((unsigned char)*p))
+		p++;
+	while (isspace((unsigned char)*p))
+		p++;
+	return *p == '=' ? (long)(e - s) : -1;
+}
+
 static void
 ct_read(const char *text, struct ctinfo *ci)
 {
@@ -234,22 +303,91 @@ ct_read(const char *text, struct ctinfo *ci)
 	GMimeContentType	*ct;
 	const char		*b;
 
+	ci->multipart = ci->message = 0;
+	free(ci->boundary);
+	ci->boundary = NULL;
 	g_mime_parser_options_set_parameter_compliance_mode(po,
 	    GMIME_RFC_COMPLIANCE_LOOSE);
 	ct = g_mime_content_type_parse(po, text);
 	g_mime_parser_options_free(po);
 	if (ct == NULL)
 		return;
-	if (g_mime_content_type_is_type(ct, "multipart", "*") &&
-	    (b = g_mime_content_type_get_parameter(ct, "boundary")) != NULL &&
-	    *b != '\0' && strlen(b) < 256) {
+	if (g_mime_content_type_is_type(ct, "multipart", "*")) {
 		ci->multipart = 1;
-		free(ci->boundary);
-		ci->boundary = xstrdup(b);
-	} else if (g_mime_content_type_is_type(ct, "message", "rfc822")) {
+		/* Empty is a boundary ("--" lines); past BOUNDARY_MAX, none. */
+		if ((b = g_mime_content_type_get_parameter(ct, "boundary")) !=
+		    NULL && strlen(b) <= BOUNDARY_MAX)
+			ci->boundary = xstrdup(b);
+	} else if (g_mime_content_type_is_type(ct, "message", "rfc822"))
 		ci->message = 1;
-	}
 	g_object_unref(ct);
+}
+
+/* The first Content-Type field of a header block, as it is read. */
+#define CT_LINES	16
+struct ctfield {
+	char		*text;		/* "Content-Type: ...", unfolded */
+	size_t		 len;
+	int		 nlines;
+	size_t		 tstart[CT_LINES];	/* where each line's text is */
+	uint64_t	 fpos[CT_LINES];	/* ... and where it is in the file */
+	uint64_t	 at;		/* the field's first byte */
+};
+
+static void
+ct_add(struct ctfield *f, uint64_t at, const char *p, size_t n)
+{
+	if (f->text == NULL)
+		f->text = xmalloc(CT_MAX + 1);
+	if (f->len > 0 && f->len < CT_MAX)
+		f->text[f->len++] = ' ';
+	if (f->nlines < CT_LINES) {
+		f->tstart[f->nlines] = f->len;
+		f->fpos[f->nlines++] = at;
+	}
+	if (n > CT_MAX - f->len)
+		n = CT_MAX - f->len;
+	memcpy(f->text + f->len, p, n);
+	f->len += n;
+	while (f->len > 0 && (f->text[f->len - 1] == '\r' ||
+	    f->text[f->len - 1] == '\n'))
+		f->len--;
+	f->text[f->len] = '\0';
+}
+
+/*
+ * The header block is over: its Content-Type decides. One that can't be
+ * read, or a multipart without a boundary, is no Content-Type (RFC 2045
+ * section 5.2: text/plain): it is renamed Content-Type-Ignored, which
+ * graph.c still reads for a file name. A parameter without its ';' gets
+ * one.
+ */
+static void
+ct_decide(struct scan *sc, struct ctfield *f, struct ctinfo *ci)
+{
+	const char	*v;
+	long		 k;
+	int		 i;
+
+	if (f->text == NULL || (v = strchr(f->text, ':')) == NULL)
+		return;
+	v++;
+	if (!repair_type_ok(v) && (k = missing_semicolon(v)) >= 0) {
+		k += v - f->text;
+		for (i = f->nlines - 1; i > 0 && f->tstart[i] > (size_t)k; i--)
+			;
+		edit(sc->r, f->fpos[i] + ((size_t)k - f->tstart[i]), 0, ";");
+		memmove(f->text + k + 1, f->text + k, f->len - (size_t)k + 1);
+		f->text[k] = ';';
+		ct_read(v, ci);
+		return;
+	}
+	if (!repair_type_ok(v) || (ci->multipart && ci->boundary == NULL)) {
+		edit(sc->r, f->at + 12, 0, "-Ignored");
+		ci->multipart = ci->message = 0;
+		free(ci->boundary);
+		ci->boundary = NULL;
+	}
 }
 
 /*
@@ -278,23 +416,31 @@ fields_follow(struct scan *sc, uint64_t pos, const char *own, size_t ownlen,
 	return 0;
 }
 
+static int
+is_ct_field(const char *p, size_t n)
+{
+	return n > 13 && strncasecmp(p, "content-type", 12) == 0 &&
+	    (p[12] == ':' || p[12] == ' ' || p[12] == '\t');
+}
+
 /*
- * The header block at pos: repairs it and reads its Content-Type. Returns
- * where the body starts (after the blank line, or at the line the body
- * starts with).
+ * The header block at pos: repairs it and reads its Content-Type (the
+ * first one: later ones are renamed Content-Type-Ignored, as most readers
+ * take the first). Returns where the body starts (after the blank line,
+ * or at the line the body starts with).
  */
 static uint64_t
 headers(struct scan *sc, uint64_t pos, int top, struct ctinfo *ci)
 {
 	struct line	 l;
-	char		*ct = NULL;
-	size_t		 ctlen = 0, blen = 0;
-	uint64_t	 upto = 0;
-	uint64_t	 at;
+	struct ctfield	 f;
+	size_t		 blen = 0;
+	uint64_t	 upto = 0, at;
 	int		 have = 0, in_ct = 0;
 	const char	*p;
 	size_t		 n;
 
+	memset(&f, 0, sizeof(f));
 	while (src_line(sc->src, pos, &l)) {
 		if (is_blank(&l)) {
 			pos += l.len;
@@ -321,10 +467,12 @@ headers(struct scan *sc, uint64_t pos, int top, struct ctinfo *ci)
 		}
 		if (is_field(&l)) {
 			have = 1;
-			in_ct = n > 13 && strncasecmp(p, "content-type", 12) == 0 &&
-			    (p[12] == ':' || p[12] == ' ' || p[12] == '\t');
-			if (in_ct)
-				ctlen = 0;
+			in_ct = 0;
+			if (is_ct_field(p, n) && f.text == NULL) {
+				in_ct = 1;
+				f.at = at;
+			} else if (is_ct_field(p, n))
+				edit(sc->r, at + 12, 0, "-Ignored");
 		} else if (p[0] == ' ' || p[0] == '\t') {
 			/* A continuation. */
 		} else if (!have) {
@@ -346,20 +494,8 @@ headers(struct scan *sc, uint64_t pos, int top, struct ctinfo *ci)
 			break;
 		}
 		if (in_ct) {
-			if (ct == NULL)
-				ct = xmalloc(CT_MAX + 1);
-			if (ctlen > 0 && ctlen < CT_MAX)
-				ct[ctlen++] = ' ';
-			if (n > CT_MAX - ctlen)
-				n = CT_MAX - ctlen;
-			memcpy(ct + ctlen, p, n);
-			ctlen += n;
-			while (ctlen > 0 && (ct[ctlen - 1] == '\r' ||
-			    ct[ctlen - 1] == '\n'))
-				ctlen--;
-			ct[ctlen] = '\0';
-			if ((p = strchr(ct, ':')) != NULL) {
-				ci->multipart = ci->message = 0;
+			ct_add(&f, at, p, n);
+			if ((p = strchr(f.text, ':')) != NULL) {
 				ct_read(p + 1, ci);
 				blen = ci->boundary != NULL ?
 				    strlen(ci->boundary) : 0;
@@ -367,7 +503,8 @@ headers(struct scan *sc, uint64_t pos, int top, struct ctinfo *ci)
 		}
 		pos += l.len;
 	}
-	free(ct);
+	ct_decide(sc, &f, ci);
+	free(f.text);
 	return pos;
 }
 
@@ -419,6 +556,21 @@ entity(struct scan *sc, uint64_t pos, int top)
 	return pos;
 }
 
+/* In order of offset (a Content-Type's edit is made when its block ends). */
+static void
+sort_edits(struct repair *r)
+{
+	struct repair_edit	 e;
+	size_t			 i, j;
+
+	for (i = 1; i < r->n; i++) {
+		e = r->e[i];
+		for (j = i; j > 0 && r->e[j - 1].off > e.off; j--)
+			r->e[j] = r->e[j - 1];
+		r->e[j] = e;
+	}
+}
+
 static int
 scan(struct src *s, struct repair *r)
 {
@@ -429,6 +581,7 @@ scan(struct src *s, struct repair *r)
 	sc.src = s;
 	sc.r = r;
 	entity(&sc, 0, 1);
+	sort_edits(r);
 	if (s->err) {
 		repair_free(r);
 		return -1;

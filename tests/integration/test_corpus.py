@@ -13,44 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUILDDIR, SRCDIR
+from conftest import BUILDDIR
+from corpus import CORPUS, SHARED, as_stored, corpus_messages
 
-SHARED = SRCDIR.parent / "shared"
-CORPUS = SHARED / "corpus"
 SCHEMA = SHARED / "graph" / "schemas" / "graph-mail-v1.0.schema.json"
 TOOL = BUILDDIR / "tests" / "unit" / "test_graph"
-
-
-def corpus_messages():
-    if not CORPUS.is_dir():
-        return []
-    out = []
-    for p in sorted(CORPUS.rglob("*")):
-        if not p.is_file():
-            continue
-        rel = p.relative_to(CORPUS)
-        if p.suffix in (".msg", ".eml") or (rel.parts[0] == "haraka"
-                                            and p.suffix == ".txt"):
-            out.append((str(rel), p.read_bytes()))
-        elif p.suffix == ".mbox":
-            for i, m in enumerate(split_mbox(p.read_bytes())):
-                out.append(("%s#%d" % (rel, i + 1), m))
-    return out
-
-
-def split_mbox(data):
-    msgs, cur = [], None
-    for line in data.splitlines(keepends=True):
-        if line.startswith(b"From "):
-            if cur is not None:
-                msgs.append(b"".join(cur))
-            cur = []
-            continue
-        if cur is not None:
-            cur.append(line[1:] if line.startswith(b">From ") else line)
-    if cur:
-        msgs.append(b"".join(cur))
-    return msgs
 
 
 MESSAGES = corpus_messages()
@@ -78,7 +45,7 @@ def test_maps_to_valid_request(name, data, validator, tmp_path):
     eml = tmp_path / "m.eml"
     env = tmp_path / "m.env"
     # As relayd stores it: CRLF line ends.
-    eml.write_bytes(data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+    eml.write_bytes(as_stored(data))
     env.write_text("mail-from: sender@example.com\nrcpt: rcpt@example.com\n")
     r = subprocess.run([str(TOOL), str(eml), str(env)], capture_output=True,
                        timeout=30)

@@ -146,7 +146,10 @@ test_b64_decode(void **state)
 		{ "TQ", "M" },			/* 4n+2 without its '==' */
 		{ "TWFuT", "Man" },		/* 4n+1: the stray one goes */
 		{ "TW\r\nFu\r\nTQ\r\n", "ManM" },
-		{ "TQ==TWE=", "MMa" },		/* padding ends a group */
+		{ "TQ==TWE=", "M" },		/* padding ends the data */
+		{ "TWE=\r\n ignored", "Ma" },
+		{ "TW=Fu", "Man" },		/* a lone '=' in a group */
+		{ "TQ=", "M" },
 		{ "T*W!F u", "Man" },		/* outside the alphabet */
 		{ "", "" },
 	};
@@ -279,6 +282,29 @@ test_header_repair(void **state)
 		  "--b\r\nContent-Type: text/plain\r\n\r\n--b--\r\n" },
 		/* Boundary-like lines in a body are not boundaries. */
 		{ "Content-Type: text/plain\r\n\r\n--b\r\nx y\r\n", NULL },
+		/* A Content-Type that can't be read is none (text/plain). */
+		{ "Content-Type: text\r\n\r\nx\r\n",
+		  "Content-Type-Ignored: text\r\n\r\nx\r\n" },
+		{ "Content-Type: multipart/mixed\r\n  Content-Type: x/y\r\n"
+		  "\r\nx\r\n", "Content-Type-Ignored: multipart/mixed\r\n"
+		  "  Content-Type: x/y\r\n\r\nx\r\n" },
+		/* A multipart without a boundary: text too. */
+		{ "Content-Type: multipart/mixed\r\n\r\nx\r\n",
+		  "Content-Type-Ignored: multipart/mixed\r\n\r\nx\r\n" },
+		/* An empty boundary is one ("--" lines). */
+		{ "Content-Type: multipart/mixed; boundary=\"\"\r\n\r\n--\r\n"
+		  "Content-Type: text/plain\r\n\r\nx\r\n----\r\n", NULL },
+		/* The first Content-Type counts, as most readers have it. */
+		{ "Content-Type: text/html\r\nContent-Type: text/plain\r\n\r\nx",
+		  "Content-Type: text/html\r\nContent-Type-Ignored: text/plain"
+		  "\r\n\r\nx" },
+		/* A parameter without its ';' gets one, folded or not. */
+		{ "Content-Type: multipart/mixed\r\n\tboundary=\"b\"\r\n\r\n"
+		  "--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--\r\n",
+		  "Content-Type: multipart/mixed;\r\n\tboundary=\"b\"\r\n\r\n"
+		  "--b\r\nContent-Type: text/plain\r\n\r\nx\r\n--b--\r\n" },
+		{ "Content-Type: text/plain charset=utf-8\r\n\r\nx",
+		  "Content-Type: text/plain; charset=utf-8\r\n\r\nx" },
 	};
 	struct repair	 r;
 	char		*out;
