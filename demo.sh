@@ -43,7 +43,8 @@ url="http://127.0.0.1:$(cat "$run/graph.port")"
 # The app registration's secret, readable by its owner only.
 (umask 077; printf 's3cret\n' > "$run/client_secret")
 sed -e "s|@SPOOL@|$run/spool|" -e "s|@SECRET@|$run/client_secret|" \
-    -e "s|@GRAPH@|$url|" conf/demo.conf > "$run/relayd.conf"
+    -e "s|@GRAPH@|$url|" -e "s|@STATUS@|$run/relayd.sock|" \
+    conf/demo.conf > "$run/relayd.conf"
 ./relayd/relayd -n -c "$run/relayd.conf"
 : > "$run/relayd.log"
 ./relayd/relayd -c "$run/relayd.conf" 2>>"$run/relayd.log" &
@@ -74,7 +75,12 @@ import json, sys
 for m in json.load(sys.stdin):
     print(json.dumps(m["body"], indent=2, ensure_ascii=False))'
 echo
+echo "== relayctl -s demo-run/relayd.sock status"
+./relayd/relayctl -s "$run/relayd.sock" status
+echo
 echo "relayd is running (pid $pid) and delivers to the fake Graph at $url."
+echo "Ask it how it is: relayctl -s demo-run/relayd.sock status (or queue,"
+echo "metrics)."
 echo "Point an SMTP client at 127.0.0.1:2525; relayd's log follows. Ctrl-C"
 echo "stops relayd and the fake Graph."
 tail -n 0 -f "$run/relayd.log" &
