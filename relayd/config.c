@@ -204,7 +204,13 @@ static const struct cfg_key cfg_keys[] = {
 	  "File holding the client secret (its Value); must not be open to "
 	  "group or others. Unset: the systemd credential "
 	  "$CREDENTIALS_DIRECTORY/client_secret (see relayd.service). Leave "
-	  "it unset when signing in with a certificate." },
+	  "it unset when signing in with a certificate. A new secret is taken "
+	  "up on reload (SIGHUP)." },
+	{ "graph", "client_secret_expires", CFG_STR, NULL, 0, 0,
+	  OFF(client_secret_expires_text), NULL,
+	  "The client secret's expiry date as Entra shows it beside the "
+	  "secret, YYYY-MM-DD: relayd warns from 30 days before (log, "
+	  "relayctl status, relayd_credential_expiry_seconds)." },
 	{ "graph", "certificate_file", CFG_STR, NULL, 0, 0,
 	  OFF(certificate_file), NULL,
 	  "PEM certificate uploaded to the app registration (Certificates & "
@@ -946,31 +952,23 @@ static void	check_readable(struct parser *, int, const char *,
  * Whether a certificate expires soon (1) or has expired (2), in words in
  * buf; 0 if neither (or it can't be read: that is reported elsewhere).
  */
+static int	date_note(const char *, const char *, time_t, const char *,
+		    char *, size_t);
+
 static int
 expiry_note(const char *what, const char *path, const char *todo,
     char *buf, size_t len)
 {
-	time_t		 when, now = time(NULL);
-	struct tm	 tm;
-	char		 date[32];
+	time_t	 when;
 
 	if (tls_cert_expiry(path, &when) == -1)
 		return 0;
-	gmtime_r(&when, &tm);
-	strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", &tm);
-	if (when <= now) {
-		snprintf(buf, len, "%s \"%s\" expired on %s; %s", what, path,
-		    date, todo);
-		return 2;
-	}
-	if (when - now < EXPIRY_WARN_DAYS * 86400) {
-		snprintf(buf, len, "%s \"%s\" expires on %s (in %lld days); "
-		    "%s", what, path, date, (long long)((when - now) / 86400),
-		    todo);
-		return 1;
-	}
-	return 0;
+	return date_note(what, path, when, todo, buf, len);
 }
+
+static const char secret_todo[] = "make a new secret in Entra "
+    "(Certificates & secrets), write its Value to client_secret_file, set "
+    "client_secret_expires and run systemctl reload relayd";
 
 static const char tls_todo[] = "renew it and run systemctl reload relayd";
 static const char cert_todo[] = "upload a new certificate to the app "
@@ -1014,6 +1012,41 @@ config_warn_expiry(const struct config *cfg, FILE *fp)
 	    expiry_note("certificate_file", cfg->certificate_file, cert_todo,
 	    buf, sizeof(buf)) != 0)
 		fprintf(fp, "%s\n", buf);
+	if (cfg->client_secret_expires != 0 &&
+	    date_note("client_secret_expires: the client secret", NULL,
+	    cfg->client_secret_expires, secret_todo, buf, sizeof(buf)) != 0)
+		fprintf(fp, "%s\n", buf);
+}
+
+size_t
+config_credentials(const struct config *cfg, struct credential *out)
+{
+	size_t	 n = 0, i;
+	time_t	 t, tls = 0;
+
+	if (cfg->client_secret_expires != 0 && cfg->certificate_file == NULL) {
+		out[n].name = "client_secret";
+		out[n++].expires = cfg->client_secret_expires;
+	}
+	if (cfg->certificate_file != NULL &&
+	    tls_cert_expiry(cfg->certificate_file, &t) == 0) {
+		out[n].name = "certificate";
+		out[n++].expires = t;
+	}
+	/* The listener certificate that expires first. */
+	for (i = 0; i < cfg->nlisten; i++)
+		if (cfg->listen[i].cert != NULL &&
+		    tls_cert_expiry(cfg->listen[i].cert, &t) == 0 &&
+		    (tls == 0 || t < tls))
+			tls = t;
+	if (tls == 0 && cfg->tls_cert != NULL &&
+	    tls_cert_expiry(cfg->tls_cert, &t) == 0)
+		tls = t;
+	if (tls != 0) {
+		out[n].name = "tls_cert";
+		out[n++].expires = tls;
+	}
+	return n;
 }
 
 /*
@@ -1096,6 +1129,61 @@ check_certificate(struct parser *p, const char *creds)
 	    cert_todo);
 }
 
+/* Whether a date lies within 30 days (1) or past (2), in words in buf. */
+static int
+date_note(const char *what, const char *name, time_t when, const char *todo,
+    char *buf, size_t len)
+{
+	time_t		 now = time(NULL);
+	struct tm	 tm;
+	char		 date[32];
+
+	gmtime_r(&when, &tm);
+	strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", &tm);
+	if (when <= now) {
+		snprintf(buf, len, "%s%s%s%s expired on %s; %s", what,
+		    name ? " \"" : "", name ? name : "", name ? "\"" : "",
+		    date, todo);
+		return 2;
+	}
+	if (when - now < EXPIRY_WARN_DAYS * 86400) {
+		snprintf(buf, len, "%s%s%s%s expires on %s (in %lld days); %s",
+		    what, name ? " \"" : "", name ? name : "", name ? "\"" : "",
+		    date, (long long)((when - now) / 86400), todo);
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * [graph] client_secret_expires: a date; near or past it, a warning (the
+ * secret may have been renewed without the date).
+ */
+static void
+check_secret_expiry(struct parser *p)
+{
+	struct config	*cfg = p->cfg;
+	struct tm	 tm;
+	const char	*e;
+	char		 buf[1024];
+	int		 line = key_line(p, "graph", "client_secret_expires");
+
+	if (cfg->client_secret_expires_text == NULL)
+		return;
+	memset(&tm, 0, sizeof(tm));
+	e = strptime(cfg->client_secret_expires_text, "%Y-%m-%d", &tm);
+	if (e == NULL || *e != '\0') {
+		perr(p, line, "client_secret_expires \"%s\" is not a date "
+		    "(YYYY-MM-DD, as Entra shows it)",
+		    cfg->client_secret_expires_text);
+		return;
+	}
+	cfg->client_secret_expires = timegm(&tm);
+	if (date_note("client_secret_expires: the client secret", NULL,
+	    cfg->client_secret_expires, secret_todo, buf, sizeof(buf)) != 0)
+		fprintf(p->errf, "%s:%d: warning: %s\n", p->file, line, buf);
+}
+
 /*
  * [graph]: delivery is on once any credential key is given, and then all of
  * them must be. Without them relayd only queues (a staged roll-out).
@@ -1120,6 +1208,7 @@ check_graph(struct parser *p)
 	    strpbrk(cfg->mailbox, " \t/?#<>\"") != NULL))
 		perr(p, key_line(p, "graph", "mailbox"), "mailbox \"%s\" must "
 		    "be envelope, from or a mailbox address", cfg->mailbox);
+	check_secret_expiry(p);
 	creds = getenv("CREDENTIALS_DIRECTORY");
 	if (cfg->tenant == NULL && cfg->client_id == NULL &&
 	    cfg->client_secret_file == NULL && cfg->certificate_file == NULL &&

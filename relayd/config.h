@@ -5,6 +5,7 @@
 #include <sys/socket.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <time.h>
 
 #include "addr.h"
 #include "policy.h"
@@ -71,6 +72,8 @@ struct config {
 	char			*tenant;
 	char			*client_id;
 	char			*client_secret_file;
+	char			*client_secret_expires_text;
+	time_t			 client_secret_expires;	/* 0: not given */
 	char			*certificate_file;	/* or these two */
 	char			*private_key_file;
 	int			 assertion_alg;	/* enum jwt_alg */
@@ -133,5 +136,14 @@ void		 config_write_man(FILE *);
  * (relayd logs them once a day).
  */
 void		 config_warn_expiry(const struct config *, FILE *);
+
+/* A credential whose expiry relayd knows: client_secret, certificate, tls_cert. */
+struct credential {
+	const char	*name;
+	time_t		 expires;
+};
+#define CONFIG_CREDENTIALS	3
+/* Fills out (CONFIG_CREDENTIALS of them at most); returns how many. */
+size_t		 config_credentials(const struct config *, struct credential *);
 
 #endif

@@ -360,6 +360,16 @@ cmd_status(int json)
 		printf("%s%s until %s\n", i == 0 ? "throttled: " :
 		    "           ", jstr(x, "mailbox"), jstr(x, "resume"));
 	}
+	json_object_object_get_ex(o, "credentials", &a);
+	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
+		x = json_object_array_get_idx(a, i);
+		printf("credential %s: expires %s\n", jstr(x, "credential"),
+		    jstr(x, "expires"));
+	}
+	json_object_object_get_ex(o, "warnings", &a);
+	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++)
+		printf("warning: %s\n", json_object_get_string(
+		    json_object_array_get_idx(a, i)));
 	json_object_object_get_ex(o, "recent_errors", &a);
 	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
 		x = json_object_array_get_idx(a, i);

@@ -75,9 +75,46 @@ struct reloader {
 	struct auth	**old_auth;
 	size_t		 nold_auth;
 	struct smtp	*smtp;
+	struct token	*token;		/* NULL: delivery off */
+	struct worker_pool *pool;
+	struct status	*status;
 	int		 restart_needed;
 	struct event	*expiry;	/* once a day: certificates */
 };
+
+/*
+ * The Graph credential again: a rotated secret (or certificate) is used
+ * by the next token request, and messages that waited for want of a
+ * token are tried at once.
+ */
+static void
+reload_credential(struct reloader *r, const struct config *cfg)
+{
+	char	 err[512];
+	int	 rc;
+	size_t	 n;
+
+	if (r->token == NULL)
+		return;
+	if ((rc = token_reload(r->token, cfg, err, sizeof(err))) == -1) {
+		log_warnx("reload: credential not re-read: %s; the one in "
+		    "use stays", err);
+		return;
+	}
+	n = rc == 1 && r->pool != NULL ? worker_retry_token(r->pool) : 0;
+	if (cfg->certificate_file != NULL)
+		log_info("reload: credentials re-read: certificate_file=%s "
+		    "private_key_file=%s (%s)", cfg->certificate_file,
+		    cfg->private_key_file, rc == 1 ? "changed" : "unchanged");
+	else
+		log_info("reload: credentials re-read: client_secret_file=%s "
+		    "(%s)", cfg->client_secret_file, rc == 1 ? "changed" :
+		    "unchanged");
+	if (rc == 1)
+		log_info("reload: the next token request uses the new "
+		    "credential; %zu message(s) waiting on a token tried now",
+		    n);
+}
 
 /* Each line of text (which it takes apart) as a warning. */
 static void
@@ -172,9 +209,12 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 		log_info("auth: users_file=%s mechanisms=\"%s\"",
 		    cfg->users_file, auth_mechanisms(auth));
 	log_set_level(cfg->log_level);
+	reload_credential(r, cfg);
 	r->old = xrealloc(r->old, (r->nold + 1) * sizeof(*r->old));
 	r->old[r->nold++] = r->cfg;
 	r->cfg = cfg;
+	if (r->status != NULL)
+		status_set_config(r->status, cfg);
 	log_info("reload: %s in force for new sessions", r->path);
 }
 
@@ -458,6 +498,9 @@ main(int argc, char *argv[])
 	reloader.path = path;
 	reloader.cfg = cfg;
 	reloader.smtp = smtp;
+	reloader.token = token;
+	reloader.pool = pool;
+	reloader.status = status;
 	ev_hup = evsignal_new(base, SIGHUP, hup_cb, &reloader);
 	evsignal_add(ev_term, NULL);
 	evsignal_add(ev_int, NULL);

@@ -227,6 +227,44 @@ throttled_add(void *arg, const char *mailbox, uint64_t until)
 	json_object_array_add(arg, o);
 }
 
+#define CRED_WARN_S	(30 * 86400)
+
+/*
+ * The credentials whose expiry relayd knows, and a warning for each that
+ * expires within 30 days or has expired.
+ */
+static void
+add_credentials(const struct config *cfg, json_object *o)
+{
+	struct credential	 cr[CONFIG_CREDENTIALS];
+	json_object		*a = json_object_new_array(), *w, *x;
+	long long		 left;
+	size_t			 i, n;
+	char			 buf[256];
+
+	w = json_object_new_array();
+	n = config_credentials(cfg, cr);
+	for (i = 0; i < n; i++) {
+		left = (long long)cr[i].expires - (long long)time(NULL);
+		x = json_object_new_object();
+		add_str(x, "credential", cr[i].name);
+		json_object_object_add(x, "expires",
+		    jtime((uint64_t)cr[i].expires * 1000));
+		add_int(x, "seconds", left);
+		json_object_array_add(a, x);
+		if (left >= CRED_WARN_S)
+			continue;
+		if (left <= 0)
+			snprintf(buf, sizeof(buf), "%s has expired", cr[i].name);
+		else
+			snprintf(buf, sizeof(buf), "%s expires in %lld days",
+			    cr[i].name, left / 86400);
+		json_object_array_add(w, json_object_new_string(buf));
+	}
+	json_object_object_add(o, "credentials", a);
+	json_object_object_add(o, "warnings", w);
+}
+
 static json_object *
 cmd_status(struct status *st)
 {
@@ -293,6 +331,7 @@ cmd_status(struct status *st)
 		json_object_array_add(a, x);
 	}
 	json_object_object_add(o, "recent_errors", a);
+	add_credentials(e->cfg, o);
 	return o;
 }
 
@@ -391,12 +430,30 @@ cmd_action(struct status *st, const char *verb, const char *id)
 	return o;
 }
 
+/* relayd_credential_expiry_seconds, a line per credential. */
+static char *
+credential_metrics(const struct config *cfg)
+{
+	struct credential	 cr[CONFIG_CREDENTIALS];
+	char			*out = xstrdup(""), *more;
+	size_t			 i, n = config_credentials(cfg, cr);
+
+	for (i = 0; i < n; i++) {
+		xasprintf(&more, "%srelayd_credential_expiry_seconds"
+		    "{credential=\"%s\"} %lld\n", out, cr[i].name,
+		    (long long)cr[i].expires - (long long)time(NULL));
+		free(out);
+		out = more;
+	}
+	return out;
+}
+
 char *
 status_metrics(struct status *st)
 {
 	const struct status_env	*e = &st->env;
 	struct worker_counts	 c;
-	char			*out;
+	char			*out, *creds;
 	size_t			 ntr = 0;
 	long long		 exp;
 	struct json_object	*a = json_object_new_array();
@@ -410,6 +467,7 @@ status_metrics(struct status *st)
 		c.queued = spool_count(e->spool);
 	json_object_put(a);
 	exp = e->token != NULL ? token_expires_in(e->token) : -1;
+	creds = credential_metrics(e->cfg);
 	xasprintf(&out,
 	    "# HELP relayd_info relayd's version.\n"
 	    "# TYPE relayd_info gauge\n"
@@ -450,12 +508,17 @@ status_metrics(struct status *st)
 	    "# HELP relayd_token_expiry_seconds Seconds until the access "
 	    "token expires; -1: none.\n"
 	    "# TYPE relayd_token_expiry_seconds gauge\n"
-	    "relayd_token_expiry_seconds %.3f\n",
+	    "relayd_token_expiry_seconds %.3f\n"
+	    "# HELP relayd_credential_expiry_seconds Seconds until a "
+	    "credential expires (negative: expired).\n"
+	    "# TYPE relayd_credential_expiry_seconds gauge\n"
+	    "%s",
 	    PACKAGE_VERSION, (wall_us() / 1000 - e->started_ms) / 1000,
 	    smtp_nsessions(e->smtp), c.queued, c.inflight, c.deferred,
 	    c.throttled, c.held, spool_dead_count(e->spool), c.sent,
 	    c.deferred_total, c.failed, ntr, (double)c.graph_held_ms / 1000.0,
-	    exp < 0 ? -1.0 : (double)exp / 1000.0);
+	    exp < 0 ? -1.0 : (double)exp / 1000.0, creds);
+	free(creds);
 	return out;
 }
 
@@ -733,6 +796,12 @@ metrics_open(struct status *st, const char *addr, char *err, size_t errlen)
 out:
 	free(host);
 	return rc;
+}
+
+void
+status_set_config(struct status *st, const struct config *cfg)
+{
+	st->env.cfg = cfg;
 }
 
 struct status *

@@ -31,6 +31,8 @@ struct status_env {
  */
 struct status	*status_new(const struct status_env *, char *, size_t);
 void		 status_free(struct status *);
+/* The config in force after a reload (credential expiry dates). */
+void		 status_set_config(struct status *, const struct config *);
 /*
  * [status] users (groups = 0) or groups (1): -1 with the reason in err if
  * one of them does not exist here (status_new would refuse to start).

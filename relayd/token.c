@@ -9,8 +9,9 @@
  * again for a while (5 s doubling to 5 min), so a wrong secret costs one
  * log line per attempt, not one per message. Messages stay queued.
  *
- * The secret or key is read once at start, kept in memory only here, and
- * never logged; neither is any assertion or token.
+ * The secret or key is read at start and again on reload (SIGHUP), kept
+ * in memory only here, and never logged; neither is any assertion or
+ * token. A new one waits in pending until no fetch runs.
  */
 #include <sys/stat.h>
 
@@ -57,6 +58,9 @@ struct token {
 	uint64_t	 retry_at;	/* no new attempt before */
 	uint64_t	 backoff_ms;
 	char		 last_err[512];
+	int		 pending;	/* a reloaded credential waits */
+	char		*pending_secret;
+	struct jwt_key	*pending_key;
 };
 
 static const struct {
@@ -145,23 +149,51 @@ token_scope(const struct config *cfg)
 	return s;
 }
 
+/* The credential the config names: a URL-encoded secret, or a key. */
+static int
+read_credential(const struct config *cfg, char **secret, struct jwt_key **key,
+    char *err, size_t errlen)
+{
+	char	*raw, *s;
+
+	*secret = NULL;
+	*key = NULL;
+	if (cfg->certificate_file != NULL)
+		return (*key = jwt_key_load(cfg->certificate_file,
+		    cfg->private_key_file, cfg->assertion_alg, err, errlen)) ==
+		    NULL ? -1 : 0;
+	if ((raw = read_secret(cfg->client_secret_file, err, errlen)) == NULL)
+		return -1;
+	s = curl_easy_escape(NULL, raw, 0);
+	*secret = xstrdup(s);
+	explicit_bzero(s, strlen(s));
+	curl_free(s);
+	explicit_bzero(raw, strlen(raw));
+	free(raw);
+	return 0;
+}
+
+static void
+secret_free(char *s)
+{
+	if (s != NULL) {
+		explicit_bzero(s, strlen(s));
+		free(s);
+	}
+}
+
 struct token *
 token_new(const struct config *cfg, char *err, size_t errlen)
 {
 	struct token	*t;
-	struct jwt_key	*key = NULL;
-	char		*secret = NULL, *id, *scope, *s, *tenant;
+	struct jwt_key	*key;
+	char		*secret, *id, *scope, *s, *tenant;
 
-	if (cfg->certificate_file != NULL) {
-		if ((key = jwt_key_load(cfg->certificate_file,
-		    cfg->private_key_file, cfg->assertion_alg, err, errlen)) ==
-		    NULL)
-			return NULL;
-	} else if ((secret = read_secret(cfg->client_secret_file, err,
-	    errlen)) == NULL)
+	if (read_credential(cfg, &secret, &key, err, errlen) == -1)
 		return NULL;
 	t = xcalloc(1, sizeof(*t));
 	t->key = key;
+	t->secret = secret;
 	t->client_id = xstrdup(cfg->client_id);
 	tenant = http_escape(cfg->tenant);
 	xasprintf(&t->url, "%s/%s/oauth2/v2.0/token", cfg->login_url, tenant);
@@ -175,13 +207,6 @@ token_new(const struct config *cfg, char *err, size_t errlen)
 	    TOKEN_ASSERTION_TYPE "&client_assertion" : "client_secret");
 	curl_free(id);
 	curl_free(scope);
-	if (secret != NULL) {
-		s = curl_easy_escape(NULL, secret, 0);
-		t->secret = xstrdup(s);
-		curl_free(s);
-		explicit_bzero(secret, strlen(secret));
-		free(secret);
-	}
 	pthread_mutex_init(&t->lock, NULL);
 	pthread_cond_init(&t->cond, NULL);
 	return t;
@@ -192,11 +217,10 @@ token_free(struct token *t)
 {
 	if (t == NULL)
 		return;
-	if (t->secret != NULL) {
-		explicit_bzero(t->secret, strlen(t->secret));
-		free(t->secret);
-	}
+	secret_free(t->secret);
+	secret_free(t->pending_secret);
 	jwt_key_free(t->key);
+	jwt_key_free(t->pending_key);
 	free(t->client_id);
 	if (t->access != NULL) {
 		explicit_bzero(t->access, strlen(t->access));
@@ -357,6 +381,16 @@ token_get(struct token *t, CURL *c, char *err, size_t errlen)
 			pthread_mutex_unlock(&t->lock);
 			return NULL;
 		}
+		if (t->pending) {
+			/* No fetch runs now: the reloaded credential in. */
+			secret_free(t->secret);
+			jwt_key_free(t->key);
+			t->secret = t->pending_secret;
+			t->key = t->pending_key;
+			t->pending_secret = NULL;
+			t->pending_key = NULL;
+			t->pending = 0;
+		}
 		t->refreshing = 1;
 		pthread_mutex_unlock(&t->lock);
 		rc = fetch(t, c, &fresh, &life, err, errlen);
@@ -391,6 +425,62 @@ token_get(struct token *t, CURL *c, char *err, size_t errlen)
 	access = xstrdup(t->access);
 	pthread_mutex_unlock(&t->lock);
 	return access;
+}
+
+/* Is this credential the one in use (or waiting to be)? */
+static int
+same_credential(const struct token *t, const char *secret,
+    const struct jwt_key *key)
+{
+	const char		*cur = t->pending ? t->pending_secret : t->secret;
+	const struct jwt_key	*ck = t->pending ? t->pending_key : t->key;
+	char			*a, *b;
+	int			 same;
+
+	if (secret != NULL || cur != NULL)
+		return secret != NULL && cur != NULL && strcmp(secret, cur) == 0;
+	if (key == NULL || ck == NULL)
+		return key == ck;
+	a = jwt_header(key);
+	b = jwt_header(ck);
+	same = strcmp(a, b) == 0;	/* the certificate's thumbprint */
+	free(a);
+	free(b);
+	return same;
+}
+
+int
+token_reload(struct token *t, const struct config *cfg, char *err,
+    size_t errlen)
+{
+	struct jwt_key	*key;
+	char		*secret;
+	int		 changed;
+
+	if ((cfg->certificate_file != NULL) != (t->key != NULL)) {
+		snprintf(err, errlen, "a switch between client secret and "
+		    "certificate takes effect at restart");
+		return -1;
+	}
+	if (read_credential(cfg, &secret, &key, err, errlen) == -1)
+		return -1;
+	pthread_mutex_lock(&t->lock);
+	if (!(changed = !same_credential(t, secret, key))) {
+		secret_free(secret);
+		jwt_key_free(key);
+	} else {
+		secret_free(t->pending_secret);
+		jwt_key_free(t->pending_key);
+		t->pending_secret = secret;
+		t->pending_key = key;
+		t->pending = 1;
+		/* A refusal of the old one says nothing of the new one. */
+		t->retry_at = 0;
+		t->backoff_ms = 0;
+		t->last_err[0] = '\0';
+	}
+	pthread_mutex_unlock(&t->lock);
+	return changed;
 }
 
 void

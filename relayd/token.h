@@ -19,6 +19,13 @@ void		 token_free(struct token *);
  * NULL with err when none can be had now (the caller retries later).
  */
 char		*token_get(struct token *, CURL *, char *, size_t);
+/*
+ * Reads the config's credential again (SIGHUP): 1 if it changed (the next
+ * token request uses it, at once even after a refusal), 0 if not, -1 with
+ * err if it can't be read (the one in use stays).
+ */
+int		 token_reload(struct token *, const struct config *, char *,
+		    size_t);
 /* Graph refused this token (401): the next token_get fetches a new one. */
 void		 token_invalidate(struct token *, const char *);
 /* Milliseconds until the next attempt after a failure (0: any time). */

@@ -1581,6 +1581,23 @@ worker_retry(struct worker_pool *p, const char *qid, const char **why)
 	return n;
 }
 
+size_t
+worker_retry_token(struct worker_pool *p)
+{
+	struct qent	*qe;
+	size_t		 n = 0;
+
+	TAILQ_FOREACH(qe, &p->all, all)
+		if (!qe->inflight && !qe->held && qe->timer != NULL &&
+		    strncmp(qe->error, "token ", 6) == 0) {
+			retry_now(p, qe);
+			n++;
+		}
+	if (n > 0)
+		dispatch(p);
+	return n;
+}
+
 int
 worker_hold(struct worker_pool *p, const char *qid, const char **why)
 {

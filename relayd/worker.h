@@ -82,6 +82,11 @@ size_t		 worker_errors(const struct worker_pool *,
 int		 worker_retry(struct worker_pool *, const char *,
 		    const char **);
 int		 worker_hold(struct worker_pool *, const char *, const char **);
+/*
+ * A new credential (reload): the messages waiting because no token could
+ * be had are tried now. Returns how many.
+ */
+size_t		 worker_retry_token(struct worker_pool *);
 int		 worker_release(struct worker_pool *, const char *,
 		    const char **);
 int		 worker_delete(struct worker_pool *, const char *,
