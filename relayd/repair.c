@@ -338,7 +338,7 @@ static void
 ct_add(struct ctfield *f, uint64_t at, const char *p, size_t n)
 {
 	if (f->text == NULL)
-		f->text = xmalloc(CT_MAX + 1);
+		f->text = xmalloc(CT_MAX + 2);	/* a ";" may go in */
 	if (f->len > 0 && f->len < CT_MAX)
 		f->text[f->len++] = ' ';
 	if (f->nlines < CT_LINES) {
@@ -379,8 +379,8 @@ ct_decide(struct scan *sc, struct ctfield *f, struct ctinfo *ci)
 		edit(sc->r, f->fpos[i] + ((size_t)k - f->tstart[i]), 0, ";");
 		memmove(f->text + k + 1, f->text + k, f->len - (size_t)k + 1);
 		f->text[k] = ';';
+		f->len++;
 		ct_read(v, ci);
-		return;
 	}
 	if (!repair_type_ok(v) || (ci->multipart && ci->boundary == NULL)) {
 		edit(sc->r, f->at + 12, 0, "-Ignored");
@@ -525,7 +525,7 @@ entity(struct scan *sc, uint64_t pos, int top)
 		free(ci.boundary);
 		return entity(sc, pos, 0);
 	}
-	if (!ci.multipart || sc->nb == MAX_DEPTH) {
+	if (!ci.multipart || ci.boundary == NULL || sc->nb == MAX_DEPTH) {
 		free(ci.boundary);
 		while (src_line(sc->src, pos, &l) && !outer_boundary(sc, &l))
 			pos += l.len;
