@@ -212,6 +212,35 @@ boundary_is(const struct line *l, const char *b, size_t n)
 	return close ? 2 : 1;
 }
 
+/*
+ * The first line at or after pos (a line start) that begins with "--",
+ * the only lines that can be boundaries: in memory at memchr's speed (a
+ * base64 part has no '-' at all), from a file line by line.
+ */
+static uint64_t
+dash_line(struct src *s, uint64_t pos)
+{
+	const char	*q;
+	struct line	 l;
+
+	if (s->mem == NULL) {
+		while (src_line(s, pos, &l) && !(l.n >= 2 && l.p[0] == '-' &&
+		    l.p[1] == '-'))
+			pos += l.len;
+		return pos;
+	}
+	for (; pos < s->len; pos = (uint64_t)(q + 1 - s->mem)) {
+		/* A '-' that starts a line and has another after it. */
+		if ((q = memchr(s->mem + pos, '-', (size_t)(s->len - pos))) ==
+		    NULL)
+			break;
+		if ((q == s->mem || q[-1] == '\n') &&
+		    (uint64_t)(q + 1 - s->mem) < s->len && q[1] == '-')
+			return (uint64_t)(q - s->mem);
+	}
+	return s->len;
+}
+
 /* Is the line a boundary of an enclosing multipart? */
 static int
 outer_boundary(const struct scan *sc, const struct line *l)
@@ -527,7 +556,9 @@ entity(struct scan *sc, uint64_t pos, int top)
 	}
 	if (!ci.multipart || ci.boundary == NULL || sc->nb == MAX_DEPTH) {
 		free(ci.boundary);
-		while (src_line(sc->src, pos, &l) && !outer_boundary(sc, &l))
+		/* A body: only a line of an enclosing boundary ends it. */
+		while (src_line(sc->src, pos = dash_line(sc->src, pos), &l) &&
+		    !outer_boundary(sc, &l))
 			pos += l.len;
 		return pos;
 	}
