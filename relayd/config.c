@@ -296,6 +296,14 @@ static const struct cfg_key cfg_keys[] = {
 	  OFF(status_metrics_listen), NULL,
 	  "ADDR:PORT to serve Prometheus metrics at /metrics over HTTP, e.g. "
 	  "127.0.0.1:9464; unset: none (relayctl metrics still works)." },
+	{ "sendmail", "sender", CFG_STR, NULL, 0, 0, OFF(sendmail_sender), NULL,
+	  "The mailbox local programs' mail is sent as by relayd-sendmail(8) "
+	  "(cron, smartd, PHP's mail()): the envelope sender, and the From: "
+	  "address when From: is missing or names a local user (root, "
+	  "www-data, user@this-host). Mail to a local user goes to it too. "
+	  "relayd-sendmail -f ADDRESS overrides it; unset: USER@hostname, "
+	  "which relayd's [senders] rules or Graph may refuse. relayd itself "
+	  "only checks it." },
 	{ "log", "level", CFG_ENUM, "info", 0, 0, OFF(log_level),
 	  log_level_names, "error, warning, info or debug." },
 };
@@ -304,6 +312,7 @@ struct parser {
 	const char	*file;
 	FILE		*errf;
 	int		 errors;
+	int		 client;	/* config_load_client(): no files */
 	struct config	*cfg;
 	int		 seen[NELEM(cfg_keys)];	/* line of first setting */
 };
@@ -709,7 +718,8 @@ parse_line(struct parser *p, char *line, int lineno, char *section,
 		s = str_trim(s + 1);
 		if (!known_section(s)) {
 			perr(p, lineno, "unknown section [%s] (sections: smtp, "
-			    "queue, graph, auth, senders, status, log)", s);
+			    "queue, graph, auth, senders, status, sendmail, "
+			    "log)", s);
 			section[0] = '\0';
 			section[1] = '!';	/* keys below: no more noise */
 			return;
@@ -799,6 +809,8 @@ check_secret_file(struct parser *p, int line, const char *what,
 	char		 err[1024];
 	int		 fd;
 
+	if (p->client)
+		return;
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
 	    fstat(fd, &st) == -1) {
 		perr(p, line, "%s \"%s\": %s", what, path, strerror(errno));
@@ -1061,6 +1073,8 @@ check_pair(struct parser *p, const char *cname, int cline, const char *cert,
 	char	 err[1024];
 	int	 errors = p->errors;
 
+	if (p->client)
+		return;		/* relayd's files, not the client's */
 	check_readable(p, cline, cname, cert);
 	check_secret_file(p, kline, kname, key);
 	if (p->errors > errors)
@@ -1184,6 +1198,16 @@ check_secret_expiry(struct parser *p)
 		fprintf(p->errf, "%s:%d: warning: %s\n", p->file, line, buf);
 }
 
+/* user@domain, as a Graph mailbox is named: no blanks, brackets, quotes. */
+static int
+mailbox_address(const char *a)
+{
+	const char	*at = strrchr(a, '@');
+
+	return at != NULL && at > a && at[1] != '\0' &&
+	    strpbrk(a, " \t/?#<>\"") == NULL;
+}
+
 /*
  * [graph]: delivery is on once any credential key is given, and then all of
  * them must be. Without them relayd only queues (a staged roll-out).
@@ -1203,9 +1227,7 @@ check_graph(struct parser *p)
 	check_url(p, "graph_url", cfg->graph_url);
 	check_proxy(p);
 	if (strcmp(cfg->mailbox, "envelope") != 0 &&
-	    strcmp(cfg->mailbox, "from") != 0 &&
-	    (strchr(cfg->mailbox, '@') == NULL ||
-	    strpbrk(cfg->mailbox, " \t/?#<>\"") != NULL))
+	    strcmp(cfg->mailbox, "from") != 0 && !mailbox_address(cfg->mailbox))
 		perr(p, key_line(p, "graph", "mailbox"), "mailbox \"%s\" must "
 		    "be envelope, from or a mailbox address", cfg->mailbox);
 	check_secret_expiry(p);
@@ -1221,6 +1243,8 @@ check_graph(struct parser *p)
 	if (cfg->client_id == NULL)
 		perr(p, 0, "[graph] client_id is not set (the Application "
 		    "(client) ID of the app registration)");
+	if (p->client)
+		return;		/* the credentials are relayd's to read */
 	if (cfg->certificate_file != NULL || cfg->private_key_file != NULL) {
 		check_certificate(p, creds);
 		return;
@@ -1246,7 +1270,7 @@ static void
 check_readable(struct parser *p, int line, const char *what,
     const char *path)
 {
-	if (access(path, R_OK) == -1)
+	if (!p->client && access(path, R_OK) == -1)
 		perr(p, line, "%s \"%s\": %s", what, path, strerror(errno));
 }
 
@@ -1286,7 +1310,7 @@ check_tls(struct parser *p)
 		if (lc->tls_min == -1)
 			lc->tls_min = cfg->tls_min;
 		/* Load them as the daemon will: a wrong pair fails here. */
-		if (lc->cert != NULL && p->errors == 0) {
+		if (lc->cert != NULL && p->errors == 0 && !p->client) {
 			char	 err[512];
 			SSL_CTX	*ctx = tls_ctx_new(lc, err, sizeof(err));
 
@@ -1370,10 +1394,17 @@ check_config(struct parser *p)
 		free(copy);
 	}
 	check_open_relay(p);
+	if (cfg->sendmail_sender != NULL &&
+	    !mailbox_address(cfg->sendmail_sender))
+		perr(p, key_line(p, "sendmail", "sender"), "sender \"%s\" is "
+		    "not a mailbox address; name the tenant's mailbox local "
+		    "programs send as (user@domain)", cfg->sendmail_sender);
 	if (cfg->require_auth && cfg->users_file == NULL)
 		perr(p, key_line(p, "smtp", "require_auth"), "require_auth "
 		    "needs [auth] users_file (nobody could relay)");
-	if (cfg->users_file != NULL &&
+	if (cfg->users_file != NULL && p->client)
+		;	/* not the client's to read */
+	else if (cfg->users_file != NULL &&
 	    access(cfg->users_file, R_OK) == -1)
 		perr(p, key_line(p, "auth", "users_file"), "users_file \"%s\": "
 		    "%s; make it with: relayctl passwd USER", cfg->users_file,
@@ -1409,8 +1440,8 @@ parse(struct parser *p, char *text)
 	return p->cfg;
 }
 
-struct config *
-config_load_string(const char *name, const char *text, FILE *errf)
+static struct config *
+load_string(const char *name, const char *text, FILE *errf, int client)
 {
 	struct parser	 p;
 	struct config	*cfg;
@@ -1419,6 +1450,7 @@ config_load_string(const char *name, const char *text, FILE *errf)
 	memset(&p, 0, sizeof(p));
 	p.file = name;
 	p.errf = errf;
+	p.client = client;
 	p.cfg = xcalloc(1, sizeof(*p.cfg));
 	set_defaults(p.cfg);
 	copy = xstrdup(text);
@@ -1430,7 +1462,13 @@ config_load_string(const char *name, const char *text, FILE *errf)
 }
 
 struct config *
-config_load(const char *path, FILE *errf)
+config_load_string(const char *name, const char *text, FILE *errf)
+{
+	return load_string(name, text, errf, 0);
+}
+
+static struct config *
+load_file(const char *path, FILE *errf, int client)
 {
 	struct config	*cfg;
 	FILE		*fp;
@@ -1458,9 +1496,21 @@ config_load(const char *path, FILE *errf)
 		free(buf);
 		return NULL;
 	}
-	cfg = config_load_string(path, buf, errf);
+	cfg = load_string(path, buf, errf, client);
 	free(buf);
 	return cfg;
+}
+
+struct config *
+config_load(const char *path, FILE *errf)
+{
+	return load_file(path, errf, 0);
+}
+
+struct config *
+config_load_client(const char *path, FILE *errf)
+{
+	return load_file(path, errf, 1);
 }
 
 void

@@ -107,6 +107,9 @@ struct config {
 	char			*status_groups;
 	char			*status_metrics_listen;
 
+	/* [sendmail] (relayd-sendmail's; relayd only checks it) */
+	char			*sendmail_sender;
+
 	/* [log] */
 	int			 log_level;
 };
@@ -117,6 +120,12 @@ struct config {
  * result with config_free().
  */
 struct config	*config_load(const char *, FILE *);
+/*
+ * Same, for programs any user may run (relayd-sendmail): every check but
+ * those that open files (credentials, certificates, users_file) or need
+ * relayd's environment (the systemd credentials).
+ */
+struct config	*config_load_client(const char *, FILE *);
 /* Same, from a string (unit tests); name is used in messages. */
 struct config	*config_load_string(const char *, const char *, FILE *);
 void		 config_free(struct config *);

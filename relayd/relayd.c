@@ -155,7 +155,8 @@ reload_diff(void *arg, const char *section, const char *key)
 	    strcmp(key, "max_line_length") != 0 &&
 	    strcmp(key, "drain_timeout") != 0)
 		return;
-	if (strcmp(section, "auth") == 0 || strcmp(section, "log") == 0)
+	if (strcmp(section, "auth") == 0 || strcmp(section, "log") == 0 ||
+	    strcmp(section, "sendmail") == 0)
 		return;
 	log_warnx("reload: [%s] %s changed: takes effect at restart",
 	    section, key);

@@ -60,7 +60,8 @@ test_values(void **state)
 	    "allow_networks = 10.0.0.0/8, 2001:db8::/32 192.0.2.1\n"
 	    "[queue]\nspool_dir = /var/tmp/q\nworkers = 64\n"
 	    "[graph]\nmailbox = from\nsave_to_sent_items = No\n"
-	    "graph_url = https://graph.microsoft.us/\n",
+	    "graph_url = https://graph.microsoft.us/\n"
+	    "[sendmail]\nsender = server1@contoso.com\n",
 	    errs, sizeof(errs));
 	if (cfg == NULL)
 		fail_msg("unexpected errors: %s", errs);
@@ -77,6 +78,7 @@ test_values(void **state)
 	assert_int_equal(cfg->save_to_sent_items, 0);
 	assert_string_equal(cfg->graph_url, "https://graph.microsoft.us");
 	assert_int_equal(cfg->graph_enabled, 0);
+	assert_string_equal(cfg->sendmail_sender, "server1@contoso.com");
 	config_free(cfg);
 }
 
@@ -215,6 +217,14 @@ test_errors(void **state)
 		  "must be an absolute path" },
 		{ "[smtp]\ncommand_timeout = 0s\n", "\"command_timeout\" = 0s is "
 		  "out of range (1 to 3600 seconds)" },
+		{ "[sendmail]\nsender = root\n", "relayd.conf:2: sender \"root\" "
+		  "is not a mailbox address; name the tenant's mailbox" },
+		{ "[sendmail]\n\nsender = @contoso.com\n", "relayd.conf:3: "
+		  "sender \"@contoso.com\" is not a mailbox address" },
+		{ "[sendmail]\nsender = Cron <cron@contoso.com>\n",
+		  "relayd.conf:2: sender \"Cron <cron@contoso.com>\" is not" },
+		{ "[sendmail]\nsendr = a@b.c\n", "relayd.conf:2: unknown key "
+		  "\"sendr\" in [sendmail] (did you mean \"sender\"?)" },
 	};
 	struct config	*cfg;
 	char		 errs[1024];
@@ -229,6 +239,58 @@ test_errors(void **state)
 			fail_msg("case %zu: got \"%s\", want \"%s\"", i, errs,
 			    cases[i].want);
 	}
+}
+
+/*
+ * config_load_client() reads what relayd -n would accept without opening
+ * relayd's files: cron's relayd-sendmail runs without the credentials.
+ */
+static void
+test_client_load(void **state)
+{
+	char		 path[] = "/tmp/relayd-cfg-XXXXXX", errs[1024];
+	FILE		*fp, *ef;
+	struct config	*cfg;
+	int		 fd;
+
+	(void)state;
+	unsetenv("CREDENTIALS_DIRECTORY");
+	assert_true((fd = mkstemp(path)) != -1);
+	assert_non_null(fp = fdopen(fd, "w"));
+	fputs("[smtp]\nlisten = 127.0.0.1:2525\n"
+	    "tls_cert = /nonexistent/cert.pem\ntls_key = /nonexistent/key\n"
+	    "[graph]\ntenant = t\nclient_id = c\n"
+	    "[auth]\nusers_file = /nonexistent/users\n"
+	    "[sendmail]\nsender = server1@contoso.com\n", fp);
+	fclose(fp);
+
+	memset(errs, 0, sizeof(errs));
+	assert_non_null(ef = fmemopen(errs, sizeof(errs), "w"));
+	assert_null(config_load(path, ef));
+	fclose(ef);
+	assert_non_null(strstr(errs, "/nonexistent/"));
+
+	memset(errs, 0, sizeof(errs));
+	assert_non_null(ef = fmemopen(errs, sizeof(errs), "w"));
+	cfg = config_load_client(path, ef);
+	fclose(ef);
+	if (cfg == NULL)
+		fail_msg("config_load_client refused: %s", errs);
+	assert_string_equal(cfg->listen[0].text, "127.0.0.1:2525");
+	assert_string_equal(cfg->sendmail_sender, "server1@contoso.com");
+	config_free(cfg);
+
+	/* Syntax is checked as ever. */
+	assert_non_null(fp = fopen(path, "a"));
+	fputs("sender = x\n", fp);
+	fclose(fp);
+	memset(errs, 0, sizeof(errs));
+	assert_non_null(ef = fmemopen(errs, sizeof(errs), "w"));
+	assert_null(config_load_client(path, ef));
+	fclose(ef);
+	assert_non_null(strstr(errs, ":12: \"sender\" is already set at "
+	    "line 11"));
+	unlink(path);
 }
 
 static void
@@ -276,6 +338,7 @@ main(void)
 		cmocka_unit_test(test_values),
 		cmocka_unit_test(test_graph_keys),
 		cmocka_unit_test(test_errors),
+		cmocka_unit_test(test_client_load),
 		cmocka_unit_test(test_all_errors_reported),
 		cmocka_unit_test(test_dump_parses),
 	};
