@@ -1961,5 +1961,6 @@ config_write_man(FILE *fp)
 	    ".BR \"relayd \\-D\" .\n"
 	    ".SH SEE ALSO\n"
 	    ".BR relayctl (8),\n"
-	    ".BR relayd (8)\n", SYSCONFDIR, SYSCONFDIR);
+	    ".BR relayd (8),\n"
+	    ".BR relayd\\-sendmail (8)\n", SYSCONFDIR, SYSCONFDIR);
 }

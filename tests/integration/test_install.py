@@ -1,8 +1,8 @@
 """`make install`: what goes where, and that the installed pieces hold up.
 
 `make install DESTDIR=<tmp>` from the build tree, with the directories
-configure chose (read back from the Makefile): the two programs, the three
-man pages, the unit, the sysusers.d file and the example config, and
+configure chose (read back from the Makefile): the three programs, the
+four man pages, the unit, the sysusers.d file and the example config, and
 nothing else; a relayd.conf already there is left alone; `make uninstall`
 takes it all away again. The installed man pages render without a warning,
 relayd.conf(5) names every key and default `relayd -D` prints (both come
@@ -21,7 +21,13 @@ from conftest import BUILDDIR, RELAYD_BIN, SRCDIR, need
 
 DIRS = ("sbindir", "bindir", "mandir", "sysconfdir", "systemdsystemunitdir",
         "sysusersdir")
-MAN_PAGES = ("man8/relayd.8", "man8/relayctl.8", "man5/relayd.conf.5")
+MAN_PAGES = ("man8/relayd.8", "man8/relayctl.8", "man8/relayd-sendmail.8",
+             "man5/relayd.conf.5")
+PROGRAMS = ("sbindir/relayd", "sbindir/relayd-sendmail", "bindir/relayctl")
+
+
+def programs(dirs):
+    return {dirs[p.split("/")[0]] + "/" + p.split("/")[1] for p in PROGRAMS}
 MINE = "# the admin's own relayd.conf\n"
 
 
@@ -51,8 +57,7 @@ def configured_dirs():
 
 def expected_files(dirs):
     return {
-        dirs["sbindir"] + "/relayd",
-        dirs["bindir"] + "/relayctl",
+        *programs(dirs),
         *(dirs["mandir"] + "/" + p for p in MAN_PAGES),
         dirs["sysconfdir"] + "/relayd/relayd.conf.example",
         dirs["systemdsystemunitdir"] + "/relayd.service",
@@ -91,10 +96,9 @@ def test_install_puts_each_file_in_place(installed):
     root, dirs = installed
     conf = dirs["sysconfdir"] + "/relayd/relayd.conf"
     assert files_under(root) == expected_files(dirs) | {conf}
-    for prog in (dirs["sbindir"] + "/relayd", dirs["bindir"] + "/relayctl"):
+    for prog in programs(dirs):
         assert os.access(str(root) + prog, os.X_OK), prog
-    for f in expected_files(dirs) - {dirs["sbindir"] + "/relayd",
-                                     dirs["bindir"] + "/relayctl"}:
+    for f in expected_files(dirs) - programs(dirs):
         mode = stat.S_IMODE(os.stat(str(root) + f).st_mode)
         assert mode == 0o644, (f, oct(mode))
 
@@ -170,9 +174,23 @@ def test_conf_man_page_names_every_key_and_default(installed):
         keys += 1
     assert keys >= 40, keys
     # the [senders] examples too
-    for line in dump[dump.index("[senders]"):].splitlines():
+    for line in dump[dump.index("\n[senders]\n"):].splitlines():
         if line.startswith("#") and not line.startswith("# "):
             assert roff_lit(line[1:]) in sections["[senders]"], line
+
+
+def test_installed_sendmail_reads_the_installed_config(installed):
+    """relayd-sendmail's default config is the one relayd reads."""
+    root, dirs = installed
+    conf = dirs["sysconfdir"] + "/relayd/relayd.conf"
+    if os.path.exists(conf):
+        pytest.skip("%s exists on this machine" % conf)
+    r = subprocess.run([str(root) + dirs["sbindir"] + "/relayd-sendmail",
+                        "root"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 78
+    assert r.stderr == "relayd-sendmail: %s: cannot open: No such file or " \
+        "directory\n" % conf
 
 
 def test_installed_unit_names_the_installed_paths(installed):
