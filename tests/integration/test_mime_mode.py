@@ -162,3 +162,34 @@ def test_too_big_for_mime_goes_json(relayd_factory, shared_fake_graph):
     send(d, "boss@contoso.test", ["team@fabrikam.test"], data)
     [rec] = delivered(fake)
     assert rec["format"] == "json"
+
+
+# ---- broken MIME through the daemon (issue 14): relayd's own Received:
+# line comes first in the spool and must hide nothing.
+
+@pytest.mark.parametrize("data, subject, body, sender", [
+    # No header at all: the whole text is the body.
+    (b"Hello, the scan is ready.\r\nSecond line: here\r\n", "",
+     "Hello, the scan is ready.\r\nSecond line: here\r\n", None),
+    # A byte-order mark before the first header: From: stays.
+    (b"\xef\xbb\xbfFrom: Scanner <scan@contoso.test>\r\n"
+     b"To: team@fabrikam.test\r\nSubject: BOM\r\n\r\nbody\r\n", "BOM",
+     "body\r\n", "scan@contoso.test"),
+    # No blank line before the body.
+    (b"From: scan@contoso.test\r\nTo: team@fabrikam.test\r\n"
+     b"Subject: no blank\r\nThe text starts here\r\nand goes on\r\n",
+     "no blank", "The text starts here\r\nand goes on\r\n",
+     "scan@contoso.test"),
+])
+def test_broken_header_blocks_through_relayd(relayd_factory,
+                                             shared_fake_graph, data,
+                                             subject, body, sender):
+    fake = shared_fake_graph
+    d = graph_relayd(relayd_factory, fake, mode="json")
+    send(d, "scan@contoso.test", ["team@fabrikam.test"], data)
+    [rec] = delivered(fake)
+    msg = rec["body"]["message"]
+    assert msg["subject"] == subject
+    assert msg["body"]["content"] == body, msg["body"]
+    if sender:
+        assert msg["from"]["emailAddress"]["address"] == sender
