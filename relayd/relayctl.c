@@ -170,7 +170,7 @@ socket_path(void)
 	if (!conf_given && access(conf_path, R_OK) == -1)
 		return xstrdup(STATUS_SOCKET);
 	devnull = conf_given ? stderr : fopen("/dev/null", "w");
-	cfg = config_load(conf_path, devnull != NULL ? devnull : stderr);
+	cfg = config_load_client(conf_path, devnull != NULL ? devnull : stderr);
 	if (devnull != NULL && devnull != stderr)
 		fclose(devnull);
 	if (cfg == NULL) {
