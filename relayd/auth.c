@@ -21,12 +21,17 @@
  * page does not cost a yescrypt each time. Failures are counted per client
  * address: each one waits longer before its 535, and max_failures within
  * the lockout time lock the address out of AUTH for that time.
+ *
+ * EHLO offers a mechanism only if every user in the file can log in with
+ * it (auth_offer): clients take the strongest offered, and one CRAM-MD5
+ * user must not make every other device fail with the right password.
  */
 #include <sys/stat.h>
 
 #include <crypt.h>
 #include <ctype.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,7 +79,7 @@ struct auth {
 	struct user	*users;
 	size_t		 nusers;
 	Gsasl		*gsasl;
-	char		 mechs[64];
+	struct auth_offer offer;
 	unsigned char	 key[32];	/* for the cache's HMACs */
 	char		 dummy[CRYPT_OUTPUT_SIZE];	/* for unknown users */
 	unsigned	 max_failures;
@@ -89,7 +94,40 @@ struct auth_xchg {
 	int		 step;		/* LOGIN: 0 user, 1 password */
 	int		 verified;	/* SCRAM: server-final sent, 235 next */
 	char		*user;
+	const char	*why;		/* of a failure, in words */
 };
+
+/* Mechanisms that need the same secrets go together. */
+static const struct mech_group {
+	const char	*names;		/* as EHLO lists them */
+	const char	*label;		/* in the log */
+	unsigned	 mechs;		/* AUTH_MECH_* */
+	unsigned	 secrets;	/* any one of them will do */
+	const char	*secret;	/* in words */
+} mech_groups[] = {
+	{ "PLAIN LOGIN", "PLAIN and LOGIN", AUTH_MECH_PLAIN | AUTH_MECH_LOGIN,
+	  AUTH_SECRET_CRYPT | AUTH_SECRET_CRAM, "crypt or cram-md5" },
+	{ "SCRAM-SHA-256", "SCRAM-SHA-256", AUTH_MECH_SCRAM,
+	  AUTH_SECRET_SCRAM, "scram-sha-256" },
+	{ "CRAM-MD5", "CRAM-MD5", AUTH_MECH_CRAM, AUTH_SECRET_CRAM,
+	  "cram-md5" },
+};
+
+static const struct {
+	const char	*name;
+	unsigned	 mech;
+} mech_names[] = {
+	{ "PLAIN", AUTH_MECH_PLAIN },
+	{ "LOGIN", AUTH_MECH_LOGIN },
+	{ "SCRAM-SHA-256", AUTH_MECH_SCRAM },
+	{ "CRAM-MD5", AUTH_MECH_CRAM },
+};
+
+#define WHY_UNKNOWN	"unknown user"
+#define WHY_PASSWORD	"wrong password"
+#define WHY_NO_SECRET	"no secret for this mechanism"
+#define WHY_AUTHZID	"authorization identity is another user"
+#define WHY_MALFORMED	"malformed exchange"
 
 static void
 user_clear(struct user *u)
@@ -298,6 +336,139 @@ auth_users_check(const char *path, FILE *errf)
 	return errors;
 }
 
+static void
+add_word(char *buf, size_t len, const char *w)
+{
+	size_t	 n = strlen(buf);
+
+	snprintf(buf + n, len - n, "%s%s", n > 0 ? " " : "", w);
+}
+
+static void	offer_why(struct auth_offer *, const char *, ...)
+		    PRINTFLIKE(2, 3);
+
+static void
+offer_why(struct auth_offer *o, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	if (o->nwhy == AUTH_WHY_MAX)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(o->why[o->nwhy++], sizeof(o->why[0]), fmt, ap);
+	va_end(ap);
+}
+
+/* "users alice, bob have" or "user alice has", naming a few at most. */
+static void
+who_lacks(const char *const *names, const unsigned *secrets, size_t n,
+    unsigned want, char *buf, size_t len)
+{
+	size_t	 i, lack = 0, shown = 0;
+	int	 off;
+
+	for (i = 0; i < n; i++)
+		lack += (secrets[i] & want) == 0;
+	off = snprintf(buf, len, "user%s", lack == 1 ? "" : "s");
+	for (i = 0; i < n; i++) {
+		if ((secrets[i] & want) != 0)
+			continue;
+		if ((size_t)off + strlen(names[i]) + 32 > len)
+			break;		/* room for " and N more have" */
+		off += snprintf(buf + off, len - (size_t)off, "%s%s",
+		    shown > 0 ? ", " : " ", names[i]);
+		shown++;
+	}
+	if (shown < lack)
+		off += snprintf(buf + off, len - (size_t)off, " and %zu more",
+		    lack - shown);
+	snprintf(buf + off, len - (size_t)off, " %s", lack == 1 ? "has" :
+	    "have");
+}
+
+void
+auth_offer(const char *const *names, const unsigned *secrets, size_t n,
+    unsigned supported, struct auth_offer *o)
+{
+	const struct mech_group	*g;
+	size_t			 i, k;
+	int			 all, some;
+	char			 who[160];
+
+	memset(o, 0, sizeof(*o));
+	for (k = 0; k < NELEM(mech_groups); k++) {
+		g = &mech_groups[k];
+		if ((supported & g->mechs) != g->mechs) {
+			offer_why(o, "%s not offered: this libgsasl cannot "
+			    "do it", g->label);
+			continue;
+		}
+		for (i = 0, all = 1, some = 0; i < n; i++)
+			if ((secrets[i] & g->secrets) != 0)
+				some = 1;
+			else
+				all = 0;
+		if (all || some)
+			add_word(o->accepted, sizeof(o->accepted), g->names);
+		if (all)
+			add_word(o->offered, sizeof(o->offered), g->names);
+		else if (!some)
+			offer_why(o, "%s not offered: no user has a %s secret",
+			    g->label, g->secret);
+		else {
+			who_lacks(names, secrets, n, g->secrets, who,
+			    sizeof(who));
+			offer_why(o, "%s not offered: %s no %s secret (still "
+			    "accepted when a client asks for it by name)",
+			    g->label, who, g->secret);
+		}
+	}
+	if (o->offered[0] == '\0' && o->accepted[0] != '\0') {
+		strlcpy_r(o->offered, o->accepted, sizeof(o->offered));
+		o->for_some = 1;
+		offer_why(o, "no mechanism works for every user: offering %s, "
+		    "so some clients will fail; give every user a line from "
+		    "relayctl passwd", o->offered);
+	}
+}
+
+static unsigned
+mech_bit(const char *mech)
+{
+	size_t	 i;
+
+	for (i = 0; i < NELEM(mech_names); i++)
+		if (strcmp(mech_names[i].name, mech) == 0)
+			return mech_names[i].mech;
+	return 0;
+}
+
+int
+auth_tally_count(struct auth_tally *t, const char *user, const char *mech)
+{
+	unsigned	 bit = mech_bit(mech);
+
+	if (user == NULL)
+		user = "";
+	if (t->user != NULL && strcmp(t->user, user) == 0 && bit != 0 &&
+	    (t->mechs & bit) == 0) {
+		t->mechs |= bit;
+		return 0;
+	}
+	free(t->user);
+	t->user = xstrdup(user);
+	t->mechs = bit;
+	return 1;
+}
+
+void
+auth_tally_clear(struct auth_tally *t)
+{
+	free(t->user);
+	t->user = NULL;
+	t->mechs = 0;
+}
+
 static struct user *
 find_user(struct auth *a, const char *name)
 {
@@ -324,8 +495,8 @@ cache_digest(struct auth *a, const char *user, const char *pw,
 	free(buf);
 }
 
-/* PLAIN and LOGIN: the password against crypt= (or cram-md5=). */
-static int
+/* PLAIN and LOGIN: the password against crypt= (or cram-md5=); why not. */
+static const char *
 check_password(struct auth *a, const char *name, const char *pw)
 {
 	struct crypt_data	*cd;
@@ -338,7 +509,7 @@ check_password(struct auth *a, const char *name, const char *pw)
 		cache_digest(a, name, pw, d);
 		if (now_ms() < u->cached_until &&
 		    CRYPTO_memcmp(d, u->cached, sizeof(d)) == 0)
-			return 1;
+			return NULL;
 	}
 	if (u != NULL && u->crypt == NULL && u->cram != NULL)
 		ok = strlen(u->cram) == strlen(pw) &&
@@ -357,8 +528,12 @@ check_password(struct auth *a, const char *name, const char *pw)
 	if (ok) {
 		memcpy(u->cached, d, sizeof(d));
 		u->cached_until = now_ms() + AUTH_CACHE_MS;
+		return NULL;
 	}
-	return ok;
+	if (u == NULL)
+		return WHY_UNKNOWN;
+	return u->crypt == NULL && u->cram == NULL ? WHY_NO_SECRET :
+	    WHY_PASSWORD;
 }
 
 static int
@@ -377,44 +552,72 @@ gsasl_cb(Gsasl *ctx, Gsasl_session *gs, Gsasl_property prop)
 	case GSASL_VALIDATE_SIMPLE:
 		authzid = gsasl_property_fast(gs, GSASL_AUTHZID);
 		pw = gsasl_property_fast(gs, GSASL_PASSWORD);
-		if (authid == NULL || pw == NULL || (authzid != NULL &&
-		    *authzid != '\0' && strcmp(authzid, authid) != 0))
-			return GSASL_AUTHENTICATION_ERROR;
-		return check_password(a, authid, pw) ? GSASL_OK :
-		    GSASL_AUTHENTICATION_ERROR;
+		if (authid == NULL || pw == NULL)
+			x->why = WHY_MALFORMED;
+		else if (authzid != NULL && *authzid != '\0' &&
+		    strcmp(authzid, authid) != 0)
+			x->why = WHY_AUTHZID;
+		else
+			x->why = check_password(a, authid, pw);
+		return x->why == NULL ? GSASL_OK : GSASL_AUTHENTICATION_ERROR;
 	case GSASL_PASSWORD:
 		/* Only CRAM-MD5 gets here: SCRAM has its keys below. */
-		if (u == NULL || u->cram == NULL || strcmp(x->mech,
-		    "CRAM-MD5") != 0)
+		if (strcmp(x->mech, "CRAM-MD5") != 0)
 			return GSASL_NO_CALLBACK;
+		if (u == NULL || u->cram == NULL) {
+			x->why = u == NULL ? WHY_UNKNOWN : WHY_NO_SECRET;
+			return GSASL_NO_CALLBACK;
+		}
 		return gsasl_property_set(gs, GSASL_PASSWORD, u->cram);
 	case GSASL_SCRAM_ITER:
-		return u != NULL && u->scram_iter != NULL ?
-		    gsasl_property_set(gs, prop, u->scram_iter) :
-		    GSASL_NO_CALLBACK;
 	case GSASL_SCRAM_SALT:
-		return u != NULL && u->scram_salt != NULL ?
-		    gsasl_property_set(gs, prop, u->scram_salt) :
-		    GSASL_NO_CALLBACK;
 	case GSASL_SCRAM_STOREDKEY:
-		return u != NULL && u->scram_stored != NULL ?
-		    gsasl_property_set(gs, prop, u->scram_stored) :
-		    GSASL_NO_CALLBACK;
 	case GSASL_SCRAM_SERVERKEY:
-		return u != NULL && u->scram_server != NULL ?
-		    gsasl_property_set(gs, prop, u->scram_server) :
-		    GSASL_NO_CALLBACK;
+		if (u == NULL || u->scram_iter == NULL) {
+			x->why = u == NULL ? WHY_UNKNOWN : WHY_NO_SECRET;
+			return GSASL_NO_CALLBACK;
+		}
+		return gsasl_property_set(gs, prop, prop == GSASL_SCRAM_ITER ?
+		    u->scram_iter : prop == GSASL_SCRAM_SALT ? u->scram_salt :
+		    prop == GSASL_SCRAM_STOREDKEY ? u->scram_stored :
+		    u->scram_server);
 	default:
 		return GSASL_NO_CALLBACK;
 	}
+}
+
+/* Which mechanisms to offer for these users; logs what it held back. */
+static void
+auth_choose(struct auth *a)
+{
+	const char	**names;
+	unsigned	 *secrets, supported = 0;
+	size_t		  i;
+
+	names = xcalloc(a->nusers + 1, sizeof(*names));
+	secrets = xcalloc(a->nusers + 1, sizeof(*secrets));
+	for (i = 0; i < a->nusers; i++) {
+		names[i] = a->users[i].name;
+		secrets[i] = (a->users[i].crypt != NULL ? AUTH_SECRET_CRYPT :
+		    0) | (a->users[i].scram_iter != NULL ? AUTH_SECRET_SCRAM :
+		    0) | (a->users[i].cram != NULL ? AUTH_SECRET_CRAM : 0);
+	}
+	for (i = 0; i < NELEM(mech_names); i++)
+		if (mech_names[i].mech == AUTH_MECH_LOGIN ||
+		    gsasl_server_support_p(a->gsasl, mech_names[i].name))
+			supported |= mech_names[i].mech;
+	auth_offer(names, secrets, a->nusers, supported, &a->offer);
+	for (i = 0; i < a->offer.nwhy; i++)
+		log_msg(a->offer.for_some ? LOG_LVL_WARN : LOG_LVL_INFO,
+		    "auth: %s", a->offer.why[i]);
+	free(names);
+	free(secrets);
 }
 
 struct auth *
 auth_new(const struct config *cfg, char *err, size_t errlen)
 {
 	struct auth	*a;
-	size_t		 i;
-	int		 cram = 0;
 
 	a = xcalloc(1, sizeof(*a));
 	if (load_users(cfg->users_file, NULL, &a->users, &a->nusers) > 0) {
@@ -442,13 +645,7 @@ auth_new(const struct config *cfg, char *err, size_t errlen)
 	}
 	a->max_failures = (unsigned)cfg->auth_max_failures;
 	a->lockout_ms = cfg->auth_lockout_ms;
-	for (i = 0; i < a->nusers; i++)
-		cram |= a->users[i].cram != NULL;
-	snprintf(a->mechs, sizeof(a->mechs), "PLAIN LOGIN%s%s",
-	    gsasl_server_support_p(a->gsasl, "SCRAM-SHA-256") ?
-	    " SCRAM-SHA-256" : "",
-	    cram && gsasl_server_support_p(a->gsasl, "CRAM-MD5") ?
-	    " CRAM-MD5" : "");
+	auth_choose(a);
 	return a;
 }
 
@@ -475,10 +672,17 @@ auth_free(struct auth *a)
 	free(a);
 }
 
+void
+auth_keep_failures(struct auth *a, struct auth *from)
+{
+	memcpy(a->fail, from->fail, sizeof(a->fail));
+	memset(from->fail, 0, sizeof(from->fail));
+}
+
 const char *
 auth_mechanisms(const struct auth *a)
 {
-	return a->mechs;
+	return a->offer.offered;
 }
 
 static struct failures **
@@ -497,29 +701,51 @@ failures_slot(struct auth *a, const char *addr)
 	return pp;
 }
 
+static void
+failures_unlink(struct failures **pp)
+{
+	struct failures	*f = *pp;
+
+	*pp = f->next;
+	free(f->addr);
+	free(f);
+}
+
+/* A monotonic time ahead as wall-clock ms. */
+static uint64_t
+wall_ms_of(uint64_t mono)
+{
+	uint64_t	 now = now_ms();
+
+	return wall_us() / 1000 + (mono > now ? mono - now : 0);
+}
+
 int
-auth_locked(struct auth *a, const char *addr)
+auth_locked(struct auth *a, const char *addr, uint64_t *until)
 {
 	struct failures	**pp = failures_slot(a, addr), *f = *pp;
-	uint64_t	  now = now_ms();
 
+	*until = 0;
 	if (f == NULL)
 		return 0;
-	if (f->locked_until != 0 && now >= f->locked_until) {
-		*pp = f->next;		/* served its time: a fresh start */
-		free(f->addr);
-		free(f);
+	if (f->locked_until != 0 && now_ms() >= f->locked_until) {
+		failures_unlink(pp);	/* served its time: a fresh start */
 		return 0;
 	}
+	if (f->locked_until != 0)
+		*until = wall_ms_of(f->locked_until);
 	return f->locked_until != 0;
 }
 
 uint64_t
-auth_failed(struct auth *a, const char *addr)
+auth_failed(struct auth *a, const char *addr, int count,
+    struct auth_lockout *lk)
 {
 	struct failures	**pp = failures_slot(a, addr), *f = *pp;
 	uint64_t	  now = now_ms(), delay;
+	unsigned	  k;
 
+	memset(lk, 0, sizeof(*lk));
 	if (f != NULL && now - f->first >= a->lockout_ms) {
 		f->n = 0;		/* an old window */
 		f->first = now;
@@ -530,11 +756,55 @@ auth_failed(struct auth *a, const char *addr)
 		f->first = now;
 		*pp = f;
 	}
-	f->n++;
-	if (f->n >= a->max_failures)
+	if (count)
+		f->n++;
+	if (count && f->n >= a->max_failures) {
 		f->locked_until = now + a->lockout_ms;
-	delay = 1000ULL << (f->n - 1 < 4 ? f->n - 1 : 3);
+		lk->addr = f->addr;
+		lk->until = wall_ms_of(f->locked_until);
+		lk->failures = f->n;
+	}
+	k = f->n > 0 ? f->n - 1 : 0;
+	delay = 1000ULL << (k < 4 ? k : 3);
 	return delay < AUTH_DELAY_MAX_MS ? delay : AUTH_DELAY_MAX_MS;
+}
+
+void
+auth_lockouts(struct auth *a, void (*cb)(void *, const struct auth_lockout *),
+    void *arg)
+{
+	struct auth_lockout	  lk;
+	struct failures		**pp;
+	uint64_t		  now = now_ms();
+	size_t			  i;
+
+	for (i = 0; i < AUTH_ADDR_BUCKETS; i++)
+		for (pp = &a->fail[i]; *pp != NULL; ) {
+			if ((*pp)->locked_until == 0) {
+				pp = &(*pp)->next;
+				continue;
+			}
+			if (now >= (*pp)->locked_until) {
+				failures_unlink(pp);
+				continue;
+			}
+			lk.addr = (*pp)->addr;
+			lk.until = wall_ms_of((*pp)->locked_until);
+			lk.failures = (*pp)->n;
+			cb(arg, &lk);
+			pp = &(*pp)->next;
+		}
+}
+
+int
+auth_unlock(struct auth *a, const char *addr)
+{
+	uint64_t	 until;
+
+	if (!auth_locked(a, addr, &until))
+		return -1;
+	failures_unlink(failures_slot(a, addr));
+	return 0;
 }
 
 void
@@ -542,22 +812,19 @@ auth_succeeded(struct auth *a, const char *addr)
 {
 	struct failures	**pp = failures_slot(a, addr), *f = *pp;
 
-	if (f != NULL && f->locked_until == 0) {
-		*pp = f->next;
-		free(f->addr);
-		free(f);
-	}
+	if (f != NULL && f->locked_until == 0)
+		failures_unlink(pp);
 }
 
-/* Is mech one of the words of a->mechs? */
+/* May a client ask for mech (one of the words of accepted)? */
 static int
-offered(const struct auth *a, const char *mech)
+accepted(const struct auth *a, const char *mech)
 {
-	const char	*p = a->mechs;
+	const char	*list = a->offer.accepted, *p = list;
 	size_t		 n = strlen(mech);
 
 	while ((p = strstr(p, mech)) != NULL) {
-		if ((p == a->mechs || p[-1] == ' ') &&
+		if ((p == list || p[-1] == ' ') &&
 		    (p[n] == '\0' || p[n] == ' '))
 			return 1;
 		p += n;
@@ -575,7 +842,7 @@ auth_start(struct auth *a, const char *mech)
 	for (i = 0; mech[i] != '\0' && i < sizeof(up) - 1; i++)
 		up[i] = (char)toupper((unsigned char)mech[i]);
 	up[i] = '\0';
-	if (mech[i] != '\0' || !offered(a, up))
+	if (mech[i] != '\0' || !accepted(a, up))
 		return NULL;
 	x = xcalloc(1, sizeof(*x));
 	x->auth = a;
@@ -621,12 +888,14 @@ auth_step(struct auth_xchg *x, const char *in, char **out)
 			    AUTH_PROMPT_PASS);
 			return AUTH_CONTINUE;
 		}
+		x->why = WHY_MALFORMED;
 		if ((dec = b64_decode(in, &len)) == NULL)
 			return AUTH_SYNTAX;
 		if (memchr(dec, '\0', len) != NULL) {
 			free(dec);
 			return AUTH_SYNTAX;
 		}
+		x->why = NULL;
 		if (x->step++ == 0) {
 			free(x->user);
 			x->user = xstrdup(dec);
@@ -634,14 +903,18 @@ auth_step(struct auth_xchg *x, const char *in, char **out)
 			*out = xstrdup(AUTH_PROMPT_PASS);
 			return AUTH_CONTINUE;
 		}
-		r = check_password(x->auth, x->user, dec) ? AUTH_OK :
-		    AUTH_FAIL;
+		x->why = check_password(x->auth, x->user, dec);
+		r = x->why == NULL ? AUTH_OK : AUTH_FAIL;
 		explicit_bzero(dec, len);
 		free(dec);
 		return r;
 	}
-	if (x->verified)	/* the client's empty line after our v= */
-		return in != NULL && *in == '\0' ? AUTH_OK : AUTH_SYNTAX;
+	if (x->verified) {	/* the client's empty line after our v= */
+		if (in != NULL && *in == '\0')
+			return AUTH_OK;
+		x->why = WHY_MALFORMED;
+		return AUTH_SYNTAX;
+	}
 	rc = gsasl_step64(x->gs, in != NULL ? in : "", &o);
 	if (rc == GSASL_OK && o != NULL && *o != '\0') {
 		/*
@@ -666,10 +939,17 @@ auth_step(struct auth_xchg *x, const char *in, char **out)
 		free(x->user);
 		x->user = gsasl_property_fast(x->gs, GSASL_AUTHID) != NULL ?
 		    xstrdup(gsasl_property_fast(x->gs, GSASL_AUTHID)) : NULL;
+		if (x->user == NULL)
+			x->why = WHY_MALFORMED;
 		return x->user != NULL ? AUTH_OK : AUTH_FAIL;
 	}
-	if (rc == GSASL_BASE64_ERROR || rc == GSASL_MECHANISM_PARSE_ERROR)
+	if (rc == GSASL_BASE64_ERROR || rc == GSASL_MECHANISM_PARSE_ERROR) {
+		x->why = WHY_MALFORMED;
 		return AUTH_SYNTAX;
+	}
+	if (x->why == NULL)
+		x->why = rc == GSASL_AUTHENTICATION_ERROR ? WHY_PASSWORD :
+		    WHY_MALFORMED;
 	return AUTH_FAIL;
 }
 
@@ -683,6 +963,12 @@ const char *
 auth_mech(const struct auth_xchg *x)
 {
 	return x->mech;
+}
+
+const char *
+auth_why(const struct auth_xchg *x)
+{
+	return x->why != NULL ? x->why : WHY_MALFORMED;
 }
 
 void

@@ -124,6 +124,7 @@ struct smtp_session {
 	struct auth_xchg	*ax;		/* an AUTH exchange */
 	char			*user;		/* authenticated as */
 	struct event		*auth_timer;	/* the delay before a 535 */
+	struct auth_tally	 tally;		/* failed AUTHs, for counting */
 	int			 tls_switch;	/* STARTTLS: stop reading */
 	int			 seen_input;
 	uint64_t		 timeout_ms;	/* armed idle timeout */
@@ -396,6 +397,7 @@ session_free_cb(evutil_socket_t fd, short ev, void *arg)
 	auth_end(s->ax);
 	if (s->auth_timer != NULL)
 		event_free(s->auth_timer);
+	auth_tally_clear(&s->tally);
 	free(s->user);
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
@@ -819,13 +821,29 @@ auth_fail_cb(evutil_socket_t fd, short ev, void *arg)
 	smtp_flush(s);
 }
 
+/* A failed or refused AUTH, with why in words; never what the client sent. */
+static void
+auth_log_failed(struct smtp_session *s, const char *user, const char *mech,
+    const char *why, int counted)
+{
+	char	 esc[SMTP_LOGTEXT_MAX], mesc[64];
+
+	log_info("%016" PRIx64 " smtp auth failed client=%s user=%s mech=%s "
+	    "reason=\"%s\" counted=%s", s->id, s->addr, user != NULL ?
+	    log_escape(esc, sizeof(esc), user, strlen(user)) : "-",
+	    log_escape(mesc, sizeof(mesc), mech, strlen(mech)), why,
+	    counted ? "yes" : "no");
+}
+
 static void
 auth_result(struct smtp_session *s, enum auth_result r, char *out)
 {
+	struct auth_lockout lk;
 	struct timeval	 tv;
 	uint64_t	 delay;
-	char		 esc[SMTP_LOGTEXT_MAX];
+	char		 esc[SMTP_LOGTEXT_MAX], t[TIME_ISO_LEN];
 	const char	*user;
+	int		 count;
 
 	switch (r) {
 	case AUTH_CONTINUE:
@@ -844,11 +862,14 @@ auth_result(struct smtp_session *s, enum auth_result r, char *out)
 		break;
 	case AUTH_FAIL:
 		user = auth_user(s->ax);
-		log_info("%016" PRIx64 " smtp auth failed client=%s user=%s "
-		    "mech=%s", s->id, s->addr, user != NULL ?
-		    log_escape(esc, sizeof(esc), user, strlen(user)) : "-",
-		    auth_mech(s->ax));
-		delay = auth_failed(auth, s->addr);
+		count = auth_tally_count(&s->tally, user, auth_mech(s->ax));
+		auth_log_failed(s, user, auth_mech(s->ax), auth_why(s->ax),
+		    count);
+		delay = auth_failed(auth, s->addr, count, &lk);
+		if (lk.until != 0)
+			log_warnx("%016" PRIx64 " smtp auth address %s locked "
+			    "out until %s after %u failures", s->id, lk.addr,
+			    time_iso(lk.until, t, sizeof(t)), lk.failures);
 		smtp_enter(s, STATE_AUTH_WAIT);
 		if (s->auth_timer == NULL)
 			s->auth_timer = evtimer_new(smtp_base(s->smtp),
@@ -857,6 +878,8 @@ auth_result(struct smtp_session *s, enum auth_result r, char *out)
 		evtimer_add(s->auth_timer, &tv);
 		break;
 	case AUTH_SYNTAX:
+		auth_log_failed(s, auth_user(s->ax), auth_mech(s->ax),
+		    auth_why(s->ax), 0);
 		smtp_enter(s, STATE_HELO);
 		smtp_error(s, "501 5.5.2 Cannot decode the AUTH response "
 		    "(base64)");
@@ -873,11 +896,14 @@ static void
 cmd_auth(struct smtp_session *s, const char *arg)
 {
 	enum auth_result r;
-	char		 mech[32];
+	char		 mech[32], t[TIME_ISO_LEN], why[64];
 	const char	*initial;
 	char		*out;
 	size_t		 n;
+	uint64_t	 until;
 
+	n = strcspn(arg, " ");
+	strlcpy_r(mech, arg, n < sizeof(mech) ? n + 1 : sizeof(mech));
 	if (auth == NULL) {
 		smtp_error(s, "502 5.5.1 AUTH not available here");
 		return;
@@ -892,24 +918,27 @@ cmd_auth(struct smtp_session *s, const char *arg)
 		return;
 	}
 	if (s->ssl == NULL && !smtp_listener_auth_plaintext(s->listener)) {
+		auth_log_failed(s, NULL, mech, "no TLS", 0);
 		smtp_error(s, "538 5.7.11 Encryption required for requested "
 		    "authentication mechanism");
 		return;
 	}
-	if (auth_locked(auth, s->addr)) {
+	if (auth_locked(auth, s->addr, &until)) {
+		snprintf(why, sizeof(why), "locked out until %s",
+		    time_iso(until, t, sizeof(t)));
+		auth_log_failed(s, NULL, mech, why, 0);
 		smtp_error(s, "454 4.7.0 Too many failed authentications from "
 		    "your address; try again later");
 		return;
 	}
-	n = strcspn(arg, " ");
 	if (n == 0 || n >= sizeof(mech)) {
+		auth_log_failed(s, NULL, mech, "malformed command", 0);
 		smtp_error(s, "501 5.5.4 Syntax: AUTH mechanism [response]");
 		return;
 	}
-	memcpy(mech, arg, n);
-	mech[n] = '\0';
 	initial = arg[n] == ' ' ? arg + n + 1 : NULL;
 	if ((s->ax = auth_start(auth, mech)) == NULL) {
+		auth_log_failed(s, NULL, mech, "mechanism not offered", 0);
 		smtp_error(s, "504 5.5.4 Unrecognized authentication type");
 		return;
 	}
@@ -928,6 +957,8 @@ auth_line(struct smtp_session *s, const char *line)
 	char	*out;
 
 	if (strcmp(line, "*") == 0) {
+		auth_log_failed(s, auth_user(s->ax), auth_mech(s->ax),
+		    "cancelled by the client", 0);
 		auth_end(s->ax);
 		s->ax = NULL;
 		smtp_enter(s, STATE_HELO);

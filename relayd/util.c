@@ -239,3 +239,14 @@ wall_us(void)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
+
+const char *
+time_iso(uint64_t ms, char *buf, size_t len)
+{
+	time_t		 t = (time_t)(ms / 1000);
+	struct tm	 tm;
+
+	gmtime_r(&t, &tm);
+	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+	return buf;
+}

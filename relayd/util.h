@@ -37,5 +37,8 @@ int	 check_private_mode(const char *, const char *, unsigned, char *,
 uint64_t now_ms(void);		/* CLOCK_MONOTONIC */
 struct timeval ms_tv(uint64_t);	/* milliseconds as a libevent timeout */
 uint64_t wall_us(void);		/* CLOCK_REALTIME */
+#define TIME_ISO_LEN	32
+/* Wall-clock ms as ISO 8601 UTC, "2026-11-24T10:15:00Z", into buf. */
+const char *time_iso(uint64_t, char *, size_t);
 
 #endif

@@ -166,7 +166,9 @@ class User:
 ALICE = User("alice", "Al1ce:s3cret!x", crypt="y")          # yescrypt
 BOB = User("bob", "B0b#pa55w0rd%q", crypt="6", cram=True)    # SHA-512
 CAROL = User("carol", "Gr\u00fc\u00dfe-\u03a9mega7", crypt="y")  # UTF-8
-USERS = {u.name: u for u in (ALICE, BOB, CAROL)}
+# cram-md5= alone, as an old device's line may be written by hand
+DAVE = User("dave", "D4ve~cr4m&only", crypt=None, scram=False, cram=True)
+USERS = {u.name: u for u in (ALICE, BOB, CAROL, DAVE)}
 
 
 def users_text(users, decorate=True):
@@ -641,10 +643,20 @@ def test_auth_offered_only_after_starttls(relayd_factory, tls_ca):
     assert_no_secrets(d, ALICE.password)
 
 
-def test_cram_md5_offered_when_a_user_has_a_secret(relayd_factory, tls_ca):
+def test_cram_md5_offered_only_when_every_user_has_a_secret(
+        relayd_factory, tls_ca):
+    """Clients take the strongest mechanism offered: one user's cram-md5=
+    secret must not make CRAM-MD5 the choice of alice's devices."""
     d = start_authd(relayd_factory, tls_ca, users=(ALICE, BOB))
     with connect(d) as c:
-        assert c.mechs == BASE_MECHS | {"CRAM-MD5"}
+        assert c.mechs == BASE_MECHS
+    d.wait_log(r"auth: CRAM-MD5 not offered: user alice has no cram-md5 "
+               r"secret")
+    d = start_authd(relayd_factory, tls_ca, users=(BOB, DAVE))
+    with connect(d) as c:
+        assert c.mechs == {"PLAIN", "LOGIN", "CRAM-MD5"}
+    d.wait_log(r"auth: SCRAM-SHA-256 not offered: user dave has no "
+               r"scram-sha-256 secret")
 
 
 def test_no_users_file_no_auth(relayd_factory, tls_ca):
@@ -779,7 +791,7 @@ def test_login_initial_response(relayd_factory, tls_ca):
 
 
 def test_cram_md5(relayd_factory, tls_ca):
-    d = start_authd(relayd_factory, tls_ca, users=(ALICE, BOB))
+    d = start_authd(relayd_factory, tls_ca, users=(BOB, DAVE))
     challenges = []
     for _ in range(2):
         with connect(d) as c:
@@ -797,15 +809,20 @@ def test_cram_md5(relayd_factory, tls_ca):
 
 
 def test_cram_md5_needs_a_cram_secret(relayd_factory, tls_ca):
-    """alice has no cram-md5= secret: CRAM-MD5 cannot work for her."""
+    """alice has no cram-md5= secret: CRAM-MD5 cannot work for her. It is
+    not offered, but bob may still ask for it by name."""
     d = start_authd(relayd_factory, tls_ca, users=(ALICE, BOB))
+    with connect(d) as c:
+        assert "CRAM-MD5" not in c.mechs
+        assert c.auth_cram("bob", BOB.password).text == OK_235
     with connect(d) as c:
         r = c.auth_cram("alice", ALICE.password)
         assert r.text == BAD_535, r
         # and she can still use PLAIN in the same session
         assert c.auth_plain("alice", ALICE.password).text == OK_235
         send_and_check(d, c, "alice")
-    d.wait_log(auth_log_re("alice", "CRAM-MD5", failed=True))
+    d.wait_log(auth_log_re("alice", "CRAM-MD5", failed=True) +
+               r'.*reason="no secret for this mechanism"')
 
 
 @pytest.mark.parametrize("ir", [True, False], ids=["initial-response",
@@ -1011,7 +1028,7 @@ def test_lockout(relayd_factory, tls_ca):
 
 SMTPLIB_CASES = {
     # id: (users of the daemon, user, how)
-    "login-cram-md5": ((ALICE, BOB), BOB, "login", "CRAM-MD5"),
+    "login-cram-md5": ((BOB, DAVE), BOB, "login", "CRAM-MD5"),
     "login-plain": ((ALICE,), ALICE, "login", "PLAIN"),
     "auth-plain-no-ir": ((ALICE,), ALICE, "PLAIN-noir", "PLAIN"),
     "auth-login-ir": ((ALICE,), ALICE, "LOGIN", "LOGIN"),
@@ -1057,7 +1074,8 @@ def test_smtplib(relayd_factory, tls_ca, case):
 def test_swaks(relayd_factory, tls_ca, mech, tlsc):
     swaks = need("swaks")
     user = BOB if mech == "CRAM-MD5" else ALICE
-    d = start_authd(relayd_factory, tls_ca, users=(ALICE, BOB),
+    d = start_authd(relayd_factory, tls_ca,
+                    users=(BOB, DAVE) if mech == "CRAM-MD5" else (ALICE, BOB),
                     listen=" tls" if tlsc else "")
     r = run([swaks, "--server", "127.0.0.1:%d" % d.port,
              "--tlsc" if tlsc else "--tls",
@@ -1223,7 +1241,8 @@ def test_relayctl_passwd_cram_md5(flags_first):
 
 def test_relayctl_passwd_lines_work(relayd_factory, tls_ca):
     """A users_file made only of relayctl's output: PLAIN, LOGIN and
-    SCRAM-SHA-256 for one user, CRAM-MD5 for the one made with
+    SCRAM-SHA-256 for one user, CRAM-MD5 (asked for by name: alice has
+    no secret for it, so it is not offered) for the one made with
     --cram-md5."""
     pw = RELAYCTL_PASSWORD
     text = (relayctl_passwd("alice", pw + "\n") + "\n" +
@@ -1237,7 +1256,7 @@ def test_relayctl_passwd_lines_work(relayd_factory, tls_ca):
             ("CRAM-MD5", lambda c: c.auth_cram("bob", pw))]
     for mech, do in runs:
         with connect(d) as c:
-            assert c.mechs == BASE_MECHS | {"CRAM-MD5"}
+            assert c.mechs == BASE_MECHS
             r = do(c)
             assert r.text == OK_235, (mech, r)
             send_and_check(d, c, "bob" if mech == "CRAM-MD5" else "alice")
