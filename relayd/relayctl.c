@@ -4,6 +4,7 @@
  *   relayctl [-s SOCKET] [-c CONFIG] status|queue [--json]
  *   relayctl [-s SOCKET] [-c CONFIG] show|retry|delete|hold|release ID
  *   relayctl [-s SOCKET] [-c CONFIG] metrics
+ *   relayctl [-s SOCKET] [-c CONFIG] unlock ADDRESS
  *   relayctl [-c CONFIG] test [--to ADDRESS] [--from ADDRESS]
  *   relayctl passwd USER [--cram-md5]
  *
@@ -17,8 +18,8 @@
  * SCRAM-SHA-256 keys, never the password itself, except with --cram-md5,
  * which needs it (and says so).
  *
- * Exit codes: 0 done; 1 the command failed (no such message; the token or
- * Graph refused in `test`); 64 usage; 69 relayd not reachable; 77
+ * Exit codes: 0 done; 1 the command failed (no such message; an address
+ * that is not locked out; the token or Graph refused in `test`); 64 usage; 69 relayd not reachable; 77
  * permission denied; 78 configuration error (sysexits).
  */
 #include <sys/socket.h>
@@ -67,6 +68,7 @@ usage_to(FILE *fp, int rc)
 	    "release ID\n"
 	    "       relayctl [-s socket] [-c config] retry all\n"
 	    "       relayctl [-s socket] [-c config] metrics\n"
+	    "       relayctl [-s socket] [-c config] unlock ADDRESS\n"
 	    "       relayctl [-c config] test [--to ADDRESS] [--from ADDRESS]\n"
 	    "       relayctl passwd USER [--cram-md5]\n"
 	    "       relayctl -V | --help\n");
@@ -370,6 +372,13 @@ cmd_status(int json)
 	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++)
 		printf("warning: %s\n", json_object_get_string(
 		    json_object_array_get_idx(a, i)));
+	json_object_object_get_ex(o, "lockouts", &a);
+	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
+		x = json_object_array_get_idx(a, i);
+		printf("%s%s until %s (%lld failures)\n", i == 0 ?
+		    "locked out: " : "            ", jstr(x, "address"),
+		    jstr(x, "until"), (long long)jint(x, "failures"));
+	}
 	json_object_object_get_ex(o, "recent_errors", &a);
 	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
 		x = json_object_array_get_idx(a, i);
@@ -438,6 +447,8 @@ cmd_simple(const char *verb, const char *id)
 	else if (strcmp(verb, "retry") == 0)
 		printf("%lld message(s) to be tried now\n",
 		    (long long)jint(o, "retried"));
+	else if (strcmp(verb, "unlock") == 0)
+		printf("%s: unlocked\n", jstr(o, "address"));
 	else if (json_object_object_get_ex(o, "id", &v))
 		printf("%s: %s\n", json_object_get_string(v),
 		    strcmp(verb, "hold") == 0 ? "held" :
@@ -667,7 +678,8 @@ main(int argc, char **argv)
 		return cmd_metrics();
 	if (argc == 2 && !json && (strcmp(verb, "show") == 0 ||
 	    strcmp(verb, "retry") == 0 || strcmp(verb, "delete") == 0 ||
-	    strcmp(verb, "hold") == 0 || strcmp(verb, "release") == 0))
+	    strcmp(verb, "hold") == 0 || strcmp(verb, "release") == 0 ||
+	    strcmp(verb, "unlock") == 0))
 		return cmd_simple(verb, argv[1]);
 	usage();
 	return EX_USAGE;

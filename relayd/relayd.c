@@ -201,6 +201,8 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 	if (smtp_reconfigure(r->smtp, cfg) == -1 && !r->restart_needed)
 		log_warnx("reload: [smtp] listen options changed: take effect "
 		    "at restart");
+	if (auth != NULL && r->auth != NULL)
+		auth_keep_failures(auth, r->auth);	/* and lockouts */
 	r->old_auth = xrealloc(r->old_auth, (r->nold_auth + 1) *
 	    sizeof(*r->old_auth));
 	r->old_auth[r->nold_auth++] = r->auth;
@@ -485,6 +487,7 @@ main(int argc, char *argv[])
 	senv.spool = spool;
 	senv.pool = pool;
 	senv.token = token;
+	senv.auth = &reloader.auth;
 	senv.started_ms = started_ms;
 	if ((status = status_new(&senv, err, sizeof(err))) == NULL) {
 		log_msg(LOG_LVL_ERR, "%s", err);

@@ -8,7 +8,7 @@
  * line of JSON per answer:
  *
  *   status | queue | show ID | retry ID|all | delete ID | hold ID |
- *   release ID | metrics
+ *   release ID | metrics | unlock ADDRESS
  *
  * Errors are {"error": "..."}. Everything runs on the event loop, which
  * owns the queue's state, so answers are consistent snapshots. [status]
@@ -37,6 +37,7 @@
 #include <event2/listener.h>
 #include <json-c/json.h>
 
+#include "auth.h"
 #include "autoconf.h"
 #include "config.h"
 #include "log.h"
@@ -179,15 +180,11 @@ add_int(json_object *o, const char *k, int64_t v)
 static json_object *
 jtime(uint64_t ms)
 {
-	char		 buf[32];
-	time_t		 t = (time_t)(ms / 1000);
-	struct tm	 tm;
+	char		 buf[TIME_ISO_LEN];
 
 	if (ms == 0)
 		return NULL;
-	gmtime_r(&t, &tm);
-	strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	return json_object_new_string(buf);
+	return json_object_new_string(time_iso(ms, buf, sizeof(buf)));
 }
 
 static json_object *
@@ -265,6 +262,40 @@ add_credentials(const struct config *cfg, json_object *o)
 	json_object_object_add(o, "warnings", w);
 }
 
+static void
+lockout_add(void *arg, const struct auth_lockout *lk)
+{
+	json_object	*o = json_object_new_object();
+
+	add_str(o, "address", lk->addr);
+	json_object_object_add(o, "until", jtime(lk->until));
+	add_int(o, "failures", lk->failures);
+	json_object_array_add(arg, o);
+}
+
+static struct auth *
+status_auth(const struct status *st)
+{
+	return st->env.auth != NULL ? *st->env.auth : NULL;
+}
+
+static json_object *
+cmd_unlock(struct status *st, const char *addr)
+{
+	json_object	*o;
+
+	if (status_auth(st) == NULL)
+		return jerror("AUTH is off (no [auth] users_file): nothing is "
+		    "locked out");
+	if (auth_unlock(status_auth(st), addr) == -1)
+		return jerror("%s is not locked out", addr);
+	log_info("auth: address %s unlocked by relayctl", addr);
+	o = json_object_new_object();
+	add_str(o, "ok", "unlock");
+	add_str(o, "address", addr);
+	return o;
+}
+
 static json_object *
 cmd_status(struct status *st)
 {
@@ -316,6 +347,10 @@ cmd_status(struct status *st)
 	if (e->pool != NULL)
 		worker_throttled(e->pool, throttled_add, a);
 	json_object_object_add(o, "throttled_mailboxes", a);
+	a = json_object_new_array();
+	if (status_auth(st) != NULL)
+		auth_lockouts(status_auth(st), lockout_add, a);
+	json_object_object_add(o, "lockouts", a);
 	a = json_object_new_array();
 	n = e->pool != NULL ? worker_errors(e->pool, errs) : 0;
 	for (i = 0; i < n; i++) {
@@ -556,9 +591,12 @@ status_command(struct status *st, const char *line)
 	    strcmp(verb, "delete") == 0 || strcmp(verb, "hold") == 0 ||
 	    strcmp(verb, "release") == 0))
 		o = cmd_action(st, verb, id);
+	else if (n == 2 && strcmp(verb, "unlock") == 0)
+		o = cmd_unlock(st, id);
 	else
 		o = jerror("unknown command: try status, queue, show ID, "
-		    "retry ID|all, delete ID, hold ID, release ID, metrics");
+		    "retry ID|all, delete ID, hold ID, release ID, metrics, "
+		    "unlock ADDRESS");
 	out = xstrdup(json_object_to_json_string_ext(o,
 	    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(o);

@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct auth;
 struct config;
 struct event_base;
 struct smtp;
@@ -13,7 +14,7 @@ struct status;
 struct token;
 struct worker_pool;
 
-/* What the status socket reports on; pool and token may be NULL. */
+/* What the status socket reports on; pool, token and *auth may be NULL. */
 struct status_env {
 	struct event_base	*base;
 	const struct config	*cfg;
@@ -21,6 +22,7 @@ struct status_env {
 	struct spool		*spool;
 	struct worker_pool	*pool;
 	struct token		*token;
+	struct auth		**auth;		/* in force (reload sets it) */
 	uint64_t		 started_ms;	/* wall clock */
 };
 
