@@ -98,7 +98,10 @@ static const struct cfg_key cfg_keys[] = {
 	  "handshake comes first, as on port 465), cert=PATH, key=PATH and "
 	  "tls_min=VERSION for this listener only; networks=CIDR,CIDR to "
 	  "accept connections from those networks only; auth_plaintext=yes "
-	  "to allow AUTH without TLS; proxy to read a PROXY protocol header "
+	  "to allow AUTH without TLS; require_auth to answer 530 to MAIL "
+	  "without AUTH on this listener, even from allow_networks (port 587 "
+	  "beside a port 25 for the LAN's printers); proxy to read a PROXY "
+	  "protocol header "
 	  "(v1 or v2, from HAProxy or a load balancer) first and use the "
 	  "client address in it: bind such a listener where only the proxy "
 	  "can connect. A plain listener with a certificate offers "
@@ -150,7 +153,9 @@ static const struct cfg_key cfg_keys[] = {
 	  OFF(allow), NULL,
 	  "Client networks (CIDR, comma or space separated) allowed to relay." },
 	{ "smtp", "require_auth", CFG_BOOL, "no", 0, 0, OFF(require_auth), NULL,
-	  "Relaying needs AUTH even from allow_networks (530 otherwise)." },
+	  "Relaying needs AUTH even from allow_networks (530 otherwise), on "
+	  "every listener; require_auth on a listen line asks it of that "
+	  "listener only." },
 	{ "smtp", "recipient_domains", CFG_STR, NULL, 0, 0,
 	  OFF(recipient_domains), NULL,
 	  "If set, the only recipient domains accepted (comma or space "
@@ -452,6 +457,8 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 			lc.tls = 1;
 		else if (strcmp(tok, "proxy") == 0)
 			lc.proxy = 1;
+		else if (strcmp(tok, "require_auth") == 0)
+			lc.require_auth = 1;
 		else if (strncmp(tok, "cert=", 5) == 0 && tok[5] != '\0') {
 			free(lc.cert);
 			lc.cert = xstrdup(tok + 5);
@@ -494,8 +501,8 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 		} else {
 			snprintf(err, errlen, "listen %s: unknown option \"%s\" "
 			    "(options: tls, proxy, cert=PATH, key=PATH, "
-			    "tls_min=1.2, networks=CIDR,..., auth_plaintext=yes)",
-			    lc.text, tok);
+			    "tls_min=1.2, networks=CIDR,..., auth_plaintext=yes, "
+			    "require_auth)", lc.text, tok);
 			goto out;
 		}
 	}
@@ -1327,7 +1334,7 @@ check_tls(struct parser *p)
 
 /*
  * Never an open relay: allow_networks may not cover every address unless
- * relaying needs AUTH anyway.
+ * relaying needs AUTH anyway, everywhere or on every listener.
  */
 static void
 check_open_relay(struct parser *p)
@@ -1337,17 +1344,46 @@ check_open_relay(struct parser *p)
 
 	if (cfg->require_auth)
 		return;
+	for (i = 0; i < cfg->nlisten && cfg->listen[i].require_auth; i++)
+		;
+	if (cfg->nlisten > 0 && i == cfg->nlisten)
+		return;
 	for (i = 0; i < cfg->nallow; i++)
 		if (cfg->allow[i].prefix == 0) {
 			perr(p, key_line(p, "smtp", "allow_networks"),
 			    "allow_networks %s covers every address: anyone "
 			    "who can reach relayd could send mail as your "
 			    "tenant (an open relay); list your own networks, "
-			    "or set require_auth = yes",
+			    "or set require_auth = yes (or require_auth on "
+			    "every listen line)",
 			    cfg->allow[i].family == AF_INET ? "0.0.0.0/0" :
 			    "::/0");
 			return;
 		}
+}
+
+/* A listener with require_auth must let someone AUTH. */
+static void
+check_listen_auth(struct parser *p)
+{
+	struct config		*cfg = p->cfg;
+	struct listen_cfg	*lc;
+	size_t			 i;
+
+	for (i = 0; i < cfg->nlisten; i++) {
+		lc = &cfg->listen[i];
+		if (!lc->require_auth)
+			continue;
+		if (cfg->users_file == NULL)
+			perr(p, lc->line, "listen %s require_auth needs [auth] "
+			    "users_file (nobody could send there); set it, or "
+			    "drop require_auth", lc->text);
+		else if (lc->cert == NULL && !lc->auth_plaintext)
+			perr(p, lc->line, "listen %s require_auth: AUTH needs "
+			    "TLS and this listener has no certificate (nobody "
+			    "could send there); set tls_cert and tls_key, or "
+			    "auth_plaintext=yes", lc->text);
+	}
 }
 
 /* [status] users and groups must exist, or relayd would not start. */
@@ -1402,6 +1438,7 @@ check_config(struct parser *p)
 	if (cfg->require_auth && cfg->users_file == NULL)
 		perr(p, key_line(p, "smtp", "require_auth"), "require_auth "
 		    "needs [auth] users_file (nobody could relay)");
+	check_listen_auth(p);
 	if (cfg->users_file != NULL && p->client)
 		;	/* not the client's to read */
 	else if (cfg->users_file != NULL &&

@@ -26,6 +26,7 @@ struct listen_cfg {
 	char			*key;
 	int			 tls_min;	/* -1: [smtp] tls_min */
 	int			 auth_plaintext; /* AUTH without TLS */
+	int			 require_auth;	/* 530 to MAIL without AUTH */
 	int			 proxy;		/* PROXY header first */
 	struct netmask		*nets;		/* who may connect; none: all */
 	size_t			 nnets;

@@ -588,3 +588,10 @@ smtp_listener_auth_plaintext(const struct smtp_listener *l)
 {
 	return l->auth_plaintext;
 }
+
+/* From the listen line in force: a reload may change it. */
+int
+smtp_listener_require_auth(const struct smtp_listener *l)
+{
+	return l->lc->require_auth;
+}

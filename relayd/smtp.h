@@ -44,6 +44,7 @@ const char	*smtp_listener_name(const struct smtp_listener *);
 struct ssl_ctx_st *smtp_listener_tls(const struct smtp_listener *);
 int		 smtp_listener_implicit_tls(const struct smtp_listener *);
 int		 smtp_listener_auth_plaintext(const struct smtp_listener *);
+int		 smtp_listener_require_auth(const struct smtp_listener *);
 void		 smtp_session_gone(struct smtp *, const struct sockaddr *);
 
 /* smtp_session.c */

@@ -107,6 +107,7 @@ struct smtp_session {
 	enum smtp_state		 state;
 	int			 ehlo;
 	int			 relay_ok;
+	int			 require_auth;	/* [smtp] or the listener's */
 	char			*helo;
 	struct smtp_tx		*tx;
 	uint64_t		 bdat_left;
@@ -559,7 +560,7 @@ cmd_mail(struct smtp_session *s, const char *arg)
 		    "SMTPUTF8");
 		return;
 	}
-	if (s->cfg->require_auth && s->user == NULL) {
+	if (s->require_auth && s->user == NULL) {
 		smtp_error(s, "530 5.7.0 Authentication required");
 		return;
 	}
@@ -1662,7 +1663,8 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 	addr_ntop(sa, s->addr, sizeof(s->addr));
 	for (i = 0; i < cfg->nallow && !s->relay_ok; i++)
 		s->relay_ok = addr_match(&cfg->allow[i], sa);
-	if (cfg->require_auth)
+	s->require_auth = cfg->require_auth || smtp_listener_require_auth(l);
+	if (s->require_auth)
 		s->relay_ok = 0;	/* AUTH grants it */
 	s->state = STATE_NEW;
 	LIST_INSERT_HEAD(&sessions, s, entry);
