@@ -277,12 +277,17 @@ static const struct cfg_key cfg_keys[] = {
 	  "that takes longer is retried later." },
 	{ "auth", "users_file", CFG_STR, NULL, 0, 0, OFF(users_file), NULL,
 	  "Users allowed to AUTH (make lines with `relayctl passwd USER`); "
-	  "must not be open to group or others. Unset: no AUTH." },
+	  "must not be open to group or others. Unset: no AUTH. EHLO offers "
+	  "a mechanism only if every user has a secret for it; the others "
+	  "are accepted when a client names them." },
 	{ "auth", "max_failures", CFG_NUM, "5", 1, 1000,
 	  OFF(auth_max_failures), NULL,
 	  "Failed AUTH attempts from one address before it is locked out "
-	  "for lockout; each failure also waits longer (1 s doubling to 8 "
-	  "s) before its 535." },
+	  "for lockout (relayctl unlock ADDRESS lifts it); each failure also "
+	  "waits longer (1 s doubling to 8 s) before its 535. In one "
+	  "session, failures as the same user count once until a mechanism "
+	  "is tried again, so a client trying its mechanisms in turn with "
+	  "one wrong password fails once." },
 	{ "auth", "lockout", CFG_DURATION, "15m", 1000, 24 * 3600 * 1000,
 	  OFF(auth_lockout_ms), NULL,
 	  "How long an address that failed max_failures times may not AUTH, "
