@@ -882,14 +882,23 @@ map_headers(GMimeMessage *m, json_object *msg, struct graph_req *req)
 	if (header(m, "Return-Receipt-To") != NULL)
 		json_object_object_add(msg, "isDeliveryReceiptRequested",
 		    json_object_new_boolean(1));
-	if ((s = g_mime_message_get_message_id(m)) != NULL && *s != '\0') {
-		char *id;
-
-		xasprintf(&id, "<%s>", s);
-		json_object_object_add(msg, "internetMessageId", jstr(id));
-		free(id);
-	}
+	if (req->message_id != NULL)
+		json_object_object_add(msg, "internetMessageId",
+		    jstr(req->message_id));
 	map_x_headers(m, msg);
+}
+
+/* "<id>" of the Message-ID: field (for the log and internetMessageId). */
+static char *
+message_id(GMimeMessage *m)
+{
+	const char	*s = g_mime_message_get_message_id(m);
+	char		*id;
+
+	if (s == NULL || *s == '\0')
+		return NULL;
+	xasprintf(&id, "<%s>", s);
+	return id;
 }
 
 static char *
@@ -1240,6 +1249,7 @@ map_message(GMimeMessage *m, const struct graph_env *env,
 
 	memset(&w, 0, sizeof(w));
 	w.max_depth = opts->max_depth;
+	req->message_id = message_id(m);
 	map_headers(m, msg, req);
 	map_recipients(m, env, msg, &req->nrcpts);
 	map_parts(m, &w, msg, req, d);
@@ -1337,6 +1347,7 @@ graph_map(const char *data, size_t len, const struct graph_env *env,
 			goto out;
 		if (req->len <= GRAPH_MIME_MAX) {
 			flatten_from(m, req);
+			req->message_id = message_id(m);
 			rc = 0;
 			goto out;
 		}
@@ -1643,6 +1654,7 @@ graph_req_free(struct graph_req *req)
 		json_object_put(req->root);
 	free(req->buf);
 	free(req->from);
+	free(req->message_id);
 	memset(req, 0, sizeof(*req));
 }
 

@@ -35,6 +35,7 @@ struct graph_req {
 	int			 mime;	/* body is the MIME form (text/plain) */
 	char			*buf;	/* the MIME form's body */
 	char			*from;	/* From: address, NULL if none */
+	char			*message_id;	/* "<...>", NULL if none */
 	size_t			 nrcpts;
 	size_t			 nattach;
 };

@@ -125,6 +125,7 @@ struct job {
 	int			 reached;	/* an HTTP exchange was tried */
 	char			*body;		/* Graph's whole error answer */
 	char			*mailbox;
+	char			*message_id;	/* "<...>" or NULL */
 	size_t			 nrcpts;
 	size_t			 nattach;
 	uint64_t		 ms;
@@ -589,7 +590,7 @@ static void
 dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
     const char *why)
 {
-	char	*reason, *body = NULL;
+	char	*reason, *body = NULL, when[32];
 	size_t	 i;
 
 	/* The answer as one line: its own line breaks become spaces. */
@@ -599,9 +600,10 @@ dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
 			if (body[i] == '\n' || body[i] == '\r')
 				body[i] = ' ';
 	}
-	xasprintf(&reason, "reason: %s\ntime: %" PRIu64 "\n"
+	xasprintf(&reason, "reason: %s\ntime: %s\n"
 	    "mailbox: %s\nstatus: %ld\ncode: %s\nmessage: %s\n"
-	    "request-id: %s\nattempts: %u\n%s%s%s", why, wall_us() / 1000000,
+	    "request-id: %s\nattempts: %u\n%s%s%s", why,
+	    time_iso(wall_us() / 1000, when, sizeof(when)),
 	    j->mailbox ? j->mailbox : "", j->status, j->err.code,
 	    j->err.message, j->request_id, qe->attempts,
 	    body != NULL ? "body: " : "", body != NULL ? body : "",
@@ -747,9 +749,10 @@ finish(struct worker_pool *p, struct job *j)
 	case GRAPH_SENT:
 		p->nsent++;
 		log_info("%s graph sent mailbox=%s rcpts=%zu size=%" PRIu64
-		    " attachments=%zu graph_status=%ld request_id=%s ms=%" PRIu64
-		    "%s%s", qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
-		    qe->size, j->nattach, j->status,
+		    " message_id=%s attachments=%zu graph_status=%ld "
+		    "request_id=%s ms=%" PRIu64 "%s%s", qe->qid,
+		    j->mailbox ? j->mailbox : "-", j->nrcpts, qe->size,
+		    j->message_id ? j->message_id : "-", j->nattach, j->status,
 		    j->request_id[0] ? j->request_id : "-", j->ms,
 		    j->draft ? " path=draft" : "",
 		    qe->maybe_dup ? " possible_duplicate=yes" : "");
@@ -758,9 +761,10 @@ finish(struct worker_pool *p, struct job *j)
 		break;
 	case GRAPH_PERMFAIL:
 		log_warnx("%s graph failed mailbox=%s rcpts=%zu size=%" PRIu64
-		    " graph_status=%ld code=%s message=\"%s\" request_id=%s",
-		    qe->qid, j->mailbox ? j->mailbox : "-", j->nrcpts,
-		    qe->size, j->status, j->err.code, j->err.message,
+		    " message_id=%s graph_status=%ld code=%s message=\"%s\" "
+		    "request_id=%s", qe->qid, j->mailbox ? j->mailbox : "-",
+		    j->nrcpts, qe->size, j->message_id ? j->message_id : "-",
+		    j->status, j->err.code, j->err.message,
 		    j->request_id[0] ? j->request_id : "-");
 		p->nfailed++;
 		dead_letter(p, qe, j, "refused");
@@ -810,6 +814,7 @@ notify_cb(evutil_socket_t fd, short ev, void *arg)
 		mbox_put(p, mb);
 		free(j->body);
 		free(j->mailbox);
+		free(j->message_id);
 		free(j->stray);
 		free(j);
 	}
@@ -1153,6 +1158,9 @@ deliver(struct worker_pool *p, CURL *c, struct job *j)
 	}
 	j->nrcpts = large ? d.req.nrcpts : req.nrcpts;
 	j->nattach = large ? d.req.nattach : req.nattach;
+	free(j->message_id);
+	j->message_id = (large ? d.req.message_id : req.message_id) != NULL ?
+	    xstrdup(large ? d.req.message_id : req.message_id) : NULL;
 	if ((sender = sending_mailbox(p, e, large ? d.req.from : req.from)) ==
 	    NULL) {
 		job_fail(j, GRAPH_PERMFAIL, "mailbox", "no sending mailbox: "
@@ -1371,6 +1379,7 @@ worker_free(struct worker_pool *p)
 			finish(p, j);
 		free(j->body);
 		free(j->mailbox);
+		free(j->message_id);
 		free(j->stray);
 		free(j);
 	}

@@ -17,6 +17,7 @@ import re
 import smtplib
 import subprocess
 import time
+from datetime import datetime, timezone
 from email.header import Header
 from email.message import EmailMessage
 from email.mime.multipart import MIMEMultipart
@@ -231,7 +232,8 @@ def test_alternative_related_inline_image_and_pdf_exact(
     wait_queue_empty(d)
     [line] = log_lines(d, "sent")
     assert re.search(r" mailbox=alice@contoso\.test rcpts=2 size=\d+ "
-                     r"attachments=2 graph_status=202 request_id=%s ms=\d+$"
+                     r"message_id=<report-1@contoso\.test> attachments=2 "
+                     r"graph_status=202 request_id=%s ms=\d+$"
                      % rec["request_id"], line), line
     sendmail_schema(body)
 
@@ -401,6 +403,7 @@ def test_sent_log_line_and_queue_file_removed(relayd_factory,
     msg["From"] = SENDER
     msg["To"] = "a@fabrikam.test, b@fabrikam.test"
     msg["Subject"] = "log line"
+    msg["Message-ID"] = "<log-line-1@contoso.test>"
     msg.set_content("With one attachment.\n")
     msg.add_attachment(b"col1,col2\r\n1,2\r\n", maintype="text",
                        subtype="csv", filename="data.csv")
@@ -412,9 +415,9 @@ def test_sent_log_line_and_queue_file_removed(relayd_factory,
     ms = re.search(r" ms=(\d+)$", m.group(1))
     assert ms and 400 <= int(ms.group(1)) < 5000, m.group(1)
     assert m.group(1) == (
-        "mailbox=%s rcpts=2 size=%d attachments=1 graph_status=202 "
-        "request_id=%s ms=%s" % (SENDER, size, rec["request_id"],
-                                 ms.group(1)))
+        "mailbox=%s rcpts=2 size=%d message_id=<log-line-1@contoso.test> "
+        "attachments=1 graph_status=202 request_id=%s ms=%s"
+        % (SENDER, size, rec["request_id"], ms.group(1)))
     wait_queue_empty(d)
     # its record is marked delivered (D), or its segment already removed
     wait_for(lambda: [(r.id, r.state) for r in d.records()]
@@ -535,7 +538,10 @@ def test_send_as_denied_dead_letter(relayd_factory, shared_fake_graph):
            "not have the right to send mail on behalf of the specified "
            "sending account. Cannot submit message.")
     reason = reason_fields(d.dead_dir / (qid + ".reason"))
-    assert abs(int(reason.pop("time")) - time.time()) < 60
+    # ISO 8601, UTC
+    when = datetime.strptime(reason.pop("time"), "%Y-%m-%dT%H:%M:%SZ")
+    assert abs(when.replace(tzinfo=timezone.utc).timestamp() -
+               time.time()) < 60
     # Graph's whole answer, on one line
     body = json.loads(reason.pop("body"))
     assert body["error"]["code"] == "ErrorSendAsDenied"
@@ -554,7 +560,8 @@ def test_send_as_denied_dead_letter(relayd_factory, shared_fake_graph):
              in ([], [(qid, "X")]), 5, "the record to be marked dead")
     [line] = log_lines(d, "failed", qid)
     assert line.endswith(
-        'graph failed mailbox=%s rcpts=1 size=%d graph_status=403 '
+        'graph failed mailbox=%s rcpts=1 size=%d message_id=- '
+        'graph_status=403 '
         'code=ErrorSendAsDenied message="%s" request_id=%s'
         % (SENDER, dead.size, msg, req["request_id"]))
     # no retry
