@@ -316,6 +316,9 @@ static const struct cfg_key cfg_keys[] = {
 	  "only checks it." },
 	{ "log", "level", CFG_ENUM, "info", 0, 0, OFF(log_level),
 	  log_level_names, "error, warning, info or debug." },
+	{ "log", "recipients", CFG_BOOL, "yes", 0, 0, OFF(log_recipients),
+	  NULL, "Name the recipients in the queued line (no: only their "
+	  "number, for sites that must not log them)." },
 };
 
 struct parser {

@@ -113,6 +113,7 @@ struct config {
 
 	/* [log] */
 	int			 log_level;
+	int			 log_recipients;	/* in the queued line */
 };
 
 /*

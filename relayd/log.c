@@ -28,6 +28,12 @@ log_init(const char *tag, int level)
 	log_journal = getenv("JOURNAL_STREAM") != NULL;
 }
 
+int
+log_enabled(int level)
+{
+	return level <= log_level;
+}
+
 void
 log_set_level(int level)
 {

@@ -9,6 +9,8 @@ enum log_level { LOG_LVL_ERR, LOG_LVL_WARN, LOG_LVL_INFO, LOG_LVL_DEBUG };
 
 void	log_init(const char *, int);
 void	log_set_level(int);
+/* Would a line of this level be written? (Skip costly fields if not.) */
+int	log_enabled(int);
 void	log_msg(int, const char *, ...) PRINTFLIKE(2, 3);
 #define log_info(...)	log_msg(LOG_LVL_INFO, __VA_ARGS__)
 #define log_warnx(...)	log_msg(LOG_LVL_WARN, __VA_ARGS__)

@@ -295,6 +295,49 @@ smtp_valid_helo(const char *s)
 	    "0123456789.-_:[]") == len;
 }
 
+size_t
+smtp_header_value(const char *h, size_t len, const char *name, char *out,
+    size_t outlen)
+{
+	const char	*p = h, *end = h + len, *eol;
+	size_t		 n = strlen(name), o = 0;
+	int		 in = 0;
+
+	if (outlen == 0)
+		return 0;
+	for (; p < end; p = eol + 1) {
+		if ((eol = memchr(p, '\n', (size_t)(end - p))) == NULL)
+			eol = end;
+		if (p == eol || (*p == '\r' && p + 1 == eol))
+			break;			/* the blank line */
+		if (in && (*p == ' ' || *p == '\t')) {
+			/* A continuation: one space for the fold. */
+		} else if (in)
+			break;
+		else if ((size_t)(eol - p) > n && strncasecmp(p, name, n) ==
+		    0 && p[n] == ':') {
+			in = 1;
+			p += n + 1;
+		} else
+			continue;
+		for (; p < eol && *p != '\r'; p++) {
+			if ((*p == ' ' || *p == '\t') &&
+			    (o == 0 || out[o - 1] == ' '))
+				continue;
+			if (o + 1 < outlen)
+				out[o++] = *p == '\t' ? ' ' : *p;
+		}
+		if (o > 0 && out[o - 1] != ' ' && o + 1 < outlen)
+			out[o++] = ' ';
+		if (eol == end)
+			break;
+	}
+	while (o > 0 && out[o - 1] == ' ')
+		o--;
+	out[o] = '\0';
+	return o;
+}
+
 void
 data_dec_init(struct data_dec *d, int normalize)
 {

@@ -33,6 +33,14 @@ int	 smtp_param_next(const char **, char *, size_t, char *, size_t);
 /* "123 LAST" for BDAT. */
 int	 smtp_parse_bdat(const char *, uint64_t *, int *);
 
+/*
+ * The first header field called name in a header block (len bytes, up to
+ * its blank line), unfolded and trimmed, into out: its length, or 0 if
+ * there is none. Pure.
+ */
+size_t	 smtp_header_value(const char *, size_t, const char *, char *,
+	    size_t);
+
 /* 1 if s is a name fit for HELO/EHLO (domain or address literal). */
 int	 smtp_valid_helo(const char *);
 

@@ -1045,6 +1045,43 @@ smtp_command(struct smtp_session *s, char *line)
 
 /* ---- message end ---- */
 
+#define LOG_RCPTS_MAX	10	/* recipients named in the queued line */
+
+/*
+ * "queued": the envelope, the Message-ID (as Exchange's message trace
+ * shows it) and, unless [log] recipients = no, the first recipients.
+ */
+static void
+log_queued(struct smtp_session *s, const char *qid)
+{
+	struct smtp_tx	*tx = s->tx;
+	char		 mid[256], esc[SMTP_LOGTEXT_MAX], *rcpts = NULL;
+	size_t		 i, n = 0, used = 0;
+
+	if (!log_enabled(LOG_LVL_INFO))
+		return;
+	if (tx->head == NULL || smtp_header_value(tx->head, tx->headlen,
+	    "Message-ID", mid, sizeof(mid)) == 0)
+		strlcpy_r(mid, "-", sizeof(mid));
+	log_escape(esc, sizeof(esc), mid, strlen(mid));
+	if (s->cfg->log_recipients) {
+		for (i = 0; i < tx->nrcpts && i < LOG_RCPTS_MAX; i++)
+			n += strlen(tx->rcpts[i]) + 1;
+		rcpts = xmalloc(n + 32);
+		for (i = 0; i < tx->nrcpts && i < LOG_RCPTS_MAX; i++)
+			used += (size_t)snprintf(rcpts + used, n + 32 - used,
+			    "%s%s", i ? "," : "", tx->rcpts[i]);
+		if (tx->nrcpts > LOG_RCPTS_MAX)
+			snprintf(rcpts + used, n + 32 - used, ",+%zu more",
+			    tx->nrcpts - LOG_RCPTS_MAX);
+	}
+	log_info("%s smtp queued session=%016" PRIx64 " client=%s "
+	    "from=<%s> nrcpt=%zu size=%" PRIu64 " message_id=%s%s%s", qid,
+	    s->id, s->addr, tx->mail_from, tx->nrcpts, tx->size, esc,
+	    rcpts != NULL ? " rcpts=" : "", rcpts != NULL ? rcpts : "");
+	free(rcpts);
+}
+
 static void
 commit_done(void *arg, int err, const char *qid)
 {
@@ -1059,9 +1096,7 @@ commit_done(void *arg, int err, const char *qid)
 		smtp_reply(s, "452 4.3.1 Insufficient system storage, try "
 		    "again later");
 	} else {
-		log_info("%s smtp queued session=%016" PRIx64 " client=%s "
-		    "from=<%s> nrcpt=%zu size=%" PRIu64, qid, s->id, s->addr,
-		    tx->mail_from, tx->nrcpts, tx->size);
+		log_queued(s, qid);
 		s->nmsgs++;
 		smtp_reply(s, "250 2.0.0 Ok: queued as %s", qid);
 	}
@@ -1114,7 +1149,10 @@ tx_finish(struct smtp_session *s)
 		smtp_enter(s, s->helo != NULL ? STATE_HELO : STATE_GREETED);
 }
 
-/* Keeps the header block (up to SMTP_HEAD_MAX) to check From: at the end. */
+/*
+ * Keeps the header block (up to SMTP_HEAD_MAX) to check From: at the end
+ * and to log the Message-ID.
+ */
 static void
 head_capture(struct smtp_tx *tx, const char *data, size_t len)
 {
@@ -1182,8 +1220,9 @@ tx_append(struct smtp_session *s, const char *data, size_t len)
 		return;
 	}
 	tx->size += len;
-	if (!tx->head_done && s->cfg->nsenders > 0)
-		head_capture(tx, data, len);
+	if (!tx->head_done && (s->cfg->nsenders > 0 ||
+	    log_enabled(LOG_LVL_INFO)))
+		head_capture(tx, data, len);	/* From:, Message-ID: */
 	if (spool_msg_write(tx->msg, data, len) == -1) {
 		tx->spool_errno = errno;
 		tx->error = TX_ERR_SPOOL;

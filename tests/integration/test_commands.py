@@ -56,6 +56,27 @@ def test_full_transaction(relayd):
                     % (r.qid, len(b"Subject: hi\r\n\r\nbody\r\n")))
 
 
+@pytest.mark.parametrize("log_rcpts", ["yes", "no"])
+def test_queued_line_message_id_and_recipients(relayd_factory, log_rcpts):
+    """The queued line carries the Message-ID (folded, as Exchange's
+    message trace shows it) and, unless [log] recipients = no, the first
+    ten recipients and how many more."""
+    d = relayd_factory(sections={"log": {"recipients": log_rcpts}})
+    rcpts = ["r%d@b.test" % i for i in range(12)]
+    with d.connect() as c:
+        c.ehlo()
+        r = c.send_mail("s@a.test", rcpts, body=(
+            b"Subject: trace\r\nMessage-ID:\r\n <abc.123@device.test>"
+            b"\r\nX-Other: Message-ID: no\r\n\r\nhi\r\n"))
+        assert r.qid, r
+    m = d.wait_log(r"%s smtp queued .* nrcpt=12 size=\d+ (.*)$" % r.qid)
+    if log_rcpts == "yes":
+        assert m.group(1) == ("message_id=<abc.123@device.test> rcpts=%s,"
+                              "+2 more" % ",".join(rcpts[:10]))
+    else:
+        assert m.group(1) == "message_id=<abc.123@device.test>"
+
+
 def test_two_messages_in_one_session(relayd):
     with relayd.connect() as c:
         c.ehlo()

@@ -312,6 +312,44 @@ test_helo(void **state)
 	assert_false(smtp_valid_helo("x\x01y"));
 }
 
+static void
+test_header_value(void **state)
+{
+	static const struct { const char *head, *name, *want; } cases[] = {
+		{ "Subject: x\r\nMessage-ID: <a@b>\r\n\r\n", "Message-ID",
+		  "<a@b>" },
+		{ "message-id:<a@b>\r\n", "Message-ID", "<a@b>" },
+		/* Folded, tabs, trailing blanks. */
+		{ "Message-ID:\r\n\t<a@b>  \r\nX: y\r\n", "Message-ID",
+		  "<a@b>" },
+		{ "Subject: one\r\n two\r\n", "Subject", "one two" },
+		/* The first one; none past the blank line; no prefix match. */
+		{ "Message-ID: <1>\r\nMessage-ID: <2>\r\n", "Message-ID",
+		  "<1>" },
+		{ "A: b\r\n\r\nMessage-ID: <x>\r\n", "Message-ID", "" },
+		{ "Message-IDs: <x>\r\nX-Message-ID: <y>\r\n", "Message-ID",
+		  "" },
+		{ "Message-ID: <no-line-end>", "Message-ID", "<no-line-end>" },
+		{ "", "Message-ID", "" },
+	};
+	char	 out[64], small[4];
+	size_t	 i, n;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		n = smtp_header_value(cases[i].head, strlen(cases[i].head),
+		    cases[i].name, out, sizeof(out));
+		if (strcmp(out, cases[i].want) != 0 ||
+		    n != strlen(cases[i].want))
+			fail_msg("case %zu: got \"%s\"", i, out);
+	}
+	/* Cut to the buffer, NUL-terminated. */
+	n = smtp_header_value("Message-ID: <abcdef>\r\n", 22, "Message-ID",
+	    small, sizeof(small));
+	assert_int_equal(n, 3);
+	assert_string_equal(small, "<ab");
+}
+
 int
 main(void)
 {
@@ -324,6 +362,7 @@ main(void)
 		cmocka_unit_test(test_data_basic),
 		cmocka_unit_test(test_data_smuggling),
 		cmocka_unit_test(test_helo),
+		cmocka_unit_test(test_header_value),
 	};
 
 	return cmocka_run_group_tests_name("smtp_proto", tests, NULL, NULL);
