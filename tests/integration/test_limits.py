@@ -210,31 +210,33 @@ def test_data_timeout(relayd_factory):
     d.assert_serves()
 
 
-@pytest.mark.parametrize("end", [b"\n.\n", b"\r\n.\n"])
-def test_data_timeout_after_bare_lf_end_says_why(relayd_factory, end):
-    """A client that ends DATA with LF.LF waits for nothing: relayd rightly
-    takes no end there. When the session times out, the log says why."""
+def timed_out_in_data(relayd_factory, data):
+    """A relayd with data_timeout 1s; sends data after DATA and waits for
+    the 421 that ends the session."""
     d = relayd_factory(smtp={"command_timeout": "30s",
                              "data_timeout": "1s"})
     with d.connect() as c:
         start_tx(c)
         assert c.cmd("DATA").code == 354
-        c.send(b"Subject: unix\r\n\r\nbody" + end)
+        c.send(data)
         r = c.reply(timeout=5)
         assert r.text.startswith("421 4.4.2"), r
+    return d
+
+
+@pytest.mark.parametrize("end", [b"\n.\n", b"\r\n.\n"])
+def test_data_timeout_after_bare_lf_end_says_why(relayd_factory, end):
+    """A client that ends DATA with LF.LF waits for nothing: relayd rightly
+    takes no end there. When the session times out, the log says why."""
+    d = timed_out_in_data(relayd_factory, b"Subject: unix\r\n\r\nbody" + end)
     d.wait_log(r'reason="timeout: the client ended DATA with a bare LF .*'
                r'RFC 5321 requires CRLF\.CRLF')
     assert d.queued() == []
 
 
 def test_data_timeout_plain_says_only_timeout(relayd_factory):
-    d = relayd_factory(smtp={"command_timeout": "30s",
-                             "data_timeout": "1s"})
-    with d.connect() as c:
-        start_tx(c)
-        assert c.cmd("DATA").code == 354
-        c.send(b"Subject: slow\r\n\r\nline\n.\nmore")
-        assert c.reply(timeout=5).text.startswith("421 4.4.2")
+    d = timed_out_in_data(relayd_factory,
+                          b"Subject: slow\r\n\r\nline\n.\nmore")
     d.wait_log(r'reason="timeout"')
     assert "bare LF" not in d.log
 
