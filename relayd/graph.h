@@ -130,5 +130,10 @@ enum graph_result graph_classify(long, const char *, size_t,
  * milliseconds, or -1.
  */
 long long	graph_retry_after_ms(const char *, long long);
+/*
+ * Graph's refusal (status, error code, message) in an admin's words, with
+ * what to do; NULL if relayd has nothing to add to Graph's own message.
+ */
+const char	*graph_explain(long, const char *, const char *);
 
 #endif

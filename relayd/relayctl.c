@@ -469,64 +469,6 @@ cmd_metrics(void)
 
 /* ---- test: what relayd would do, said plainly ---- */
 
-/* Graph's refusals of sendMail in an admin's words. */
-static const struct {
-	long		 status;
-	const char	*code;		/* NULL: any */
-	const char	*in_message;	/* NULL: any */
-	const char	*words;
-} graph_words[] = {
-	/* FACTS.md 4: "Access to OData is disabled." (the policy) */
-	{ 403, NULL, "Access to OData is disabled",
-	  "an application access policy (or RBAC for Applications scope) "
-	  "keeps the app away from this mailbox: add the mailbox to the "
-	  "policy's group, or send from one that is in it" },
-	{ 403, "ErrorAccessDenied", NULL,
-	  "the app lacks the Mail.Send application permission, or admin "
-	  "consent was not granted: in Entra ID, App registrations > API "
-	  "permissions, add Microsoft Graph > Application > Mail.Send and "
-	  "grant admin consent" },
-	{ 403, "ErrorSendAsDenied", NULL,
-	  "the app may send from the mailbox, but not as this From: "
-	  "address: send as the mailbox's own address, or give the mailbox "
-	  "Send As rights on that address" },
-	{ 404, "MailboxNotEnabledForRESTAPI", NULL,
-	  "the mailbox is not in Exchange Online (on-premises, or no "
-	  "Exchange Online licence): license it, or send from another" },
-	{ 404, "ErrorInvalidUser", NULL,
-	  "no such mailbox in the tenant: check the address (or [graph] "
-	  "mailbox)" },
-	{ 404, "ResourceNotFound", NULL,
-	  "no such user in the tenant: check the address (or [graph] "
-	  "mailbox)" },
-	{ 401, NULL, NULL,
-	  "Graph refused the token: is graph_url right for the tenant's "
-	  "cloud ([graph] cloud)?" },
-	{ 429, NULL, NULL,
-	  "Graph is throttling the app or the mailbox: try again in a "
-	  "minute" },
-};
-
-static const char *
-graph_explain(long status, const char *code, const char *message)
-{
-	size_t	 i;
-
-	for (i = 0; i < NELEM(graph_words); i++) {
-		if (graph_words[i].status != status)
-			continue;
-		if (graph_words[i].code != NULL &&
-		    strcmp(graph_words[i].code, code) != 0)
-			continue;
-		if (graph_words[i].in_message != NULL &&
-		    strcasestr(message, graph_words[i].in_message) == NULL)
-			continue;
-		return graph_words[i].words;
-	}
-	return status >= 500 ? "Graph itself is failing: try again later" :
-	    NULL;
-}
-
 static int
 cmd_test(int argc, char **argv)
 {

@@ -298,6 +298,32 @@ test_golden_draft(void **state)
 	golden(map_file_draft);
 }
 
+/* Refusals in an admin's words: by status, code and Graph's message. */
+static void
+test_explain(void **state)
+{
+	const char	*w;
+
+	(void)state;
+	w = graph_explain(403, "ErrorSendAsDenied", "m");
+	assert_non_null(w);
+	assert_non_null(strstr(w, "Send As"));
+	/* The policy's 403 is told by its message, whatever the code. */
+	w = graph_explain(403, "ErrorAccessDenied",
+	    "Access to OData is disabled.");
+	assert_non_null(strstr(w, "application access policy"));
+	w = graph_explain(403, "ErrorAccessDenied", "Access is denied.");
+	assert_non_null(strstr(w, "Mail.Send"));
+	assert_non_null(strstr(graph_explain(404, "ErrorInvalidUser", ""),
+	    "no such mailbox"));
+	assert_non_null(strstr(graph_explain(400, "ErrorMessageSizeExceeded",
+	    ""), "smaller"));
+	assert_non_null(strstr(graph_explain(503, "http_503", ""),
+	    "try again later"));
+	/* Nothing to add: Graph's own words stand. */
+	assert_null(graph_explain(400, "BadRequest", "m"));
+}
+
 /* One case per row of ../shared/graph/FACTS.md section 4, and the edges. */
 #define ERR(c)	"{\"error\":{\"code\":\"" c "\",\"message\":\"m\"}}"
 static void
@@ -623,6 +649,7 @@ main(int argc, char **argv)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_golden),
 		cmocka_unit_test(test_classify),
+		cmocka_unit_test(test_explain),
 		cmocka_unit_test(test_retry_after),
 		cmocka_unit_test(test_mime_form),
 		cmocka_unit_test(test_mime_form_too_big_goes_json),
