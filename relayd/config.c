@@ -64,6 +64,8 @@ struct cfg_key {
 };
 
 static const char *const bare_lf_names[] = { "reject", "normalize", NULL };
+/* In the order of enum reply_after. */
+static const char *const reply_after_names[] = { "spool", "graph", NULL };
 static const char *const sync_names[] = { "fdatasync", "syncfs", NULL };
 static const char *const bounce_names[] = { "no", "sender", NULL };
 /* In the order of enum graph_mode. */
@@ -100,7 +102,9 @@ static const struct cfg_key cfg_keys[] = {
 	  "accept connections from those networks only; auth_plaintext=yes "
 	  "to allow AUTH without TLS; require_auth to answer 530 to MAIL "
 	  "without AUTH on this listener, even from allow_networks (port 587 "
-	  "beside a port 25 for the LAN's printers); proxy to read a PROXY "
+	  "beside a port 25 for the LAN's printers); reply_after=graph or "
+	  "reply_after=spool to set [smtp] reply_after for this listener; "
+	  "proxy to read a PROXY "
 	  "protocol header "
 	  "(v1 or v2, from HAProxy or a load balancer) first and use the "
 	  "client address in it: bind such a listener where only the proxy "
@@ -156,6 +160,21 @@ static const struct cfg_key cfg_keys[] = {
 	  "Relaying needs AUTH even from allow_networks (530 otherwise), on "
 	  "every listener; require_auth on a listen line asks it of that "
 	  "listener only." },
+	{ "smtp", "reply_after", CFG_ENUM, "spool", 0, 0, OFF(reply_after),
+	  reply_after_names,
+	  "When the 250 to DATA (or the last BDAT) is sent: spool, once the "
+	  "message is safe on disk; graph, once Graph took it (202). With "
+	  "graph a message Graph refuses for good (403 ErrorSendAsDenied, "
+	  "400, 404 ...) gets a 5xx naming Graph's error, and relayd keeps "
+	  "no copy: the device still has it and can say so. A temporary "
+	  "failure, or no answer within reply_timeout, gets 250 and the "
+	  "message is retried as usual. It is on disk before Graph is "
+	  "called either way." },
+	{ "smtp", "reply_timeout", CFG_DURATION, "30s", 1000, 600 * 1000,
+	  OFF(reply_timeout_ms), NULL,
+	  "With reply_after = graph: the longest a client waits for Graph's "
+	  "answer before it gets 250 (the message stays queued). Keep it "
+	  "below the clients' own DATA timeout (RFC 5321: 10m)." },
 	{ "smtp", "recipient_domains", CFG_STR, NULL, 0, 0,
 	  OFF(recipient_domains), NULL,
 	  "If set, the only recipient domains accepted (comma or space "
@@ -442,17 +461,42 @@ set_nets(struct config *cfg, const char *value, char *bad, size_t badlen)
 	return 0;
 }
 
+/*
+ * A listen option's value ("opt=value" in tok): its index in names, or -1
+ * with the values allowed in err.
+ */
+static int
+listen_choice(const char *listener, const char *tok,
+    const char *const *names, char *err, size_t errlen)
+{
+	const char	*value = strchr(tok, '=') + 1;
+	size_t		 used;
+	int		 i;
+
+	for (i = 0; names[i] != NULL; i++)
+		if (strcmp(value, names[i]) == 0)
+			return i;
+	used = (size_t)snprintf(err, errlen, "listen %s: %.*s must be",
+	    listener, (int)(value - tok - 1), tok);
+	for (i = 0; names[i] != NULL && used < errlen; i++)
+		used += (size_t)snprintf(err + used, errlen - used, "%s %s",
+		    i == 0 ? "" : names[i + 1] == NULL ? " or" : ",", names[i]);
+	if (used < errlen)
+		snprintf(err + used, errlen - used, ", not \"%s\"", value);
+	return -1;
+}
+
 /* "ADDR:PORT [tls] [cert=PATH] [key=PATH] [tls_min=V]" */
 static int
 set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 {
 	struct listen_cfg	 lc;
 	char			*copy = xstrdup(value), *tok, *save = NULL;
-	size_t			 i;
 	int			 rc = -1;
 
 	memset(&lc, 0, sizeof(lc));
 	lc.tls_min = -1;
+	lc.reply_after = -1;
 	tok = strtok_r(copy, " \t", &save);
 	if (tok == NULL || addr_parse_hostport(tok, &lc.ss, &lc.sslen) == -1) {
 		snprintf(err, errlen, "listen: \"%s\" is not ADDR:PORT "
@@ -467,7 +511,11 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 			lc.proxy = 1;
 		else if (strcmp(tok, "require_auth") == 0)
 			lc.require_auth = 1;
-		else if (strncmp(tok, "cert=", 5) == 0 && tok[5] != '\0') {
+		else if (strncmp(tok, "reply_after=", 12) == 0) {
+			if ((lc.reply_after = listen_choice(lc.text, tok,
+			    reply_after_names, err, errlen)) == -1)
+				goto out;
+		} else if (strncmp(tok, "cert=", 5) == 0 && tok[5] != '\0') {
 			free(lc.cert);
 			lc.cert = xstrdup(tok + 5);
 		} else if (strncmp(tok, "key=", 4) == 0 && tok[4] != '\0') {
@@ -497,20 +545,14 @@ set_listen(struct config *cfg, const char *value, char *err, size_t errlen)
 		else if (strcmp(tok, "auth_plaintext=no") == 0)
 			lc.auth_plaintext = 0;
 		else if (strncmp(tok, "tls_min=", 8) == 0) {
-			for (i = 0; tls_names[i] != NULL; i++)
-				if (strcmp(tok + 8, tls_names[i]) == 0)
-					lc.tls_min = (int)i;
-			if (lc.tls_min == -1) {
-				snprintf(err, errlen, "listen %s: tls_min must "
-				    "be 1.0, 1.1, 1.2 or 1.3, not \"%s\"",
-				    lc.text, tok + 8);
+			if ((lc.tls_min = listen_choice(lc.text, tok, tls_names,
+			    err, errlen)) == -1)
 				goto out;
-			}
 		} else {
 			snprintf(err, errlen, "listen %s: unknown option \"%s\" "
 			    "(options: tls, proxy, cert=PATH, key=PATH, "
 			    "tls_min=1.2, networks=CIDR,..., auth_plaintext=yes, "
-			    "require_auth)", lc.text, tok);
+			    "require_auth, reply_after=graph)", lc.text, tok);
 			goto out;
 		}
 	}

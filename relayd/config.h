@@ -13,6 +13,7 @@
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_NORMALIZE };
 enum sync_method { SYNC_FDATASYNC, SYNC_SYNCFS };
 enum bounce { BOUNCE_NO, BOUNCE_SENDER };
+enum reply_after { REPLY_AFTER_SPOOL, REPLY_AFTER_GRAPH };
 
 enum tls_version { TLS_V1_0, TLS_V1_1, TLS_V1_2, TLS_V1_3 };
 
@@ -27,6 +28,7 @@ struct listen_cfg {
 	int			 tls_min;	/* -1: [smtp] tls_min */
 	int			 auth_plaintext; /* AUTH without TLS */
 	int			 require_auth;	/* 530 to MAIL without AUTH */
+	int			 reply_after;	/* -1: [smtp] reply_after */
 	int			 proxy;		/* PROXY header first */
 	struct netmask		*nets;		/* who may connect; none: all */
 	size_t			 nnets;
@@ -52,6 +54,8 @@ struct config {
 	struct netmask		*allow;
 	size_t			 nallow;
 	int			 require_auth;
+	int			 reply_after;	/* enum reply_after */
+	uint64_t		 reply_timeout_ms;
 	char			*recipient_domains;	/* as written */
 	char			**rcpt_domains;
 	size_t			 nrcpt_domains;

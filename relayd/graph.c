@@ -1860,3 +1860,45 @@ graph_explain(long status, const char *code, const char *message)
 	return status >= 500 ? "Graph itself is failing: try again later" :
 	    NULL;
 }
+
+/* The SMTP reply codes for Graph's refusals told to the client at once. */
+static const struct {
+	long		 status;
+	const char	*code;		/* NULL: any */
+	const char	*reply;
+} graph_replies[] = {
+	{ 400, "ErrorInvalidRecipients", "550 5.1.1" },	/* bad recipient */
+	{ 400, "ErrorMessageSizeExceeded", "552 5.3.4" },
+	{ 413, NULL, "552 5.3.4" },			/* too big */
+	{ 401, NULL, "550 5.7.1" },	/* not allowed to send (at all, */
+	{ 403, NULL, "550 5.7.1" },	/* or from or as this address) */
+	{ 404, NULL, "550 5.1.7" },	/* no such sending mailbox */
+};
+
+void
+graph_refusal(long status, const char *code, const char *message, char *buf,
+    size_t len)
+{
+	const char	*reply = "554 5.6.0", *words;
+	size_t		 i;
+
+	for (i = 0; i < NELEM(graph_replies); i++)
+		if (graph_replies[i].status == status &&
+		    (graph_replies[i].code == NULL ||
+		    strcmp(graph_replies[i].code, code) == 0)) {
+			reply = graph_replies[i].reply;
+			break;
+		}
+	if ((words = graph_explain(status, code, message)) == NULL)
+		words = *message != '\0' ? message : "no reason given";
+	if (status == 0)	/* relayd's mapping: Graph never saw it */
+		snprintf(buf, len, "%s Message cannot be sent through Graph: "
+		    "%s: %s", reply, code, words);
+	else
+		snprintf(buf, len, "%s Graph refused the message: %s: %s",
+		    reply, code, words);
+	/* One line of printable ASCII: Graph's message may hold anything. */
+	for (i = 0; buf[i] != '\0'; i++)
+		if (buf[i] < 0x20 || buf[i] > 0x7e)
+			buf[i] = '?';
+}

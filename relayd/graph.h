@@ -135,5 +135,13 @@ long long	graph_retry_after_ms(const char *, long long);
  * what to do; NULL if relayd has nothing to add to Graph's own message.
  */
 const char	*graph_explain(long, const char *, const char *);
+/*
+ * The one-line SMTP reply (code, enhanced code, text; no CRLF) for a
+ * permanent failure told to the client at once: status, Graph's code and
+ * message as in graph_explain, into buf (len: at most 510 keeps it within
+ * RFC 5321's 512 octets with CRLF). Printable ASCII only.
+ */
+void		 graph_refusal(long, const char *, const char *, char *,
+		    size_t);
 
 #endif

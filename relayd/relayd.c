@@ -475,6 +475,7 @@ main(int argc, char *argv[])
 	reloader.auth = auth;
 	smtp_session_init(cfg);
 	smtp_session_set_auth(auth);
+	smtp_session_set_pool(pool);
 	smtp = smtp_new(base, cfg, spool);
 	if (smtp_listen(smtp, err, sizeof(err)) == -1) {
 		log_msg(LOG_LVL_ERR, "%s", err);
@@ -533,6 +534,7 @@ out:
 	 * the sessions go, and the sessions before the listeners' tables.
 	 */
 	status_free(status);
+	smtp_session_set_pool(NULL);	/* sessions left wait for nothing */
 	worker_free(pool);
 	spool_free(spool);
 	token_free(token);

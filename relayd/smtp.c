@@ -595,3 +595,9 @@ smtp_listener_require_auth(const struct smtp_listener *l)
 {
 	return l->lc->require_auth;
 }
+
+int
+smtp_listener_reply_after(const struct smtp_listener *l)
+{
+	return l->lc->reply_after;
+}

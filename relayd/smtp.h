@@ -45,6 +45,8 @@ struct ssl_ctx_st *smtp_listener_tls(const struct smtp_listener *);
 int		 smtp_listener_implicit_tls(const struct smtp_listener *);
 int		 smtp_listener_auth_plaintext(const struct smtp_listener *);
 int		 smtp_listener_require_auth(const struct smtp_listener *);
+/* The listen line's reply_after=, -1 if it has none. */
+int		 smtp_listener_reply_after(const struct smtp_listener *);
 void		 smtp_session_gone(struct smtp *, const struct sockaddr *);
 
 /* smtp_session.c */
@@ -57,5 +59,8 @@ void		 smtp_session_drain(void);
 /* AUTH for every session (NULL: none); the caller keeps it alive. */
 struct auth;
 void		 smtp_session_set_auth(struct auth *);
+/* Delivery, for reply_after = graph (NULL: none; answers after spool). */
+struct worker_pool;
+void		 smtp_session_set_pool(struct worker_pool *);
 
 #endif

@@ -9,6 +9,13 @@
  * so pipelined commands are answered in order and a 250 is only ever sent
  * for a message that is durable.
  *
+ * With reply_after = graph the reply to the message also waits (STATE_GRAPH,
+ * commands still wait) for the worker pool's first attempt: 250 once Graph
+ * took it, 5xx when Graph refused it for good (and relayd kept no copy),
+ * 250 after a temporary failure or reply_timeout (it stays queued). It is
+ * in queue/, fsynced, before the pool sees it, so a crash while the client
+ * waits loses nothing: at worst the client, never answered, sends it again.
+ *
  * Limits (config): line length, message size, recipients, errors, idle
  * timeouts. DATA is decoded by smtp_proto.c's data_dec, which only ends on
  * CRLF.CRLF; bare CR/LF are refused or normalised, never a line end.
@@ -38,6 +45,7 @@
 #include "addr.h"
 #include "auth.h"
 #include "config.h"
+#include "graph.h"
 #include "log.h"
 #include "policy.h"
 #include "smtp.h"
@@ -45,6 +53,7 @@
 #include "spool.h"
 #include "tls.h"
 #include "util.h"
+#include "worker.h"
 
 #define SMTP_READ_HIGHWAT	(256 * 1024)	/* bytes buffered per client */
 #define SMTP_DATA_CHUNK		(64 * 1024)	/* decoded per pass */
@@ -65,6 +74,7 @@ enum smtp_state {
 	STATE_CLOSING,		/* flushing the last reply */
 	STATE_AUTH,		/* reading a SASL response line */
 	STATE_AUTH_WAIT,	/* a failed AUTH waits before its 535 */
+	STATE_GRAPH,		/* waiting for Graph's answer; commands wait */
 };
 
 enum tx_error {
@@ -108,6 +118,10 @@ struct smtp_session {
 	int			 ehlo;
 	int			 relay_ok;
 	int			 require_auth;	/* [smtp] or the listener's */
+	int			 reply_graph;	/* reply_after = graph */
+	char			 wait_qid[SPOOL_QID_LEN + 1];	/* STATE_GRAPH */
+	struct event		*reply_timer;	/* reply_timeout */
+	uint64_t		 wait_until;	/* now_ms() */
 	char			*helo;
 	struct smtp_tx		*tx;
 	uint64_t		 bdat_left;
@@ -191,6 +205,7 @@ static const struct smtp_cmd_entry smtp_cmds[] = {
 
 /* Shared scratch: the loop is single-threaded and never re-enters. */
 static struct auth *auth;	/* NULL: no [auth] users_file */
+static struct worker_pool *pool;	/* NULL: nothing delivers */
 static char	*line_buf;
 static size_t	 line_max;
 static char	*dec_buf;
@@ -202,6 +217,12 @@ void
 smtp_session_set_auth(struct auth *a)
 {
 	auth = a;
+}
+
+void
+smtp_session_set_pool(struct worker_pool *p)
+{
+	pool = p;
 }
 
 void
@@ -242,6 +263,8 @@ bye(struct smtp_session *s)
 	smtp_close(s, "shutdown");
 }
 
+static void	graph_wait_drain(struct smtp_session *);
+
 void
 smtp_session_drain(void)
 {
@@ -254,7 +277,8 @@ smtp_session_drain(void)
 		    (s->state == STATE_GREETED || s->state == STATE_HELO)) {
 			bye(s);
 			smtp_flush(s);
-		}
+		} else if (!s->freeing && s->state == STATE_GRAPH)
+			graph_wait_drain(s);
 	}
 }
 
@@ -262,7 +286,8 @@ static const char *
 state_name(enum smtp_state st)
 {
 	static const char *const names[] = { "NEW", "GREETED", "HELO",
-	    "RCPT", "DATA", "BDAT", "COMMIT", "CLOSING", "AUTH", "AUTH_WAIT" };
+	    "RCPT", "DATA", "BDAT", "COMMIT", "CLOSING", "AUTH", "AUTH_WAIT",
+	    "GRAPH" };
 
 	return (unsigned)st < NELEM(names) ? names[st] : "?";
 }
@@ -278,6 +303,12 @@ smtp_enter(struct smtp_session *s, enum smtp_state st)
 	s->state = st;
 	if (s->bev == NULL || st == STATE_CLOSING || st == STATE_COMMIT)
 		return;
+	if (st == STATE_GRAPH) {
+		/* reply_timeout bounds the wait; the client is silent. */
+		bufferevent_set_timeouts(s->bev, NULL, NULL);
+		s->timeout_ms = 0;
+		return;
+	}
 	ms = (st == STATE_DATA || st == STATE_BDAT) ?
 	    s->cfg->data_timeout_ms : s->cfg->command_timeout_ms;
 	if (ms == s->timeout_ms)	/* re-arming costs system calls */
@@ -383,6 +414,24 @@ tx_free(struct smtp_session *s)
 	s->tx = NULL;
 }
 
+/*
+ * The session goes (client closed, timeout, shutdown) before Graph
+ * answered: the message follows the normal path, and a refusal makes a
+ * dead letter as for any other. The client never got a 250 and may send
+ * the message again: a possible duplicate, never a loss, since relayd
+ * keeps the message whatever Graph says.
+ */
+static void
+graph_unwait(struct smtp_session *s)
+{
+	if (s->wait_qid[0] == '\0')
+		return;
+	if (pool != NULL)
+		worker_unwatch(pool, s->wait_qid);
+	s->wait_qid[0] = '\0';
+	evtimer_del(s->reply_timer);
+}
+
 static void
 session_free_cb(evutil_socket_t fd, short ev, void *arg)
 {
@@ -395,6 +444,9 @@ session_free_cb(evutil_socket_t fd, short ev, void *arg)
 	    s->close_reason ? s->close_reason : "unknown");
 	LIST_REMOVE(s, entry);
 	tx_free(s);
+	graph_unwait(s);
+	if (s->reply_timer != NULL)
+		event_free(s->reply_timer);
 	auth_end(s->ax);
 	if (s->auth_timer != NULL)
 		event_free(s->auth_timer);
@@ -417,6 +469,7 @@ session_free_later(struct smtp_session *s)
 	if (s->freeing)
 		return;
 	s->freeing = 1;
+	graph_unwait(s);
 	if (s->bev != NULL) {
 		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 		bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
@@ -1082,6 +1135,110 @@ log_queued(struct smtp_session *s, const char *qid)
 	free(rcpts);
 }
 
+/* The message has its reply: on to the commands that wait. */
+static void
+msg_replied(struct smtp_session *s)
+{
+	smtp_enter(s, STATE_HELO);
+	smtp_process(s);
+	if (draining && !s->freeing && s->state == STATE_HELO)
+		bye(s);		/* its message is safe; no next one */
+	smtp_flush(s);
+}
+
+/* Graph's answer to the first attempt (worker.c), once. */
+static void
+graph_answer(void *arg, const struct worker_answer *a)
+{
+	struct smtp_session	*s = arg;
+	char			 qid[sizeof(s->wait_qid)], text[480];
+
+	memcpy(qid, s->wait_qid, sizeof(qid));
+	s->wait_qid[0] = '\0';
+	evtimer_del(s->reply_timer);
+	switch (a->outcome) {
+	case WORKER_SENT:
+		smtp_reply(s, "250 2.0.0 Ok: sent as %s", qid);
+		break;
+	case WORKER_REFUSED:
+		graph_refusal(a->status, a->code, a->message, text,
+		    sizeof(text));
+		smtp_reply(s, "%s", text);
+		break;
+	case WORKER_QUEUED:
+		smtp_reply(s, "250 2.0.0 Ok: queued as %s", qid);
+		break;
+	}
+	msg_replied(s);
+}
+
+static void
+reply_timeout_cb(evutil_socket_t fd, short ev, void *arg)
+{
+	struct smtp_session	*s = arg;
+	char			 qid[sizeof(s->wait_qid)];
+
+	(void)fd;
+	(void)ev;
+	memcpy(qid, s->wait_qid, sizeof(qid));
+	graph_unwait(s);
+	log_info("%s smtp reply_timeout session=%016" PRIx64 " waited=%.1fs "
+	    "reply=250 (no answer from Graph yet; the message stays queued)",
+	    qid, s->id, (double)(now_ms() + s->cfg->reply_timeout_ms -
+	    s->wait_until) / 1000.0);
+	smtp_reply(s, "250 2.0.0 Ok: queued as %s", qid);
+	msg_replied(s);
+}
+
+/*
+ * reply_after = graph: the reply waits for Graph's answer to the first
+ * attempt, or reply_timeout. 0 if it waits, -1 to answer now.
+ */
+static int
+graph_wait(struct smtp_session *s, const char *qid)
+{
+	struct timeval	 tv;
+
+	if (!s->reply_graph || pool == NULL || s->freeing ||
+	    worker_watch(pool, qid, graph_answer, s) == -1)
+		return -1;
+	strlcpy_r(s->wait_qid, qid, sizeof(s->wait_qid));
+	if (s->reply_timer == NULL)
+		s->reply_timer = evtimer_new(smtp_base(s->smtp),
+		    reply_timeout_cb, s);
+	s->wait_until = now_ms() + s->cfg->reply_timeout_ms;
+	tv = ms_tv(s->cfg->reply_timeout_ms);
+	evtimer_add(s->reply_timer, &tv);
+	smtp_enter(s, STATE_GRAPH);
+	if (draining)
+		graph_wait_drain(s);
+	return 0;
+}
+
+/*
+ * Stopping: the answer must come before drain_timeout ends the loop, or
+ * the client gets 250 then (a second before, so that it is written).
+ */
+static void
+graph_wait_drain(struct smtp_session *s)
+{
+	uint64_t	 margin, left, now = now_ms();
+	struct timeval	 tv;
+
+	margin = s->cfg->drain_timeout_ms / 2 < 1000 ?
+	    s->cfg->drain_timeout_ms / 2 : 1000;
+	left = s->cfg->drain_timeout_ms - margin;
+	if (left == 0) {
+		reply_timeout_cb(-1, 0, s);
+		return;
+	}
+	if (now + left >= s->wait_until)
+		return;
+	s->wait_until = now + left;
+	tv = ms_tv(left);
+	evtimer_add(s->reply_timer, &tv);
+}
+
 static void
 commit_done(void *arg, int err, const char *qid)
 {
@@ -1098,14 +1255,14 @@ commit_done(void *arg, int err, const char *qid)
 	} else {
 		log_queued(s, qid);
 		s->nmsgs++;
+		if (graph_wait(s, qid) == 0) {
+			tx_free(s);
+			return;		/* graph_answer or the timer replies */
+		}
 		smtp_reply(s, "250 2.0.0 Ok: queued as %s", qid);
 	}
 	tx_free(s);
-	smtp_enter(s, STATE_HELO);
-	smtp_process(s);
-	if (draining && !s->freeing && s->state == STATE_HELO)
-		bye(s);		/* its message is safe; no next one */
-	smtp_flush(s);
+	msg_replied(s);
 }
 
 /* The data (or last chunk) is in: refuse it or make it durable. */
@@ -1401,6 +1558,7 @@ smtp_process(struct smtp_session *s)
 			break;
 		case STATE_NEW:
 		case STATE_COMMIT:
+		case STATE_GRAPH:
 		case STATE_CLOSING:
 		case STATE_AUTH_WAIT:
 			progress = 0;
@@ -1703,6 +1861,9 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 	for (i = 0; i < cfg->nallow && !s->relay_ok; i++)
 		s->relay_ok = addr_match(&cfg->allow[i], sa);
 	s->require_auth = cfg->require_auth || smtp_listener_require_auth(l);
+	s->reply_graph = (smtp_listener_reply_after(l) == -1 ?
+	    cfg->reply_after : smtp_listener_reply_after(l)) ==
+	    REPLY_AFTER_GRAPH;
 	if (s->require_auth)
 		s->relay_ok = 0;	/* AUTH grants it */
 	s->state = STATE_NEW;

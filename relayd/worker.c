@@ -90,6 +90,8 @@ struct qent {
 	char			 error[SPOOL_ERROR_MAX + 1];	/* the last */
 	struct mbox		*mb;
 	struct event		*timer;		/* while deferred */
+	worker_watch_cb		*watch_cb;	/* a session waits: first try */
+	void			*watch_arg;
 	struct worker_pool	*pool;
 	TAILQ_ENTRY(qent)	 link;		/* its mailbox's ready list */
 	TAILQ_ENTRY(qent)	 all;
@@ -352,9 +354,13 @@ mailbox_key(const struct worker_pool *p, const char *mail_from)
 	return *mail_from != '\0' ? mail_from : "<>";
 }
 
+static void	watch_fire(struct qent *, enum worker_outcome,
+		    const struct job *);
+
 static void
 qent_free(struct worker_pool *p, struct qent *qe)
 {
+	watch_fire(qe, WORKER_QUEUED, NULL);	/* relayctl delete */
 	if (qe->timer != NULL)
 		event_free(qe->timer);
 	mbox_put(p, qe->mb);
@@ -709,6 +715,7 @@ note_error(struct worker_pool *p, struct qent *qe, const struct job *j)
 static void
 hold_now(struct worker_pool *p, struct qent *qe)
 {
+	watch_fire(qe, WORKER_QUEUED, NULL);
 	if (qe->timer != NULL) {
 		event_free(qe->timer);
 		qe->timer = NULL;
@@ -722,6 +729,53 @@ hold_now(struct worker_pool *p, struct qent *qe)
 	spool_set_state(p->spool, qe->qid, SPOOL_HELD, qe->attempts, 0,
 	    qe->error);
 	log_info("%s held by relayctl", qe->qid);
+}
+
+/*
+ * A session waits for this message's first attempt: tell it, once. j is
+ * NULL when no attempt was made (relayctl hold or delete).
+ */
+static void
+watch_fire(struct qent *qe, enum worker_outcome outcome, const struct job *j)
+{
+	worker_watch_cb		*cb = qe->watch_cb;
+	struct worker_answer	 a;
+
+	if (cb == NULL)
+		return;
+	qe->watch_cb = NULL;
+	memset(&a, 0, sizeof(a));
+	a.outcome = outcome;
+	a.status = j != NULL ? j->status : 0;
+	a.code = j != NULL ? j->err.code : "";
+	a.message = j != NULL ? j->err.message : "";
+	cb(qe->watch_arg, &a);
+}
+
+/*
+ * A refusal told to the waiting client as 5xx: the client owns the
+ * message again, so relayd keeps no copy (no dead letter, no bounce).
+ * Only what the message itself makes impossible counts (Graph's answer,
+ * or a message relayd cannot map); a damaged spool record is relayd's own
+ * fault and goes to dead/ as usual.
+ */
+static int
+refuse_sync(struct worker_pool *p, struct qent *qe, struct job *j)
+{
+	if (qe->watch_cb == NULL || strcmp(j->err.code, "spool") == 0)
+		return 0;
+	log_warnx("%s graph refused mailbox=%s rcpts=%zu size=%" PRIu64
+	    " message_id=%s graph_status=%ld code=%s message=\"%s\" "
+	    "request_id=%s reply=5xx kept=no", qe->qid,
+	    j->mailbox ? j->mailbox : "-", j->nrcpts, qe->size,
+	    j->message_id ? j->message_id : "-", j->status, j->err.code,
+	    j->err.message, j->request_id[0] ? j->request_id : "-");
+	/* history: refused */
+	p->nfailed++;
+	spool_remove(p->spool, qe->qid);
+	watch_fire(qe, WORKER_REFUSED, j);
+	qent_free(p, qe);
+	return 1;
 }
 
 /* Loop thread: what became of one attempt. */
@@ -757,9 +811,12 @@ finish(struct worker_pool *p, struct job *j)
 		    j->draft ? " path=draft" : "",
 		    qe->maybe_dup ? " possible_duplicate=yes" : "");
 		spool_remove(p->spool, qe->qid);
+		watch_fire(qe, WORKER_SENT, j);
 		qent_free(p, qe);
 		break;
 	case GRAPH_PERMFAIL:
+		if (refuse_sync(p, qe, j))
+			break;
 		log_warnx("%s graph failed mailbox=%s rcpts=%zu size=%" PRIu64
 		    " message_id=%s graph_status=%ld code=%s message=\"%s\" "
 		    "request_id=%s", qe->qid, j->mailbox ? j->mailbox : "-",
@@ -772,6 +829,7 @@ finish(struct worker_pool *p, struct job *j)
 	case GRAPH_TEMPFAIL:
 	case GRAPH_REAUTH:
 		p->ndeferred++;
+		watch_fire(qe, WORKER_QUEUED, j);
 		if (qe->hold_asked) {
 			/* relayctl hold came while a worker had it. */
 			log_info("%s graph deferred code=%s message=\"%s\" "
@@ -1356,6 +1414,9 @@ worker_free(struct worker_pool *p)
 		return;
 	spool_set_queued_cb(p->spool, NULL, NULL);
 	p->stopping = 1;
+	/* The loop has ended: nobody is left to hear an answer. */
+	TAILQ_FOREACH(qe, &p->all, all)
+		qe->watch_cb = NULL;
 	/* Let requests in flight finish for a while, then cut them. */
 	http_abort_after(now_ms() + STOP_GRACE_MS);
 	pthread_mutex_lock(&p->lock);
@@ -1673,4 +1734,47 @@ worker_delete(struct worker_pool *p, const char *qid, const char **why)
 	mbox_update(p, qe->mb);
 	qent_free(p, qe);
 	return 0;
+}
+
+/* ---- synchronous replies (loop thread) ---- */
+
+int
+worker_watch(struct worker_pool *p, const char *qid, worker_watch_cb *cb,
+    void *arg)
+{
+	struct qent	*qe;
+
+	/* A message just committed is at the end of the list. */
+	TAILQ_FOREACH_REVERSE(qe, &p->all, qent_list, all)
+		if (strcmp(qe->qid, qid) == 0)
+			break;
+	if (qe == NULL || qe->attempts > 0 || qe->held || qe->timer != NULL ||
+	    p->stopping || (!qe->inflight && (p->svc_until > now_ms() ||
+	    qe->mb->hold_until > now_ms())))
+		return -1;	/* it would not go now: no use waiting */
+	qe->watch_cb = cb;
+	qe->watch_arg = arg;
+	/*
+	 * Not handed to a worker yet (all busy, or its mailbox at its 4
+	 * requests or paced): first of its mailbox's line. Pacing and the
+	 * concurrency limits still hold; past reply_timeout the session
+	 * answers 250 and the message goes when its turn comes.
+	 */
+	if (!qe->inflight && TAILQ_FIRST(&qe->mb->ready) != qe) {
+		TAILQ_REMOVE(&qe->mb->ready, qe, link);
+		TAILQ_INSERT_HEAD(&qe->mb->ready, qe, link);
+	}
+	return 0;
+}
+
+void
+worker_unwatch(struct worker_pool *p, const char *qid)
+{
+	struct qent	*qe;
+
+	TAILQ_FOREACH_REVERSE(qe, &p->all, qent_list, all)
+		if (strcmp(qe->qid, qid) == 0) {
+			qe->watch_cb = NULL;
+			return;
+		}
 }

@@ -92,4 +92,34 @@ int		 worker_release(struct worker_pool *, const char *,
 int		 worker_delete(struct worker_pool *, const char *,
 		    const char **);
 
+/* ---- synchronous replies ([smtp] reply_after = graph; loop thread) ---- */
+
+enum worker_outcome {
+	WORKER_SENT,		/* Graph took it (202) */
+	WORKER_REFUSED,		/* permanent: the message left the queue */
+	WORKER_QUEUED,		/* not sent yet: it stays queued, retried */
+};
+
+struct worker_answer {
+	enum worker_outcome	 outcome;
+	long			 status;	/* Graph's HTTP status, 0: none */
+	const char		*code;		/* Graph's error code, or "" */
+	const char		*message;
+};
+
+typedef void worker_watch_cb(void *, const struct worker_answer *);
+
+/*
+ * Calls cb once, with what became of the first attempt of qid, a message
+ * just committed: sent; refused for good, in which case the message is
+ * removed from the queue instead of going to dead/ (the client that is
+ * told 5xx owns it again); or not sent yet (a temporary failure, relayctl
+ * hold or delete). Returns -1 when the message cannot go now (Graph or
+ * its mailbox on hold, relayd stopping, unknown qid): no call comes.
+ */
+int		 worker_watch(struct worker_pool *, const char *,
+		    worker_watch_cb *, void *);
+/* No call comes; the message goes on as any other (a refusal: dead/). */
+void		 worker_unwatch(struct worker_pool *, const char *);
+
 #endif

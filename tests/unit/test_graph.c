@@ -324,6 +324,49 @@ test_explain(void **state)
 	assert_null(graph_explain(400, "BadRequest", "m"));
 }
 
+/* A refusal as the one-line SMTP reply a waiting client gets. */
+static void
+test_refusal(void **state)
+{
+	static const struct {
+		long		 status;
+		const char	*code, *message, *want;
+	} cases[] = {
+		{ 403, "ErrorSendAsDenied", "m", "550 5.7.1 Graph refused the "
+		  "message: ErrorSendAsDenied: the app may send from" },
+		{ 403, "ErrorAccessDenied", "Access is denied.", "550 5.7.1 " },
+		{ 401, "NoPermissionsInAccessToken", "m", "550 5.7.1 " },
+		{ 404, "ErrorInvalidUser", "", "550 5.1.7 Graph refused the "
+		  "message: ErrorInvalidUser: no such mailbox" },
+		{ 400, "ErrorInvalidRecipients", "", "550 5.1.1 " },
+		{ 400, "ErrorMessageSizeExceeded", "", "552 5.3.4 " },
+		{ 413, "http_413", "", "552 5.3.4 " },
+		/* Graph's own words when relayd has none; never raw bytes. */
+		{ 400, "BadRequest", "Bad \x01 thing\r\n\xc3\xa9", "554 5.6.0 "
+		  "Graph refused the message: BadRequest: Bad ? thing????" },
+		{ 400, "BadRequest", "", "554 5.6.0 Graph refused the message: "
+		  "BadRequest: no reason given" },
+		{ 0, "mapping", "not MIME", "554 5.6.0 Message cannot be sent "
+		  "through Graph: mapping: not MIME" },
+	};
+	char	 buf[480], big[1024];
+	size_t	 i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		graph_refusal(cases[i].status, cases[i].code, cases[i].message,
+		    buf, sizeof(buf));
+		if (strncmp(buf, cases[i].want, strlen(cases[i].want)) != 0)
+			fail_msg("case %zu: got \"%s\", want \"%s...\"", i,
+			    buf, cases[i].want);
+	}
+	/* A long message is cut to the buffer: one line within 512. */
+	memset(big, 'x', sizeof(big) - 1);
+	big[sizeof(big) - 1] = '\0';
+	graph_refusal(400, "BadRequest", big, buf, sizeof(buf));
+	assert_int_equal(strlen(buf), sizeof(buf) - 1);
+}
+
 /* One case per row of ../shared/graph/FACTS.md section 4, and the edges. */
 #define ERR(c)	"{\"error\":{\"code\":\"" c "\",\"message\":\"m\"}}"
 static void
@@ -650,6 +693,7 @@ main(int argc, char **argv)
 		cmocka_unit_test(test_golden),
 		cmocka_unit_test(test_classify),
 		cmocka_unit_test(test_explain),
+		cmocka_unit_test(test_refusal),
 		cmocka_unit_test(test_retry_after),
 		cmocka_unit_test(test_mime_form),
 		cmocka_unit_test(test_mime_form_too_big_goes_json),
