@@ -174,9 +174,10 @@ def test_temporary_failure_is_250_and_retried(relayd_factory,
     fake = shared_fake_graph
     fake.faults([{"kind": "graph", "status": 503, "retry_after": "1"}])
     d = sync_relayd(relayd_factory, fake)
-    code, text, _ = send(d.port, simple("try again"))
+    code, text, took = send(d.port, simple("try again"))
     m = QUEUED_RE.match("%d %s" % (code, text))
     assert m, (code, text)
+    assert took < 5, took           # at Graph's 503, not reply_timeout
     assert fake.sent() == [] and d.queued() != []
     fake.wait_sent(1, DELIVERY_TIMEOUT)
     assert subjects(fake) == ["try again"]
