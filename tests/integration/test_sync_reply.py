@@ -8,8 +8,8 @@ message is on disk before Graph is called: kill -9 while the client waits
 loses nothing. The real daemon, smtplib or raw SMTP, the fake Graph.
 """
 import re
+import signal
 import smtplib
-import socket
 import time
 
 import pytest
@@ -221,6 +221,29 @@ def test_listener_option_on_one_listener_only(relayd_factory,
     assert sorted(subjects(fake)) == ["via graph listener",
                                       "via spool listener"]
     d.stop()
+
+
+def test_reload_switches_new_sessions(relayd_factory, shared_fake_graph):
+    """SIGHUP: [smtp] reply_after, then the listen line's option, for new
+    sessions."""
+    fake = shared_fake_graph
+    fake.config(latency_ms=300)
+    d = sync_relayd(relayd_factory, fake, smtp={"reply_after": "spool"})
+    code, text, _ = send(d.port, simple("before"))
+    assert QUEUED_RE.match("%d %s" % (code, text)), text
+    d.smtp_opts["reply_after"] = "graph"
+    d.write_config()
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log(r"reload: .* in force for new sessions", 5)
+    code, text, _ = send(d.port, simple("after"))
+    assert SENT_RE.match("%d %s" % (code, text)), text
+    d._listen = ["127.0.0.1:%d reply_after=spool" % d.port]
+    d.write_config()
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: d.current_log().count("in force for new sessions")
+             == 2, 5, "the second reload")
+    code, text, _ = send(d.port, simple("listener says spool"))
+    assert QUEUED_RE.match("%d %s" % (code, text)), text
 
 
 def test_listener_option_bad_value(relayd_factory):
