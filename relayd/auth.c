@@ -85,6 +85,7 @@ struct auth {
 	unsigned	 max_failures;
 	uint64_t	 lockout_ms;
 	struct failures	*fail[AUTH_ADDR_BUCKETS];
+	uint64_t	 nfailures, nlockouts;	/* since start, for metrics */
 };
 
 struct auth_xchg {
@@ -677,6 +678,15 @@ auth_keep_failures(struct auth *a, struct auth *from)
 {
 	memcpy(a->fail, from->fail, sizeof(a->fail));
 	memset(from->fail, 0, sizeof(from->fail));
+	a->nfailures = from->nfailures;
+	a->nlockouts = from->nlockouts;
+}
+
+void
+auth_counts(const struct auth *a, uint64_t *failures, uint64_t *lockouts)
+{
+	*failures = a->nfailures;
+	*lockouts = a->nlockouts;
 }
 
 const char *
@@ -746,6 +756,7 @@ auth_failed(struct auth *a, const char *addr, int count,
 	unsigned	  k;
 
 	memset(lk, 0, sizeof(*lk));
+	a->nfailures++;
 	if (f != NULL && now - f->first >= a->lockout_ms) {
 		f->n = 0;		/* an old window */
 		f->first = now;
@@ -760,6 +771,7 @@ auth_failed(struct auth *a, const char *addr, int count,
 		f->n++;
 	if (count && f->n >= a->max_failures) {
 		f->locked_until = now + a->lockout_ms;
+		a->nlockouts++;
 		lk->addr = f->addr;
 		lk->until = wall_ms_of(f->locked_until);
 		lk->failures = f->n;

@@ -83,6 +83,8 @@ struct auth	*auth_new(const struct config *, char *, size_t);
 void		 auth_free(struct auth *);
 /* Takes over from's failures and lockouts (a reload keeps them). */
 void		 auth_keep_failures(struct auth *, struct auth *);
+/* Failed AUTHs and lockouts since start (or since [auth] came in). */
+void		 auth_counts(const struct auth *, uint64_t *, uint64_t *);
 /* The mechanisms EHLO offers: "PLAIN LOGIN SCRAM-SHA-256". */
 const char	*auth_mechanisms(const struct auth *);
 

@@ -60,6 +60,7 @@ struct smtp {
 	size_t			 nsessions;
 	int			 draining;
 	struct client_count	*clients[CLIENT_BUCKETS];
+	struct smtp_counts	 counts;
 };
 
 static unsigned
@@ -507,6 +508,39 @@ size_t
 smtp_nsessions(const struct smtp *sm)
 {
 	return sm->nsessions;
+}
+
+static const char *const refusal_names[SMTP_REFUSED_MAX] = {
+	[SMTP_REFUSED_RELAY] = "relay_denied",
+	[SMTP_REFUSED_AUTH] = "auth_failed",
+	[SMTP_REFUSED_SIZE] = "too_big",
+	[SMTP_REFUSED_POLICY] = "policy",
+	[SMTP_REFUSED_SMUGGLING] = "smuggling",
+};
+
+const char *
+smtp_refusal_name(enum smtp_refusal r)
+{
+	return r < SMTP_REFUSED_MAX ? refusal_names[r] : "unknown";
+}
+
+void
+smtp_count_received(struct smtp *sm)
+{
+	sm->counts.received++;
+}
+
+void
+smtp_count_refused(struct smtp *sm, enum smtp_refusal r)
+{
+	if (r < SMTP_REFUSED_MAX)
+		sm->counts.refused[r]++;
+}
+
+void
+smtp_counts(const struct smtp *sm, struct smtp_counts *c)
+{
+	*c = sm->counts;
 }
 
 int

@@ -4,6 +4,7 @@
 
 #include <sys/socket.h>
 #include <stddef.h>
+#include <stdint.h>
 
 struct config;
 struct event_base;
@@ -27,6 +28,25 @@ int		 smtp_reconfigure(struct smtp *, const struct config *);
 /* Loads every listener's certificate and key again (SIGHUP). */
 void		 smtp_reload_tls(struct smtp *);
 size_t		 smtp_nsessions(const struct smtp *);
+
+/* Why a client was refused, for relayd_smtp_refused_total{reason}. */
+enum smtp_refusal {
+	SMTP_REFUSED_RELAY,	/* 554 to RCPT: not in allow_networks */
+	SMTP_REFUSED_AUTH,	/* 535, or 454 to a locked-out address */
+	SMTP_REFUSED_SIZE,	/* 552: past max_message_size */
+	SMTP_REFUSED_POLICY,	/* [senders], recipient_domains, require_auth */
+	SMTP_REFUSED_SMUGGLING,	/* bare CR or LF in the data (bare_lf) */
+	SMTP_REFUSED_MAX
+};
+
+/* Counters since start (loop thread). */
+struct smtp_counts {
+	uint64_t	 received;	/* messages answered 250 queued */
+	uint64_t	 refused[SMTP_REFUSED_MAX];
+};
+void		 smtp_counts(const struct smtp *, struct smtp_counts *);
+/* The reason's label: relay_denied, auth_failed, too_big, ... */
+const char	*smtp_refusal_name(enum smtp_refusal);
 /*
  * Stopping: new clients get 421, sessions between transactions are told
  * 421 and closed, the others once their transaction is done.
@@ -36,6 +56,8 @@ size_t		 smtp_nlisteners(const struct smtp *);
 const struct smtp_listener *smtp_listener_at(const struct smtp *, size_t);
 
 /* For smtp_session.c. */
+void		 smtp_count_received(struct smtp *);
+void		 smtp_count_refused(struct smtp *, enum smtp_refusal);
 const struct config *smtp_config(const struct smtp *);
 struct spool	*smtp_spool(const struct smtp *);
 struct event_base *smtp_base(const struct smtp *);

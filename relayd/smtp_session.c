@@ -586,6 +586,7 @@ cmd_mail(struct smtp_session *s, const char *arg)
 				return;
 			}
 			if (size > s->cfg->max_message_size) {
+				smtp_count_refused(s->smtp, SMTP_REFUSED_SIZE);
 				smtp_error(s, "552 5.3.4 Message size exceeds "
 				    "fixed maximum message size (%" PRIu64
 				    " bytes)", s->cfg->max_message_size);
@@ -614,6 +615,7 @@ cmd_mail(struct smtp_session *s, const char *arg)
 		return;
 	}
 	if (s->require_auth && s->user == NULL) {
+		smtp_count_refused(s->smtp, SMTP_REFUSED_POLICY);
 		smtp_error(s, "530 5.7.0 Authentication required");
 		return;
 	}
@@ -625,6 +627,7 @@ cmd_mail(struct smtp_session *s, const char *arg)
 		    "user=%s reason=senders", s->id, log_escape(esc,
 		    sizeof(esc), addr, strlen(addr)), s->addr,
 		    s->user != NULL ? s->user : "-");
+		smtp_count_refused(s->smtp, SMTP_REFUSED_POLICY);
 		smtp_error(s, "550 5.7.1 <%s>: Sender address not allowed for "
 		    "%s %s (see [senders])", addr, s->user != NULL ? "user" :
 		    "client", s->user != NULL ? s->user : s->addr);
@@ -673,11 +676,13 @@ cmd_rcpt(struct smtp_session *s, const char *arg)
 		return;
 	}
 	if (!s->relay_ok) {
+		smtp_count_refused(s->smtp, SMTP_REFUSED_RELAY);
 		smtp_error(s, "554 5.7.1 <%s>: Relay access denied (client "
 		    "%s is not in allow_networks)", addr, s->addr);
 		return;
 	}
 	if (!policy_rcpt_ok(s->cfg, addr)) {
+		smtp_count_refused(s->smtp, SMTP_REFUSED_POLICY);
 		smtp_error(s, "550 5.7.1 <%s>: Recipient domain not accepted "
 		    "here (recipient_domains)", addr);
 		return;
@@ -868,6 +873,7 @@ auth_fail_cb(evutil_socket_t fd, short ev, void *arg)
 	struct smtp_session	*s = arg;
 
 	smtp_enter(s, STATE_HELO);
+	smtp_count_refused(s->smtp, SMTP_REFUSED_AUTH);
 	smtp_error(s, "535 5.7.8 Authentication credentials invalid");
 	if (s->freeing)
 		return;
@@ -981,6 +987,7 @@ cmd_auth(struct smtp_session *s, const char *arg)
 		snprintf(why, sizeof(why), "locked out until %s",
 		    time_iso(until, t, sizeof(t)));
 		auth_log_failed(s, NULL, mech, why, 0);
+		smtp_count_refused(s->smtp, SMTP_REFUSED_AUTH);
 		smtp_error(s, "454 4.7.0 Too many failed authentications from "
 		    "your address; try again later");
 		return;
@@ -1254,6 +1261,7 @@ commit_done(void *arg, int err, const char *qid)
 		    "again later");
 	} else {
 		log_queued(s, qid);
+		smtp_count_received(s->smtp);
 		s->nmsgs++;
 		if (graph_wait(s, qid) == 0) {
 			tx_free(s);
@@ -1273,10 +1281,12 @@ tx_finish(struct smtp_session *s)
 
 	if (tx->error == TX_OK && tx->dec.bare > 0 &&
 	    s->cfg->bare_lf == BARE_LF_REJECT) {
+		smtp_count_refused(s->smtp, SMTP_REFUSED_SMUGGLING);
 		smtp_error(s, "550 5.6.0 Message refused: bare CR or LF in "
 		    "message data (lines must end with CRLF; an admin may "
 		    "set bare_lf = normalize)");
 	} else if (tx->error == TX_ERR_SIZE) {
+		smtp_count_refused(s->smtp, SMTP_REFUSED_SIZE);
 		smtp_error(s, "552 5.3.4 Message size exceeds fixed maximum "
 		    "message size (%" PRIu64 " bytes)",
 		    s->cfg->max_message_size);
@@ -1343,6 +1353,7 @@ from_allowed(struct smtp_session *s)
 		return 1;
 	if (tx->head == NULL || !tx->head_ended) {
 		/* A From: past what was kept must not slip through. */
+		smtp_count_refused(s->smtp, SMTP_REFUSED_POLICY);
 		smtp_error(s, "550 5.7.1 Header block too large to check From: "
 		    "(more than %d bytes; see [senders])", SMTP_HEAD_MAX);
 		return 0;
@@ -1353,6 +1364,7 @@ from_allowed(struct smtp_session *s)
 		    (struct sockaddr *)&s->ss, from[i]))
 			continue;
 		ok = 0;
+		smtp_count_refused(s->smtp, SMTP_REFUSED_POLICY);
 		log_info("%016" PRIx64 " smtp refused from=<%s> client=%s "
 		    "user=%s reason=senders", s->id, log_escape(esc,
 		    sizeof(esc), from[i], strlen(from[i])), s->addr,
