@@ -58,6 +58,8 @@ struct token {
 	uint64_t	 retry_at;	/* no new attempt before */
 	uint64_t	 backoff_ms;
 	char		 last_err[512];
+	uint64_t	 fail_since;	/* wall ms of the first failure in a row */
+	unsigned	 nfails;	/* failures in a row */
 	int		 pending;	/* a reloaded credential waits */
 	char		*pending_secret;
 	struct jwt_key	*pending_key;
@@ -405,6 +407,8 @@ token_get(struct token *t, CURL *c, char *err, size_t errlen)
 				t->backoff_ms = TOKEN_RETRY_MAX_MS;
 			t->retry_at = now + t->backoff_ms;
 			snprintf(t->last_err, sizeof(t->last_err), "%s", err);
+			if (t->nfails++ == 0)
+				t->fail_since = wall_us() / 1000;
 			log_warnx("token: %s; next attempt in %llus", err,
 			    (unsigned long long)t->backoff_ms / 1000);
 			continue;
@@ -418,6 +422,8 @@ token_get(struct token *t, CURL *c, char *err, size_t errlen)
 		t->refresh_at = now + (uint64_t)life * 8 / 10;
 		t->backoff_ms = 0;
 		t->retry_at = 0;
+		t->nfails = 0;
+		t->fail_since = 0;
 		log_info("token: new access token expires_in=%llds",
 		    life / 1000);
 		break;
@@ -478,6 +484,8 @@ token_reload(struct token *t, const struct config *cfg, char *err,
 		t->retry_at = 0;
 		t->backoff_ms = 0;
 		t->last_err[0] = '\0';
+		t->nfails = 0;
+		t->fail_since = 0;
 	}
 	pthread_mutex_unlock(&t->lock);
 	return changed;
@@ -524,4 +532,21 @@ token_expires_in(struct token *t)
 		ms = (long long)(t->expires_at - now);
 	pthread_mutex_unlock(&t->lock);
 	return ms;
+}
+
+void
+token_failure(struct token *t, struct token_failure *f)
+{
+	uint64_t	 now = now_ms();
+
+	memset(f, 0, sizeof(*f));
+	pthread_mutex_lock(&t->lock);
+	if (t->nfails > 0) {
+		f->since_ms = t->fail_since;
+		f->count = t->nfails;
+		if (t->retry_at > now)
+			f->next_ms = wall_us() / 1000 + (t->retry_at - now);
+		snprintf(f->error, sizeof(f->error), "%s", t->last_err);
+	}
+	pthread_mutex_unlock(&t->lock);
 }

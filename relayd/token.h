@@ -3,6 +3,7 @@
 #define RELAYD_TOKEN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <curl/curl.h>
 
@@ -32,6 +33,15 @@ void		 token_invalidate(struct token *, const char *);
 long long	 token_retry_in(struct token *);
 /* Milliseconds until the current token expires, -1 if there is none. */
 long long	 token_expires_in(struct token *);
+
+/* Token requests failing now (count 0: the last one worked), for status. */
+struct token_failure {
+	uint64_t	 since_ms;	/* wall clock of the first in a row */
+	unsigned	 count;		/* failures in a row */
+	uint64_t	 next_ms;	/* wall clock of the next try, 0: any */
+	char		 error[512];	/* the last, with the admin's next step */
+};
+void		 token_failure(struct token *, struct token_failure *);
 
 /* The scope asked for: {graph_url}/.default, malloc'd. */
 char		*token_scope(const struct config *);
