@@ -110,6 +110,7 @@ struct spool_msg {
 	uint64_t		 off;		/* record offset in its segment */
 	struct seg		*seg;		/* where it was committed */
 	char			*mail_from;
+	char			**rcpts;	/* for the queued callback */
 	size_t			 nrcpts;
 	char			*buf;
 	size_t			 buflen;
@@ -1222,11 +1223,16 @@ commit_thread(void *arg)
 static void
 msg_free(struct spool_msg *m)
 {
+	size_t	 i;
+
 	if (m->fd != -1)
 		close(m->fd);
 	if (m->named)
 		unlinkat(m->spool->tmpfd, m->qid, 0);
 	free(m->mail_from);
+	for (i = 0; i < m->nrcpts; i++)
+		free(m->rcpts[i]);
+	free(m->rcpts);
 	free(m->buf);
 	free(m);
 }
@@ -1237,7 +1243,7 @@ msg_done(struct spool *sp, struct spool_msg *m)
 {
 	if (m->err == 0 && sp->queued_cb != NULL)
 		sp->queued_cb(sp->queued_arg, m->qid, m->mail_from,
-		    m->nrcpts, m->size);
+		    (const char *const *)m->rcpts, m->nrcpts, m->size);
 	if (m->cb != NULL)
 		m->cb(m->cbarg, m->err, m->qid);
 }
@@ -1738,6 +1744,9 @@ spool_msg_new(struct spool *sp, const struct spool_env *env)
 	m->buf = xmalloc(SPOOL_BUF_SIZE);
 	m->mail_from = xstrdup(env->mail_from);
 	m->nrcpts = env->nrcpts;
+	m->rcpts = xcalloc(env->nrcpts, sizeof(*m->rcpts));
+	for (i = 0; i < env->nrcpts; i++)
+		m->rcpts[i] = xstrdup(env->rcpts[i]);
 	snprintf(line, sizeof(line), "%s%d\n", SPOOL_MAGIC, SPOOL_VERSION);
 	msg_append(m, line, strlen(line));
 	spool_format_state(line, SPOOL_QUEUED, 0, 0, "");

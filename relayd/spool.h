@@ -61,9 +61,13 @@ struct spool_view {
 
 /* err is 0 on success or an errno value. The message is owned by the spool. */
 typedef void spool_done_cb(void *arg, int err, const char *qid);
-/* A message has been committed to queue/ (called on the event loop). */
+/*
+ * A message has been committed to queue/ (called on the event loop);
+ * rcpts as in spool_env.
+ */
 typedef void spool_queued_cb(void *arg, const char *qid,
-    const char *mail_from, size_t nrcpts, uint64_t size);
+    const char *mail_from, const char *const *rcpts, size_t nrcpts,
+    uint64_t size);
 
 /*
  * Opens (creating if needed) the spool under dir, syncing the way the

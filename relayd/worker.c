@@ -82,6 +82,7 @@ struct qent {
 	int			 maybe_dup;	/* an attempt may have gone out */
 	char			*stray;		/* a draft to delete: "mailbox id" */
 	size_t			 nrcpts;
+	char			*rcpts[WORKER_RCPTS_SHOWN];	/* for relayctl */
 	int			 inflight;	/* a worker has it */
 	int			 held;		/* relayctl hold: state H */
 	int			 hold_asked;	/* held once back from a worker */
@@ -357,6 +358,25 @@ mailbox_key(const struct worker_pool *p, const char *mail_from)
 static void	watch_fire(struct qent *, enum worker_outcome,
 		    const struct job *);
 
+/* The first recipients, bare addresses ("addr PARAMS" on disk). */
+static void
+qent_keep_rcpts(struct qent *qe, const char *const *rcpts, size_t n)
+{
+	size_t	 i;
+
+	for (i = 0; i < n && i < WORKER_RCPTS_SHOWN; i++)
+		qe->rcpts[i] = xstrndup(rcpts[i], strcspn(rcpts[i], " "));
+}
+
+static void
+qent_forget_rcpts(struct qent *qe)
+{
+	size_t	 i;
+
+	for (i = 0; i < WORKER_RCPTS_SHOWN; i++)
+		free(qe->rcpts[i]);
+}
+
 static void
 qent_free(struct worker_pool *p, struct qent *qe)
 {
@@ -368,6 +388,7 @@ qent_free(struct worker_pool *p, struct qent *qe)
 	p->queued--;
 	free(qe->sender);
 	free(qe->stray);
+	qent_forget_rcpts(qe);
 	free(qe);
 }
 
@@ -410,8 +431,9 @@ retry_at(struct worker_pool *p, struct qent *qe, uint64_t delay)
  */
 static void
 enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
-    size_t nrcpts, uint64_t size, unsigned attempts, uint64_t arrival_ms,
-    uint64_t next_ms, const char *error, int held)
+    const char *const *rcpts, size_t nrcpts, uint64_t size,
+    unsigned attempts, uint64_t arrival_ms, uint64_t next_ms,
+    const char *error, int held)
 {
 	struct qent	*qe = xcalloc(1, sizeof(*qe));
 	uint64_t	 now = wall_us() / 1000;
@@ -419,6 +441,7 @@ enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
 	strlcpy_r(qe->qid, qid, sizeof(qe->qid));
 	qe->size = size;
 	qe->nrcpts = nrcpts;
+	qent_keep_rcpts(qe, rcpts, nrcpts);
 	qe->attempts = attempts;
 	qe->arrival_ms = arrival_ms;
 	qe->sender = xstrdup(mail_from);
@@ -443,13 +466,13 @@ enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
 }
 
 static void
-on_queued(void *arg, const char *qid, const char *mail_from, size_t nrcpts,
-    uint64_t size)
+on_queued(void *arg, const char *qid, const char *mail_from,
+    const char *const *rcpts, size_t nrcpts, uint64_t size)
 {
 	struct worker_pool	*p = arg;
 
-	enqueue(p, qid, mail_from, nrcpts, size, 0, wall_us() / 1000, 0, NULL,
-	    0);
+	enqueue(p, qid, mail_from, rcpts, nrcpts, size, 0, wall_us() / 1000,
+	    0, NULL, 0);
 	dispatch(p);
 }
 
@@ -1394,7 +1417,8 @@ worker_new(struct event_base *base, const struct config *cfg,
 	p->rng = wall_us() | 1;
 	for (i = 0; (e = spool_entry_at(spool, i)) != NULL; i++)
 		if (e->state == SPOOL_QUEUED || e->state == SPOOL_HELD)
-			enqueue(p, e->qid, e->mail_from, e->nrcpts, e->size,
+			enqueue(p, e->qid, e->mail_from,
+			    (const char *const *)e->rcpts, e->nrcpts, e->size,
 			    e->attempts, e->arrival_us / 1000, e->next_ms,
 			    e->error, e->state == SPOOL_HELD);
 	spool_set_queued_cb(spool, on_queued, p);
@@ -1491,7 +1515,9 @@ qent_state(const struct worker_pool *p, const struct qent *qe)
 		return "held";
 	if (qe->timer != NULL)
 		return "deferred";
-	if (qe->mb->hold_until > now_ms() || p->svc_until > now_ms())
+	if (p->svc_until > now_ms())
+		return "graph held";
+	if (qe->mb->hold_until > now_ms())
 		return "throttled";
 	return "queued";
 }
@@ -1509,11 +1535,14 @@ qent_info(const struct worker_pool *p, const struct qent *qe,
 	m->sender = qe->sender;
 	m->mailbox = qe->mb->key;
 	m->nrcpts = qe->nrcpts;
+	memcpy(m->rcpts, qe->rcpts, sizeof(m->rcpts));
 	m->attempts = qe->attempts;
 	m->state = qent_state(p, qe);
 	m->error = qe->error;
 	if (qe->timer != NULL)
 		m->next_ms = qe->next_wall;
+	else if (!qe->held && !qe->inflight && p->svc_until > now)
+		m->next_ms = wall_us() / 1000 + (p->svc_until - now);
 	else if (!qe->held && !qe->inflight && qe->mb->hold_until > now)
 		m->next_ms = wall_us() / 1000 + (qe->mb->hold_until - now);
 }
@@ -1535,6 +1564,8 @@ worker_counts(const struct worker_pool *p, struct worker_counts *c)
 			c->deferred++;
 		else if (strcmp(st, "throttled") == 0)
 			c->throttled++;
+		else if (strcmp(st, "graph held") == 0)
+			c->graph_held++;
 		else
 			c->queued++;
 	}
@@ -1543,6 +1574,19 @@ worker_counts(const struct worker_pool *p, struct worker_counts *c)
 	c->failed = p->nfailed;
 	c->graph_held_ms = p->svc_until > now_ms() ? p->svc_until -
 	    now_ms() : 0;
+	c->graph_fails = p->svc_fails;
+}
+
+uint64_t
+worker_oldest(const struct worker_pool *p)
+{
+	const struct qent	*qe;
+	uint64_t		 oldest = 0;
+
+	TAILQ_FOREACH(qe, &p->all, all)
+		if (oldest == 0 || qe->arrival_ms < oldest)
+			oldest = qe->arrival_ms;
+	return oldest;
 }
 
 void

@@ -24,15 +24,18 @@ size_t		 worker_queued(const struct worker_pool *);
 /* ---- for the status socket (event loop thread) ---- */
 
 #define WORKER_ERRORS	16		/* recent errors kept */
+#define WORKER_RCPTS_SHOWN 3		/* recipients `queue` names */
 
 struct worker_counts {
 	size_t		 queued;	/* ready for a worker */
 	size_t		 inflight;
 	size_t		 deferred;	/* waiting for a retry */
-	size_t		 throttled;	/* its mailbox (or Graph) on hold */
+	size_t		 throttled;	/* its mailbox on hold (429) */
 	size_t		 held;		/* relayctl hold */
+	size_t		 graph_held;	/* ready, but Graph is on hold */
 	uint64_t	 sent, deferred_total, failed;	/* since start */
 	uint64_t	 graph_held_ms;	/* Graph-wide hold left, 0: none */
+	unsigned	 graph_fails;	/* failures in a row behind it */
 };
 
 /* One queued message; the strings live as long as the entry. */
@@ -43,9 +46,11 @@ struct worker_msg {
 	const char	*sender;	/* "" for the null sender */
 	const char	*mailbox;	/* the queue's mailbox key */
 	size_t		 nrcpts;
+	const char	*rcpts[WORKER_RCPTS_SHOWN];	/* the first; NULL after */
 	unsigned	 attempts;
 	uint64_t	 next_ms;	/* wall clock, 0: as soon as it can */
-	const char	*state;		/* queued, in flight, deferred, ... */
+	const char	*state;		/* queued, in flight, deferred, held,
+					   throttled, graph held */
 	const char	*error;		/* the last, "" if none */
 };
 
@@ -68,6 +73,8 @@ void		 worker_foreach(const struct worker_pool *, worker_msg_cb *,
 		    void *);
 int		 worker_find(const struct worker_pool *, const char *,
 		    struct worker_msg *);
+/* When the oldest queued message arrived (wall ms), 0: none queued. */
+uint64_t	 worker_oldest(const struct worker_pool *);
 /* Mailboxes on hold after a 429, with when they resume (wall ms). */
 void		 worker_throttled(const struct worker_pool *,
 		    worker_throttle_cb *, void *);
