@@ -2,7 +2,8 @@
  * relayctl.c - relayd's control tool.
  *
  *   relayctl [-s SOCKET] [-c CONFIG] status|queue [--json]
- *   relayctl [-s SOCKET] [-c CONFIG] show|retry|delete|hold|release ID
+ *   relayctl [-s SOCKET] [-c CONFIG] show [--json] ID
+ *   relayctl [-s SOCKET] [-c CONFIG] retry|delete|hold|release ID
  *   relayctl [-s SOCKET] [-c CONFIG] metrics
  *   relayctl [-s SOCKET] [-c CONFIG] unlock ADDRESS
  *   relayctl [-c CONFIG] test [--to ADDRESS] [--from ADDRESS]
@@ -64,8 +65,9 @@ usage_to(FILE *fp, int rc)
 	fprintf(fp,
 	    "usage: relayctl [-s socket] [-c config] status [--json]\n"
 	    "       relayctl [-s socket] [-c config] queue [--json]\n"
-	    "       relayctl [-s socket] [-c config] show|retry|delete|hold|"
-	    "release ID\n"
+	    "       relayctl [-s socket] [-c config] show [--json] ID\n"
+	    "       relayctl [-s socket] [-c config] retry|delete|hold|release "
+	    "ID\n"
 	    "       relayctl [-s socket] [-c config] retry all\n"
 	    "       relayctl [-s socket] [-c config] metrics\n"
 	    "       relayctl [-s socket] [-c config] unlock ADDRESS\n"
@@ -319,6 +321,54 @@ span(int64_t s, char *buf, size_t len)
 	return buf;
 }
 
+/* Delivery on or off, and Graph-wide: held after failures, or not. */
+static void
+print_delivery(json_object *o)
+{
+	json_object	*g;
+
+	if (!json_object_object_get_ex(o, "graph", &g) || g == NULL) {
+		printf("delivery: %s\n", jstr(o, "delivery"));
+		return;
+	}
+	if (strcmp(jstr(g, "state"), "held") == 0)
+		printf("graph: unavailable, all deliveries held until %s (%lld "
+		    "failures in a row)\n", jstr(g, "held_until"),
+		    (long long)jint(g, "failures"));
+	else if (jint(g, "failures") > 0)
+		printf("delivery: on; graph: %lld failure(s) in a row\n",
+		    (long long)jint(g, "failures"));
+	else
+		printf("delivery: %s\n", jstr(o, "delivery"));
+}
+
+/* Valid until when, or failing since when and why (with what to do). */
+static void
+print_token(json_object *o)
+{
+	json_object	*t;
+
+	if (!json_object_object_get_ex(o, "token", &t) || t == NULL) {
+		printf("token: none (delivery is off)\n");
+		return;
+	}
+	if (strcmp(jstr(t, "state"), "failing") != 0) {
+		printf("token: %s%s\n", jstr(t, "expires") ? "expires " :
+		    "none yet", jstr(t, "expires") ? jstr(t, "expires") : "");
+		return;
+	}
+	if (jstr(t, "expires"))
+		printf("token: expires %s; renewal ", jstr(t, "expires"));
+	else
+		printf("token: ");
+	printf("failing since %s: %s (%lld failed attempt(s)", jstr(t,
+	    "failing_since"), jstr(t, "last_error"), (long long)jint(t,
+	    "failures"));
+	if (jstr(t, "next_attempt"))
+		printf(", next %s", jstr(t, "next_attempt"));
+	printf(")\n");
+}
+
 static int
 cmd_status(int json)
 {
@@ -342,20 +392,20 @@ cmd_status(int json)
 	printf("\nconnections: %lld\n", (long long)jint(o, "connections"));
 	json_object_object_get_ex(o, "queue", &q);
 	printf("queue: %lld queued, %lld in flight, %lld deferred, %lld "
-	    "throttled, %lld held, %lld dead\n", (long long)jint(q, "queued"),
+	    "throttled, %lld held, %lld dead", (long long)jint(q, "queued"),
 	    (long long)jint(q, "in_flight"), (long long)jint(q, "deferred"),
 	    (long long)jint(q, "throttled"), (long long)jint(q, "held"),
 	    (long long)jint(q, "dead"));
+	if (jint(q, "graph_held") > 0)
+		printf(", %lld waiting for Graph", (long long)jint(q,
+		    "graph_held"));
+	printf("\n");
 	json_object_object_get_ex(o, "totals", &q);
 	printf("since start: %lld sent, %lld deferred attempts, %lld "
 	    "failed\n", (long long)jint(q, "sent"),
 	    (long long)jint(q, "deferred"), (long long)jint(q, "failed"));
-	printf("delivery: %s%s%s\n", jstr(o, "delivery"),
-	    jstr(o, "graph_resume") ? ", resumes " : "",
-	    jstr(o, "graph_resume") ? jstr(o, "graph_resume") : "");
-	printf("token: %s%s\n", jstr(o, "token_expires") ? "expires " :
-	    "none yet", jstr(o, "token_expires") ? jstr(o, "token_expires") :
-	    "");
+	print_delivery(o);
+	print_token(o);
 	json_object_object_get_ex(o, "throttled_mailboxes", &a);
 	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
 		x = json_object_array_get_idx(a, i);
@@ -393,11 +443,33 @@ cmd_status(int json)
 	return 0;
 }
 
+/* "a@x, b@y +3": the recipients the answer names, and how many more. */
+static const char *
+rcpt_list(json_object *x, char *buf, size_t len)
+{
+	json_object	*a;
+	size_t		 i, n = 0, used = 0;
+	int		 k;
+
+	buf[0] = '\0';
+	if (json_object_object_get_ex(x, "recipients", &a) && a != NULL)
+		n = json_object_array_length(a);
+	for (i = 0; i < n && used < len; i++) {
+		k = snprintf(buf + used, len - used, "%s%s", i ? ", " : "",
+		    json_object_get_string(json_object_array_get_idx(a, i)));
+		used += k > 0 ? (size_t)k : 0;
+	}
+	if ((int64_t)n < jint(x, "rcpts") && used < len)
+		snprintf(buf + used, len - used, "%s+%lld", n ? " " : "",
+		    (long long)(jint(x, "rcpts") - (int64_t)n));
+	return buf;
+}
+
 static int
 cmd_queue(int json)
 {
 	json_object	*o = ask("queue"), *a, *x;
-	char		 age[32];
+	char		 age[32], rcpts[512];
 	size_t		 i, n;
 	uint64_t	 bytes = 0;
 
@@ -414,16 +486,16 @@ cmd_queue(int json)
 		return 0;
 	}
 	printf("%-16s %6s %10s %-9s %3s %-20s %s\n", "ID", "AGE", "SIZE",
-	    "STATE", "TRY", "NEXT ATTEMPT", "SENDER -> MAILBOX (RCPTS)");
+	    "STATE", "TRY", "NEXT ATTEMPT", "SENDER -> RECIPIENTS (MAILBOX)");
 	for (i = 0; i < n; i++) {
 		x = json_object_array_get_idx(a, i);
 		bytes += (uint64_t)jint(x, "size");
-		printf("%-16s %6s %10lld %-9s %3lld %-20s <%s> -> %s (%lld)\n",
+		printf("%-16s %6s %10lld %-9s %3lld %-20s <%s> -> %s (%s)\n",
 		    jstr(x, "id"), span(jint(x, "age"), age, sizeof(age)),
 		    (long long)jint(x, "size"), jstr(x, "state"),
 		    (long long)jint(x, "attempts"), jstr(x, "next_attempt") ?
 		    jstr(x, "next_attempt") : "-", jstr(x, "sender"),
-		    jstr(x, "mailbox"), (long long)jint(x, "rcpts"));
+		    rcpt_list(x, rcpts, sizeof(rcpts)), jstr(x, "mailbox"));
 		if (jstr(x, "last_error") && *jstr(x, "last_error"))
 			printf("%16s last error: %s\n", "",
 			    jstr(x, "last_error"));
@@ -442,9 +514,7 @@ cmd_simple(const char *verb, const char *id)
 
 	snprintf(cmd, sizeof(cmd), "%s %s", verb, id);
 	o = ask(cmd);
-	if (strcmp(verb, "show") == 0)
-		print_json(o);
-	else if (strcmp(verb, "retry") == 0)
+	if (strcmp(verb, "retry") == 0)
 		printf("%lld message(s) to be tried now\n",
 		    (long long)jint(o, "retried"));
 	else if (strcmp(verb, "unlock") == 0)
@@ -453,6 +523,65 @@ cmd_simple(const char *verb, const char *id)
 		printf("%s: %s\n", json_object_get_string(v),
 		    strcmp(verb, "hold") == 0 ? "held" :
 		    strcmp(verb, "release") == 0 ? "released" : "deleted");
+	json_object_put(o);
+	return 0;
+}
+
+static void
+show_line(const char *label, const char *value)
+{
+	if (value != NULL && *value != '\0')
+		printf("%-14s%s\n", label, value);
+}
+
+/* One message, readable; --json: relayd's answer as it is. */
+static int
+cmd_show(const char *id, int json)
+{
+	static const char *const fields[] = { "Subject", "Message-ID", "From",
+	    "To", "Cc", "Date" };
+	json_object	*o, *a, *h;
+	char		 cmd[256], buf[512], age[32];
+	size_t		 i, n;
+
+	snprintf(cmd, sizeof(cmd), "show %s", id);
+	o = ask(cmd);
+	if (json) {
+		print_json(o);
+		json_object_put(o);
+		return 0;
+	}
+	show_line("id:", jstr(o, "id"));
+	show_line("state:", jstr(o, "state"));
+	snprintf(buf, sizeof(buf), "<%s>", jstr(o, "sender"));
+	show_line("sender:", buf);
+	show_line("mailbox:", jstr(o, "mailbox"));
+	json_object_object_get_ex(o, "recipients", &a);
+	n = a != NULL ? json_object_array_length(a) : 0;
+	for (i = 0; i < n; i++)
+		show_line(i == 0 ? "recipients:" : "", json_object_get_string(
+		    json_object_array_get_idx(a, i)));
+	if ((int64_t)n < jint(o, "rcpts")) {
+		snprintf(buf, sizeof(buf), "(%lld in all)",
+		    (long long)jint(o, "rcpts"));
+		show_line(n == 0 ? "recipients:" : "", buf);
+	}
+	snprintf(buf, sizeof(buf), "%lld bytes", (long long)jint(o, "size"));
+	show_line("size:", buf);
+	snprintf(buf, sizeof(buf), "%s (arrived %s)", span(jint(o, "age"),
+	    age, sizeof(age)), jstr(o, "arrived"));
+	show_line("age:", buf);
+	snprintf(buf, sizeof(buf), "%lld", (long long)jint(o, "attempts"));
+	show_line("attempts:", buf);
+	show_line("next attempt:", jstr(o, "next_attempt") ?
+	    jstr(o, "next_attempt") : "-");
+	show_line("last error:", jstr(o, "last_error"));
+	if (json_object_object_get_ex(o, "headers", &h) && h != NULL)
+		for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+			snprintf(buf, sizeof(buf), "%s:", fields[i]);
+			show_line(buf, jstr(h, fields[i]));
+		}
+	show_line("spool error:", jstr(o, "spool_error"));
 	json_object_put(o);
 	return 0;
 }
@@ -607,6 +736,12 @@ main(int argc, char **argv)
 		return cmd_passwd(argc, argv);
 	if (strcmp(verb, "test") == 0)
 		return cmd_test(argc, argv);
+	if (strcmp(verb, "show") == 0 && argc == 3 &&
+	    (strcmp(argv[1], "--json") == 0 || strcmp(argv[2], "--json") == 0))
+		return cmd_show(strcmp(argv[1], "--json") == 0 ? argv[2] :
+		    argv[1], 1);
+	if (strcmp(verb, "show") == 0 && argc == 2 && argv[1][0] != '-')
+		return cmd_show(argv[1], 0);
 	if (argc == 2 && strcmp(argv[1], "--json") == 0)
 		json = 1;
 	else if (argc > 2 || (argc == 2 && (strcmp(verb, "status") == 0 ||
@@ -618,8 +753,7 @@ main(int argc, char **argv)
 		return cmd_queue(json);
 	if (strcmp(verb, "metrics") == 0 && argc == 1)
 		return cmd_metrics();
-	if (argc == 2 && !json && (strcmp(verb, "show") == 0 ||
-	    strcmp(verb, "retry") == 0 || strcmp(verb, "delete") == 0 ||
+	if (argc == 2 && !json && (strcmp(verb, "retry") == 0 || strcmp(verb, "delete") == 0 ||
 	    strcmp(verb, "hold") == 0 || strcmp(verb, "release") == 0 ||
 	    strcmp(verb, "unlock") == 0))
 		return cmd_simple(verb, argv[1]);

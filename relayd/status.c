@@ -190,8 +190,9 @@ jtime(uint64_t ms)
 static json_object *
 msg_json(const struct worker_msg *m)
 {
-	json_object	*o = json_object_new_object();
+	json_object	*o = json_object_new_object(), *a;
 	uint64_t	 now = wall_us() / 1000;
+	size_t		 i;
 
 	add_str(o, "id", m->qid);
 	add_str(o, "state", m->state);
@@ -202,6 +203,10 @@ msg_json(const struct worker_msg *m)
 	add_str(o, "sender", m->sender);
 	add_str(o, "mailbox", m->mailbox);
 	add_int(o, "rcpts", (int64_t)m->nrcpts);
+	a = json_object_new_array();
+	for (i = 0; i < WORKER_RCPTS_SHOWN && m->rcpts[i] != NULL; i++)
+		json_object_array_add(a, json_object_new_string(m->rcpts[i]));
+	json_object_object_add(o, "recipients", a);
 	add_int(o, "attempts", m->attempts);
 	json_object_object_add(o, "next_attempt", jtime(m->next_ms));
 	add_str(o, "last_error", m->error);
@@ -296,6 +301,43 @@ cmd_unlock(struct status *st, const char *addr)
 	return o;
 }
 
+/* Graph as a whole: held after failures in a row, or not. */
+static json_object *
+graph_json(const struct worker_counts *c)
+{
+	json_object	*o = json_object_new_object();
+
+	add_str(o, "state", c->graph_held_ms > 0 ? "held" :
+	    c->graph_fails > 0 ? "failing" : "ok");
+	json_object_object_add(o, "held_until", c->graph_held_ms > 0 ?
+	    jtime(wall_us() / 1000 + c->graph_held_ms) : NULL);
+	add_int(o, "failures", c->graph_fails);
+	return o;
+}
+
+/*
+ * The token: valid, or failing since when and why (the last error carries
+ * the admin's next step), or none yet.
+ */
+static json_object *
+token_json(struct token *t)
+{
+	json_object		*o = json_object_new_object();
+	struct token_failure	 f;
+	long long		 exp = token_expires_in(t);
+
+	token_failure(t, &f);
+	add_str(o, "state", f.count > 0 ? "failing" : exp >= 0 ? "valid" :
+	    "none yet");
+	json_object_object_add(o, "expires", exp >= 0 ?
+	    jtime(wall_us() / 1000 + (uint64_t)exp) : NULL);
+	json_object_object_add(o, "failing_since", jtime(f.since_ms));
+	add_int(o, "failures", f.count);
+	add_str(o, "last_error", f.count > 0 ? f.error : NULL);
+	json_object_object_add(o, "next_attempt", jtime(f.next_ms));
+	return o;
+}
+
 static json_object *
 cmd_status(struct status *st)
 {
@@ -327,6 +369,7 @@ cmd_status(struct status *st)
 	add_int(q, "deferred", (int64_t)c.deferred);
 	add_int(q, "throttled", (int64_t)c.throttled);
 	add_int(q, "held", (int64_t)c.held);
+	add_int(q, "graph_held", (int64_t)c.graph_held);
 	add_int(q, "dead", (int64_t)spool_dead_count(e->spool));
 	json_object_object_add(o, "queue", q);
 	q = json_object_new_object();
@@ -343,6 +386,10 @@ cmd_status(struct status *st)
 	exp = e->token != NULL ? token_expires_in(e->token) : -1;
 	json_object_object_add(o, "token_expires", exp >= 0 ?
 	    jtime(wall_us() / 1000 + (uint64_t)exp) : NULL);
+	if (e->pool != NULL)
+		json_object_object_add(o, "graph", graph_json(&c));
+	if (e->token != NULL)
+		json_object_object_add(o, "token", token_json(e->token));
 	a = json_object_new_array();
 	if (e->pool != NULL)
 		worker_throttled(e->pool, throttled_add, a);
@@ -483,26 +530,87 @@ credential_metrics(const struct config *cfg)
 	return out;
 }
 
+static void
+count_lockout(void *arg, const struct auth_lockout *lk)
+{
+	(void)lk;
+	(*(size_t *)arg)++;
+}
+
+/* What the SMTP side took and refused, and AUTH's failures. */
+static char *
+smtp_metrics(struct status *st)
+{
+	struct smtp_counts	 sc;
+	struct auth		*a = status_auth(st);
+	uint64_t		 nfail = 0, nlock = 0;
+	size_t			 nlocked = 0, i;
+	char			*out, *more;
+
+	smtp_counts(st->env.smtp, &sc);
+	if (a != NULL) {
+		auth_counts(a, &nfail, &nlock);
+		auth_lockouts(a, count_lockout, &nlocked);
+	}
+	xasprintf(&out,
+	    "# HELP relayd_messages_received_total Messages accepted over "
+	    "SMTP (250 queued).\n"
+	    "# TYPE relayd_messages_received_total counter\n"
+	    "relayd_messages_received_total %" PRIu64 "\n"
+	    "# HELP relayd_smtp_refusals_total SMTP commands and messages "
+	    "refused, by reason.\n"
+	    "# TYPE relayd_smtp_refusals_total counter\n",
+	    sc.received);
+	for (i = 0; i < SMTP_REFUSED_MAX; i++) {
+		xasprintf(&more, "%srelayd_smtp_refusals_total{reason=\"%s\"} "
+		    "%" PRIu64 "\n", out, smtp_refusal_name(i), sc.refused[i]);
+		free(out);
+		out = more;
+	}
+	xasprintf(&more, "%s"
+	    "# HELP relayd_auth_failures_total AUTH attempts with wrong "
+	    "credentials.\n"
+	    "# TYPE relayd_auth_failures_total counter\n"
+	    "relayd_auth_failures_total %" PRIu64 "\n"
+	    "# HELP relayd_auth_lockouts_total Client addresses locked out of "
+	    "AUTH ([auth] max_failures).\n"
+	    "# TYPE relayd_auth_lockouts_total counter\n"
+	    "relayd_auth_lockouts_total %" PRIu64 "\n"
+	    "# HELP relayd_auth_locked_addresses Client addresses locked out "
+	    "now.\n"
+	    "# TYPE relayd_auth_locked_addresses gauge\n"
+	    "relayd_auth_locked_addresses %zu\n", out, nfail, nlock, nlocked);
+	free(out);
+	return more;
+}
+
 char *
 status_metrics(struct status *st)
 {
 	const struct status_env	*e = &st->env;
 	struct worker_counts	 c;
-	char			*out, *creds;
+	struct token_failure	 tf;
+	char			*out, *creds, *smtp;
 	size_t			 ntr = 0;
 	long long		 exp;
+	uint64_t		 oldest = 0, now = wall_us() / 1000;
 	struct json_object	*a = json_object_new_array();
 
 	memset(&c, 0, sizeof(c));
+	memset(&tf, 0, sizeof(tf));
 	if (e->pool != NULL) {
 		worker_counts(e->pool, &c);
 		worker_throttled(e->pool, throttled_add, a);
 		ntr = json_object_array_length(a);
+		oldest = worker_oldest(e->pool);
 	} else
 		c.queued = spool_count(e->spool);
 	json_object_put(a);
 	exp = e->token != NULL ? token_expires_in(e->token) : -1;
+	if (e->token != NULL)
+		token_failure(e->token, &tf);
 	creds = credential_metrics(e->cfg);
+	smtp = smtp_metrics(st);
 	xasprintf(&out,
 	    "# HELP relayd_info relayd's version.\n"
 	    "# TYPE relayd_info gauge\n"
@@ -520,7 +628,12 @@ status_metrics(struct status *st)
 	    "relayd_queue_messages{state=\"deferred\"} %zu\n"
 	    "relayd_queue_messages{state=\"throttled\"} %zu\n"
 	    "relayd_queue_messages{state=\"held\"} %zu\n"
+	    "relayd_queue_messages{state=\"graph_held\"} %zu\n"
 	    "relayd_queue_messages{state=\"dead\"} %zu\n"
+	    "# HELP relayd_queue_oldest_age_seconds Age of the oldest queued "
+	    "message; 0: none.\n"
+	    "# TYPE relayd_queue_oldest_age_seconds gauge\n"
+	    "relayd_queue_oldest_age_seconds %.3f\n"
 	    "# HELP relayd_messages_sent_total Messages Graph accepted.\n"
 	    "# TYPE relayd_messages_sent_total counter\n"
 	    "relayd_messages_sent_total %" PRIu64 "\n"
@@ -540,19 +653,31 @@ status_metrics(struct status *st)
 	    "hold (Graph unavailable).\n"
 	    "# TYPE relayd_graph_hold_seconds gauge\n"
 	    "relayd_graph_hold_seconds %.3f\n"
+	    "# HELP relayd_graph_failures Graph service failures in a row "
+	    "(0: the last request got an answer).\n"
+	    "# TYPE relayd_graph_failures gauge\n"
+	    "relayd_graph_failures %u\n"
 	    "# HELP relayd_token_expiry_seconds Seconds until the access "
 	    "token expires; -1: none.\n"
 	    "# TYPE relayd_token_expiry_seconds gauge\n"
 	    "relayd_token_expiry_seconds %.3f\n"
+	    "# HELP relayd_token_failures Token requests failed in a row "
+	    "(0: the last one worked).\n"
+	    "# TYPE relayd_token_failures gauge\n"
+	    "relayd_token_failures %u\n"
+	    "%s"
 	    "# HELP relayd_credential_expiry_seconds Seconds until a "
 	    "credential expires (negative: expired).\n"
 	    "# TYPE relayd_credential_expiry_seconds gauge\n"
 	    "%s",
 	    PACKAGE_VERSION, (wall_us() / 1000 - e->started_ms) / 1000,
 	    smtp_nsessions(e->smtp), c.queued, c.inflight, c.deferred,
-	    c.throttled, c.held, spool_dead_count(e->spool), c.sent,
-	    c.deferred_total, c.failed, ntr, (double)c.graph_held_ms / 1000.0,
-	    exp < 0 ? -1.0 : (double)exp / 1000.0, creds);
+	    c.throttled, c.held, c.graph_held, spool_dead_count(e->spool),
+	    oldest != 0 && now > oldest ? (double)(now - oldest) / 1000.0 :
+	    0.0, c.sent, c.deferred_total, c.failed, ntr,
+	    (double)c.graph_held_ms / 1000.0, c.graph_fails,
+	    exp < 0 ? -1.0 : (double)exp / 1000.0, tf.count, smtp, creds);
+	free(smtp);
 	free(creds);
 	return out;
 }

@@ -52,7 +52,10 @@ def test_status_answers(relayd_factory, shared_fake_graph):
     assert st["listeners"] == ["127.0.0.1:%d" % d.port]
     assert st["connections"] == 0
     assert st["queue"] == {"queued": 0, "in_flight": 0, "deferred": 0,
-                           "throttled": 0, "held": 0, "dead": 0}
+                           "throttled": 0, "held": 0, "graph_held": 0,
+                           "dead": 0}
+    assert st["token"]["state"] == "valid" and st["token"]["failures"] == 0
+    assert st["graph"] == {"state": "ok", "held_until": None, "failures": 0}
     assert st["totals"] == {"sent": 1, "deferred": 0, "failed": 0}
     assert st["delivery"] == "on"
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$",
@@ -67,6 +70,8 @@ def test_status_answers(relayd_factory, shared_fake_graph):
     assert "queue: 0 queued, 0 in flight, 0 deferred, 0 throttled, 0 " \
         "held, 0 dead" in r.stdout
     assert "since start: 1 sent, 0 deferred attempts, 0 failed" in r.stdout
+    assert "delivery: on\n" in r.stdout
+    assert re.search(r"^token: expires \S+Z$", r.stdout, re.M), r.stdout
     j = json.loads(d.relayctl("status", "--json").stdout)
     assert j["totals"]["sent"] == 1
     # -c: the socket named in relayd.conf
@@ -93,6 +98,7 @@ def test_queue_show_and_errors(relayd_factory, shared_fake_graph):
     assert st["totals"]["deferred"] == 1
     [e] = st["recent_errors"]
     assert e["id"] == qid and e["status"] == 503 and not e["permanent"]
+    assert m["recipients"] == ["a@b.test", "c@d.test"]
     shown = d.ctl("show " + qid)
     assert shown["recipients"] == ["a@b.test", "c@d.test"]
     assert shown["headers"]["Subject"] == "deferred one"
@@ -100,13 +106,106 @@ def test_queue_show_and_errors(relayd_factory, shared_fake_graph):
     r = d.relayctl("queue")
     assert r.returncode == 0 and qid in r.stdout and "deferred" in r.stdout
     assert "last error:" in r.stdout and "-- 1 message(s)" in r.stdout
+    row = [x for x in r.stdout.splitlines() if x.startswith(qid)][0]
+    assert "<%s> -> a@b.test, c@d.test (" % SENDER in row, row
     rows = json.loads(d.relayctl("queue", "--json").stdout)["queue"]
     assert [x["id"] for x in rows] == [qid]
+    assert rows[0]["recipients"] == ["a@b.test", "c@d.test"]
+    # show: a readable view; --json (either place) the JSON
     r = d.relayctl("show", qid)
-    assert r.returncode == 0 and json.loads(r.stdout)["id"] == qid
+    assert r.returncode == 0, r.stderr
+    view = dict((k.strip(), v.strip()) for k, v in (
+        line.split(":", 1) for line in r.stdout.splitlines()
+        if not line.startswith(" ")))
+    assert view["id"] == qid and view["state"] == "deferred"
+    assert view["sender"] == "<%s>" % SENDER
+    assert re.search(r"^recipients:\s+a@b\.test\n\s+c@d\.test$", r.stdout,
+                     re.M), r.stdout
+    assert view["attempts"] == "1" and view["Subject"] == "deferred one"
+    assert view["size"] == "%d bytes" % m["size"]
+    assert view["last error"] == m["last_error"]
+    assert re.match(r"\d+s \(arrived \d{4}-", view["age"]), view
+    assert view["next attempt"] == m["next_attempt"]
+    for args in (("show", "--json", qid), ("show", qid, "--json")):
+        j = json.loads(d.relayctl(*args).stdout)
+        assert j["id"] == qid and j["recipients"] == ["a@b.test", "c@d.test"]
     # an unknown id: exit 1 with a clear message
     r = d.relayctl("show", "0123456789ABCDEF")
     assert r.returncode == 1 and "no such message" in r.stderr
+
+
+def test_queue_names_the_first_recipients(relayd_factory, shared_fake_graph):
+    """Six recipients: the queue names the first three and counts the
+    rest; show lists them all."""
+    fake = shared_fake_graph
+    fake.faults([{"kind": "graph", "status": 503, "count": -1,
+                  "retry_after": "60"}])
+    d = graph_relayd(relayd_factory, fake)
+    rcpts = ["r%d@fabrikam.test" % i for i in range(6)]
+    qid = smtplib_send(d, "six", rcpts=rcpts)
+    m = wait_state(d, qid, "deferred")
+    assert m["rcpts"] == 6 and m["recipients"] == rcpts[:3]
+    r = d.relayctl("queue")
+    assert "-> r0@fabrikam.test, r1@fabrikam.test, r2@fabrikam.test +3 (" \
+        in r.stdout, r.stdout
+    r = d.relayctl("show", qid)
+    assert all(re.search(r"\s%s$" % re.escape(a), r.stdout, re.M)
+               for a in rcpts), r.stdout
+    # after a restart the queue is read back from disk: the same
+    d.restart()
+    assert queue(d)[qid]["recipients"] == rcpts[:3]
+
+
+def test_status_says_why_the_token_fails(relayd_factory, shared_fake_graph):
+    """A wrong secret: status says since when the token fails, Entra's
+    code and what to do, never "none yet"."""
+    fake = shared_fake_graph
+    d = graph_relayd(relayd_factory, fake, secret="wrong")
+    before = time.time()
+    qid = smtplib_send(d, "no token")
+    wait_for(lambda: d.ctl("status")["token"]["state"] == "failing",
+             TIMEOUT, "the token failing")
+    t = d.ctl("status")["token"]
+    assert t["failures"] >= 1 and t["expires"] is None
+    assert t["last_error"].startswith("AADSTS7000215 "), t
+    assert "client_secret_file" in t["last_error"]
+    since = time.mktime(time.strptime(t["failing_since"],
+                                      "%Y-%m-%dT%H:%M:%SZ")) - time.timezone
+    assert before - 1 <= since <= time.time() + 1, (before, t)
+    assert t["next_attempt"] > t["failing_since"]
+    r = d.relayctl("status")
+    assert "none yet" not in r.stdout, r.stdout
+    line = [x for x in r.stdout.splitlines() if x.startswith("token:")][0]
+    assert line.startswith("token: failing since %s: AADSTS7000215 invalid "
+                           "client secret (check client_secret_file"
+                           % t["failing_since"]), line
+    assert qid in queue(d)
+
+
+def test_status_shows_a_graph_wide_hold(relayd_factory, shared_fake_graph):
+    """3 failures in a row hold every delivery: status says so, with
+    until when, and the waiting messages are not counted as throttled."""
+    fake = shared_fake_graph
+    fake.faults([{"kind": "graph", "status": 503, "retry_after": None,
+                  "count": -1}])
+    d = graph_relayd(relayd_factory, fake)
+    smtplib_send(d, "first")
+    d.wait_log(r"graph unavailable: 3 failures in a row", TIMEOUT)
+    qid = smtplib_send(d, "during the hold")
+    st = d.ctl("status")
+    assert st["graph"]["state"] == "held", st["graph"]
+    assert st["graph"]["failures"] == 3 and st["graph"]["held_until"]
+    assert st["queue"]["throttled"] == 0 and st["queue"]["graph_held"] >= 1
+    assert st["throttled_mailboxes"] == []
+    held = queue(d)[qid]
+    assert held["state"] == "graph held" and held["next_attempt"], held
+    r = d.relayctl("status")
+    assert re.search(r"^graph: unavailable, all deliveries held until "
+                     r"\S+Z \(3 failures in a row\)$", r.stdout, re.M), \
+        r.stdout
+    assert "0 throttled" in r.stdout and "waiting for Graph" in r.stdout
+    assert 'relayd_queue_messages{state="throttled"} 0' in \
+        d.relayctl("metrics").stdout
 
 
 def test_retry_now(relayd_factory, shared_fake_graph):
