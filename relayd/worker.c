@@ -1475,6 +1475,7 @@ worker_free(struct worker_pool *p)
 			event_free(qe->timer);
 		free(qe->sender);
 		free(qe->stray);
+		qent_forget_rcpts(qe);
 		free(qe);
 	}
 	for (i = 0; i < MBOX_HASH_SIZE; i++)
