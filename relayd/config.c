@@ -219,6 +219,14 @@ static const struct cfg_key cfg_keys[] = {
 	  "no: refused messages stay in dead/ silently. sender: a short "
 	  "report goes through Graph to the envelope sender, when that is a "
 	  "mailbox of the tenant." },
+	{ "queue", "notify", CFG_STR, NULL, 0, 0, OFF(notify), NULL,
+	  "An operator's mailbox (user@domain) that gets a digest of new dead "
+	  "letters and expired messages, sent through Graph from that "
+	  "mailbox to itself, at most one per notify_interval. Unset: no "
+	  "digest." },
+	{ "queue", "notify_interval", CFG_DURATION, "1h", 1000,
+	  UINT64_C(7) * 86400 * 1000, OFF(notify_interval_ms), NULL,
+	  "Least time between two digests to notify." },
 	{ "graph", "tenant", CFG_STR, NULL, 0, 0, OFF(tenant), NULL,
 	  "Directory (tenant) ID or domain of the app registration." },
 	{ "graph", "client_id", CFG_STR, NULL, 0, 0, OFF(client_id), NULL,
@@ -1480,6 +1488,11 @@ check_config(struct parser *p)
 		free(copy);
 	}
 	check_open_relay(p);
+	if (cfg->notify != NULL && !mailbox_address(cfg->notify))
+		perr(p, key_line(p, "queue", "notify"), "notify \"%s\" is not "
+		    "a mailbox address; name the operator's mailbox "
+		    "(user@domain) that gets the digest of dead letters",
+		    cfg->notify);
 	if (cfg->sendmail_sender != NULL &&
 	    !mailbox_address(cfg->sendmail_sender))
 		perr(p, key_line(p, "sendmail", "sender"), "sender \"%s\" is "

@@ -72,6 +72,8 @@ struct config {
 	uint64_t		 lifetime_ms;
 	uint64_t		 messages_per_minute;
 	int			 bounce;	/* enum bounce */
+	char			*notify;	/* digest to, or NULL */
+	uint64_t		 notify_interval_ms;
 
 	/* [graph] */
 	char			*tenant;

@@ -1,9 +1,10 @@
 /*
  * relayctl.c - relayd's control tool.
  *
- *   relayctl [-s SOCKET] [-c CONFIG] status|queue [--json]
+ *   relayctl [-s SOCKET] [-c CONFIG] status|queue|dead [--json]
  *   relayctl [-s SOCKET] [-c CONFIG] show [--json] ID
  *   relayctl [-s SOCKET] [-c CONFIG] retry|delete|hold|release ID
+ *   relayctl [-s SOCKET] [-c CONFIG] export ID
  *   relayctl [-s SOCKET] [-c CONFIG] metrics
  *   relayctl [-s SOCKET] [-c CONFIG] unlock ADDRESS
  *   relayctl [-c CONFIG] test [--to ADDRESS] [--from ADDRESS]
@@ -11,6 +12,9 @@
  *
  * The first ones talk to relayd's status socket (-s, else [status] socket
  * of the config, else the default): a line out, a line of JSON back.
+ * show, retry, delete and export also take a dead letter's id; `export`
+ * gets an open spool file passed with the answer (SCM_RIGHTS) and copies
+ * the message from it to standard output, as the client sent it.
  * `test` does what relayd would: fetches a token with the config's
  * credentials and, with --to, sends a short message through Graph; what
  * goes wrong is explained in an admin's words. `passwd` reads a password
@@ -56,6 +60,7 @@
 #define ANSWER_MAX	(64 * 1024 * 1024)
 
 static const char	*conf_path;
+static int		 passed_fd = -1;	/* export: relayd's file */
 static int		 conf_given;
 static const char	*sock_path;
 
@@ -65,9 +70,11 @@ usage_to(FILE *fp, int rc)
 	fprintf(fp,
 	    "usage: relayctl [-s socket] [-c config] status [--json]\n"
 	    "       relayctl [-s socket] [-c config] queue [--json]\n"
+	    "       relayctl [-s socket] [-c config] dead [--json]\n"
 	    "       relayctl [-s socket] [-c config] show [--json] ID\n"
 	    "       relayctl [-s socket] [-c config] retry|delete|hold|release "
 	    "ID\n"
+	    "       relayctl [-s socket] [-c config] export ID\n"
 	    "       relayctl [-s socket] [-c config] retry all\n"
 	    "       relayctl [-s socket] [-c config] metrics\n"
 	    "       relayctl [-s socket] [-c config] unlock ADDRESS\n"
@@ -248,7 +255,7 @@ ask(const char *cmd)
 			cap = cap * 2 + 65536;
 			buf = xrealloc(buf, cap + 1);
 		}
-		n = read(fd, buf + len, cap - len);
+		n = fd_recvmsg(fd, buf + len, cap - len, &passed_fd);
 		if (n <= 0)
 			break;
 		len += (size_t)n;
@@ -514,7 +521,10 @@ cmd_simple(const char *verb, const char *id)
 
 	snprintf(cmd, sizeof(cmd), "%s %s", verb, id);
 	o = ask(cmd);
-	if (strcmp(verb, "retry") == 0)
+	if (strcmp(verb, "retry") == 0 && jstr(o, "requeued") != NULL)
+		printf("%s: requeued as %s\n", jstr(o, "id"),
+		    jstr(o, "requeued"));
+	else if (strcmp(verb, "retry") == 0)
 		printf("%lld message(s) to be tried now\n",
 		    (long long)jint(o, "retried"));
 	else if (strcmp(verb, "unlock") == 0)
@@ -583,6 +593,84 @@ cmd_show(const char *id, int json)
 		}
 	show_line("spool error:", jstr(o, "spool_error"));
 	json_object_put(o);
+	return 0;
+}
+
+static int
+cmd_dead(int json)
+{
+	json_object	*o = ask("dead"), *a, *x, *r;
+	size_t		 i, j, n;
+
+	json_object_object_get_ex(o, "dead", &a);
+	n = a != NULL ? json_object_array_length(a) : 0;
+	if (json) {
+		print_json(o);
+		json_object_put(o);
+		return 0;
+	}
+	if (n == 0)
+		printf("No dead letters.\n");
+	for (i = 0; i < n; i++) {
+		x = json_object_array_get_idx(a, i);
+		printf("%s%s  %s  <%s> ->", i ? "\n" : "", jstr(x, "id"),
+		    jstr(x, "time") ? jstr(x, "time") : "-", jstr(x, "sender"));
+		json_object_object_get_ex(x, "recipients", &r);
+		for (j = 0; r != NULL && j < json_object_array_length(r); j++)
+			printf("%s%s", j ? ", " : " ", json_object_get_string(
+			    json_object_array_get_idx(r, j)));
+		printf("\n  mailbox:    %s\n  subject:    %s\n"
+		    "  message-id: %s\n  reason:     %s\n",
+		    jstr(x, "mailbox") && *jstr(x, "mailbox") ?
+		    jstr(x, "mailbox") : "-", jstr(x, "subject"),
+		    jstr(x, "message_id") && *jstr(x, "message_id") ?
+		    jstr(x, "message_id") : "-", jstr(x, "reason"));
+	}
+	if (n > 0)
+		printf("-- %zu dead letter(s): relayctl show|retry|export|"
+		    "delete ID\n", n);
+	json_object_put(o);
+	return 0;
+}
+
+/* Copies the message's range of the passed file to standard output. */
+static int
+cmd_export(const char *id)
+{
+	char		 cmd[256], buf[64 * 1024];
+	json_object	*o;
+	int64_t		 off, left;
+	ssize_t		 n;
+
+	snprintf(cmd, sizeof(cmd), "export %s", id);
+	o = ask(cmd);
+	off = jint(o, "offset");
+	left = jint(o, "length");
+	json_object_put(o);
+	if (passed_fd == -1) {
+		fprintf(stderr, "relayctl: relayd passed no file for %s (try "
+		    "again)\n", id);
+		return 1;
+	}
+	while (left > 0) {
+		n = pread(passed_fd, buf, left < (int64_t)sizeof(buf) ?
+		    (size_t)left : sizeof(buf), (off_t)off);
+		if (n <= 0) {
+			fprintf(stderr, "relayctl: export %s: %s\n", id, n == 0 ?
+			    "the spool file ends early" : strerror(errno));
+			return 1;
+		}
+		if (fwrite(buf, 1, (size_t)n, stdout) != (size_t)n)
+			break;
+		off += n;
+		left -= n;
+	}
+	close(passed_fd);
+	if (fflush(stdout) == EOF || ferror(stdout)) {
+		fprintf(stderr, "relayctl: export %s: standard output: %s\n",
+		    id, strerror(errno));
+		return 1;
+	}
 	return 0;
 }
 
@@ -745,15 +833,21 @@ main(int argc, char **argv)
 	if (argc == 2 && strcmp(argv[1], "--json") == 0)
 		json = 1;
 	else if (argc > 2 || (argc == 2 && (strcmp(verb, "status") == 0 ||
-	    strcmp(verb, "queue") == 0 || strcmp(verb, "metrics") == 0)))
+	    strcmp(verb, "queue") == 0 || strcmp(verb, "metrics") == 0 ||
+	    strcmp(verb, "dead") == 0)))
 		usage();
 	if (strcmp(verb, "status") == 0)
 		return cmd_status(json);
 	if (strcmp(verb, "queue") == 0)
 		return cmd_queue(json);
+	if (strcmp(verb, "dead") == 0)
+		return cmd_dead(json);
+	if (strcmp(verb, "export") == 0 && argc == 2 && !json)
+		return cmd_export(argv[1]);
 	if (strcmp(verb, "metrics") == 0 && argc == 1)
 		return cmd_metrics();
-	if (argc == 2 && !json && (strcmp(verb, "retry") == 0 || strcmp(verb, "delete") == 0 ||
+	if (argc == 2 && !json && (strcmp(verb, "retry") == 0 ||
+	    strcmp(verb, "delete") == 0 ||
 	    strcmp(verb, "hold") == 0 || strcmp(verb, "release") == 0 ||
 	    strcmp(verb, "unlock") == 0))
 		return cmd_simple(verb, argv[1]);

@@ -1437,24 +1437,12 @@ spool_entry_at(const struct spool *sp, size_t i)
 size_t
 spool_dead_count(struct spool *sp)
 {
-	DIR		*d;
-	struct dirent	*de;
-	size_t		 n = 0, len;
-	int		 fd;
+	char	**ids;
+	size_t	 i, n = spool_dead_ids(sp, &ids);
 
-	if ((fd = openat(sp->dirfd, "dead", O_RDONLY | O_DIRECTORY |
-	    O_CLOEXEC)) == -1 || (d = fdopendir(fd)) == NULL) {
-		if (fd != -1)
-			close(fd);
-		return 0;
-	}
-	while ((de = readdir(d)) != NULL) {
-		len = strlen(de->d_name);
-		if (len == SPOOL_QID_LEN && strspn(de->d_name,
-		    "0123456789ABCDEF") == len)
-			n++;
-	}
-	closedir(d);
+	for (i = 0; i < n; i++)
+		free(ids[i]);
+	free(ids);
 	return n;
 }
 
@@ -1836,4 +1824,252 @@ spool_msg_abort(struct spool_msg *m)
 {
 	if (m != NULL)
 		msg_free(m);
+}
+
+/* ---- dead letters ---- */
+
+/* A queue id from outside (relayctl): 16 hex digits, never a path. */
+static int
+qid_valid(const char *qid)
+{
+	return strlen(qid) == SPOOL_QID_LEN &&
+	    strspn(qid, "0123456789ABCDEF") == SPOOL_QID_LEN;
+}
+
+static int
+dead_dir(struct spool *sp)
+{
+	return openat(sp->dirfd, "dead", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
+int
+spool_dead_map(struct spool *sp, const char *qid, struct spool_view *v,
+    const char **why)
+{
+	struct stat	 sb;
+	int		 dfd, fd = -1, saved;
+
+	memset(v, 0, sizeof(*v));
+	v->fd = -1;
+	*why = "no such dead letter";
+	if (!qid_valid(qid) || (dfd = dead_dir(sp)) == -1) {
+		errno = ENOENT;
+		return -1;
+	}
+	fd = openat(dfd, qid, O_RDONLY | O_CLOEXEC);
+	saved = errno;
+	close(dfd);
+	if (fd == -1) {
+		if (saved != ENOENT)
+			*why = strerror(saved);
+		errno = saved;
+		return -1;
+	}
+	v->fd = fd;
+	if (fstat(fd, &sb) == -1 || sb.st_size <= 0 ||
+	    (v->map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE,
+	    fd, 0)) == MAP_FAILED) {
+		v->map = NULL;
+		*why = "cannot read it";
+		spool_unmap_msg(v);
+		errno = EIO;
+		return -1;
+	}
+	v->maplen = (size_t)sb.st_size;
+	if (spool_parse(v->map, v->maplen, &v->e, why) == -1 ||
+	    (strcmp(v->e.qid, qid) != 0 &&
+	    (*why = "record holds another queue id") != NULL)) {
+		spool_unmap_msg(v);
+		errno = EBADMSG;
+		return -1;
+	}
+	v->msg = (char *)v->map + v->e.body_offset;
+	v->msg_off = v->e.body_offset;
+	return 0;
+}
+
+char *
+spool_dead_reason(struct spool *sp, const char *qid, uint64_t *mtime_ms)
+{
+	char		 name[SPOOL_QID_LEN + 8], *text;
+	struct stat	 sb;
+	ssize_t		 n;
+	int		 dfd, fd;
+
+	*mtime_ms = 0;
+	if (!qid_valid(qid) || (dfd = dead_dir(sp)) == -1)
+		return NULL;
+	snprintf(name, sizeof(name), "%s.reason", qid);
+	fd = openat(dfd, name, O_RDONLY | O_CLOEXEC);
+	close(dfd);
+	if (fd == -1)
+		return NULL;
+	if (fstat(fd, &sb) == -1 || sb.st_size > 1024 * 1024) {
+		close(fd);
+		return NULL;
+	}
+	*mtime_ms = (uint64_t)sb.st_mtim.tv_sec * 1000 +
+	    (uint64_t)sb.st_mtim.tv_nsec / 1000000;
+	text = xmalloc((size_t)sb.st_size + 1);
+	n = pread(fd, text, (size_t)sb.st_size, 0);
+	close(fd);
+	text[n > 0 ? n : 0] = '\0';
+	return text;
+}
+
+static int
+qid_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+size_t
+spool_dead_ids(struct spool *sp, char ***out)
+{
+	DIR		*d;
+	struct dirent	*de;
+	char		**ids = NULL;
+	size_t		 n = 0;
+	int		 fd;
+
+	*out = NULL;
+	if ((fd = dead_dir(sp)) == -1)
+		return 0;
+	if ((d = fdopendir(fd)) == NULL) {
+		close(fd);
+		return 0;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (!qid_valid(de->d_name))
+			continue;
+		ids = xrealloc(ids, (n + 1) * sizeof(*ids));
+		ids[n++] = xstrdup(de->d_name);
+	}
+	closedir(d);
+	if (n > 0)
+		qsort(ids, n, sizeof(*ids), qid_cmp);
+	*out = ids;
+	return n;
+}
+
+int
+spool_dead_remove(struct spool *sp, const char *qid)
+{
+	char	 name[SPOOL_QID_LEN + 8];
+	int	 dfd, rc = 0;
+
+	if (!qid_valid(qid) || (dfd = dead_dir(sp)) == -1) {
+		errno = ENOENT;
+		return -1;
+	}
+	if (unlinkat(dfd, qid, 0) == -1)
+		rc = -1;
+	snprintf(name, sizeof(name), "%s.reason", qid);
+	if (unlinkat(dfd, name, 0) == -1 && errno != ENOENT)
+		log_warn("%s spool: cannot remove dead/%s", qid, name);
+	if (rc == 0 && fsync(dfd) == -1)
+		log_warn("%s spool: cannot sync dead/", qid);
+	close(dfd);
+	if (rc == 0)
+		return 0;
+	errno = ENOENT;
+	return -1;
+}
+
+size_t
+spool_view_env(const struct spool_view *v, const char *key, char *out,
+    size_t outlen)
+{
+	const char	*rec = v->msg - v->e.body_offset;
+	const char	*p = rec + ENVELOPE_OFF, *end = v->msg, *nl;
+	size_t		 klen = strlen(key), n;
+
+	out[0] = '\0';
+	for (; p < end && (nl = memchr(p, '\n', (size_t)(end - p))) != NULL;
+	    p = nl + 1) {
+		if ((size_t)(nl - p) < klen + 2 || strncmp(p, key, klen) != 0 ||
+		    p[klen] != ':' || p[klen + 1] != ' ')
+			continue;
+		n = (size_t)(nl - p) - klen - 2;
+		if (n >= outlen)
+			n = outlen - 1;
+		memcpy(out, p + klen + 2, n);
+		out[n] = '\0';
+		return n;
+	}
+	return 0;
+}
+
+/* A requeued dead letter: its dead copy goes once the new one is durable. */
+struct requeue {
+	struct spool	*sp;
+	char		 old[SPOOL_QID_LEN + 1];
+	spool_done_cb	*cb;
+	void		*arg;
+};
+
+static void
+requeue_done(void *arg, int err, const char *qid)
+{
+	struct requeue	*rq = arg;
+
+	if (err == 0) {
+		if (spool_dead_remove(rq->sp, rq->old) == -1)
+			log_warn("%s spool: requeued as %s, but the dead copy "
+			    "stays", rq->old, qid);
+		else
+			log_info("%s requeued as %s by relayctl", rq->old,
+			    qid);
+	} else
+		log_warnx("%s spool: cannot requeue it: %s", rq->old,
+		    strerror(err));
+	if (rq->cb != NULL)
+		rq->cb(rq->arg, err, qid);
+	free(rq);
+}
+
+int
+spool_dead_requeue(struct spool *sp, const char *qid, spool_done_cb *cb,
+    void *arg, char *newqid, const char **why)
+{
+	struct spool_view	 v;
+	struct spool_env	 env;
+	struct spool_msg	*m;
+	struct requeue		*rq;
+	char			 client[256], listener[256], helo[1024];
+	char			 user[1024], params[1024];
+
+	if (spool_dead_map(sp, qid, &v, why) == -1)
+		return -1;
+	memset(&env, 0, sizeof(env));
+	spool_view_env(&v, "client", client, sizeof(client));
+	spool_view_env(&v, "listener", listener, sizeof(listener));
+	spool_view_env(&v, "helo", helo, sizeof(helo));
+	spool_view_env(&v, "user", user, sizeof(user));
+	spool_view_env(&v, "mail-params", params, sizeof(params));
+	env.arrival_us = wall_us();	/* its lifetime starts again */
+	env.client = client;
+	env.listener = listener;
+	env.helo = helo;
+	env.user = user;
+	env.mail_from = v.e.mail_from;
+	env.mail_params = params;
+	env.rcpts = (const char *const *)v.e.rcpts;
+	env.nrcpts = v.e.nrcpts;
+	if ((m = spool_msg_new(sp, &env)) == NULL ||
+	    spool_msg_write(m, v.msg, v.e.size) == -1) {
+		*why = strerror(errno);
+		spool_msg_abort(m);
+		spool_unmap_msg(&v);
+		return -1;
+	}
+	spool_unmap_msg(&v);
+	strlcpy_r(newqid, spool_msg_qid(m), SPOOL_QID_LEN + 1);
+	rq = xcalloc(1, sizeof(*rq));
+	rq->sp = sp;
+	strlcpy_r(rq->old, qid, sizeof(rq->old));
+	rq->cb = cb;
+	rq->arg = arg;
+	spool_msg_commit(m, requeue_done, rq);
+	return 0;
 }

@@ -102,6 +102,31 @@ int		 spool_set_state(struct spool *, const char *, char, unsigned,
 		    uint64_t, const char *);
 
 /*
+ * Dead letters (dead/<qid> beside dead/<qid>.reason). A dead letter keeps
+ * its queue id, which no queued message shares. Ids from outside are
+ * checked (16 hex digits) before they name a file.
+ */
+/* Maps dead/<qid> whole; v->fd is open on it, v->msg_off the message. */
+int		 spool_dead_map(struct spool *, const char *,
+		    struct spool_view *, const char **);
+/* dead/<qid>.reason's text (malloc'd) and its time, NULL if none. */
+char		*spool_dead_reason(struct spool *, const char *, uint64_t *);
+/* The dead letters' ids, oldest first: a malloc'd array of strings. */
+size_t		 spool_dead_ids(struct spool *, char ***);
+/* Removes a dead letter and its reason; dead/ is synced. -1: none. */
+int		 spool_dead_remove(struct spool *, const char *);
+/*
+ * Queues a dead letter again as a fresh message (new id in newqid,
+ * arrival now, no attempts, the same envelope and bytes); once that is
+ * durable the dead copy is removed and cb runs (loop thread). -1 with why.
+ */
+int		 spool_dead_requeue(struct spool *, const char *,
+		    spool_done_cb *, void *, char *, const char **);
+/* An envelope value ("client", "listener", ...) of a mapped record. */
+size_t		 spool_view_env(const struct spool_view *, const char *,
+		    char *, size_t);
+
+/*
  * Starts a message with its envelope. Small messages stay in memory until
  * commit; bigger ones spill into a file of their own. Returns NULL with
  * errno set if that fails.

@@ -8,9 +8,15 @@
  * line of JSON per answer:
  *
  *   status | queue | show ID | retry ID|all | delete ID | hold ID |
- *   release ID | metrics | unlock ADDRESS
+ *   release ID | metrics | unlock ADDRESS | dead | export ID
  *
- * Errors are {"error": "..."}. Everything runs on the event loop, which
+ * Errors are {"error": "..."}. Dead letters share the queue's ids: show,
+ * retry, delete and export look in the queue, then in dead/. A retry of a
+ * dead letter queues it afresh and answers once that copy is durable.
+ * export answers with where the message lies in a spool file (offset and
+ * length, relayd's own Received: field left out) and passes that file,
+ * open for reading, with the answer (SCM_RIGHTS), so that relayctl copies
+ * 40 MB without either side holding it in memory. Everything runs on the event loop, which
  * owns the queue's state, so answers are consistent snapshots. [status]
  * metrics_listen serves the same metrics as Prometheus text over HTTP.
  */
@@ -40,6 +46,7 @@
 #include "auth.h"
 #include "autoconf.h"
 #include "config.h"
+#include "dead.h"
 #include "log.h"
 #include "smtp.h"
 #include "spool.h"
@@ -53,10 +60,19 @@
 #define STATUS_CLIENTS_MAX	64	/* connections at once */
 #define STATUS_IDLE_SEC		60	/* a silent client is closed */
 
+struct pending;
+
 struct client {
 	struct status		*st;
 	struct bufferevent	*bev;
+	struct pending		*wait;	/* a dead letter's retry */
 	TAILQ_ENTRY(client)	 link;
+};
+
+/* A retry of a dead letter, answered once the new copy is durable. */
+struct pending {
+	struct client		*c;	/* NULL once it went away */
+	char			 id[SPOOL_QID_LEN + 1];
 };
 TAILQ_HEAD(client_list, client);
 
@@ -450,6 +466,184 @@ header_field(const char *msg, size_t len, const char *name)
 	return NULL;
 }
 
+/* ---- dead letters ---- */
+
+/*
+ * A dead letter as `dead` lists it; with full (`show`) also its size,
+ * attempts, Graph's answer and header fields. NULL if there is none.
+ */
+static json_object *
+dead_json(struct status *st, const char *id, int full)
+{
+	struct spool_view	 v;
+	struct dead_reason	 r;
+	struct dead_head	 h;
+	json_object		*o, *a;
+	const char		*why;
+	char			*text, *words, *rcpt;
+	uint64_t		 mtime;
+	size_t			 i;
+
+	if (spool_dead_map(st->env.spool, id, &v, &why) == -1)
+		return NULL;
+	text = spool_dead_reason(st->env.spool, id, &mtime);
+	dead_reason_parse(text != NULL ? text : "", &r);
+	memset(&h, 0, sizeof(h));
+	dead_head_read(v.msg, v.e.size, &h);
+	o = json_object_new_object();
+	add_str(o, "id", v.e.qid);
+	add_str(o, "time", r.time);
+	add_str(o, "sender", v.e.mail_from);
+	add_str(o, "mailbox", r.mailbox);
+	a = json_object_new_array();
+	for (i = 0; i < v.e.nrcpts; i++) {
+		rcpt = xstrdup(v.e.rcpts[i]);
+		dead_rcpt_addr(rcpt);
+		json_object_array_add(a, json_object_new_string(rcpt));
+		free(rcpt);
+	}
+	json_object_object_add(o, "recipients", a);
+	add_str(o, "subject", h.subject);
+	add_str(o, "message_id", h.message_id);
+	words = dead_reason_words(&r);
+	add_str(o, "reason", words);
+	free(words);
+	if (full) {
+		add_str(o, "state", "dead");
+		json_object_object_add(o, "arrived", jtime(v.e.arrival_us /
+		    1000));
+		add_int(o, "size", (int64_t)v.e.size);
+		add_int(o, "attempts", r.attempts);
+		add_int(o, "graph_status", r.status);
+		add_str(o, "code", r.code);
+		add_str(o, "message", r.message);
+		add_str(o, "request_id", r.request_id);
+		add_str(o, "graph_answer", r.body);
+		add_str(o, "date", h.date);
+	}
+	dead_reason_clear(&r);
+	free(text);
+	spool_unmap_msg(&v);
+	return o;
+}
+
+static json_object *
+cmd_dead(struct status *st)
+{
+	json_object	*o = json_object_new_object(), *a, *x;
+	char		**ids;
+	size_t		 i, n;
+
+	a = json_object_new_array();
+	n = spool_dead_ids(st->env.spool, &ids);
+	for (i = 0; i < n; i++) {
+		if ((x = dead_json(st, ids[i], 0)) != NULL)
+			json_object_array_add(a, x);
+		free(ids[i]);
+	}
+	free(ids);
+	json_object_object_add(o, "dead", a);
+	return o;
+}
+
+static json_object *
+retried_json(const char *id, const char *newid)
+{
+	json_object	*o = json_object_new_object();
+
+	add_str(o, "ok", "retry");
+	add_str(o, "id", id);
+	add_int(o, "retried", 1);
+	add_str(o, "requeued", newid);
+	return o;
+}
+
+static void
+write_answer(struct client *c, json_object *o)
+{
+	const char	*text = json_object_to_json_string_ext(o,
+	    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE);
+
+	bufferevent_write(c->bev, text, strlen(text));
+	bufferevent_write(c->bev, "\n", 1);
+	json_object_put(o);
+}
+
+static void
+requeued(void *arg, int err, const char *qid)
+{
+	struct pending	*pd = arg;
+
+	if (pd->c != NULL) {
+		pd->c->wait = NULL;
+		write_answer(pd->c, err == 0 ? retried_json(pd->id, qid) :
+		    jerror("retry %s: cannot queue it again: %s", pd->id,
+		    strerror(err)));
+	}
+	free(pd);
+}
+
+/*
+ * The dead letter goes back to the queue as a fresh message. With a
+ * client the answer waits for the commit (NULL now); without (tests) it
+ * is given at once.
+ */
+static json_object *
+dead_retry(struct status *st, const char *id, struct client *c)
+{
+	struct pending	*pd = NULL;
+	const char	*why;
+	char		 newid[SPOOL_QID_LEN + 1];
+
+	if (c != NULL && c->wait != NULL)
+		return jerror("retry %s: one retry at a time", id);
+	if (c != NULL) {
+		pd = xcalloc(1, sizeof(*pd));
+		pd->c = c;
+		strlcpy_r(pd->id, id, sizeof(pd->id));
+	}
+	if (spool_dead_requeue(st->env.spool, id, pd != NULL ? requeued :
+	    NULL, pd, newid, &why) == -1) {
+		free(pd);
+		return jerror("retry %s: %s", id, why);
+	}
+	if (c == NULL)
+		return retried_json(id, newid);
+	c->wait = pd;
+	return NULL;
+}
+
+/*
+ * Where the message lies: offset and length in the file *fdp (a dup the
+ * caller closes; fdp NULL: none), relayd's own Received: left out.
+ */
+static json_object *
+cmd_export(struct status *st, const char *id, int *fdp)
+{
+	struct spool_view	 v;
+	json_object		*o;
+	const char		*why;
+	size_t			 skip;
+
+	if (spool_map_msg(st->env.spool, id, &v, &why) == -1 &&
+	    spool_dead_map(st->env.spool, id, &v, &why) == -1)
+		return jerror("no such message in the queue or in dead/: %s",
+		    id);
+	skip = dead_received_len(v.msg, v.e.size);
+	if (fdp != NULL && (*fdp = dup(v.fd)) == -1) {
+		spool_unmap_msg(&v);
+		return jerror("export %s: %s", id, strerror(errno));
+	}
+	o = json_object_new_object();
+	add_str(o, "ok", "export");
+	add_str(o, "id", id);
+	add_int(o, "offset", (int64_t)(v.msg_off + skip));
+	add_int(o, "length", (int64_t)(v.e.size - skip));
+	add_int(o, "received_skipped", (int64_t)skip);
+	spool_unmap_msg(&v);
+	return o;
+}
+
 static json_object *
 cmd_show(struct status *st, const char *id)
 {
@@ -461,8 +655,12 @@ cmd_show(struct status *st, const char *id)
 	static const char	*fields[] = { "From", "To", "Cc", "Subject",
 	    "Date", "Message-ID" };
 
-	if (st->env.pool == NULL || worker_find(st->env.pool, id, &m) == -1)
-		return jerror("no such message in the queue: %s", id);
+	if (st->env.pool == NULL || worker_find(st->env.pool, id, &m) == -1) {
+		if ((o = dead_json(st, id, 1)) != NULL)
+			return o;
+		return jerror("no such message in the queue or in dead/: %s",
+		    id);
+	}
 	o = msg_json(&m);
 	if (spool_map_msg(st->env.spool, m.qid, &v, &why) == -1) {
 		add_str(o, "spool_error", why);
@@ -483,13 +681,31 @@ cmd_show(struct status *st, const char *id)
 }
 
 static json_object *
-cmd_action(struct status *st, const char *verb, const char *id)
+cmd_action(struct status *st, const char *verb, const char *id,
+    struct client *c)
 {
 	struct worker_pool	*p = st->env.pool;
 	const char		*why = "";
 	json_object		*o;
 	int			 n;
+	struct spool_view	 v;
+	struct worker_msg	 m;
 
+	/* Not queued but dead: retry and delete work on dead/. */
+	if ((p == NULL || worker_find(p, id, &m) == -1) &&
+	    (strcmp(verb, "retry") == 0 || strcmp(verb, "delete") == 0) &&
+	    spool_dead_map(st->env.spool, id, &v, &why) == 0) {
+		spool_unmap_msg(&v);
+		if (strcmp(verb, "retry") == 0)
+			return dead_retry(st, id, c);
+		if (spool_dead_remove(st->env.spool, id) == -1)
+			return jerror("delete %s: %s", id, strerror(errno));
+		log_info("%s dead letter deleted by relayctl", id);
+		o = json_object_new_object();
+		add_str(o, "ok", verb);
+		add_str(o, "id", id);
+		return o;
+	}
 	if (p == NULL)
 		return jerror("delivery is off ([graph] not configured)");
 	if (strcmp(verb, "retry") == 0)
@@ -682,8 +898,13 @@ status_metrics(struct status *st)
 	return out;
 }
 
-char *
-status_command(struct status *st, const char *line)
+/*
+ * One command line: a malloc'd JSON text, or NULL when the answer comes
+ * later (c's retry of a dead letter). With fdp, export puts the file to
+ * pass there.
+ */
+static char *
+command(struct status *st, const char *line, struct client *c, int *fdp)
 {
 	char		 verb[16], id[64], extra[8];
 	json_object	*o;
@@ -715,17 +936,29 @@ status_command(struct status *st, const char *line)
 	else if (n == 2 && (strcmp(verb, "retry") == 0 ||
 	    strcmp(verb, "delete") == 0 || strcmp(verb, "hold") == 0 ||
 	    strcmp(verb, "release") == 0))
-		o = cmd_action(st, verb, id);
+		o = cmd_action(st, verb, id, c);
 	else if (n == 2 && strcmp(verb, "unlock") == 0)
 		o = cmd_unlock(st, id);
+	else if (n == 1 && strcmp(verb, "dead") == 0)
+		o = cmd_dead(st);
+	else if (n == 2 && strcmp(verb, "export") == 0)
+		o = cmd_export(st, id, fdp);
 	else
 		o = jerror("unknown command: try status, queue, show ID, "
 		    "retry ID|all, delete ID, hold ID, release ID, metrics, "
-		    "unlock ADDRESS");
+		    "unlock ADDRESS, dead, export ID");
+	if (o == NULL)
+		return NULL;
 	out = xstrdup(json_object_to_json_string_ext(o,
 	    JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
 	json_object_put(o);
 	return out;
+}
+
+char *
+status_command(struct status *st, const char *line)
+{
+	return command(st, line, NULL, NULL);
 }
 
 /* ---- the socket ---- */
@@ -733,10 +966,41 @@ status_command(struct status *st, const char *line)
 static void
 client_free(struct client *c)
 {
+	if (c->wait != NULL)
+		c->wait->c = NULL;	/* the retry goes on unanswered */
 	c->st->nclients--;
 	TAILQ_REMOVE(&c->st->clients, c, link);
 	bufferevent_free(c->bev);
 	free(c);
+}
+
+/*
+ * The answer line with fd attached (SCM_RIGHTS) to its first byte, sent
+ * straight on the socket when nothing else waits to go out before it.
+ * -1: not sent (the caller writes the answer alone; relayctl then says no
+ * file came).
+ */
+static int
+send_with_fd(struct client *c, const char *ans, int fd)
+{
+	struct iovec	 iov[2];
+	ssize_t		 n;
+	size_t		 len = strlen(ans);
+
+	if (evbuffer_get_length(bufferevent_get_output(c->bev)) != 0)
+		return -1;
+	iov[0].iov_base = (void *)(uintptr_t)ans;
+	iov[0].iov_len = len;
+	iov[1].iov_base = (void *)(uintptr_t)"\n";
+	iov[1].iov_len = 1;
+	if ((n = fd_sendmsg(bufferevent_getfd(c->bev), iov, 2, fd)) <= 0)
+		return -1;
+	/* The rest of a line the socket did not take at once. */
+	if ((size_t)n < len)
+		bufferevent_write(c->bev, ans + n, len - (size_t)n);
+	if ((size_t)n < len + 1)
+		bufferevent_write(c->bev, "\n", 1);
+	return 0;
 }
 
 static void
@@ -747,11 +1011,17 @@ client_read(struct bufferevent *bev, void *arg)
 	struct evbuffer	*in = bufferevent_get_input(bev);
 	char		*line, *ans;
 	size_t		 n;
+	int		 fd;
 
 	while ((line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF)) != NULL) {
-		ans = status_command(c->st, line);
-		bufferevent_write(bev, ans, strlen(ans));
-		bufferevent_write(bev, "\n", 1);
+		fd = -1;
+		if ((ans = command(c->st, line, c, &fd)) != NULL &&
+		    (fd == -1 || send_with_fd(c, ans, fd) == -1)) {
+			bufferevent_write(bev, ans, strlen(ans));
+			bufferevent_write(bev, "\n", 1);
+		}
+		if (fd != -1)
+			close(fd);
 		free(ans);
 		free(line);
 	}

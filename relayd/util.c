@@ -1,10 +1,13 @@
 /*
- * util.c - allocation and small string/number helpers shared by every module.
+ * util.c - allocation and small string/number helpers shared by every module,
+ * and passing a file descriptor over a UNIX socket (relayctl export).
  *
  * The x-allocators abort on exhaustion: relayd cannot do anything useful
  * without memory, and every size that comes from a client is bounded before
  * it reaches them.
  */
+#include <sys/socket.h>
+
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -13,6 +16,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "util.h"
@@ -249,4 +253,61 @@ time_iso(uint64_t ms, char *buf, size_t len)
 	gmtime_r(&t, &tm);
 	strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
 	return buf;
+}
+
+/* ---- file descriptors passed over a UNIX socket (SCM_RIGHTS) ---- */
+
+union fd_cmsg {
+	struct cmsghdr	 hdr;
+	char		 buf[CMSG_SPACE(sizeof(int))];
+};
+
+ssize_t
+fd_sendmsg(int sock, struct iovec *iov, size_t iovcnt, int fd)
+{
+	struct msghdr	 mh;
+	struct cmsghdr	*cm;
+	union fd_cmsg	 cbuf;
+
+	memset(&mh, 0, sizeof(mh));
+	memset(&cbuf, 0, sizeof(cbuf));
+	mh.msg_iov = iov;
+	mh.msg_iovlen = iovcnt;
+	mh.msg_control = cbuf.buf;
+	mh.msg_controllen = sizeof(cbuf.buf);
+	cm = CMSG_FIRSTHDR(&mh);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	return sendmsg(sock, &mh, MSG_NOSIGNAL);
+}
+
+ssize_t
+fd_recvmsg(int sock, void *buf, size_t len, int *fdp)
+{
+	struct msghdr	 mh;
+	struct iovec	 iov;
+	struct cmsghdr	*cm;
+	union fd_cmsg	 cbuf;
+	ssize_t		 n;
+
+	memset(&mh, 0, sizeof(mh));
+	iov.iov_base = buf;
+	iov.iov_len = len;
+	mh.msg_iov = &iov;
+	mh.msg_iovlen = 1;
+	mh.msg_control = cbuf.buf;
+	mh.msg_controllen = sizeof(cbuf.buf);
+	if ((n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC)) <= 0)
+		return n;
+	for (cm = CMSG_FIRSTHDR(&mh); cm != NULL; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET &&
+		    cm->cmsg_type == SCM_RIGHTS &&
+		    cm->cmsg_len == CMSG_LEN(sizeof(int))) {
+			if (*fdp != -1)
+				close(*fdp);
+			memcpy(fdp, CMSG_DATA(cm), sizeof(int));
+		}
+	return n;
 }

@@ -3,6 +3,8 @@
 #define RELAYD_UTIL_H
 
 #include <sys/time.h>
+#include <sys/types.h>
+#include <sys/uio.h>
 
 #include <stddef.h>
 #include <stdint.h>
@@ -40,5 +42,12 @@ uint64_t wall_us(void);		/* CLOCK_REALTIME */
 #define TIME_ISO_LEN	32
 /* Wall-clock ms as ISO 8601 UTC, "2026-11-24T10:15:00Z", into buf. */
 const char *time_iso(uint64_t, char *, size_t);
+
+/*
+ * sendmsg with fd riding along (SCM_RIGHTS, on the first byte), and
+ * recvmsg keeping such a file in *fdp (closing one it held; close-on-exec).
+ */
+ssize_t	 fd_sendmsg(int, struct iovec *, size_t, int);
+ssize_t	 fd_recvmsg(int, void *, size_t, int *);
 
 #endif

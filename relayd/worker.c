@@ -21,7 +21,7 @@
  *
  * Results (graph_classify's table): 202 marks the record delivered (log
  * "sent"); a permanent failure copies it to dead/ with Graph's answer (log
- * "failed", and with [queue] bounce = sender a short report to the
+ * "failed", and with [queue] bounce = sender a report (report.c) to the
  * sender); a 401 InvalidAuthenticationToken gets one fresh token and one
  * more try. A temporary failure defers the message: Retry-After exactly,
  * else retry_min doubling to retry_max with jitter; attempts, next attempt
@@ -56,6 +56,7 @@
 #include "graph.h"
 #include "http.h"
 #include "log.h"
+#include "report.h"
 #include "spool.h"
 #include "token.h"
 #include "util.h"
@@ -168,6 +169,7 @@ struct worker_pool {
 	int			 stopping;
 	struct event		*notify_ev;
 	int			 notify[2];
+	struct digest		*digest;	/* [queue] notify, or NULL */
 
 	/* For the status socket. */
 	uint64_t		 nsent, ndeferred, nfailed;
@@ -611,9 +613,6 @@ service_result(struct worker_pool *p, int failed)
 	evtimer_add(p->svc_timer, &tv);
 }
 
-static void	bounce(struct worker_pool *, const struct qent *,
-		    const char *, const char *);
-
 /* To dead/, with Graph's whole answer (or why it expired) beside it. */
 static void
 dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
@@ -637,9 +636,11 @@ dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
 	    j->err.message, j->request_id, qe->attempts,
 	    body != NULL ? "body: " : "", body != NULL ? body : "",
 	    body != NULL ? "\n" : "");
-	if (spool_dead(p->spool, qe->qid, reason) == 0 &&
-	    p->cfg->bounce == BOUNCE_SENDER && qe->sender[0] != '\0')
-		bounce(p, qe, why, reason);
+	if (spool_dead(p->spool, qe->qid, reason) == 0) {
+		if (p->cfg->bounce == BOUNCE_SENDER && qe->sender[0] != '\0')
+			report_bounce(p->spool, qe->qid);
+		digest_dead(p->digest);
+	}
 	free(reason);
 	free(body);
 	qent_free(p, qe);
@@ -1268,78 +1269,6 @@ out:
 	spool_unmap_msg(&v);
 }
 
-/* Appends text, its LF line ends as CRLF. */
-static int
-write_crlf_lines(struct spool_msg *m, const char *text)
-{
-	const char	*nl;
-
-	while (*text != '\0') {
-		nl = strchr(text, '\n');
-		if (spool_msg_write(m, text, nl ? (size_t)(nl - text) :
-		    strlen(text)) == -1 || spool_msg_write(m, "\r\n", 2) == -1)
-			return -1;
-		if (nl == NULL)
-			break;
-		text = nl + 1;
-	}
-	return 0;
-}
-
-/*
- * A short non-delivery report to the envelope sender, queued like any
- * message: null sender (never bounced itself), From: the sender, so that
- * Graph sends it from the sender's own mailbox, which works only when that
- * is a mailbox of the tenant.
- */
-static void
-bounce(struct worker_pool *p, const struct qent *qe, const char *why,
-    const char *reason)
-{
-	struct spool_env	 env;
-	struct spool_msg	*m;
-	const char		*rcpts[1] = { qe->sender };
-	char			*text, date[64];
-	time_t			 t = time(NULL);
-	struct tm		 tm;
-
-	gmtime_r(&t, &tm);
-	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
-	xasprintf(&text, "From: Mail Delivery System <%s>\r\n"
-	    "To: <%s>\r\nDate: %s\r\n"
-	    "Subject: Undeliverable: message %s\r\n"
-	    "Auto-Submitted: auto-replied\r\n"
-	    "MIME-Version: 1.0\r\n"
-	    "Content-Type: text/plain; charset=utf-8\r\n\r\n"
-	    "relayd could not deliver your message %s through Microsoft "
-	    "Graph (%s)\r\nafter %u attempt(s). It was kept for the "
-	    "administrator. Graph's answer:\r\n\r\n", qe->sender,
-	    qe->sender, date, qe->qid, qe->qid,
-	    strcmp(why, "expired") == 0 ? "it waited too long" :
-	    "Graph refused it", qe->attempts);
-	memset(&env, 0, sizeof(env));
-	env.arrival_us = wall_us();
-	env.client = "127.0.0.1";
-	env.listener = "bounce";
-	env.helo = "relayd";
-	env.user = "";
-	env.mail_from = "";
-	env.mail_params = "";
-	env.rcpts = rcpts;
-	env.nrcpts = 1;
-	if ((m = spool_msg_new(p->spool, &env)) == NULL ||
-	    spool_msg_write(m, text, strlen(text)) == -1 ||
-	    write_crlf_lines(m, reason) == -1) {
-		log_warn("%s bounce: cannot queue the report", qe->qid);
-		spool_msg_abort(m);
-	} else {
-		log_info("%s bounce queued=%s to=<%s>", qe->qid,
-		    spool_msg_qid(m), qe->sender);
-		spool_msg_commit(m, NULL, NULL);
-	}
-	free(text);
-}
-
 static void *
 worker_main(void *arg)
 {
@@ -1422,6 +1351,7 @@ worker_new(struct event_base *base, const struct config *cfg,
 			    e->attempts, e->arrival_us / 1000, e->next_ms,
 			    e->error, e->state == SPOOL_HELD);
 	spool_set_queued_cb(spool, on_queued, p);
+	p->digest = digest_new(base, cfg, spool);
 	dispatch(p);
 	return p;
 }
@@ -1488,6 +1418,7 @@ worker_free(struct worker_pool *p)
 		}
 	if (p->svc_timer != NULL)
 		event_free(p->svc_timer);
+	digest_free(p->digest);
 	if (p->notify_ev != NULL)
 		event_free(p->notify_ev);
 	close(p->notify[0]);

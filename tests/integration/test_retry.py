@@ -14,6 +14,7 @@ when it began to read the request, both on the wall clock the daemon's
 next_ms uses too. Waits poll with deadlines.
 """
 import email.utils
+import json
 import math
 import re
 import time
@@ -540,12 +541,17 @@ SEND_AS_DENIED = {"kind": "graph", "mailbox": MAILBOX_A, "status": 403,
                   "code": "ErrorSendAsDenied"}
 
 
-def test_bounce_report_through_graph(relayd_factory, shared_fake_graph):
+def test_bounce_report_through_graph(relayd_factory, shared_fake_graph,
+                                    sendmail_schema):
     fake = shared_fake_graph
     fake.faults([SEND_AS_DENIED])
     d = graph_relayd(relayd_factory, fake, queue={"bounce": "sender"})
-    qid = smtplib_send(d, simple("denied", frm=MAILBOX_A),
-                       mail_from=MAILBOX_A)
+    data = simple("Rechnung f\u00fcr M\u00e4rz", frm=MAILBOX_A,
+                  to="Ann <ann@fabrikam.test>")
+    data = (b"Message-ID: <inv-7@contoso.test>\r\n"
+            b"Date: Sun, 06 Dec 2026 10:00:00 +0000\r\n" + data)
+    qid = smtplib_send(d, data, mail_from=MAILBOX_A,
+                       rcpts=[RCPT, "ann@fabrikam.test"])
     reason = dead_reason(d, qid)
     assert (reason["reason"], reason["code"]) == ("refused",
                                                   "ErrorSendAsDenied")
@@ -564,8 +570,24 @@ def test_bounce_report_through_graph(relayd_factory, shared_fake_graph):
         MAILBOX_A]
     text = msg["body"]["content"]
     assert qid in text and "Graph refused it" in text, text
-    assert "code: ErrorSendAsDenied" in text and "status: 403" in text, text
+    # what was refused: Subject (decoded), recipients, Message-ID, date
+    assert "Subject:    Rechnung f\u00fcr M\u00e4rz\r\n" in text, text
+    assert "Recipients: %s, ann@fabrikam.test\r\n" % RCPT in text, text
+    assert "Message-ID: <inv-7@contoso.test>\r\n" in text, text
+    assert "Date:       Sun, 06 Dec 2026 10:00:00 +0000\r\n" in text, text
+    # why in words, and what to do, before Graph's raw answer
+    why = text.index("Why: Graph refused it: 403 ErrorSendAsDenied")
+    todo = text.index("What to do: the app may send from the mailbox, but "
+                      "not as this From: address")
+    mine = text.index("What you can do: ")
+    raw = text.index("-- For the administrator: Graph's answer")
+    assert why < todo < mine < raw, text
+    assert "code: ErrorSendAsDenied" in text[raw:], text
+    assert "status: 403" in text[raw:], text
+    body = re.search(r"^body: (.*)$", text[raw:], re.M).group(1)
+    assert json.loads(body)["error"]["code"] == "ErrorSendAsDenied"
     assert d.dead() == [qid, qid + ".reason"]
+    sendmail_schema(rec["body"])
 
 
 def test_bounce_no_sends_no_report(relayd_factory, shared_fake_graph):
