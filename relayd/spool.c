@@ -162,6 +162,7 @@ struct spool {
 	uint64_t		 last_us;
 	unsigned		 seq;
 
+	struct requeue		*requeues;	/* dead letters going back */
 	struct spool_entry	*entries;	/* found at open */
 	size_t			 nentries;
 	spool_queued_cb		*queued_cb;
@@ -203,6 +204,8 @@ struct spool {
 	size_t			 sync_n, sync_next, sync_finished;
 	unsigned		 sync_gen;
 };
+
+struct requeue;
 
 static int	copy_range(int, uint64_t, int, uint64_t);
 
@@ -2006,12 +2009,19 @@ struct requeue {
 	char		 old[SPOOL_QID_LEN + 1];
 	spool_done_cb	*cb;
 	void		*arg;
+	struct requeue	*next;
 };
 
 static void
 requeue_done(void *arg, int err, const char *qid)
 {
-	struct requeue	*rq = arg;
+	struct requeue	*rq = arg, **pp;
+
+	for (pp = &rq->sp->requeues; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == rq) {
+			*pp = rq->next;
+			break;
+		}
 
 	if (err == 0) {
 		if (spool_dead_remove(rq->sp, rq->old) == -1)
@@ -2039,6 +2049,12 @@ spool_dead_requeue(struct spool *sp, const char *qid, spool_done_cb *cb,
 	char			 client[256], listener[256], helo[1024];
 	char			 user[1024], params[1024];
 
+	/* A second retry before the first is durable would send it twice. */
+	for (rq = sp->requeues; rq != NULL; rq = rq->next)
+		if (strcmp(rq->old, qid) == 0) {
+			*why = "being queued again already";
+			return -1;
+		}
 	if (spool_dead_map(sp, qid, &v, why) == -1)
 		return -1;
 	memset(&env, 0, sizeof(env));
@@ -2070,6 +2086,8 @@ spool_dead_requeue(struct spool *sp, const char *qid, spool_done_cb *cb,
 	strlcpy_r(rq->old, qid, sizeof(rq->old));
 	rq->cb = cb;
 	rq->arg = arg;
+	rq->next = sp->requeues;
+	sp->requeues = rq;
 	spool_msg_commit(m, requeue_done, rq);
 	return 0;
 }

@@ -373,6 +373,90 @@ test_segments(void **state)
 	spool_free(sp);
 }
 
+/*
+ * Dead letters: listed, read back with the reason, queued again as a
+ * fresh message (same envelope and bytes, new id, no attempts) once which
+ * is durable the dead copy goes; ids that are no queue id name no file.
+ */
+static void
+test_dead_letters(void **state)
+{
+	struct spool		*sp;
+	struct spool_msg	*m;
+	struct spool_view	 v;
+	struct result		 r;
+	const char		*why;
+	char			 err[256], qid[SPOOL_QID_LEN + 1];
+	char			 newqid[SPOOL_QID_LEN + 1], val[64], **ids, *text;
+	uint64_t		 mtime;
+	size_t			 n;
+
+	(void)state;
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
+	assert_non_null(sp);
+	assert_int_equal(spool_dead_ids(sp, &ids), 0);
+	m = new_msg(sp);
+	snprintf(qid, sizeof(qid), "%s", spool_msg_qid(m));
+	assert_int_equal(spool_msg_write(m, "Subject: x\r\n\r\nbody\r\n",
+	    21), 0);
+	memset(&r, 0, sizeof(r));
+	spool_msg_commit(m, done_cb, &r);
+	assert_int_equal(r.err, 0);
+	spool_set_state(sp, qid, 'Q', 3, 0, "last");
+	assert_int_equal(spool_dead(sp, qid, "reason: refused\ncode: x\n"), 0);
+	assert_int_equal(spool_count(sp), 0);
+
+	assert_int_equal(spool_dead_ids(sp, &ids), 1);
+	assert_string_equal(ids[0], qid);
+	free(ids[0]);
+	free(ids);
+	assert_int_equal(spool_dead_map(sp, qid, &v, &why), 0);
+	assert_int_equal(v.e.state, 'X');
+	assert_int_equal(v.e.size, 21);
+	assert_memory_equal(v.msg, "Subject: x\r\n\r\nbody\r\n", 21);
+	spool_view_env(&v, "helo", val, sizeof(val));
+	assert_string_equal(val, "printer.example");
+	spool_unmap_msg(&v);
+	text = spool_dead_reason(sp, qid, &mtime);
+	assert_string_equal(text, "reason: refused\ncode: x\n");
+	assert_true(mtime > 0);
+	free(text);
+
+	/* never a path */
+	assert_int_equal(spool_dead_map(sp, "../queue/x", &v, &why), -1);
+	assert_int_equal(spool_dead_map(sp, "all", &v, &why), -1);
+	assert_int_equal(spool_dead_remove(sp, "../../etc/passwd"), -1);
+
+	memset(&r, 0, sizeof(r));
+	assert_int_equal(spool_dead_requeue(sp, qid, done_cb, &r, newqid,
+	    &why), 0);
+	assert_int_equal(r.called, 1);		/* no commit thread: at once */
+	assert_int_equal(r.err, 0);
+	assert_string_equal(r.qid, newqid);
+	assert_string_not_equal(newqid, qid);
+	assert_int_equal(count_files("dead"), 0);	/* both files went */
+	assert_int_equal(spool_dead_remove(sp, qid), -1);
+	assert_int_equal(spool_map_msg(sp, newqid, &v, &why), 0);
+	assert_int_equal(v.e.state, 'Q');
+	assert_int_equal(v.e.attempts, 0);
+	assert_true(v.e.arrival_us > 1700000000123456ULL);
+	assert_string_equal(v.e.mail_from, "scanner@example.com");
+	assert_int_equal(v.e.nrcpts, 2);
+	assert_string_equal(v.e.rcpts[1], "b@example.com");
+	assert_memory_equal(v.msg, "Subject: x\r\n\r\nbody\r\n", 21);
+	n = spool_view_env(&v, "client", val, sizeof(val));
+	assert_string_equal(val, "192.0.2.7");
+	assert_int_equal(n, 9);
+	spool_view_env(&v, "mail-params", val, sizeof(val));
+	assert_string_equal(val, "SIZE=100");
+	spool_view_env(&v, "listener", val, sizeof(val));
+	assert_string_equal(val, "127.0.0.1:25");
+	spool_unmap_msg(&v);
+	assert_int_equal(spool_dead_requeue(sp, qid, NULL, NULL, newqid, &why),
+	    -1);
+	spool_free(sp);
+}
+
 /* With the commit thread, messages committed together share a file. */
 struct committed {
 	int	 n;
@@ -481,6 +565,8 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_batches_share_segments,
 		    setup, teardown),
+		cmocka_unit_test_setup_teardown(test_dead_letters, setup,
+		    teardown),
 		cmocka_unit_test_setup_teardown(test_unique_ids, setup,
 		    teardown),
 	};
