@@ -9,7 +9,9 @@
  *   corrupt/  segments found damaged at start (moved, or copied when whole
  *             records before the damage stay queued).
  *   dead/     messages Graph refused for good: a copy of the record beside
- *             a .reason file.
+ *             a .reason file. relayctl lists, reads, removes and requeues
+ *             them (spool_dead_*); a requeued one is a new message,
+ *             committed before its dead copy goes.
  *
  * A record is a version line, a fixed-size state line, a fixed-size size
  * line, the envelope as "key: value" lines, a blank line, the message bytes

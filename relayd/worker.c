@@ -22,7 +22,7 @@
  * Results (graph_classify's table): 202 marks the record delivered (log
  * "sent"); a permanent failure copies it to dead/ with Graph's answer (log
  * "failed", and with [queue] bounce = sender a report (report.c) to the
- * sender); a 401 InvalidAuthenticationToken gets one fresh token and one
+ * sender; [queue] notify gets a digest of them, report.c too); a 401 InvalidAuthenticationToken gets one fresh token and one
  * more try. A temporary failure defers the message: Retry-After exactly,
  * else retry_min doubling to retry_max with jitter; attempts, next attempt
  * and the last error go into its state line on disk, so a restart picks up
