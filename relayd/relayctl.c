@@ -591,6 +591,14 @@ cmd_show(const char *id, int json)
 			snprintf(buf, sizeof(buf), "%s:", fields[i]);
 			show_line(buf, jstr(h, fields[i]));
 		}
+	/* A dead letter: when and why, in words, and Graph's own answer. */
+	show_line("Subject:", jstr(o, "subject"));
+	show_line("Message-ID:", jstr(o, "message_id"));
+	show_line("Date:", jstr(o, "date"));
+	show_line("died:", jstr(o, "time"));
+	show_line("reason:", jstr(o, "reason"));
+	show_line("request id:", jstr(o, "request_id"));
+	show_line("graph answer:", jstr(o, "graph_answer"));
 	show_line("spool error:", jstr(o, "spool_error"));
 	json_object_put(o);
 	return 0;

@@ -91,6 +91,12 @@ def test_dead_list_table_and_show(relayd_factory, shared_fake_graph):
     # show: a dead letter's detail
     r = d.relayctl("show", qid)
     assert r.returncode == 0, r.stderr
+    view = r.stdout.splitlines()
+    assert "state:        dead" in view
+    assert "reason:       " + x["reason"] in view
+    assert "Message-ID:   <inv-42@contoso.test>" in view
+    r = d.relayctl("show", "--json", qid)
+    assert r.returncode == 0, r.stderr
     shown = json.loads(r.stdout)
     assert shown["state"] == "dead" and shown["id"] == qid
     assert (shown["graph_status"], shown["code"], shown["attempts"]) == (
