@@ -1,9 +1,11 @@
 /*
  * relayctl.c - relayd's control tool.
  *
- *   relayctl [-s SOCKET] [-c CONFIG] status|queue|dead [--json]
+ *   relayctl [-s SOCKET] [-c CONFIG] status|dead [--json]
+ *   relayctl [-s SOCKET] [-c CONFIG] queue [FILTER] [--json]
  *   relayctl [-s SOCKET] [-c CONFIG] show [--json] ID
- *   relayctl [-s SOCKET] [-c CONFIG] retry|delete|hold|release ID
+ *   relayctl [-s SOCKET] [-c CONFIG] retry|delete|hold|release ID|all|FILTER
+ *   relayctl [-s SOCKET] [-c CONFIG] pause|resume
  *   relayctl [-s SOCKET] [-c CONFIG] export ID
  *   relayctl [-s SOCKET] [-c CONFIG] metrics
  *   relayctl [-s SOCKET] [-c CONFIG] unlock ADDRESS
@@ -23,8 +25,12 @@
  * SCRAM-SHA-256 keys, never the password itself, except with --cram-md5,
  * which needs it (and says so).
  *
- * Exit codes: 0 done; 1 the command failed (no such message; an address
- * that is not locked out; the token or Graph refused in `test`); 64 usage; 69 relayd not reachable; 77
+ * FILTER is --mailbox ADDRESS or --sender ADDRESS ("<>": the null sender).
+ *
+ * Exit codes: 0 done; 1 the command failed (no such message; one message
+ * that could not be held, retried or deleted now, with why: being sent,
+ * its mailbox on hold; an address that is not locked out; the token or
+ * Graph refused in `test`); 64 usage; 69 relayd not reachable; 77
  * permission denied; 78 configuration error (sysexits).
  */
 #include <sys/socket.h>
@@ -69,13 +75,14 @@ usage_to(FILE *fp, int rc)
 {
 	fprintf(fp,
 	    "usage: relayctl [-s socket] [-c config] status [--json]\n"
-	    "       relayctl [-s socket] [-c config] queue [--json]\n"
+	    "       relayctl [-s socket] [-c config] queue [filter] [--json]\n"
 	    "       relayctl [-s socket] [-c config] dead [--json]\n"
 	    "       relayctl [-s socket] [-c config] show [--json] ID\n"
 	    "       relayctl [-s socket] [-c config] retry|delete|hold|release "
-	    "ID\n"
+	    "ID|all|filter\n"
+	    "       relayctl [-s socket] [-c config] pause|resume\n"
 	    "       relayctl [-s socket] [-c config] export ID\n"
-	    "       relayctl [-s socket] [-c config] retry all\n"
+	    "         filter: --mailbox ADDRESS | --sender ADDRESS\n"
 	    "       relayctl [-s socket] [-c config] metrics\n"
 	    "       relayctl [-s socket] [-c config] unlock ADDRESS\n"
 	    "       relayctl [-c config] test [--to ADDRESS] [--from ADDRESS]\n"
@@ -473,9 +480,9 @@ rcpt_list(json_object *x, char *buf, size_t len)
 }
 
 static int
-cmd_queue(int json)
+cmd_queue(int json, const char *cmd)
 {
-	json_object	*o = ask("queue"), *a, *x;
+	json_object	*o = ask(cmd), *a, *x;
 	char		 age[32], rcpts[512];
 	size_t		 i, n;
 	uint64_t	 bytes = 0;
@@ -516,12 +523,15 @@ cmd_queue(int json)
 static int
 cmd_simple(const char *verb, const char *id)
 {
-	char		 cmd[256];
+	char		 cmd[512];
 	json_object	*o, *v;
 
 	snprintf(cmd, sizeof(cmd), "%s %s", verb, id);
 	o = ask(cmd);
-	if (strcmp(verb, "retry") == 0 && jstr(o, "requeued") != NULL)
+	if (jstr(o, "summary") != NULL && !json_object_object_get_ex(o, "id",
+	    NULL))
+		printf("%s: %s\n", verb, jstr(o, "summary"));
+	else if (strcmp(verb, "retry") == 0 && jstr(o, "requeued") != NULL)
 		printf("%s: requeued as %s\n", jstr(o, "id"),
 		    jstr(o, "requeued"));
 	else if (strcmp(verb, "retry") == 0)
@@ -600,6 +610,55 @@ cmd_show(const char *id, int json)
 	show_line("request id:", jstr(o, "request_id"));
 	show_line("graph answer:", jstr(o, "graph_answer"));
 	show_line("spool error:", jstr(o, "spool_error"));
+	json_object_put(o);
+	return 0;
+}
+
+/*
+ * queue and the actions: ID or all (actions only), --mailbox ADDRESS or
+ * --sender ADDRESS, and --json (queue only). Exits 64 on anything else.
+ */
+static int
+cmd_filtered(const char *verb, int argc, char **argv)
+{
+	char	 what[320] = "";
+	int	 queue = strcmp(verb, "queue") == 0, json = 0, i;
+
+	for (i = 0; i < argc; i++) {
+		if (queue && strcmp(argv[i], "--json") == 0 && !json)
+			json = 1;
+		else if ((strcmp(argv[i], "--mailbox") == 0 ||
+		    strcmp(argv[i], "--sender") == 0) && i + 1 < argc &&
+		    what[0] == '\0' && argv[i + 1][0] != '\0' &&
+		    strlen(argv[i + 1]) < 256 &&
+		    strpbrk(argv[i + 1], " \t\r\n") == NULL) {
+			snprintf(what, sizeof(what), "%s %s", argv[i],
+			    argv[i + 1]);
+			i++;
+		} else if (!queue && what[0] == '\0' && argv[i][0] != '-' &&
+		    strlen(argv[i]) < 64 && strpbrk(argv[i], " \t") == NULL)
+			strlcpy_r(what, argv[i], sizeof(what));
+		else
+			usage();
+	}
+	if (queue) {
+		char cmd[sizeof(what) + 8];
+
+		snprintf(cmd, sizeof(cmd), "queue%s%s", what[0] ? " " : "",
+		    what);
+		return cmd_queue(json, cmd);
+	}
+	if (what[0] == '\0')
+		usage();
+	return cmd_simple(verb, what);
+}
+
+static int
+cmd_pause(const char *verb)
+{
+	json_object	*o = ask(verb);
+
+	printf("%s\n", jstr(o, "summary"));
 	json_object_put(o);
 	return 0;
 }
@@ -838,26 +897,27 @@ main(int argc, char **argv)
 		    argv[1], 1);
 	if (strcmp(verb, "show") == 0 && argc == 2 && argv[1][0] != '-')
 		return cmd_show(argv[1], 0);
+	if (strcmp(verb, "queue") == 0 || strcmp(verb, "retry") == 0 ||
+	    strcmp(verb, "delete") == 0 || strcmp(verb, "hold") == 0 ||
+	    strcmp(verb, "release") == 0)
+		return cmd_filtered(verb, argc - 1, argv + 1);
 	if (argc == 2 && strcmp(argv[1], "--json") == 0)
 		json = 1;
 	else if (argc > 2 || (argc == 2 && (strcmp(verb, "status") == 0 ||
-	    strcmp(verb, "queue") == 0 || strcmp(verb, "metrics") == 0 ||
-	    strcmp(verb, "dead") == 0)))
+	    strcmp(verb, "metrics") == 0 || strcmp(verb, "dead") == 0)))
 		usage();
 	if (strcmp(verb, "status") == 0)
 		return cmd_status(json);
-	if (strcmp(verb, "queue") == 0)
-		return cmd_queue(json);
 	if (strcmp(verb, "dead") == 0)
 		return cmd_dead(json);
 	if (strcmp(verb, "export") == 0 && argc == 2 && !json)
 		return cmd_export(argv[1]);
 	if (strcmp(verb, "metrics") == 0 && argc == 1)
 		return cmd_metrics();
-	if (argc == 2 && !json && (strcmp(verb, "retry") == 0 ||
-	    strcmp(verb, "delete") == 0 ||
-	    strcmp(verb, "hold") == 0 || strcmp(verb, "release") == 0 ||
-	    strcmp(verb, "unlock") == 0))
+	if (argc == 1 && (strcmp(verb, "pause") == 0 ||
+	    strcmp(verb, "resume") == 0))
+		return cmd_pause(verb);
+	if (argc == 2 && !json && strcmp(verb, "unlock") == 0)
 		return cmd_simple(verb, argv[1]);
 	usage();
 	return EX_USAGE;

@@ -7,8 +7,12 @@
  * one error line and is closed. The protocol is a line per command and a
  * line of JSON per answer:
  *
- *   status | queue | show ID | retry ID|all | delete ID | hold ID |
- *   release ID | metrics | unlock ADDRESS | dead | export ID
+ *   status | queue [FILTER] | show ID | metrics | unlock ADDRESS |
+ *   retry|delete|hold|release ID|all|FILTER | pause | resume | dead |
+ *   export ID
+ *
+ * where FILTER is --mailbox ADDRESS or --sender ADDRESS. pause and resume
+ * are logged with the peer's uid.
  *
  * Errors are {"error": "..."}. Dead letters share the queue's ids: show,
  * retry, delete and export look in the queue, then in dead/. A retry of a
@@ -28,6 +32,7 @@
 #include <errno.h>
 #include <grp.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,6 +69,7 @@ struct pending;
 
 struct client {
 	struct status		*st;
+	uid_t			 uid;		/* the peer's */
 	struct bufferevent	*bev;
 	struct pending		*wait;	/* a dead letter's retry */
 	TAILQ_ENTRY(client)	 link;
@@ -226,13 +232,23 @@ msg_json(const struct worker_msg *m)
 	add_int(o, "attempts", m->attempts);
 	json_object_object_add(o, "next_attempt", jtime(m->next_ms));
 	add_str(o, "last_error", m->error);
+	add_str(o, "hold", m->hold);
+	json_object_object_add(o, "hold_until", jtime(m->hold_until));
 	return o;
 }
+
+struct queue_arg {
+	json_object			*a;
+	const struct worker_filter	*f;
+};
 
 static void
 queue_add(void *arg, const struct worker_msg *m)
 {
-	json_object_array_add(arg, msg_json(m));
+	struct queue_arg	*qa = arg;
+
+	if (worker_filter_match(qa->f, m))
+		json_object_array_add(qa->a, msg_json(m));
 }
 
 static void
@@ -354,6 +370,31 @@ token_json(struct token *t)
 	return o;
 }
 
+/* delivery: on, off, paused (by whom, since when), held. */
+static void
+add_delivery(const struct status_env *e, const struct worker_counts *c,
+    json_object *o)
+{
+	json_object	*x = NULL;
+	const char	*who;
+	char		*text = NULL, since[TIME_ISO_LEN];
+	uint64_t	 at;
+
+	if (e->pool != NULL && worker_paused(e->pool, &who, &at)) {
+		time_iso(at, since, sizeof(since));
+		xasprintf(&text, "paused by %s since %s: relayctl resume "
+		    "starts it again", who, since);
+		x = json_object_new_object();
+		add_str(x, "by", who);
+		json_object_object_add(x, "since", jtime(at));
+	}
+	add_str(o, "delivery", text != NULL ? text : e->pool == NULL ?
+	    "off ([graph] not configured)" : c->graph_held_ms > 0 ?
+	    "held: Graph unavailable" : "on");
+	json_object_object_add(o, "paused", x);
+	free(text);
+}
+
 static json_object *
 cmd_status(struct status *st)
 {
@@ -393,9 +434,7 @@ cmd_status(struct status *st)
 	add_int(q, "deferred", (int64_t)c.deferred_total);
 	add_int(q, "failed", (int64_t)c.failed);
 	json_object_object_add(o, "totals", q);
-	json_object_object_add(o, "delivery", json_object_new_string(
-	    e->pool == NULL ? "off ([graph] not configured)" :
-	    c.graph_held_ms > 0 ? "held: Graph unavailable" : "on"));
+	add_delivery(e, &c, o);
 	if (c.graph_held_ms > 0)
 		json_object_object_add(o, "graph_resume", jtime(wall_us() /
 		    1000 + c.graph_held_ms));
@@ -680,51 +719,177 @@ cmd_show(struct status *st, const char *id)
 	return o;
 }
 
-static json_object *
-cmd_action(struct status *st, const char *verb, const char *id,
-    struct client *c)
+/* Appends to buf (always terminated). */
+static void
+cat(char *buf, size_t len, const char *fmt, ...) PRINTFLIKE(3, 4);
+
+static void
+cat(char *buf, size_t len, const char *fmt, ...)
 {
-	struct worker_pool	*p = st->env.pool;
+	size_t	 n = strlen(buf);
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf + n, len - n, fmt, ap);
+	va_end(ap);
+}
+
+/* "13 matched: held 12, 1 being sent now" and the like. */
+static void
+tally_words(enum worker_verb verb, const struct worker_tally *t, char *buf,
+    size_t len)
+{
+	static const char *const done[] = { "held", "released", "",
+	    "deleted" };
+	static const char *const skipped[] = { "already held", "not held",
+	    "held (release them first)", "not deleted (see relayd's log)" };
+
+	if (verb == WORKER_RETRY)
+		snprintf(buf, len, "%zu matched: %zu to be tried now",
+		    t->matched, t->done);
+	else
+		snprintf(buf, len, "%zu matched: %s %zu", t->matched,
+		    done[verb], t->done);
+	if (t->skipped > 0)
+		cat(buf, len, ", %zu %s", t->skipped, skipped[verb]);
+	if (t->inflight > 0)
+		cat(buf, len, ", %zu being sent now", t->inflight);
+	if (t->waiting > 0)
+		cat(buf, len, ", %zu waiting on a hold (%s)", t->waiting,
+		    t->why);
+	if (t->lifted > 0)
+		cat(buf, len, "; %zu mailbox hold(s) lifted", t->lifted);
+}
+
+static const char *const verbs[] = { "hold", "release", "retry", "delete",
+    NULL };
+
+/*
+ * ID, all, --mailbox ADDRESS or --sender ADDRESS into a filter. An empty
+ * argument list is all only where allowed (queue). -1: not a filter.
+ */
+static int
+parse_filter(char **arg, int n, int empty_ok, struct worker_filter *f)
+{
+	memset(f, 0, sizeof(*f));
+	if (n == 0)
+		return empty_ok ? 0 : -1;
+	if (n == 2 && strcmp(arg[0], "--mailbox") == 0)
+		f->mailbox = arg[1];
+	else if (n == 2 && strcmp(arg[0], "--sender") == 0)
+		f->sender = arg[1];
+	else if (n == 1 && !empty_ok && arg[0][0] != '-')
+		f->qid = arg[0];
+	else
+		return -1;
+	return 0;
+}
+
+/* Not queued but dead: retry and delete work on dead/. NULL: not dead. */
+static json_object *
+dead_action(struct status *st, enum worker_verb verb, const char *id,
+    struct client *c, int *handled)
+{
+	struct worker_msg	 m;
+	struct spool_view	 v;
 	const char		*why = "";
 	json_object		*o;
-	int			 n;
-	struct spool_view	 v;
-	struct worker_msg	 m;
 
-	/* Not queued but dead: retry and delete work on dead/. */
-	if ((p == NULL || worker_find(p, id, &m) == -1) &&
-	    (strcmp(verb, "retry") == 0 || strcmp(verb, "delete") == 0) &&
-	    spool_dead_map(st->env.spool, id, &v, &why) == 0) {
-		spool_unmap_msg(&v);
-		if (strcmp(verb, "retry") == 0)
-			return dead_retry(st, id, c);
-		if (spool_dead_remove(st->env.spool, id) == -1)
-			return jerror("delete %s: %s", id, strerror(errno));
-		log_info("%s dead letter deleted by relayctl", id);
-		o = json_object_new_object();
-		add_str(o, "ok", verb);
-		add_str(o, "id", id);
-		return o;
-	}
-	if (p == NULL)
-		return jerror("delivery is off ([graph] not configured)");
-	if (strcmp(verb, "retry") == 0)
-		n = worker_retry(p, id, &why);
-	else if (strcmp(id, "all") == 0)
-		return jerror("%s takes one queue id", verb);
-	else if (strcmp(verb, "hold") == 0)
-		n = worker_hold(p, id, &why);
-	else if (strcmp(verb, "release") == 0)
-		n = worker_release(p, id, &why);
-	else
-		n = worker_delete(p, id, &why);
-	if (n == -1)
-		return jerror("%s %s: %s", verb, id, why);
+	*handled = 0;
+	if ((verb != WORKER_RETRY && verb != WORKER_DELETE) ||
+	    (st->env.pool != NULL && worker_find(st->env.pool, id, &m) == 0) ||
+	    spool_dead_map(st->env.spool, id, &v, &why) == -1)
+		return NULL;
+	spool_unmap_msg(&v);
+	*handled = 1;
+	if (verb == WORKER_RETRY)
+		return dead_retry(st, id, c);
+	if (spool_dead_remove(st->env.spool, id) == -1)
+		return jerror("delete %s: %s", id, strerror(errno));
+	log_info("%s dead letter deleted by relayctl", id);
 	o = json_object_new_object();
-	add_str(o, "ok", verb);
+	add_str(o, "ok", "delete");
 	add_str(o, "id", id);
-	if (strcmp(verb, "retry") == 0)
-		add_int(o, "retried", n);
+	return o;
+}
+
+static json_object *
+cmd_action(struct status *st, enum worker_verb verb,
+    const struct worker_filter *f, struct client *c)
+{
+	struct worker_tally	 t;
+	json_object		*o;
+	char			 words[512];
+	int			 one = f->qid != NULL && strcmp(f->qid, "all") != 0;
+	int			 dead;
+
+	if (one && ((o = dead_action(st, verb, f->qid, c, &dead)) != NULL ||
+	    dead))
+		return o;
+	if (st->env.pool == NULL)
+		return jerror("delivery is off ([graph] not configured)");
+	if (worker_act(st->env.pool, verb, f, &t) == -1)
+		return jerror("%s %s: %s", verbs[verb], f->qid, t.why);
+	o = json_object_new_object();
+	add_str(o, "ok", verbs[verb]);
+	if (one)
+		add_str(o, "id", f->qid);
+	add_int(o, "matched", (int64_t)t.matched);
+	add_int(o, "done", (int64_t)t.done);
+	add_int(o, "in_flight", (int64_t)t.inflight);
+	add_int(o, "skipped", (int64_t)t.skipped);
+	add_int(o, "waiting", (int64_t)t.waiting);
+	if (verb == WORKER_RETRY) {
+		add_int(o, "retried", (int64_t)t.done);
+		add_int(o, "lifted", (int64_t)t.lifted);
+	}
+	tally_words(verb, &t, words, sizeof(words));
+	add_str(o, "summary", words);
+	return o;
+}
+
+static json_object *
+cmd_pause(struct status *st, int on, uid_t uid)
+{
+	struct passwd	*pw = getpwuid(uid);
+	json_object	*o;
+	const char	*why = "";
+	char		 who[128];
+	int		 rc;
+
+	if (st->env.pool == NULL)
+		return jerror("delivery is off ([graph] not configured)");
+	if (pw != NULL)
+		snprintf(who, sizeof(who), "uid %u (%s)", (unsigned)uid,
+		    pw->pw_name);
+	else
+		snprintf(who, sizeof(who), "uid %u", (unsigned)uid);
+	if ((rc = worker_pause(st->env.pool, on, who, &why)) == -1)
+		return jerror("%s: %s", on ? "pause" : "resume", why);
+	o = json_object_new_object();
+	add_str(o, "ok", on ? "pause" : "resume");
+	add_str(o, "summary", rc == 1 ? (on ? "delivery was paused already" :
+	    "delivery was not paused") : on ? "delivery paused: no new "
+	    "request goes to Graph (requests in flight finish); it stays "
+	    "paused across restarts until relayctl resume" :
+	    "delivery resumed");
+	return o;
+}
+
+static json_object *
+cmd_queue(struct status *st, const struct worker_filter *f)
+{
+	struct queue_arg	 qa;
+	json_object		*o;
+
+	if (st->env.pool == NULL)
+		return jerror("delivery is off ([graph] not configured): %zu "
+		    "message(s) wait in the spool", spool_count(st->env.spool));
+	o = json_object_new_object();
+	qa.a = json_object_new_array();
+	qa.f = f;
+	worker_foreach(st->env.pool, queue_add, &qa);
+	json_object_object_add(o, "queue", qa.a);
 	return o;
 }
 
@@ -898,55 +1063,60 @@ status_metrics(struct status *st)
 	return out;
 }
 
+#define STATUS_ARGS_MAX	4	/* words of a command */
+
 /*
- * One command line: a malloc'd JSON text, or NULL when the answer comes
- * later (c's retry of a dead letter). With fdp, export puts the file to
- * pass there.
+ * One command line from a peer with that uid: a malloc'd JSON text, or
+ * NULL when the answer comes later (c's retry of a dead letter). With fdp,
+ * export puts the file to pass there.
  */
 static char *
-command(struct status *st, const char *line, struct client *c, int *fdp)
+command(struct status *st, const char *line, struct client *c, uid_t uid,
+    int *fdp)
 {
-	char		 verb[16], id[64], extra[8];
-	json_object	*o;
-	char		*out, *text;
-	int		 n;
+	struct worker_filter	 f;
+	json_object		*o;
+	char			*copy = xstrdup(line), *out, *text, *save = NULL;
+	char			*arg[STATUS_ARGS_MAX + 1];
+	int			 n = 0, v;
 
-	n = sscanf(line, "%15s %63s %7s", verb, id, extra);
-	if (n <= 0)
+	for (arg[n] = strtok_r(copy, " \t", &save); arg[n] != NULL &&
+	    n < STATUS_ARGS_MAX; arg[n] = strtok_r(NULL, " \t", &save))
+		n++;
+	for (v = 0; n > 0 && verbs[v] != NULL; v++)
+		if (strcmp(arg[0], verbs[v]) == 0)
+			break;
+	if (n == 0)
 		o = jerror("empty command");
-	else if (n == 1 && strcmp(verb, "status") == 0)
+	else if (n == 1 && strcmp(arg[0], "status") == 0)
 		o = cmd_status(st);
-	else if (n == 1 && strcmp(verb, "queue") == 0 &&
-	    st->env.pool == NULL)
-		o = jerror("delivery is off ([graph] not configured): %zu "
-		    "message(s) wait in the spool", spool_count(st->env.spool));
-	else if (n == 1 && strcmp(verb, "queue") == 0) {
-		o = json_object_new_object();
-		json_object_object_add(o, "queue", json_object_new_array());
-		if (st->env.pool != NULL)
-			worker_foreach(st->env.pool, queue_add,
-			    json_object_object_get(o, "queue"));
-	} else if (n == 1 && strcmp(verb, "metrics") == 0) {
+	else if (strcmp(arg[0], "queue") == 0 &&
+	    parse_filter(arg + 1, n - 1, 1, &f) == 0)
+		o = cmd_queue(st, &f);
+	else if (n == 1 && strcmp(arg[0], "metrics") == 0) {
 		text = status_metrics(st);
 		o = json_object_new_object();
 		add_str(o, "metrics", text);
 		free(text);
-	} else if (n == 2 && strcmp(verb, "show") == 0)
-		o = cmd_show(st, id);
-	else if (n == 2 && (strcmp(verb, "retry") == 0 ||
-	    strcmp(verb, "delete") == 0 || strcmp(verb, "hold") == 0 ||
-	    strcmp(verb, "release") == 0))
-		o = cmd_action(st, verb, id, c);
-	else if (n == 2 && strcmp(verb, "unlock") == 0)
-		o = cmd_unlock(st, id);
-	else if (n == 1 && strcmp(verb, "dead") == 0)
+	} else if (n == 2 && strcmp(arg[0], "show") == 0)
+		o = cmd_show(st, arg[1]);
+	else if (verbs[v] != NULL && parse_filter(arg + 1, n - 1, 0, &f) == 0)
+		o = cmd_action(st, (enum worker_verb)v, &f, c);
+	else if (n == 2 && strcmp(arg[0], "unlock") == 0)
+		o = cmd_unlock(st, arg[1]);
+	else if (n == 1 && (strcmp(arg[0], "pause") == 0 ||
+	    strcmp(arg[0], "resume") == 0))
+		o = cmd_pause(st, strcmp(arg[0], "pause") == 0, uid);
+	else if (n == 1 && strcmp(arg[0], "dead") == 0)
 		o = cmd_dead(st);
-	else if (n == 2 && strcmp(verb, "export") == 0)
-		o = cmd_export(st, id, fdp);
+	else if (n == 2 && strcmp(arg[0], "export") == 0)
+		o = cmd_export(st, arg[1], fdp);
 	else
-		o = jerror("unknown command: try status, queue, show ID, "
-		    "retry ID|all, delete ID, hold ID, release ID, metrics, "
-		    "unlock ADDRESS, dead, export ID");
+		o = jerror("unknown command: try status, queue [FILTER], show "
+		    "ID, retry|delete|hold|release ID|all|FILTER, pause, "
+		    "resume, metrics, unlock ADDRESS, dead, export ID (FILTER: "
+		    "--mailbox ADDRESS or --sender ADDRESS)");
+	free(copy);
 	if (o == NULL)
 		return NULL;
 	out = xstrdup(json_object_to_json_string_ext(o,
@@ -958,7 +1128,7 @@ command(struct status *st, const char *line, struct client *c, int *fdp)
 char *
 status_command(struct status *st, const char *line)
 {
-	return command(st, line, NULL, NULL);
+	return command(st, line, NULL, geteuid(), NULL);
 }
 
 /* ---- the socket ---- */
@@ -1015,7 +1185,7 @@ client_read(struct bufferevent *bev, void *arg)
 
 	while ((line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF)) != NULL) {
 		fd = -1;
-		if ((ans = command(c->st, line, c, &fd)) != NULL &&
+		if ((ans = command(c->st, line, c, c->uid, &fd)) != NULL &&
 		    (fd == -1 || send_with_fd(c, ans, fd) == -1)) {
 			bufferevent_write(bev, ans, strlen(ans));
 			bufferevent_write(bev, "\n", 1);
@@ -1082,6 +1252,7 @@ on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
 		refusal = "{\"error\":\"too many status connections\"}\n";
 	c = xcalloc(1, sizeof(*c));
 	c->st = st;
+	c->uid = cred.uid;
 	c->bev = bufferevent_socket_new(st->env.base, fd,
 	    BEV_OPT_CLOSE_ON_FREE);
 	st->nclients++;

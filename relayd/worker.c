@@ -35,6 +35,7 @@
  * attempts are logged possible_duplicate=yes.
  */
 #include <sys/queue.h>
+#include <sys/stat.h>
 
 #include <ctype.h>
 #include <errno.h>
@@ -70,6 +71,9 @@
 #define SVC_THRESHOLD		3	/* failures in a row: Graph is down */
 #define SVC_BACKOFF_MIN_MS	5000
 #define SVC_BACKOFF_MAX_MS	(5 * 60 * 1000)
+#define PAUSE_FILE		"paused"	/* in the spool directory */
+
+enum hold_kind { HOLD_THROTTLED, HOLD_UNAVAILABLE };
 
 struct mbox;
 
@@ -87,6 +91,7 @@ struct qent {
 	int			 inflight;	/* a worker has it */
 	int			 held;		/* relayctl hold: state H */
 	int			 hold_asked;	/* held once back from a worker */
+	struct job		*job;		/* while in flight */
 	uint64_t		 next_wall;	/* deferred till then (ms) */
 	uint64_t		 next_ms;	/* the same by now_ms() */
 	char			 error[SPOOL_ERROR_MAX + 1];	/* the last */
@@ -107,6 +112,11 @@ struct mbox {
 	struct qent_list	 ready;
 	int			 runnable;
 	uint64_t		 hold_until;	/* now_ms(): throttled till then */
+	enum hold_kind		 hold_kind;
+	/* Its own service failures in a row, hold, then one probe. */
+	unsigned		 svc_fails;
+	uint64_t		 svc_backoff_ms;
+	int			 svc_probing;
 	double			 tokens;	/* pacing: messages it may send */
 	uint64_t		 refill_ms;
 	struct event		*timer;		/* when it may go again */
@@ -134,6 +144,8 @@ struct job {
 	size_t			 nattach;
 	uint64_t		 ms;
 	int			 draft;		/* it took the draft path */
+	int			 started;	/* under lock: the request went */
+	int			 cancel;	/* under lock: held before that */
 	char			*stray;		/* in and out: see qent */
 	struct job		*next;
 };
@@ -160,13 +172,21 @@ struct worker_pool {
 	size_t			 queued;
 	uint64_t		 rng;
 
-	/* Graph as a whole: failures in a row, hold, then one probe. */
+	/*
+	 * Graph as a whole: failures in a row, hold, then one probe; the
+	 * run's first mailbox, and whether another one failed in it too.
+	 */
 	unsigned		 svc_fails;
+	char			*svc_first;
+	int			 svc_spread;
 	uint64_t		 svc_backoff_ms;
 	uint64_t		 svc_until;	/* now_ms() */
 	int			 svc_probing;
 	struct event		*svc_timer;
 	int			 stopping;
+	int			 paused;	/* relayctl pause */
+	char			*paused_by;
+	uint64_t		 paused_at;	/* wall ms */
 	struct event		*notify_ev;
 	int			 notify[2];
 	struct digest		*digest;	/* [queue] notify, or NULL */
@@ -192,6 +212,7 @@ struct worker_pool {
 static void	dispatch(struct worker_pool *);
 static void	mbox_update(struct worker_pool *, struct mbox *);
 static void	mbox_timer_cb(evutil_socket_t, short, void *);
+static void	pause_load(struct worker_pool *);
 
 static unsigned
 hash_key(const char *s)
@@ -199,7 +220,7 @@ hash_key(const char *s)
 	unsigned	 h = 5381;
 
 	for (; *s != '\0'; s++)
-		h = h * 33 + (unsigned char)*s;
+		h = h * 33 + (unsigned)tolower((unsigned char)*s);
 	return h % MBOX_HASH_SIZE;
 }
 
@@ -324,13 +345,16 @@ pace_wait(const struct worker_pool *p, struct mbox *mb, uint64_t now)
 	return (uint64_t)((1.0 - mb->tokens) * 60000.0 / mpm) + 1;
 }
 
-/* Runnable: messages ready, a free slot, not held, not over its pace. */
+/*
+ * Runnable: messages ready, a free slot (only one while its probe is
+ * out), not held, not over its pace.
+ */
 static void
 mbox_update(struct worker_pool *p, struct mbox *mb)
 {
 	uint64_t	 now = now_ms(), wait = 0;
 	int		 want = !TAILQ_EMPTY(&mb->ready) &&
-	    mb->inflight < MAILBOX_CONCURRENCY;
+	    mb->inflight < (mb->svc_probing ? 1 : MAILBOX_CONCURRENCY);
 
 	if (want && mb->hold_until > now)
 		wait = mb->hold_until - now;
@@ -486,8 +510,8 @@ dispatch(struct worker_pool *p)
 	struct qent	*qe;
 	struct job	*j, *list = NULL;
 
-	if (p->svc_until > now_ms())
-		return;			/* Graph is down: wait for the probe */
+	if (p->paused || p->svc_until > now_ms())
+		return;			/* paused, or Graph is down */
 	while (!p->stopping && p->busy < p->nthreads &&
 	    !(p->svc_probing && p->busy > 0) &&
 	    (mb = TAILQ_FIRST(&p->runnable)) != NULL) {
@@ -502,6 +526,7 @@ dispatch(struct worker_pool *p)
 		p->busy++;
 		j = xcalloc(1, sizeof(*j));
 		j->qe = qe;
+		qe->job = j;
 		qe->inflight = 1;
 		j->stray = qe->stray;
 		qe->stray = NULL;
@@ -573,44 +598,107 @@ svc_timer_cb(evutil_socket_t fd, short ev, void *arg)
 	dispatch(p);
 }
 
-/*
- * Graph as a whole: SVC_THRESHOLD service failures in a row (503, 504,
- * no answer ...) hold every delivery, 5 s doubling to 5 min, then let one
- * request probe. Any other answer means Graph is there.
- */
+/* Backoff of service holds: 5 s doubling to 5 min. */
+static uint64_t
+svc_backoff(uint64_t last)
+{
+	if (last == 0)
+		return SVC_BACKOFF_MIN_MS;
+	return last * 2 > SVC_BACKOFF_MAX_MS ? SVC_BACKOFF_MAX_MS : last * 2;
+}
+
+/* Graph as a whole fails: hold every delivery, then one request probes. */
 static void
-service_result(struct worker_pool *p, int failed)
+graph_hold(struct worker_pool *p, uint64_t now)
 {
 	struct timeval	 tv;
-	uint64_t	 now = now_ms();
 
-	if (!failed) {
-		if (p->svc_fails >= SVC_THRESHOLD || p->svc_probing)
-			log_info("graph answering again: deliveries resume");
-		p->svc_fails = 0;
-		p->svc_backoff_ms = 0;
-		p->svc_probing = 0;
-		p->svc_until = 0;
-		if (p->svc_timer != NULL)
-			evtimer_del(p->svc_timer);
-		return;
-	}
-	p->svc_fails++;
-	if (p->svc_fails < SVC_THRESHOLD || p->svc_until > now)
+	if (p->svc_until > now)
 		return;		/* answers of requests sent before the hold */
-	p->svc_backoff_ms = p->svc_backoff_ms == 0 ? SVC_BACKOFF_MIN_MS :
-	    p->svc_backoff_ms * 2;
-	if (p->svc_backoff_ms > SVC_BACKOFF_MAX_MS)
-		p->svc_backoff_ms = SVC_BACKOFF_MAX_MS;
+	p->svc_backoff_ms = svc_backoff(p->svc_backoff_ms);
 	p->svc_until = now + p->svc_backoff_ms;
 	p->svc_probing = 0;
 	log_warnx("graph unavailable: %u failures in a row; all deliveries "
-	    "wait %.1fs, then one request probes", p->svc_fails,
+	    "wait %.1fs, then one request probes (the failures came from "
+	    "several mailboxes)", p->svc_fails,
 	    (double)p->svc_backoff_ms / 1000.0);
 	if (p->svc_timer == NULL)
 		p->svc_timer = evtimer_new(p->base, svc_timer_cb, p);
 	tv = ms_tv(p->svc_backoff_ms);
 	evtimer_add(p->svc_timer, &tv);
+}
+
+/*
+ * One mailbox fails on its own: hold it alone, as Graph-wide holds do,
+ * and let one of its requests probe when the hold ends.
+ */
+static void
+mbox_svc_hold(struct worker_pool *p, struct mbox *mb, uint64_t now)
+{
+	if (mb->hold_until > now)
+		return;		/* sent before the hold, or throttled */
+	mb->svc_backoff_ms = svc_backoff(mb->svc_backoff_ms);
+	mb->hold_until = now + mb->svc_backoff_ms;
+	mb->hold_kind = HOLD_UNAVAILABLE;
+	mb->svc_probing = 1;
+	log_warnx("graph mailbox unavailable: mailbox=%s %u failures in a "
+	    "row, only this mailbox's; its deliveries wait %.1fs, then one "
+	    "request probes (other mailboxes go on)", mb->key, mb->svc_fails,
+	    (double)mb->svc_backoff_ms / 1000.0);
+	mbox_update(p, mb);
+}
+
+/* An answer other than a service failure: the mailbox and Graph are up. */
+static void
+service_ok(struct worker_pool *p, struct mbox *mb)
+{
+	if (mb->svc_fails >= SVC_THRESHOLD || mb->svc_probing) {
+		log_info("graph mailbox answering again: mailbox=%s deliveries "
+		    "resume", mb->key);
+		if (mb->hold_kind == HOLD_UNAVAILABLE)
+			mb->hold_until = 0;
+	}
+	mb->svc_fails = 0;
+	mb->svc_backoff_ms = 0;
+	mb->svc_probing = 0;
+	if (p->svc_fails >= SVC_THRESHOLD || p->svc_probing)
+		log_info("graph answering again: deliveries resume");
+	p->svc_fails = 0;
+	p->svc_backoff_ms = 0;
+	p->svc_probing = 0;
+	p->svc_until = 0;
+	if (p->svc_timer != NULL)
+		evtimer_del(p->svc_timer);
+}
+
+/*
+ * Service failures (503, 504, no answer ...), SVC_THRESHOLD in a row: when
+ * the run spans two mailboxes or more, Graph as a whole is failing and
+ * every delivery waits; when they are one mailbox's own (others answer, or
+ * nobody else tried), only that mailbox waits. Any other answer means
+ * Graph and the mailbox are there.
+ */
+static void
+service_result(struct worker_pool *p, struct mbox *mb, int failed)
+{
+	uint64_t	 now = now_ms();
+
+	if (!failed) {
+		service_ok(p, mb);
+		return;
+	}
+	if (p->svc_fails == 0 || p->svc_first == NULL) {
+		free(p->svc_first);
+		p->svc_first = xstrdup(mb->key);
+		p->svc_spread = 0;
+	} else if (strcmp(p->svc_first, mb->key) != 0)
+		p->svc_spread = 1;
+	p->svc_fails++;
+	mb->svc_fails++;
+	if (p->svc_spread && p->svc_fails >= SVC_THRESHOLD)
+		graph_hold(p, now);
+	else if (mb->svc_fails >= SVC_THRESHOLD && p->svc_until <= now)
+		mbox_svc_hold(p, mb, now);
 }
 
 /* To dead/, with Graph's whole answer (or why it expired) beside it. */
@@ -702,8 +790,10 @@ defer(struct worker_pool *p, struct qent *qe, struct job *j)
 	delay++;
 	if (hold) {
 		/* The mailbox waits as a whole; this message goes first. */
-		if (mb->hold_until < now_ms() + delay)
+		if (mb->hold_until < now_ms() + delay) {
 			mb->hold_until = now_ms() + delay;
+			mb->hold_kind = HOLD_THROTTLED;
+		}
 		TAILQ_INSERT_HEAD(&mb->ready, qe, link);
 		hold_on_disk(p, mb, now + delay, last);
 		return;
@@ -735,15 +825,18 @@ note_error(struct worker_pool *p, struct qent *qe, const struct job *j)
 	}
 }
 
-/* relayctl hold: out of every list until released (state H on disk). */
+/*
+ * relayctl hold: out of every list until released (state H on disk).
+ * back: it comes back from a worker, so it is in no list.
+ */
 static void
-hold_now(struct worker_pool *p, struct qent *qe)
+hold_now(struct worker_pool *p, struct qent *qe, int back)
 {
 	watch_fire(qe, WORKER_QUEUED, NULL);
 	if (qe->timer != NULL) {
 		event_free(qe->timer);
 		qe->timer = NULL;
-	} else if (!qe->held) {
+	} else if (!qe->held && !back) {
 		TAILQ_REMOVE(&qe->mb->ready, qe, link);
 		mbox_update(p, qe->mb);
 	}
@@ -811,15 +904,24 @@ finish(struct worker_pool *p, struct job *j)
 	qe->mb->inflight--;
 	p->busy--;
 	qe->inflight = 0;
-	qe->attempts++;
+	qe->job = NULL;
 	qe->stray = j->stray;
 	j->stray = NULL;
+	if (j->cancel) {
+		/* relayctl hold came before the request went: not an attempt. */
+		if (qe->hold_asked)
+			hold_now(p, qe, 1);
+		else
+			TAILQ_INSERT_HEAD(&qe->mb->ready, qe, link);
+		return;
+	}
+	qe->attempts++;
 	if (j->err.flags & GRAPH_F_DUPLICATE)
 		qe->maybe_dup = 1;
 	/* Only what Graph said (or did not) counts; a probe that never got
 	 * there (mapping, spool, token) leaves the next message to probe. */
 	if (j->reached)
-		service_result(p, j->result == GRAPH_TEMPFAIL &&
+		service_result(p, qe->mb, j->result == GRAPH_TEMPFAIL &&
 		    (j->err.flags & GRAPH_F_SERVICE));
 	if (j->result != GRAPH_SENT)
 		note_error(p, qe, j);
@@ -859,7 +961,7 @@ finish(struct worker_pool *p, struct job *j)
 			log_info("%s graph deferred code=%s message=\"%s\" "
 			    "attempts=%u held=yes", qe->qid, j->err.code,
 			    j->err.message, qe->attempts);
-			hold_now(p, qe);
+			hold_now(p, qe, 1);
 			break;
 		}
 		defer(p, qe, j);
@@ -965,6 +1067,23 @@ job_fail(struct job *j, enum graph_result r, const char *code,
 }
 
 /*
+ * The request is about to go: from now on a relayctl hold cannot stop it.
+ * 0 if a hold came first.
+ */
+static int
+job_go(struct worker_pool *p, struct job *j)
+{
+	int	 go;
+
+	pthread_mutex_lock(&p->lock);
+	if (!j->cancel)
+		j->started = 1;
+	go = j->started;
+	pthread_mutex_unlock(&p->lock);
+	return go;
+}
+
+/*
  * One request to Graph with the bearer token, and one fresh token after a
  * 401. Returns 0 with an answer, -1 without (r->error says why), -2 when
  * no token could be had (the job says why).
@@ -987,6 +1106,14 @@ authed(struct worker_pool *p, CURL *c, struct job *j, const char *method,
 			j->retry_ms = token_retry_in(p->token);
 			j->err.flags = 0;
 			strlcpy_r(r->error, err, sizeof(r->error));
+			return -2;
+		}
+		if (!job_go(p, j)) {
+			explicit_bzero(tok, strlen(tok));
+			free(tok);
+			job_fail(j, GRAPH_TEMPFAIL, "held", "held by relayctl "
+			    "before it was sent");
+			strlcpy_r(r->error, "held", sizeof(r->error));
 			return -2;
 		}
 		xasprintf(&auth, "Authorization: Bearer %s", tok);
@@ -1344,6 +1471,7 @@ worker_new(struct event_base *base, const struct config *cfg,
 		p->nthreads++;
 	}
 	p->rng = wall_us() | 1;
+	pause_load(p);
 	for (i = 0; (e = spool_entry_at(spool, i)) != NULL; i++)
 		if (e->state == SPOOL_QUEUED || e->state == SPOOL_HELD)
 			enqueue(p, e->qid, e->mail_from,
@@ -1419,6 +1547,8 @@ worker_free(struct worker_pool *p)
 	if (p->svc_timer != NULL)
 		event_free(p->svc_timer);
 	digest_free(p->digest);
+	free(p->svc_first);
+	free(p->paused_by);
 	if (p->notify_ev != NULL)
 		event_free(p->notify_ev);
 	close(p->notify[0]);
@@ -1454,6 +1584,37 @@ qent_state(const struct worker_pool *p, const struct qent *qe)
 	return "queued";
 }
 
+/*
+ * The hold a waiting message waits on, with its end (wall ms, 0: until
+ * relayctl resume); NULL if none, or if its own retry comes later.
+ */
+static const char *
+qent_hold(const struct worker_pool *p, const struct qent *qe,
+    uint64_t *until)
+{
+	uint64_t	 now = now_ms(), end;
+	const char	*kind;
+
+	*until = 0;
+	if (qe->inflight || qe->held)
+		return NULL;
+	if (p->paused)
+		return WORKER_HOLD_PAUSED;
+	if (p->svc_until > now) {
+		end = p->svc_until;
+		kind = WORKER_HOLD_GRAPH;
+	} else if (qe->mb->hold_until > now) {
+		end = qe->mb->hold_until;
+		kind = qe->mb->hold_kind == HOLD_THROTTLED ?
+		    WORKER_HOLD_THROTTLED : WORKER_HOLD_UNAVAILABLE;
+	} else
+		return NULL;
+	if (qe->timer != NULL && qe->next_ms >= end)
+		return NULL;
+	*until = wall_us() / 1000 + (end - now);
+	return kind;
+}
+
 static void
 qent_info(const struct worker_pool *p, const struct qent *qe,
     struct worker_msg *m)
@@ -1471,6 +1632,7 @@ qent_info(const struct worker_pool *p, const struct qent *qe,
 	m->attempts = qe->attempts;
 	m->state = qent_state(p, qe);
 	m->error = qe->error;
+	m->hold = qent_hold(p, qe, &m->hold_until);
 	if (qe->timer != NULL)
 		m->next_ms = qe->next_wall;
 	else if (!qe->held && !qe->inflight && p->svc_until > now)
@@ -1545,6 +1707,20 @@ qent_find(const struct worker_pool *p, const char *qid)
 }
 
 int
+worker_filter_match(const struct worker_filter *f, const struct worker_msg *m)
+{
+	const char	*sender = f->sender;
+
+	if (f->qid != NULL && strcmp(f->qid, "all") != 0)
+		return strcasecmp(f->qid, m->qid) == 0;
+	if (f->mailbox != NULL && strcasecmp(f->mailbox, m->mailbox) != 0)
+		return 0;
+	if (sender != NULL && strcmp(sender, "<>") == 0)
+		sender = "";
+	return sender == NULL || strcasecmp(sender, m->sender) == 0;
+}
+
+int
 worker_find(const struct worker_pool *p, const char *qid,
     struct worker_msg *m)
 {
@@ -1582,7 +1758,7 @@ worker_errors(const struct worker_pool *p, const struct worker_error **out)
 	return n;
 }
 
-/* Ready now: out of its timer, its mailbox's hold lifted. */
+/* Ready now: out of its timer (a hold it waits on stays). */
 static void
 retry_now(struct worker_pool *p, struct qent *qe)
 {
@@ -1592,39 +1768,227 @@ retry_now(struct worker_pool *p, struct qent *qe)
 		qe->next_wall = 0;
 		TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
 	}
-	qe->mb->hold_until = 0;
 	spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, qe->attempts, 0,
 	    qe->error);
 	mbox_update(p, qe->mb);
 }
 
-int
-worker_retry(struct worker_pool *p, const char *qid, const char **why)
+static struct mbox *
+mbox_find(const struct worker_pool *p, const char *mailbox)
 {
-	struct qent	*qe;
-	int		 n = 0;
+	struct mbox	*mb;
 
-	if (strcmp(qid, "all") == 0) {
-		p->svc_until = 0;	/* the Graph-wide hold too */
-		p->svc_probing = 0;
-		TAILQ_FOREACH(qe, &p->all, all)
-			if (!qe->inflight && !qe->held) {
-				retry_now(p, qe);
-				n++;
-			}
-	} else if ((qe = qent_find(p, qid)) == NULL) {
-		*why = "no such message in the queue";
-		return -1;
-	} else if (qe->held) {
-		*why = "held: release it";
-		return -1;
-	} else if (!qe->inflight) {
-		retry_now(p, qe);
-		n = 1;
+	for (mb = p->hash[hash_key(mailbox)]; mb != NULL; mb = mb->hnext)
+		if (strcasecmp(mb->key, mailbox) == 0)
+			return mb;
+	return NULL;
+}
+
+static void
+mbox_lift(struct worker_pool *p, struct mbox *mb, struct worker_tally *t)
+{
+	if (mb->hold_until <= now_ms())
+		return;
+	log_info("relayctl: retry lifts the hold of mailbox %s (%s)", mb->key,
+	    mb->hold_kind == HOLD_THROTTLED ? "throttled by Graph" :
+	    "unavailable at Graph");
+	mb->hold_until = 0;
+	mb->svc_probing = 0;
+	mbox_update(p, mb);
+	t->lifted++;
+}
+
+/* retry all lifts every hold but a pause; retry --mailbox, its mailbox's. */
+static void
+lift_holds(struct worker_pool *p, const struct worker_filter *f,
+    struct worker_tally *t)
+{
+	struct mbox	*mb;
+	size_t		 i;
+
+	if (f->mailbox != NULL && (mb = mbox_find(p, f->mailbox)) != NULL)
+		mbox_lift(p, mb, t);
+	if (f->qid == NULL || strcmp(f->qid, "all") != 0)
+		return;
+	if (p->svc_until > now_ms())
+		log_info("relayctl: retry lifts the Graph-wide hold");
+	p->svc_until = 0;
+	p->svc_probing = 0;
+	for (i = 0; i < MBOX_HASH_SIZE; i++)
+		for (mb = p->hash[i]; mb != NULL; mb = mb->hnext)
+			mbox_lift(p, mb, t);
+}
+
+/* Why a message still waits after retry, and what lifts the hold. */
+static void
+hold_words(const struct qent *qe, const char *kind, uint64_t until,
+    char *buf, size_t len)
+{
+	char	 end[TIME_ISO_LEN];
+
+	time_iso(until, end, sizeof(end));
+	if (strcmp(kind, WORKER_HOLD_PAUSED) == 0)
+		snprintf(buf, len, "delivery is paused (relayctl pause); "
+		    "relayctl resume starts it again");
+	else if (strcmp(kind, WORKER_HOLD_GRAPH) == 0)
+		snprintf(buf, len, "Graph unavailable for several mailboxes: "
+		    "every delivery waits until %s; relayctl retry all lifts "
+		    "the hold", end);
+	else
+		snprintf(buf, len, "mailbox %s %s until %s; relayctl retry "
+		    "--mailbox %s lifts the hold", qe->mb->key,
+		    strcmp(kind, WORKER_HOLD_THROTTLED) == 0 ?
+		    "throttled by Graph" : "unavailable at Graph (its own "
+		    "service errors)", end, qe->mb->key);
+}
+
+/* A hold for a message in flight wins if its request has not gone yet. */
+static int
+hold_cancels(struct worker_pool *p, struct qent *qe)
+{
+	int	 won;
+
+	pthread_mutex_lock(&p->lock);
+	if (!qe->job->started)
+		qe->job->cancel = 1;
+	won = qe->job->cancel;
+	pthread_mutex_unlock(&p->lock);
+	return won;
+}
+
+static void
+act_hold(struct worker_pool *p, struct qent *qe, struct worker_tally *t)
+{
+	if (qe->held)
+		t->skipped++;	/* as asked: not an error */
+	else if (!qe->inflight) {
+		hold_now(p, qe, 0);
+		t->done++;
+	} else if (hold_cancels(p, qe)) {
+		qe->hold_asked = 1;
+		log_info("%s held by relayctl before its request went", qe->qid);
+		t->done++;
+	} else {
+		qe->hold_asked = 1;
+		log_info("%s hold asked by relayctl while it is being sent: "
+		    "held only if Graph does not take it", qe->qid);
+		t->inflight++;
+		snprintf(t->why, sizeof(t->why), "being sent now: it cannot "
+		    "be held (if Graph does not take it, it is held then)");
 	}
-	log_info("relayctl: retry %s: %d message(s) now", qid, n);
+}
+
+static void
+act_release(struct worker_pool *p, struct qent *qe, struct worker_tally *t)
+{
+	if (qe->inflight && qe->hold_asked) {
+		qe->hold_asked = 0;	/* the hold it would get on return */
+		log_info("%s released by relayctl (it was in flight)", qe->qid);
+		t->done++;
+		return;
+	}
+	if (!qe->held) {
+		t->skipped++;
+		snprintf(t->why, sizeof(t->why), "not held");
+		return;
+	}
+	qe->held = 0;
+	spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, qe->attempts, 0,
+	    qe->error);
+	TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
+	mbox_update(p, qe->mb);
+	log_info("%s released by relayctl", qe->qid);
+	t->done++;
+}
+
+static void
+act_retry(struct worker_pool *p, struct qent *qe, struct worker_tally *t)
+{
+	const char	*kind;
+	uint64_t	 until;
+
+	if (qe->inflight) {
+		t->inflight++;
+		snprintf(t->why, sizeof(t->why), "being sent now");
+	} else if (qe->held) {
+		t->skipped++;
+		snprintf(t->why, sizeof(t->why), "held: release it");
+	} else {
+		retry_now(p, qe);
+		if ((kind = qent_hold(p, qe, &until)) != NULL) {
+			t->waiting++;
+			hold_words(qe, kind, until, t->why, sizeof(t->why));
+		} else
+			t->done++;
+	}
+}
+
+static void
+act_delete(struct worker_pool *p, struct qent *qe, struct worker_tally *t)
+{
+	int	 ready = !qe->held && qe->timer == NULL;
+
+	if (qe->inflight) {
+		t->inflight++;
+		snprintf(t->why, sizeof(t->why), "being delivered now: wait "
+		    "for its outcome, then delete it");
+		return;
+	}
+	if (ready)
+		TAILQ_REMOVE(&qe->mb->ready, qe, link);
+	if (spool_remove(p->spool, qe->qid) == -1) {
+		snprintf(t->why, sizeof(t->why), "the spool could not mark "
+		    "it");
+		if (ready)
+			TAILQ_INSERT_HEAD(&qe->mb->ready, qe, link);
+		t->skipped++;
+		return;
+	}
+	log_info("%s deleted by relayctl size=%" PRIu64 " sender=<%s> "
+	    "attempts=%u", qe->qid, qe->size, qe->sender, qe->attempts);
+	mbox_update(p, qe->mb);
+	qent_free(p, qe);
+	t->done++;
+}
+
+int
+worker_act(struct worker_pool *p, enum worker_verb verb,
+    const struct worker_filter *f, struct worker_tally *t)
+{
+	static const char *const names[] = { "hold", "release", "retry",
+	    "delete" };
+	struct qent		*qe, *next;
+	struct worker_msg	 m;
+	int			 one = f->qid != NULL && strcmp(f->qid, "all") != 0;
+
+	memset(t, 0, sizeof(*t));
+	if (verb == WORKER_RETRY)
+		lift_holds(p, f, t);
+	for (qe = TAILQ_FIRST(&p->all); qe != NULL; qe = next) {
+		next = TAILQ_NEXT(qe, all);
+		qent_info(p, qe, &m);
+		if (!worker_filter_match(f, &m))
+			continue;
+		t->matched++;
+		if (verb == WORKER_HOLD)
+			act_hold(p, qe, t);
+		else if (verb == WORKER_RELEASE)
+			act_release(p, qe, t);
+		else if (verb == WORKER_RETRY)
+			act_retry(p, qe, t);
+		else
+			act_delete(p, qe, t);
+	}
+	if (one && t->matched == 0)
+		snprintf(t->why, sizeof(t->why), "no such message in the "
+		    "queue");
+	log_info("relayctl: %s %s%s: matched=%zu done=%zu in_flight=%zu "
+	    "skipped=%zu waiting=%zu", names[verb], f->mailbox ? "--mailbox " :
+	    f->sender ? "--sender " : "", f->mailbox ? f->mailbox : f->sender ?
+	    f->sender : f->qid ? f->qid : "all", t->matched, t->done,
+	    t->inflight, t->skipped, t->waiting);
 	dispatch(p);
-	return n;
+	return one && t->done == 0 && t->why[0] != '\0' ? -1 : 0;
 }
 
 size_t
@@ -1644,72 +2008,128 @@ worker_retry_token(struct worker_pool *p)
 	return n;
 }
 
-int
-worker_hold(struct worker_pool *p, const char *qid, const char **why)
-{
-	struct qent	*qe;
+/* ---- relayctl pause: a file in the spool directory ---- */
 
-	if ((qe = qent_find(p, qid)) == NULL) {
-		*why = "no such message in the queue";
+static char *
+pause_path(const struct worker_pool *p, const char *name)
+{
+	char	*path;
+
+	xasprintf(&path, "%s/%s", p->cfg->spool_dir, name);
+	return path;
+}
+
+static int
+dir_sync(const char *dir)
+{
+	int	 fd, rc;
+
+	if ((fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
 		return -1;
+	rc = fsync(fd);
+	close(fd);
+	return rc;
+}
+
+/* Written, synced, renamed into place, the directory synced. */
+static int
+pause_write(const struct worker_pool *p, const char *text)
+{
+	char	*tmp = pause_path(p, "." PAUSE_FILE ".tmp");
+	char	*path = pause_path(p, PAUSE_FILE);
+	size_t	 len = strlen(text);
+	int	 fd, rc = -1;
+
+	if ((fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+	    0600)) != -1) {
+		if (write(fd, text, len) == (ssize_t)len && fsync(fd) == 0)
+			rc = 0;
+		if (close(fd) == -1)
+			rc = -1;
 	}
-	if (qe->inflight)
-		qe->hold_asked = 1;	/* held if it comes back unsent */
-	else if (!qe->held)
-		hold_now(p, qe);
-	return 0;
+	if (rc == 0 && (rename(tmp, path) == -1 ||
+	    dir_sync(p->cfg->spool_dir) == -1))
+		rc = -1;
+	if (rc == -1)
+		unlink(tmp);
+	free(tmp);
+	free(path);
+	return rc;
+}
+
+/* At start: paused before the restart stays paused. */
+static void
+pause_load(struct worker_pool *p)
+{
+	char		*path = pause_path(p, PAUSE_FILE), line[256];
+	FILE		*fp;
+	struct stat	 sb;
+
+	if ((fp = fopen(path, "re")) != NULL) {
+		if (fgets(line, sizeof(line), fp) == NULL)
+			line[0] = '\0';
+		line[strcspn(line, "\n")] = '\0';
+		p->paused = 1;
+		p->paused_by = xstrdup(*line != '\0' ? line : "?");
+		p->paused_at = fstat(fileno(fp), &sb) == 0 ?
+		    (uint64_t)sb.st_mtime * 1000 : wall_us() / 1000;
+		fclose(fp);
+		log_warnx("delivery paused (by %s, before this start; %s): no "
+		    "request goes to Graph until relayctl resume", p->paused_by,
+		    path);
+	}
+	free(path);
 }
 
 int
-worker_release(struct worker_pool *p, const char *qid, const char **why)
+worker_pause(struct worker_pool *p, int on, const char *who,
+    const char **why)
 {
-	struct qent	*qe;
+	char	*path, *text;
+	int	 rc = 0;
 
-	if ((qe = qent_find(p, qid)) == NULL) {
-		*why = "no such message in the queue";
+	if (on == p->paused)
+		return 1;
+	if (on) {
+		xasprintf(&text, "%s\n", who);
+		if ((rc = pause_write(p, text)) == -1)
+			*why = "cannot write the file \"paused\" in the spool "
+			    "directory (see relayd's log)";
+		free(text);
+	} else {
+		path = pause_path(p, PAUSE_FILE);
+		if ((unlink(path) == -1 && errno != ENOENT) ||
+		    dir_sync(p->cfg->spool_dir) == -1) {
+			rc = -1;
+			*why = "cannot remove the file \"paused\" in the spool "
+			    "directory (see relayd's log)";
+		}
+		free(path);
+	}
+	if (rc == -1) {
+		log_warn("relayctl: %s by %s: %s/%s", on ? "pause" : "resume",
+		    who, p->cfg->spool_dir, PAUSE_FILE);
 		return -1;
 	}
-	qe->hold_asked = 0;
-	if (!qe->held) {
-		*why = "not held";
-		return -1;
-	}
-	qe->held = 0;
-	spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, qe->attempts, 0,
-	    qe->error);
-	TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
-	mbox_update(p, qe->mb);
-	log_info("%s released by relayctl", qe->qid);
+	p->paused = on;
+	free(p->paused_by);
+	p->paused_by = on ? xstrdup(who) : NULL;
+	p->paused_at = on ? wall_us() / 1000 : 0;
+	if (on)
+		log_warnx("delivery paused by relayctl (%s): no new request "
+		    "goes to Graph; requests in flight finish", who);
+	else
+		log_info("delivery resumed by relayctl (%s)", who);
 	dispatch(p);
 	return 0;
 }
 
 int
-worker_delete(struct worker_pool *p, const char *qid, const char **why)
+worker_paused(const struct worker_pool *p, const char **who, uint64_t *at)
 {
-	struct qent	*qe;
-
-	if ((qe = qent_find(p, qid)) == NULL) {
-		*why = "no such message in the queue";
-		return -1;
-	}
-	if (qe->inflight) {
-		*why = "being delivered now: hold it, then delete it";
-		return -1;
-	}
-	if (!qe->held && qe->timer == NULL)
-		TAILQ_REMOVE(&qe->mb->ready, qe, link);
-	if (spool_remove(p->spool, qe->qid) == -1) {
-		*why = "the spool could not mark it";
-		if (!qe->held && qe->timer == NULL)
-			TAILQ_INSERT_HEAD(&qe->mb->ready, qe, link);
-		return -1;
-	}
-	log_info("%s deleted by relayctl size=%" PRIu64 " sender=<%s> "
-	    "attempts=%u", qe->qid, qe->size, qe->sender, qe->attempts);
-	mbox_update(p, qe->mb);
-	qent_free(p, qe);
-	return 0;
+	*who = p->paused_by;
+	*at = p->paused_at;
+	return p->paused;
 }
 
 /* ---- synchronous replies (loop thread) ---- */
@@ -1725,7 +2145,8 @@ worker_watch(struct worker_pool *p, const char *qid, worker_watch_cb *cb,
 		if (strcmp(qe->qid, qid) == 0)
 			break;
 	if (qe == NULL || qe->attempts > 0 || qe->held || qe->timer != NULL ||
-	    p->stopping || (!qe->inflight && (p->svc_until > now_ms() ||
+	    p->stopping || p->paused || (!qe->inflight &&
+	    (p->svc_until > now_ms() ||
 	    qe->mb->hold_until > now_ms())))
 		return -1;	/* it would not go now: no use waiting */
 	qe->watch_cb = cb;

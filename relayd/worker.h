@@ -52,6 +52,38 @@ struct worker_msg {
 	const char	*state;		/* queued, in flight, deferred, held,
 					   throttled, graph held */
 	const char	*error;		/* the last, "" if none */
+	const char	*hold;		/* WORKER_HOLD_*, NULL: no hold */
+	uint64_t	 hold_until;	/* its end (wall), 0: till resume */
+};
+
+/* The holds a queued message may wait on (worker_msg.hold). */
+#define WORKER_HOLD_THROTTLED	"mailbox throttled"	/* 429, quota */
+#define WORKER_HOLD_UNAVAILABLE	"mailbox unavailable"	/* its 503s */
+#define WORKER_HOLD_GRAPH	"Graph-wide"	/* several mailboxes' 503s */
+#define WORKER_HOLD_PAUSED	"paused"	/* relayctl pause */
+
+/*
+ * Which messages a relayctl action or `queue` covers: qid (one id, or
+ * "all"), else every message of mailbox (the queue's mailbox key) or of
+ * sender ("<>" the null sender); all NULL: every message.
+ */
+struct worker_filter {
+	const char	*qid;
+	const char	*mailbox;
+	const char	*sender;
+};
+
+enum worker_verb { WORKER_HOLD, WORKER_RELEASE, WORKER_RETRY, WORKER_DELETE };
+
+/* What an action did to the messages that matched. */
+struct worker_tally {
+	size_t		 matched;
+	size_t		 done;		/* held, released, to go now, deleted */
+	size_t		 inflight;	/* being sent now: left alone */
+	size_t		 skipped;	/* already held, not held, held */
+	size_t		 waiting;	/* retry: waiting on a hold still */
+	size_t		 lifted;	/* retry: mailbox holds lifted */
+	char		 why[256];	/* one id that was not done: why */
 };
 
 struct worker_error {
@@ -75,6 +107,8 @@ int		 worker_find(const struct worker_pool *, const char *,
 		    struct worker_msg *);
 /* When the oldest queued message arrived (wall ms), 0: none queued. */
 uint64_t	 worker_oldest(const struct worker_pool *);
+int		 worker_filter_match(const struct worker_filter *,
+		    const struct worker_msg *);
 /* Mailboxes on hold after a 429, with when they resume (wall ms). */
 void		 worker_throttled(const struct worker_pool *,
 		    worker_throttle_cb *, void *);
@@ -82,22 +116,31 @@ void		 worker_throttled(const struct worker_pool *,
 size_t		 worker_errors(const struct worker_pool *,
 		    const struct worker_error **);
 /*
- * relayctl's actions by queue id. retry ("all" for every message, which
- * also lifts mailbox and Graph-wide holds) returns how many go now;
- * the others 0. -1 with why for an unknown id or a state that forbids it.
+ * relayctl hold, release, retry and delete on the messages the filter
+ * matches. retry lifts the holds it was asked to: all, every mailbox's
+ * and the Graph-wide one; --mailbox, that mailbox's. A message in flight
+ * is held if its request has not gone out yet (the hold wins), else it is
+ * counted as being sent now and held only if Graph does not take it.
+ * -1 with why in the tally when one id is unknown or was not done.
  */
-int		 worker_retry(struct worker_pool *, const char *,
-		    const char **);
-int		 worker_hold(struct worker_pool *, const char *, const char **);
+int		 worker_act(struct worker_pool *, enum worker_verb,
+		    const struct worker_filter *, struct worker_tally *);
 /*
  * A new credential (reload): the messages waiting because no token could
  * be had are tried now. Returns how many.
  */
 size_t		 worker_retry_token(struct worker_pool *);
-int		 worker_release(struct worker_pool *, const char *,
+/*
+ * relayctl pause (on = 1) and resume: no new request goes to Graph while
+ * paused; requests in flight finish. Kept as the file "paused" in the
+ * spool directory, so a restart stays paused. who is logged and kept.
+ * -1 with why if the file cannot be written or removed.
+ */
+int		 worker_pause(struct worker_pool *, int, const char *,
 		    const char **);
-int		 worker_delete(struct worker_pool *, const char *,
-		    const char **);
+/* Paused: 1 with who asked and when (wall ms); 0 if not. */
+int		 worker_paused(const struct worker_pool *, const char **,
+		    uint64_t *);
 
 /* ---- synchronous replies ([smtp] reply_after = graph; loop thread) ---- */
 
