@@ -1742,7 +1742,8 @@ worker_throttled(const struct worker_pool *p, worker_throttle_cb *cb,
 
 	for (i = 0; i < MBOX_HASH_SIZE; i++)
 		for (mb = p->hash[i]; mb != NULL; mb = mb->hnext)
-			if (mb->hold_until > now)
+			if (mb->hold_until > now &&
+			    mb->hold_kind == HOLD_THROTTLED)
 				cb(arg, mb->key, wall + (mb->hold_until - now));
 }
 

@@ -109,7 +109,10 @@ int		 worker_find(const struct worker_pool *, const char *,
 uint64_t	 worker_oldest(const struct worker_pool *);
 int		 worker_filter_match(const struct worker_filter *,
 		    const struct worker_msg *);
-/* Mailboxes on hold after a 429, with when they resume (wall ms). */
+/*
+ * Mailboxes Graph throttles (429, quota), with when they resume (wall ms);
+ * not those held for their own service failures (queue shows those).
+ */
 void		 worker_throttled(const struct worker_pool *,
 		    worker_throttle_cb *, void *);
 /* The recent errors, newest first, into out[WORKER_ERRORS]. */

@@ -87,6 +87,7 @@ def test_one_mailbox_503s_hold_only_that_mailbox(relayd_factory,
     assert started(b_req) < hold_end
     st = d.ctl("status")
     assert st["delivery"] == "on" and "graph unavailable:" not in d.log
+    assert st["throttled_mailboxes"] == []      # not Graph's throttling
     # queue: A's messages wait on the mailbox's hold, with its end
     q = queue(d)
     assert b0 not in q or q[b0]["state"] == "in flight"
