@@ -28,11 +28,19 @@
  * and the last error go into its state line on disk, so a restart picks up
  * the schedule. A 429 (or a quota error) holds the whole mailbox, not just
  * the message; other mailboxes keep flowing. Runs of service failures
- * (503, 504, no answer) hold every delivery for a while, then one request
- * probes. Mailboxes are paced to messages_per_minute (a token bucket). A
+ * (503, 504, no answer) hold for a while, then one request probes: only
+ * the failing mailbox while the failures are its own (one mailbox's
+ * outage must not stop the others: it held a healthy mailbox's mail 23 s
+ * before), every delivery once they span two mailboxes. Mailboxes are paced to messages_per_minute (a token bucket). A
  * message older than lifetime goes to dead/ as "expired" at its next
  * failure. A retry after a 504 or a timeout may send a message twice: such
  * attempts are logged possible_duplicate=yes.
+ *
+ * relayctl: hold, release, retry and delete act on an id, all, or a
+ * mailbox's or sender's messages. A hold beats a request that has not
+ * gone out yet (the worker asks, under the lock, just before sending);
+ * after that it cannot, and relayctl says so. pause stops dispatch()
+ * (a file in the spool directory keeps it across restarts).
  */
 #include <sys/queue.h>
 #include <sys/stat.h>
