@@ -31,9 +31,9 @@
  * (503, 504, no answer) hold for a while, then one request probes: only
  * the failing mailbox while the failures are its own (one mailbox's
  * outage must not stop the others: it held a healthy mailbox's mail 23 s
- * before), every delivery once they span two mailboxes. Mailboxes are paced to messages_per_minute (a token bucket). A
- * message older than lifetime goes to dead/ as "expired" at its next
- * failure. A retry after a 504 or a timeout may send a message twice: such
+ * before), every delivery once they span two mailboxes. Mailboxes are
+ * paced to messages_per_minute (a token bucket). A message older than
+ * lifetime goes to dead/ as "expired" at its next failure. A retry after a 504 or a timeout may send a message twice: such
  * attempts are logged possible_duplicate=yes.
  *
  * relayctl: hold, release, retry and delete act on an id, all, or a
