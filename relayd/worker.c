@@ -33,8 +33,9 @@
  * outage must not stop the others: it held a healthy mailbox's mail 23 s
  * before), every delivery once they span two mailboxes. Mailboxes are
  * paced to messages_per_minute (a token bucket). A message older than
- * lifetime goes to dead/ as "expired" at its next failure. A retry after a 504 or a timeout may send a message twice: such
- * attempts are logged possible_duplicate=yes.
+ * lifetime goes to dead/ as "expired" at its next failure. A retry
+ * after a 504 or a timeout may send a message twice: such attempts are
+ * logged possible_duplicate=yes.
  *
  * relayctl: hold, release, retry and delete act on an id, all, or a
  * mailbox's or sender's messages. A hold beats a request that has not
