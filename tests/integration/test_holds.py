@@ -130,7 +130,7 @@ def test_503s_from_two_mailboxes_hold_everything(relayd_factory,
     n = len(graph_requests(fake))
     # a third mailbox waits too, and queue says on what
     c0 = send_from(d, MAILBOX_C, "C 0")
-    m = wait_state(d, c0, "throttled")
+    m = wait_state(d, c0, "graph held")
     assert m["hold"] == "Graph-wide" and re.match(ISO_RE, m["hold_until"])
     st = d.ctl("status")
     assert st["delivery"] == "held: Graph unavailable"

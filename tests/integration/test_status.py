@@ -183,13 +183,17 @@ def test_status_says_why_the_token_fails(relayd_factory, shared_fake_graph):
 
 
 def test_status_shows_a_graph_wide_hold(relayd_factory, shared_fake_graph):
-    """3 failures in a row hold every delivery: status says so, with
-    until when, and the waiting messages are not counted as throttled."""
+    """3 failures in a row from two mailboxes hold every delivery: status
+    says so, with until when, and the waiting messages are not counted as
+    throttled."""
     fake = shared_fake_graph
     fake.faults([{"kind": "graph", "status": 503, "retry_after": None,
                   "count": -1}])
     d = graph_relayd(relayd_factory, fake)
-    smtplib_send(d, "first")
+    # failures of two mailboxes: Graph's trouble, not one mailbox's
+    smtp_send(d, simple("first"))
+    smtp_send(d, simple("second", frm="other@contoso.test"),
+              mail_from="other@contoso.test")
     d.wait_log(r"graph unavailable: 3 failures in a row", TIMEOUT)
     qid = smtplib_send(d, "during the hold")
     st = d.ctl("status")
