@@ -1434,6 +1434,35 @@ def tmpfs_dir(tmp_path):
             pytest.fail("umount %s failed: %s" % (mnt, r.stderr.strip()))
 
 
+@pytest.fixture
+def powercut(tmp_path):
+    """powercut() -> a tests/powercutfs.py file system mounted on
+    tmp_path/pc-mnt over tmp_path/pc-backing (its .cut() is a power cut;
+    call powercut() again to mount the survivor). Request it BEFORE
+    relayd_factory so that daemons stop before the unmount. Skips without
+    root, /dev/fuse or python3-fusepy."""
+    sys.path.insert(0, str(SRCDIR / "tests"))
+    import powercutfs
+    why = powercutfs.available()
+    if why:
+        pytest.skip(why)
+    backing, mnt = tmp_path / "pc-backing", tmp_path / "pc-mnt"
+    backing.mkdir()
+    mnt.mkdir()
+    mounts = []
+
+    def make(**kw):
+        fs = powercutfs.mount(backing, mnt, **kw)
+        mounts.append(fs)
+        return fs
+    make.backing, make.mountpoint = backing, mnt
+    try:
+        yield make
+    finally:
+        for fs in mounts:
+            fs.unmount()
+
+
 @pytest.fixture(scope="session")
 def tls_ca(tmp_path_factory):
     """A test CA and a server certificate (localhost, 127.0.0.1, ::1) it
