@@ -770,7 +770,13 @@ class PowerCutFS:
         """A clean unmount: nothing is cut."""
         if self.proc.poll() is None:
             self._umount()
-            self.proc.wait(60)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                # Lazily unmounted and a file still open: the server
+                # would wait for it; ending it aborts the connection.
+                self.proc.kill()
+                self.proc.wait()
 
     def _umount(self):
         r = subprocess.run(["umount", self.mountpoint], capture_output=True)

@@ -106,6 +106,9 @@ class Clients:
             t.join(30)
             assert not t.is_alive(), "an SMTP client thread hangs"
 
+    def message(self, token, sender):
+        return simple("crash " + token, frm=sender)
+
     def run(self, tid):
         n = 0
         while not self.stop.is_set():
@@ -128,8 +131,7 @@ class Clients:
                     if code != 250:
                         raise smtplib.SMTPResponseException(code, "RCPT")
                     in_data = True
-                    code, text = s.data(simple("crash " + token,
-                                               frm=sender))
+                    code, text = s.data(self.message(token, sender))
                     in_data = False
                     m = QUEUED_RE.match("%d %s" % (code, text.decode()))
                     if not m:

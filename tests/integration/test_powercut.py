@@ -1,0 +1,160 @@
+"""relayd through power cuts: its spool on tests/powercutfs.py.
+
+test_crash.py kills relayd with SIGKILL, but the kernel's page cache
+outlives a killed process: a spool that forgot an fsync, or synced a file
+and not the directory naming it, passes that test and loses mail when the
+power fails. Here the spool lies on powercutfs, which keeps only what the
+strictest reading of POSIX lets survive a power cut (contents as of their
+last fsync/fdatasync, names once their directory was fsynced, a rename
+between directories once both were). SMTP clients send continuously
+(test_crash's Clients; one message in ten is 100 kB, more than relayd
+holds in memory, so it is spilled into a segment file of its own) while
+relayd delivers to the fake Graph, which answers after 20-80 ms. At random
+moments relayd is killed (SIGKILL), the power is cut (powercutfs drops all
+that was not durable), the file system is mounted again and relayd
+started on the survivor. Twice: with powercutfs's rename rule "both" (a
+rename from tmp/ to queue/ survives once both directories were fsynced,
+the issue's reading) and "each" (once the directory holding the name was,
+as ext4 and xfs behave). powercutfs has no O_TMPFILE, so relayd writes new
+segments in tmp/ and renames them into queue/. At the end relayd drains
+its queue and:
+
+- lost: messages that got a 250 and never reached Graph. Must be 0.
+- corrupt: deliveries whose subject or body differ from what was sent
+  (the message was rebuilt from a damaged record). Must be 0.
+- restarts: relayd must start after every cut (Relayd.start fails the
+  test otherwise).
+- duplicates: deliveries beyond the first. A repeat whose earlier delivery
+  Graph took more than LATE s before a cut is "late": SIGKILL alone cannot
+  cause it (test_crash bounds those to the requests in flight around the
+  kill); it comes from delivery progress that was never synced. Issue 17
+  says today neither the "D" (delivered) mark, a pwrite, nor the removal
+  of an emptied segment is synced, so late duplicates are expected until
+  that is fixed: that one check is an xfail, with the figures printed.
+
+The spool directory itself is made on the backing directory before the
+first mount, as the package's StateDirectory= would: relayd's own mkdir of
+spool_dir is never made durable (its parent is not fsynced), so on a
+spool_dir relayd created itself the first cut loses everything (reported
+with issue 17; not tested here).
+"""
+import hashlib
+import random
+import re
+import time
+
+import pytest
+
+from conftest import graph_relayd, wait_for
+from test_crash import Clients, latency_rules
+from test_delivery import simple
+
+CUTS = (5, 8)               # how many power cuts (random in this range)
+RUN_BETWEEN = (0.5, 3.5)    # s of load between two cuts
+LOAD_AFTER = 1.0            # s of load after the last restart
+LATE = 2.0                  # s: a repeat of a delivery older than this at
+                            # the cut comes from unsynced delivery progress
+BIG_EVERY = 10              # one message in BIG_EVERY is spilled (100 kB)
+DRAIN_TIMEOUT = 90
+SUBJECT_RE = re.compile(r"^powercut (\d+-\d+)$")
+
+
+def payload(token):
+    """The text of a message: lines derived from its token, so that a
+    delivery can be checked byte for byte against it."""
+    n = int(token.split("-")[1])
+    lines = 1500 if n % BIG_EVERY == 0 else 12
+    h = hashlib.sha256(token.encode()).hexdigest()
+    return "".join("%s %05d %s\n" % (token, i, h) for i in range(lines))
+
+
+class PowerCutClients(Clients):
+    def message(self, token, sender):
+        return simple("powercut " + token, body=payload(token), frm=sender)
+
+
+def delivered_text(rec):
+    """Subject and body text of a delivery, line ends made LF."""
+    msg = rec["body"]["message"]
+    return msg["subject"], msg["body"]["content"].replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("rename_rule", ["both", "each"])
+def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
+                                              relayd_factory, rename_rule):
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    spool = powercut.mountpoint / "spool"
+    (powercut.backing / "spool").mkdir(mode=0o700)
+    fs = powercut(rename_rule=rename_rule)
+    fake = fake_graph
+    fake.faults(latency_rules())
+    d = graph_relayd(relayd_factory, fake, queue={"workers": 8},
+                     start=False)
+    d.spool = spool
+    d.start()
+    clients = PowerCutClients(d)
+    t_begin = time.monotonic()
+    clients.start()
+    cuts = []                       # wall clock of each cut
+    restarts = 0
+    for _ in range(rng.randint(*CUTS)):
+        time.sleep(rng.uniform(*RUN_BETWEEN))
+        d.kill()
+        cuts.append(time.time())
+        fs.cut()
+        fs = powercut(rename_rule=rename_rule)
+        d.start()                   # fails the test if relayd cannot
+        restarts += 1
+    time.sleep(LOAD_AFTER)
+    clients.join()
+    assert not clients.errors, clients.errors[:5]
+    wait_for(lambda: d.queued() == [], DRAIN_TIMEOUT,
+             "relayd to drain its queue", interval=0.2)
+    wait_for(lambda: fake.stats()["inflight"] == {}, 10,
+             "no request in flight at the fake")
+
+    by_token = {}                   # token -> [delivery time]
+    corrupt = []
+    for rec in fake.sent():
+        subject, body = delivered_text(rec)
+        m = SUBJECT_RE.match(subject)
+        if not m:
+            corrupt.append(subject)
+            continue
+        token = m.group(1)
+        if body.rstrip("\n") != payload(token).rstrip("\n"):
+            corrupt.append(token)
+        by_token.setdefault(token, []).append(rec["time"])
+    accepted = clients.accepted
+    lost = sorted(t for t in accepted if t not in by_token)
+    duplicates = sum(len(v) - 1 for v in by_token.values())
+    late = []
+    for token, times in by_token.items():
+        times.sort()
+        for first, again in zip(times, times[1:]):
+            cut = max((c for c in cuts if first < c < again), default=None)
+            if cut is not None and cut - first > LATE:
+                late.append((token, round(cut - first, 1)))
+    unacked = sum(1 for t in by_token if t not in accepted)
+    print("\npowercut (rename rule %s): seed %d, %d cuts, %d restarts in "
+          "%.1f s; accepted (250) %d, delivered %d distinct (+%d without a "
+          "250, %d DATA unanswered), lost %d, corrupt %d, duplicates %d of "
+          "which late (> %.0f s before a cut) %d; dead letters %d"
+          % (rename_rule, seed, len(cuts), restarts,
+             time.monotonic() - t_begin, len(accepted), len(by_token),
+             unacked, clients.unanswered, len(lost), len(corrupt),
+             duplicates, LATE, len(late), len(d.dead())))
+    assert len(cuts) >= CUTS[0] and len(accepted) > 0
+    assert not lost, "%d messages with a 250 lost by power cuts (rename " \
+        "rule %s): %s" % (len(lost), rename_rule, [
+            "%s (queue id %s)" % (t, accepted[t]) for t in lost[:10]])
+    assert not corrupt, "deliveries that differ from what was sent: %s" % (
+        corrupt[:10],)
+    assert d.dead() == []
+    if late:
+        pytest.xfail("%d deliveries repeated after a power cut although "
+                     "Graph took them more than %.0f s before it (e.g. %s): "
+                     "delivery progress (the D mark, removal of emptied "
+                     "segments) is not synced (issue 17)"
+                     % (len(late), LATE, late[:5]))
