@@ -73,6 +73,24 @@ class PowerCutClients(Clients):
         return simple("powercut " + token, body=payload(token), frm=sender)
 
 
+def relayd_on(powercut, relayd_factory, fake, rename_rule="both", **kw):
+    """A powercutfs mount and a relayd delivering to fake whose spool is on
+    it. The spool directory is made durable first, as a package would."""
+    (powercut.backing / "spool").mkdir(mode=0o700)
+    fs = powercut(rename_rule=rename_rule)
+    d = graph_relayd(relayd_factory, fake, start=False, **kw)
+    d.spool = powercut.mountpoint / "spool"
+    return fs, d.start()
+
+
+def message(n, big=False):
+    """A message of a few lines, or one too big for relayd's memory."""
+    lines = 5000 if big else 3
+    return ("Subject: fault %d\r\n\r\n" % n).encode() + \
+        b"".join(b"line %05d of message %d\r\n" % (i, n)
+                 for i in range(lines))
+
+
 def delivered_text(rec):
     """Subject and body text of a delivery, line ends made LF."""
     msg = rec["body"]["message"]
@@ -84,15 +102,10 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
                                               relayd_factory, rename_rule):
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    spool = powercut.mountpoint / "spool"
-    (powercut.backing / "spool").mkdir(mode=0o700)
-    fs = powercut(rename_rule=rename_rule)
     fake = fake_graph
     fake.faults(latency_rules())
-    d = graph_relayd(relayd_factory, fake, queue={"workers": 8},
-                     start=False)
-    d.spool = spool
-    d.start()
+    fs, d = relayd_on(powercut, relayd_factory, fake,
+                      rename_rule=rename_rule, queue={"workers": 8})
     clients = PowerCutClients(d)
     t_begin = time.monotonic()
     clients.start()
@@ -158,3 +171,54 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
                      "delivery progress (the D mark, removal of emptied "
                      "segments) is not synced (issue 17)"
                      % (len(late), LATE, late[:5]))
+
+
+def test_fsync_failure_is_a_temporary_error(powercut, fake_graph,
+                                            relayd_factory):
+    """A failed fdatasync of a segment, a failed fsync of queue/ or a full
+    disk is answered 452, never 250; relayd goes on; what it acknowledged
+    survives a cut."""
+    fake_graph.faults([{"kind": "graph", "status": 503, "count": -1}])
+    fs, d = relayd_on(powercut, relayd_factory, fake_graph,
+                      rename_rule="each")
+    acked = [d.send_one(body=message(0))]
+    cases = [
+        (dict(op="fsync", path="spool/*", count=1), False),
+        (dict(op="fsync", path="spool/*", count=1), True),
+        (dict(op="fsync", path="spool/queue", dirs="only", count=1), True),
+        (dict(op="write", after=100), False),
+        (dict(op="write", after=100), True),
+    ]
+    for n, (fault, big) in enumerate(cases, 1):
+        fs.fault(**fault)
+        with d.connect() as c:
+            c.ehlo()
+            r = c.send_mail(body=message(n, big))
+            assert r.code == 452, (fault, big, r, fs.call("faults"))
+        fs.clear_faults()
+        acked.append(d.send_one(body=message(100 + n, big)))
+    d.kill()
+    fs.cut()
+    powercut(rename_rule="each")
+    d.start()
+    assert sorted(d.queued()) == sorted(acked)
+
+
+@pytest.mark.xfail(strict=True, reason="recover_segment() mmaps each "
+                   "segment (relayd/spool.c:610) and reads it: a read "
+                   "error is SIGBUS, relayd cannot start (issue 17)")
+def test_unreadable_segment_does_not_stop_relayd(powercut, fake_graph,
+                                                 relayd_factory):
+    """A segment that cannot be read (EIO, a bad sector) at start: relayd
+    must still start and serve (and say which file it could not read)."""
+    fake_graph.faults([{"kind": "graph", "status": 503, "count": -1}])
+    fs, d = relayd_on(powercut, relayd_factory, fake_graph)
+    d.send_one(body=message(1))
+    d.stop()
+    fs.fault("read", path="spool/queue/*")
+    try:
+        d.start()
+    except AssertionError:
+        d.expect_dead = True
+        raise
+    d.assert_serves()
