@@ -33,10 +33,9 @@ its queue and:
   that is fixed: that one check is an xfail, with the figures printed.
 
 The spool directory itself is made on the backing directory before the
-first mount, as the package's StateDirectory= would: relayd's own mkdir of
-spool_dir is never made durable (its parent is not fsynced), so on a
-spool_dir relayd created itself the first cut loses everything (reported
-with issue 17; not tested here).
+first mount: relayd's own mkdir of spool_dir is never made durable (its
+parent is not fsynced), which test_power_cut_after_first_start shows on
+its own.
 """
 import hashlib
 import random
@@ -73,10 +72,13 @@ class PowerCutClients(Clients):
         return simple("powercut " + token, body=payload(token), frm=sender)
 
 
-def relayd_on(powercut, relayd_factory, fake, rename_rule="both", **kw):
+def relayd_on(powercut, relayd_factory, fake, rename_rule="both",
+              make_spool=True, **kw):
     """A powercutfs mount and a relayd delivering to fake whose spool is on
-    it. The spool directory is made durable first, as a package would."""
-    (powercut.backing / "spool").mkdir(mode=0o700)
+    it. The spool directory is made durable first, as a package would,
+    unless make_spool is false (then relayd makes it)."""
+    if make_spool:
+        (powercut.backing / "spool").mkdir(mode=0o700)
     fs = powercut(rename_rule=rename_rule)
     d = graph_relayd(relayd_factory, fake, start=False, **kw)
     d.spool = powercut.mountpoint / "spool"
@@ -222,3 +224,21 @@ def test_unreadable_segment_does_not_stop_relayd(powercut, fake_graph,
         d.expect_dead = True
         raise
     d.assert_serves()
+
+
+def test_power_cut_after_first_start(powercut, fake_graph, relayd_factory):
+    """relayd makes spool_dir itself (the default /var/lib/relayd/spool
+    lies in systemd's StateDirectory): what it acknowledged must survive a
+    power cut soon after, which needs the new directory's name synced."""
+    fake_graph.faults([{"kind": "graph", "status": 503, "count": -1}])
+    fs, d = relayd_on(powercut, relayd_factory, fake_graph,
+                      rename_rule="each", make_spool=False)
+    acked = [d.send_one(body=message(n)) for n in range(3)]
+    d.kill()
+    fs.cut()
+    powercut(rename_rule="each")
+    d.start()
+    assert sorted(d.queued()) == sorted(acked), (
+        "a power cut after relayd created spool_dir lost what it had "
+        "acknowledged: spool_open() does not fsync spool_dir's parent "
+        "after mkdir (relayd/spool.c)")
