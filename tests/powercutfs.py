@@ -73,6 +73,7 @@ import threading
 import time
 
 FALLOC_FL_KEEP_SIZE = 1
+ALL = 1 << 62           # a dirty range to the end of the file
 
 
 def available():
@@ -475,7 +476,7 @@ def make_ops(fusepy, model, faults, stats):
             fd = _os(os.open, model.real(path),
                      os.O_RDWR | (flags & os.O_TRUNC))
             if flags & os.O_TRUNC:
-                model.wrote(i, 0, 0)
+                model.wrote(i, 0, ALL)
             self.fds[fd] = i
             return fd
 
@@ -509,6 +510,7 @@ def make_ops(fusepy, model, faults, stats):
                 _os(os.ftruncate, fh, length)
             else:
                 _os(os.truncate, model.real(path), length)
+            model.wrote(i, length, ALL)     # gone, or zeros if extended
 
         def fallocate(self, path, mode, offset, length, fh):
             if mode & ~FALLOC_FL_KEEP_SIZE:

@@ -77,6 +77,19 @@ def test_file_and_directory_synced_survive(powercut):
     assert after_cut(powercut, fs) == {"d": None, "d/f": b"data"}
 
 
+def test_truncate_then_extend_survives_as_zeros(powercut):
+    fs = powercut()
+    f = powercut.mountpoint / "f"
+    write_file(f, b"abcdef")
+    sync_dir(powercut.mountpoint)
+    fd = os.open(f, os.O_WRONLY)
+    os.ftruncate(fd, 2)
+    os.ftruncate(fd, 6)
+    os.fsync(fd)
+    os.close(fd)
+    assert after_cut(powercut, fs) == {"f": b"ab\0\0\0\0"}
+
+
 def test_a_name_without_synced_contents_is_an_empty_file(powercut):
     fs = powercut()
     write_file(powercut.mountpoint / "f", b"never synced", sync=False)
