@@ -43,12 +43,18 @@ def after_cut(powercut, fs):
     return out
 
 
-def test_write_without_fsync_is_gone(powercut):
+def durable_file(powercut, data):
+    """Mounts; f holds data, synced with its name; returns fs, f and f
+    opened for writing."""
     fs = powercut()
     f = powercut.mountpoint / "f"
-    write_file(f, b"first version")
+    write_file(f, data)
     sync_dir(powercut.mountpoint)
-    fd = os.open(f, os.O_WRONLY)
+    return fs, f, os.open(f, os.O_WRONLY)
+
+
+def test_write_without_fsync_is_gone(powercut):
+    fs, f, fd = durable_file(powercut, b"first version")
     os.pwrite(fd, b"SECOND", 0)
     os.pwrite(fd, b" and a longer tail", 13)
     os.close(fd)
@@ -78,11 +84,7 @@ def test_file_and_directory_synced_survive(powercut):
 
 
 def test_truncate_then_extend_survives_as_zeros(powercut):
-    fs = powercut()
-    f = powercut.mountpoint / "f"
-    write_file(f, b"abcdef")
-    sync_dir(powercut.mountpoint)
-    fd = os.open(f, os.O_WRONLY)
+    fs, _, fd = durable_file(powercut, b"abcdef")
     os.ftruncate(fd, 2)
     os.ftruncate(fd, 6)
     os.fsync(fd)
@@ -217,12 +219,9 @@ def test_o_tmpfile_is_refused_like_a_file_system_without_it(powercut):
 
 
 def test_fault_fsync_eio_and_nothing_becomes_durable(powercut):
-    fs = powercut()
+    fs, _, fd = durable_file(powercut, b"old")
     m = powercut.mountpoint
-    write_file(m / "f", b"old")
-    sync_dir(m)
     fs.fault("fsync", path="f", count=1)
-    fd = os.open(m / "f", os.O_WRONLY)
     os.pwrite(fd, b"new", 0)
     with pytest.raises(OSError) as e:
         os.fdatasync(fd)
