@@ -155,11 +155,13 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
     print("\npowercut (rename rule %s): seed %d, %d cuts, %d restarts in "
           "%.1f s; accepted (250) %d, delivered %d distinct (+%d without a "
           "250, %d DATA unanswered), lost %d, corrupt %d, duplicates %d of "
-          "which late (> %.0f s before a cut) %d; dead letters %d"
+          "which late (> %.0f s before a cut) %d, of %d messages; at most "
+          "%d deliveries of one message; dead letters %d"
           % (rename_rule, seed, len(cuts), restarts,
              time.monotonic() - t_begin, len(accepted), len(by_token),
              unacked, clients.unanswered, len(lost), len(corrupt),
-             duplicates, LATE, len(late), len(d.dead())))
+             duplicates, LATE, len(late), len({t for t, _ in late}),
+             max(map(len, by_token.values()), default=0), len(d.dead())))
     assert len(cuts) >= CUTS[0] and len(accepted) > 0
     assert not lost, "%d messages with a 250 lost by power cuts (rename " \
         "rule %s): %s" % (len(lost), rename_rule, [
