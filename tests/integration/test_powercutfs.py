@@ -211,6 +211,25 @@ def test_fallocate_truncate_and_mmap(powercut):
     assert got["seg"] == b"rec1rec2" + bytes(65536 - 8)
 
 
+def test_copy_file_range_is_modelled(powercut):
+    """relayd copies records into dead/ and corrupt/ with copy_file_range
+    (or read and write where that fails): the copy is new, unsynced data."""
+    fs = powercut()
+    m = powercut.mountpoint
+    write_file(m / "a", b"0123456789")
+    for name, sync in (("b", True), ("c", False)):
+        src = os.open(m / "a", os.O_RDONLY)
+        dst = os.open(m / name, os.O_WRONLY | os.O_CREAT, 0o600)
+        assert os.copy_file_range(src, dst, 6, 2) == 6
+        if sync:
+            os.fdatasync(dst)
+        os.close(src)
+        os.close(dst)
+    sync_dir(m)
+    assert after_cut(powercut, fs) == {"a": b"0123456789", "b": b"234567",
+                                       "c": b""}
+
+
 def test_o_tmpfile_is_refused_like_a_file_system_without_it(powercut):
     powercut()
     with pytest.raises(OSError) as e:
