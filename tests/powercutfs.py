@@ -80,8 +80,10 @@ def available():
     """None when a power-cut file system can be mounted here, else why not."""
     if os.geteuid() != 0:
         return "powercutfs needs root (it mounts a FUSE file system)"
-    if not os.path.exists("/dev/fuse"):
-        return "powercutfs needs /dev/fuse"
+    try:
+        os.close(os.open("/dev/fuse", os.O_RDWR))
+    except OSError as e:
+        return "powercutfs needs /dev/fuse: %s" % e.strerror
     try:
         _import_fusepy()
     except ImportError as e:
