@@ -36,6 +36,11 @@ The spool directory itself is made on the backing directory before the
 first mount: relayd's own mkdir of spool_dir is never made durable (its
 parent is not fsynced), which test_power_cut_after_first_start shows on
 its own.
+
+Storage faults (powercutfs's fault rules): a failed fdatasync, a failed
+fsync of queue/ and ENOSPC must be answered 452 with what was acknowledged
+surviving a cut; a segment that cannot be read at start must not keep
+relayd from starting (an xfail today: relayd dies of SIGBUS).
 """
 import hashlib
 import random
