@@ -1103,7 +1103,15 @@ commit_batch(struct spool *sp, struct spool_msg *batch)
 			}
 		}
 	}
+	/*
+	 * The new names, once per batch. A rename out of tmp/ is only durable
+	 * once both directories are synced: with queue/ alone a power cut
+	 * can leave the file in tmp/, which the next start empties.
+	 */
 	if (linked > 0 && fsync(sp->queuefd) == -1)
+		dir_err = errno;
+	if (linked > 0 && dir_err == 0 && sp->link_mode == LINK_RENAME &&
+	    fsync(sp->tmpfd) == -1)
 		dir_err = errno;
 
 	for (i = 0; i < n; i++) {
