@@ -211,10 +211,18 @@ struct requeue;
 
 static int	copy_range(int, uint64_t, int, uint64_t);
 
+/*
+ * Opens a directory under dirfd, made if missing. A new directory's name
+ * is only durable once its parent is fsync'ed: without that a power cut
+ * takes it back with everything later synced in it.
+ */
 static int
 open_subdir(int dirfd, const char *name)
 {
-	if (mkdirat(dirfd, name, 0700) == -1 && errno != EEXIST)
+	if (mkdirat(dirfd, name, 0700) == 0) {
+		if (fsync(dirfd) == -1)
+			return -1;
+	} else if (errno != EEXIST)
 		return -1;
 	return openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
@@ -1288,11 +1296,43 @@ spool_notify_cb(evutil_socket_t fd, short ev, void *arg)
 	}
 }
 
+/*
+ * mkdir, made durable: the parent directory is fsync'ed after it (relayd
+ * needs read access to the parent for that). -1 with errno and why.
+ */
+static int
+make_dir(const char *dir, const char **why)
+{
+	char	*parent, *slash;
+	int	 fd, rc;
+
+	*why = "cannot create";
+	if (mkdir(dir, 0700) == -1)
+		return errno == EEXIST ? 0 : -1;
+	*why = "created, but cannot sync its parent directory (give relayd "
+	    "read access to it, or create spool_dir beforehand)";
+	parent = xstrdup(dir);
+	while ((slash = strrchr(parent, '/')) != NULL && slash[1] == '\0' &&
+	    slash != parent)
+		*slash = '\0';		/* trailing slashes */
+	if ((slash = strrchr(parent, '/')) == NULL)
+		strlcpy_r(parent, ".", 2);
+	else
+		slash[slash == parent] = '\0';	/* "/x" -> "/" */
+	rc = (fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1 ||
+	    fsync(fd) == -1 ? -1 : 0;
+	if (fd != -1)
+		close(fd);
+	free(parent);
+	return rc;
+}
+
 struct spool *
 spool_open(const char *dir, int sync_method, struct event_base *base,
     char *err, size_t errlen)
 {
 	struct spool	*sp;
+	const char	*why;
 
 	sp = xcalloc(1, sizeof(*sp));
 	sp->dir = xstrdup(dir);
@@ -1304,8 +1344,8 @@ spool_open(const char *dir, int sync_method, struct event_base *base,
 	pthread_cond_init(&sp->cond, NULL);
 	pthread_cond_init(&sp->sync_work, NULL);
 	pthread_cond_init(&sp->sync_done, NULL);
-	if (mkdir(dir, 0700) == -1 && errno != EEXIST) {
-		snprintf(err, errlen, "spool_dir %s: cannot create: %s", dir,
+	if (make_dir(dir, &why) == -1) {
+		snprintf(err, errlen, "spool_dir %s: %s: %s", dir, why,
 		    strerror(errno));
 		goto fail;
 	}
