@@ -23,10 +23,13 @@
  *   size: <20 digits>\n
  *   id: ...\n arrival: ...\n ... rcpt: ...\n \n <message> RELAYD-END <size>\n
  *
- * The state line is rewritten in place (pwrite, not synced): Q queued, H
- * held, D delivered, X dead-lettered, with the retry state. A crash that
- * loses such a write can only send a message again, never lose one. A
- * segment whose records are all D or X is deleted.
+ * The state line is rewritten in place (pwrite): Q queued, H held, D
+ * delivered, X dead-lettered, with the retry state. A segment whose
+ * records are all D or X is deleted. Neither waits for the disk: the
+ * segments touched are noted, and within PROGRESS_SYNC_MS the commit
+ * thread fdatasyncs each once and fsyncs queue/ once if names left it
+ * (progress_sync). A power cut takes back at most that last half second
+ * of progress: a message Graph took may be sent again, never lost.
  *
  * Why segments: on ext4 without a journal creating a file right after
  * others were deleted is slow (recently_deleted(), see NOTES.md), and each
@@ -73,6 +76,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -98,6 +102,7 @@
 #define INDEX_MIN		1024
 #define SEG_MAX			(4 * 1024 * 1024) /* then a new segment */
 #define IOV_BATCH		64		/* records per pwritev */
+#define PROGRESS_SYNC_MS	500	/* delivery progress is durable after */
 
 struct seg;
 
@@ -191,6 +196,17 @@ struct spool {
 	struct event		*notify_ev;
 	uint64_t		 ncommits;	/* commit thread only */
 	uint64_t		 nbatches;
+
+	/*
+	 * Delivery progress not yet durable (under lock): segments whose
+	 * state lines were rewritten, and whether names left queue/. The
+	 * commit thread syncs them by progress_at (now_ms()).
+	 */
+	char			(*dirty)[SPOOL_QID_LEN + 1];
+	size_t			 ndirty, dirtycap;
+	int			 dir_dirty;
+	uint64_t		 progress_at;
+
 
 	/*
 	 * fdatasync helpers. Concurrent fdatasyncs let the block layer merge
@@ -821,6 +837,131 @@ msg_flush(struct spool_msg *m)
 
 /* ---- the commit thread ---- */
 
+/* ---- delivery progress ---- */
+
+/* A change in queue/ to be made durable soon; called with sp->lock. */
+static void
+progress_note(struct spool *sp, const char *seg)
+{
+	size_t	 i;
+
+	if (sp->ndirty == 0 && !sp->dir_dirty) {
+		sp->progress_at = now_ms() + PROGRESS_SYNC_MS;
+		pthread_cond_signal(&sp->cond);	/* to wait with a timeout */
+	}
+	if (seg == NULL) {
+		sp->dir_dirty = 1;
+		return;
+	}
+	for (i = sp->ndirty; i > 0; i--)
+		if (strcmp(sp->dirty[i - 1], seg) == 0)
+			return;
+	if (sp->ndirty == sp->dirtycap) {
+		sp->dirtycap = sp->dirtycap ? sp->dirtycap * 2 : 16;
+		sp->dirty = xrealloc(sp->dirty, sp->dirtycap *
+		    sizeof(*sp->dirty));
+	}
+	memcpy(sp->dirty[sp->ndirty++], seg, SPOOL_QID_LEN + 1);
+}
+
+/* seg's state lines changed, or (seg NULL) a name left queue/. */
+static void
+progress_mark(struct spool *sp, const char *seg)
+{
+	pthread_mutex_lock(&sp->lock);
+	progress_note(sp, seg);
+	pthread_mutex_unlock(&sp->lock);
+}
+
+/* Something to sync, and when; called with sp->lock. */
+static int
+progress_pending(struct spool *sp)
+{
+	return sp->ndirty > 0 || sp->dir_dirty;
+}
+
+static void	sync_files(struct spool *, struct seg **, size_t);
+
+/*
+ * Makes the delivery progress noted so far durable: one fdatasync per
+ * touched segment (with the helpers), then one fsync of queue/ if names
+ * left it. A segment removed meanwhile needs only the directory. A
+ * failure can only make relayd send messages again: it is logged.
+ */
+static void
+progress_sync(struct spool *sp)
+{
+	char		(*names)[SPOOL_QID_LEN + 1];
+	struct seg	**files, *s;
+	size_t		 i, n, nf = 0;
+	int		 dir;
+
+	pthread_mutex_lock(&sp->lock);
+	names = sp->dirty;
+	n = sp->ndirty;
+	dir = sp->dir_dirty;
+	sp->dirty = NULL;
+	sp->ndirty = sp->dirtycap = 0;
+	sp->dir_dirty = 0;
+	pthread_mutex_unlock(&sp->lock);
+	files = xcalloc(n + 1, sizeof(*files));
+	for (i = 0; i < n; i++) {
+		s = xcalloc(1, sizeof(*s));
+		memcpy(s->name, names[i], sizeof(s->name));
+		if ((s->fd = openat(sp->queuefd, s->name, O_RDONLY |
+		    O_CLOEXEC)) == -1) {
+			if (errno != ENOENT)
+				log_warn("spool: cannot open queue/%s to sync "
+				    "delivery progress", s->name);
+			free(s);
+			continue;
+		}
+		files[nf++] = s;
+	}
+	sync_files(sp, files, nf);
+	for (i = 0; i < nf; i++) {
+		if (files[i]->err != 0)
+			log_warnx("spool: cannot sync delivery progress in "
+			    "queue/%s: %s; its messages may be sent again "
+			    "after a power cut", files[i]->name,
+			    strerror(files[i]->err));
+		close(files[i]->fd);
+		free(files[i]);
+	}
+	if (dir && fsync(sp->queuefd) == -1)
+		log_warn("spool: cannot sync queue/ after removing delivered "
+		    "segments; they may come back after a power cut");
+	free(files);
+	free(names);
+}
+
+/* Waits for work on the commit thread; called with sp->lock. */
+static void
+commit_wait(struct spool *sp)
+{
+	struct timespec	 ts;
+	uint64_t	 now;
+
+	while (sp->pending == NULL && !sp->stopping && !sp->retire) {
+		if (!progress_pending(sp)) {
+			pthread_cond_wait(&sp->cond, &sp->lock);
+			continue;
+		}
+		if ((now = now_ms()) >= sp->progress_at)
+			return;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += (time_t)((sp->progress_at - now) / 1000);
+		ts.tv_nsec += (long)((sp->progress_at - now) % 1000) * 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&sp->cond, &sp->lock, &ts);
+	}
+}
+
+/* ---- the commit thread ---- */
+
 /* Takes files off the shared list and syncs them; called with sp->lock. */
 static void
 sync_some(struct spool *sp)
@@ -941,8 +1082,8 @@ seg_close(struct spool *sp, struct seg *s)
 	pthread_mutex_unlock(&sp->idx_lock);
 	if (!gone)
 		return;
-	if (s->linked)
-		unlinkat(sp->queuefd, s->name, 0);
+	if (s->linked && unlinkat(sp->queuefd, s->name, 0) == 0)
+		progress_mark(sp, NULL);
 	free(s);
 }
 
@@ -1195,21 +1336,23 @@ commit_thread(void *arg)
 {
 	struct spool		*sp = arg;
 	struct spool_msg	*batch, *m, *rev, *next;
-	int			 wake, retire;
+	int			 wake, retire, progress;
 
 	pthread_mutex_lock(&sp->lock);
 	for (;;) {
-		while (sp->pending == NULL && !sp->stopping && !sp->retire)
-			pthread_cond_wait(&sp->cond, &sp->lock);
+		commit_wait(sp);
 		if (sp->pending == NULL && sp->stopping)
 			break;
 		retire = sp->retire;
 		sp->retire = 0;
 		batch = sp->pending;
 		sp->pending = NULL;
+		progress = progress_pending(sp) && now_ms() >= sp->progress_at;
 		pthread_mutex_unlock(&sp->lock);
 		if (retire)
 			retire_if_empty(sp);
+		if (progress)
+			progress_sync(sp);
 		if (batch == NULL) {
 			pthread_mutex_lock(&sp->lock);
 			continue;
@@ -1331,8 +1474,9 @@ struct spool *
 spool_open(const char *dir, int sync_method, struct event_base *base,
     char *err, size_t errlen)
 {
-	struct spool	*sp;
-	const char	*why;
+	struct spool		*sp;
+	pthread_condattr_t	 ca;
+	const char		*why;
 
 	sp = xcalloc(1, sizeof(*sp));
 	sp->dir = xstrdup(dir);
@@ -1341,7 +1485,10 @@ spool_open(const char *dir, int sync_method, struct event_base *base,
 	sp->notify[0] = sp->notify[1] = -1;
 	pthread_mutex_init(&sp->idx_lock, NULL);
 	pthread_mutex_init(&sp->lock, NULL);
-	pthread_cond_init(&sp->cond, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&sp->cond, &ca);
+	pthread_condattr_destroy(&ca);
 	pthread_cond_init(&sp->sync_work, NULL);
 	pthread_cond_init(&sp->sync_done, NULL);
 	if (make_dir(dir, &why) == -1) {
@@ -1430,6 +1577,8 @@ spool_free(struct spool *sp)
 	}
 	if (sp->cur != NULL)
 		seg_close(sp, sp->cur);
+	if (sp->queuefd != -1)
+		progress_sync(sp);	/* what the commit thread had not yet */
 	for (i = 0; i < sp->nentries; i++)
 		spool_entry_clear(&sp->entries[i]);
 	free(sp->entries);
@@ -1574,6 +1723,7 @@ rec_pwrite(struct spool *sp, const char *seg, uint64_t off, const char *buf,
 	if (pwrite(fd, buf, len, (off_t)off) != (ssize_t)len)
 		r = -1;
 	close(fd);
+	progress_mark(sp, seg);
 	return r;
 }
 
@@ -1604,6 +1754,8 @@ rec_finish(struct spool *sp, const char *qid, char state)
 	if (gone) {
 		if (unlinkat(sp->queuefd, name, 0) == -1)
 			log_warn("%s spool: cannot remove queue/%s", qid, name);
+		else
+			progress_mark(sp, NULL);
 		free(s);
 	} else if (rec_pwrite(sp, name, r->off + STATE_CHAR_OFF, &state,
 	    1) == -1)

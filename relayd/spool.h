@@ -97,7 +97,10 @@ void		 spool_entry_clear(struct spool_entry *);
 int		 spool_remove(struct spool *, const char *);
 /* Refused for good: copied to dead/ with reason in dead/<qid>.reason. */
 int		 spool_dead(struct spool *, const char *, const char *);
-/* Records the retry state in the message's state line (not synced). */
+/*
+ * Records the retry state in the message's state line; like the marks of
+ * spool_remove and spool_dead it is durable within PROGRESS_SYNC_MS.
+ */
 int		 spool_set_state(struct spool *, const char *, char, unsigned,
 		    uint64_t, const char *);
 

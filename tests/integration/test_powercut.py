@@ -26,11 +26,10 @@ its queue and:
   test otherwise).
 - duplicates: deliveries beyond the first. A repeat whose earlier delivery
   Graph took more than LATE s before a cut is "late": SIGKILL alone cannot
-  cause it (test_crash bounds those to the requests in flight around the
-  kill); it comes from delivery progress that was never synced. Issue 17
-  says today neither the "D" (delivered) mark, a pwrite, nor the removal
-  of an emptied segment is synced, so late duplicates are expected until
-  that is fixed: that one check is an xfail, with the figures printed.
+  kill); it comes from delivery progress that was not synced. relayd
+  syncs it (the "D" mark and retry state, pwrites, and the removal of
+  emptied segments) within PROGRESS_SYNC_MS (500 ms, relayd/spool.c), so
+  there must be none.
 
 The spool directory itself is made on the backing directory before the
 first mount: relayd's own mkdir of spool_dir is never made durable (its
@@ -174,12 +173,11 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
     assert not corrupt, "deliveries that differ from what was sent: %s" % (
         corrupt[:10],)
     assert d.dead() == []
-    if late:
-        pytest.xfail("%d deliveries repeated after a power cut although "
-                     "Graph took them more than %.0f s before it (e.g. %s): "
-                     "delivery progress (the D mark, removal of emptied "
-                     "segments) is not synced (issue 17)"
-                     % (len(late), LATE, late[:5]))
+    assert not late, (
+        "%d deliveries repeated after a power cut although Graph took them "
+        "more than %.0f s before it (e.g. %s): delivery progress (the D "
+        "mark, removal of emptied segments) was not synced in time"
+        % (len(late), LATE, late[:5]))
 
 
 def test_fsync_failure_is_a_temporary_error(powercut, fake_graph,
