@@ -139,7 +139,7 @@ item_read(struct spool *sp, const char *qid, struct item_buf *b)
 		return -1;
 	b->reason_text = spool_dead_reason(sp, qid, &b->mtime_ms);
 	dead_reason_parse(b->reason_text ? b->reason_text : "", &b->why);
-	dead_head_read(v.msg, v.e.size, &b->head);
+	dead_head_read(v.msg, v.msg_len, &b->head);
 	spool_view_env(&v, "listener", b->listener, sizeof(b->listener));
 	/* Keep the envelope; the mapping goes. */
 	b->e = v.e;

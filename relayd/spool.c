@@ -54,6 +54,12 @@
  * NUL byte where a record would start ends the segment (space allocated
  * ahead), and damage sets the segment aside in corrupt/ (moved, or copied
  * when whole queued records come before the damage; those stay queued).
+ * Records are read with pread, never mapped, at start as for delivery and
+ * relayctl: a read error (EIO, a bad sector) is an error, not SIGBUS. A
+ * segment that cannot be read stays in queue/ as it is (what came before
+ * the error is queued, the file is never removed) for a later start; a
+ * message that cannot be read at delivery is deferred like any temporary
+ * failure, logged with its queue id.
  *
  * Commits are grouped: a single thread takes every commit pending, writes
  * the batch, fdatasyncs the files it touched (with helper threads when
@@ -63,7 +69,6 @@
  * message.
  */
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -102,6 +107,8 @@
 #define INDEX_MIN		1024
 #define SEG_MAX			(4 * 1024 * 1024) /* then a new segment */
 #define IOV_BATCH		64		/* records per pwritev */
+#define RECOVER_READ		(2 * SPOOL_HEAD_MAX) /* read at once at start */
+#define VIEW_HEAD		(SPOOL_HEAD_MAX + 256 * 1024)
 #define PROGRESS_SYNC_MS	500	/* delivery progress is durable after */
 
 struct seg;
@@ -138,6 +145,7 @@ struct seg {
 	int			 named;		/* fd is tmp/<name> (LINK_RENAME) */
 	int			 linked;	/* has its name in queue/ */
 	int			 fresh;		/* linked by this batch */
+	int			 keep;		/* partly unreadable: never removed */
 	int			 err;
 	uint64_t		 end;		/* bytes written and kept */
 	uint64_t		 alloc;		/* preallocated size */
@@ -206,7 +214,6 @@ struct spool {
 	size_t			 ndirty, dirtycap;
 	int			 dir_dirty;
 	uint64_t		 progress_at;
-
 
 	/*
 	 * fdatasync helpers. Concurrent fdatasyncs let the block layer merge
@@ -332,23 +339,32 @@ parse_digits(const char *digits, uint64_t *size)
 	return parse_u64(num, 0, UINT64_MAX, size);
 }
 
-int
-spool_parse(const char *rec, size_t avail, struct spool_entry *e,
-    const char **why)
+/*
+ * The record's head: the first have bytes of it are at rec, avail bytes
+ * lie between its start and the end of its file. Everything but the end
+ * marker is checked (check_trailer).
+ */
+static int
+parse_head(const char *rec, size_t have, uint64_t avail,
+    struct spool_entry *e, const char **why)
 {
-	const char	*p, *end, *nl, *trailer;
-	uint64_t	 size, tsize;
+	const char	*p, *end, *nl;
+	uint64_t	 size;
 	int		 have_id = 0;
 
 	memset(e, 0, sizeof(*e));
-	if (avail < sizeof(SPOOL_MAGIC) - 1 ||
+	if (have < avail && have < SPOOL_HEAD_MAX) {
+		*why = "record is cut short";	/* the file shrank */
+		return -1;
+	}
+	if (have < sizeof(SPOOL_MAGIC) - 1 ||
 	    memcmp(rec, SPOOL_MAGIC, sizeof(SPOOL_MAGIC) - 1) != 0) {
 		*why = "not a relayd spool record";
 		return -1;
 	}
-	if (avail < ENVELOPE_OFF ||
+	if (have < ENVELOPE_OFF ||
 	    memcmp(rec + sizeof(SPOOL_MAGIC) - 1, "2\n", 2) != 0) {
-		*why = avail < ENVELOPE_OFF ? "record is cut short" :
+		*why = have < ENVELOPE_OFF ? "record is cut short" :
 		    "unsupported spool format version";
 		return -1;
 	}
@@ -361,7 +377,7 @@ spool_parse(const char *rec, size_t avail, struct spool_entry *e,
 	}
 	parse_state(rec + STATE_OFF, e);
 	p = rec + ENVELOPE_OFF;
-	end = rec + (avail < SPOOL_HEAD_MAX ? avail : SPOOL_HEAD_MAX);
+	end = rec + (have < SPOOL_HEAD_MAX ? have : SPOOL_HEAD_MAX);
 	for (;;) {
 		if (p >= end || (nl = memchr(p, '\n', (size_t)(end - p))) ==
 		    NULL) {
@@ -402,23 +418,130 @@ spool_parse(const char *rec, size_t avail, struct spool_entry *e,
 		*why = "end marker missing (record was cut short)";
 		goto fail;
 	}
-	trailer = rec + e->body_offset + size;
-	if (memcmp(trailer, SPOOL_END_MAGIC, sizeof(SPOOL_END_MAGIC) - 1) !=
-	    0 || trailer[SPOOL_TRAILER_LEN - 1] != '\n') {
-		*why = "end marker missing (record was cut short)";
-		goto fail;
-	}
-	if (parse_digits(trailer + sizeof(SPOOL_END_MAGIC) - 1, &tsize) == -1 ||
-	    tsize != size) {
-		*why = "size in end marker does not match the record";
-		goto fail;
-	}
 	e->size = size;
 	e->reclen = e->body_offset + size + SPOOL_TRAILER_LEN;
 	return 0;
 fail:
 	spool_entry_clear(e);
 	return -1;
+}
+
+/* The end marker (SPOOL_TRAILER_LEN bytes) of the record e was read from. */
+static int
+check_trailer(const char *trailer, struct spool_entry *e, const char **why)
+{
+	uint64_t	 tsize;
+
+	if (memcmp(trailer, SPOOL_END_MAGIC, sizeof(SPOOL_END_MAGIC) - 1) !=
+	    0 || trailer[SPOOL_TRAILER_LEN - 1] != '\n') {
+		*why = "end marker missing (record was cut short)";
+		goto fail;
+	}
+	if (parse_digits(trailer + sizeof(SPOOL_END_MAGIC) - 1, &tsize) == -1 ||
+	    tsize != e->size) {
+		*why = "size in end marker does not match the record";
+		goto fail;
+	}
+	return 0;
+fail:
+	spool_entry_clear(e);
+	return -1;
+}
+
+int
+spool_parse(const char *rec, size_t avail, struct spool_entry *e,
+    const char **why)
+{
+	if (parse_head(rec, avail, avail, e, why) == -1)
+		return -1;
+	return check_trailer(rec + e->body_offset + e->size, e, why);
+}
+
+/* ---- reading records with pread (a read error is an error, not SIGBUS) ---- */
+
+/* A window [off, off + len) of a file, read ahead up to cap bytes. */
+struct reader {
+	int		 fd;
+	char		*buf;
+	size_t		 cap;
+	uint64_t	 off;
+	size_t		 len;
+	uint64_t	 end;		/* read no further */
+};
+
+/* Reads up to len bytes at off; fewer only at the end of the file. */
+static ssize_t
+pread_full(int fd, char *buf, size_t len, uint64_t off)
+{
+	size_t	 got = 0;
+	ssize_t	 n;
+
+	while (got < len) {
+		n = pread(fd, buf + got, len - got, (off_t)(off + got));
+		if (n == -1 && errno == EINTR)
+			continue;
+		if (n == -1)
+			return -1;
+		if (n == 0)
+			break;
+		got += (size_t)n;
+	}
+	return (ssize_t)got;
+}
+
+/*
+ * Makes the window hold need bytes at off (need <= cap) if the file has
+ * them. Returns how many bytes at off it holds, -1 with errno.
+ */
+static ssize_t
+rd_fill(struct reader *r, uint64_t off, size_t need)
+{
+	ssize_t	 n;
+
+	if (off < r->off || off + need > r->off + r->len) {
+		n = pread_full(r->fd, r->buf, off >= r->end ? 0 :
+		    (size_t)(r->end - off < r->cap ? r->end - off : r->cap),
+		    off);
+		r->off = off;
+		r->len = n > 0 ? (size_t)n : 0;
+		if (n == -1)
+			return -1;
+	}
+	return (ssize_t)(r->off + r->len - off);
+}
+
+/*
+ * Reads and checks the record at off (avail bytes to the end of its
+ * file): its head lands in the window, the end marker is read where it
+ * lies. 0, -1 with why if damaged, -2 with errno if it cannot be read.
+ */
+static int
+read_record(struct reader *r, uint64_t off, uint64_t avail,
+    struct spool_entry *e, const char **why)
+{
+	char		 tbuf[SPOOL_TRAILER_LEN];
+	const char	*t = tbuf;
+	uint64_t	 toff;
+	ssize_t		 n;
+
+	if ((n = rd_fill(r, off, (size_t)(avail < SPOOL_HEAD_MAX ? avail :
+	    SPOOL_HEAD_MAX))) == -1)
+		return -2;
+	if (parse_head(r->buf + (off - r->off), (size_t)n, avail, e,
+	    why) == -1)
+		return -1;
+	toff = off + e->body_offset + e->size;
+	if (toff >= r->off && toff + SPOOL_TRAILER_LEN <= r->off + r->len)
+		t = r->buf + (toff - r->off);
+	else if ((n = pread_full(r->fd, tbuf, sizeof(tbuf), toff)) == -1) {
+		spool_entry_clear(e);
+		return -2;
+	} else if (n < (ssize_t)sizeof(tbuf)) {
+		spool_entry_clear(e);
+		*why = "end marker missing (record was cut short)";
+		return -1;
+	}
+	return check_trailer(t, e, why);
 }
 
 void
@@ -616,39 +739,50 @@ set_aside(struct spool *sp, const char *name, uint64_t bad_off,
 	close(cfd);
 }
 
-/* Reads one segment: its queued records join the index and entries. */
+/*
+ * Reads one segment (pread, in RECOVER_READ windows): its queued records
+ * join the index and entries. One that cannot be read (EIO) stays as it
+ * is: what was read of it is queued and the file kept for a later start.
+ */
 static void
 recover_segment(struct spool *sp, const char *name)
 {
 	struct spool_entry	 e;
 	struct stat		 st;
+	struct reader		 r;
 	struct seg		*s = NULL;
 	const char		*why = NULL;
-	char			*map = NULL;
 	uint64_t		 off = 0, reclen;
 	size_t			 nlive = 0;
-	int			 fd;
+	int			 fd, rc, ioerr = 0;
 
 	if ((fd = openat(sp->queuefd, name, O_RDONLY | O_CLOEXEC)) == -1) {
 		log_warn("spool: cannot read queue/%s", name);
 		return;
 	}
+	memset(&r, 0, sizeof(r));
+	r.fd = fd;
 	if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode))
 		why = "not a regular file";
 	else if (st.st_size == 0)
 		why = "empty file";
-	else if ((map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE,
-	    fd, 0)) == MAP_FAILED) {
-		map = NULL;
-		why = strerror(errno);
-	}
-	close(fd);
-	if (why == NULL && map[0] == '\0')
-		why = "starts with NUL bytes";
+	r.end = why == NULL ? (uint64_t)st.st_size : 0;
+	r.cap = RECOVER_READ;
+	r.buf = xmalloc(r.cap);
 	/* A NUL byte where a record would start: space allocated ahead. */
-	while (why == NULL && off < (uint64_t)st.st_size && map[off] != '\0') {
-		if (spool_parse(map + off, (size_t)((uint64_t)st.st_size - off),
-		    &e, &why) == -1)
+	while (why == NULL && off < r.end) {
+		if (rd_fill(&r, off, 1) < 1) {
+			ioerr = errno ? errno : EIO;
+			break;
+		}
+		if (r.buf[off - r.off] == '\0') {
+			if (off == 0)
+				why = "starts with NUL bytes";
+			break;
+		}
+		if ((rc = read_record(&r, off, r.end - off, &e, &why)) == -2)
+			ioerr = errno;
+		if (rc != 0)
 			break;
 		if (off == 0 && strcmp(e.qid, name) != 0) {
 			why = "queue id does not match the file name";
@@ -668,9 +802,16 @@ recover_segment(struct spool *sp, const char *name)
 			spool_entry_clear(&e);
 		off += reclen;
 	}
-	if (map != NULL)
-		munmap(map, (size_t)st.st_size);
-	if (why != NULL)
+	free(r.buf);
+	close(fd);
+	if (ioerr != 0) {
+		log_warnx("spool: cannot read queue/%s at byte %" PRIu64 ": %s; "
+		    "the file stays, %zu message(s) before that are queued, "
+		    "the rest wait for a start that can read them (check the "
+		    "disk)", name, off, strerror(ioerr), nlive);
+		if (s != NULL)
+			s->keep = 1;
+	} else if (why != NULL)
 		set_aside(sp, name, off, nlive, why);
 	else if (nlive == 0 && unlinkat(sp->queuefd, name, 0) == -1)
 		log_warn("spool: cannot remove delivered queue/%s", name);
@@ -1655,14 +1796,51 @@ spool_set_queued_cb(struct spool *sp, spool_queued_cb *cb, void *arg)
 	sp->queued_arg = arg;
 }
 
+/*
+ * Reads the record at off (len bytes) of fd into v with pread: whole up
+ * to SPOOL_VIEW_WHOLE, else its head. v owns fd. -1 with errno (EBADMSG:
+ * damaged) and why.
+ */
+static int
+view_read(int fd, uint64_t off, uint64_t len, const char *qid,
+    struct spool_view *v, const char **why)
+{
+	struct reader	 r;
+	int		 rc;
+
+	memset(&r, 0, sizeof(r));
+	r.fd = v->fd = fd;
+	r.end = off + len;
+	r.cap = len <= SPOOL_VIEW_WHOLE ? (size_t)len : VIEW_HEAD;
+	r.buf = v->buf = xmalloc(r.cap ? r.cap : 1);
+	if ((rc = read_record(&r, off, len, &v->e, why)) == -2) {
+		rc = errno;
+		*why = strerror(rc);
+		spool_unmap_msg(v);
+		errno = rc;
+		return -1;
+	}
+	if (rc == -1 || (strcmp(v->e.qid, qid) != 0 &&
+	    (*why = "record holds another queue id") != NULL)) {
+		spool_unmap_msg(v);
+		errno = EBADMSG;
+		return -1;
+	}
+	v->msg = r.buf + v->e.body_offset;
+	v->msg_len = r.len - (size_t)v->e.body_offset;
+	if (v->msg_len > v->e.size)
+		v->msg_len = (size_t)v->e.size;
+	v->msg_off = off + v->e.body_offset;
+	return 0;
+}
+
 int
 spool_map_msg(struct spool *sp, const char *qid, struct spool_view *v,
     const char **why)
 {
 	char		 seg[SPOOL_QID_LEN + 1];
-	uint64_t	 off, len, base;
-	long		 pagesize = sysconf(_SC_PAGESIZE);
-	int		 fd, saved;
+	uint64_t	 off, len;
+	int		 fd;
 
 	memset(v, 0, sizeof(*v));
 	v->fd = -1;
@@ -1674,38 +1852,16 @@ spool_map_msg(struct spool *sp, const char *qid, struct spool_view *v,
 		*why = strerror(errno);
 		return -1;
 	}
-	base = off & ~(uint64_t)(pagesize - 1);
-	v->maplen = (size_t)(off - base + len);
-	v->map = mmap(NULL, v->maplen, PROT_READ, MAP_PRIVATE, fd,
-	    (off_t)base);
-	saved = errno;
-	v->fd = fd;
-	if (v->map == MAP_FAILED) {
-		v->map = NULL;
-		spool_unmap_msg(v);
-		*why = strerror(saved);
-		errno = saved;
-		return -1;
-	}
-	if (spool_parse((char *)v->map + (off - base), (size_t)len, &v->e,
-	    why) == -1 || (strcmp(v->e.qid, qid) != 0 &&
-	    (*why = "record holds another queue id") != NULL)) {
-		spool_unmap_msg(v);
-		errno = EBADMSG;
-		return -1;
-	}
-	v->msg = (char *)v->map + (off - base) + v->e.body_offset;
-	v->msg_off = off + v->e.body_offset;
-	return 0;
+	return view_read(fd, off, len, qid, v, why);
 }
 
 void
 spool_unmap_msg(struct spool_view *v)
 {
 	spool_entry_clear(&v->e);
-	if (v->map != NULL)
-		munmap(v->map, v->maplen);
-	v->map = NULL;
+	free(v->buf);
+	v->buf = NULL;
+	v->msg = NULL;
 	if (v->fd != -1)
 		close(v->fd);
 	v->fd = -1;
@@ -1751,7 +1907,9 @@ rec_finish(struct spool *sp, const char *qid, char state)
 		log_warnx("%s spool: not in the queue", qid);
 		return -1;
 	}
-	if (gone) {
+	if (gone && s->keep)
+		free(s);
+	else if (gone) {
 		if (unlinkat(sp->queuefd, name, 0) == -1)
 			log_warn("%s spool: cannot remove queue/%s", qid, name);
 		else
@@ -2070,27 +2228,13 @@ spool_dead_map(struct spool *sp, const char *qid, struct spool_view *v,
 		errno = saved;
 		return -1;
 	}
-	v->fd = fd;
-	if (fstat(fd, &sb) == -1 || sb.st_size <= 0 ||
-	    (v->map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE,
-	    fd, 0)) == MAP_FAILED) {
-		v->map = NULL;
+	if (fstat(fd, &sb) == -1 || sb.st_size <= 0) {
+		close(fd);
 		*why = "cannot read it";
-		spool_unmap_msg(v);
 		errno = EIO;
 		return -1;
 	}
-	v->maplen = (size_t)sb.st_size;
-	if (spool_parse(v->map, v->maplen, &v->e, why) == -1 ||
-	    (strcmp(v->e.qid, qid) != 0 &&
-	    (*why = "record holds another queue id") != NULL)) {
-		spool_unmap_msg(v);
-		errno = EBADMSG;
-		return -1;
-	}
-	v->msg = (char *)v->map + v->e.body_offset;
-	v->msg_off = v->e.body_offset;
-	return 0;
+	return view_read(fd, 0, (uint64_t)sb.st_size, qid, v, why);
 }
 
 char *

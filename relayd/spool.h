@@ -49,12 +49,18 @@ struct spool_entry {
 	size_t		 nrcpts;
 };
 
-/* A message mapped for reading (spool_map_msg). */
+/*
+ * A message read for use (spool_map_msg), with pread: a read error is an
+ * error (EIO), never a signal. Records up to SPOOL_VIEW_WHOLE bytes are
+ * read whole; of bigger ones msg holds the first msg_len bytes (at least
+ * 256 kB) and the rest is read from fd at msg_off.
+ */
+#define SPOOL_VIEW_WHOLE	(8 * 1024 * 1024)
 struct spool_view {
 	struct spool_entry	 e;
-	const char		*msg;	/* e.size bytes */
-	void			*map;
-	size_t			 maplen;
+	const char		*msg;	/* msg_len of e.size bytes */
+	size_t			 msg_len;
+	char			*buf;
 	int			 fd;	/* the segment, open for read() */
 	uint64_t		 msg_off;	/* where msg starts in it */
 };
@@ -88,7 +94,10 @@ const struct spool_entry *spool_entry_at(const struct spool *, size_t);
 size_t		 spool_dead_count(struct spool *);
 void		 spool_set_queued_cb(struct spool *, spool_queued_cb *, void *);
 
-/* Maps a queued message for reading (any thread). -1 with errno. */
+/*
+ * Reads a queued message (any thread). -1 with errno: EBADMSG if it is
+ * damaged, EIO if it cannot be read.
+ */
 int		 spool_map_msg(struct spool *, const char *,
 		    struct spool_view *, const char **);
 void		 spool_unmap_msg(struct spool_view *);
@@ -109,7 +118,7 @@ int		 spool_set_state(struct spool *, const char *, char, unsigned,
  * its queue id, which no queued message shares. Ids from outside are
  * checked (16 hex digits) before they name a file.
  */
-/* Maps dead/<qid> whole; v->fd is open on it, v->msg_off the message. */
+/* Reads dead/<qid> as spool_map_msg; v->fd is open on it. */
 int		 spool_dead_map(struct spool *, const char *,
 		    struct spool_view *, const char **);
 /* dead/<qid>.reason's text (malloc'd) and its time, NULL if none. */

@@ -528,7 +528,7 @@ dead_json(struct status *st, const char *id, int full)
 	text = spool_dead_reason(st->env.spool, id, &mtime);
 	dead_reason_parse(text != NULL ? text : "", &r);
 	memset(&h, 0, sizeof(h));
-	dead_head_read(v.msg, v.e.size, &h);
+	dead_head_read(v.msg, v.msg_len, &h);
 	o = json_object_new_object();
 	add_str(o, "id", v.e.qid);
 	add_str(o, "time", r.time);
@@ -668,7 +668,7 @@ cmd_export(struct status *st, const char *id, int *fdp)
 	    spool_dead_map(st->env.spool, id, &v, &why) == -1)
 		return jerror("no such message in the queue or in dead/: %s",
 		    id);
-	skip = dead_received_len(v.msg, v.e.size);
+	skip = dead_received_len(v.msg, v.msg_len);
 	if (fdp != NULL && (*fdp = dup(v.fd)) == -1) {
 		spool_unmap_msg(&v);
 		return jerror("export %s: %s", id, strerror(errno));
@@ -710,7 +710,7 @@ cmd_show(struct status *st, const char *id)
 		json_object_array_add(a, json_object_new_string(v.e.rcpts[i]));
 	json_object_object_add(o, "recipients", a);
 	a = json_object_new_object();
-	hlen = v.e.size < 256 * 1024 ? v.e.size : 256 * 1024;
+	hlen = v.msg_len < 256 * 1024 ? v.msg_len : 256 * 1024;
 	for (i = 0; i < NELEM(fields); i++)
 		json_object_object_add(a, fields[i], header_field(v.msg, hlen,
 		    fields[i]));

@@ -1351,7 +1351,7 @@ deliver(struct worker_pool *p, CURL *c, struct job *j)
 	 * memory. Under it, map, and take the draft path if the JSON grew
 	 * past the limit (base64 adds a third).
 	 */
-	large = e->size > GRAPH_REQ_MAX;
+	large = e->size > GRAPH_REQ_MAX || v.msg_len < e->size;
 	if (!large) {
 		if (graph_map(v.msg, e->size, &env, &p->opts, &req, err,
 		    sizeof(err)) == -1) {

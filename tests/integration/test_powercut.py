@@ -39,7 +39,9 @@ its own.
 Storage faults (powercutfs's fault rules): a failed fdatasync, a failed
 fsync of queue/ and ENOSPC must be answered 452 with what was acknowledged
 surviving a cut; a segment that cannot be read at start must not keep
-relayd from starting (an xfail today: relayd dies of SIGBUS).
+relayd from starting, and a message that cannot be read at delivery is
+deferred, not dropped (relayd reads the spool with pread, so a read error
+is EIO, not SIGBUS).
 """
 import hashlib
 import random
@@ -211,16 +213,14 @@ def test_fsync_failure_is_a_temporary_error(powercut, fake_graph,
     assert sorted(d.queued()) == sorted(acked)
 
 
-@pytest.mark.xfail(strict=True, reason="recover_segment() mmaps each "
-                   "segment (relayd/spool.c:610) and reads it: a read "
-                   "error is SIGBUS, relayd cannot start (issue 17)")
 def test_unreadable_segment_does_not_stop_relayd(powercut, fake_graph,
                                                  relayd_factory):
     """A segment that cannot be read (EIO, a bad sector) at start: relayd
-    must still start and serve (and say which file it could not read)."""
+    must still start and serve, say which file it could not read, and keep
+    the file: once it reads again, its message is queued."""
     fake_graph.faults([{"kind": "graph", "status": 503, "count": -1}])
     fs, d = relayd_on(powercut, relayd_factory, fake_graph)
-    d.send_one(body=message(1))
+    qid = d.send_one(body=message(1))
     d.stop()
     fs.fault("read", path="spool/queue/*")
     try:
@@ -228,7 +228,44 @@ def test_unreadable_segment_does_not_stop_relayd(powercut, fake_graph,
     except AssertionError:
         d.expect_dead = True
         raise
-    d.assert_serves()
+    # (assert_serves would read the unreadable file itself)
+    d.send_one(body=message(2))
+    d.assert_alive(0)
+    d.wait_log(r"cannot read queue/%s at byte 0: Input/output error; the "
+               r"file stays" % qid)
+    assert (d.queue_dir / qid).exists()
+    fs.clear_faults()
+    d.restart()
+    assert qid in d.queued()
+
+
+def test_unreadable_message_is_deferred(powercut, fake_graph,
+                                        relayd_factory):
+    """EIO reading a queued message at delivery: that message is deferred,
+    logged with its queue id, never dropped (not dead-lettered), and other
+    deliveries go on; once it reads again it is delivered."""
+    fake_graph.faults([{"kind": "graph", "status": 503, "count": -1}])
+    fs, d = relayd_on(powercut, relayd_factory, fake_graph)
+    bad = d.send_one(body=message(1))
+    d.restart()                 # what comes next goes to a new segment
+    fs.fault("read", path="spool/queue/" + bad)
+    fake_graph.faults([])
+    d.wait_log(r"%s .*cannot read: Input/output error" % bad)
+    d.send_one(body=message(2))
+    # (d.queued() would read the unreadable file itself)
+    wait_for(lambda: fake_graph.sent(), 10, "the readable message to be "
+             "delivered")
+    subjects = [delivered_text(r)[0] for r in fake_graph.sent()]
+    assert subjects == ["fault 2"], subjects
+    assert d.dead() == []
+    d.assert_alive()
+    fs.clear_faults()
+    assert bad in d.queued()
+    d.relayctl("retry", bad)
+    wait_for(lambda: d.queued() == [], 10, "the deferred message to be "
+             "delivered once it reads")
+    assert sorted(delivered_text(r)[0] for r in fake_graph.sent()) == [
+        "fault 1", "fault 2"]
 
 
 def test_power_cut_after_first_start(powercut, fake_graph, relayd_factory):
