@@ -1246,6 +1246,21 @@ graph_wait_drain(struct smtp_session *s)
 	evtimer_add(s->reply_timer, &tv);
 }
 
+/*
+ * The spool could not make the message durable: a full disk is 452 4.3.1,
+ * any other failure (EIO from write or fsync) 451. Never 250.
+ */
+static void
+reply_spool_error(struct smtp_session *s, int err)
+{
+	if (err == ENOSPC || err == EDQUOT)
+		smtp_reply(s, "452 4.3.1 Insufficient system storage, try "
+		    "again later");
+	else
+		smtp_reply(s, "451 4.3.0 Local error in processing (the "
+		    "message could not be stored safely), try again later");
+}
+
 static void
 commit_done(void *arg, int err, const char *qid)
 {
@@ -1257,8 +1272,7 @@ commit_done(void *arg, int err, const char *qid)
 	if (err != 0) {
 		log_warnx("%016" PRIx64 " spool: commit failed: %s", s->id,
 		    strerror(err));
-		smtp_reply(s, "452 4.3.1 Insufficient system storage, try "
-		    "again later");
+		reply_spool_error(s, err);
 	} else {
 		log_queued(s, qid);
 		smtp_count_received(s->smtp);
@@ -1293,8 +1307,7 @@ tx_finish(struct smtp_session *s)
 	} else if (tx->error == TX_ERR_SPOOL) {
 		log_warnx("%016" PRIx64 " spool: write failed: %s", s->id,
 		    strerror(tx->spool_errno));
-		smtp_reply(s, "452 4.3.1 Insufficient system storage, try "
-		    "again later");
+		reply_spool_error(s, tx->spool_errno);
 	} else if (tx->error == TX_ERR_SEQ) {
 		smtp_error(s, "503 5.5.1 Bad sequence of commands (send MAIL "
 		    "FROM and RCPT TO first)");

@@ -42,8 +42,18 @@
  *
  * A segment only gets its name in queue/ after its first batch was written
  * and fdatasync'ed, and the directory is fsync'ed before anyone is told; a
- * later batch is acknowledged after its fdatasync. A batch that fails is
- * cut off again (ftruncate) and the segment closed. Where the kernel
+ * later batch is acknowledged after its fdatasync.
+ *
+ * When a write, an fdatasync or a directory fsync fails, every message of
+ * the files concerned fails: the session answers 451 (452 4.3.1 for a
+ * full disk), never 250. relayd never takes a later fsync of the same
+ * file as proof that the failed data is on disk (Linux may have dropped
+ * the dirty pages and cleared the error: the "fsyncgate" lesson), so the
+ * file is never written to again: the open segment is cut back to where
+ * the batch began (ftruncate) and closed, its earlier records (synced
+ * before) stay queued and the next batch starts a new segment; a new
+ * segment or a spilled message's own file is removed. If the fsync of
+ * queue/ (or tmp/) fails, the names this batch linked are removed again. Where the kernel
  * allows, files are created anonymous (O_TMPFILE) and linked into queue/,
  * so an interrupted write leaves nothing behind; otherwise they are written
  * in tmp/ and renamed. Small messages stay in memory until commit; a

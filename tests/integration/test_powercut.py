@@ -36,8 +36,8 @@ first mount: relayd's own mkdir of spool_dir is never made durable (its
 parent is not fsynced), which test_power_cut_after_first_start shows on
 its own.
 
-Storage faults (powercutfs's fault rules): a failed fdatasync, a failed
-fsync of queue/ and ENOSPC must be answered 452 with what was acknowledged
+Storage faults (powercutfs's fault rules): a failed fdatasync or fsync of
+queue/ must be answered 451, ENOSPC 452 4.3.1, with what was acknowledged
 surviving a cut; a segment that cannot be read at start must not keep
 relayd from starting, and a message that cannot be read at delivery is
 deferred, not dropped (relayd reads the spool with pread, so a read error
@@ -184,28 +184,36 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
 
 def test_fsync_failure_is_a_temporary_error(powercut, fake_graph,
                                             relayd_factory):
-    """A failed fdatasync of a segment, a failed fsync of queue/ or a full
-    disk is answered 452, never 250; relayd goes on; what it acknowledged
-    survives a cut."""
+    """A failed fdatasync of a segment or a failed fsync of queue/ is
+    answered 451, a full disk 452 4.3.1, never 250; relayd goes on and
+    never appends to a segment whose fdatasync failed; what it
+    acknowledged survives a cut."""
     fake_graph.faults([{"kind": "graph", "status": 503, "count": -1}])
     fs, d = relayd_on(powercut, relayd_factory, fake_graph,
                       rename_rule="each")
     acked = [d.send_one(body=message(0))]
     cases = [
-        (dict(op="fsync", path="spool/*", count=1), False),
-        (dict(op="fsync", path="spool/*", count=1), True),
-        (dict(op="fsync", path="spool/queue", dirs="only", count=1), True),
-        (dict(op="write", after=100), False),
-        (dict(op="write", after=100), True),
+        (dict(op="fsync", path="spool/*", count=1), False, "451 4.3.0"),
+        (dict(op="fsync", path="spool/*", count=1), True, "451 4.3.0"),
+        (dict(op="fsync", path="spool/queue", dirs="only", count=1), True,
+         "451 4.3.0"),
+        (dict(op="write", after=100), False, "452 4.3.1"),
+        (dict(op="write", after=100), True, "452 4.3.1"),
     ]
-    for n, (fault, big) in enumerate(cases, 1):
+    for n, (fault, big, reply) in enumerate(cases, 1):
+        segments = set(d.segments())
         fs.fault(**fault)
         with d.connect() as c:
             c.ehlo()
             r = c.send_mail(body=message(n, big))
-            assert r.code == 452, (fault, big, r, fs.call("faults"))
+            assert r.text.startswith(reply), (fault, big, r,
+                                              fs.call("faults"))
         fs.clear_faults()
-        acked.append(d.send_one(body=message(100 + n, big)))
+        qid = d.send_one(body=message(100 + n, big))
+        acked.append(qid)
+        if n == 1:
+            # the segment whose fdatasync failed takes no more records
+            assert qid in set(d.segments()) - segments, (qid, segments)
     d.kill()
     fs.cut()
     powercut(rename_rule="each")
