@@ -71,6 +71,36 @@
  * message that cannot be read at delivery is deferred like any temporary
  * failure, logged with its queue id.
  *
+ * What makes each step durable, and the test that shows it (on
+ * tests/powercutfs.py, which keeps after a power cut only what the
+ * strictest reading of POSIX lets survive: contents as of their last
+ * fsync, names once their directory, for a rename both, was fsynced):
+ *
+ *   spool_dir, queue/, tmp/, dead/, corrupt/ made by relayd: fsync of
+ *     the parent after mkdir (make_dir, open_subdir).
+ *     test_powercut.py test_power_cut_after_first_start
+ *   a message before its 250: fdatasync of its segment (sync_files), then
+ *     for a new segment fsync of queue/ after linkat, and of tmp/ too
+ *     after a rename out of it (commit_batch).
+ *     test_powercut.py test_power_cut_loses_no_acknowledged_mail, both
+ *     rename rules ("both" needs the fsync of tmp/)
+ *   a failed write or sync: 451 or 452, never 250, the file never written
+ *     again (above).
+ *     test_powercut.py test_fsync_failure_is_a_temporary_error
+ *   delivery progress (state lines: delivered, deferred with its
+ *     schedule, held, dead; removal of emptied segments): fdatasync of
+ *     each touched segment and fsync of queue/, within PROGRESS_SYNC_MS
+ *     (progress_sync).
+ *     test_powercut.py test_power_cut_loses_no_acknowledged_mail, its
+ *     "late" duplicates
+ *   a dead letter: fdatasync of dead/<qid> (renamed from a temporary
+ *     name) and of its .reason, fsync of dead/, all before its record is
+ *     marked X; a requeued one is committed before its dead copy goes and
+ *     dead/ is fsynced after that removal. test_dead.py (not cut)
+ *   at start: removals from tmp/ and of delivered segments, fsync of tmp/
+ *     and queue/; copies set aside, fdatasync and fsync of corrupt/.
+ *     test_crash.py, test_spool.py (not cut)
+ *
  * Commits are grouped: a single thread takes every commit pending, writes
  * the batch, fdatasyncs the files it touched (with helper threads when
  * there are several), links new ones and fsyncs the directory once. The
