@@ -53,12 +53,13 @@
  * the batch began (ftruncate) and closed, its earlier records (synced
  * before) stay queued and the next batch starts a new segment; a new
  * segment or a spilled message's own file is removed. If the fsync of
- * queue/ (or tmp/) fails, the names this batch linked are removed again. Where the kernel
- * allows, files are created anonymous (O_TMPFILE) and linked into queue/,
- * so an interrupted write leaves nothing behind; otherwise they are written
- * in tmp/ and renamed. Small messages stay in memory until commit; a
- * message that outgrows SPOOL_BUF_SIZE is spilled into a segment of its
- * own as it arrives.
+ * queue/ (or tmp/) fails, the names this batch linked are removed again.
+ *
+ * Where the kernel allows, files are created anonymous (O_TMPFILE) and
+ * linked into queue/, so an interrupted write leaves nothing behind;
+ * otherwise they are written in tmp/ and renamed. Small messages stay in
+ * memory until commit; a message that outgrows SPOOL_BUF_SIZE is spilled
+ * into a segment of its own as it arrives.
  *
  * At start every segment is read: queued records (Q, H) are indexed, a
  * NUL byte where a record would start ends the segment (space allocated
@@ -497,7 +498,7 @@ spool_parse(const char *rec, size_t avail, struct spool_entry *e,
 	return check_trailer(rec + e->body_offset + e->size, e, why);
 }
 
-/* ---- reading records with pread (a read error is an error, not SIGBUS) ---- */
+/* ---- reading records (pread: a read error is EIO, not SIGBUS) ---- */
 
 /* A window [off, off + len) of a file, read ahead up to cap bytes. */
 struct reader {
