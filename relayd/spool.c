@@ -539,7 +539,8 @@ rd_fill(struct reader *r, uint64_t off, size_t need)
 {
 	ssize_t	 n;
 
-	if (off < r->off || off + need > r->off + r->len) {
+	if (off < r->off || off >= r->off + r->len ||
+	    off + need > r->off + r->len) {
 		n = pread_full(r->fd, r->buf, off >= r->end ? 0 :
 		    (size_t)(r->end - off < r->cap ? r->end - off : r->cap),
 		    off);
