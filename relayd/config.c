@@ -210,6 +210,11 @@ static const struct cfg_key cfg_keys[] = {
 	  UINT64_C(90) * 86400 * 1000, OFF(lifetime_ms), NULL,
 	  "How long a message may wait for Graph; then it goes to dead/ with "
 	  "reason expired." },
+	{ "queue", "history", CFG_DURATION, "30d", 0,
+	  UINT64_C(3650) * 86400 * 1000, OFF(history_ms), NULL,
+	  "How long each message's history (relayctl history: when, from "
+	  "whom, to whom, what became of it) is kept in history.db in "
+	  "spool_dir; 0: no history is kept." },
 	{ "queue", "messages_per_minute", CFG_NUM, "30", 0, 100000,
 	  OFF(messages_per_minute), NULL,
 	  "Messages sent per mailbox and minute (bursts up to this many at "
@@ -346,6 +351,9 @@ static const struct cfg_key cfg_keys[] = {
 	{ "log", "recipients", CFG_BOOL, "yes", 0, 0, OFF(log_recipients),
 	  NULL, "Name the recipients in the queued line (no: only their "
 	  "number, for sites that must not log them)." },
+	{ "log", "subjects", CFG_BOOL, "yes", 0, 0, OFF(log_subjects),
+	  NULL, "Keep each message's Subject in its history (relayctl "
+	  "history); no: for sites that must not keep them." },
 };
 
 struct parser {

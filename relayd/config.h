@@ -70,6 +70,7 @@ struct config {
 	uint64_t		 retry_min_ms;
 	uint64_t		 retry_max_ms;
 	uint64_t		 lifetime_ms;
+	uint64_t		 history_ms;	/* 0: no history */
 	uint64_t		 messages_per_minute;
 	int			 bounce;	/* enum bounce */
 	char			*notify;	/* digest to, or NULL */
@@ -120,6 +121,7 @@ struct config {
 	/* [log] */
 	int			 log_level;
 	int			 log_recipients;	/* in the queued line */
+	int			 log_subjects;		/* in history */
 };
 
 /*

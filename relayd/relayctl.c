@@ -9,6 +9,9 @@
  *   relayctl [-s SOCKET] [-c CONFIG] export ID
  *   relayctl [-s SOCKET] [-c CONFIG] metrics
  *   relayctl [-s SOCKET] [-c CONFIG] unlock ADDRESS
+ *   relayctl [-s SOCKET] [-c CONFIG] history [--json] [--since DURATION]
+ *       [--sender A] [--rcpt A] [--client A] [--id ID] [--status S]
+ *       [--limit N]
  *   relayctl [-c CONFIG] test [--to ADDRESS] [--from ADDRESS]
  *   relayctl passwd USER [--cram-md5]
  *
@@ -53,6 +56,7 @@
 #include "autoconf.h"
 #include "config.h"
 #include "graph.h"
+#include "history.h"
 #include "http.h"
 #include "log.h"
 #include "token.h"
@@ -85,6 +89,11 @@ usage_to(FILE *fp, int rc)
 	    "         filter: --mailbox ADDRESS | --sender ADDRESS\n"
 	    "       relayctl [-s socket] [-c config] metrics\n"
 	    "       relayctl [-s socket] [-c config] unlock ADDRESS\n"
+	    "       relayctl [-s socket] [-c config] history [--json] "
+	    "[--since DURATION]\n"
+	    "           [--sender ADDRESS] [--rcpt ADDRESS] [--client ADDRESS]"
+	    "\n           [--id QUEUE-ID|MESSAGE-ID] [--status STATUS] "
+	    "[--limit N]\n"
 	    "       relayctl [-c config] test [--to ADDRESS] [--from ADDRESS]\n"
 	    "       relayctl passwd USER [--cram-md5]\n"
 	    "       relayctl -V | --help\n");
@@ -751,6 +760,73 @@ cmd_metrics(void)
 	return 0;
 }
 
+/* history: newest first, a line per message (or the JSON). */
+static int
+cmd_history(int argc, char **argv)
+{
+	struct history_filter	 f;
+	json_object		*o, *a, *x, *r;
+	char			 err[256], *cmd, *filter;
+	const char		*subj;
+	size_t			 i, j, n;
+
+	if (history_filter_args(argc - 1, argv + 1, &f, err,
+	    sizeof(err)) == -1) {
+		fprintf(stderr, "relayctl history: %s\n", err);
+		usage();
+	}
+	filter = history_filter_json(&f);
+	xasprintf(&cmd, "history %s", filter);
+	free(filter);
+	o = ask(cmd);
+	free(cmd);
+	json_object_object_get_ex(o, "history", &a);
+	n = a != NULL ? json_object_array_length(a) : 0;
+	if (f.json) {
+		printf("%s\n", json_object_to_json_string_ext(a,
+		    JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE));
+		json_object_put(o);
+		return 0;
+	}
+	if (n == 0) {
+		printf("No message in the history matches.\n");
+		json_object_put(o);
+		return 0;
+	}
+	printf("%-20s %-16s %-8s %3s %8s %s\n", "RECEIVED", "ID", "STATUS",
+	    "TRY", "SIZE", "SENDER -> RECIPIENTS (MAILBOX) SUBJECT");
+	for (i = 0; i < n; i++) {
+		x = json_object_array_get_idx(a, i);
+		printf("%-20s %-16s %-8s %3lld %8lld <%s> ->",
+		    jstr(x, "received") ? jstr(x, "received") : "-",
+		    jstr(x, "id"), jstr(x, "status"),
+		    (long long)jint(x, "attempts"), (long long)jint(x, "size"),
+		    jstr(x, "sender") ? jstr(x, "sender") : "?");
+		json_object_object_get_ex(x, "recipients", &r);
+		for (j = 0; r != NULL && j < json_object_array_length(r); j++)
+			printf("%s%s", j ? ", " : " ", json_object_get_string(
+			    json_object_array_get_idx(r, j)));
+		if (jstr(x, "mailbox"))
+			printf(" (%s)", jstr(x, "mailbox"));
+		subj = jstr(x, "subject");
+		printf("%s%s%s\n", subj ? " \"" : "", subj ? subj : "",
+		    subj ? "\"" : "");
+		if (jstr(x, "graph_code") || jint(x, "graph_status"))
+			printf("%37s graph %lld %s request-id %s\n", "",
+			    (long long)jint(x, "graph_status"),
+			    jstr(x, "graph_code") ? jstr(x, "graph_code") : "-",
+			    jstr(x, "request_id") ? jstr(x, "request_id") : "-");
+	}
+	json_object_object_get_ex(o, "more", &x);
+	if (json_object_get_boolean(x))
+		printf("-- the newest %zu shown; more matched (narrow it with "
+		    "--since or a filter, or raise --limit)\n", n);
+	else
+		printf("-- %zu message(s)\n", n);
+	json_object_put(o);
+	return 0;
+}
+
 /* ---- test: what relayd would do, said plainly ---- */
 
 static int
@@ -891,6 +967,8 @@ main(int argc, char **argv)
 		return cmd_passwd(argc, argv);
 	if (strcmp(verb, "test") == 0)
 		return cmd_test(argc, argv);
+	if (strcmp(verb, "history") == 0)
+		return cmd_history(argc, argv);
 	if (strcmp(verb, "show") == 0 && argc == 3 &&
 	    (strcmp(argv[1], "--json") == 0 || strcmp(argv[2], "--json") == 0))
 		return cmd_show(strcmp(argv[1], "--json") == 0 ? argv[2] :

@@ -23,6 +23,7 @@
 
 #include "auth.h"
 #include "config.h"
+#include "history.h"
 #include "http.h"
 #include "jwt.h"
 #include "mime.h"
@@ -370,6 +371,7 @@ main(int argc, char *argv[])
 	struct smtp		*smtp = NULL;
 	struct status		*status = NULL;
 	struct status_env	 senv;
+	struct history		*history = NULL;
 	uint64_t		 started_ms = wall_us() / 1000;
 	char			 err[512], *summary;
 	int			 ch, check = 0, debug = 0, rc = 0, http_ok = 0;
@@ -440,6 +442,7 @@ main(int argc, char *argv[])
 	}
 	log_info("spool: %zu queued message(s) found dir=%s",
 	    spool_count(spool), cfg->spool_dir);
+	history = history_new(cfg->spool_dir, cfg->history_ms);
 
 	mime_init();		/* GMime: delivery, and From: checks */
 	if (cfg->graph_enabled) {
@@ -456,6 +459,7 @@ main(int argc, char *argv[])
 			rc = EX_OSERR;
 			goto out;
 		}
+		worker_set_history(pool, history);
 		summary = graph_summary(cfg);
 		log_info("graph: delivering %s", summary);
 		free(summary);
@@ -476,6 +480,7 @@ main(int argc, char *argv[])
 	smtp_session_init(cfg);
 	smtp_session_set_auth(auth);
 	smtp_session_set_pool(pool);
+	smtp_session_set_history(history);
 	smtp = smtp_new(base, cfg, spool);
 	if (smtp_listen(smtp, err, sizeof(err)) == -1) {
 		log_msg(LOG_LVL_ERR, "%s", err);
@@ -489,6 +494,7 @@ main(int argc, char *argv[])
 	senv.pool = pool;
 	senv.token = token;
 	senv.auth = &reloader.auth;
+	senv.history = history;
 	senv.started_ms = started_ms;
 	if ((status = status_new(&senv, err, sizeof(err))) == NULL) {
 		log_msg(LOG_LVL_ERR, "%s", err);
@@ -542,6 +548,7 @@ out:
 		http_cleanup();
 	smtp_session_shutdown();
 	smtp_free(smtp);
+	history_free(history);	/* after everything that records */
 	auth_free(reloader.auth);
 	for (i = 0; i < reloader.nold_auth; i++)
 		auth_free(reloader.old_auth[i]);

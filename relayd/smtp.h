@@ -84,5 +84,8 @@ void		 smtp_session_set_auth(struct auth *);
 /* Delivery, for reply_after = graph (NULL: none; answers after spool). */
 struct worker_pool;
 void		 smtp_session_set_pool(struct worker_pool *);
+/* Message history for every session (NULL: none); the caller keeps it. */
+struct history;
+void		 smtp_session_set_history(struct history *);
 
 #endif

@@ -46,7 +46,9 @@
 #include "auth.h"
 #include "config.h"
 #include "graph.h"
+#include "history.h"
 #include "log.h"
+#include "mime.h"
 #include "policy.h"
 #include "smtp.h"
 #include "smtp_proto.h"
@@ -102,6 +104,8 @@ struct smtp_tx {
 	int			 head_done;	/* stop keeping */
 	int			 head_ended;	/* the blank line was seen */
 	uint64_t		 data_started;	/* now_ms() at the 354 */
+	uint64_t		 arrival_ms;	/* wall clock, as spooled */
+	uint64_t		 received_len;	/* our Received: line */
 	uint64_t		 data_bytes;	/* read since, as sent */
 };
 
@@ -206,6 +210,7 @@ static const struct smtp_cmd_entry smtp_cmds[] = {
 /* Shared scratch: the loop is single-threaded and never re-enters. */
 static struct auth *auth;	/* NULL: no [auth] users_file */
 static struct worker_pool *pool;	/* NULL: nothing delivers */
+static struct history *history;	/* NULL: [queue] history = 0 */
 static char	*line_buf;
 static size_t	 line_max;
 static char	*dec_buf;
@@ -223,6 +228,12 @@ void
 smtp_session_set_pool(struct worker_pool *p)
 {
 	pool = p;
+}
+
+void
+smtp_session_set_history(struct history *h)
+{
+	history = h;
 }
 
 void
@@ -723,6 +734,7 @@ tx_open(struct smtp_session *s)
 
 	memset(&env, 0, sizeof(env));
 	env.arrival_us = wall_us();
+	tx->arrival_ms = env.arrival_us / 1000;
 	env.client = s->addr;
 	env.listener = smtp_listener_name(s->listener);
 	env.helo = s->helo;
@@ -751,7 +763,8 @@ tx_open(struct smtp_session *s)
 	    spool_msg_write(tx->msg, hdr, (size_t)n) == -1) {
 		tx->spool_errno = errno;
 		tx->error = TX_ERR_SPOOL;
-	}
+	} else
+		tx->received_len = (uint64_t)n;
 	return 0;
 }
 
@@ -1106,10 +1119,53 @@ smtp_command(struct smtp_session *s, char *line)
 /* ---- message end ---- */
 
 #define LOG_RCPTS_MAX	10	/* recipients named in the queued line */
+#define SUBJECT_MAX	998	/* bytes of a Subject kept in history */
+
+static uint64_t
+tx_spooled_size(const struct smtp_tx *tx)
+{
+	return tx->size + tx->received_len;
+}
+
+/* The accepted message's history row: envelope, Message-ID, Subject. */
+static void
+history_record(struct smtp_session *s, const char *qid)
+{
+	struct smtp_tx		*tx = s->tx;
+	struct history_msg	 m;
+	char			 mid[256], subj[SUBJECT_MAX + 1], *dec = NULL;
+
+	if (history == NULL)
+		return;
+	memset(&m, 0, sizeof(m));
+	m.qid = qid;
+	m.received_ms = tx->arrival_ms;
+	m.client = s->addr;
+	m.user = s->user;
+	m.sender = tx->mail_from;
+	m.size = tx_spooled_size(tx);
+	m.rcpts = (const char *const *)tx->rcpts;
+	m.nrcpts = tx->nrcpts;
+	if (tx->head != NULL && smtp_header_value(tx->head, tx->headlen,
+	    "Message-ID", mid, sizeof(mid)) > 0)
+		m.message_id = mid;
+	if (s->cfg->log_subjects && tx->head != NULL &&
+	    smtp_header_value(tx->head, tx->headlen, "Subject", subj,
+	    sizeof(subj)) > 0) {
+		m.subject = subj;
+		if (strstr(subj, "=?") != NULL &&
+		    (dec = mime_decode_words(subj, strlen(subj), NULL)) != NULL)
+			m.subject = dec;
+	}
+	history_queued(history, &m);
+	free(dec);
+}
 
 /*
  * "queued": the envelope, the Message-ID (as Exchange's message trace
  * shows it) and, unless [log] recipients = no, the first recipients.
+ * size is the message as spooled (what sent and failed lines and history
+ * say): the client's bytes after dot-unstuffing, with our Received: line.
  */
 static void
 log_queued(struct smtp_session *s, const char *qid)
@@ -1137,7 +1193,7 @@ log_queued(struct smtp_session *s, const char *qid)
 	}
 	log_info("%s smtp queued session=%016" PRIx64 " client=%s "
 	    "from=<%s> nrcpt=%zu size=%" PRIu64 " message_id=%s%s%s", qid,
-	    s->id, s->addr, tx->mail_from, tx->nrcpts, tx->size, esc,
+	    s->id, s->addr, tx->mail_from, tx->nrcpts, tx_spooled_size(tx), esc,
 	    rcpts != NULL ? " rcpts=" : "", rcpts != NULL ? rcpts : "");
 	free(rcpts);
 }
@@ -1276,6 +1332,7 @@ commit_done(void *arg, int err, const char *qid)
 	} else {
 		log_queued(s, qid);
 		smtp_count_received(s->smtp);
+		history_record(s, qid);
 		s->nmsgs++;
 		if (graph_wait(s, qid) == 0) {
 			tx_free(s);
@@ -1402,7 +1459,7 @@ tx_append(struct smtp_session *s, const char *data, size_t len)
 		return;
 	}
 	tx->size += len;
-	if (!tx->head_done && (s->cfg->nsenders > 0 ||
+	if (!tx->head_done && (s->cfg->nsenders > 0 || history != NULL ||
 	    log_enabled(LOG_LVL_INFO)))
 		head_capture(tx, data, len);	/* From:, Message-ID: */
 	if (spool_msg_write(tx->msg, data, len) == -1) {

@@ -9,7 +9,7 @@
  *
  *   status | queue [FILTER] | show ID | metrics | unlock ADDRESS |
  *   retry|delete|hold|release ID|all|FILTER | pause | resume | dead |
- *   export ID
+ *   export ID | history {FILTER-JSON}
  *
  * where FILTER is --mailbox ADDRESS or --sender ADDRESS. pause and resume
  * are logged with the peer's uid.
@@ -52,6 +52,7 @@
 #include "autoconf.h"
 #include "config.h"
 #include "dead.h"
+#include "history.h"
 #include "log.h"
 #include "smtp.h"
 #include "spool.h"
@@ -1077,7 +1078,7 @@ command(struct status *st, const char *line, struct client *c, uid_t uid,
 	struct worker_filter	 f;
 	json_object		*o;
 	char			*copy = xstrdup(line), *out, *text, *save = NULL;
-	char			*arg[STATUS_ARGS_MAX + 1];
+	char			*arg[STATUS_ARGS_MAX + 1], err[512];
 	int			 n = 0, v;
 
 	for (arg[n] = strtok_r(copy, " \t", &save); arg[n] != NULL &&
@@ -1088,6 +1089,13 @@ command(struct status *st, const char *line, struct client *c, uid_t uid,
 			break;
 	if (n == 0)
 		o = jerror("empty command");
+	else if (strcmp(arg[0], "history") == 0) {
+		/* Its argument is JSON: the line as it came, not its words. */
+		if ((o = history_command(st->env.history, line +
+		    strspn(line, " \t") + strlen("history"), err,
+		    sizeof(err))) == NULL)
+			o = jerror("%s", err);
+	}
 	else if (n == 1 && strcmp(arg[0], "status") == 0)
 		o = cmd_status(st);
 	else if (strcmp(arg[0], "queue") == 0 &&
@@ -1114,8 +1122,8 @@ command(struct status *st, const char *line, struct client *c, uid_t uid,
 	else
 		o = jerror("unknown command: try status, queue [FILTER], show "
 		    "ID, retry|delete|hold|release ID|all|FILTER, pause, "
-		    "resume, metrics, unlock ADDRESS, dead, export ID (FILTER: "
-		    "--mailbox ADDRESS or --sender ADDRESS)");
+		    "resume, metrics, unlock ADDRESS, dead, export ID, history "
+		    "(FILTER: --mailbox ADDRESS or --sender ADDRESS)");
 	free(copy);
 	if (o == NULL)
 		return NULL;

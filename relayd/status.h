@@ -8,6 +8,7 @@
 struct auth;
 struct config;
 struct event_base;
+struct history;
 struct smtp;
 struct spool;
 struct status;
@@ -23,6 +24,7 @@ struct status_env {
 	struct worker_pool	*pool;
 	struct token		*token;
 	struct auth		**auth;		/* in force (reload sets it) */
+	struct history		*history;	/* NULL: [queue] history = 0 */
 	uint64_t		 started_ms;	/* wall clock */
 };
 

@@ -64,6 +64,7 @@
 #include "config.h"
 #include "draft.h"
 #include "graph.h"
+#include "history.h"
 #include "http.h"
 #include "log.h"
 #include "report.h"
@@ -202,6 +203,7 @@ struct worker_pool {
 
 	/* For the status socket. */
 	uint64_t		 nsent, ndeferred, nfailed;
+	struct history		*history;	/* NULL: none */
 	struct worker_error	 errors[WORKER_ERRORS];
 	size_t			 nerrors;	/* ever; the ring holds the last */
 
@@ -710,6 +712,20 @@ service_result(struct worker_pool *p, struct mbox *mb, int failed)
 		mbox_svc_hold(p, mb, now);
 }
 
+/* The message's end in its history; j is NULL if Graph was not asked. */
+static void
+record(struct worker_pool *p, const struct qent *qe, const struct job *j,
+    const char *status)
+{
+	if (p->history == NULL)
+		return;
+	history_known(p->history, qe->qid, qe->arrival_ms, qe->sender,
+	    qe->size);
+	history_outcome(p->history, qe->qid, status, qe->attempts,
+	    j != NULL ? j->status : 0, j != NULL ? j->err.code : NULL,
+	    j != NULL ? j->request_id : NULL, j != NULL ? j->mailbox : NULL);
+}
+
 /* To dead/, with Graph's whole answer (or why it expired) beside it. */
 static void
 dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
@@ -718,6 +734,7 @@ dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
 	char	*reason, *body = NULL, when[32];
 	size_t	 i;
 
+	record(p, qe, j, strcmp(why, "expired") == 0 ? "expired" : "failed");
 	/* The answer as one line: its own line breaks become spaces. */
 	if (j->body != NULL) {
 		body = xstrdup(j->body);
@@ -945,6 +962,7 @@ finish(struct worker_pool *p, struct job *j)
 		    j->request_id[0] ? j->request_id : "-", j->ms,
 		    j->draft ? " path=draft" : "",
 		    qe->maybe_dup ? " possible_duplicate=yes" : "");
+		record(p, qe, j, "sent");
 		spool_remove(p->spool, qe->qid);
 		watch_fire(qe, WORKER_SENT, j);
 		qent_free(p, qe);
@@ -1956,6 +1974,7 @@ act_delete(struct worker_pool *p, struct qent *qe, struct worker_tally *t)
 	}
 	log_info("%s deleted by relayctl size=%" PRIu64 " sender=<%s> "
 	    "attempts=%u", qe->qid, qe->size, qe->sender, qe->attempts);
+	record(p, qe, NULL, "deleted");
 	mbox_update(p, qe->mb);
 	qent_free(p, qe);
 	t->done++;
@@ -2184,4 +2203,10 @@ worker_unwatch(struct worker_pool *p, const char *qid)
 			qe->watch_cb = NULL;
 			return;
 		}
+}
+
+void
+worker_set_history(struct worker_pool *p, struct history *h)
+{
+	p->history = h;
 }

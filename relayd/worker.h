@@ -20,6 +20,9 @@ struct worker_pool *worker_new(struct event_base *, const struct config *,
 /* Stops: requests in flight get a short grace, the rest stays queued. */
 void		 worker_free(struct worker_pool *);
 size_t		 worker_queued(const struct worker_pool *);
+/* Where outcomes are recorded (NULL: nowhere); the caller keeps it. */
+struct history;
+void		 worker_set_history(struct worker_pool *, struct history *);
 
 /* ---- for the status socket (event loop thread) ---- */
 

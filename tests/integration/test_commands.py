@@ -51,9 +51,12 @@ def test_full_transaction(relayd):
     f = relayd.spool_file(r.qid)
     assert f.id == r.qid
     assert f.body == b"Subject: hi\r\n\r\nbody\r\n"
+    # size: the message as spooled (with relayd's Received: line), as in
+    # the sent and failed lines and in history
+    assert f.size > len(b"Subject: hi\r\n\r\nbody\r\n")
     relayd.wait_log(r"^.*%s smtp queued session=\S+ client=127\.0\.0\.1 "
-                    r"from=<sender@a\.test> nrcpt=1 size=%d"
-                    % (r.qid, len(b"Subject: hi\r\n\r\nbody\r\n")))
+                    r"from=<sender@a\.test> nrcpt=1 size=%d "
+                    % (r.qid, f.size))
 
 
 @pytest.mark.parametrize("log_rcpts", ["yes", "no"])
