@@ -573,7 +573,8 @@ history_main(void *arg)
 		pthread_mutex_lock(&h->lock);
 		if (!h->quit && h->pending < HISTORY_BATCH_EVENTS) {
 			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += HISTORY_BATCH_MS * 1000000L;
+			ts.tv_sec += HISTORY_BATCH_MS / 1000;
+			ts.tv_nsec += HISTORY_BATCH_MS % 1000 * 1000000L;
 			if (ts.tv_nsec >= 1000000000L) {
 				ts.tv_sec++;
 				ts.tv_nsec -= 1000000000L;

@@ -722,7 +722,8 @@ record(struct worker_pool *p, const struct qent *qe, const struct job *j,
 	history_known(p->history, qe->qid, qe->arrival_ms, qe->sender,
 	    qe->size);
 	history_outcome(p->history, qe->qid, status, qe->attempts,
-	    j != NULL ? j->status : 0, j != NULL ? j->err.code : NULL,
+	    j != NULL ? j->status : 0, j != NULL && j->result != GRAPH_SENT ?
+	    j->err.code : NULL,
 	    j != NULL ? j->request_id : NULL, j != NULL ? j->mailbox : NULL);
 }
 
