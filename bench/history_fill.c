@@ -5,8 +5,9 @@
  *
  *   bench/history_fill PATH N
  *
- * Rows spread over the last 30 days: 1,000 senders, 200 clients, 5,000
- * recipients (1 to 3 a message), 2% failed, 0.5% expired, 0.5% deleted,
+ * Rows spread over the last 29 days (relayd keeps 30 by default):
+ * 1,000 senders, 200 clients, 5,000 recipients (1 to 3 a message), 2%
+ * failed, 0.5% expired, 0.5% deleted,
  * 1% queued, the rest sent. Known needles for the queries:
  * sender0@contoso.test, rcpt0@fabrikam.test, client 10.0.0.1, the queue
  * id F000000000000001 and Message-ID <fill-1@bench.test>.
@@ -60,7 +61,7 @@ main(int argc, char **argv)
 {
 	sqlite3		*db;
 	sqlite3_stmt	*m, *r;
-	uint64_t	 n, i, now = wall_us() / 1000, span = 30ULL * 86400000;
+	uint64_t	 n, i, now = wall_us() / 1000, span = 29ULL * 86400000;
 	char		 id[32], sender[64], client[32], mid[64], rcpt[64];
 	unsigned	 k, nr;
 	const char	*st;

@@ -59,6 +59,7 @@
 #define HISTORY_PRUNE_MS	(3600 * 1000)
 #define HISTORY_QUERY_MS	1000	/* a query past this is stopped */
 #define HISTORY_BUSY_MS		2000	/* waiting for the other connection */
+#define HISTORY_ANALYZE_ROWS	"1000"	/* sampled per index */
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS messages (\n"
@@ -383,6 +384,19 @@ count_rows(sqlite3 *db, uint64_t *out, sqlite3_int64 *max_rowid)
 	return rc;
 }
 
+/*
+ * The planner's statistics, from a sample of each index: without them,
+ * --sender X --status failed went through every failed message (60 ms
+ * in a million) rather than X's few.
+ */
+static void
+analyze(sqlite3 *db)
+{
+	if (sqlite3_exec(db, "PRAGMA analysis_limit = " HISTORY_ANALYZE_ROWS
+	    "; ANALYZE", NULL, NULL, NULL) != SQLITE_OK)
+		log_warnx("history: ANALYZE: %s", sqlite3_errmsg(db));
+}
+
 /* Opens h->path as the writer: WAL, the schema, the statements. */
 static int
 db_open(struct history *h, const char **why)
@@ -413,6 +427,8 @@ db_open(struct history *h, const char **why)
 		    SQLITE_PREPARE_PERSISTENT, &h->st[i], NULL);
 	if (rc == SQLITE_OK)
 		rc = count_rows(h->db, &n, &h->max_rowid);
+	if (rc == SQLITE_OK)
+		analyze(h->db);
 	if (rc != SQLITE_OK) {
 		*why = h->db != NULL ? sqlite3_errmsg(h->db) :
 		    sqlite3_errstr(rc);
@@ -595,6 +611,7 @@ history_main(void *arg)
 		}
 		if (h->db != NULL && now_ms() >= h->next_prune) {
 			prune(h, wall_us() / 1000);
+			analyze(h->db);
 			h->next_prune = now_ms() + HISTORY_PRUNE_MS;
 		}
 		if (quit)
