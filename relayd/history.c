@@ -653,6 +653,7 @@ history_new(const char *spool_dir, uint64_t retention_ms)
 		free(h);
 		return NULL;
 	}
+	pthread_setname_np(h->thread, "relayd-history");
 	log_info("history: %s, %" PRIu64 " message(s), kept %" PRIu64 "d",
 	    h->path, history_count(h), retention_ms / 86400000);
 	return h;

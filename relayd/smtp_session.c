@@ -1153,8 +1153,10 @@ history_record(struct smtp_session *s, const char *qid)
 	    smtp_header_value(tx->head, tx->headlen, "Subject", subj,
 	    sizeof(subj)) > 0) {
 		m.subject = subj;
-		if (strstr(subj, "=?") != NULL &&
-		    (dec = mime_decode_words(subj, strlen(subj), NULL)) != NULL)
+		/* Encoded words decoded; raw windows-1252 made UTF-8. */
+		if ((strstr(subj, "=?") != NULL || !mime_utf8_valid(subj,
+		    strlen(subj))) && (dec = mime_decode_words(subj,
+		    strlen(subj), NULL)) != NULL)
 			m.subject = dec;
 	}
 	history_queued(history, &m);

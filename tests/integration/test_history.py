@@ -192,6 +192,17 @@ def test_history_without_subjects(relayd_factory):
         p.read_bytes() for p in d.spool.glob("history.db*"))
 
 
+def test_history_subject_8bit(relayd_factory):
+    """A raw windows-1252 Subject is kept as UTF-8 (JSON needs it)."""
+    d = relayd_factory()
+    qid = smtplib_send(d, b"From: <sender@contoso.test>\r\n"
+                          b"Subject: caf\xe9 ready\r\n\r\nbody\r\n")
+    rows = []
+    wait_for(lambda: rows.extend(history(d, "--id", qid)) or rows, TIMEOUT,
+             "the queued row")
+    assert rows[0]["subject"] == "caf\u00e9 ready"
+
+
 def test_outcome_without_queued_row(relayd_factory, shared_fake_graph):
     """A message queued while history was off (or before an upgrade) gets
     a row at its outcome with what the queue knows."""
