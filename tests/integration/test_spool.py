@@ -75,9 +75,11 @@ def test_250_means_queued_with_envelope(relayd):
     assert b"by %s (relayd)" % HOSTNAME.encode() in hdr
     assert qid.encode() in hdr
     assert f.body == stored
+    # size: as spooled, our Received: line included (as sent and failed
+    # lines and history say)
     relayd.wait_log(r"%s smtp queued .* from=<s@a\.test> nrcpt=3 size=%d "
                     r"message_id=- rcpts=r1@b\.test,r2@c\.test,r3@b\.test$"
-                    % (qid, len(stored)))
+                    % (qid, f.size))
 
 
 def test_queue_ids_unique_and_files_whole(relayd):
