@@ -790,6 +790,10 @@ query(struct history *h, struct history_filter *f, char *err, size_t errlen)
 	while ((rc = sqlite3_step(s)) == SQLITE_ROW && n < limit) {
 		json_object_array_add(a, row_out(db, s, rs));
 		n++;
+		if (now_ms() > deadline) {
+			rc = SQLITE_INTERRUPT;
+			break;
+		}
 	}
 	sqlite3_progress_handler(db, 0, NULL, NULL);
 	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {

@@ -811,7 +811,8 @@ cmd_history(int argc, char **argv)
 		subj = jstr(x, "subject");
 		printf("%s%s%s\n", subj ? " \"" : "", subj ? subj : "",
 		    subj ? "\"" : "");
-		if (jstr(x, "graph_code") || jint(x, "graph_status"))
+		/* A failure's why; --json has every request-id. */
+		if (jstr(x, "graph_code") != NULL)
 			printf("%37s graph %lld %s request-id %s\n", "",
 			    (long long)jint(x, "graph_status"),
 			    jstr(x, "graph_code") ? jstr(x, "graph_code") : "-",
