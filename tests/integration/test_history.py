@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import smtplib
+import sqlite3
 import threading
 import time
 from email.message import EmailMessage
@@ -190,6 +191,29 @@ def test_history_without_subjects(relayd_factory):
     # not stored at all, not just not shown
     assert b"secret plans" not in b"".join(
         p.read_bytes() for p in d.spool.glob("history.db*"))
+
+
+def test_history_pruned_past_retention(relayd_factory):
+    """Rows older than [queue] history go (at start, then hourly), with
+    their recipients; younger ones stay."""
+    d = relayd_factory(sections={"queue": {"history": "3s"}})
+    old = smtplib_send(d, message("old one"), rcpts=["a@fabrikam.test",
+                                                     "b@fabrikam.test"])
+    wait_for(lambda: ids(d) == [old], TIMEOUT, "the old row")
+    time.sleep(3.2)
+    young = smtplib_send(d, message("young one"))
+    wait_for(lambda: ids(d) == [young, old], TIMEOUT, "both rows")
+    d.restart()
+    d.wait_log(r"history: 1 message\(s\) older than \[queue\] history "
+               r"removed")
+    assert ids(d) == [young]
+    db = sqlite3.connect("file:%s?mode=ro" % (d.spool / "history.db"),
+                         uri=True)
+    try:
+        assert db.execute("SELECT rcpt FROM recipients").fetchall() == [
+            ("rcpt@fabrikam.test",)]
+    finally:
+        db.close()
 
 
 def test_history_subject_8bit(relayd_factory):
