@@ -5,8 +5,9 @@ Messages go in with smtplib and out to the fake Graph: one sent, one
 Graph refuses (send_as_deny: failed), one expired (503s past a short
 lifetime), one deleted with relayctl; then every filter, --id with and
 without <>, the --json fields, the table, [queue] history = 0, [log]
-subjects = no, an outcome whose queued row predates history, and a kill
--9 during intake that loses no message.
+subjects = no, a raw 8-bit Subject, pruning past the retention, a broken
+database moved aside, an outcome whose queued row predates history, and
+a kill -9 during intake that loses no message.
 """
 import json
 import os
@@ -214,6 +215,22 @@ def test_history_pruned_past_retention(relayd_factory):
             ("rcpt@fabrikam.test",)]
     finally:
         db.close()
+
+
+def test_broken_database_moved_aside(relayd_factory):
+    """A history.db that is not a database: relayd says so and what to
+    do, moves it aside, starts a fresh one, and mail flows."""
+    d = relayd_factory(start=False)
+    d.spool.mkdir(parents=True, exist_ok=True)
+    (d.spool / "history.db").write_bytes(b"garbage " * 512)
+    d.start()
+    d.wait_log(r"history: \S+/history\.db cannot be used \(file is not a "
+               r"database\): moved to \S+/history\.db\.broken-\d{8}T\d{6}Z "
+               r"and a new one begun; mail is not affected")
+    [aside] = list(d.spool.glob("history.db.broken-*"))
+    assert aside.read_bytes() == b"garbage " * 512
+    qid = smtplib_send(d, message("after the move"))
+    wait_for(lambda: ids(d) == [qid], TIMEOUT, "the new row")
 
 
 def test_history_subject_8bit(relayd_factory):
