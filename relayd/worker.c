@@ -721,10 +721,13 @@ record(struct worker_pool *p, const struct qent *qe, const struct job *j,
 		return;
 	history_known(p->history, qe->qid, qe->arrival_ms, qe->sender,
 	    qe->size);
-	history_outcome(p->history, qe->qid, status, qe->attempts,
-	    j != NULL ? j->status : 0, j != NULL && j->result != GRAPH_SENT ?
-	    j->err.code : NULL,
-	    j != NULL ? j->request_id : NULL, j != NULL ? j->mailbox : NULL);
+	if (j == NULL)
+		history_outcome(p->history, qe->qid, status, qe->attempts, 0,
+		    NULL, NULL, NULL);
+	else
+		history_outcome(p->history, qe->qid, status, qe->attempts,
+		    j->status, j->result != GRAPH_SENT ? j->err.code : NULL,
+		    j->request_id, j->mailbox);
 }
 
 /* To dead/, with Graph's whole answer (or why it expired) beside it. */
