@@ -292,7 +292,7 @@ def test_kill9_during_intake_loses_no_message(relayd_factory):
         t.start()
     wait_for(lambda: len(acked) >= 40, TIMEOUT, "40 messages acknowledged")
     early = list(acked)
-    time.sleep(0.6)             # history's batches of the first ones
+    time.sleep(1.6)             # history's batch (1 s) of the first ones
     d.kill()
     stop.set()
     for t in threads:
