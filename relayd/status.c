@@ -623,6 +623,45 @@ requeued(void *arg, int err, const char *qid)
 	free(pd);
 }
 
+/* The fresh copy of a dead letter starts a row of its own in history. */
+static void
+history_requeued(struct status *st, const char *id, const char *newid)
+{
+	struct history_msg	 hm;
+	struct spool_view	 v;
+	struct dead_head	 h;
+	const char		*why;
+	char			**rcpts;
+	size_t			 i;
+
+	if (st->env.history == NULL ||
+	    spool_dead_map(st->env.spool, id, &v, &why) == -1)
+		return;
+	memset(&h, 0, sizeof(h));
+	dead_head_read(v.msg, v.msg_len, &h);
+	rcpts = xcalloc(v.e.nrcpts + 1, sizeof(*rcpts));
+	for (i = 0; i < v.e.nrcpts; i++) {
+		rcpts[i] = xstrdup(v.e.rcpts[i]);
+		dead_rcpt_addr(rcpts[i]);
+	}
+	memset(&hm, 0, sizeof(hm));
+	hm.qid = newid;
+	hm.received_ms = wall_us() / 1000;
+	hm.client = "relayd";
+	hm.sender = v.e.mail_from;
+	hm.message_id = h.message_id[0] != '\0' ? h.message_id : NULL;
+	hm.subject = st->env.cfg->log_subjects && h.subject[0] != '\0' ?
+	    h.subject : NULL;
+	hm.size = v.e.size;
+	hm.rcpts = (const char *const *)rcpts;
+	hm.nrcpts = v.e.nrcpts;
+	history_queued(st->env.history, &hm);
+	for (i = 0; i < v.e.nrcpts; i++)
+		free(rcpts[i]);
+	free(rcpts);
+	spool_unmap_msg(&v);
+}
+
 /*
  * The dead letter goes back to the queue as a fresh message. With a
  * client the answer waits for the commit (NULL now); without (tests) it
@@ -647,6 +686,7 @@ dead_retry(struct status *st, const char *id, struct client *c)
 		free(pd);
 		return jerror("retry %s: %s", id, why);
 	}
+	history_requeued(st, id, newid);
 	if (c == NULL)
 		return retried_json(id, newid);
 	c->wait = pd;
@@ -793,8 +833,11 @@ dead_action(struct status *st, enum worker_verb verb, const char *id,
 {
 	struct worker_msg	 m;
 	struct spool_view	 v;
+	struct dead_reason	 r;
 	const char		*why = "";
 	json_object		*o;
+	char			*text;
+	uint64_t		 mtime;
 
 	*handled = 0;
 	if ((verb != WORKER_RETRY && verb != WORKER_DELETE) ||
@@ -805,9 +848,19 @@ dead_action(struct status *st, enum worker_verb verb, const char *id,
 	*handled = 1;
 	if (verb == WORKER_RETRY)
 		return dead_retry(st, id, c);
-	if (spool_dead_remove(st->env.spool, id) == -1)
+	/* History keeps what Graph said of it, and its attempts. */
+	text = spool_dead_reason(st->env.spool, id, &mtime);
+	dead_reason_parse(text != NULL ? text : "", &r);
+	if (spool_dead_remove(st->env.spool, id) == -1) {
+		dead_reason_clear(&r);
+		free(text);
 		return jerror("delete %s: %s", id, strerror(errno));
+	}
 	log_info("%s dead letter deleted by relayctl", id);
+	history_outcome(st->env.history, id, "deleted", r.attempts, r.status,
+	    r.code, r.request_id, r.mailbox);
+	dead_reason_clear(&r);
+	free(text);
 	o = json_object_new_object();
 	add_str(o, "ok", "delete");
 	add_str(o, "id", id);
@@ -1047,6 +1100,10 @@ status_metrics(struct status *st)
 	    "(0: the last one worked).\n"
 	    "# TYPE relayd_token_failures gauge\n"
 	    "relayd_token_failures %u\n"
+	    "# HELP relayd_history_entries Messages in the history database "
+	    "([queue] history; 0: off).\n"
+	    "# TYPE relayd_history_entries gauge\n"
+	    "relayd_history_entries %" PRIu64 "\n"
 	    "%s"
 	    "# HELP relayd_credential_expiry_seconds Seconds until a "
 	    "credential expires (negative: expired).\n"
@@ -1058,7 +1115,8 @@ status_metrics(struct status *st)
 	    oldest != 0 && now > oldest ? (double)(now - oldest) / 1000.0 :
 	    0.0, c.sent, c.deferred_total, c.failed, ntr,
 	    (double)c.graph_held_ms / 1000.0, c.graph_fails,
-	    exp < 0 ? -1.0 : (double)exp / 1000.0, tf.count, smtp, creds);
+	    exp < 0 ? -1.0 : (double)exp / 1000.0, tf.count,
+	    history_count(e->history), smtp, creds);
 	free(smtp);
 	free(creds);
 	return out;

@@ -917,7 +917,7 @@ refuse_sync(struct worker_pool *p, struct qent *qe, struct job *j)
 	    j->mailbox ? j->mailbox : "-", j->nrcpts, qe->size,
 	    j->message_id ? j->message_id : "-", j->status, j->err.code,
 	    j->err.message, j->request_id[0] ? j->request_id : "-");
-	/* history: refused */
+	record(p, qe, j, "refused");
 	p->nfailed++;
 	spool_remove(p->spool, qe->qid);
 	watch_fire(qe, WORKER_REFUSED, j);

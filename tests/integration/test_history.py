@@ -19,7 +19,7 @@ import threading
 import time
 from email.message import EmailMessage
 
-from conftest import QUEUED_RE, graph_relayd, wait_for
+from conftest import QUEUED_RE, graph_relayd, graph_sections, wait_for
 from test_delivery import SENDER, smtplib_send
 
 TIMEOUT = 15
@@ -303,3 +303,51 @@ def test_kill9_during_intake_loses_no_message(relayd_factory):
     recorded = set(ids(d, "--limit", "10000"))
     assert recorded <= queued          # nothing unacknowledged recorded
     assert set(early) <= recorded      # older than a batch: written
+
+
+def test_history_of_dead_letters_and_refusals(relayd_factory,
+                                              shared_fake_graph):
+    """A dead letter deleted with relayctl is 'deleted'; one retried gets a
+    row of its own for its new id, which ends 'sent'; a synchronous
+    refusal (reply_after = graph) is 'refused'; the metric counts rows."""
+    fake = shared_fake_graph
+    fake.config(send_as_deny="strict")
+    d = graph_relayd(relayd_factory, fake)
+    gone = smtplib_send(d, message("delete me", "<hist-del@contoso.test>",
+                                   frm="ceo@contoso.test"))
+    again = smtplib_send(d, message("again", "<hist-again@contoso.test>",
+                                    frm="ceo@contoso.test"))
+    wait_status(d, gone, "failed")
+    wait_status(d, again, "failed")
+    wait_for(lambda: {gone, again} <= set(d.dead()), TIMEOUT, "dead/")
+    assert d.relayctl("delete", gone).returncode == 0
+    assert wait_status(d, gone, "deleted")["attempts"] == 1
+    fake.config(send_as_deny=None)
+    r = d.relayctl("retry", again)
+    assert r.returncode == 0, r.stderr
+    new = r.stdout.split()[-1]
+    row = wait_status(d, new, "sent")
+    assert (row["client"], row["sender"], row["subject"],
+            row["message_id"], row["recipients"]) == (
+        "relayd", SENDER, "again", "<hist-again@contoso.test>",
+        ["rcpt@fabrikam.test"]), row
+    # the old id keeps its own story
+    assert history(d, "--id", again)[0]["status"] == "failed"
+    m = re.search(r"^relayd_history_entries (\d+)$",
+                  d.relayctl("metrics").stdout, re.M)
+    assert m and int(m.group(1)) == 3, m
+
+    fake.config(send_as_deny="strict")
+    s = relayd_factory(sections=graph_sections(fake),
+                       smtp={"reply_after": "graph"})
+    with smtplib.SMTP("127.0.0.1", s.port, timeout=30) as c:
+        c.ehlo("client.test")
+        c.mail(SENDER)
+        c.rcpt("rcpt@fabrikam.test")
+        code, text = c.data(message("refuse me", "<hist-ref@contoso.test>",
+                                    frm="ceo@contoso.test"))
+    assert code == 550, (code, text)
+    [row] = wait_for(lambda: [x for x in history(s, "--status", "refused")],
+                     TIMEOUT, "a refused row")
+    assert (row["message_id"], row["graph_status"], row["graph_code"]) == (
+        "<hist-ref@contoso.test>", 403, "ErrorSendAsDenied"), row
