@@ -519,6 +519,10 @@ cmd_queue(int json, const char *cmd)
 		    (long long)jint(x, "attempts"), jstr(x, "next_attempt") ?
 		    jstr(x, "next_attempt") : "-", jstr(x, "sender"),
 		    rcpt_list(x, rcpts, sizeof(rcpts)), jstr(x, "mailbox"));
+		if (jstr(x, "hold") != NULL)
+			printf("%16s waits: %s%s%s\n", "", jstr(x, "hold"),
+			    jstr(x, "hold_until") ? " until " : "",
+			    jstr(x, "hold_until") ? jstr(x, "hold_until") : "");
 		if (jstr(x, "last_error") && *jstr(x, "last_error"))
 			printf("%16s last error: %s\n", "",
 			    jstr(x, "last_error"));

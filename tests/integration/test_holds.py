@@ -95,6 +95,9 @@ def test_one_mailbox_503s_hold_only_that_mailbox(relayd_factory,
     assert q[a1]["hold"] == "mailbox unavailable"
     assert abs(iso_ts(q[a1]["hold_until"]) - hold_end) < 2.0, (q[a1],
                                                                hold_end)
+    table = d.relayctl("queue").stdout
+    assert re.search(r"^ +waits: mailbox unavailable until %s$"
+                     % re.escape(q[a1]["hold_until"]), table, re.M), table
     # then one request probes, still 503: the hold doubles
     d.wait_log(r"graph mailbox unavailable: mailbox=%s 4 failures in a "
                r"row, only this mailbox's; its deliveries wait 10\.0s"
