@@ -105,13 +105,17 @@ dead_reason_words(const struct dead_reason *r)
 	else
 		fprintf(fp, "Graph refused it: ");
 	answer_text(fp, r);
+	/* Graph's message often ends a sentence of its own. */
+	if (r->message[0] == '\0' ||
+	    r->message[strlen(r->message) - 1] != '.')
+		fputc('.', fp);
 	if (todo != NULL)
-		fprintf(fp, ". What to do: %s", todo);
+		fprintf(fp, " What to do: %s", todo);
 	else if (expired)
-		fprintf(fp, ". What to do: see why Graph kept failing "
+		fprintf(fp, " What to do: see why Graph kept failing "
 		    "(relayctl status), then relayctl retry the message");
 	else
-		fprintf(fp, ". What to do: read Graph's message, remove the "
+		fprintf(fp, " What to do: read Graph's message, remove the "
 		    "cause, then relayctl retry the message");
 	fclose(fp);
 	return out;

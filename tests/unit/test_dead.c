@@ -85,7 +85,7 @@ static const struct {
 	{ "reason: refused\nstatus: 404\ncode: ErrorInvalidUser\nmessage: "
 	  "The requested user 'x@y' is invalid.\n",
 	  "Graph refused it: 404 ErrorInvalidUser: The requested user",
-	  "What to do: no such mailbox in the tenant" },
+	  "is invalid. What to do: no such mailbox in the tenant" },
 };
 
 static void
