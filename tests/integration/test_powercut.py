@@ -10,12 +10,14 @@ between directories once both were). SMTP clients send continuously
 (test_crash's Clients; one message in ten is 100 kB, more than relayd
 holds in memory, so it is spilled into a segment file of its own) while
 relayd delivers to the fake Graph, which answers after 20-80 ms. At random
-moments relayd is killed (SIGKILL), the power is cut (powercutfs drops all
-that was not durable), the file system is mounted again and relayd
-started on the survivor. Twice: with powercutfs's rename rule "both" (a
-rename from tmp/ to queue/ survives once both directories were fsynced,
-the issue's reading) and "each" (once the directory holding the name was,
-as ext4 and xfs behave). powercutfs has no O_TMPFILE, so relayd writes new
+moments (0.3 to 2.5 s of load apart) relayd is killed (SIGKILL), the power
+is cut (powercutfs drops all that was not durable), the file system is
+mounted again and relayd started on the survivor: 30 times with
+powercutfs's rename rule "both", 10 with "each" (CUTS; bench/powercut runs
+the same test with hundreds of cuts). Under "both" a rename from tmp/ to
+queue/ survives once both directories were fsynced (the issue's reading),
+under "each" once the directory holding the name was (as ext4 and xfs
+behave). powercutfs has no O_TMPFILE, so relayd writes new
 segments in tmp/ and renames them into queue/. At the end relayd drains
 its queue and:
 
@@ -44,6 +46,8 @@ deferred, not dropped (relayd reads the spool with pread, so a read error
 is EIO, not SIGBUS).
 """
 import hashlib
+import json
+import os
 import random
 import re
 import time
@@ -54,14 +58,21 @@ from conftest import graph_relayd, wait_for
 from test_crash import Clients, latency_rules
 from test_delivery import simple
 
-CUTS = (5, 8)               # how many power cuts (random in this range)
-RUN_BETWEEN = (0.5, 3.5)    # s of load between two cuts
+CUTS = {"both": 30, "each": 10}     # power cuts per rename rule
+RUN_BETWEEN = (0.3, 2.5)    # s of load between two cuts
 LOAD_AFTER = 1.0            # s of load after the last restart
 LATE = 2.0                  # s: a repeat of a delivery older than this at
                             # the cut comes from unsynced delivery progress
 BIG_EVERY = 10              # one message in BIG_EVERY is spilled (100 kB)
 DRAIN_TIMEOUT = 90
 SUBJECT_RE = re.compile(r"^powercut (\d+-\d+)$")
+
+
+def env_setting(name, default, kind=int):
+    """RELAYD_POWERCUT_<name> from the environment (bench/powercut sets
+    them for the long form), else default."""
+    v = os.environ.get("RELAYD_POWERCUT_" + name)
+    return default if v in (None, "") else kind(v)
 
 
 def payload(token):
@@ -108,7 +119,11 @@ def delivered_text(rec):
 @pytest.mark.parametrize("rename_rule", ["both", "each"])
 def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
                                               relayd_factory, rename_rule):
-    seed = random.randrange(1 << 30)
+    """The short form (CUTS); bench/powercut runs the long one by setting
+    RELAYD_POWERCUT_CUTS, _SEED and _REPORT (a JSON file for the figures,
+    written before the checks)."""
+    ncuts = env_setting("CUTS", CUTS[rename_rule])
+    seed = env_setting("SEED", random.randrange(1 << 30))
     rng = random.Random(seed)
     fake = fake_graph
     fake.faults(latency_rules())
@@ -119,7 +134,7 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
     clients.start()
     cuts = []                       # wall clock of each cut
     restarts = 0
-    for _ in range(rng.randint(*CUTS)):
+    for _ in range(ncuts):
         time.sleep(rng.uniform(*RUN_BETWEEN))
         d.kill()
         cuts.append(time.time())
@@ -128,6 +143,7 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
         d.start()                   # fails the test if relayd cannot
         restarts += 1
     time.sleep(LOAD_AFTER)
+    load_s = time.monotonic() - t_begin
     clients.join()
     assert not clients.errors, clients.errors[:5]
     wait_for(lambda: d.queued() == [], DRAIN_TIMEOUT,
@@ -158,23 +174,37 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
             if cut is not None and cut - first > LATE:
                 late.append((token, round(cut - first, 1)))
     unacked = sum(1 for t in by_token if t not in accepted)
+    dead = d.dead()
+    report = {
+        "rename_rule": rename_rule, "seed": seed, "cuts": len(cuts),
+        "restarts": restarts, "load_s": round(load_s, 1),
+        "accepted": len(accepted), "delivered": len(by_token),
+        "delivered_unacked": unacked, "unanswered": clients.unanswered,
+        "lost": len(lost), "corrupt": len(corrupt),
+        "duplicates": duplicates, "late": len(late),
+        "late_messages": len({t for t, _ in late}),
+        "most_deliveries": max(map(len, by_token.values()), default=0),
+        "dead": len(dead), "lost_examples": lost[:10],
+        "corrupt_examples": corrupt[:10], "late_examples": late[:10]}
+    if os.environ.get("RELAYD_POWERCUT_REPORT"):
+        with open(os.environ["RELAYD_POWERCUT_REPORT"], "w") as f:
+            json.dump(report, f)
     print("\npowercut (rename rule %s): seed %d, %d cuts, %d restarts in "
           "%.1f s; accepted (250) %d, delivered %d distinct (+%d without a "
           "250, %d DATA unanswered), lost %d, corrupt %d, duplicates %d of "
           "which late (> %.0f s before a cut) %d, of %d messages; at most "
           "%d deliveries of one message; dead letters %d"
-          % (rename_rule, seed, len(cuts), restarts,
-             time.monotonic() - t_begin, len(accepted), len(by_token),
-             unacked, clients.unanswered, len(lost), len(corrupt),
-             duplicates, LATE, len(late), len({t for t, _ in late}),
-             max(map(len, by_token.values()), default=0), len(d.dead())))
-    assert len(cuts) >= CUTS[0] and len(accepted) > 0
+          % (rename_rule, seed, len(cuts), restarts, load_s, len(accepted),
+             len(by_token), unacked, clients.unanswered, len(lost),
+             len(corrupt), duplicates, LATE, len(late),
+             report["late_messages"], report["most_deliveries"], len(dead)))
+    assert len(cuts) == ncuts and len(accepted) > 0
     assert not lost, "%d messages with a 250 lost by power cuts (rename " \
         "rule %s): %s" % (len(lost), rename_rule, [
             "%s (queue id %s)" % (t, accepted[t]) for t in lost[:10]])
     assert not corrupt, "deliveries that differ from what was sent: %s" % (
         corrupt[:10],)
-    assert d.dead() == []
+    assert dead == []
     assert not late, (
         "%d deliveries repeated after a power cut although Graph took them "
         "more than %.0f s before it (e.g. %s): delivery progress (the D "
