@@ -97,7 +97,16 @@
  *   a dead letter: fdatasync of dead/<qid> (renamed from a temporary
  *     name) and of its .reason, fsync of dead/, all before its record is
  *     marked X; a requeued one is committed before its dead copy goes and
- *     dead/ is fsynced after that removal. test_dead.py (not cut)
+ *     dead/ is fsynced after that removal. test_dead.py (not cut); when
+ *     one of these fails (a full disk) nothing of it stays in dead/ and
+ *     the message stays queued, tried again later (worker.c).
+ *     test_diskfull.py test_disk_full_while_dead_lettering
+ *   a full disk: a commit is refused 452 4.3.1, nothing of it is ever
+ *     delivered, and the next commit with space gets 250; a state line or
+ *     its sync that fails loses nothing (the record stays as it was
+ *     synced: a message may be sent again, never dropped).
+ *     test_diskfull.py test_disk_full_at_commit,
+ *     test_disk_full_while_recording_progress
  *   at start: removals from tmp/ and of delivered segments, fsync of tmp/
  *     and queue/; copies set aside, fdatasync and fsync of corrupt/.
  *     test_crash.py, test_spool.py (not cut)
@@ -2028,55 +2037,89 @@ copy_range(int in, uint64_t off, int out, uint64_t len)
 	return 0;
 }
 
+/* dead/<qid>.reason, synced; on failure none is left. */
+static int
+dead_reason(int dfd, const char *qid, const char *reason)
+{
+	char	 name[SPOOL_QID_LEN + 16];
+	size_t	 len = strlen(reason);
+	int	 fd, err = 0;
+
+	snprintf(name, sizeof(name), "%s.reason", qid);
+	if ((fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+	    0600)) == -1)
+		err = errno;
+	else if (pwrite_all(fd, reason, len, 0) == -1 || fdatasync(fd) == -1)
+		err = errno ? errno : EIO;
+	if (fd != -1)
+		close(fd);
+	if (err == 0)
+		return 0;
+	log_warnx("%s spool: cannot write dead/%s: %s", qid, name,
+	    strerror(err));
+	unlinkat(dfd, name, 0);
+	errno = err;
+	return -1;
+}
+
 /*
- * dead/<qid> is a copy of the record (state X), synced and renamed into
- * place before the record leaves the queue.
+ * dead/<qid> is a copy of the record (state X) beside its .reason, both
+ * synced, renamed into place and dead/ fsynced before the record leaves
+ * the queue. On failure (a full disk) nothing partial stays in dead/, the
+ * record stays queued and -1 is returned with errno (ENOENT: it was not
+ * queued).
  */
 int
 spool_dead(struct spool *sp, const char *qid, const char *reason)
 {
 	char		 seg[SPOOL_QID_LEN + 1], name[SPOOL_QID_LEN + 16];
 	char		 tmp[SPOOL_QID_LEN + 16], x = SPOOL_DEAD;
-	size_t		 len = strlen(reason);
 	uint64_t	 off, reclen;
-	int		 dfd, fd = -1, in = -1, ok = 0;
+	int		 dfd, fd = -1, in = -1, err = 0;
 
 	if (idx_locate(sp, qid, seg, &off, &reclen) == -1) {
 		log_warnx("%s spool: not in the queue", qid);
+		errno = ENOENT;
 		return -1;
 	}
 	if ((dfd = open_subdir(sp->dirfd, "dead")) == -1) {
+		err = errno;
 		log_warn("%s spool: cannot open dead/", qid);
+		errno = err;
 		return -1;
 	}
-	snprintf(name, sizeof(name), "%s.reason", qid);
-	if ((fd = openat(dfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-	    0600)) == -1 || write(fd, reason, len) != (ssize_t)len ||
-	    fdatasync(fd) == -1)
-		log_warn("%s spool: cannot write dead/%s", qid, name);
-	if (fd != -1)
-		close(fd);
+	if (dead_reason(dfd, qid, reason) == -1) {
+		err = errno;
+		close(dfd);
+		errno = err;
+		return -1;
+	}
 	snprintf(tmp, sizeof(tmp), ".%s.tmp", qid);
-	if ((in = openat(sp->queuefd, seg, O_RDONLY | O_CLOEXEC)) != -1 &&
+	errno = 0;
+	if ((in = openat(sp->queuefd, seg, O_RDONLY | O_CLOEXEC)) == -1 ||
 	    (fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
-	    0600)) != -1 &&
-	    copy_range(in, off, fd, reclen) == 0 &&
-	    pwrite(fd, &x, 1, STATE_CHAR_OFF) == 1 &&
-	    fdatasync(fd) == 0 &&
-	    renameat(dfd, tmp, dfd, qid) == 0 &&
-	    fsync(dfd) == 0)
-		ok = 1;
-	else {
-		log_warn("%s spool: cannot copy it to dead/", qid);
+	    0600)) == -1 ||
+	    copy_range(in, off, fd, reclen) == -1 ||
+	    pwrite(fd, &x, 1, STATE_CHAR_OFF) != 1 ||
+	    fdatasync(fd) == -1 ||
+	    renameat(dfd, tmp, dfd, qid) == -1 ||
+	    fsync(dfd) == -1) {
+		err = errno ? errno : EIO;
+		log_warnx("%s spool: cannot copy it to dead/: %s; it stays "
+		    "queued", qid, strerror(err));
 		unlinkat(dfd, tmp, 0);
+		snprintf(name, sizeof(name), "%s.reason", qid);
+		unlinkat(dfd, name, 0);
 	}
 	if (in != -1)
 		close(in);
 	if (fd != -1)
 		close(fd);
 	close(dfd);
-	if (!ok)
+	if (err != 0) {
+		errno = err;
 		return -1;
+	}
 	return rec_finish(sp, qid, SPOOL_DEAD);
 }
 

@@ -735,8 +735,9 @@ static void
 dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
     const char *why)
 {
-	char	*reason, *body = NULL, when[32];
-	size_t	 i;
+	char		*reason, *body = NULL, when[32];
+	size_t		 i;
+	uint64_t	 delay;
 
 	record(p, qe, j, strcmp(why, "expired") == 0 ? "expired" : "failed");
 	/* The answer as one line: its own line breaks become spaces. */
@@ -758,6 +759,15 @@ dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
 		if (p->cfg->bounce == BOUNCE_SENDER && qe->sender[0] != '\0')
 			report_bounce(p->spool, qe->qid);
 		digest_dead(p->digest);
+	} else if (errno != ENOENT) {
+		/* dead/ could not take it (a full disk?): it stays queued. */
+		delay = backoff_ms(p, qe->attempts);
+		log_warnx("%s not dead-lettered; it stays queued, next attempt "
+		    "in %.3fs", qe->qid, (double)delay / 1000.0);
+		free(reason);
+		free(body);
+		retry_at(p, qe, delay);
+		return;
 	}
 	free(reason);
 	free(body);
