@@ -195,7 +195,14 @@ static const struct cfg_key cfg_keys[] = {
 	  "How a batch of new messages is made durable before the 250: "
 	  "fdatasync each file (works everywhere), or syncfs, one flush of "
 	  "the whole file system per batch: faster when spool_dir is a file "
-	  "system of its own, slower on one shared with busy writers." },
+	  "system of its own, slower on one shared with busy writers. "
+	  "syncfs is not proven against power loss: relayd's power-cut test "
+	  "(a FUSE file system) cannot see a syncfs, so only fdatasync is "
+	  "tested. On ext4 and xfs syncfs writes back every file and "
+	  "directory and flushes the disk, but Linux reports its write "
+	  "errors only since 5.8: on older kernels a failed write can still "
+	  "get a 250. Use syncfs only on Linux 5.8 or later, on a local "
+	  "ext4 or xfs." },
 	{ "queue", "workers", CFG_NUM, "16", 1, 512, OFF(workers), NULL,
 	  "Graph requests in flight at once, over all mailboxes. Graph itself "
 	  "allows 4 per mailbox; relayd never sends more." },
