@@ -107,6 +107,11 @@
  *     synced: a message may be sent again, never dropped).
  *     test_diskfull.py test_disk_full_at_commit,
  *     test_disk_full_while_recording_progress
+ *   with sync_method = syncfs, a batch or a progress sync that touches
+ *     several files syncs them with one syncfs instead (directories are
+ *     still fsynced). NOT proven: a FUSE file system never sees a syncfs
+ *     (syncfs returns 0 there), so powercutfs takes those files as never
+ *     synced; the README says so.
  *   at start: removals from tmp/ and of delivered segments, fsync of tmp/
  *     and queue/; copies set aside, fdatasync and fsync of corrupt/.
  *     test_crash.py, test_spool.py (not cut)
@@ -2120,7 +2125,11 @@ spool_dead(struct spool *sp, const char *qid, const char *reason)
 		errno = err;
 		return -1;
 	}
-	return rec_finish(sp, qid, SPOOL_DEAD);
+	if (rec_finish(sp, qid, SPOOL_DEAD) == -1) {
+		errno = ENOENT;		/* no longer queued */
+		return -1;
+	}
+	return 0;
 }
 
 static int
