@@ -120,15 +120,19 @@ def delivered_text(rec):
 def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
                                               relayd_factory, rename_rule):
     """The short form (CUTS); bench/powercut runs the long one by setting
-    RELAYD_POWERCUT_CUTS, _SEED and _REPORT (a JSON file for the figures,
-    written before the checks)."""
+    RELAYD_POWERCUT_CUTS, _SEED, _PROGRESS (a line every so many cuts),
+    _SYNC_METHOD ([queue] sync_method) and _REPORT (a JSON file for the
+    figures, written before the checks)."""
     ncuts = env_setting("CUTS", CUTS[rename_rule])
+    every = env_setting("PROGRESS", 0)  # print a line every so many cuts
+    queue = {"workers": 8,
+             "sync_method": env_setting("SYNC_METHOD", "fdatasync", str)}
     seed = env_setting("SEED", random.randrange(1 << 30))
     rng = random.Random(seed)
     fake = fake_graph
     fake.faults(latency_rules())
     fs, d = relayd_on(powercut, relayd_factory, fake,
-                      rename_rule=rename_rule, queue={"workers": 8})
+                      rename_rule=rename_rule, queue=queue)
     clients = PowerCutClients(d)
     t_begin = time.monotonic()
     clients.start()
@@ -142,6 +146,10 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
         fs = powercut(rename_rule=rename_rule)
         d.start()                   # fails the test if relayd cannot
         restarts += 1
+        if every and restarts % every == 0:
+            print("powercut: %d of %d cuts, %.0f s, %d accepted"
+                  % (restarts, ncuts, time.monotonic() - t_begin,
+                     len(clients.accepted)), flush=True)
     time.sleep(LOAD_AFTER)
     load_s = time.monotonic() - t_begin
     clients.join()
@@ -176,7 +184,8 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
     unacked = sum(1 for t in by_token if t not in accepted)
     dead = d.dead()
     report = {
-        "rename_rule": rename_rule, "seed": seed, "cuts": len(cuts),
+        "rename_rule": rename_rule, "sync_method": queue["sync_method"],
+        "seed": seed, "cuts": len(cuts),
         "restarts": restarts, "load_s": round(load_s, 1),
         "accepted": len(accepted), "delivered": len(by_token),
         "delivered_unacked": unacked, "unanswered": clients.unanswered,
