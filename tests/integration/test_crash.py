@@ -84,6 +84,7 @@ class Clients:
     """CLIENTS threads sending one message after another over kept
     connections; a lost connection is opened again (while relayd is down,
     until it is back). accepted: token -> queue id, for 250s only."""
+    pause = PAUSE
 
     def __init__(self, d):
         self.d = d
@@ -138,7 +139,7 @@ class Clients:
                         raise smtplib.SMTPResponseException(code, text)
                     with self.lock:
                         self.accepted[token] = m.group(1)
-                    time.sleep(PAUSE)
+                    time.sleep(self.pause)
             except (smtplib.SMTPServerDisconnected, OSError):
                 # Killed under us: this message does not count.
                 if in_data:

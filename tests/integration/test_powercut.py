@@ -121,10 +121,13 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
                                               relayd_factory, rename_rule):
     """The short form (CUTS); bench/powercut runs the long one by setting
     RELAYD_POWERCUT_CUTS, _SEED, _PROGRESS (a line every so many cuts),
-    _SYNC_METHOD ([queue] sync_method) and _REPORT (a JSON file for the
-    figures, written before the checks)."""
+    _SYNC_METHOD ([queue] sync_method), _PAUSE (s a client waits between
+    two messages; slower, a long run keeps no backlog), _DRAIN (s allowed
+    for the drain) and _REPORT (a JSON file for the figures, written
+    before the checks)."""
     ncuts = env_setting("CUTS", CUTS[rename_rule])
     every = env_setting("PROGRESS", 0)  # print a line every so many cuts
+    drain = env_setting("DRAIN", DRAIN_TIMEOUT)
     queue = {"workers": 8,
              "sync_method": env_setting("SYNC_METHOD", "fdatasync", str)}
     seed = env_setting("SEED", random.randrange(1 << 30))
@@ -134,6 +137,7 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
     fs, d = relayd_on(powercut, relayd_factory, fake,
                       rename_rule=rename_rule, queue=queue)
     clients = PowerCutClients(d)
+    clients.pause = env_setting("PAUSE", clients.pause, float)
     t_begin = time.monotonic()
     clients.start()
     cuts = []                       # wall clock of each cut
@@ -154,7 +158,7 @@ def test_power_cut_loses_no_acknowledged_mail(powercut, fake_graph,
     load_s = time.monotonic() - t_begin
     clients.join()
     assert not clients.errors, clients.errors[:5]
-    wait_for(lambda: d.queued() == [], DRAIN_TIMEOUT,
+    wait_for(lambda: d.queued() == [], drain,
              "relayd to drain its queue", interval=0.2)
     wait_for(lambda: fake.stats()["inflight"] == {}, 10,
              "no request in flight at the fake")
