@@ -739,7 +739,6 @@ dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
 	size_t		 i;
 	uint64_t	 delay;
 
-	record(p, qe, j, strcmp(why, "expired") == 0 ? "expired" : "failed");
 	/* The answer as one line: its own line breaks become spaces. */
 	if (j->body != NULL) {
 		body = xstrdup(j->body);
@@ -756,6 +755,8 @@ dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
 	    body != NULL ? "body: " : "", body != NULL ? body : "",
 	    body != NULL ? "\n" : "");
 	if (spool_dead(p->spool, qe->qid, reason) == 0) {
+		record(p, qe, j, strcmp(why, "expired") == 0 ? "expired" :
+		    "failed");
 		if (p->cfg->bounce == BOUNCE_SENDER && qe->sender[0] != '\0')
 			report_bounce(p->spool, qe->qid);
 		digest_dead(p->digest);
