@@ -198,14 +198,15 @@ def test_status_shows_a_graph_wide_hold(relayd_factory, shared_fake_graph):
     qid = smtplib_send(d, "during the hold")
     st = d.ctl("status")
     assert st["graph"]["state"] == "held", st["graph"]
-    assert st["graph"]["failures"] == 3 and st["graph"]["held_until"]
+    # 3 make the hold; an answer to a request sent before it may add one
+    assert st["graph"]["failures"] >= 3 and st["graph"]["held_until"]
     assert st["queue"]["throttled"] == 0 and st["queue"]["graph_held"] >= 1
     assert st["throttled_mailboxes"] == []
     held = queue(d)[qid]
     assert held["state"] == "graph held" and held["next_attempt"], held
     r = d.relayctl("status")
     assert re.search(r"^graph: unavailable, all deliveries held until "
-                     r"\S+Z \(3 failures in a row\)$", r.stdout, re.M), \
+                     r"\S+Z \([3-9] failures in a row\)$", r.stdout, re.M), \
         r.stdout
     assert "0 throttled" in r.stdout and "waiting for Graph" in r.stdout
     assert 'relayd_queue_messages{state="throttled"} 0' in \
