@@ -299,8 +299,13 @@ def test_unreadable_message_is_deferred(powercut, fake_graph,
     fs, d = relayd_on(powercut, relayd_factory, fake_graph)
     bad = d.send_one(body=message(1))
     d.restart()                 # what comes next goes to a new segment
+    # The restarted relayd reads the message for its first attempt (503)
+    # before the read fault is set; the attempt forced after it must fail
+    # to read.
+    d.wait_log(r"%s .*deferred" % bad)
     fs.fault("read", path="spool/queue/" + bad)
     fake_graph.faults([])
+    d.relayctl("retry", bad, check=True)
     d.wait_log(r"%s .*cannot read: Input/output error" % bad)
     d.send_one(body=message(2))
     # (d.queued() would read the unreadable file itself)
