@@ -15,7 +15,7 @@
 #include <strings.h>
 
 #include "dead.h"
-#include "graph.h"
+#include "graph_result.h"
 #include "mime.h"
 #include "smtp_proto.h"
 #include "util.h"

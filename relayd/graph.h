@@ -1,10 +1,13 @@
-/* graph.h - a message and its envelope as a Graph sendMail request; results. */
+/* graph.h - a message and its envelope as a Graph sendMail request. */
 #ifndef RELAYD_GRAPH_H
 #define RELAYD_GRAPH_H
 
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+/* What Graph answers to the requests made from these. */
+#include "graph_result.h"
 
 struct json_object;
 
@@ -95,53 +98,5 @@ struct graph_reader;
 struct graph_reader *graph_part_open(const struct graph_part *);
 ssize_t	graph_part_read(struct graph_reader *, char *, size_t);
 void	graph_part_close(struct graph_reader *);
-
-/* What became of one request. */
-enum graph_result {
-	GRAPH_SENT,		/* 202 */
-	GRAPH_TEMPFAIL,		/* retry later */
-	GRAPH_PERMFAIL,		/* dead letter */
-	GRAPH_REAUTH,		/* token rejected: refresh once, retry once */
-};
-
-/* What a temporary failure says beyond "try again" (graph_error.flags). */
-#define GRAPH_F_MAILBOX		0x01	/* throttled: hold the whole mailbox */
-#define GRAPH_F_SERVICE		0x02	/* Graph itself failing: global backoff */
-#define GRAPH_F_DUPLICATE	0x04	/* it may have been sent all the same */
-#define GRAPH_F_QUOTA		0x08	/* sending quota: hold the mailbox long */
-
-struct graph_error {
-	char		 code[64];	/* Graph's error code, or "http_NNN" */
-	char		 message[256];	/* UTF-8, may be empty */
-	unsigned	 flags;		/* GRAPH_F_* */
-};
-
-/*
- * Classifies a sendMail answer by its HTTP status and JSON error body (body
- * may be NULL) through one table (graph.c, graph_table). status 0 means no
- * answer (connection error, timeout).
- */
-enum graph_result graph_classify(long, const char *, size_t,
-		    struct graph_error *);
-
-/*
- * Parses a Retry-After value (delay seconds, fractions allowed, or an
- * HTTP-date relative to the wall clock now, in milliseconds). Returns
- * milliseconds, or -1.
- */
-long long	graph_retry_after_ms(const char *, long long);
-/*
- * Graph's refusal (status, error code, message) in an admin's words, with
- * what to do; NULL if relayd has nothing to add to Graph's own message.
- */
-const char	*graph_explain(long, const char *, const char *);
-/*
- * The one-line SMTP reply (code, enhanced code, text; no CRLF) for a
- * permanent failure told to the client at once: status, Graph's code and
- * message as in graph_explain, into buf (len: at most 510 keeps it within
- * RFC 5321's 512 octets with CRLF). Printable ASCII only.
- */
-void		 graph_refusal(long, const char *, const char *, char *,
-		    size_t);
 
 #endif

@@ -55,7 +55,7 @@
 #include "auth.h"
 #include "autoconf.h"
 #include "config.h"
-#include "graph.h"
+#include "graph_result.h"
 #include "history.h"
 #include "http.h"
 #include "log.h"

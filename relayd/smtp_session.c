@@ -45,7 +45,7 @@
 #include "addr.h"
 #include "auth.h"
 #include "config.h"
-#include "graph.h"
+#include "graph_result.h"
 #include "history.h"
 #include "log.h"
 #include "mime.h"

@@ -1,6 +1,7 @@
 /*
  * Unit tests for graph.c: the golden .eml -> .json pairs under
- * tests/data/map, the result table and Retry-After.
+ * tests/data/map, the MIME form and the draft path's mapping (what
+ * Graph's answers mean is test_graph_result.c's).
  *
  * Also a tool: `test_graph FILE.eml [FILE.env]` prints the request body
  * relayd would send (the corpus test and reviewers use it).
@@ -298,194 +299,6 @@ test_golden_draft(void **state)
 	golden(map_file_draft);
 }
 
-/* Refusals in an admin's words: by status, code and Graph's message. */
-static void
-test_explain(void **state)
-{
-	const char	*w;
-
-	(void)state;
-	w = graph_explain(403, "ErrorSendAsDenied", "m");
-	assert_non_null(w);
-	assert_non_null(strstr(w, "Send As"));
-	/* The policy's 403 is told by its message, whatever the code. */
-	w = graph_explain(403, "ErrorAccessDenied",
-	    "Access to OData is disabled.");
-	assert_non_null(strstr(w, "application access policy"));
-	w = graph_explain(403, "ErrorAccessDenied", "Access is denied.");
-	assert_non_null(strstr(w, "Mail.Send"));
-	assert_non_null(strstr(graph_explain(404, "ErrorInvalidUser", ""),
-	    "no such mailbox"));
-	assert_non_null(strstr(graph_explain(400, "ErrorMessageSizeExceeded",
-	    ""), "smaller"));
-	assert_non_null(strstr(graph_explain(503, "http_503", ""),
-	    "try again later"));
-	/* Nothing to add: Graph's own words stand. */
-	assert_null(graph_explain(400, "BadRequest", "m"));
-}
-
-/* A refusal as the one-line SMTP reply a waiting client gets. */
-static void
-test_refusal(void **state)
-{
-	static const struct {
-		long		 status;
-		const char	*code, *message, *want;
-	} cases[] = {
-		{ 403, "ErrorSendAsDenied", "m", "550 5.7.1 Graph refused the "
-		  "message: ErrorSendAsDenied: the app may send from" },
-		{ 403, "ErrorAccessDenied", "Access is denied.", "550 5.7.1 " },
-		{ 401, "NoPermissionsInAccessToken", "m", "550 5.7.1 " },
-		{ 404, "ErrorInvalidUser", "", "550 5.1.7 Graph refused the "
-		  "message: ErrorInvalidUser: no such mailbox" },
-		{ 400, "ErrorInvalidRecipients", "", "550 5.1.1 " },
-		{ 400, "ErrorMessageSizeExceeded", "", "552 5.3.4 " },
-		{ 413, "http_413", "", "552 5.3.4 " },
-		/* Graph's own words when relayd has none; never raw bytes. */
-		{ 400, "BadRequest", "Bad \x01 thing\r\n\xc3\xa9", "554 5.6.0 "
-		  "Graph refused the message: BadRequest: Bad ? thing????" },
-		{ 400, "BadRequest", "", "554 5.6.0 Graph refused the message: "
-		  "BadRequest: no reason given" },
-		{ 0, "mapping", "not MIME", "554 5.6.0 Message cannot be sent "
-		  "through Graph: mapping: not MIME" },
-	};
-	char	 buf[480], big[1024];
-	size_t	 i;
-
-	(void)state;
-	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		graph_refusal(cases[i].status, cases[i].code, cases[i].message,
-		    buf, sizeof(buf));
-		if (strncmp(buf, cases[i].want, strlen(cases[i].want)) != 0)
-			fail_msg("case %zu: got \"%s\", want \"%s...\"", i,
-			    buf, cases[i].want);
-	}
-	/* A long message is cut to the buffer: one line within 512. */
-	memset(big, 'x', sizeof(big) - 1);
-	big[sizeof(big) - 1] = '\0';
-	graph_refusal(400, "BadRequest", big, buf, sizeof(buf));
-	assert_int_equal(strlen(buf), sizeof(buf) - 1);
-}
-
-/* One case per row of ../shared/graph/FACTS.md section 4, and the edges. */
-#define ERR(c)	"{\"error\":{\"code\":\"" c "\",\"message\":\"m\"}}"
-static void
-test_classify(void **state)
-{
-	static const struct {
-		long		 status;
-		const char	*body;
-		enum graph_result want;
-		unsigned	 flags;
-		const char	*code;
-	} cases[] = {
-		{ 202, "", GRAPH_SENT, 0, "http_202" },
-		{ 400, ERR("ErrorMimeContentInvalidBase64String"),
-		  GRAPH_PERMFAIL, 0, "ErrorMimeContentInvalidBase64String" },
-		{ 400, ERR("RequestBodyRead"), GRAPH_PERMFAIL, 0,
-		  "RequestBodyRead" },
-		{ 400, ERR("BadRequest"), GRAPH_PERMFAIL, 0, "BadRequest" },
-		{ 400, ERR("InvalidInternetMessageHeader"), GRAPH_PERMFAIL, 0,
-		  "InvalidInternetMessageHeader" },
-		{ 400, ERR("InvalidInternetMessageHeaderCollection"),
-		  GRAPH_PERMFAIL, 0, "InvalidInternetMessageHeaderCollection" },
-		{ 400, ERR("ErrorInvalidRecipients"), GRAPH_PERMFAIL, 0,
-		  "ErrorInvalidRecipients" },
-		{ 400, ERR("ErrorMessageSizeExceeded"), GRAPH_PERMFAIL, 0,
-		  "ErrorMessageSizeExceeded" },
-		{ 400, ERR("ErrorAttachmentSizeShouldNotBeLessThanMinimumSize"),
-		  GRAPH_PERMFAIL, 0,
-		  "ErrorAttachmentSizeShouldNotBeLessThanMinimumSize" },
-		{ 401, "{\"error\":{\"code\":\"InvalidAuthenticationToken\","
-		  "\"message\":\"Access token has expired or is not yet "
-		  "valid.\"}}", GRAPH_REAUTH, 0, "InvalidAuthenticationToken" },
-		{ 401, ERR("NoPermissionsInAccessToken"), GRAPH_PERMFAIL, 0,
-		  "NoPermissionsInAccessToken" },
-		{ 403, ERR("ErrorAccessDenied"), GRAPH_PERMFAIL, 0,
-		  "ErrorAccessDenied" },
-		{ 403, "{\"error\":{\"code\":\"ErrorSendAsDenied\",\"message\":"
-		  "\"The user account which was used to submit this request "
-		  "does not have the right to send mail on behalf of the "
-		  "specified sending account.\"}}", GRAPH_PERMFAIL, 0,
-		  "ErrorSendAsDenied" },
-		{ 404, ERR("MailboxNotEnabledForRESTAPI"), GRAPH_PERMFAIL, 0,
-		  "MailboxNotEnabledForRESTAPI" },
-		{ 404, ERR("ErrorInvalidUser"), GRAPH_PERMFAIL, 0,
-		  "ErrorInvalidUser" },
-		{ 404, ERR("ResourceNotFound"), GRAPH_PERMFAIL, 0,
-		  "ResourceNotFound" },
-		{ 413, "", GRAPH_PERMFAIL, 0, "http_413" },
-		{ 429, "{\"error\":{\"code\":\"TooManyRequests\",\"message\":"
-		  "\"Please retry again later.\"}}", GRAPH_TEMPFAIL,
-		  GRAPH_F_MAILBOX, "TooManyRequests" },
-		{ 429, ERR("ApplicationThrottled"), GRAPH_TEMPFAIL,
-		  GRAPH_F_MAILBOX, "ApplicationThrottled" },
-		{ 403, ERR("ErrorQuotaExceeded"), GRAPH_TEMPFAIL, GRAPH_F_QUOTA,
-		  "ErrorQuotaExceeded" },
-		{ 500, "{\"error\":\"x\"}", GRAPH_TEMPFAIL, GRAPH_F_SERVICE,
-		  "http_500" },
-		{ 503, "", GRAPH_TEMPFAIL, GRAPH_F_SERVICE, "http_503" },
-		{ 503, ERR("serviceNotAvailable"), GRAPH_TEMPFAIL,
-		  GRAPH_F_SERVICE, "serviceNotAvailable" },
-		{ 504, "<html>gateway</html>", GRAPH_TEMPFAIL,
-		  GRAPH_F_SERVICE | GRAPH_F_DUPLICATE, "http_504" },
-		/* No answer at all; the worker adds DUPLICATE when the whole
-		 * request had gone out. */
-		{ 0, NULL, GRAPH_TEMPFAIL, GRAPH_F_SERVICE, "no_answer" },
-		/* Edges: other codes and statuses by class. */
-		{ 429, "", GRAPH_TEMPFAIL, GRAPH_F_MAILBOX, "http_429" },
-		{ 401, "", GRAPH_REAUTH, 0, "http_401" },
-		{ 408, "", GRAPH_TEMPFAIL, 0, "http_408" },
-		{ 502, "", GRAPH_TEMPFAIL, GRAPH_F_SERVICE, "http_502" },
-		{ 509, "", GRAPH_TEMPFAIL, GRAPH_F_SERVICE, "http_509" },
-		{ 507, "", GRAPH_TEMPFAIL, GRAPH_F_SERVICE, "http_507" },
-		{ 503, ERR("ErrorServerBusy"), GRAPH_TEMPFAIL, GRAPH_F_MAILBOX,
-		  "ErrorServerBusy" },
-		{ 500, ERR("ErrorTimeoutExpired"), GRAPH_TEMPFAIL,
-		  GRAPH_F_SERVICE | GRAPH_F_DUPLICATE, "ErrorTimeoutExpired" },
-		{ 400, "{not json", GRAPH_PERMFAIL, 0, "http_400" },
-		{ 418, "", GRAPH_PERMFAIL, 0, "http_418" },
-		/* A 202 body is never read as an error. */
-		{ 202, ERR("TooManyRequests"), GRAPH_SENT, 0, "http_202" },
-	};
-	struct graph_error	 ge;
-	size_t			 i;
-	enum graph_result	 r;
-
-	(void)state;
-	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		r = graph_classify(cases[i].status, cases[i].body,
-		    cases[i].body ? strlen(cases[i].body) : 0, &ge);
-		if (r != cases[i].want || ge.flags != cases[i].flags ||
-		    strcmp(ge.code, cases[i].code) != 0)
-			fail_msg("case %zu (%ld): got %d %#x %s, want %d %#x %s",
-			    i, cases[i].status, r, ge.flags, ge.code,
-			    cases[i].want, cases[i].flags, cases[i].code);
-	}
-}
-#undef ERR
-
-static void
-test_retry_after(void **state)
-{
-	/* 2026-11-23 12:00:00.250 UTC, in milliseconds */
-	const long long	 now = 1795435200250LL;
-
-	assert_int_equal(graph_retry_after_ms("2.128", now), 2128);
-	assert_int_equal(graph_retry_after_ms(" 10 ", now), 10000);
-	assert_int_equal(graph_retry_after_ms("0", now), 0);
-	assert_int_equal(graph_retry_after_ms("-1", now), -1);
-	assert_int_equal(graph_retry_after_ms("soon", now), -1);
-	assert_int_equal(graph_retry_after_ms(NULL, now), -1);
-	assert_int_equal(graph_retry_after_ms("Mon, 23 Nov 2026 12:00:30 GMT",
-	    now), 29750);
-	assert_int_equal(graph_retry_after_ms("Mon, 23 Nov 2026 11:00:00 GMT",
-	    now), 0);
-	assert_int_equal(graph_retry_after_ms("0.5", now), 500);
-	assert_int_equal(graph_retry_after_ms("120", now), 120000);
-	assert_int_equal(graph_retry_after_ms("3.0001", now), 3000);
-}
-
 /* The MIME form: recipients by the envelope, every other byte kept. */
 static const char signed_msg[] =
     "Received: from x by y; Mon, 1 Jan 2024 00:00:00 +0000\r\n"
@@ -691,10 +504,6 @@ main(int argc, char **argv)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_golden),
-		cmocka_unit_test(test_classify),
-		cmocka_unit_test(test_explain),
-		cmocka_unit_test(test_refusal),
-		cmocka_unit_test(test_retry_after),
 		cmocka_unit_test(test_mime_form),
 		cmocka_unit_test(test_mime_form_too_big_goes_json),
 		cmocka_unit_test(test_draft_map),
