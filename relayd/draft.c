@@ -10,6 +10,8 @@
  *
  * Parts are read from the spool file through their transfer decoding, one
  * chunk at a time: memory stays near one DRAFT_CHUNK whatever the size.
+ * What a failed request means (give up, resume, a new session, ask again)
+ * is graph_result.c's step column, by status alone for the uploadUrl.
  * A failed chunk is followed by a GET of the uploadUrl, which says where to
  * go on (nextExpectedRanges); an expired session is made again, unless the
  * draft's attachments show that the session closed on our last chunk and
@@ -99,8 +101,10 @@ jget(json_object *o, const char *key)
 static int
 is_not_found(const struct http_resp *r)
 {
-	return r->status == 404 && r->body != NULL &&
-	    strstr(r->body, "ErrorItemNotFound") != NULL;
+	struct graph_error	 ge;
+
+	graph_classify(r->status, r->body, r->len, &ge);
+	return graph_result_step(r->status, ge.code) == GRAPH_STEP_AGAIN;
 }
 
 /* A request on the draft, asked again while the draft is not found. */
@@ -350,9 +354,7 @@ upload(struct run *run, const struct graph_part *gp, const char *name,
 			continue;
 		}
 		if (++fails > DRAFT_CHUNK_TRIES || http_stopping() ||
-		    (r.status >= 400 && r.status < 500 && r.status != 401 &&
-		    r.status != 404 && r.status != 408 && r.status != 416 &&
-		    r.status != 429)) {
+		    graph_result_step(r.status, NULL) == GRAPH_STEP_FATAL) {
 			fail(run, &r, "upload of %s at byte %" PRIu64 " of %"
 			    PRIu64, name, pos, gp->size);
 			goto out;
@@ -367,7 +369,8 @@ upload(struct run *run, const struct graph_part *gp, const char *name,
 		if (r.status == 200 && (next = next_expected(&r)) >= 0 &&
 		    (uint64_t)next <= gp->size)
 			pos = (uint64_t)next;
-		else if (r.status == 404 || r.status == 401) {
+		else if (graph_result_step(r.status, NULL) ==
+		    GRAPH_STEP_RESTART) {
 			/*
 			 * Expired, or closed by our last chunk whose 201 was
 			 * lost: the draft's attachments tell which.
