@@ -17,7 +17,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	python3 python3-pytest python3-jsonschema python3-cryptography \
 	swaks libnet-ssleay-perl msmtp curl postfix haproxy procps iproute2 wrk \
 	systemd groff-base man-db valgrind \
-	python3-fusepy \
+	python3-fusepy python3-pytest-xdist \
 	clang \
 	>/dev/null
 # libFuzzer and the sanitizer runtimes for `CC=clang ./configure

@@ -1401,8 +1401,14 @@ def record_valgrind(test, reports):
     summary reads it), whatever became of the test."""
     path = os.environ.get("RELAYD_VALGRIND_REPORT")
     if path:
-        with open(path, "a") as f:
-            f.write(json.dumps({"test": test, "reports": reports}) + "\n")
+        # One write(2) with O_APPEND: tests/valgrind-run runs two pytest
+        # workers, whose lines must not interleave.
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, (json.dumps({"test": test, "reports": reports})
+                          + "\n").encode())
+        finally:
+            os.close(fd)
 
 
 @pytest.fixture
