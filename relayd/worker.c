@@ -1,29 +1,25 @@
 /*
- * worker.c - the delivery pool: queued messages to Graph sendMail.
+ * worker.c - the delivery queue: the loop's side of delivery.
  *
  * Design. The event loop owns the delivery queue: which messages wait,
  * which are in flight, when a deferred one may go again, and how many
- * requests each mailbox has open. [queue] workers threads each own one
- * CURL handle (and so their own kept-alive connections) and block in
- * libcurl; a blocking request per thread keeps each delivery a plain
- * sequence (read, map, token, POST, classify) that is easy to follow and
- * to stop. Jobs reach the threads through one mutex-guarded list; results
- * come back through a pipe the loop reads (memcached's pattern). Nothing
- * else is shared but the token (token.c).
+ * requests each mailbox has open. dispatch() hands ready messages to the
+ * delivery threads (deliver.c) as struct job, and notify_cb() takes the
+ * results back and decides what follows (finish()); nothing here runs on
+ * a delivery thread, and no thread touches the queue. The arithmetic of
+ * those decisions (backoff, pacing, the breaker) is schedule.c's, pure.
  *
  * Per mailbox (the {id} of /users/{id}/sendMail) at most 4 requests are in
  * flight, Graph's MailboxConcurrency limit. Mailboxes take turns, so one
  * busy scanner cannot starve the others. The loop counts by what it knows
- * before reading a message (the envelope sender); the mailbox itself may
- * be known only after parsing (mailbox = from, a null sender), so every
- * request also holds one of the real mailbox's 4 slots, which a worker
- * waits for when messages of several envelope senders share a mailbox.
+ * before reading a message (the envelope sender); deliver.c also holds a
+ * slot of the real mailbox once the message is parsed.
  *
  * Results (graph_classify's table): 202 marks the record delivered (log
  * "sent"); a permanent failure copies it to dead/ with Graph's answer (log
  * "failed", and with [queue] bounce = sender a report (report.c) to the
- * sender; [queue] notify gets a digest of them, report.c too); a 401 InvalidAuthenticationToken gets one fresh token and one
- * more try. A temporary failure defers the message: Retry-After exactly,
+ * sender; [queue] notify gets a digest of them, report.c too). A
+ * temporary failure defers the message: Retry-After exactly,
  * else retry_min doubling to retry_max with jitter; attempts, next attempt
  * and the last error go into its state line on disk, so a restart picks up
  * the schedule. A 429 (or a quota error) holds the whole mailbox, not just
@@ -39,9 +35,9 @@
  *
  * relayctl: hold, release, retry and delete act on an id, all, or a
  * mailbox's or sender's messages. A hold beats a request that has not
- * gone out yet (the worker asks, under the lock, just before sending);
- * after that it cannot, and relayctl says so. pause stops dispatch()
- * (a file in the spool directory keeps it across restarts).
+ * gone out yet (deliver_cancel); after that it cannot, and relayctl says
+ * so. pause stops dispatch() (a file in the spool directory keeps it
+ * across restarts).
  */
 #include <sys/queue.h>
 #include <sys/stat.h>
@@ -50,8 +46,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,32 +56,24 @@
 #include <event2/event.h>
 
 #include "config.h"
-#include "draft.h"
+#include "deliver.h"
 #include "graph.h"
 #include "history.h"
 #include "http.h"
 #include "log.h"
 #include "report.h"
+#include "schedule.h"
 #include "spool.h"
-#include "token.h"
 #include "util.h"
 #include "worker.h"
 
-#define MAILBOX_CONCURRENCY	4	/* Graph: per app and mailbox */
 #define MBOX_HASH_SIZE		1024
 #define STOP_GRACE_MS		10000	/* requests in flight at stop */
-#define QUOTA_HOLD_MS		(3600 * 1000)	/* ErrorQuotaExceeded */
-#define REASON_BODY_MAX		(16 * 1024)	/* Graph's answer in .reason */
-#define SVC_THRESHOLD		3	/* failures in a row: Graph is down */
-#define SVC_BACKOFF_MIN_MS	5000
-#define SVC_BACKOFF_MAX_MS	(5 * 60 * 1000)
 #define PAUSE_FILE		"paused"	/* in the spool directory */
-
-enum hold_kind { HOLD_THROTTLED, HOLD_UNAVAILABLE };
 
 struct mbox;
 
-/* A queued message (loop thread only, except qid while in flight). */
+/* A queued message (loop thread only; a job carries a copy of its qid). */
 struct qent {
 	char			 qid[SPOOL_QID_LEN + 1];
 	uint64_t		 size;
@@ -121,14 +107,8 @@ struct mbox {
 	size_t			 refs;		/* qents pointing here */
 	struct qent_list	 ready;
 	int			 runnable;
-	uint64_t		 hold_until;	/* now_ms(): throttled till then */
-	enum hold_kind		 hold_kind;
-	/* Its own service failures in a row, hold, then one probe. */
-	unsigned		 svc_fails;
-	uint64_t		 svc_backoff_ms;
-	int			 svc_probing;
-	double			 tokens;	/* pacing: messages it may send */
-	uint64_t		 refill_ms;
+	struct breaker_mbox	 br;		/* its holds, by now_ms() */
+	struct pace		 pace;		/* messages_per_minute */
 	struct event		*timer;		/* when it may go again */
 	struct worker_pool	*pool;
 	TAILQ_ENTRY(mbox)	 rlink;
@@ -136,43 +116,12 @@ struct mbox {
 };
 TAILQ_HEAD(mbox_list, mbox);
 
-/* One delivery attempt: the loop fills the top, the worker the rest. */
-struct job {
-	struct qent		*qe;
-	char			 qid[SPOOL_QID_LEN + 1];
-	const char		*key;		/* the loop's mailbox key */
-	enum graph_result	 result;
-	long			 status;
-	long long		 retry_ms;	/* Retry-After, -1 if none */
-	struct graph_error	 err;
-	char			 request_id[64];
-	int			 reached;	/* an HTTP exchange was tried */
-	char			*body;		/* Graph's whole error answer */
-	char			*mailbox;
-	char			*message_id;	/* "<...>" or NULL */
-	size_t			 nrcpts;
-	size_t			 nattach;
-	uint64_t		 ms;
-	int			 draft;		/* it took the draft path */
-	int			 started;	/* under lock: the request went */
-	int			 cancel;	/* under lock: held before that */
-	char			*stray;		/* in and out: see qent */
-	struct job		*next;
-};
-
-/* Worker-side slots for mailboxes the loop could not know in advance. */
-struct slot {
-	char			*mailbox;
-	unsigned		 n;
-	struct slot		*next;
-};
-
 struct worker_pool {
 	const struct config	*cfg;
 	struct spool		*spool;
-	struct token		*token;
 	struct event_base	*base;
-	struct graph_opts	 opts;
+	struct deliverers	*threads;	/* deliver.c */
+	size_t			 nthreads;
 
 	/* Loop thread. */
 	struct mbox		*hash[MBOX_HASH_SIZE];
@@ -182,23 +131,13 @@ struct worker_pool {
 	size_t			 queued;
 	uint64_t		 rng;
 
-	/*
-	 * Graph as a whole: failures in a row, hold, then one probe; the
-	 * run's first mailbox, and whether another one failed in it too.
-	 */
-	unsigned		 svc_fails;
-	char			*svc_first;
-	int			 svc_spread;
-	uint64_t		 svc_backoff_ms;
-	uint64_t		 svc_until;	/* now_ms() */
-	int			 svc_probing;
+	struct breaker		 br;		/* Graph-wide, by now_ms() */
 	struct event		*svc_timer;
 	int			 stopping;
 	int			 paused;	/* relayctl pause */
 	char			*paused_by;
 	uint64_t		 paused_at;	/* wall ms */
 	struct event		*notify_ev;
-	int			 notify[2];
 	struct digest		*digest;	/* [queue] notify, or NULL */
 
 	/* For the status socket. */
@@ -206,18 +145,6 @@ struct worker_pool {
 	struct history		*history;	/* NULL: none */
 	struct worker_error	 errors[WORKER_ERRORS];
 	size_t			 nerrors;	/* ever; the ring holds the last */
-
-	/* Shared, under lock. */
-	pthread_mutex_t		 lock;
-	pthread_cond_t		 cond;
-	pthread_cond_t		 slot_cond;
-	struct job		*jobs;
-	struct job		*done;
-	struct slot		*slots;
-	int			 quit;
-
-	pthread_t		*threads;
-	size_t			 nthreads;
 };
 
 static void	dispatch(struct worker_pool *);
@@ -253,16 +180,12 @@ mbox_get(struct worker_pool *p, const char *mailbox)
 	mb = xcalloc(1, sizeof(*mb));
 	mb->key = key;
 	mb->pool = p;
-	mb->tokens = (double)p->cfg->messages_per_minute;
-	mb->refill_ms = now_ms();
+	pace_init(&mb->pace, p->cfg->messages_per_minute, now_ms());
 	TAILQ_INIT(&mb->ready);
 	mb->hnext = p->hash[h];
 	p->hash[h] = mb;
 	return mb;
 }
-
-static uint64_t	pace_wait(const struct worker_pool *, struct mbox *,
-		    uint64_t);
 
 /* The mailbox is looked at again in ms milliseconds (mbox_timer_cb). */
 static void
@@ -282,17 +205,11 @@ mbox_wake_in(struct worker_pool *p, struct mbox *mb, uint64_t ms)
 static uint64_t
 mbox_warm_for(const struct worker_pool *p, struct mbox *mb)
 {
-	uint64_t	 now = now_ms(), hold = 0, fill = 0;
-	double		 mpm = (double)p->cfg->messages_per_minute;
+	uint64_t	 now = now_ms(), hold = 0, fill;
 
-	if (mb->hold_until > now)
-		hold = mb->hold_until - now;
-	if (mpm > 0) {
-		pace_wait(p, mb, now);		/* refills */
-		if (mb->tokens < mpm)
-			fill = (uint64_t)((mpm - mb->tokens) * 60000.0 / mpm) +
-			    1;
-	}
+	if (mb->br.until > now)
+		hold = mb->br.until - now;
+	fill = pace_full_in(&mb->pace, p->cfg->messages_per_minute, now);
 	return hold > fill ? hold : fill;
 }
 
@@ -337,26 +254,6 @@ mbox_timer_cb(evutil_socket_t fd, short ev, void *arg)
 }
 
 /*
- * Pacing: a bucket of messages_per_minute tokens, refilled continuously.
- * Returns how long until the mailbox may send again, 0 if now.
- */
-static uint64_t
-pace_wait(const struct worker_pool *p, struct mbox *mb, uint64_t now)
-{
-	double	 mpm = (double)p->cfg->messages_per_minute;
-
-	if (mpm <= 0)
-		return 0;
-	mb->tokens += (double)(now - mb->refill_ms) * mpm / 60000.0;
-	if (mb->tokens > mpm)
-		mb->tokens = mpm;
-	mb->refill_ms = now;
-	if (mb->tokens >= 1.0)
-		return 0;
-	return (uint64_t)((1.0 - mb->tokens) * 60000.0 / mpm) + 1;
-}
-
-/*
  * Runnable: messages ready, a free slot (only one while its probe is
  * out), not held, not over its pace.
  */
@@ -365,12 +262,13 @@ mbox_update(struct worker_pool *p, struct mbox *mb)
 {
 	uint64_t	 now = now_ms(), wait = 0;
 	int		 want = !TAILQ_EMPTY(&mb->ready) &&
-	    mb->inflight < (mb->svc_probing ? 1 : MAILBOX_CONCURRENCY);
+	    mb->inflight < breaker_mbox_slots(&mb->br, MAILBOX_CONCURRENCY);
 
-	if (want && mb->hold_until > now)
-		wait = mb->hold_until - now;
+	if (want && mb->br.until > now)
+		wait = mb->br.until - now;
 	else if (want)
-		wait = pace_wait(p, mb, now);
+		wait = pace_wait(&mb->pace, p->cfg->messages_per_minute,
+		    now);
 	if (wait > 0) {
 		want = 0;
 		mbox_wake_in(p, mb, wait);
@@ -496,9 +394,9 @@ enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
 		return;
 	}
 	TAILQ_INSERT_TAIL(&qe->mb->ready, qe, link);
-	if (qe->mb->hold_until > now_ms())
+	if (qe->mb->br.until > now_ms())
 		spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, 0, now +
-		    (qe->mb->hold_until - now_ms()), "mailbox held");
+		    (qe->mb->br.until - now_ms()), "mailbox held");
 	mbox_update(p, qe->mb);
 }
 
@@ -520,17 +418,18 @@ dispatch(struct worker_pool *p)
 	struct mbox	*mb;
 	struct qent	*qe;
 	struct job	*j, *list = NULL;
+	uint64_t	 now = now_ms();
 
-	if (p->paused || p->svc_until > now_ms())
-		return;			/* paused, or Graph is down */
+	if (p->paused)
+		return;
+	/* Not while Graph is held, nor beside its probe. */
 	while (!p->stopping && p->busy < p->nthreads &&
-	    !(p->svc_probing && p->busy > 0) &&
+	    breaker_admits(&p->br, p->busy, now) &&
 	    (mb = TAILQ_FIRST(&p->runnable)) != NULL) {
 		qe = TAILQ_FIRST(&mb->ready);
 		TAILQ_REMOVE(&mb->ready, qe, link);
 		mb->inflight++;
-		if (p->cfg->messages_per_minute > 0)
-			mb->tokens -= 1.0;
+		pace_take(&mb->pace, p->cfg->messages_per_minute);
 		TAILQ_REMOVE(&p->runnable, mb, rlink);
 		mb->runnable = 0;
 		mbox_update(p, mb);	/* to the back of the line */
@@ -542,21 +441,10 @@ dispatch(struct worker_pool *p)
 		j->stray = qe->stray;
 		qe->stray = NULL;
 		memcpy(j->qid, qe->qid, sizeof(j->qid));
-		j->key = mb->key;
 		j->next = list;
 		list = j;
 	}
-	if (list == NULL)
-		return;
-	pthread_mutex_lock(&p->lock);
-	while (list != NULL) {
-		j = list;
-		list = j->next;
-		j->next = p->jobs;
-		p->jobs = j;
-	}
-	pthread_cond_broadcast(&p->cond);
-	pthread_mutex_unlock(&p->lock);
+	deliver_submit(p->threads, list);
 }
 
 static void
@@ -577,20 +465,12 @@ retry_cb(evutil_socket_t fd, short ev, void *arg)
 	dispatch(p);
 }
 
-/* retry_min doubling to retry_max, with "equal jitter": half fixed, half random. */
+/* The jitter's next random number. */
 static uint64_t
-backoff_ms(struct worker_pool *p, unsigned attempts)
+next_rand(struct worker_pool *p)
 {
-	uint64_t	 ms = p->cfg->retry_min_ms;
-
-	while (attempts-- > 1 && ms < p->cfg->retry_max_ms)
-		ms *= 2;
-	if (ms > p->cfg->retry_max_ms)
-		ms = p->cfg->retry_max_ms;
-	p->rng ^= p->rng << 13;
-	p->rng ^= p->rng >> 7;
-	p->rng ^= p->rng << 17;
-	return ms / 2 + p->rng % (ms / 2 + 1);
+	p->rng = sched_rand(p->rng);
+	return p->rng;
 }
 
 static void
@@ -600,116 +480,50 @@ svc_timer_cb(evutil_socket_t fd, short ev, void *arg)
 
 	(void)fd;
 	(void)ev;
-	if (too_early(p->svc_timer, p->svc_until))
+	if (too_early(p->svc_timer, p->br.until))
 		return;
-	p->svc_until = 0;
-	p->svc_probing = 1;
+	breaker_probe(&p->br);
 	log_info("graph probing: one request to see whether Graph answers "
 	    "again");
 	dispatch(p);
 }
 
-/* Backoff of service holds: 5 s doubling to 5 min. */
-static uint64_t
-svc_backoff(uint64_t last)
-{
-	if (last == 0)
-		return SVC_BACKOFF_MIN_MS;
-	return last * 2 > SVC_BACKOFF_MAX_MS ? SVC_BACKOFF_MAX_MS : last * 2;
-}
-
-/* Graph as a whole fails: hold every delivery, then one request probes. */
-static void
-graph_hold(struct worker_pool *p, uint64_t now)
-{
-	struct timeval	 tv;
-
-	if (p->svc_until > now)
-		return;		/* answers of requests sent before the hold */
-	p->svc_backoff_ms = svc_backoff(p->svc_backoff_ms);
-	p->svc_until = now + p->svc_backoff_ms;
-	p->svc_probing = 0;
-	log_warnx("graph unavailable: %u failures in a row; all deliveries "
-	    "wait %.1fs, then one request probes (the failures came from "
-	    "several mailboxes)", p->svc_fails,
-	    (double)p->svc_backoff_ms / 1000.0);
-	if (p->svc_timer == NULL)
-		p->svc_timer = evtimer_new(p->base, svc_timer_cb, p);
-	tv = ms_tv(p->svc_backoff_ms);
-	evtimer_add(p->svc_timer, &tv);
-}
-
 /*
- * One mailbox fails on its own: hold it alone, as Graph-wide holds do,
- * and let one of its requests probe when the hold ends.
- */
-static void
-mbox_svc_hold(struct worker_pool *p, struct mbox *mb, uint64_t now)
-{
-	if (mb->hold_until > now)
-		return;		/* sent before the hold, or throttled */
-	mb->svc_backoff_ms = svc_backoff(mb->svc_backoff_ms);
-	mb->hold_until = now + mb->svc_backoff_ms;
-	mb->hold_kind = HOLD_UNAVAILABLE;
-	mb->svc_probing = 1;
-	log_warnx("graph mailbox unavailable: mailbox=%s %u failures in a "
-	    "row, only this mailbox's; its deliveries wait %.1fs, then one "
-	    "request probes (other mailboxes go on)", mb->key, mb->svc_fails,
-	    (double)mb->svc_backoff_ms / 1000.0);
-	mbox_update(p, mb);
-}
-
-/* An answer other than a service failure: the mailbox and Graph are up. */
-static void
-service_ok(struct worker_pool *p, struct mbox *mb)
-{
-	if (mb->svc_fails >= SVC_THRESHOLD || mb->svc_probing) {
-		log_info("graph mailbox answering again: mailbox=%s deliveries "
-		    "resume", mb->key);
-		if (mb->hold_kind == HOLD_UNAVAILABLE)
-			mb->hold_until = 0;
-	}
-	mb->svc_fails = 0;
-	mb->svc_backoff_ms = 0;
-	mb->svc_probing = 0;
-	if (p->svc_fails >= SVC_THRESHOLD || p->svc_probing)
-		log_info("graph answering again: deliveries resume");
-	p->svc_fails = 0;
-	p->svc_backoff_ms = 0;
-	p->svc_probing = 0;
-	p->svc_until = 0;
-	if (p->svc_timer != NULL)
-		evtimer_del(p->svc_timer);
-}
-
-/*
- * Service failures (503, 504, no answer ...), SVC_THRESHOLD in a row: when
- * the run spans two mailboxes or more, Graph as a whole is failing and
- * every delivery waits; when they are one mailbox's own (others answer, or
- * nobody else tried), only that mailbox waits. Any other answer means
- * Graph and the mailbox are there.
+ * What an answer that reached Graph says about Graph and the mailbox
+ * (failed: a service failure: 503, 504, no answer ...); schedule.c's
+ * breaker decides, this logs it and arms the timers.
  */
 static void
 service_result(struct worker_pool *p, struct mbox *mb, int failed)
 {
-	uint64_t	 now = now_ms();
+	struct timeval	 tv;
+	unsigned	 r;
 
-	if (!failed) {
-		service_ok(p, mb);
-		return;
+	r = breaker_step(&p->br, &mb->br, mb->key, failed, now_ms());
+	if (r & BREAKER_MBOX_BACK)
+		log_info("graph mailbox answering again: mailbox=%s deliveries "
+		    "resume", mb->key);
+	if (r & BREAKER_GRAPH_BACK)
+		log_info("graph answering again: deliveries resume");
+	if (!failed && p->svc_timer != NULL)
+		evtimer_del(p->svc_timer);
+	if (r & BREAKER_GRAPH_HOLD) {
+		log_warnx("graph unavailable: %u failures in a row; all "
+		    "deliveries wait %.1fs, then one request probes (the "
+		    "failures came from several mailboxes)", p->br.fails,
+		    (double)p->br.backoff_ms / 1000.0);
+		if (p->svc_timer == NULL)
+			p->svc_timer = evtimer_new(p->base, svc_timer_cb, p);
+		tv = ms_tv(p->br.backoff_ms);
+		evtimer_add(p->svc_timer, &tv);
 	}
-	if (p->svc_fails == 0 || p->svc_first == NULL) {
-		free(p->svc_first);
-		p->svc_first = xstrdup(mb->key);
-		p->svc_spread = 0;
-	} else if (strcmp(p->svc_first, mb->key) != 0)
-		p->svc_spread = 1;
-	p->svc_fails++;
-	mb->svc_fails++;
-	if (p->svc_spread && p->svc_fails >= SVC_THRESHOLD)
-		graph_hold(p, now);
-	else if (mb->svc_fails >= SVC_THRESHOLD && p->svc_until <= now)
-		mbox_svc_hold(p, mb, now);
+	if (r & BREAKER_MBOX_HOLD) {
+		log_warnx("graph mailbox unavailable: mailbox=%s %u failures "
+		    "in a row, only this mailbox's; its deliveries wait %.1fs, "
+		    "then one request probes (other mailboxes go on)", mb->key,
+		    mb->br.fails, (double)mb->br.backoff_ms / 1000.0);
+		mbox_update(p, mb);
+	}
 }
 
 /* The message's end in its history; j is NULL if Graph was not asked. */
@@ -762,7 +576,8 @@ dead_letter(struct worker_pool *p, struct qent *qe, const struct job *j,
 		digest_dead(p->digest);
 	} else if (errno != ENOENT) {
 		/* dead/ could not take it (a full disk?): it stays queued. */
-		delay = backoff_ms(p, qe->attempts);
+		delay = backoff_ms(p->cfg->retry_min_ms, p->cfg->retry_max_ms,
+		    qe->attempts, next_rand(p));
 		log_warnx("%s not dead-lettered; it stays queued, next attempt "
 		    "in %.3fs", qe->qid, (double)delay / 1000.0);
 		free(reason);
@@ -800,13 +615,9 @@ defer(struct worker_pool *p, struct qent *qe, struct job *j)
 	int		 hold = (flags & (GRAPH_F_MAILBOX | GRAPH_F_QUOTA)) != 0;
 	char		 last[sizeof(j->err.code) + sizeof(j->err.message) + 1];
 
-	if (j->retry_ms >= 0)
-		delay = (uint64_t)j->retry_ms;	/* Retry-After, exactly */
-	else {
-		delay = backoff_ms(p, qe->attempts);
-		if ((flags & GRAPH_F_QUOTA) && delay < QUOTA_HOLD_MS)
-			delay = QUOTA_HOLD_MS;
-	}
+	delay = retry_delay_ms(p->cfg->retry_min_ms, p->cfg->retry_max_ms,
+	    qe->attempts, j->retry_ms, (flags & GRAPH_F_QUOTA) != 0,
+	    j->retry_ms < 0 ? next_rand(p) : 0);
 	if (now - qe->arrival_ms >= p->cfg->lifetime_ms) {
 		log_warnx("%s graph expired mailbox=%s attempts=%u age=%" PRIu64
 		    "s code=%s message=\"%s\"", qe->qid,
@@ -831,10 +642,7 @@ defer(struct worker_pool *p, struct qent *qe, struct job *j)
 	delay++;
 	if (hold) {
 		/* The mailbox waits as a whole; this message goes first. */
-		if (mb->hold_until < now_ms() + delay) {
-			mb->hold_until = now_ms() + delay;
-			mb->hold_kind = HOLD_THROTTLED;
-		}
+		breaker_throttle(&mb->br, now_ms() + delay);
 		TAILQ_INSERT_HEAD(&mb->ready, qe, link);
 		hold_on_disk(p, mb, now + delay, last);
 		return;
@@ -1015,459 +823,22 @@ static void
 notify_cb(evutil_socket_t fd, short ev, void *arg)
 {
 	struct worker_pool	*p = arg;
-	struct job		*done, *j, *rev = NULL;
+	struct job		*j, *list;
 	struct mbox		*mb;
-	char			 buf[256];
 
-	while (read(fd, buf, sizeof(buf)) > 0)
-		;
-	pthread_mutex_lock(&p->lock);
-	done = p->done;
-	p->done = NULL;
-	pthread_mutex_unlock(&p->lock);
-	while (done != NULL) {		/* oldest first */
-		j = done;
-		done = j->next;
-		j->next = rev;
-		rev = j;
-	}
-	while ((j = rev) != NULL) {
-		rev = j->next;
+	(void)fd;
+	(void)ev;
+	list = deliver_results(p->threads);	/* oldest first */
+	while ((j = list) != NULL) {
+		list = j->next;
 		mb = j->qe->mb;
 		mb->refs++;		/* finish() may free the entry */
 		finish(p, j);
 		mbox_update(p, mb);
 		mbox_put(p, mb);
-		free(j->body);
-		free(j->mailbox);
-		free(j->message_id);
-		free(j->stray);
-		free(j);
+		job_free(j);
 	}
 	dispatch(p);
-}
-
-/* ---- worker threads ---- */
-
-static struct slot *
-slot_take(struct worker_pool *p, const char *mailbox)
-{
-	struct slot	*s;
-
-	pthread_mutex_lock(&p->lock);
-	for (;;) {
-		for (s = p->slots; s != NULL; s = s->next)
-			if (strcasecmp(s->mailbox, mailbox) == 0)
-				break;
-		if (s == NULL) {
-			s = xcalloc(1, sizeof(*s));
-			s->mailbox = xstrdup(mailbox);
-			s->next = p->slots;
-			p->slots = s;
-		}
-		if (s->n < MAILBOX_CONCURRENCY || p->quit)
-			break;
-		pthread_cond_wait(&p->slot_cond, &p->lock);
-	}
-	s->n++;
-	pthread_mutex_unlock(&p->lock);
-	return s;
-}
-
-static void
-slot_give(struct worker_pool *p, struct slot *s)
-{
-	struct slot	**pp;
-
-	pthread_mutex_lock(&p->lock);
-	if (--s->n == 0) {
-		for (pp = &p->slots; *pp != s; pp = &(*pp)->next)
-			;
-		*pp = s->next;
-		free(s->mailbox);
-		free(s);
-	}
-	pthread_cond_broadcast(&p->slot_cond);
-	pthread_mutex_unlock(&p->lock);
-}
-
-static void
-job_fail(struct job *j, enum graph_result r, const char *code,
-    const char *fmt, ...) PRINTFLIKE(4, 5);
-
-static void
-job_fail(struct job *j, enum graph_result r, const char *code,
-    const char *fmt, ...)
-{
-	va_list	 ap;
-
-	j->result = r;
-	strlcpy_r(j->err.code, code, sizeof(j->err.code));
-	va_start(ap, fmt);
-	vsnprintf(j->err.message, sizeof(j->err.message), fmt, ap);
-	va_end(ap);
-}
-
-/*
- * The request is about to go: from now on a relayctl hold cannot stop it.
- * 0 if a hold came first.
- */
-static int
-job_go(struct worker_pool *p, struct job *j)
-{
-	int	 go;
-
-	pthread_mutex_lock(&p->lock);
-	if (!j->cancel)
-		j->started = 1;
-	go = j->started;
-	pthread_mutex_unlock(&p->lock);
-	return go;
-}
-
-/*
- * One request to Graph with the bearer token, and one fresh token after a
- * 401. Returns 0 with an answer, -1 without (r->error says why), -2 when
- * no token could be had (the job says why).
- */
-static int
-authed(struct worker_pool *p, CURL *c, struct job *j, const char *method,
-    const char *url, const char *ctype, const char *body, size_t len,
-    size_t keep, struct http_resp *r)
-{
-	char		*tok, *auth, ctbuf[96], err[512];
-	const char	*headers[4];
-	int		 attempt, rc = -1;
-
-	memset(r, 0, sizeof(*r));
-	snprintf(ctbuf, sizeof(ctbuf), "Content-Type: %s", ctype);
-	for (attempt = 0; attempt < 2; attempt++) {
-		if ((tok = token_get(p->token, c, err, sizeof(err))) == NULL) {
-			/* Try again when the token service may be asked. */
-			job_fail(j, GRAPH_TEMPFAIL, "token", "%s", err);
-			j->retry_ms = token_retry_in(p->token);
-			j->err.flags = 0;
-			strlcpy_r(r->error, err, sizeof(r->error));
-			return -2;
-		}
-		if (!job_go(p, j)) {
-			explicit_bzero(tok, strlen(tok));
-			free(tok);
-			job_fail(j, GRAPH_TEMPFAIL, "held", "held by relayctl "
-			    "before it was sent");
-			strlcpy_r(r->error, "held", sizeof(r->error));
-			return -2;
-		}
-		xasprintf(&auth, "Authorization: Bearer %s", tok);
-		headers[0] = auth;
-		headers[1] = ctbuf;
-		headers[2] = "Accept: application/json";
-		headers[3] = NULL;
-		rc = http_request(c, method, url, headers, body, len, keep, r);
-		explicit_bzero(auth, strlen(auth));
-		free(auth);
-		j->reached = 1;
-		if (r->status == 401 && graph_classify(r->status, r->body,
-		    r->len, &j->err) == GRAPH_REAUTH) {
-			/* The next request (this one again, once) gets a
-			 * fresh token. */
-			token_invalidate(p->token, tok);
-			if (attempt == 0)
-				http_resp_clear(r);
-		} else
-			attempt = 2;
-		explicit_bzero(tok, strlen(tok));
-		free(tok);
-	}
-	return rc;
-}
-
-/* What an answer (or its absence) means for the job. */
-static void
-take_answer(struct job *j, struct http_resp *r)
-{
-	j->status = r->status;
-	j->ms += r->ms;
-	strlcpy_r(j->request_id, r->request_id, sizeof(j->request_id));
-	j->result = graph_classify(r->status, r->body, r->len, &j->err);
-	/* All of it went out and no answer came, or libcurl sent it again
-	 * by itself on a new connection: Graph may have it. */
-	if ((r->status == 0 && r->sent) || r->resent)
-		j->err.flags |= GRAPH_F_DUPLICATE;
-	if (r->status == 0)
-		log_escape(j->err.message, sizeof(j->err.message), r->error,
-		    strlen(r->error));
-	j->retry_ms = graph_retry_after_ms(r->retry_after[0] ?
-	    r->retry_after : NULL, (long long)(wall_us() / 1000));
-	free(j->body);
-	j->body = NULL;
-	if (j->result == GRAPH_PERMFAIL && r->body != NULL)
-		j->body = xstrndup(r->body, r->len < REASON_BODY_MAX ?
-		    r->len : REASON_BODY_MAX);
-}
-
-static char *
-user_url(struct worker_pool *p, const char *mailbox)
-{
-	char	*mb, *url;
-
-	mb = http_escape(mailbox);
-	xasprintf(&url, "%s/v1.0/users/%s", p->cfg->graph_url, mb);
-	free(mb);
-	return url;
-}
-
-/* POSTs the body to sendMail. */
-static void
-send_request(struct worker_pool *p, CURL *c, struct job *j,
-    const struct graph_req *req)
-{
-	struct http_resp	 r;
-	char			*url, *base;
-
-	base = user_url(p, j->mailbox);
-	xasprintf(&url, "%s/sendMail", base);
-	free(base);
-	if (authed(p, c, j, "POST", url, req->mime ? "text/plain" :
-	    "application/json", req->body, req->len, HTTP_BODY_MAX, &r) != -2)
-		take_answer(j, &r);
-	http_resp_clear(&r);
-	free(url);
-}
-
-struct draft_arg {
-	struct worker_pool	*p;
-	CURL			*c;
-	struct job		*j;
-	int			 no_token;
-};
-
-static int
-draft_authed(void *arg, const char *method, const char *url,
-    const char *ctype, const char *body, size_t len, size_t keep,
-    struct http_resp *r)
-{
-	struct draft_arg	*a = arg;
-	int			 rc;
-
-	rc = authed(a->p, a->c, a->j, method, url, ctype, body, len, keep, r);
-	if (rc == -2)
-		a->no_token = 1;
-	return rc == 0 ? 0 : -1;
-}
-
-/* A draft left by an earlier attempt goes first ("mailbox id"). */
-static void
-delete_stray(struct worker_pool *p, CURL *c, struct job *j)
-{
-	struct draft_arg	 a = { p, c, j, 0 };
-	struct draft_io		 io;
-	char			*sp;
-
-	if (j->stray == NULL || (sp = strchr(j->stray, ' ')) == NULL)
-		return;
-	*sp = '\0';
-	io.c = c;
-	io.user_url = user_url(p, j->stray);
-	io.call = draft_authed;
-	io.arg = &a;
-	if (draft_delete(&io, sp + 1) == 0) {
-		log_info("%s draft deleted mailbox=%s (left by an earlier "
-		    "attempt)", j->qid, j->stray);
-		free(j->stray);
-		j->stray = NULL;
-	} else
-		*sp = ' ';
-	free((char *)io.user_url);
-	j->reached = 0;
-}
-
-/* The draft path: the message is too large for one sendMail request. */
-static void
-send_draft(struct worker_pool *p, CURL *c, struct job *j,
-    struct graph_draft *d)
-{
-	struct draft_arg	 a = { p, c, j, 0 };
-	struct draft_io		 io;
-	struct draft_out	 out;
-	uint64_t		 t0 = now_ms();
-
-	j->draft = 1;
-	io.c = c;
-	io.user_url = user_url(p, j->mailbox);
-	io.call = draft_authed;
-	io.arg = &a;
-	if (draft_send(&io, d, &out) == 0 || out.maybe_sent) {
-		j->result = GRAPH_SENT;
-		j->status = 202;
-	} else if (!a.no_token) {
-		take_answer(j, &out.resp);
-		/* Say which step, and what a 403 on the draft means. */
-		if (out.no_permission)
-			snprintf(j->err.message, sizeof(j->err.message),
-			    "creating a draft needs the Mail.ReadWrite "
-			    "application permission: messages over 4 MB take "
-			    "the draft path (see README)");
-		else {
-			char msg[sizeof(out.step) + sizeof(j->err.message) +
-			    4];
-
-			snprintf(msg, sizeof(msg), "%s: %s", out.step,
-			    j->err.message);
-			strlcpy_r(j->err.message, msg, sizeof(j->err.message));
-		}
-	}
-	if (out.stray != NULL) {
-		free(j->stray);
-		xasprintf(&j->stray, "%s %s", j->mailbox, out.stray);
-		log_warnx("%s draft left mailbox=%s: it could not be deleted "
-		    "now, the next attempt deletes it", j->qid, j->mailbox);
-	}
-	draft_out_clear(&out);
-	free((char *)io.user_url);
-	j->ms = now_ms() - t0;
-}
-
-/* The sending mailbox, by [graph] mailbox; NULL if there is none. */
-static const char *
-sending_mailbox(const struct worker_pool *p, const struct spool_entry *e,
-    const char *from)
-{
-	const char	*mode = p->cfg->mailbox;
-
-	if (strcmp(mode, "envelope") == 0)
-		return *e->mail_from != '\0' ? e->mail_from : from;
-	if (strcmp(mode, "from") == 0)
-		return from != NULL ? from : (*e->mail_from != '\0' ?
-		    e->mail_from : NULL);
-	return mode;
-}
-
-/* One delivery attempt, start to end, on a worker thread. */
-static void
-deliver(struct worker_pool *p, CURL *c, struct job *j)
-{
-	struct spool_view	 v;
-	struct spool_entry	*e = &v.e;
-	struct graph_env	 env;
-	struct graph_req	 req;
-	struct graph_draft	 d;
-	struct slot		*slot = NULL;
-	const char		*why, *sender;
-	char			**rcpts = NULL, err[256];
-	size_t			 i;
-	int			 large;
-
-	memset(&req, 0, sizeof(req));
-	memset(&d, 0, sizeof(d));
-	j->retry_ms = -1;
-	if (spool_map_msg(p->spool, j->qid, &v, &why) == -1) {
-		if (errno == EBADMSG)
-			job_fail(j, GRAPH_PERMFAIL, "spool", "damaged: %s",
-			    why);
-		else
-			job_fail(j, GRAPH_TEMPFAIL, "spool", "cannot read: %s",
-			    why);
-		return;
-	}
-	/* For the log until the mapping names the real one. */
-	j->mailbox = xstrdup(*e->mail_from != '\0' ? e->mail_from : "<>");
-	j->nrcpts = e->nrcpts;
-	rcpts = xcalloc(e->nrcpts, sizeof(*rcpts));
-	for (i = 0; i < e->nrcpts; i++)
-		rcpts[i] = xstrndup(e->rcpts[i], strcspn(e->rcpts[i], " "));
-	env.mail_from = e->mail_from;
-	env.rcpts = (const char *const *)rcpts;
-	env.nrcpts = e->nrcpts;
-	/*
-	 * Over 4 MB as received, its JSON would be too: never build that in
-	 * memory. Under it, map, and take the draft path if the JSON grew
-	 * past the limit (base64 adds a third).
-	 */
-	large = e->size > GRAPH_REQ_MAX || v.msg_len < e->size;
-	if (!large) {
-		if (graph_map(v.msg, e->size, &env, &p->opts, &req, err,
-		    sizeof(err)) == -1) {
-			job_fail(j, GRAPH_PERMFAIL, "mapping", "%s", err);
-			goto out;
-		}
-		if (req.len > GRAPH_REQ_MAX) {
-			graph_req_free(&req);
-			large = 1;
-		}
-	}
-	if (large && graph_map_draft(v.fd, v.msg_off, e->size, &env,
-	    &p->opts, &d, err, sizeof(err)) == -1) {
-		job_fail(j, GRAPH_PERMFAIL, "mapping", "%s", err);
-		goto out;
-	}
-	if (large && d.req.len > GRAPH_REQ_MAX) {
-		job_fail(j, GRAPH_PERMFAIL, "mapping", "the message without "
-		    "its attachments is %zu bytes, over Graph's 4 MB request "
-		    "limit", d.req.len);
-		goto out;
-	}
-	j->nrcpts = large ? d.req.nrcpts : req.nrcpts;
-	j->nattach = large ? d.req.nattach : req.nattach;
-	free(j->message_id);
-	j->message_id = (large ? d.req.message_id : req.message_id) != NULL ?
-	    xstrdup(large ? d.req.message_id : req.message_id) : NULL;
-	if ((sender = sending_mailbox(p, e, large ? d.req.from : req.from)) ==
-	    NULL) {
-		job_fail(j, GRAPH_PERMFAIL, "mailbox", "no sending mailbox: "
-		    "null sender and no From: address");
-		goto out;
-	}
-	free(j->mailbox);
-	j->mailbox = xstrdup(sender);
-	slot = slot_take(p, sender);
-	delete_stray(p, c, j);
-	if (large)
-		send_draft(p, c, j, &d);
-	else
-		send_request(p, c, j, &req);
-	if (slot != NULL)
-		slot_give(p, slot);
-out:
-	graph_req_free(&req);
-	graph_draft_free(&d);
-	if (rcpts != NULL)
-		for (i = 0; i < e->nrcpts; i++)
-			free(rcpts[i]);
-	free(rcpts);
-	spool_unmap_msg(&v);
-}
-
-static void *
-worker_main(void *arg)
-{
-	struct worker_pool	*p = arg;
-	struct job		*j;
-	CURL			*c;
-
-	c = http_handle_new(p->cfg);
-	pthread_mutex_lock(&p->lock);
-	for (;;) {
-		while (!p->quit && p->jobs == NULL)
-			pthread_cond_wait(&p->cond, &p->lock);
-		if ((j = p->jobs) == NULL)
-			break;
-		p->jobs = j->next;
-		pthread_mutex_unlock(&p->lock);
-		if (c == NULL)
-			job_fail(j, GRAPH_TEMPFAIL, "curl", "no curl handle");
-		else
-			deliver(p, c, j);
-		pthread_mutex_lock(&p->lock);
-		j->next = p->done;
-		p->done = j;
-		if (write(p->notify[1], "", 1) == -1 && errno != EAGAIN)
-			log_warn("worker: notify");
-	}
-	pthread_mutex_unlock(&p->lock);
-	if (c != NULL)
-		curl_easy_cleanup(c);
-	return NULL;
 }
 
 /* ---- pool ---- */
@@ -1483,35 +854,18 @@ worker_new(struct event_base *base, const struct config *cfg,
 	p = xcalloc(1, sizeof(*p));
 	p->cfg = cfg;
 	p->spool = spool;
-	p->token = token;
 	p->base = base;
-	p->opts.save_to_sent = cfg->save_to_sent_items;
-	p->opts.max_depth = (unsigned)cfg->max_mime_depth;
-	p->opts.mode = cfg->graph_mode;
 	TAILQ_INIT(&p->runnable);
 	TAILQ_INIT(&p->all);
-	pthread_mutex_init(&p->lock, NULL);
-	pthread_cond_init(&p->cond, NULL);
-	pthread_cond_init(&p->slot_cond, NULL);
-	if (pipe2(p->notify, O_NONBLOCK | O_CLOEXEC) == -1) {
-		snprintf(err, errlen, "pipe: %s", strerror(errno));
+	if ((p->threads = deliver_start(cfg, spool, token, cfg->workers, err,
+	    errlen)) == NULL) {
 		free(p);
 		return NULL;
 	}
-	p->notify_ev = event_new(base, p->notify[0], EV_READ | EV_PERSIST,
-	    notify_cb, p);
+	p->nthreads = cfg->workers;
+	p->notify_ev = event_new(base, deliver_fd(p->threads),
+	    EV_READ | EV_PERSIST, notify_cb, p);
 	event_add(p->notify_ev, NULL);
-	p->threads = xcalloc(cfg->workers, sizeof(*p->threads));
-	for (i = 0; i < cfg->workers; i++) {
-		if ((errno = pthread_create(&p->threads[i], NULL, worker_main,
-		    p)) != 0) {
-			snprintf(err, errlen, "worker thread: %s",
-			    strerror(errno));
-			worker_free(p);
-			return NULL;
-		}
-		p->nthreads++;
-	}
 	p->rng = wall_us() | 1;
 	pause_load(p);
 	for (i = 0; (e = spool_entry_at(spool, i)) != NULL; i++)
@@ -1531,7 +885,7 @@ worker_free(struct worker_pool *p)
 {
 	struct qent	*qe;
 	struct mbox	*mb;
-	struct job	*j;
+	struct job	*j, *list;
 	size_t		 i;
 
 	if (p == NULL)
@@ -1543,30 +897,14 @@ worker_free(struct worker_pool *p)
 		qe->watch_cb = NULL;
 	/* Let requests in flight finish for a while, then cut them. */
 	http_abort_after(now_ms() + STOP_GRACE_MS);
-	pthread_mutex_lock(&p->lock);
-	p->quit = 1;
-	/* Jobs not started go back unstarted: their messages stay queued. */
-	while ((j = p->jobs) != NULL) {
-		p->jobs = j->next;
-		j->next = p->done;
-		p->done = j;
-		job_fail(j, GRAPH_TEMPFAIL, "stopping", "relayd is stopping");
-	}
-	pthread_cond_broadcast(&p->cond);
-	pthread_cond_broadcast(&p->slot_cond);
-	pthread_mutex_unlock(&p->lock);
-	for (i = 0; i < p->nthreads; i++)
-		pthread_join(p->threads[i], NULL);
+	deliver_stop(p->threads);
 	/* Results that came in: a sent message must leave the queue. */
-	while ((j = p->done) != NULL) {
-		p->done = j->next;
+	list = deliver_results(p->threads);
+	while ((j = list) != NULL) {
+		list = j->next;
 		if (j->result == GRAPH_SENT)
 			finish(p, j);
-		free(j->body);
-		free(j->mailbox);
-		free(j->message_id);
-		free(j->stray);
-		free(j);
+		job_free(j);
 	}
 	/* The rest stays on disk for the next start. */
 	while ((qe = TAILQ_FIRST(&p->all)) != NULL) {
@@ -1589,16 +927,11 @@ worker_free(struct worker_pool *p)
 	if (p->svc_timer != NULL)
 		event_free(p->svc_timer);
 	digest_free(p->digest);
-	free(p->svc_first);
+	breaker_clear(&p->br);
 	free(p->paused_by);
 	if (p->notify_ev != NULL)
 		event_free(p->notify_ev);
-	close(p->notify[0]);
-	close(p->notify[1]);
-	pthread_mutex_destroy(&p->lock);
-	pthread_cond_destroy(&p->cond);
-	pthread_cond_destroy(&p->slot_cond);
-	free(p->threads);
+	deliver_free(p->threads);
 	free(p);
 }
 
@@ -1619,9 +952,9 @@ qent_state(const struct worker_pool *p, const struct qent *qe)
 		return "held";
 	if (qe->timer != NULL)
 		return "deferred";
-	if (p->svc_until > now_ms())
+	if (p->br.until > now_ms())
 		return "graph held";
-	if (qe->mb->hold_until > now_ms())
+	if (qe->mb->br.until > now_ms())
 		return "throttled";
 	return "queued";
 }
@@ -1642,12 +975,12 @@ qent_hold(const struct worker_pool *p, const struct qent *qe,
 		return NULL;
 	if (p->paused)
 		return WORKER_HOLD_PAUSED;
-	if (p->svc_until > now) {
-		end = p->svc_until;
+	if (p->br.until > now) {
+		end = p->br.until;
 		kind = WORKER_HOLD_GRAPH;
-	} else if (qe->mb->hold_until > now) {
-		end = qe->mb->hold_until;
-		kind = qe->mb->hold_kind == HOLD_THROTTLED ?
+	} else if (qe->mb->br.until > now) {
+		end = qe->mb->br.until;
+		kind = qe->mb->br.kind == HOLD_THROTTLED ?
 		    WORKER_HOLD_THROTTLED : WORKER_HOLD_UNAVAILABLE;
 	} else
 		return NULL;
@@ -1677,10 +1010,10 @@ qent_info(const struct worker_pool *p, const struct qent *qe,
 	m->hold = qent_hold(p, qe, &m->hold_until);
 	if (qe->timer != NULL)
 		m->next_ms = qe->next_wall;
-	else if (!qe->held && !qe->inflight && p->svc_until > now)
-		m->next_ms = wall_us() / 1000 + (p->svc_until - now);
-	else if (!qe->held && !qe->inflight && qe->mb->hold_until > now)
-		m->next_ms = wall_us() / 1000 + (qe->mb->hold_until - now);
+	else if (!qe->held && !qe->inflight && p->br.until > now)
+		m->next_ms = wall_us() / 1000 + (p->br.until - now);
+	else if (!qe->held && !qe->inflight && qe->mb->br.until > now)
+		m->next_ms = wall_us() / 1000 + (qe->mb->br.until - now);
 }
 
 void
@@ -1708,9 +1041,9 @@ worker_counts(const struct worker_pool *p, struct worker_counts *c)
 	c->sent = p->nsent;
 	c->deferred_total = p->ndeferred;
 	c->failed = p->nfailed;
-	c->graph_held_ms = p->svc_until > now_ms() ? p->svc_until -
+	c->graph_held_ms = p->br.until > now_ms() ? p->br.until -
 	    now_ms() : 0;
-	c->graph_fails = p->svc_fails;
+	c->graph_fails = p->br.fails;
 }
 
 uint64_t
@@ -1784,9 +1117,9 @@ worker_throttled(const struct worker_pool *p, worker_throttle_cb *cb,
 
 	for (i = 0; i < MBOX_HASH_SIZE; i++)
 		for (mb = p->hash[i]; mb != NULL; mb = mb->hnext)
-			if (mb->hold_until > now &&
-			    mb->hold_kind == HOLD_THROTTLED)
-				cb(arg, mb->key, wall + (mb->hold_until - now));
+			if (mb->br.until > now &&
+			    mb->br.kind == HOLD_THROTTLED)
+				cb(arg, mb->key, wall + (mb->br.until - now));
 }
 
 size_t
@@ -1830,13 +1163,12 @@ mbox_find(const struct worker_pool *p, const char *mailbox)
 static void
 mbox_lift(struct worker_pool *p, struct mbox *mb, struct worker_tally *t)
 {
-	if (mb->hold_until <= now_ms())
+	if (mb->br.until <= now_ms())
 		return;
 	log_info("relayctl: retry lifts the hold of mailbox %s (%s)", mb->key,
-	    mb->hold_kind == HOLD_THROTTLED ? "throttled by Graph" :
+	    mb->br.kind == HOLD_THROTTLED ? "throttled by Graph" :
 	    "unavailable at Graph");
-	mb->hold_until = 0;
-	mb->svc_probing = 0;
+	breaker_mbox_lift(&mb->br);
 	mbox_update(p, mb);
 	t->lifted++;
 }
@@ -1853,10 +1185,9 @@ lift_holds(struct worker_pool *p, const struct worker_filter *f,
 		mbox_lift(p, mb, t);
 	if (f->qid == NULL || strcmp(f->qid, "all") != 0)
 		return;
-	if (p->svc_until > now_ms())
+	if (p->br.until > now_ms())
 		log_info("relayctl: retry lifts the Graph-wide hold");
-	p->svc_until = 0;
-	p->svc_probing = 0;
+	breaker_lift(&p->br);
 	for (i = 0; i < MBOX_HASH_SIZE; i++)
 		for (mb = p->hash[i]; mb != NULL; mb = mb->hnext)
 			mbox_lift(p, mb, t);
@@ -1889,14 +1220,7 @@ hold_words(const struct qent *qe, const char *kind, uint64_t until,
 static int
 hold_cancels(struct worker_pool *p, struct qent *qe)
 {
-	int	 won;
-
-	pthread_mutex_lock(&p->lock);
-	if (!qe->job->started)
-		qe->job->cancel = 1;
-	won = qe->job->cancel;
-	pthread_mutex_unlock(&p->lock);
-	return won;
+	return deliver_cancel(p->threads, qe->job);
 }
 
 static void
@@ -2190,8 +1514,8 @@ worker_watch(struct worker_pool *p, const char *qid, worker_watch_cb *cb,
 			break;
 	if (qe == NULL || qe->attempts > 0 || qe->held || qe->timer != NULL ||
 	    p->stopping || p->paused || (!qe->inflight &&
-	    (p->svc_until > now_ms() ||
-	    qe->mb->hold_until > now_ms())))
+	    (p->br.until > now_ms() ||
+	    qe->mb->br.until > now_ms())))
 		return -1;	/* it would not go now: no use waiting */
 	qe->watch_cb = cb;
 	qe->watch_arg = arg;
