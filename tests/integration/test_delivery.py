@@ -452,31 +452,6 @@ def test_429_retry_after_honoured(relayd_factory, shared_fake_graph):
     assert len(log_lines(d, "sent", qid)) == 1
 
 
-def test_503_without_retry_after_backs_off(relayd_factory,
-                                           shared_fake_graph):
-    """No Retry-After: retry_min, doubling, with jitter (the wait lies
-    between half the step and the step)."""
-    fake = shared_fake_graph
-    fake.faults([{"kind": "graph", "status": 503, "retry_after": None,
-                  "count": 2}])
-    d = graph_relayd(relayd_factory, fake, queue={"retry_min": "500ms"})
-    qid = smtplib_send(d, simple("unavailable"))
-    fake.wait_sent(1, DELIVERY_TIMEOUT)
-    wait_queue_empty(d)
-    reqs = sendmail_requests(fake)
-    assert [r["status"] for r in reqs] == [503, 503, 202]
-    gap1 = started(reqs[1]) - reqs[0]["time"]
-    gap2 = started(reqs[2]) - reqs[1]["time"]
-    lines = log_lines(d, "deferred", qid)
-    waits = [float(re.search(r" attempts=%d retry_in=([0-9.]+)s$" % n,
-                             l).group(1)) for n, l in enumerate(lines, 1)]
-    assert 0.25 <= waits[0] <= 0.5 and 0.5 <= waits[1] <= 1.0, waits
-    assert waits[0] <= gap1 < waits[0] + 1.0, (gap1, waits)
-    assert waits[1] <= gap2 < waits[1] + 1.0, (gap2, waits)
-    assert all(" graph_status=503 code=serviceNotAvailable " in l
-               for l in lines)
-
-
 def test_dropped_connection_deferred(relayd_factory, shared_fake_graph):
     """The fake reads the request and closes without an answer. On a
     kept-alive connection libcurl itself sends the request again once on a

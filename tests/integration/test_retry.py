@@ -1,11 +1,16 @@
 """The retry queue (issue 5): the real daemon against the fake Graph.
 
 What a temporary failure leaves in the record's state line and how a restart
-reads it back; retry_min doubling to retry_max with jitter; Retry-After in
-its forms; lifetime; a throttled mailbox held alone; pacing to
+reads it back (and that the retry comes when it said); Retry-After in its
+forms; lifetime; a throttled mailbox held alone; pacing to
 messages_per_minute; the global hold and its single probe when Graph as a
 whole fails; possible_duplicate; reports to the sender ([queue] bounce);
 and one mailbox refused for good while others flow.
+
+The arithmetic behind those waits (retry_min doubling to retry_max with
+jitter, the quota hour, the pacing bucket, the breaker's holds) is pinned
+down by the tables of tests/unit/test_schedule.c, without a clock; the
+tests here show the daemon acts on it.
 
 Timing: lower bounds on waits are exact (never earlier than the daemon was
 told), upper bounds generous (a slow 2-core machine, ASan). Times come from
@@ -148,36 +153,7 @@ def test_retry_state_on_disk_and_across_restart(relayd_factory,
 
 
 # --------------------------------------------------------------------------
-# 2. backoff: retry_min doubling to retry_max, with jitter
-
-def test_backoff_doubles_to_retry_max_with_jitter(relayd_factory,
-                                                  shared_fake_graph):
-    """408 is a temporary failure of the message alone: no mailbox hold,
-    and not Graph failing (a run of 500s would hold every delivery after
-    three, see test_graph_unavailable_hold_and_single_probe)."""
-    fake = shared_fake_graph
-    fake.faults([{"kind": "graph", "status": 408, "count": 4}])
-    d = graph_relayd(relayd_factory, fake,
-                     queue={"retry_min": "400ms", "retry_max": "1600ms"})
-    qid = smtplib_send(d, simple("backoff"))
-    fake.wait_sent(1, 15)
-    wait_queue_empty(d)
-    reqs = graph_requests(fake)
-    assert [r["status"] for r in reqs] == [408] * 4 + [202]
-    lines = log_lines(d, "deferred", qid)
-    assert [field(l, "attempts") for l in lines] == ["1", "2", "3", "4"]
-    waits = [retry_in(l) for l in lines]
-    for base, wait, prev, nxt in zip((0.4, 0.8, 1.6, 1.6), waits, reqs,
-                                     reqs[1:]):
-        assert base / 2 <= wait <= base, (base, waits)
-        gap = started(nxt) - prev["time"]
-        assert wait <= gap < wait + SLACK, (base, wait, gap)
-    # jitter: that all four came out at their maximum is (1/200)^4 likely
-    assert waits != [0.4, 0.8, 1.6, 1.6], waits
-
-
-# --------------------------------------------------------------------------
-# 3. Retry-After, exactly
+# 2. Retry-After, exactly
 
 def http_date_ahead(seconds):
     """An IMF-fixdate `seconds` to `seconds`+1 ahead, and its epoch time."""
@@ -226,7 +202,7 @@ def test_retry_after_honoured(relayd_factory, shared_fake_graph, status,
 
 
 # --------------------------------------------------------------------------
-# 4. lifetime, and why a dead letter is dead
+# 3. lifetime, and why a dead letter is dead
 
 def test_lifetime_expires_to_dead(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
@@ -254,7 +230,7 @@ def test_lifetime_expires_to_dead(relayd_factory, shared_fake_graph):
 
 
 # --------------------------------------------------------------------------
-# 5. a throttled mailbox waits alone
+# 4. a throttled mailbox waits alone
 
 def test_throttled_mailbox_held_others_flow(relayd_factory,
                                             shared_fake_graph):
@@ -339,7 +315,7 @@ def test_quota_exceeded_holds_the_mailbox_an_hour(relayd_factory,
 
 
 # --------------------------------------------------------------------------
-# 6. pacing to messages_per_minute
+# 5. pacing to messages_per_minute
 
 @pytest.mark.parametrize("when", ["arriving", "found_at_start"])
 def test_pacing_burst_then_one_per_second(relayd_factory, shared_fake_graph,
@@ -408,7 +384,7 @@ def test_pacing_zero_is_unpaced(relayd_factory, shared_fake_graph):
 
 
 # --------------------------------------------------------------------------
-# 7. Graph failing as a whole: hold everything, then one probe
+# 6. Graph failing as a whole: hold everything, then one probe
 
 def test_graph_unavailable_hold_and_single_probe(relayd_factory,
                                                  shared_fake_graph):
@@ -497,7 +473,7 @@ def test_probe_must_reach_graph(relayd_factory, shared_fake_graph):
 
 
 # --------------------------------------------------------------------------
-# 8. possible_duplicate
+# 7. possible_duplicate
 
 @pytest.mark.parametrize("rules,graph,dup,requests", [
     ([{"kind": "graph", "status": 504}], {}, True, 2),
@@ -545,7 +521,7 @@ def test_possible_duplicate_when_curl_resends(relayd_factory,
 
 
 # --------------------------------------------------------------------------
-# 9. reports to the sender
+# 8. reports to the sender
 
 SEND_AS_DENIED = {"kind": "graph", "mailbox": MAILBOX_A, "status": 403,
                   "code": "ErrorSendAsDenied"}
@@ -662,7 +638,7 @@ def test_bounce_expired_report(relayd_factory, shared_fake_graph):
 
 
 # --------------------------------------------------------------------------
-# 10. one mailbox refused for good, the others flow
+# 9. one mailbox refused for good, the others flow
 
 def test_refused_mailbox_does_not_stop_others(relayd_factory,
                                               shared_fake_graph):
