@@ -14,7 +14,9 @@ import time
 
 import pytest
 
-from conftest import HOSTNAME, SMTPConn, wait_for
+from relaydtest.env import HOSTNAME
+from relaydtest.smtp import SMTPConn
+from relaydtest.wait import wait_for
 
 ABUSER = "127.0.0.2"
 GOOD = "127.0.0.3"

@@ -8,7 +8,10 @@ import subprocess
 
 import pytest
 
-from conftest import RELAYD_BIN, SRCDIR, SMTPConn, free_port, wait_for
+from relaydtest.env import RELAYD_BIN, SRCDIR
+from relaydtest.ports import free_port
+from relaydtest.smtp import SMTPConn
+from relaydtest.wait import wait_for
 
 
 def activate(d, addrs, log):

@@ -15,11 +15,13 @@ import subprocess
 
 import pytest
 
-from conftest import need, run
-from test_auth import (ALICE, BAD_535, BOB, DAVE, OK_235, RELAYCTL_BIN,
-                       User, assert_no_secrets, b64, connect,
-                       send_and_check, start_authd, users_text,
-                       write_private, _conf_line)
+from relaydtest.auth import (ALICE, BAD_535, BOB, DAVE, OK_235, User,
+                             assert_no_secrets, b64, conf_line, connect,
+                             send_and_check, start_authd, users_text,
+                             write_private)
+from relaydtest.daemon import need, run
+from relaydtest.env import RELAYCTL_BIN
+from relaydtest.smtp import smtp_send
 
 # crypt= only (a line written by hand, or an old one): no SCRAM keys
 CYRIL = User("cyril", "Cyr1l/crypt^only", crypt="y", scram=False)
@@ -111,13 +113,10 @@ class Done:
 
 def smtplib_send(d, tls_ca, tmp_path, user, password):
     ctx = ssl.create_default_context(cafile=str(tls_ca.ca_file))
-    with smtplib.SMTP("127.0.0.1", d.port, timeout=20) as s:
-        s.starttls(context=ctx)
-        s.ehlo("py.test")
-        code, _ = s.login(user, password)   # the strongest it knows
-        assert code == 235
-        assert s.sendmail("py@a.test", ["r@b.test"],
-                          b"Subject: smtplib auto\r\n\r\nhi\r\n") == {}
+    # login: smtplib's login(), the strongest mechanism it knows
+    smtp_send(d, b"Subject: smtplib auto\r\n\r\nhi\r\n", "py@a.test",
+              ["r@b.test"], helo="py.test", starttls=ctx,
+              login=(user, password), timeout=20)
     return Done()
 
 
@@ -387,5 +386,5 @@ def test_open_networks_need_require_auth_everywhere(relayd_factory, tls_ca,
     else:
         assert r.returncode == 78, r.stderr
         assert "%s:%d: allow_networks 0.0.0.0/0 covers every address" % (
-            d.conf_path, _conf_line(d, "smtp", "allow_networks")) \
+            d.conf_path, conf_line(d, "smtp", "allow_networks")) \
             in r.stderr, r.stderr

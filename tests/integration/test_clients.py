@@ -5,7 +5,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from conftest import QUEUED_RE, need, run
+from relaydtest.daemon import need, run
+from relaydtest.smtp import QUEUED_RE
 
 
 def only_message(d):

@@ -19,8 +19,12 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import graph_relayd, run_relayd, wait_for
-from test_token import DELIVERY_TIMEOUT, EX_CONFIG, kinds, smtplib_send
+from relaydtest.daemon import run_relayd
+from relaydtest.delivery import DELIVERY_TIMEOUT, kinds
+from relaydtest.env import EX_CONFIG
+from relaydtest.graph import graph_relayd
+from relaydtest.smtp import simple, smtp_send
+from relaydtest.wait import wait_for
 
 CLOUDS = {
     "global": ("https://login.microsoftonline.com",
@@ -232,7 +236,7 @@ def test_cloud_end_to_end(relayd_factory, fake_graph_factory, cloud_tls,
     proxy = connect_proxy(route=("127.0.0.1", fake.port))
     d = graph_relayd(relayd_factory, fake, cloud=cloud, login_url=None,
                      graph_url=None, proxy=proxy.url())
-    smtplib_send(d, "to " + cloud)
+    smtp_send(d, simple("to " + cloud))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     assert rec["body"]["message"]["subject"] == "to " + cloud
     assert kinds(fake) == [("token", 200), ("graph", 202)]
@@ -254,7 +258,7 @@ def test_delivery_through_proxy(relayd_factory, fake_graph_tls,
     proxy = connect_proxy()
     d = graph_relayd(relayd_factory, fake, proxy=proxy.url())
     for i in range(3):
-        smtplib_send(d, "proxied %d" % i)
+        smtp_send(d, simple("proxied %d" % i))
     fake.wait_sent(3, DELIVERY_TIMEOUT)
     assert proxy.connects and set(proxy.connects) == {
         "127.0.0.1:%d" % fake.port}
@@ -268,7 +272,7 @@ def test_proxy_basic_auth(relayd_factory, fake_graph_tls, connect_proxy):
                      proxy=proxy.url(PROXY_USER, PROXY_PASSWORD))
     assert effective_graph(d)["proxy"] == "http://%s@127.0.0.1:%d" % (
         PROXY_USER, proxy.port)
-    smtplib_send(d, "authenticated")
+    smtp_send(d, simple("authenticated"))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     assert rec["body"]["message"]["subject"] == "authenticated"
     assert proxy.connects and proxy.refused == 0
@@ -282,7 +286,7 @@ def test_proxy_wrong_password(relayd_factory, fake_graph_tls, connect_proxy):
     proxy = connect_proxy(auth=(PROXY_USER, PROXY_PASSWORD))
     d = graph_relayd(relayd_factory, fake,
                      proxy=proxy.url(PROXY_USER, "not-the-password"))
-    qid = smtplib_send(d, "refused by the proxy")
+    qid = smtp_send(d, simple("refused by the proxy"))
     m = d.wait_log(r"^\S+ relayd: (token: .*)$", DELIVERY_TIMEOUT)
     assert m.group(1) == (
         "token: no answer from the token service (the proxy refused the "
@@ -303,7 +307,7 @@ def test_proxy_from_environment(relayd_factory, fake_graph_tls,
     proxy = connect_proxy()
     monkeypatch.setenv(var, proxy.url())
     d = graph_relayd(relayd_factory, fake)
-    smtplib_send(d, "via " + var)
+    smtp_send(d, simple("via " + var))
     fake.wait_sent(1, DELIVERY_TIMEOUT)
     assert set(proxy.connects) == {"127.0.0.1:%d" % fake.port}
 
@@ -315,7 +319,7 @@ def test_no_proxy_from_environment(relayd_factory, fake_graph_tls,
     monkeypatch.setenv("https_proxy", proxy.url())
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     d = graph_relayd(relayd_factory, fake)
-    smtplib_send(d, "direct")
+    smtp_send(d, simple("direct"))
     fake.wait_sent(1, DELIVERY_TIMEOUT)
     wait_for(lambda: d.queued() == [], 5, "an empty queue/")
     assert proxy.connects == []

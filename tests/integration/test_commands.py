@@ -5,8 +5,10 @@ import time
 
 import pytest
 
-from conftest import (HOSTNAME, QID_RE, SRCDIR, SMTPClosed, ipv6_available,
-                      run_relayd)
+from relaydtest.daemon import run_relayd
+from relaydtest.env import HOSTNAME, SRCDIR
+from relaydtest.ports import ipv6_available
+from relaydtest.smtp import QID_RE
 
 
 def test_greeting(relayd):

@@ -1,7 +1,7 @@
 """conf/relayd.conf is generated from relayd's key table; it must not drift."""
 import subprocess
 
-from conftest import RELAYD_BIN, SRCDIR
+from relaydtest.env import RELAYD_BIN, SRCDIR
 
 
 def test_example_config_matches_key_table():

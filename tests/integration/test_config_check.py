@@ -12,7 +12,9 @@ import subprocess
 
 import pytest
 
-from conftest import run_relayd, free_port
+from relaydtest.daemon import run_relayd
+from relaydtest.env import BUILDDIR, RELAYD_BIN
+from relaydtest.ports import free_port
 
 
 def write(path, text, mode=0o600):
@@ -62,7 +64,7 @@ def test_systemd_credential_empty(tmp_path):
     write(creds / "client_secret", "\n")
     conf = write(tmp_path / "r.conf", base(tmp_path,
                  "[graph]\ntenant = t\nclient_id = c\n"))
-    r = subprocess.run([str(__import__("conftest").RELAYD_BIN), "-n", "-c",
+    r = subprocess.run([str(RELAYD_BIN), "-n", "-c",
                         str(conf)], capture_output=True, text=True,
                        env=dict(os.environ, CREDENTIALS_DIRECTORY=str(creds)),
                        timeout=20)
@@ -277,7 +279,6 @@ def test_host_bits_refused_on_listener(tmp_path):
 
 @pytest.mark.parametrize("prog", ["relayd", "relayctl"])
 def test_help(prog):
-    from conftest import BUILDDIR
     r = subprocess.run([str(BUILDDIR / "relayd" / prog), "--help"],
                        capture_output=True, text=True, timeout=10)
     assert r.returncode == 0, r.stderr
@@ -291,7 +292,6 @@ def test_graph_url_with_version_is_corrected(tmp_path):
     conf = write(tmp_path / "r.conf", base(tmp_path, (
         "[graph]\ntenant = t\nclient_id = c\nclient_secret_file = %s\n"
         "graph_url = https://graph.microsoft.com/v1.0/\n") % secret))
-    from conftest import RELAYD_BIN
     r = subprocess.run([str(RELAYD_BIN), "-n", "-d", "-c", str(conf)],
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 0, r.stderr

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUILDDIR
-from corpus import CORPUS, SHARED, as_stored, corpus_messages
+from relaydtest.corpus import CORPUS, SHARED, as_stored, corpus_messages
+from relaydtest.env import BUILDDIR
 
 SCHEMA = SHARED / "graph" / "schemas" / "graph-mail-v1.0.schema.json"
 TOOL = BUILDDIR / "tests" / "unit" / "test_graph"

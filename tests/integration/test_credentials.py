@@ -10,9 +10,11 @@ import re
 
 import pytest
 
-from conftest import graph_relayd, wait_for
-from test_token import (DELIVERY_TIMEOUT, EX_CONFIG, SENDER, smtplib_send,
-                        token_lines)
+from relaydtest.delivery import DELIVERY_TIMEOUT, token_lines
+from relaydtest.env import EX_CONFIG
+from relaydtest.graph import graph_relayd
+from relaydtest.smtp import SENDER, simple, smtp_send
+from relaydtest.wait import wait_for
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 HINT_700027 = (
@@ -124,13 +126,13 @@ def test_certificate_delivers(relayd_factory, shared_fake_graph, tmp_path,
     register(fake, pem)                 # and no secret at all
     d = cert_relayd(relayd_factory, fake, cert, key,
                     **({"assertion_alg": alg} if alg else {}))
-    smtplib_send(d, "signed " + (alg or "PS256"))
+    smtp_send(d, simple("signed " + (alg or "PS256")))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     assert rec["body"]["message"]["subject"] == "signed " + (alg or "PS256")
     # Graph says 401 to the token: relayd asks again, with a new assertion
     # (a fresh jti and the time of asking).
     fake.faults([{"kind": "graph", "expire_token": True}])
-    smtplib_send(d, "second")
+    smtp_send(d, simple("second"))
     fake.wait_sent(2, DELIVERY_TIMEOUT)
     wait_for(lambda: d.queued() == [], 5, "an empty queue/")
     assert fake.stats()["tokens_issued"] == 2
@@ -163,7 +165,7 @@ def test_unregistered_certificate(relayd_factory, shared_fake_graph,
     _, _, other_pem = make_cert(tmp_path, "other")
     register(fake, other_pem, secret=fake.secret)
     d = cert_relayd(relayd_factory, fake, cert, key)
-    qid = smtplib_send(d, "unregistered")
+    qid = smtp_send(d, simple("unregistered"))
     m = d.wait_log(r"^\S+ relayd: (token: .*)$", DELIVERY_TIMEOUT)
     assert m.group(1) == HINT_700027 + "; next attempt in 5s"
     line = d.wait_log(r" %s graph deferred (.*)$" % qid).group(1)
@@ -193,7 +195,7 @@ def test_assertion_error_hints(relayd_factory, shared_fake_graph, tmp_path,
     fake.faults([{"kind": "token", "status": 401, "code": "invalid_client",
                   "aadsts": aadsts, "count": -1}])
     d = cert_relayd(relayd_factory, fake, cert, key)
-    qid = smtplib_send(d, "hint %d" % aadsts)
+    qid = smtp_send(d, simple("hint %d" % aadsts))
     m = d.wait_log(r"^\S+ relayd: (token: .*)$", DELIVERY_TIMEOUT)
     assert m.group(1) == "token: AADSTS%d %s; next attempt in 5s" % (
         aadsts, hint)
@@ -229,7 +231,7 @@ def test_private_key_from_credentials_directory(relayd_factory,
     code, _, err = check(d)
     assert code == 0, err
     d.start()
-    smtplib_send(d, "via credential key")
+    smtp_send(d, simple("via credential key"))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     assert rec["body"]["message"]["subject"] == "via credential key"
     assert_no_key_material(d, key)

@@ -15,10 +15,13 @@ from email.message import EmailMessage
 
 import pytest
 
-from conftest import (RELAYCTL_BIN, free_port, graph_relayd, run_relayd,
-                      wait_for)
-from test_delivery import SENDER, log_lines, simple, smtplib_send
-from test_sendmail import SENDMAIL_BIN
+from relaydtest.daemon import run_relayd
+from relaydtest.delivery import log_lines
+from relaydtest.env import RELAYCTL_BIN, SENDMAIL_BIN
+from relaydtest.graph import graph_relayd
+from relaydtest.ports import free_port
+from relaydtest.smtp import SENDER, simple, smtp_send
+from relaydtest.wait import wait_for
 
 TIMEOUT = 15
 FIELDS = {"id", "time", "sender", "mailbox", "recipients", "subject",
@@ -39,7 +42,7 @@ def refused(subject, msgid=None, body="Hello.\n"):
 
 
 def dead_letter(d, data, rcpts=("rcpt@fabrikam.test",)):
-    qid = smtplib_send(d, data, rcpts=rcpts)
+    qid = smtp_send(d, data, rcpts=rcpts)
     wait_for(lambda: {qid, qid + ".reason"} <= set(d.dead()), TIMEOUT,
              "%s in dead/" % qid)
     wait_for(lambda: qid not in [r.id for r in d.records()
@@ -192,7 +195,7 @@ def test_export_is_byte_identical(relayd_factory, shared_fake_graph):
     fake.faults([{"kind": "graph", "status": 503, "count": -1,
                   "retry_after": "60"}])
     fake.config(send_as_deny=None)
-    other = smtplib_send(d, simple("queued one"))
+    other = smtp_send(d, simple("queued one"))
     wait_for(lambda: any(m["id"] == other and m["state"] == "deferred"
                          for m in d.ctl("queue")["queue"]), TIMEOUT,
              "deferred")
@@ -250,8 +253,8 @@ def test_notify_digest_once_per_interval(relayd_factory, shared_fake_graph):
     fake.config(send_as_deny="strict")
     d = graph_relayd(relayd_factory, fake,
                      queue={"notify": ops, "notify_interval": "6s"})
-    a = smtplib_send(d, refused("first"))
-    b = smtplib_send(d, refused("second"))
+    a = smtp_send(d, refused("first"))
+    b = smtp_send(d, refused("second"))
     d.wait_log(r"notify: digest queued=([0-9A-F]{16}) to=<%s> dead=2$"
                % re.escape(ops), TIMEOUT)
     wait_for(lambda: len(digest_records(fake, ops)) == 1, TIMEOUT,
@@ -269,7 +272,7 @@ def test_notify_digest_once_per_interval(relayd_factory, shared_fake_graph):
     assert "Reason:     Graph refused it: 403 ErrorSendAsDenied" in text
     # a third within the interval waits for it, across a restart too:
     # <spool>/notify.last keeps when the last digest went out
-    c = smtplib_send(d, refused("third"))
+    c = smtp_send(d, refused("third"))
     wait_for(lambda: c in d.dead(), TIMEOUT, "the third in dead/")
     assert (d.spool / "notify.last").is_file()
     d.restart()
@@ -290,7 +293,7 @@ def test_a_dead_digest_is_not_reported(relayd_factory, shared_fake_graph):
                 unknown_mailboxes={ops: "ErrorInvalidUser"})
     d = graph_relayd(relayd_factory, fake,
                      queue={"notify": ops, "notify_interval": "2s"})
-    smtplib_send(d, refused("dies"))
+    smtp_send(d, refused("dies"))
     m = d.wait_log(r"notify: digest queued=([0-9A-F]{16}) ", TIMEOUT)
     digest = m.group(1)
     wait_for(lambda: digest in d.dead(), TIMEOUT, "the digest in dead/")

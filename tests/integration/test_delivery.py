@@ -26,11 +26,13 @@ from email.utils import formataddr
 
 import pytest
 
-from conftest import (QUEUED_RE, SpoolFile, graph_relayd, graph_sections,
-                      wait_for)
+from relaydtest.delivery import (DELIVERY_TIMEOUT, log_lines, max_overlap,
+                                 reason_fields, started, wait_queue_empty)
+from relaydtest.graph import graph_relayd, graph_sections
+from relaydtest.smtp import SENDER, simple, smtp_send
+from relaydtest.spool import SpoolFile
+from relaydtest.wait import holds, wait_for
 
-SENDER = "sender@contoso.test"
-DELIVERY_TIMEOUT = 10
 
 # A 3x2 PNG and a small PDF with binary bytes in it (as real ones have).
 PNG = base64.b64decode(
@@ -45,28 +47,6 @@ PDF = (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n"
 
 # --------------------------------------------------------------------------
 # helpers
-
-def smtplib_send(d, data, mail_from=SENDER, rcpts=("rcpt@fabrikam.test",)):
-    """One transaction with smtplib's own commands; returns the queue id
-    from the 250 reply. data: bytes with CRLF line ends."""
-    with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s:
-        s.ehlo("client.test")
-        assert s.mail(mail_from)[0] == 250
-        for r in rcpts:
-            assert s.rcpt(r)[0] == 250
-        code, text = s.data(data)
-    m = QUEUED_RE.match("%d %s" % (code, text.decode()))
-    assert m, (code, text)
-    return m.group(1)
-
-
-def simple(subject, body="Hello.\n", frm=SENDER, to="rcpt@fabrikam.test"):
-    msg = EmailMessage()
-    msg["From"] = frm
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg.set_content(body)
-    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
 
 
 def addr(address, name=None):
@@ -88,54 +68,6 @@ def file_attachment(name, ctype, data, inline=False, cid=None):
 
 def sendmail_requests(fake):
     return [r for r in fake.requests() if r["kind"] == "graph"]
-
-
-def started(rec):
-    """When the fake began to handle a request (its records carry the end
-    time and the duration)."""
-    return rec["time"] - rec["ms"] / 1000.0
-
-
-def max_overlap(records):
-    """Most requests in flight at once, from the fake's records."""
-    events = []
-    for r in records:
-        events += [(started(r), 1), (r["time"], -1)]
-    events.sort(key=lambda e: (e[0], e[1]))     # an end before a start
-    n = best = 0
-    for _, step in events:
-        n += step
-        best = max(best, n)
-    return best
-
-
-def holds(pred, seconds, what):
-    """pred() stays true for `seconds` (polled): to show that something
-    does NOT happen, e.g. no retry after a permanent failure."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert pred(), what
-        time.sleep(0.05)
-
-
-def wait_queue_empty(d, timeout=DELIVERY_TIMEOUT):
-    wait_for(lambda: d.queued() == [], timeout, "an empty queue/")
-
-
-def reason_fields(path):
-    out = {}
-    for line in path.read_text().splitlines():
-        k, sep, v = line.partition(": ")
-        assert sep, "bad .reason line %r" % line
-        out[k] = v
-    return out
-
-
-def log_lines(d, word, qid=None):
-    """This daemon's 'graph <word>' log lines (after the timestamp)."""
-    rx = re.compile(r"^\S+ relayd: (%s graph %s .*)$"
-                    % (qid or "[0-9A-F]{16}", word), re.M)
-    return rx.findall(d.log)
 
 
 # --------------------------------------------------------------------------
@@ -359,7 +291,7 @@ def test_sending_mailbox(relayd_factory, shared_fake_graph, sendmail_schema,
     fake = shared_fake_graph
     d = graph_relayd(relayd_factory, fake, mailbox=mode)
     data = simple("mailbox %s" % mode, frm="The Boss <boss@contoso.test>")
-    qid = smtplib_send(d, data, mail_from="bounces@relay.contoso.test")
+    qid = smtp_send(d, data, mail_from="bounces@relay.contoso.test")
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     assert rec["mailbox"] == want
     assert [r["path"] for r in sendmail_requests(fake)] == [
@@ -376,7 +308,7 @@ def test_save_to_sent_items_no(relayd_factory, shared_fake_graph,
                                sendmail_schema):
     fake = shared_fake_graph
     d = graph_relayd(relayd_factory, fake, save_to_sent_items="no")
-    smtplib_send(d, simple("no copy", "Not kept.\n"))
+    smtp_send(d, simple("no copy", "Not kept.\n"))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     assert rec["body"] == {
         "message": {
@@ -407,7 +339,7 @@ def test_sent_log_line_and_queue_file_removed(relayd_factory,
     msg.set_content("With one attachment.\n")
     msg.add_attachment(b"col1,col2\r\n1,2\r\n", maintype="text",
                        subtype="csv", filename="data.csv")
-    qid = smtplib_send(d, msg.as_bytes(policy=msg.policy.clone(
+    qid = smtp_send(d, msg.as_bytes(policy=msg.policy.clone(
         linesep="\r\n")), rcpts=["a@fabrikam.test", "b@fabrikam.test"])
     size = d.spool_file(qid).size       # still queued: no answer yet
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
@@ -434,7 +366,7 @@ def test_429_retry_after_honoured(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     fake.faults([{"kind": "graph", "status": 429, "retry_after": "1.5"}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, simple("throttled"))
+    qid = smtp_send(d, simple("throttled"))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     wait_queue_empty(d)
     first, second = sendmail_requests(fake)
@@ -460,7 +392,7 @@ def test_dropped_connection_deferred(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     fake.faults([{"kind": "graph", "drop": True, "count": 2}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, simple("dropped"))
+    qid = smtp_send(d, simple("dropped"))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     wait_queue_empty(d)
     assert [r["code"] or r["status"] for r in sendmail_requests(fake)] == [
@@ -477,7 +409,7 @@ def test_timeout_deferred(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     fake.faults([{"kind": "graph", "hang": True}])
     d = graph_relayd(relayd_factory, fake, timeout="1s")
-    qid = smtplib_send(d, simple("slow"))
+    qid = smtp_send(d, simple("slow"))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     wait_queue_empty(d)
     hung, ok = sendmail_requests(fake)
@@ -494,7 +426,6 @@ def test_timeout_deferred(relayd_factory, shared_fake_graph):
     assert sent.endswith(" possible_duplicate=yes"), sent
 
 
-
 # --------------------------------------------------------------------------
 # 6. permanent failures: dead letters
 
@@ -503,7 +434,7 @@ def test_send_as_denied_dead_letter(relayd_factory, shared_fake_graph):
     fake.config(send_as_deny="strict")
     d = graph_relayd(relayd_factory, fake)
     data = simple("not mine", frm="ceo@contoso.test")
-    qid = smtplib_send(d, data)
+    qid = smtp_send(d, data)
     d.wait_log(r" %s graph failed " % qid, DELIVERY_TIMEOUT)
     wait_for(lambda: d.queued() == [], 5, "the message to leave queue/")
     assert d.dead() == [qid, qid + ".reason"]
@@ -563,9 +494,9 @@ def test_unknown_mailbox_dead_letter(relayd_factory, shared_fake_graph,
     fake = shared_fake_graph
     fake.config(unknown_mailboxes={"gone@contoso.test": code})
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, simple("to nowhere", frm="gone@contoso.test"),
+    qid = smtp_send(d, simple("to nowhere", frm="gone@contoso.test"),
                        mail_from="gone@contoso.test")
-    good = smtplib_send(d, simple("still fine"))
+    good = smtp_send(d, simple("still fine"))
     d.wait_log(r" %s graph failed " % qid, DELIVERY_TIMEOUT)
     fake.wait_sent(1, DELIVERY_TIMEOUT)
     wait_queue_empty(d)
@@ -592,7 +523,7 @@ def test_too_deep_mime_dead_letter_without_request(relayd_factory,
     inner["Subject"] = "deep"
     data = inner.as_bytes().replace(b"\n", b"\r\n")
     assert data.count(b"Content-Type: multipart/mixed") == 5
-    qid = smtplib_send(d, data)
+    qid = smtp_send(d, data)
     d.wait_log(r" %s graph failed " % qid, DELIVERY_TIMEOUT)
     wait_for(lambda: d.dead() == [qid, qid + ".reason"], 5,
              "the message in dead/")
@@ -698,7 +629,7 @@ def test_queued_without_graph_delivered_after_restart(relayd_factory,
     fake = shared_fake_graph
     d = relayd_factory()                        # no [graph]: queue only
     d.wait_log(r"graph: \[graph\] is not configured")
-    qids = [smtplib_send(d, simple("waiting %d" % i)) for i in range(5)]
+    qids = [smtp_send(d, simple("waiting %d" % i)) for i in range(5)]
     assert sorted(d.queued()) == sorted(qids)
     assert d.stop() == 0
     assert sorted(d.queued()) == sorted(qids)
@@ -718,7 +649,7 @@ def test_kill_9_while_graph_hangs(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     fake.faults([{"kind": "graph", "hang": True, "count": -1}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, simple("crash"))
+    qid = smtp_send(d, simple("crash"))
     wait_for(lambda: fake.stats()["inflight"].get(SENDER), 5,
              "the request to hang at the fake")
     d.kill()
@@ -743,7 +674,7 @@ def test_tls_with_ca_file(relayd_factory, fake_graph_tls, sendmail_schema):
     d = graph_relayd(relayd_factory, fake)
     assert d.sections["graph"]["ca_file"]
     assert d.sections["graph"]["graph_url"].startswith("https://")
-    smtplib_send(d, simple("over TLS"))
+    smtp_send(d, simple("over TLS"))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     assert rec["body"]["message"]["subject"] == "over TLS"
     wait_queue_empty(d)
@@ -754,7 +685,7 @@ def test_tls_without_ca_file_deferred(relayd_factory, fake_graph_tls,
                                       sendmail_schema):
     fake = fake_graph_tls
     d = graph_relayd(relayd_factory, fake, ca_file=None)
-    qid = smtplib_send(d, simple("untrusted"))
+    qid = smtp_send(d, simple("untrusted"))
     d.wait_log(r" %s graph deferred " % qid, DELIVERY_TIMEOUT)
     log = d.current_log()
     assert re.search(r"token: .*certificate", log), log
@@ -805,5 +736,4 @@ def test_sigterm_with_requests_in_flight(relayd_factory, shared_fake_graph):
     wait_queue_empty(d)
     assert sorted(r["body"]["message"]["subject"] for r in sent) == sorted(
         qids)
-
 

@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from conftest import wait_for
-from test_powercut import delivered_text, message, relayd_on
+from relaydtest.powercut import delivered_text, message, relayd_on
+from relaydtest.wait import wait_for
 
 SETTLE = 1.5    # s: delivery progress is durable within 0.5 s (spool.c)
 REFUSE = {"kind": "graph", "status": 400, "code": "ErrorInvalidRecipients",

@@ -17,7 +17,8 @@ import uuid
 
 import pytest
 
-from conftest import FakeGraph, graph_sections, wait_for
+from relaydtest.graph import FakeGraph, graph_schema_path, graph_sections
+from relaydtest.wait import wait_for
 
 MAILBOX = "scanner@contoso.test"
 UUID_RE = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -569,7 +570,6 @@ def put_range(fake, url, data, start, total, headers=None, conn=None):
 
 def schema_defs():
     """{name: validator} for the shared schema's $defs, or None."""
-    from conftest import graph_schema_path
     import jsonschema
     path = graph_schema_path()
     if not path.is_file():

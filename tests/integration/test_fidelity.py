@@ -62,8 +62,8 @@ import warnings
 
 import pytest
 
-from conftest import BUILDDIR, SRCDIR
-from corpus import CORPUS, as_stored, corpus_messages
+from relaydtest.corpus import CORPUS, as_stored, corpus_messages
+from relaydtest.env import BUILDDIR, SRCDIR
 
 TOOL = BUILDDIR / "tests" / "unit" / "test_graph"
 EXPLAINED = SRCDIR / "tests" / "data" / "fidelity-explained.tsv"

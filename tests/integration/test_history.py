@@ -19,8 +19,9 @@ import threading
 import time
 from email.message import EmailMessage
 
-from conftest import QUEUED_RE, graph_relayd, graph_sections, wait_for
-from test_delivery import SENDER, smtplib_send
+from relaydtest.graph import graph_relayd, graph_sections
+from relaydtest.smtp import QUEUED_RE, SENDER, smtp_send
+from relaydtest.wait import wait_for
 
 TIMEOUT = 15
 FIELDS = ["id", "received", "client", "user", "sender", "mailbox",
@@ -66,12 +67,12 @@ def test_history_lives_and_filters(relayd_factory, shared_fake_graph):
     fake.faults([{"kind": "graph", "mailbox": SLOW, "status": 503,
                   "retry_after": "60", "count": -1}])
     d = graph_relayd(relayd_factory, fake)
-    sent = smtplib_send(d, message("=?UTF-8?Q?Gr=C3=BC=C3=9Fe?= history",
+    sent = smtp_send(d, message("=?UTF-8?Q?Gr=C3=BC=C3=9Fe?= history",
                                    "<hist-a@contoso.test>"),
                         rcpts=["rcpt@fabrikam.test", "Other@Fabrikam.test"])
-    failed = smtplib_send(d, message("not mine", "<hist-b@contoso.test>",
+    failed = smtp_send(d, message("not mine", "<hist-b@contoso.test>",
                                      frm="ceo@contoso.test"))
-    kept = smtplib_send(d, message("slow one", "<hist-c@contoso.test>"),
+    kept = smtp_send(d, message("slow one", "<hist-c@contoso.test>"),
                         mail_from=SLOW, rcpts=["third@fabrikam.test"])
 
     a = wait_status(d, sent, "sent")
@@ -166,7 +167,7 @@ def test_history_expired(relayd_factory, shared_fake_graph):
     fake.faults([{"kind": "graph", "status": 503, "retry_after": "1",
                   "count": -1}])
     d = graph_relayd(relayd_factory, fake, queue={"lifetime": "1s"})
-    qid = smtplib_send(d, message("too late"))
+    qid = smtp_send(d, message("too late"))
     e = wait_status(d, qid, "expired")
     assert e["graph_status"] == 503 and e["attempts"] >= 2
     assert e["graph_code"] == "serviceNotAvailable"
@@ -174,7 +175,7 @@ def test_history_expired(relayd_factory, shared_fake_graph):
 
 def test_history_off(relayd_factory):
     d = relayd_factory(sections={"queue": {"history": "0"}})
-    smtplib_send(d, message("no history"))
+    smtp_send(d, message("no history"))
     assert not (d.spool / "history.db").exists()
     r = d.relayctl("history")
     assert r.returncode == 1
@@ -183,7 +184,7 @@ def test_history_off(relayd_factory):
 
 def test_history_without_subjects(relayd_factory):
     d = relayd_factory(sections={"log": {"subjects": "no"}})
-    qid = smtplib_send(d, message("secret plans", "<s@contoso.test>"))
+    qid = smtp_send(d, message("secret plans", "<s@contoso.test>"))
     rows = []
     wait_for(lambda: rows.extend(history(d, "--id", qid)) or rows, TIMEOUT,
              "the queued row")
@@ -198,11 +199,11 @@ def test_history_pruned_past_retention(relayd_factory):
     """Rows older than [queue] history go (at start, then hourly), with
     their recipients; younger ones stay."""
     d = relayd_factory(sections={"queue": {"history": "3s"}})
-    old = smtplib_send(d, message("old one"), rcpts=["a@fabrikam.test",
+    old = smtp_send(d, message("old one"), rcpts=["a@fabrikam.test",
                                                      "b@fabrikam.test"])
     wait_for(lambda: ids(d) == [old], TIMEOUT, "the old row")
     time.sleep(3.2)
-    young = smtplib_send(d, message("young one"))
+    young = smtp_send(d, message("young one"))
     wait_for(lambda: ids(d) == [young, old], TIMEOUT, "both rows")
     d.restart()
     d.wait_log(r"history: 1 message\(s\) older than \[queue\] history "
@@ -229,14 +230,14 @@ def test_broken_database_moved_aside(relayd_factory):
                r"and a new one begun; mail is not affected")
     [aside] = list(d.spool.glob("history.db.broken-*"))
     assert aside.read_bytes() == b"garbage " * 512
-    qid = smtplib_send(d, message("after the move"))
+    qid = smtp_send(d, message("after the move"))
     wait_for(lambda: ids(d) == [qid], TIMEOUT, "the new row")
 
 
 def test_history_subject_8bit(relayd_factory):
     """A raw windows-1252 Subject is kept as UTF-8 (JSON needs it)."""
     d = relayd_factory()
-    qid = smtplib_send(d, b"From: <sender@contoso.test>\r\n"
+    qid = smtp_send(d, b"From: <sender@contoso.test>\r\n"
                           b"Subject: caf\xe9 ready\r\n\r\nbody\r\n")
     rows = []
     wait_for(lambda: rows.extend(history(d, "--id", qid)) or rows, TIMEOUT,
@@ -251,7 +252,7 @@ def test_outcome_without_queued_row(relayd_factory, shared_fake_graph):
     fake.faults([{"kind": "graph", "status": 503, "retry_after": "60",
                   "count": -1}])
     d = graph_relayd(relayd_factory, fake, queue={"history": "0"})
-    qid = smtplib_send(d, message("from before"))
+    qid = smtp_send(d, message("from before"))
     d.wait_log(r" %s graph deferred " % qid)
     size = d.spool_file(qid).size
     d.stop()
@@ -313,9 +314,9 @@ def test_history_of_dead_letters_and_refusals(relayd_factory,
     fake = shared_fake_graph
     fake.config(send_as_deny="strict")
     d = graph_relayd(relayd_factory, fake)
-    gone = smtplib_send(d, message("delete me", "<hist-del@contoso.test>",
+    gone = smtp_send(d, message("delete me", "<hist-del@contoso.test>",
                                    frm="ceo@contoso.test"))
-    again = smtplib_send(d, message("again", "<hist-again@contoso.test>",
+    again = smtp_send(d, message("again", "<hist-again@contoso.test>",
                                     frm="ceo@contoso.test"))
     wait_status(d, gone, "failed")
     wait_status(d, again, "failed")

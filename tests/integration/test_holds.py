@@ -21,10 +21,11 @@ import pwd
 import re
 import time
 
-from conftest import graph_relayd, wait_for
-from test_delivery import DELIVERY_TIMEOUT, holds, simple, smtplib_send, \
-    started
-from test_retry import MAILBOX_A, MAILBOX_B, graph_requests, send_many
+from relaydtest.delivery import (DELIVERY_TIMEOUT, MAILBOX_A, MAILBOX_B,
+                                 graph_requests, send_many, started)
+from relaydtest.graph import graph_relayd
+from relaydtest.smtp import simple, smtp_send
+from relaydtest.wait import holds, wait_for
 
 MAILBOX_C = "scanner-c@contoso.test"
 TIMEOUT = 15
@@ -55,7 +56,7 @@ def faulty_relayd(relayd_factory, fake, *rules):
 
 
 def send_from(d, mailbox, subject):
-    return smtplib_send(d, simple(subject, frm=mailbox), mail_from=mailbox)
+    return smtp_send(d, simple(subject, frm=mailbox), mail_from=mailbox)
 
 
 # --------------------------------------------------------------------------

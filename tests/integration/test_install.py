@@ -17,7 +17,8 @@ import subprocess
 
 import pytest
 
-from conftest import BUILDDIR, RELAYD_BIN, SRCDIR, need
+from relaydtest.daemon import need
+from relaydtest.env import BUILDDIR, RELAYD_BIN, SRCDIR
 
 DIRS = ("sbindir", "bindir", "mandir", "sysconfdir", "systemdsystemunitdir",
         "sysusersdir")

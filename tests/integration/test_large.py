@@ -9,11 +9,11 @@ with the generated attachments, so every byte is checked.
 import base64
 import hashlib
 import random
-import smtplib
 
 import pytest
 
-from conftest import graph_sections
+from relaydtest.graph import graph_sections
+from relaydtest.smtp import smtp_send
 
 MiB = 1024 * 1024
 MB = 1000 * 1000
@@ -63,9 +63,7 @@ def large_relayd(relayd_factory, fake, queue=None, **graph):
 
 
 def send(d, data, frm="scanner@contoso.test", rcpts=("boss@contoso.test",)):
-    with smtplib.SMTP("127.0.0.1", d.port, timeout=60) as s:
-        s.ehlo("client.test")
-        s.sendmail(frm, list(rcpts), data)
+    smtp_send(d, data, frm, rcpts, timeout=60)
 
 
 def sha(data):

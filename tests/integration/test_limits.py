@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from conftest import SMTPConn, wait_for
+from relaydtest.smtp import SMTPConn
+from relaydtest.wait import wait_for
 
 
 def start_tx(c, rcpts=("rcpt@b.test",)):

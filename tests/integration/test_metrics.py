@@ -11,9 +11,11 @@ import smtplib
 import time
 import urllib.request
 
-from conftest import free_port, graph_relayd, wait_for
-from test_auth import ALICE, users_text, write_private
-from test_delivery import SENDER, simple
+from relaydtest.auth import ALICE, users_text, write_private
+from relaydtest.graph import graph_relayd
+from relaydtest.ports import free_port
+from relaydtest.smtp import SENDER, simple
+from relaydtest.wait import wait_for
 
 TIMEOUT = 15
 RCPT = "rcpt@fabrikam.test"

@@ -11,12 +11,14 @@ Mozilla's S/MIME samples come from ../shared/corpus; those tests skip,
 naming the path, where it is absent.
 """
 import base64
-import smtplib
 import subprocess
 
 import pytest
 
-from conftest import SRCDIR, graph_relayd, need
+from relaydtest.daemon import need
+from relaydtest.env import SRCDIR
+from relaydtest.graph import graph_relayd
+from relaydtest.smtp import smtp_send
 
 CORPUS = SRCDIR.parent / "shared" / "corpus" / "mozilla-comm-central"
 SMIME = ["alice.dsig.SHA256.multipart.eml", "alice.sig.SHA256.opaque.eml"]
@@ -24,9 +26,7 @@ TIMEOUT = 15
 
 
 def send(d, mail_from, rcpts, data):
-    with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s:
-        s.ehlo("client.test")
-        s.sendmail(mail_from, rcpts, data)
+    smtp_send(d, data, mail_from, rcpts)
 
 
 def delivered(fake, n=1):

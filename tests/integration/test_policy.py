@@ -14,7 +14,9 @@ import subprocess
 
 import pytest
 
-from conftest import BUILDDIR, HOSTNAME, SMTPConn, free_port, ipv6_available
+from relaydtest.env import BUILDDIR, HOSTNAME
+from relaydtest.ports import free_port, ipv6_available
+from relaydtest.smtp import SMTPConn
 
 RELAYCTL_BIN = BUILDDIR / "relayd" / "relayctl"
 

@@ -54,9 +54,10 @@ import time
 
 import pytest
 
-from conftest import graph_relayd, wait_for
-from test_crash import Clients, latency_rules
-from test_delivery import simple
+from relaydtest.load import Clients, latency_rules
+from relaydtest.powercut import delivered_text, message, relayd_on
+from relaydtest.smtp import simple
+from relaydtest.wait import wait_for
 
 CUTS = {"both": 30, "each": 10}     # power cuts per rename rule
 RUN_BETWEEN = (0.3, 2.5)    # s of load between two cuts
@@ -87,33 +88,6 @@ def payload(token):
 class PowerCutClients(Clients):
     def message(self, token, sender):
         return simple("powercut " + token, body=payload(token), frm=sender)
-
-
-def relayd_on(powercut, relayd_factory, fake, rename_rule="both",
-              make_spool=True, **kw):
-    """A powercutfs mount and a relayd delivering to fake whose spool is on
-    it. The spool directory is made durable first, as a package would,
-    unless make_spool is false (then relayd makes it)."""
-    if make_spool:
-        (powercut.backing / "spool").mkdir(mode=0o700)
-    fs = powercut(rename_rule=rename_rule)
-    d = graph_relayd(relayd_factory, fake, start=False, **kw)
-    d.spool = powercut.mountpoint / "spool"
-    return fs, d.start()
-
-
-def message(n, big=False):
-    """A message of a few lines, or one too big for relayd's memory."""
-    lines = 5000 if big else 3
-    return ("Subject: fault %d\r\n\r\n" % n).encode() + \
-        b"".join(b"line %05d of message %d\r\n" % (i, n)
-                 for i in range(lines))
-
-
-def delivered_text(rec):
-    """Subject and body text of a delivery, line ends made LF."""
-    msg = rec["body"]["message"]
-    return msg["subject"], msg["body"]["content"].replace("\r\n", "\n")
 
 
 @pytest.mark.parametrize("rename_rule", ["both", "each"])

@@ -20,7 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import HOSTNAME, SMTPConn, free_port, need, wait_for
+from relaydtest.daemon import need
+from relaydtest.env import HOSTNAME
+from relaydtest.ports import free_port
+from relaydtest.smtp import SMTPConn
+from relaydtest.wait import wait_for
 
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 ACCESS_DENIED = ("554 5.7.1 %s Access denied: your address is not allowed "

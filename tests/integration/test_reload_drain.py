@@ -5,9 +5,9 @@ import signal
 import threading
 import time
 
-from conftest import SMTPConn, graph_relayd, wait_for
-from test_delivery import simple
-from test_delivery import smtplib_send as smtp_send
+from relaydtest.graph import graph_relayd
+from relaydtest.smtp import SMTPConn, simple, smtp_send
+from relaydtest.wait import wait_for
 
 TIMEOUT = 15
 

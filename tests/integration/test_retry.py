@@ -26,26 +26,21 @@ import time
 
 import pytest
 
-from conftest import SpoolFile, graph_relayd, graph_sections, wait_for
-from test_delivery import (DELIVERY_TIMEOUT, SENDER, holds, log_lines,
-                           max_overlap, reason_fields, simple, smtplib_send,
-                           started, wait_queue_empty)
+from relaydtest.delivery import (DELIVERY_TIMEOUT, MAILBOX_A, MAILBOX_B,
+                                 graph_requests, log_lines, max_overlap,
+                                 reason_fields, send_many, started,
+                                 wait_queue_empty)
+from relaydtest.graph import graph_relayd, graph_sections
+from relaydtest.smtp import SENDER, simple, smtp_send
+from relaydtest.spool import SpoolFile
+from relaydtest.wait import holds, wait_for
 
-MAILBOX_A = "scanner-a@contoso.test"
-MAILBOX_B = "scanner-b@contoso.test"
 RCPT = "rcpt@fabrikam.test"
 SLACK = 1.0         # how much later than due an attempt may come
 
 
 # --------------------------------------------------------------------------
 # helpers
-
-def graph_requests(fake, mailbox=None):
-    """The fake's sendMail records (for one mailbox), in the order they
-    began: a dropped request may be booked after the next one."""
-    return sorted((r for r in fake.requests() if r["kind"] == "graph" and
-                   (mailbox is None or r["mailbox"] == mailbox)),
-                  key=started)
 
 
 def wait_requests(fake, n, timeout=5):
@@ -79,19 +74,6 @@ def wait_lines(d, word, qid=None, n=1, timeout=DELIVERY_TIMEOUT):
                     % (n, word, qid or "any message"))
 
 
-def send_many(d, mails):
-    """[(envelope sender, subject, From: address)] over one connection;
-    returns the queue ids."""
-    qids = []
-    with d.connect() as c:
-        c.ehlo()
-        for env, subject, frm in mails:
-            r = c.send_mail(env, [RCPT], simple(subject, frm=frm))
-            assert r.qid, r
-            qids.append(r.qid)
-    return qids
-
-
 def subjects(records):
     return sorted(r["body"]["message"]["subject"] for r in records)
 
@@ -116,7 +98,7 @@ def test_retry_state_on_disk_and_across_restart(relayd_factory,
     fake.faults([{"kind": "graph", "status": 503, "retry_after": None},
                  {"kind": "graph", "status": 503, "retry_after": "1"}])
     d = graph_relayd(relayd_factory, fake, queue={"retry_min": "3s"})
-    qid = smtplib_send(d, simple("across a restart"))
+    qid = smtp_send(d, simple("across a restart"))
     [line] = wait_lines(d, "deferred", qid)
     [first] = graph_requests(fake)
     assert (first["status"], first["code"]) == (503, "serviceNotAvailable")
@@ -180,7 +162,7 @@ def test_retry_after_honoured(relayd_factory, shared_fake_graph, status,
     fake.faults([{"kind": "graph", "status": status, "retry_after": None,
                   "headers": {header: value}}])
     d = graph_relayd(relayd_factory, fake, queue={"retry_min": "200ms"})
-    qid = smtplib_send(d, simple("retry after %s" % value))
+    qid = smtp_send(d, simple("retry after %s" % value))
     fake.wait_sent(1, DELIVERY_TIMEOUT)
     first, second = graph_requests(fake)
     assert first["status"] == status and second["status"] == 202
@@ -209,7 +191,7 @@ def test_lifetime_expires_to_dead(relayd_factory, shared_fake_graph):
     fake.faults([{"kind": "graph", "status": 503, "retry_after": "1",
                   "count": -1}])
     d = graph_relayd(relayd_factory, fake, queue={"lifetime": "2s"})
-    qid = smtplib_send(d, simple("too late"))
+    qid = smtp_send(d, simple("too late"))
     [line] = wait_lines(d, "expired", qid)
     reason = dead_reason(d, qid)
     assert reason["reason"] == "expired"
@@ -363,10 +345,10 @@ def test_pacing_bucket_outlives_an_empty_queue(relayd_factory,
     fake = shared_fake_graph
     d = graph_relayd(relayd_factory, fake,
                      queue={"messages_per_minute": "1"})
-    smtplib_send(d, simple("first of the minute"))
+    smtp_send(d, simple("first of the minute"))
     fake.wait_sent(1, DELIVERY_TIMEOUT)
     wait_queue_empty(d)
-    second = smtplib_send(d, simple("second of the minute"))
+    second = smtp_send(d, simple("second of the minute"))
     holds(lambda: fake.stats()["requests"] == 2, 2.0,  # token + 1 sendMail
           "a second message within a minute at messages_per_minute = 1")
     assert d.queued() == [second]
@@ -464,7 +446,7 @@ def test_probe_must_reach_graph(relayd_factory, shared_fake_graph):
     send_many(d, [(MAILBOX_A, "A 0", MAILBOX_A), (MAILBOX_A, "A 1", MAILBOX_A),
                   (MAILBOX_B, "B 0", MAILBOX_B)])
     d.wait_log(r"graph unavailable: 3 failures in a row", DELIVERY_TIMEOUT)
-    deep = smtplib_send(d, too_deep(MAILBOX_B), mail_from=MAILBOX_B)
+    deep = smtp_send(d, too_deep(MAILBOX_B), mail_from=MAILBOX_B)
     d.wait_log(r"graph probing", 10)
     [failed] = wait_lines(d, "failed", deep)
     assert "max_mime_depth" in failed
@@ -488,7 +470,7 @@ def test_possible_duplicate(relayd_factory, shared_fake_graph, rules, graph,
     fake = shared_fake_graph
     fake.faults(rules)
     d = graph_relayd(relayd_factory, fake, **graph)
-    qid = smtplib_send(d, simple("maybe twice"))
+    qid = smtp_send(d, simple("maybe twice"))
     fake.wait_sent(1, DELIVERY_TIMEOUT)
     wait_queue_empty(d)
     reqs = wait_requests(fake, requests)
@@ -511,7 +493,7 @@ def test_possible_duplicate_when_curl_resends(relayd_factory,
     fake = shared_fake_graph
     fake.faults([{"kind": "graph", "drop": True}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, simple("sent twice by curl"))
+    qid = smtp_send(d, simple("sent twice by curl"))
     fake.wait_sent(1, DELIVERY_TIMEOUT)
     wait_queue_empty(d)
     assert [r["code"] or r["status"] for r in wait_requests(fake, 2)] == [
@@ -536,7 +518,7 @@ def test_bounce_report_through_graph(relayd_factory, shared_fake_graph,
                   to="Ann <ann@fabrikam.test>")
     data = (b"Message-ID: <inv-7@contoso.test>\r\n"
             b"Date: Sun, 06 Dec 2026 10:00:00 +0000\r\n" + data)
-    qid = smtplib_send(d, data, mail_from=MAILBOX_A,
+    qid = smtp_send(d, data, mail_from=MAILBOX_A,
                        rcpts=[RCPT, "ann@fabrikam.test"])
     reason = dead_reason(d, qid)
     assert (reason["reason"], reason["code"]) == ("refused",
@@ -580,7 +562,7 @@ def test_bounce_no_sends_no_report(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     fake.faults([SEND_AS_DENIED])
     d = graph_relayd(relayd_factory, fake)      # bounce = no by default
-    qid = smtplib_send(d, simple("denied", frm=MAILBOX_A),
+    qid = smtp_send(d, simple("denied", frm=MAILBOX_A),
                        mail_from=MAILBOX_A)
     assert dead_reason(d, qid)["reason"] == "refused"
     holds(lambda: len(graph_requests(fake)) == 1, 0.5, "a report was sent")
@@ -591,7 +573,7 @@ def test_bounce_null_sender_gets_no_report(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     fake.faults([SEND_AS_DENIED])
     d = graph_relayd(relayd_factory, fake, queue={"bounce": "sender"})
-    qid = smtplib_send(d, simple("denied", frm=MAILBOX_A), mail_from="")
+    qid = smtp_send(d, simple("denied", frm=MAILBOX_A), mail_from="")
     reason = dead_reason(d, qid)
     assert (reason["reason"], reason["mailbox"]) == ("refused", MAILBOX_A)
     holds(lambda: len(graph_requests(fake)) == 1, 0.5, "a report was sent")
@@ -603,7 +585,7 @@ def test_bounce_refused_report_is_not_reported(relayd_factory,
     fake = shared_fake_graph
     fake.faults([dict(SEND_AS_DENIED, count=-1)])
     d = graph_relayd(relayd_factory, fake, queue={"bounce": "sender"})
-    qid = smtplib_send(d, simple("denied", frm=MAILBOX_A),
+    qid = smtp_send(d, simple("denied", frm=MAILBOX_A),
                        mail_from=MAILBOX_A)
     m = d.wait_log(r" %s bounce queued=([0-9A-F]{16}) " % qid)
     report = m.group(1)
@@ -626,7 +608,7 @@ def test_bounce_expired_report(relayd_factory, shared_fake_graph):
                   "retry_after": "1", "count": 3}])
     d = graph_relayd(relayd_factory, fake,
                      queue={"bounce": "sender", "lifetime": "2s"})
-    qid = smtplib_send(d, simple("late", frm=MAILBOX_A), mail_from=MAILBOX_A)
+    qid = smtp_send(d, simple("late", frm=MAILBOX_A), mail_from=MAILBOX_A)
     wait_lines(d, "expired", qid)
     assert dead_reason(d, qid)["reason"] == "expired"
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)

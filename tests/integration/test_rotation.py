@@ -16,7 +16,8 @@ from datetime import date, timedelta
 
 import pytest
 
-from conftest import graph_relayd, run_relayd, wait_for
+from relaydtest.daemon import run_relayd
+from relaydtest.graph import graph_relayd
 
 MSG = b"Subject: rotation\r\n\r\nscan attached\r\n"
 

@@ -15,10 +15,11 @@ import threading
 
 import pytest
 
-from conftest import (BUILDDIR, RELAYCTL_BIN, RELAYD_BIN, free_port,
-                      graph_sections, wait_for)
+from relaydtest.env import RELAYCTL_BIN, RELAYD_BIN, SENDMAIL_BIN
+from relaydtest.graph import graph_sections
+from relaydtest.ports import free_port
+from relaydtest.wait import wait_for
 
-SENDMAIL_BIN = BUILDDIR / "relayd" / "relayd-sendmail"
 SENDER = "server1@contoso.test"
 ENV = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"]
 DELIVERY_TIMEOUT = 10

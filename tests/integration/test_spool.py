@@ -6,8 +6,9 @@ import time
 
 import pytest
 
-from conftest import (HOSTNAME, list_dir, make_record, parse_segment,
-                      wait_for)
+from relaydtest.env import HOSTNAME
+from relaydtest.spool import list_dir, make_record, parse_segment
+from relaydtest.wait import wait_for
 
 
 def test_250_means_queued_with_envelope(relayd):

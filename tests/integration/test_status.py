@@ -18,15 +18,13 @@ import urllib.request
 
 import pytest
 
-from conftest import RELAYCTL_BIN, free_port, graph_relayd, wait_for
-from test_delivery import SENDER, simple
-from test_delivery import smtplib_send as smtp_send
+from relaydtest.env import RELAYCTL_BIN
+from relaydtest.graph import graph_relayd
+from relaydtest.ports import free_port
+from relaydtest.smtp import SENDER, simple, smtp_send
+from relaydtest.wait import wait_for
 
 TIMEOUT = 15
-
-
-def smtplib_send(d, subject, rcpts=("rcpt@fabrikam.test",)):
-    return smtp_send(d, simple(subject), rcpts=rcpts)
 
 
 def queue(d):
@@ -42,7 +40,7 @@ def wait_state(d, qid, state, timeout=TIMEOUT):
 def test_status_answers(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     d = graph_relayd(relayd_factory, fake)
-    smtplib_send(d, "one")
+    smtp_send(d, simple("one"))
     fake.wait_sent(1, TIMEOUT)
     wait_for(lambda: d.ctl("status")["totals"]["sent"] == 1, TIMEOUT,
              "sent=1")
@@ -86,7 +84,8 @@ def test_queue_show_and_errors(relayd_factory, shared_fake_graph):
     fake.faults([{"kind": "graph", "status": 503, "count": -1,
                   "retry_after": "60"}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, "deferred one", rcpts=["a@b.test", "c@d.test"])
+    qid = smtp_send(d, simple("deferred one"),
+                    rcpts=["a@b.test", "c@d.test"])
     m = wait_state(d, qid, "deferred")
     assert m["attempts"] == 1 and m["rcpts"] == 2
     assert m["sender"] == SENDER and m["mailbox"]
@@ -142,7 +141,7 @@ def test_queue_names_the_first_recipients(relayd_factory, shared_fake_graph):
                   "retry_after": "60"}])
     d = graph_relayd(relayd_factory, fake)
     rcpts = ["r%d@fabrikam.test" % i for i in range(6)]
-    qid = smtplib_send(d, "six", rcpts=rcpts)
+    qid = smtp_send(d, simple("six"), rcpts=rcpts)
     m = wait_state(d, qid, "deferred")
     assert m["rcpts"] == 6 and m["recipients"] == rcpts[:3]
     r = d.relayctl("queue")
@@ -162,7 +161,7 @@ def test_status_says_why_the_token_fails(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     d = graph_relayd(relayd_factory, fake, secret="wrong")
     before = time.time()
-    qid = smtplib_send(d, "no token")
+    qid = smtp_send(d, simple("no token"))
     wait_for(lambda: d.ctl("status")["token"]["state"] == "failing",
              TIMEOUT, "the token failing")
     t = d.ctl("status")["token"]
@@ -195,7 +194,7 @@ def test_status_shows_a_graph_wide_hold(relayd_factory, shared_fake_graph):
     smtp_send(d, simple("second", frm="other@contoso.test"),
               mail_from="other@contoso.test")
     d.wait_log(r"graph unavailable: 3 failures in a row", TIMEOUT)
-    qid = smtplib_send(d, "during the hold")
+    qid = smtp_send(d, simple("during the hold"))
     st = d.ctl("status")
     assert st["graph"]["state"] == "held", st["graph"]
     # 3 make the hold; an answer to a request sent before it may add one
@@ -217,7 +216,7 @@ def test_retry_now(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     fake.faults([{"kind": "graph", "status": 503, "retry_after": "300"}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, "retry me")
+    qid = smtp_send(d, simple("retry me"))
     wait_state(d, qid, "deferred")
     r = d.relayctl("retry", qid)
     assert r.returncode == 0 and "1 message(s)" in r.stdout
@@ -229,7 +228,7 @@ def test_retry_all_lifts_throttling(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     fake.faults([{"kind": "graph", "status": 429, "retry_after": "300"}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, "throttled")
+    qid = smtp_send(d, simple("throttled"))
     wait_for(lambda: d.ctl("status")["throttled_mailboxes"], TIMEOUT,
              "a throttled mailbox")
     [t] = d.ctl("status")["throttled_mailboxes"]
@@ -246,7 +245,7 @@ def test_hold_release_survives_restart(relayd_factory, shared_fake_graph):
     fake.faults([{"kind": "graph", "status": 503, "retry_after": "1",
                   "count": -1}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, "hold me")
+    qid = smtp_send(d, simple("hold me"))
     wait_state(d, qid, "deferred")
     r = d.relayctl("hold", qid)
     assert r.returncode == 0 and "held" in r.stdout
@@ -271,7 +270,7 @@ def test_delete(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
     fake.faults([{"kind": "graph", "status": 503, "retry_after": "300"}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, "delete me")
+    qid = smtp_send(d, simple("delete me"))
     wait_state(d, qid, "deferred")
     r = d.relayctl("delete", qid)
     assert r.returncode == 0 and "deleted" in r.stdout
@@ -288,7 +287,7 @@ def test_in_flight_and_hold_while_in_flight(relayd_factory,
     fake.faults([{"kind": "graph", "delay_ms": 2000, "status": 503,
                   "retry_after": "300"}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, "slow")
+    qid = smtp_send(d, simple("slow"))
     wait_state(d, qid, "in flight")
     r = d.relayctl("delete", qid)
     assert r.returncode == 1 and "being delivered" in r.stderr
@@ -306,7 +305,7 @@ def test_metrics_socket_and_http(relayd_factory, shared_fake_graph):
     d = graph_relayd(relayd_factory, fake, start=False)
     d.sections["status"]["metrics_listen"] = "127.0.0.1:%d" % port
     d.start()
-    smtplib_send(d, "count me")
+    smtp_send(d, simple("count me"))
     fake.wait_sent(1, TIMEOUT)
     wait_for(lambda: "relayd_messages_sent_total 1" in
              d.relayctl("metrics").stdout, TIMEOUT, "sent_total 1")

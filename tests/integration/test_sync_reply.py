@@ -14,9 +14,11 @@ import time
 
 import pytest
 
-from conftest import SMTPConn, free_port, graph_sections, wait_for
-from test_delivery import (DELIVERY_TIMEOUT, SENDER, log_lines, simple,
-                           wait_queue_empty)
+from relaydtest.delivery import DELIVERY_TIMEOUT, log_lines, wait_queue_empty
+from relaydtest.graph import graph_sections
+from relaydtest.ports import free_port
+from relaydtest.smtp import SENDER, SMTPConn, simple
+from relaydtest.wait import wait_for
 
 RCPT = "rcpt@fabrikam.test"
 OTHER_FROM = "ceo@contoso.test"         # a From: the mailbox may not use

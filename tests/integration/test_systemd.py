@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-from conftest import RELAYD_BIN, SRCDIR, free_port, need
+from relaydtest.daemon import need
+from relaydtest.env import RELAYD_BIN, SRCDIR
+from relaydtest.ports import free_port
 
 UNIT = SRCDIR / "systemd" / "relayd.service"
 SYSUSERS = SRCDIR / "systemd" / "relayd.sysusers"

@@ -21,8 +21,11 @@ import warnings
 
 import pytest
 
-from conftest import (need, run, HOSTNAME, IO_TIMEOUT, SMTPClosed, SMTPConn, free_port,
-                      run_relayd, wait_for)
+from relaydtest.daemon import need, run, run_relayd
+from relaydtest.env import HOSTNAME, IO_TIMEOUT
+from relaydtest.ports import free_port
+from relaydtest.smtp import SMTPClosed, SMTPConn
+from relaydtest.wait import wait_for
 
 READY = "220 2.0.0 Ready to start TLS"
 PLAIN_HELLO_LOG = "TLS handshake on a plain listener"

@@ -9,55 +9,19 @@ import subprocess
 import threading
 import time
 import urllib.parse
-from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import (QUEUED_RE, RELAYD_BIN, graph_relayd, graph_sections,
-                      wait_for)
-
-SENDER = "sender@contoso.test"
-DELIVERY_TIMEOUT = 10
-EX_CONFIG = 78
+from relaydtest.delivery import DELIVERY_TIMEOUT, kinds, token_lines
+from relaydtest.env import EX_CONFIG, RELAYD_BIN
+from relaydtest.graph import graph_relayd, graph_sections
+from relaydtest.smtp import SENDER, simple, smtp_send
+from relaydtest.wait import wait_for
 
 
 # --------------------------------------------------------------------------
 # helpers
-
-def message(subject):
-    msg = EmailMessage()
-    msg["From"] = SENDER
-    msg["To"] = "rcpt@fabrikam.test"
-    msg["Subject"] = subject
-    msg.set_content("Hello.\n")
-    return msg.as_bytes(policy=msg.policy.clone(linesep="\r\n"))
-
-
-def smtplib_send(d, subject, conn=None):
-    """Sends one message (on conn, an open smtplib.SMTP, if given); returns
-    its queue id."""
-    def go(s):
-        assert s.mail(SENDER)[0] == 250
-        assert s.rcpt("rcpt@fabrikam.test")[0] == 250
-        code, text = s.data(message(subject))
-        m = QUEUED_RE.match("%d %s" % (code, text.decode()))
-        assert m, (code, text)
-        return m.group(1)
-    if conn is not None:
-        return go(conn)
-    with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s:
-        s.ehlo("client.test")
-        return go(s)
-
-
-def kinds(fake):
-    """The fake's requests as (kind, status) pairs, in order."""
-    return [(r["kind"], r["status"]) for r in fake.requests()]
-
-
-def token_lines(d):
-    return re.findall(r"^\S+ relayd: (token: .*)$", d.log, re.M)
 
 
 def assert_secret_not_logged(d, *secrets):
@@ -128,7 +92,7 @@ def test_one_token_for_many_messages(relayd_factory, shared_fake_graph):
     with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s:
         s.ehlo("client.test")
         for i in range(20):
-            smtplib_send(d, "many %d" % i, conn=s)
+            smtp_send(d, simple("many %d" % i), conn=s)
     fake.wait_sent(20, DELIVERY_TIMEOUT)
     wait_for(lambda: d.queued() == [], 5, "an empty queue/")
     st = fake.stats()
@@ -150,7 +114,7 @@ def test_token_refreshed_before_expiry(relayd_factory, shared_fake_graph):
             # paced by the clock, not by sleeps that add up
             wait_for(lambda: time.monotonic() >= t0 + i * 0.5, 2,
                      "message %d's turn" % i)
-            smtplib_send(d, "paced %d" % i, conn=s)
+            smtp_send(d, simple("paced %d" % i), conn=s)
     fake.wait_sent(12, DELIVERY_TIMEOUT)
     reqs = fake.requests()
     assert [r["status"] for r in reqs if r["kind"] == "graph"] == [202] * 12
@@ -176,7 +140,7 @@ def test_expired_token_renewed_once(relayd_factory, shared_fake_graph,
     fake.faults([{"kind": "graph", "expire_token": True,
                   "count": rejections}])
     d = graph_relayd(relayd_factory, fake)
-    qid = smtplib_send(d, "expired")
+    qid = smtp_send(d, simple("expired"))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     wait_for(lambda: d.queued() == [], 5, "an empty queue/")
     want = [("token", 200), ("graph", 401)] * rejections + \
@@ -207,7 +171,7 @@ def test_token_request_form(relayd_factory, shared_fake_graph,
     fake.config(clients={fake.client_id: {"secret": secret}})
     d = graph_relayd(relayd_factory, fake, secret=secret,
                      login_url=token_recorder.url)
-    smtplib_send(d, "form")
+    smtp_send(d, simple("form"))
     fake.wait_sent(1, DELIVERY_TIMEOUT)
     [rec] = token_recorder.records
     assert rec["path"] == "/%s/oauth2/v2.0/token" % fake.tenant
@@ -259,7 +223,7 @@ def test_token_error_keeps_message_queued(relayd_factory, shared_fake_graph,
     if fake_config:
         fake.config(**fake_config)
     d = graph_relayd(relayd_factory, fake, **graph)
-    qid = smtplib_send(d, "token " + case)
+    qid = smtp_send(d, simple("token " + case))
     m = d.wait_log(r"^\S+ relayd: (token: .*)$", DELIVERY_TIMEOUT)
     assert m.group(1) == hint + "; next attempt in 5s"
     line = d.wait_log(r" %s graph deferred (.*)$" % qid).group(1)
@@ -394,7 +358,7 @@ def test_credentials_directory(relayd_factory, shared_fake_graph, tmp_path,
     assert r.returncode == 0, r.stderr
 
     d.start()           # inherits CREDENTIALS_DIRECTORY
-    smtplib_send(d, "via credential")
+    smtp_send(d, simple("via credential"))
     [rec] = fake.wait_sent(1, DELIVERY_TIMEOUT)
     assert rec["body"]["message"]["subject"] == "via credential"
     assert fake.stats()["tokens_issued"] == 1
@@ -412,14 +376,14 @@ def test_token_outage_with_requests_in_flight(relayd_factory,
     fake.config(latency_ms=300)
     try:
         d = graph_relayd(relayd_factory, fake, queue={"workers": 16})
-        smtplib_send(d, "first")                # a token, then flowing
+        smtp_send(d, simple("first"))        # a token, then flowing
         fake.wait_sent(1, DELIVERY_TIMEOUT)
         fake.faults([{"kind": "token", "status": 503, "count": -1},
                       {"kind": "graph", "expire_token": True, "count": 1}])
         with smtplib.SMTP("127.0.0.1", d.port, timeout=10) as s:
             s.ehlo("client.test")
             for i in range(40):
-                smtplib_send(d, "burst %d" % i, conn=s)
+                smtp_send(d, simple("burst %d" % i), conn=s)
         wait_for(lambda: any(r["kind"] == "token" and r["status"] == 503
                              for r in fake.requests()), 10,
                  "a token request during the outage")

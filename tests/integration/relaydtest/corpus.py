@@ -5,7 +5,7 @@ haraka's .txt specimens, and each message of an .mbox file (split at its
 "From " lines, ">From " unquoted), named "path#N". SOURCES.md there says
 where each set comes from. Empty when ../shared is absent.
 """
-from conftest import SRCDIR
+from relaydtest.env import SRCDIR
 
 SHARED = SRCDIR.parent / "shared"
 CORPUS = SHARED / "corpus"
