@@ -18,17 +18,14 @@ import pytest
 
 from relaydtest.daemon import run_relayd
 from relaydtest.graph import graph_relayd
+from relaydtest.smtp import smtp_send
 
 MSG = b"Subject: rotation\r\n\r\nscan attached\r\n"
 
 
 def send(d):
-    with d.connect() as c:
-        c.ehlo()
-        r = c.send_mail("scanner@contoso.test", ["alice@fabrikam.test"],
-                        body=MSG)
-        assert r.qid, r
-        return r.qid
+    return smtp_send(d, MSG, "scanner@contoso.test", ["alice@fabrikam.test"],
+                     raw=True)
 
 
 def write_secret(path, value):
