@@ -1,67 +1,38 @@
 /*
- * config.c - the relayd.conf parser.
+ * config.c - relayd.conf's key table and its reader.
  *
  * INI syntax: "[section]", "key = value", "#" or ";" comments on their own
  * line. One table lists every key with its type, default, bounds and help;
- * parsing, range checks, `relayd -n` and the commented example config are all
- * driven by it, so they cannot drift apart. Every error is reported, each as
- * "FILE:LINE: message", rather than stopping at the first.
+ * reading, range checks, reload's diff, the commented example config and
+ * the man page (config_doc.c) are all driven by it, so they cannot drift
+ * apart. Every error is reported, each as "FILE:LINE: message", rather than
+ * stopping at the first.
+ *
+ * This file is the bottom of relayd's dependency graph: it reads text into
+ * a struct config and knows nothing of TLS, tokens, AUTH or the status
+ * socket (only util and log). What spans keys or needs another module is
+ * checked afterwards, in config_check.c.
  *
  * A hand-written reader rather than inih: inih does not hand line numbers to
  * its callback in Debian's build, and precise "FILE:LINE:" errors for every
  * key are the point of this module.
  */
-#include "autoconf.h"
-
-#include <sys/stat.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
-#include <ctype.h>
-#include <fcntl.h>
 #include <errno.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <unistd.h>
 
-#include "auth.h"
 #include "config.h"
-#include "http.h"
-#include "jwt.h"
 #include "log.h"
-#include "status.h"
-#include "tls.h"
 #include "util.h"
 
 #define CONFIG_LINE_MAX		4096
 #define CONFIG_FILE_MAX		(1024 * 1024)
-
-enum cfg_type {
-	CFG_STR,	/* free text */
-	CFG_NUM,	/* integer within [min, max] */
-	CFG_SIZE,	/* bytes, with k/M/G suffixes */
-	CFG_DURATION,	/* milliseconds; "30s", "5m", "250ms" */
-	CFG_ENUM,	/* one of enums[], stored as its index */
-	CFG_LISTEN,	/* ADDR:PORT, repeatable */
-	CFG_NETS,	/* CIDR list, comma or space separated */
-	CFG_BOOL,	/* yes/no, true/false, on/off; stored as int */
-};
-
-struct cfg_key {
-	const char		*section;
-	const char		*name;
-	enum cfg_type		 type;
-	const char		*def;	/* NULL: unset unless given */
-	uint64_t		 min, max;
-	size_t			 off;
-	const char *const	*enums;
-	const char		*help;
-};
 
 static const char *const bare_lf_names[] = { "reject", "normalize", NULL };
 /* In the order of enum reply_after. */
@@ -93,7 +64,7 @@ static const struct {
 #define KB	1024ULL
 #define MB	(1024ULL * 1024)
 
-static const struct cfg_key cfg_keys[] = {
+const struct cfg_key config_keys[] = {
 	{ "smtp", "listen", CFG_LISTEN, "127.0.0.1:25", 0, 0, OFF(listen), NULL,
 	  "Address and port to accept SMTP on; repeat the key for more. "
 	  "IPv6 in brackets: [::1]:25. Options after the address: tls (the "
@@ -363,31 +334,42 @@ static const struct cfg_key cfg_keys[] = {
 	  "history); no: for sites that must not keep them." },
 };
 
-struct parser {
-	const char	*file;
-	FILE		*errf;
-	int		 errors;
-	int		 client;	/* config_load_client(): no files */
-	struct config	*cfg;
-	int		 seen[NELEM(cfg_keys)];	/* line of first setting */
-};
+const size_t config_nkeys = NELEM(config_keys);
 
-static void	perr(struct parser *, int, const char *, ...) PRINTFLIKE(3, 4);
-
+/* "FILE:LINE: " ("FILE: " for the file as a whole), then the message. */
 static void
-perr(struct parser *p, int line, const char *fmt, ...)
+report(struct config_reader *r, int line, int warning, const char *fmt,
+    va_list ap)
+{
+	if (line > 0 || warning)
+		fprintf(r->errf, "%s:%d: ", r->file, line);
+	else
+		fprintf(r->errf, "%s: ", r->file);
+	if (warning)
+		fputs("warning: ", r->errf);
+	vfprintf(r->errf, fmt, ap);
+	fputc('\n', r->errf);
+}
+
+void
+config_error(struct config_reader *r, int line, const char *fmt, ...)
 {
 	va_list	 ap;
 
-	p->errors++;
-	if (line > 0)
-		fprintf(p->errf, "%s:%d: ", p->file, line);
-	else
-		fprintf(p->errf, "%s: ", p->file);
+	r->errors++;
 	va_start(ap, fmt);
-	vfprintf(p->errf, fmt, ap);
+	report(r, line, 0, fmt, ap);
 	va_end(ap);
-	fputc('\n', p->errf);
+}
+
+void
+config_warning(struct config_reader *r, int line, const char *fmt, ...)
+{
+	va_list	 ap;
+
+	va_start(ap, fmt);
+	report(r, line, 1, fmt, ap);
+	va_end(ap);
 }
 
 /* Levenshtein distance, to suggest "client_id" for "clinet_id". */
@@ -423,13 +405,13 @@ suggest(const char *section, const char *name)
 	const struct cfg_key	*best = NULL;
 	size_t			 i, d, bestd = 3;
 
-	for (i = 0; i < NELEM(cfg_keys); i++) {
-		if (section != NULL && strcmp(cfg_keys[i].section, section))
+	for (i = 0; i < config_nkeys; i++) {
+		if (section != NULL && strcmp(config_keys[i].section, section))
 			continue;
-		d = edit_distance(name, cfg_keys[i].name);
+		d = edit_distance(name, config_keys[i].name);
 		if (d < bestd) {
 			bestd = d;
-			best = &cfg_keys[i];
+			best = &config_keys[i];
 		}
 	}
 	return best;
@@ -709,10 +691,10 @@ find_key(const char *section, const char *name)
 {
 	size_t	 i;
 
-	for (i = 0; i < NELEM(cfg_keys); i++)
-		if (strcmp(cfg_keys[i].section, section) == 0 &&
-		    strcmp(cfg_keys[i].name, name) == 0)
-			return &cfg_keys[i];
+	for (i = 0; i < config_nkeys; i++)
+		if (strcmp(config_keys[i].section, section) == 0 &&
+		    strcmp(config_keys[i].name, name) == 0)
+			return &config_keys[i];
 	return NULL;
 }
 
@@ -723,15 +705,15 @@ known_section(const char *s)
 
 	if (strcmp(s, "senders") == 0)
 		return 1;
-	for (i = 0; i < NELEM(cfg_keys); i++)
-		if (strcmp(cfg_keys[i].section, s) == 0)
+	for (i = 0; i < config_nkeys; i++)
+		if (strcmp(config_keys[i].section, s) == 0)
 			return 1;
 	return 0;
 }
 
 /* [senders] "USER = patterns" or "CIDR = patterns". */
 static void
-parse_sender(struct parser *p, const char *key, const char *val, int lineno)
+parse_sender(struct config_reader *p, const char *key, const char *val, int lineno)
 {
 	struct sender_rule	 r;
 	char			*copy, *tok, *save = NULL;
@@ -741,12 +723,12 @@ parse_sender(struct parser *p, const char *key, const char *val, int lineno)
 		char why[256];
 
 		if (addr_parse_cidr(key, &r.net) == -1) {
-			perr(p, lineno, "[senders] \"%s\" is neither a user "
+			config_error(p, lineno, "[senders] \"%s\" is neither a user "
 			    "name nor a network (CIDR)", key);
 			return;
 		}
 		if (parse_net(key, &r.net, why, sizeof(why)) == -1) {
-			perr(p, lineno, "[senders] %s", why);
+			config_error(p, lineno, "[senders] %s", why);
 			return;
 		}
 	} else
@@ -757,7 +739,7 @@ parse_sender(struct parser *p, const char *key, const char *val, int lineno)
 		if (strcmp(tok, "*") != 0 && (strchr(tok, '@') == NULL ||
 		    strchr(tok + 1, '*') != NULL || tok[0] == '@' ||
 		    strrchr(tok, '@')[1] == '\0')) {
-			perr(p, lineno, "[senders] %s: \"%s\" is not an "
+			config_error(p, lineno, "[senders] %s: \"%s\" is not an "
 			    "address, *@domain or *", key, tok);
 			continue;
 		}
@@ -767,7 +749,7 @@ parse_sender(struct parser *p, const char *key, const char *val, int lineno)
 	}
 	free(copy);
 	if (r.npatterns == 0) {
-		perr(p, lineno, "[senders] %s: no addresses", key);
+		config_error(p, lineno, "[senders] %s: no addresses", key);
 		free(r.user);
 		free(r.patterns);
 		return;
@@ -778,7 +760,7 @@ parse_sender(struct parser *p, const char *key, const char *val, int lineno)
 }
 
 static void
-parse_line(struct parser *p, char *line, int lineno, char *section,
+parse_line(struct config_reader *p, char *line, int lineno, char *section,
     size_t seclen)
 {
 	const struct cfg_key	*k, *hint;
@@ -790,14 +772,14 @@ parse_line(struct parser *p, char *line, int lineno, char *section,
 	if (*s == '[') {
 		char *rb = strchr(s, ']');
 		if (rb == NULL || rb[1] != '\0') {
-			perr(p, lineno, "malformed section header \"%s\"", s);
+			config_error(p, lineno, "malformed section header \"%s\"", s);
 			section[0] = '\0';
 			return;
 		}
 		*rb = '\0';
 		s = str_trim(s + 1);
 		if (!known_section(s)) {
-			perr(p, lineno, "unknown section [%s] (sections: smtp, "
+			config_error(p, lineno, "unknown section [%s] (sections: smtp, "
 			    "queue, graph, auth, senders, status, sendmail, "
 			    "log)", s);
 			section[0] = '\0';
@@ -808,7 +790,7 @@ parse_line(struct parser *p, char *line, int lineno, char *section,
 		return;
 	}
 	if ((eq = strchr(s, '=')) == NULL) {
-		perr(p, lineno, "expected \"key = value\", got \"%s\"", s);
+		config_error(p, lineno, "expected \"key = value\", got \"%s\"", s);
 		return;
 	}
 	*eq = '\0';
@@ -816,7 +798,7 @@ parse_line(struct parser *p, char *line, int lineno, char *section,
 	val = str_trim(eq + 1);
 	if (section[0] == '\0') {
 		if (section[1] != '!')
-			perr(p, lineno, "\"%s\" outside of any [section]",
+			config_error(p, lineno, "\"%s\" outside of any [section]",
 			    key);
 		return;
 	}
@@ -826,28 +808,28 @@ parse_line(struct parser *p, char *line, int lineno, char *section,
 	}
 	if ((k = find_key(section, key)) == NULL) {
 		if ((hint = suggest(section, key)) != NULL)
-			perr(p, lineno, "unknown key \"%s\" in [%s] (did you "
+			config_error(p, lineno, "unknown key \"%s\" in [%s] (did you "
 			    "mean \"%s\"?)", key, section, hint->name);
 		else if ((hint = suggest(NULL, key)) != NULL &&
 		    strcmp(hint->name, key) == 0)
-			perr(p, lineno, "unknown key \"%s\" in [%s] (it "
+			config_error(p, lineno, "unknown key \"%s\" in [%s] (it "
 			    "belongs in [%s])", key, section, hint->section);
 		else
-			perr(p, lineno, "unknown key \"%s\" in [%s]", key,
+			config_error(p, lineno, "unknown key \"%s\" in [%s]", key,
 			    section);
 		return;
 	}
-	if (k->type != CFG_LISTEN && p->seen[k - cfg_keys] != 0) {
-		perr(p, lineno, "\"%s\" is already set at line %d", key,
-		    p->seen[k - cfg_keys]);
+	if (k->type != CFG_LISTEN && p->seen[k - config_keys] != 0) {
+		config_error(p, lineno, "\"%s\" is already set at line %d", key,
+		    p->seen[k - config_keys]);
 		return;
 	}
-	if (k->type == CFG_LISTEN && p->seen[k - cfg_keys] == 0)
+	if (k->type == CFG_LISTEN && p->seen[k - config_keys] == 0)
 		free_listeners(p->cfg);	/* the first replaces the default */
-	if (p->seen[k - cfg_keys] == 0)
-		p->seen[k - cfg_keys] = lineno;
+	if (p->seen[k - config_keys] == 0)
+		p->seen[k - config_keys] = lineno;
 	if (set_value(p->cfg, k, val, err, sizeof(err)) == -1)
-		perr(p, lineno, "%s", err);
+		config_error(p, lineno, "%s", err);
 	else if (k->type == CFG_LISTEN)
 		p->cfg->listen[p->cfg->nlisten - 1].line = lineno;
 }
@@ -858,9 +840,9 @@ set_defaults(struct config *cfg)
 	char	 err[256], host[256];
 	size_t	 i;
 
-	for (i = 0; i < NELEM(cfg_keys); i++)
-		if (cfg_keys[i].def != NULL &&
-		    set_value(cfg, &cfg_keys[i], cfg_keys[i].def, err,
+	for (i = 0; i < config_nkeys; i++)
+		if (config_keys[i].def != NULL &&
+		    set_value(cfg, &config_keys[i], config_keys[i].def, err,
 		    sizeof(err)) == -1)
 			fatalx("config: bad default: %s", err);
 	if (gethostname(host, sizeof(host)) == -1 || host[0] == '\0')
@@ -869,726 +851,91 @@ set_defaults(struct config *cfg)
 	cfg->hostname = xstrdup(host);
 }
 
-static int
-key_line(const struct parser *p, const char *section, const char *name)
+int
+config_key_line(const struct config_reader *p, const char *section,
+    const char *name)
 {
 	const struct cfg_key	*k = find_key(section, name);
 
-	return k != NULL ? p->seen[k - cfg_keys] : 0;
+	return k != NULL ? p->seen[k - config_keys] : 0;
 }
 
-/*
- * A secret file must be a regular file that neither group nor others can
- * read: a leaked client secret lets anyone send mail as any mailbox.
- */
+
+/* Values derived from others once the file is read: no error can come of it. */
 static void
-check_secret_file(struct parser *p, int line, const char *what,
-    const char *path)
+derive(struct config *cfg)
 {
-	struct stat	 st;
-	char		 err[1024];
-	int		 fd;
-
-	if (p->client)
-		return;
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
-	    fstat(fd, &st) == -1) {
-		perr(p, line, "%s \"%s\": %s", what, path, strerror(errno));
-		if (fd != -1)
-			close(fd);
-		return;
-	}
-	close(fd);
-	if (!S_ISREG(st.st_mode))
-		perr(p, line, "%s \"%s\" is not a regular file", what, path);
-	else if (check_private_mode(what, path, (unsigned)st.st_mode, err,
-	    sizeof(err)) == -1)
-		perr(p, line, "%s", err);
-}
-
-/* The client secret's file: private, and not empty (white space aside). */
-static void
-check_secret(struct parser *p, int line, const char *what, const char *path)
-{
-	char	 buf[512];
-	ssize_t	 n, i;
-	int	 fd, errors = p->errors;
-
-	check_secret_file(p, line, what, path);
-	if (p->errors > errors || (fd = open(path, O_RDONLY | O_CLOEXEC)) ==
-	    -1)
-		return;
-	n = read(fd, buf, sizeof(buf));
-	close(fd);
-	for (i = 0; i < n; i++)
-		if (!isspace((unsigned char)buf[i]))
-			break;
-	explicit_bzero(buf, sizeof(buf));
-	if (n >= 0 && i == n)
-		perr(p, line, "%s \"%s\" is empty; put the client secret's "
-		    "Value (from Entra: Certificates & secrets) in it", what,
-		    path);
-}
-
-/* Is a URL's host[:port] (up to / ? #) this machine, exactly? */
-static int
-loopback_host(const char *a, size_t n)
-{
-	struct in_addr	 in;
-	char		 host[64];
-
-	if (n >= 5 && strncmp(a, "[::1]", 5) == 0)
-		return n == 5 || a[5] == ':';
-	n = strcspn(a, ":/?#");
-	if (n == 0 || n >= sizeof(host))
-		return 0;
-	memcpy(host, a, n);
-	host[n] = '\0';
-	if (strcasecmp(host, "localhost") == 0)
-		return 1;
-	return inet_pton(AF_INET, host, &in) == 1 &&
-	    (ntohl(in.s_addr) >> 24) == 127;
-}
-
-/*
- * Token and Graph URLs: https, or plain http to this machine only (tests,
- * demos): the client secret and the tokens travel in them. No user@ part:
- * "http://127.0.0.1@host/" goes to host.
- */
-static void
-check_url(struct parser *p, const char *name, char *url)
-{
-	const char	*host;
-	size_t		 n;
-	int		 line = key_line(p, "graph", name);
-
-	if (strncasecmp(url, "https://", 8) == 0)
-		host = url + 8;
-	else if (strncasecmp(url, "http://", 7) == 0)
-		host = url + 7;
-	else {
-		perr(p, line, "%s \"%s\" must start with https://", name, url);
-		return;
-	}
-	n = strcspn(host, "/?#");
-	if (n == 0) {
-		perr(p, line, "%s \"%s\" has no host", name, url);
-		return;
-	}
-	if (memchr(host, '@', n) != NULL) {
-		perr(p, line, "%s \"%s\": no user name or password in the "
-		    "URL", name, url);
-		return;
-	}
-	if (host == url + 7 && !loopback_host(host, n))
-		perr(p, line, "%s \"%s\": plain http is allowed only to this "
-		    "host; use https://", name, url);
-	n = strlen(url);
-	while (n > 0 && url[n - 1] == '/')
-		url[--n] = '\0';
-	/* A common paste: relayd adds the version itself. */
-	if (strcmp(name, "graph_url") == 0 && n > 5 &&
-	    strcasecmp(url + n - 5, "/v1.0") == 0) {
-		url[n - 5] = '\0';
-		fprintf(p->errf, "%s:%d: warning: graph_url ends in /v1.0, "
-		    "which relayd adds itself; taking graph_url = %s (write "
-		    "it so)\n", p->file, line, url);
-	}
-}
-
-/*
- * [graph] proxy: http:// or https://, and a port (curl would take 1080,
- * seldom what is meant). The password in it is never shown.
- */
-static void
-check_proxy(struct parser *p)
-{
-	const char	*u = p->cfg->proxy, *a, *at, *port;
-	char		*shown;
-	size_t		 n;
-	int		 line = key_line(p, "graph", "proxy");
-
-	if (u == NULL)
-		return;
-	shown = http_redact(u);
-	if (strncasecmp(u, "http://", 7) == 0)
-		a = u + 7;
-	else if (strncasecmp(u, "https://", 8) == 0)
-		a = u + 8;
-	else {
-		perr(p, line, "proxy \"%s\" must start with http:// or "
-		    "https://", shown);
-		free(shown);
-		return;
-	}
-	n = strcspn(a, "/?#");
-	if ((at = memrchr(a, '@', n)) != NULL) {
-		n -= (size_t)(at + 1 - a);
-		a = at + 1;
-	}
-	port = memrchr(a, ':', n);
-	if (port == NULL || memchr(port, ']', n - (size_t)(port - a)) ||
-	    port == a || port + 1 == a + n ||
-	    strspn(port + 1, "0123456789") != (size_t)(a + n - port - 1))
-		perr(p, line, "proxy \"%s\" must be http://HOST:PORT (the port "
-		    "too)", shown);
-	free(shown);
-}
-
-static void	check_readable(struct parser *, int, const char *,
-		    const char *);
-
-#define EXPIRY_WARN_DAYS	30
-
-/*
- * Whether a certificate expires soon (1) or has expired (2), in words in
- * buf; 0 if neither (or it can't be read: that is reported elsewhere).
- */
-static int	date_note(const char *, const char *, time_t, const char *,
-		    char *, size_t);
-
-static int
-expiry_note(const char *what, const char *path, const char *todo,
-    char *buf, size_t len)
-{
-	time_t	 when;
-
-	if (tls_cert_expiry(path, &when) == -1)
-		return 0;
-	return date_note(what, path, when, todo, buf, len);
-}
-
-static const char secret_todo[] = "make a new secret in Entra "
-    "(Certificates & secrets), write its Value to client_secret_file, set "
-    "client_secret_expires and run systemctl reload relayd";
-
-static const char tls_todo[] = "renew it and run systemctl reload relayd";
-static const char cert_todo[] = "upload a new certificate to the app "
-    "registration, point certificate_file at it and run systemctl reload "
-    "relayd";
-
-/* An expired certificate is an error; one about to expire a warning. */
-static void
-check_expiry(struct parser *p, int line, const char *what, const char *path,
-    const char *todo)
-{
-	char	 buf[1024];
-
-	switch (expiry_note(what, path, todo, buf, sizeof(buf))) {
-	case 2:
-		perr(p, line, "%s", buf);
-		break;
-	case 1:
-		fprintf(p->errf, "%s:%d: warning: %s\n", p->file, line, buf);
-		break;
-	}
-}
-
-void
-config_warn_expiry(const struct config *cfg, FILE *fp)
-{
-	char	 buf[1024];
-	size_t	 i;
-
-	if (cfg->tls_cert != NULL &&
-	    expiry_note("tls_cert", cfg->tls_cert, tls_todo, buf,
-	    sizeof(buf)) != 0)
-		fprintf(fp, "%s\n", buf);
-	for (i = 0; i < cfg->nlisten; i++)
-		if (cfg->listen[i].cert != NULL && (cfg->tls_cert == NULL ||
-		    strcmp(cfg->listen[i].cert, cfg->tls_cert) != 0) &&
-		    expiry_note("cert=", cfg->listen[i].cert, tls_todo, buf,
-		    sizeof(buf)) != 0)
-			fprintf(fp, "%s\n", buf);
-	if (cfg->certificate_file != NULL &&
-	    expiry_note("certificate_file", cfg->certificate_file, cert_todo,
-	    buf, sizeof(buf)) != 0)
-		fprintf(fp, "%s\n", buf);
-	if (cfg->client_secret_expires != 0 &&
-	    date_note("client_secret_expires: the client secret", NULL,
-	    cfg->client_secret_expires, secret_todo, buf, sizeof(buf)) != 0)
-		fprintf(fp, "%s\n", buf);
-}
-
-size_t
-config_credentials(const struct config *cfg, struct credential *out)
-{
-	size_t	 n = 0, i;
-	time_t	 t, tls = 0;
-
-	if (cfg->client_secret_expires != 0 && cfg->certificate_file == NULL) {
-		out[n].name = "client_secret";
-		out[n++].expires = cfg->client_secret_expires;
-	}
-	if (cfg->certificate_file != NULL &&
-	    tls_cert_expiry(cfg->certificate_file, &t) == 0) {
-		out[n].name = "certificate";
-		out[n++].expires = t;
-	}
-	/* The listener certificate that expires first. */
-	for (i = 0; i < cfg->nlisten; i++)
-		if (cfg->listen[i].cert != NULL &&
-		    tls_cert_expiry(cfg->listen[i].cert, &t) == 0 &&
-		    (tls == 0 || t < tls))
-			tls = t;
-	if (tls == 0 && cfg->tls_cert != NULL &&
-	    tls_cert_expiry(cfg->tls_cert, &t) == 0)
-		tls = t;
-	if (tls != 0) {
-		out[n].name = "tls_cert";
-		out[n++].expires = tls;
-	}
-	return n;
-}
-
-/*
- * A certificate and its key (tls_cert/tls_key, or a listener's cert=/key=):
- * readable, the key private, both PEM, one pair, not expired. Each
- * problem names the line of the key responsible.
- */
-static void
-check_pair(struct parser *p, const char *cname, int cline, const char *cert,
-    const char *kname, int kline, const char *key)
-{
-	char	 err[1024];
-	int	 errors = p->errors;
-
-	if (p->client)
-		return;		/* relayd's files, not the client's */
-	check_readable(p, cline, cname, cert);
-	check_secret_file(p, kline, kname, key);
-	if (p->errors > errors)
-		return;
-	switch (tls_check_pair(cert, key, err, sizeof(err))) {
-	case TLS_PAIR_CERT:
-		perr(p, cline, "%s %s", cname, err);
-		return;
-	case TLS_PAIR_KEY:
-		perr(p, kline, "%s %s", kname, err);
-		return;
-	case TLS_PAIR_MISMATCH:
-		perr(p, kline, "%s: %s; set the key made with this certificate",
-		    kname, err);
-		return;
-	}
-	check_expiry(p, cline, cname, cert, tls_todo);
-}
-
-/*
- * Certificate credentials: certificate_file and its key, from
- * private_key_file or the systemd credential private_key. They are loaded
- * as the token requests will use them: a key of another certificate, or
- * one that is not RSA, fails here rather than at the first message.
- */
-static void
-check_certificate(struct parser *p, const char *creds)
-{
-	struct config	*cfg = p->cfg;
-	struct jwt_key	*k;
-	char		 err[1024];
-	int		 line = key_line(p, "graph", "certificate_file");
-	int		 errors = p->errors;
-
-	if (cfg->client_secret_file != NULL)
-		perr(p, key_line(p, "graph", "client_secret_file"),
-		    "client_secret_file and certificate_file are two ways to "
-		    "sign in; set only one");
-	if (cfg->certificate_file == NULL) {
-		perr(p, key_line(p, "graph", "private_key_file"),
-		    "private_key_file needs certificate_file (the certificate "
-		    "uploaded to the app registration)");
-		return;
-	}
-	check_readable(p, line, "certificate_file", cfg->certificate_file);
-	if (cfg->private_key_file != NULL)
-		check_secret_file(p, key_line(p, "graph", "private_key_file"),
-		    "private_key_file", cfg->private_key_file);
-	else if (creds == NULL || *creds == '\0') {
-		perr(p, line, "certificate_file needs private_key_file (or the "
-		    "systemd credential LoadCredential=private_key)");
-		return;
-	} else {
-		xasprintf(&cfg->private_key_file, "%s/private_key", creds);
-		check_secret_file(p, 0, "credential", cfg->private_key_file);
-	}
-	if (p->errors > errors)
-		return;
-	if ((k = jwt_key_load(cfg->certificate_file, cfg->private_key_file,
-	    cfg->assertion_alg, err, sizeof(err))) == NULL) {
-		perr(p, line, "%s", err);
-		return;
-	}
-	jwt_key_free(k);
-	check_expiry(p, line, "certificate_file", cfg->certificate_file,
-	    cert_todo);
-}
-
-/* Whether a date lies within 30 days (1) or past (2), in words in buf. */
-static int
-date_note(const char *what, const char *name, time_t when, const char *todo,
-    char *buf, size_t len)
-{
-	time_t		 now = time(NULL);
-	struct tm	 tm;
-	char		 date[32];
-
-	gmtime_r(&when, &tm);
-	strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", &tm);
-	if (when <= now) {
-		snprintf(buf, len, "%s%s%s%s expired on %s; %s", what,
-		    name ? " \"" : "", name ? name : "", name ? "\"" : "",
-		    date, todo);
-		return 2;
-	}
-	if (when - now < EXPIRY_WARN_DAYS * 86400) {
-		snprintf(buf, len, "%s%s%s%s expires on %s (in %lld days); %s",
-		    what, name ? " \"" : "", name ? name : "", name ? "\"" : "",
-		    date, (long long)((when - now) / 86400), todo);
-		return 1;
-	}
-	return 0;
-}
-
-/*
- * [graph] client_secret_expires: a date; near or past it, a warning (the
- * secret may have been renewed without the date).
- */
-static void
-check_secret_expiry(struct parser *p)
-{
-	struct config	*cfg = p->cfg;
-	struct tm	 tm;
-	const char	*e;
-	char		 buf[1024];
-	int		 line = key_line(p, "graph", "client_secret_expires");
-
-	if (cfg->client_secret_expires_text == NULL)
-		return;
-	memset(&tm, 0, sizeof(tm));
-	e = strptime(cfg->client_secret_expires_text, "%Y-%m-%d", &tm);
-	if (e == NULL || *e != '\0') {
-		perr(p, line, "client_secret_expires \"%s\" is not a date "
-		    "(YYYY-MM-DD, as Entra shows it)",
-		    cfg->client_secret_expires_text);
-		return;
-	}
-	cfg->client_secret_expires = timegm(&tm);
-	if (date_note("client_secret_expires: the client secret", NULL,
-	    cfg->client_secret_expires, secret_todo, buf, sizeof(buf)) != 0)
-		fprintf(p->errf, "%s:%d: warning: %s\n", p->file, line, buf);
-}
-
-/* user@domain, as a Graph mailbox is named: no blanks, brackets, quotes. */
-static int
-mailbox_address(const char *a)
-{
-	const char	*at = strrchr(a, '@');
-
-	return at != NULL && at > a && at[1] != '\0' &&
-	    strpbrk(a, " \t/?#<>\"") == NULL;
-}
-
-/*
- * [graph]: delivery is on once any credential key is given, and then all of
- * them must be. Without them relayd only queues (a staged roll-out).
- */
-static void
-check_graph(struct parser *p)
-{
-	struct config	*cfg = p->cfg;
-	const char	*creds;
-	char		*path;
+	char	*copy, *t, *sv = NULL;
 
 	if (cfg->login_url == NULL)
 		cfg->login_url = xstrdup(clouds[cfg->cloud].login_url);
 	if (cfg->graph_url == NULL)
 		cfg->graph_url = xstrdup(clouds[cfg->cloud].graph_url);
-	check_url(p, "login_url", cfg->login_url);
-	check_url(p, "graph_url", cfg->graph_url);
-	check_proxy(p);
-	if (strcmp(cfg->mailbox, "envelope") != 0 &&
-	    strcmp(cfg->mailbox, "from") != 0 && !mailbox_address(cfg->mailbox))
-		perr(p, key_line(p, "graph", "mailbox"), "mailbox \"%s\" must "
-		    "be envelope, from or a mailbox address", cfg->mailbox);
-	check_secret_expiry(p);
-	creds = getenv("CREDENTIALS_DIRECTORY");
-	if (cfg->tenant == NULL && cfg->client_id == NULL &&
-	    cfg->client_secret_file == NULL && cfg->certificate_file == NULL &&
-	    cfg->private_key_file == NULL)
+	if (cfg->recipient_domains == NULL)
 		return;
-	cfg->graph_enabled = 1;
-	if (cfg->tenant == NULL)
-		perr(p, 0, "[graph] tenant is not set (the Directory (tenant) "
-		    "ID of the app registration)");
-	if (cfg->client_id == NULL)
-		perr(p, 0, "[graph] client_id is not set (the Application "
-		    "(client) ID of the app registration)");
-	if (p->client)
-		return;		/* the credentials are relayd's to read */
-	if (cfg->certificate_file != NULL || cfg->private_key_file != NULL) {
-		check_certificate(p, creds);
-		return;
+	copy = xstrdup(cfg->recipient_domains);
+	for (t = strtok_r(copy, ", \t", &sv); t != NULL;
+	    t = strtok_r(NULL, ", \t", &sv)) {
+		cfg->rcpt_domains = xrealloc(cfg->rcpt_domains,
+		    (cfg->nrcpt_domains + 1) * sizeof(*cfg->rcpt_domains));
+		cfg->rcpt_domains[cfg->nrcpt_domains++] = xstrdup(t);
 	}
-	if (cfg->client_secret_file != NULL) {
-		check_secret(p, key_line(p, "graph", "client_secret_file"),
-		    "client_secret_file", cfg->client_secret_file);
-		return;
-	}
-	if (creds == NULL || *creds == '\0') {
-		perr(p, 0, "[graph] client_secret_file is not set and there is "
-		    "no systemd credential (LoadCredential=client_secret); or "
-		    "sign in with certificate_file and private_key_file");
-		return;
-	}
-	xasprintf(&path, "%s/client_secret", creds);
-	check_secret(p, 0, "credential", path);
-	cfg->client_secret_file = path;
+	free(copy);
 }
 
-/* A PEM file relayd must be able to read. */
-static void
-check_readable(struct parser *p, int line, const char *what,
-    const char *path)
-{
-	if (!p->client && access(path, R_OK) == -1)
-		perr(p, line, "%s \"%s\": %s", what, path, strerror(errno));
-}
-
-/*
- * Each listener's certificate and key, from its listen line or [smtp]
- * tls_cert/tls_key: a tls listener must have them; a plain one offers
- * STARTTLS when it has them.
- */
-static void
-check_tls(struct parser *p)
-{
-	struct config		*cfg = p->cfg;
-	struct listen_cfg	*lc;
-	size_t			 i;
-
-	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
-		perr(p, key_line(p, "smtp", cfg->tls_cert ? "tls_cert" :
-		    "tls_key"), "tls_cert and tls_key go together");
-	else if (cfg->tls_cert != NULL)
-		check_pair(p, "tls_cert", key_line(p, "smtp", "tls_cert"),
-		    cfg->tls_cert, "tls_key", key_line(p, "smtp", "tls_key"),
-		    cfg->tls_key);
-	for (i = 0; i < cfg->nlisten; i++) {
-		lc = &cfg->listen[i];
-		if ((lc->cert == NULL) != (lc->key == NULL)) {
-			perr(p, lc->line, "listen %s: cert= and key= go "
-			    "together", lc->text);
-			continue;
-		}
-		if (lc->cert != NULL) {
-			check_pair(p, "cert=", lc->line, lc->cert, "key=",
-			    lc->line, lc->key);
-		} else if (cfg->tls_cert != NULL && cfg->tls_key != NULL) {
-			lc->cert = xstrdup(cfg->tls_cert);
-			lc->key = xstrdup(cfg->tls_key);
-		}
-		if (lc->tls_min == -1)
-			lc->tls_min = cfg->tls_min;
-		/* Load them as the daemon will: a wrong pair fails here. */
-		if (lc->cert != NULL && p->errors == 0 && !p->client) {
-			char	 err[512];
-			SSL_CTX	*ctx = tls_ctx_new(lc, err, sizeof(err));
-
-			if (ctx == NULL)
-				perr(p, lc->line, "%s", err);
-			SSL_CTX_free(ctx);
-		}
-		if (lc->tls && lc->cert == NULL)
-			perr(p, lc->line, "listen %s tls: no certificate (set "
-			    "tls_cert and tls_key in [smtp], or cert= and key= "
-			    "on the listen line)", lc->text);
-	}
-}
-
-/*
- * Never an open relay: allow_networks may not cover every address unless
- * relaying needs AUTH anyway, everywhere or on every listener.
- */
-static void
-check_open_relay(struct parser *p)
-{
-	struct config	*cfg = p->cfg;
-	size_t		 i;
-
-	if (cfg->require_auth)
-		return;
-	for (i = 0; i < cfg->nlisten && cfg->listen[i].require_auth; i++)
-		;
-	if (cfg->nlisten > 0 && i == cfg->nlisten)
-		return;
-	for (i = 0; i < cfg->nallow; i++)
-		if (cfg->allow[i].prefix == 0) {
-			perr(p, key_line(p, "smtp", "allow_networks"),
-			    "allow_networks %s covers every address: anyone "
-			    "who can reach relayd could send mail as your "
-			    "tenant (an open relay); list your own networks, "
-			    "or set require_auth = yes (or require_auth on "
-			    "every listen line)",
-			    cfg->allow[i].family == AF_INET ? "0.0.0.0/0" :
-			    "::/0");
-			return;
-		}
-}
-
-/* A listener with require_auth must let someone AUTH. */
-static void
-check_listen_auth(struct parser *p)
-{
-	struct config		*cfg = p->cfg;
-	struct listen_cfg	*lc;
-	size_t			 i;
-
-	for (i = 0; i < cfg->nlisten; i++) {
-		lc = &cfg->listen[i];
-		if (!lc->require_auth)
-			continue;
-		if (cfg->users_file == NULL)
-			perr(p, lc->line, "listen %s require_auth needs [auth] "
-			    "users_file (nobody could send there); set it, or "
-			    "drop require_auth", lc->text);
-		else if (lc->cert == NULL && !lc->auth_plaintext)
-			perr(p, lc->line, "listen %s require_auth: AUTH needs "
-			    "TLS and this listener has no certificate (nobody "
-			    "could send there); set tls_cert and tls_key, or "
-			    "auth_plaintext=yes", lc->text);
-	}
-}
-
-/* [status] users and groups must exist, or relayd would not start. */
-static void
-check_status_ids(struct parser *p)
-{
-	char	 err[512];
-
-	if (status_ids_check(p->cfg->status_users, 0, err, sizeof(err)) == -1)
-		perr(p, key_line(p, "status", "users"), "%s", err);
-	if (status_ids_check(p->cfg->status_groups, 1, err, sizeof(err)) ==
-	    -1)
-		perr(p, key_line(p, "status", "groups"), "%s", err);
-}
-
-/* Checks that span keys or need the file system. */
-static void
-check_config(struct parser *p)
-{
-	struct config	*cfg = p->cfg;
-	const char	*c;
-
-	for (c = cfg->hostname; *c != '\0'; c++)
-		if (!isalnum((unsigned char)*c) && *c != '.' && *c != '-') {
-			perr(p, p->seen[1], "hostname \"%s\" is not a DNS name",
-			    cfg->hostname);
-			break;
-		}
-	if (cfg->spool_dir[0] != '/')
-		perr(p, 0, "spool_dir \"%s\" must be an absolute path",
-		    cfg->spool_dir);
-	check_graph(p);
-	check_tls(p);
-	if (cfg->recipient_domains != NULL) {
-		char *copy = xstrdup(cfg->recipient_domains), *t, *sv = NULL;
-
-		for (t = strtok_r(copy, ", \t", &sv); t != NULL;
-		    t = strtok_r(NULL, ", \t", &sv)) {
-			cfg->rcpt_domains = xrealloc(cfg->rcpt_domains,
-			    (cfg->nrcpt_domains + 1) *
-			    sizeof(*cfg->rcpt_domains));
-			cfg->rcpt_domains[cfg->nrcpt_domains++] = xstrdup(t);
-		}
-		free(copy);
-	}
-	check_open_relay(p);
-	if (cfg->notify != NULL && !mailbox_address(cfg->notify))
-		perr(p, key_line(p, "queue", "notify"), "notify \"%s\" is not "
-		    "a mailbox address; name the operator's mailbox "
-		    "(user@domain) that gets the digest of dead letters",
-		    cfg->notify);
-	if (cfg->sendmail_sender != NULL &&
-	    !mailbox_address(cfg->sendmail_sender))
-		perr(p, key_line(p, "sendmail", "sender"), "sender \"%s\" is "
-		    "not a mailbox address; name the tenant's mailbox local "
-		    "programs send as (user@domain)", cfg->sendmail_sender);
-	if (cfg->require_auth && cfg->users_file == NULL)
-		perr(p, key_line(p, "smtp", "require_auth"), "require_auth "
-		    "needs [auth] users_file (nobody could relay)");
-	check_listen_auth(p);
-	if (cfg->users_file != NULL && p->client)
-		;	/* not the client's to read */
-	else if (cfg->users_file != NULL &&
-	    access(cfg->users_file, R_OK) == -1)
-		perr(p, key_line(p, "auth", "users_file"), "users_file \"%s\": "
-		    "%s; make it with: relayctl passwd USER", cfg->users_file,
-		    strerror(errno));
-	else if (cfg->users_file != NULL)
-		p->errors += auth_users_check(cfg->users_file, p->errf);
-	check_status_ids(p);
-}
-
-static struct config *
-parse(struct parser *p, char *text)
+void
+config_read(struct config_reader *p, const char *name, const char *text,
+    FILE *errf, int client)
 {
 	char	 section[64] = "";
-	char	*line, *next;
+	char	*copy, *line, *next;
 	int	 lineno = 0;
 
-	for (line = text; line != NULL; line = next) {
+	memset(p, 0, sizeof(*p));
+	p->file = name;
+	p->errf = errf;
+	p->client = client;
+	p->seen = xcalloc(config_nkeys, sizeof(*p->seen));
+	p->cfg = xcalloc(1, sizeof(*p->cfg));
+	set_defaults(p->cfg);
+	copy = xstrdup(text);
+	for (line = copy; line != NULL; line = next) {
 		lineno++;
 		if ((next = strchr(line, '\n')) != NULL)
 			*next++ = '\0';
 		if (strlen(line) > CONFIG_LINE_MAX) {
-			perr(p, lineno, "line longer than %d bytes",
+			config_error(p, lineno, "line longer than %d bytes",
 			    CONFIG_LINE_MAX);
 			continue;
 		}
 		parse_line(p, line, lineno, section, sizeof(section));
 	}
-	check_config(p);
-	if (p->errors > 0) {
-		config_free(p->cfg);
-		return NULL;
-	}
-	return p->cfg;
-}
-
-static struct config *
-load_string(const char *name, const char *text, FILE *errf, int client)
-{
-	struct parser	 p;
-	struct config	*cfg;
-	char		*copy;
-
-	memset(&p, 0, sizeof(p));
-	p.file = name;
-	p.errf = errf;
-	p.client = client;
-	p.cfg = xcalloc(1, sizeof(*p.cfg));
-	set_defaults(p.cfg);
-	copy = xstrdup(text);
-	cfg = parse(&p, copy);
 	free(copy);
-	if (cfg != NULL)
-		cfg->path = xstrdup(name);
-	return cfg;
+	derive(p->cfg);
 }
 
 struct config *
-config_load_string(const char *name, const char *text, FILE *errf)
+config_read_done(struct config_reader *p)
 {
-	return load_string(name, text, errf, 0);
+	struct config	*cfg = p->cfg;
+
+	free(p->seen);
+	p->seen = NULL;
+	p->cfg = NULL;
+	if (p->errors > 0) {
+		config_free(cfg);
+		return NULL;
+	}
+	cfg->path = xstrdup(p->file);
+	return cfg;
 }
 
-static struct config *
-load_file(const char *path, FILE *errf, int client)
+char *
+config_read_file(const char *path, FILE *errf)
 {
-	struct config	*cfg;
-	FILE		*fp;
-	char		*buf;
-	size_t		 n;
+	FILE	*fp;
+	char	*buf;
+	size_t	 n;
 
 	if ((fp = fopen(path, "r")) == NULL) {
 		fprintf(errf, "%s: cannot open: %s\n", path, strerror(errno));
@@ -1611,21 +958,7 @@ load_file(const char *path, FILE *errf, int client)
 		free(buf);
 		return NULL;
 	}
-	cfg = load_string(path, buf, errf, client);
-	free(buf);
-	return cfg;
-}
-
-struct config *
-config_load(const char *path, FILE *errf)
-{
-	return load_file(path, errf, 0);
-}
-
-struct config *
-config_load_client(const char *path, FILE *errf)
-{
-	return load_file(path, errf, 1);
+	return buf;
 }
 
 void
@@ -1635,9 +968,9 @@ config_free(struct config *cfg)
 
 	if (cfg == NULL)
 		return;
-	for (i = 0; i < NELEM(cfg_keys); i++)
-		if (cfg_keys[i].type == CFG_STR)
-			free(*(char **)((char *)cfg + cfg_keys[i].off));
+	for (i = 0; i < config_nkeys; i++)
+		if (config_keys[i].type == CFG_STR)
+			free(*(char **)((char *)cfg + config_keys[i].off));
 	free_listeners(cfg);
 	for (i = 0; i < cfg->nsenders; i++) {
 		size_t j;
@@ -1681,8 +1014,8 @@ config_diff(const struct config *a, const struct config *b,
 	size_t			 i;
 	int			 same;
 
-	for (i = 0; i < NELEM(cfg_keys); i++) {
-		k = &cfg_keys[i];
+	for (i = 0; i < config_nkeys; i++) {
+		k = &config_keys[i];
 		pa = (const char *)a + k->off;
 		pb = (const char *)b + k->off;
 		switch (k->type) {
@@ -1718,364 +1051,4 @@ const char *
 config_cloud_name(const struct config *cfg)
 {
 	return cloud_names[cfg->cloud];
-}
-
-/* [senders] has no fixed keys, so no table rows: its help is here. */
-static const char senders_help[] = "Who may send as whom: a user (after "
-    "AUTH) or a client network, then the envelope senders and From: "
-    "addresses it may use (a@b.c, *@b.c or *). The lines for a session's "
-    "user and its networks apply; a session no line applies to may use any "
-    "address. Refused: 550 5.7.1.";
-static const struct {
-	const char	*what;
-	const char	*line;
-} senders_examples[] = {
-	{ "The user scanner1 (after AUTH) as itself or any printer:",
-	  "scanner1 = scanner@contoso.com, *@printers.contoso.com" },
-	{ "Every client of one network as a printer only:",
-	  "10.20.30.0/24 = *@printers.contoso.com" },
-};
-
-/* "# " comment lines of at most 76 columns. */
-static void
-print_wrapped(FILE *fp, const char *text)
-{
-	const char	*p = text, *brk;
-	size_t		 n;
-
-	while (*p != '\0') {
-		n = strlen(p);
-		if (n > 74) {
-			for (brk = p + 74; brk > p && *brk != ' '; brk--)
-				;
-			n = brk > p ? (size_t)(brk - p) : 74;
-		}
-		fprintf(fp, "# %.*s\n", (int)n, p);
-		p += n;
-		while (*p == ' ')
-			p++;
-	}
-}
-
-void
-config_dump_defaults(FILE *fp)
-{
-	const char	*section = "";
-	size_t		 i;
-
-	for (i = 0; i < NELEM(cfg_keys); i++) {
-		const struct cfg_key *k = &cfg_keys[i];
-		if (strcmp(section, k->section) != 0) {
-			fprintf(fp, "%s[%s]\n", i ? "\n" : "", k->section);
-			section = k->section;
-		}
-		print_wrapped(fp, k->help);
-		if (k->def != NULL)
-			fprintf(fp, "#%s = %s\n", k->name, k->def);
-		else
-			fprintf(fp, "#%s =\n", k->name);
-	}
-	fprintf(fp, "\n[senders]\n");
-	print_wrapped(fp, senders_help);
-	for (i = 0; i < NELEM(senders_examples); i++)
-		fprintf(fp, "# %s\n#%s\n", senders_examples[i].what,
-		    senders_examples[i].line);
-}
-
-/*
- * relayd.conf(5) in man(7) roff, from the same table: `relayd -M` writes it
- * at build time, so the manual names exactly the keys, defaults and bounds
- * the parser applies.
- */
-
-/* Prose: a backslash or a leading control character escaped; `x` in bold. */
-static void
-man_text(FILE *fp, const char *s)
-{
-	int	 code = 0;
-
-	if (*s == '.' || *s == '\'')
-		fputs("\\&", fp);
-	for (; *s != '\0'; s++) {
-		if (*s == '\\')
-			fputs("\\e", fp);
-		else if (*s == '`') {
-			fputs(code ? "\\fR" : "\\fB", fp);
-			code = !code;
-		} else
-			fputc(*s, fp);
-	}
-	if (code)
-		fputs("\\fR", fp);
-	fputc('\n', fp);
-}
-
-/*
- * A literal to be typed as shown: never hyphenated, and "-" is a minus, not
- * a hyphen.
- */
-static void
-man_lit(FILE *fp, const char *s)
-{
-	fputs("\\%", fp);
-	for (; *s != '\0'; s++) {
-		if (*s == '\\' || *s == '-')
-			fputc('\\', fp);
-		fputc(*s == '\\' ? 'e' : *s, fp);
-	}
-}
-
-/* A bound in the form the parser reads: 256M, 1h, 100ms. */
-static void
-man_bound(char *buf, size_t len, enum cfg_type type, uint64_t v)
-{
-	static const struct { const char *sfx; uint64_t mul; } sizes[] = {
-		{ "G", 1024 * MB }, { "M", MB }, { "k", KB },
-	}, durations[] = {
-		{ "d", 86400000 }, { "h", 3600000 }, { "m", 60000 },
-		{ "s", 1000 }, { "ms", 1 },
-	};
-	size_t	 i;
-
-	if (type == CFG_SIZE && v != 0)
-		for (i = 0; i < NELEM(sizes); i++)
-			if (v % sizes[i].mul == 0) {
-				snprintf(buf, len, "%llu%s", (unsigned long long)
-				    (v / sizes[i].mul), sizes[i].sfx);
-				return;
-			}
-	if (type == CFG_DURATION && v != 0)
-		for (i = 0; i < NELEM(durations); i++)
-			if (v % durations[i].mul == 0) {
-				snprintf(buf, len, "%llu%s", (unsigned long long)
-				    (v / durations[i].mul), durations[i].sfx);
-				return;
-			}
-	snprintf(buf, len, "%llu", (unsigned long long)v);
-}
-
-/* The tag line: "name = value-syntax". */
-static void
-man_key_tag(FILE *fp, const struct cfg_key *k)
-{
-	static const char *const syntax[] = {
-		[CFG_STR] = "\\fIstring\\fR",
-		[CFG_NUM] = "\\fInumber\\fR",
-		[CFG_SIZE] = "\\fIsize\\fR",
-		[CFG_DURATION] = "\\fIduration\\fR",
-		[CFG_LISTEN] = "\\fIaddress\\fR:\\fIport\\fR "
-		    "[\\fIoption\\fR ...]",
-		[CFG_NETS] = "\\fInetwork\\fR[, \\fInetwork\\fR ...]",
-		[CFG_BOOL] = "\\fByes\\fR | \\fBno\\fR",
-	};
-	size_t	 i;
-
-	fprintf(fp, ".TP\n\\fB\\%%%s\\fR = ", k->name);
-	if (k->type != CFG_ENUM) {
-		fprintf(fp, "%s\n", syntax[k->type]);
-		return;
-	}
-	for (i = 0; k->enums[i] != NULL; i++) {
-		fputs(i ? " | \\fB" : "\\fB", fp);
-		man_lit(fp, k->enums[i]);
-		fputs("\\fR", fp);
-	}
-	fputc('\n', fp);
-}
-
-static void
-man_key(FILE *fp, const struct cfg_key *k)
-{
-	char	 lo[32], hi[32];
-
-	man_key_tag(fp, k);
-	man_text(fp, k->help);
-	if (k->def == NULL && k->type != CFG_NUM && k->type != CFG_SIZE &&
-	    k->type != CFG_DURATION && k->type != CFG_LISTEN)
-		return;
-	fputs(".br\n", fp);
-	if (k->def != NULL) {
-		fputs("Default: \\fB", fp);
-		man_lit(fp, k->def);
-		fputs("\\fR.", fp);
-	}
-	if (k->type == CFG_NUM || k->type == CFG_SIZE ||
-	    k->type == CFG_DURATION) {
-		man_bound(lo, sizeof(lo), k->type, k->min);
-		man_bound(hi, sizeof(hi), k->type, k->max);
-		fprintf(fp, "%sRange: %s to %s.", k->def != NULL ? " " : "",
-		    lo, hi);
-	}
-	if (k->type == CFG_LISTEN)
-		fputs(" May be repeated; the first replaces the default.", fp);
-	fputc('\n', fp);
-}
-
-static const char *const man_example[] = {
-	"[smtp]",
-	"listen = 0.0.0.0:25",
-	"listen = 0.0.0.0:465 tls",
-	"hostname = relay.contoso.com",
-	"allow_networks = 10.20.0.0/16, 2001:db8:20::/48",
-	"tls_cert = /etc/relayd/relay.contoso.com.pem",
-	"tls_key = /etc/relayd/relay.contoso.com.key",
-	"",
-	"[graph]",
-	"tenant = contoso.onmicrosoft.com",
-	"client_id = 00000000-0000-0000-0000-000000000000",
-	"client_secret_file = /etc/relayd/client_secret",
-	"mailbox = envelope",
-};
-
-void
-config_write_man(FILE *fp)
-{
-	const char	*section = "";
-	size_t		 i;
-
-	fprintf(fp, ".\\\" Generated by `relayd -M` from relayd/config.c; "
-	    "edit the key table there.\n"
-	    ".TH RELAYD.CONF 5 %s \"relayd %s\" \"File Formats Manual\"\n"
-	    ".SH NAME\n"
-	    "relayd.conf \\- relayd configuration file\n"
-	    ".SH SYNOPSIS\n"
-	    ".B %s/relayd/relayd.conf\n"
-	    ".SH DESCRIPTION\n", RELEASE_DATE, PACKAGE_VERSION, SYSCONFDIR);
-	fputs(".BR relayd (8)\n"
-	    "reads its settings from this file at start, and again on\n"
-	    "SIGHUP.\n"
-	    ".B relayd \\-n\n"
-	    "checks a file and reports every error as\n"
-	    ".IR file : line :\n"
-	    ".IR message ;\n"
-	    "a file with any error is refused as a whole (exit status 78).\n"
-	    ".B relayd \\-D\n"
-	    "prints every key with its default and description as a\n"
-	    "commented configuration file.\n"
-	    ".SS Syntax\n"
-	    "A line is a section header\n"
-	    ".RI [ section ],\n"
-	    "a setting\n"
-	    ".IR key \" = \" value ,\n"
-	    "a comment (its first character other than blanks is\n"
-	    ".B #\n"
-	    "or\n"
-	    ".BR ; ),\n"
-	    "or blank.\n"
-	    "Blanks around keys and values are ignored.\n"
-	    "A comment cannot follow a value on its line: the rest of the\n"
-	    "line after\n"
-	    ".B =\n"
-	    "is the value, quotes and\n"
-	    ".B #\n"
-	    "included.\n"
-	    "Every setting belongs to the section above it.\n"
-	    "Section and key names are case-sensitive.\n"
-	    "Unknown sections and keys are errors (with the likely key\n"
-	    "suggested), and so is a key set twice, except\n"
-	    ".BR listen .\n"
-	    "A key left out has its default.\n"
-	    "A line may be up to 4096 bytes long, the file up to 1 MiB.\n"
-	    ".SS Values\n"
-	    ".TP\n"
-	    ".I size\n"
-	    "A whole number of bytes, or followed by\n"
-	    ".B k\n"
-	    "(KiB),\n"
-	    ".B M\n"
-	    "(MiB) or\n"
-	    ".B G\n"
-	    "(GiB), in either case, optionally with a\n"
-	    ".BR b :\n"
-	    ".BR 35M ,\n"
-	    ".BR 512kb .\n"
-	    ".TP\n"
-	    ".I duration\n"
-	    "A whole number followed by\n"
-	    ".BR ms ,\n"
-	    ".BR s ,\n"
-	    ".B m\n"
-	    "or\n"
-	    ".B min\n"
-	    "(minutes),\n"
-	    ".B h\n"
-	    "or\n"
-	    ".BR d ,\n"
-	    "in either case; without a unit, seconds:\n"
-	    ".BR 250ms ,\n"
-	    ".BR 30s ,\n"
-	    ".BR 5m .\n"
-	    ".TP\n"
-	    ".I number\n"
-	    "A whole number in decimal.\n"
-	    ".TP\n"
-	    ".B yes \\fR|\\fP no\n"
-	    ".BR yes ,\n"
-	    ".B true\n"
-	    "or\n"
-	    ".BR on ;\n"
-	    ".BR no ,\n"
-	    ".B false\n"
-	    "or\n"
-	    ".BR off ,\n"
-	    "in either case.\n"
-	    ".TP\n"
-	    ".I network\n"
-	    "An IPv4 or IPv6 address with an optional prefix length:\n"
-	    ".BR 10.20.0.0/16 ,\n"
-	    ".BR 2001:db8::/32 ,\n"
-	    ".B 192.0.2.7\n"
-	    "(one host).\n"
-	    "Lists are separated by commas or blanks.\n"
-	    ".TP\n"
-	    ".I string\n"
-	    "The text as written, not empty.\n"
-	    ".PP\n"
-	    "Names in bold after\n"
-	    ".B =\n"
-	    "are the only values allowed, in either case.\n", fp);
-	for (i = 0; i < NELEM(cfg_keys); i++) {
-		if (strcmp(section, cfg_keys[i].section) != 0) {
-			section = cfg_keys[i].section;
-			fprintf(fp, ".SS [%s]\n", section);
-		}
-		man_key(fp, &cfg_keys[i]);
-	}
-	fputs(".SS [senders]\n", fp);
-	man_text(fp, senders_help);
-	fputs("Each line is\n"
-	    ".IR user \" = \" pattern [,\n"
-	    ".IR pattern \" ...]\"\n"
-	    "or\n"
-	    ".IR network \" = \" pattern [,\n"
-	    ".IR pattern \" ...];\n"
-	    "a key with a dot or colon in it is a network.\n", fp);
-	for (i = 0; i < NELEM(senders_examples); i++) {
-		fputs(".PP\n", fp);
-		man_text(fp, senders_examples[i].what);
-		fputs(".RS\n.nf\n", fp);
-		man_lit(fp, senders_examples[i].line);
-		fputs("\n.fi\n.RE\n", fp);
-	}
-	fputs(".SH EXAMPLES\n"
-	    "Mail from the printers' network, over STARTTLS or implicit TLS,\n"
-	    "sent by each message's envelope sender through Graph:\n"
-	    ".PP\n.RS\n.nf\n", fp);
-	for (i = 0; i < NELEM(man_example); i++) {
-		man_lit(fp, man_example[i]);
-		fputc('\n', fp);
-	}
-	fputs(".fi\n.RE\n", fp);
-	fprintf(fp, ".SH FILES\n"
-	    ".TP\n"
-	    ".I %s/relayd/relayd.conf\n"
-	    "The configuration file.\n"
-	    ".TP\n"
-	    ".I %s/relayd/relayd.conf.example\n"
-	    "Every key with its default, commented out, as printed by\n"
-	    ".BR \"relayd \\-D\" .\n"
-	    ".SH SEE ALSO\n"
-	    ".BR relayctl (8),\n"
-	    ".BR relayd (8),\n"
-	    ".BR relayd\\-sendmail (8)\n", SYSCONFDIR, SYSCONFDIR);
 }

@@ -1,4 +1,4 @@
-/* config.h - relayd.conf: one table of keys drives parsing, checks and docs. */
+/* config.h - relayd.conf: the key table and the reader. */
 #ifndef RELAYD_CONFIG_H
 #define RELAYD_CONFIG_H
 
@@ -9,6 +9,7 @@
 
 #include "addr.h"
 #include "policy.h"
+#include "util.h"
 
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_NORMALIZE };
 enum sync_method { SYNC_FDATASYNC, SYNC_SYNCFS };
@@ -125,19 +126,10 @@ struct config {
 };
 
 /*
- * Reads and checks a config file. Every problem is written to errf as
- * "FILE:LINE: message"; returns NULL if there was any. The caller frees the
- * result with config_free().
+ * The rest of relayd reads a file with config_load() (config_check.h), which
+ * reads it here and then checks it. The reader below is for config_check.c,
+ * and its key table for config_doc.c (`relayd -D` and `-M`).
  */
-struct config	*config_load(const char *, FILE *);
-/*
- * Same, for programs any user may run (relayd-sendmail): every check but
- * those that open files (credentials, certificates, users_file) or need
- * relayd's environment (the systemd credentials).
- */
-struct config	*config_load_client(const char *, FILE *);
-/* Same, from a string (unit tests); name is used in messages. */
-struct config	*config_load_string(const char *, const char *, FILE *);
 void		 config_free(struct config *);
 /* [graph] cloud as written in relayd.conf: "global", "usgov", ... */
 const char	*config_cloud_name(const struct config *);
@@ -145,24 +137,67 @@ const char	*config_cloud_name(const struct config *);
 typedef void config_diff_cb(void *, const char *, const char *);
 void		 config_diff(const struct config *, const struct config *,
 		    config_diff_cb *, void *);
-/* Writes every key with its default and help text, as conf/relayd.conf. */
-void		 config_dump_defaults(FILE *);
-/* Writes relayd.conf(5) in man(7) roff, from the same table. */
-void		 config_write_man(FILE *);
+
+enum cfg_type {
+	CFG_STR,	/* free text */
+	CFG_NUM,	/* integer within [min, max] */
+	CFG_SIZE,	/* bytes, with k/M/G suffixes */
+	CFG_DURATION,	/* milliseconds; "30s", "5m", "250ms" */
+	CFG_ENUM,	/* one of enums[], stored as its index */
+	CFG_LISTEN,	/* ADDR:PORT, repeatable */
+	CFG_NETS,	/* CIDR list, comma or space separated */
+	CFG_BOOL,	/* yes/no, true/false, on/off; stored as int */
+};
+
+/* One key of relayd.conf: one row of the table that drives everything. */
+struct cfg_key {
+	const char		*section;
+	const char		*name;
+	enum cfg_type		 type;
+	const char		*def;	/* NULL: unset unless given */
+	uint64_t		 min, max;
+	size_t			 off;
+	const char *const	*enums;
+	const char		*help;
+};
+
+extern const struct cfg_key	config_keys[];
+extern const size_t		config_nkeys;
+
+/* One file being read, then checked. */
+struct config_reader {
+	const char	*file;		/* its name in messages */
+	FILE		*errf;
+	int		 errors;
+	int		 client;	/* config_load_client(): no files */
+	struct config	*cfg;
+	int		*seen;		/* per key: line of first setting */
+};
 
 /*
- * Certificates that expire within 30 days, or have expired, one line each
- * (relayd logs them once a day).
+ * The whole text of the file at path, NUL-terminated (the caller frees
+ * it); NULL, with why written to errf, if it cannot be read, is over
+ * 1 MiB or holds a NUL.
  */
-void		 config_warn_expiry(const struct config *, FILE *);
-
-/* A credential whose expiry relayd knows: client_secret, certificate, tls_cert. */
-struct credential {
-	const char	*name;
-	time_t		 expires;
-};
-#define CONFIG_CREDENTIALS	3
-/* Fills out (CONFIG_CREDENTIALS of them at most); returns how many. */
-size_t		 config_credentials(const struct config *, struct credential *);
+char		*config_read_file(const char *, FILE *);
+/*
+ * Reads text (named name in messages) into r->cfg over the defaults.
+ * Every syntax, key and value error is written to errf as
+ * "FILE:LINE: message" and counted in r->errors; the checks that span keys
+ * are config_check.c's.
+ */
+void		 config_read(struct config_reader *, const char *, const char *,
+		    FILE *, int);
+/* Ends r: its config if there was no error (the caller frees it), or NULL. */
+struct config	*config_read_done(struct config_reader *);
+/* An error about line (0: the file as a whole), counted in r->errors. */
+void		 config_error(struct config_reader *, int, const char *, ...)
+		    PRINTFLIKE(3, 4);
+/* "FILE:LINE: warning: ...", not counted. */
+void		 config_warning(struct config_reader *, int, const char *, ...)
+		    PRINTFLIKE(3, 4);
+/* The line section's key name was set on, or 0. */
+int		 config_key_line(const struct config_reader *, const char *,
+		    const char *);
 
 #endif

@@ -55,6 +55,7 @@
 #include "auth.h"
 #include "autoconf.h"
 #include "config.h"
+#include "config_check.h"
 #include "graph_result.h"
 #include "history.h"
 #include "http.h"

@@ -23,6 +23,8 @@
 
 #include "auth.h"
 #include "config.h"
+#include "config_check.h"
+#include "config_doc.h"
 #include "history.h"
 #include "http.h"
 #include "jwt.h"

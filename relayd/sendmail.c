@@ -45,6 +45,7 @@
 #include "autoconf.h"
 #include "addr.h"
 #include "config.h"
+#include "config_check.h"
 #include "util.h"
 
 #ifndef SYSCONFDIR

@@ -51,6 +51,7 @@
 #include "auth.h"
 #include "autoconf.h"
 #include "config.h"
+#include "config_check.h"
 #include "dead.h"
 #include "history.h"
 #include "log.h"

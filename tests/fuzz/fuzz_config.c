@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "config_check.h"
 #include "fuzz.h"
 
 static FILE		*devnull;

@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "config_check.h"
+#include "config_doc.h"
 
 /* Parses text; returns the config (or NULL) and the error text. */
 static struct config *

@@ -1,0 +1,40 @@
+/* config_check.h - relayd.conf loaded: read, then checked. */
+#ifndef RELAYD_CONFIG_CHECK_H
+#define RELAYD_CONFIG_CHECK_H
+
+#include <stdio.h>
+#include <time.h>
+
+struct config;
+
+/*
+ * Reads and checks a config file. Every problem is written to errf as
+ * "FILE:LINE: message"; returns NULL if there was any. The caller frees the
+ * result with config_free().
+ */
+struct config	*config_load(const char *, FILE *);
+/*
+ * Same, for programs any user may run (relayd-sendmail): every check but
+ * those that open files (credentials, certificates, users_file) or need
+ * relayd's environment (the systemd credentials).
+ */
+struct config	*config_load_client(const char *, FILE *);
+/* Same, from a string (unit tests); name is used in messages. */
+struct config	*config_load_string(const char *, const char *, FILE *);
+
+/*
+ * Certificates that expire within 30 days, or have expired, one line each
+ * (relayd logs them once a day).
+ */
+void		 config_warn_expiry(const struct config *, FILE *);
+
+/* A credential whose expiry relayd knows: client_secret, certificate, tls_cert. */
+struct credential {
+	const char	*name;
+	time_t		 expires;
+};
+#define CONFIG_CREDENTIALS	3
+/* Fills out (CONFIG_CREDENTIALS of them at most); returns how many. */
+size_t		 config_credentials(const struct config *, struct credential *);
+
+#endif
