@@ -1,4 +1,7 @@
-/* Unit tests for config.c: defaults, ranges, FILE:LINE errors. */
+/*
+ * Unit tests for config.c, config_check.c and config_doc.c: defaults,
+ * ranges, FILE:LINE errors, relayd -D.
+ */
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -309,25 +312,69 @@ test_all_errors_reported(void **state)
 }
 
 static void
+no_diff(void *arg, const char *section, const char *name)
+{
+	fail_msg("%s: [%s] %s parses back to another value than its default",
+	    (const char *)arg, section, name);
+}
+
+/*
+ * relayd -D is conf/relayd.conf: every key with a default must be there as
+ * "#key = default" in its section, and the file with those lines
+ * uncommented must load without a word and give the defaults back, key by
+ * key. Keys without a default stay commented ("#key ="), as an admin
+ * would leave them.
+ */
+static void
 test_dump_parses(void **state)
 {
-	struct config	*cfg;
-	char		*text = NULL, errs[1024], *p;
-	size_t		 len = 0;
-	FILE		*fp = open_memstream(&text, &len);
+	struct config		*cfg, *defaults;
+	const struct cfg_key	*k;
+	char			*text = NULL, errs[1024], *p, *sec, *want;
+	char			*end, *hit, what[] = "relayd -D";
+	size_t			 len = 0, i, n = 0;
+	FILE			*fp = open_memstream(&text, &len);
 
 	(void)state;
+	fputc('\n', fp);	/* every line, the first too, after a newline */
 	config_dump_defaults(fp);
 	fclose(fp);
-	/* Uncomment every "#key = value" line: the defaults must parse. */
+	for (i = 0; i < config_nkeys; i++) {
+		k = &config_keys[i];
+		if (asprintf(&sec, "\n[%s]\n", k->section) == -1 ||
+		    asprintf(&want, "\n#%s =%s%s\n", k->name, k->def ? " " : "",
+		    k->def ? k->def : "") == -1)
+			fail();
+		p = strstr(text, sec);
+		end = p != NULL ? strstr(p + 1, "\n[") : NULL;
+		hit = p != NULL ? strstr(p, want) : NULL;
+		if (hit == NULL || (end != NULL && hit > end))
+			fail_msg("[%s] %s: no \"%.*s\" in its section",
+			    k->section, k->name, (int)strlen(want) - 2, want + 1);
+		free(sec);
+		free(want);
+	}
+	/* Uncomment every "#key = value" line. */
 	for (p = text; (p = strstr(p, "\n#")) != NULL; p++)
-		if (strchr(p + 2, '=') != NULL && strchr(p + 2, '=') <
-		    strchr(p + 2, '\n') && p[2] != ' ')
+		if (p[2] != ' ' && strstr(p + 2, " = ") != NULL &&
+		    strstr(p + 2, " = ") < strchr(p + 2, '\n')) {
 			p[1] = ' ';
+			n++;
+		}
+	for (i = 0; i < config_nkeys; i++)
+		n -= config_keys[i].def != NULL;
+	assert_int_equal(n, 2);		/* and the two [senders] examples */
 	cfg = load(text, errs, sizeof(errs));
-	/* Keys without a default are left empty: drop those lines' errors. */
-	if (cfg == NULL)
-		assert_null(strstr(errs, "unknown"));
+	if (cfg == NULL || errs[0] != '\0')
+		fail_msg("the uncommented relayd -D: %s", errs);
+	defaults = load("", errs, sizeof(errs));
+	assert_non_null(defaults);
+	config_diff(defaults, cfg, no_diff, what);
+	assert_int_equal(cfg->nallow, defaults->nallow);
+	assert_memory_equal(cfg->allow, defaults->allow,
+	    cfg->nallow * sizeof(*cfg->allow));
+	assert_int_equal(cfg->nsenders, 2);
+	config_free(defaults);
 	config_free(cfg);
 	free(text);
 }
