@@ -58,6 +58,12 @@ struct smtp {
 	size_t			 nlisteners;
 	struct proxied		*proxied;	/* waiting for a PROXY header */
 	size_t			 nsessions;
+	/*
+	 * Stopping (SIGTERM): the one copy of this state. It belongs to the
+	 * service, not to a session: accept() refuses new clients with it
+	 * before any session exists, and the sessions ask smtp_draining()
+	 * rather than keep a copy that could disagree.
+	 */
 	int			 draining;
 	struct client_count	*clients[CLIENT_BUCKETS];
 	struct smtp_counts	 counts;
@@ -567,6 +573,12 @@ smtp_drain(struct smtp *sm)
 {
 	sm->draining = 1;
 	smtp_session_drain();
+}
+
+int
+smtp_draining(const struct smtp *sm)
+{
+	return sm->draining;
 }
 
 size_t

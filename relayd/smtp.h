@@ -52,6 +52,8 @@ const char	*smtp_refusal_name(enum smtp_refusal);
  * 421 and closed, the others once their transaction is done.
  */
 void		 smtp_drain(struct smtp *);
+/* Whether smtp_drain() was called: relayd is stopping. */
+int		 smtp_draining(const struct smtp *);
 size_t		 smtp_nlisteners(const struct smtp *);
 const struct smtp_listener *smtp_listener_at(const struct smtp *, size_t);
 
@@ -77,6 +79,7 @@ void		 smtp_session_new(struct smtp *, struct smtp_listener *, int,
 /* Scratch buffers sized from the config; call once at start. */
 void		 smtp_session_init(const struct config *);
 void		 smtp_session_shutdown(void);
+/* smtp_drain()'s part for the sessions already open. */
 void		 smtp_session_drain(void);
 /* AUTH for every session (NULL: none); the caller keeps it alive. */
 struct auth;

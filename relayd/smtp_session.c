@@ -216,7 +216,6 @@ static size_t	 line_max;
 static char	*dec_buf;
 static uint64_t	 next_id;
 static LIST_HEAD(, smtp_session) sessions = LIST_HEAD_INITIALIZER(sessions);
-static int	 draining;	/* relayd is stopping: no new transactions */
 
 void
 smtp_session_set_auth(struct auth *a)
@@ -281,7 +280,6 @@ smtp_session_drain(void)
 {
 	struct smtp_session	*s, *next;
 
-	draining = 1;
 	for (s = LIST_FIRST(&sessions); s != NULL; s = next) {
 		next = LIST_NEXT(s, entry);
 		if (!s->freeing && s->bev != NULL &&
@@ -1206,7 +1204,8 @@ msg_replied(struct smtp_session *s)
 {
 	smtp_enter(s, STATE_HELO);
 	smtp_process(s);
-	if (draining && !s->freeing && s->state == STATE_HELO)
+	if (smtp_draining(s->smtp) && !s->freeing &&
+	    s->state == STATE_HELO)
 		bye(s);		/* its message is safe; no next one */
 	smtp_flush(s);
 }
@@ -1275,7 +1274,7 @@ graph_wait(struct smtp_session *s, const char *qid)
 	tv = ms_tv(s->cfg->reply_timeout_ms);
 	evtimer_add(s->reply_timer, &tv);
 	smtp_enter(s, STATE_GRAPH);
-	if (draining)
+	if (smtp_draining(s->smtp))
 		graph_wait_drain(s);
 	return 0;
 }
@@ -1597,7 +1596,7 @@ feed_line(struct smtp_session *s, struct evbuffer *in)
 		smtp_error(s, "500 5.5.2 NUL byte in command");
 		return 1;
 	}
-	if (draining && (s->state == STATE_GREETED ||
+	if (smtp_draining(s->smtp) && (s->state == STATE_GREETED ||
 	    s->state == STATE_HELO) && strncasecmp(line_buf, "QUIT", 4) != 0)
 		bye(s);
 	else if (s->state == STATE_AUTH)
