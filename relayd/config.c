@@ -336,6 +336,9 @@ const struct cfg_key config_keys[] = {
 
 const size_t config_nkeys = NELEM(config_keys);
 
+static void	report(struct config_reader *, int, int, const char *, va_list)
+		    PRINTFLIKE(4, 0);
+
 /* "FILE:LINE: " ("FILE: " for the file as a whole), then the message. */
 static void
 report(struct config_reader *r, int line, int warning, const char *fmt,
