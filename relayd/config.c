@@ -716,7 +716,8 @@ known_section(const char *s)
 
 /* [senders] "USER = patterns" or "CIDR = patterns". */
 static void
-parse_sender(struct config_reader *p, const char *key, const char *val, int lineno)
+parse_sender(struct config_reader *p, const char *key, const char *val,
+    int lineno)
 {
 	struct sender_rule	 r;
 	char			*copy, *tok, *save = NULL;
@@ -726,8 +727,8 @@ parse_sender(struct config_reader *p, const char *key, const char *val, int line
 		char why[256];
 
 		if (addr_parse_cidr(key, &r.net) == -1) {
-			config_error(p, lineno, "[senders] \"%s\" is neither a user "
-			    "name nor a network (CIDR)", key);
+			config_error(p, lineno, "[senders] \"%s\" is neither a "
+			    "user name nor a network (CIDR)", key);
 			return;
 		}
 		if (parse_net(key, &r.net, why, sizeof(why)) == -1) {
@@ -742,8 +743,8 @@ parse_sender(struct config_reader *p, const char *key, const char *val, int line
 		if (strcmp(tok, "*") != 0 && (strchr(tok, '@') == NULL ||
 		    strchr(tok + 1, '*') != NULL || tok[0] == '@' ||
 		    strrchr(tok, '@')[1] == '\0')) {
-			config_error(p, lineno, "[senders] %s: \"%s\" is not an "
-			    "address, *@domain or *", key, tok);
+			config_error(p, lineno, "[senders] %s: \"%s\" is not "
+			    "an address, *@domain or *", key, tok);
 			continue;
 		}
 		r.patterns = xrealloc(r.patterns, (r.npatterns + 1) *
@@ -775,16 +776,17 @@ parse_line(struct config_reader *p, char *line, int lineno, char *section,
 	if (*s == '[') {
 		char *rb = strchr(s, ']');
 		if (rb == NULL || rb[1] != '\0') {
-			config_error(p, lineno, "malformed section header \"%s\"", s);
+			config_error(p, lineno, "malformed section header "
+			    "\"%s\"", s);
 			section[0] = '\0';
 			return;
 		}
 		*rb = '\0';
 		s = str_trim(s + 1);
 		if (!known_section(s)) {
-			config_error(p, lineno, "unknown section [%s] (sections: smtp, "
-			    "queue, graph, auth, senders, status, sendmail, "
-			    "log)", s);
+			config_error(p, lineno, "unknown section [%s] "
+			    "(sections: smtp, queue, graph, auth, senders, "
+			    "status, sendmail, log)", s);
 			section[0] = '\0';
 			section[1] = '!';	/* keys below: no more noise */
 			return;
@@ -793,7 +795,8 @@ parse_line(struct config_reader *p, char *line, int lineno, char *section,
 		return;
 	}
 	if ((eq = strchr(s, '=')) == NULL) {
-		config_error(p, lineno, "expected \"key = value\", got \"%s\"", s);
+		config_error(p, lineno, "expected \"key = value\", got \"%s\"",
+		    s);
 		return;
 	}
 	*eq = '\0';
@@ -801,8 +804,8 @@ parse_line(struct config_reader *p, char *line, int lineno, char *section,
 	val = str_trim(eq + 1);
 	if (section[0] == '\0') {
 		if (section[1] != '!')
-			config_error(p, lineno, "\"%s\" outside of any [section]",
-			    key);
+			config_error(p, lineno, "\"%s\" outside of any "
+			    "[section]", key);
 		return;
 	}
 	if (strcmp(section, "senders") == 0) {
@@ -811,15 +814,16 @@ parse_line(struct config_reader *p, char *line, int lineno, char *section,
 	}
 	if ((k = find_key(section, key)) == NULL) {
 		if ((hint = suggest(section, key)) != NULL)
-			config_error(p, lineno, "unknown key \"%s\" in [%s] (did you "
-			    "mean \"%s\"?)", key, section, hint->name);
+			config_error(p, lineno, "unknown key \"%s\" in [%s] "
+			    "(did you mean \"%s\"?)", key, section, hint->name);
 		else if ((hint = suggest(NULL, key)) != NULL &&
 		    strcmp(hint->name, key) == 0)
-			config_error(p, lineno, "unknown key \"%s\" in [%s] (it "
-			    "belongs in [%s])", key, section, hint->section);
+			config_error(p, lineno, "unknown key \"%s\" in [%s] "
+			    "(it belongs in [%s])", key, section,
+			    hint->section);
 		else
-			config_error(p, lineno, "unknown key \"%s\" in [%s]", key,
-			    section);
+			config_error(p, lineno, "unknown key \"%s\" in [%s]",
+			    key, section);
 		return;
 	}
 	if (k->type != CFG_LISTEN && p->seen[k - config_keys] != 0) {

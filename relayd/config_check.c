@@ -53,14 +53,16 @@ check_secret_file(struct config_reader *p, int line, const char *what,
 		return;
 	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
 	    fstat(fd, &st) == -1) {
-		config_error(p, line, "%s \"%s\": %s", what, path, strerror(errno));
+		config_error(p, line, "%s \"%s\": %s", what, path,
+		    strerror(errno));
 		if (fd != -1)
 			close(fd);
 		return;
 	}
 	close(fd);
 	if (!S_ISREG(st.st_mode))
-		config_error(p, line, "%s \"%s\" is not a regular file", what, path);
+		config_error(p, line, "%s \"%s\" is not a regular file", what,
+		    path);
 	else if (check_private_mode(what, path, (unsigned)st.st_mode, err,
 	    sizeof(err)) == -1)
 		config_error(p, line, "%s", err);
@@ -68,7 +70,8 @@ check_secret_file(struct config_reader *p, int line, const char *what,
 
 /* The client secret's file: private, and not empty (white space aside). */
 static void
-check_secret(struct config_reader *p, int line, const char *what, const char *path)
+check_secret(struct config_reader *p, int line, const char *what,
+    const char *path)
 {
 	char	 buf[512];
 	ssize_t	 n, i;
@@ -85,9 +88,9 @@ check_secret(struct config_reader *p, int line, const char *what, const char *pa
 			break;
 	explicit_bzero(buf, sizeof(buf));
 	if (n >= 0 && i == n)
-		config_error(p, line, "%s \"%s\" is empty; put the client secret's "
-		    "Value (from Entra: Certificates & secrets) in it", what,
-		    path);
+		config_error(p, line, "%s \"%s\" is empty; put the client "
+		    "secret's Value (from Entra: Certificates & secrets) in it",
+		    what, path);
 }
 
 /* Is a URL's host[:port] (up to / ? #) this machine, exactly? */
@@ -127,7 +130,8 @@ check_url(struct config_reader *p, const char *name, char *url)
 	else if (strncasecmp(url, "http://", 7) == 0)
 		host = url + 7;
 	else {
-		config_error(p, line, "%s \"%s\" must start with https://", name, url);
+		config_error(p, line, "%s \"%s\" must start with https://",
+		    name, url);
 		return;
 	}
 	n = strcspn(host, "/?#");
@@ -136,13 +140,13 @@ check_url(struct config_reader *p, const char *name, char *url)
 		return;
 	}
 	if (memchr(host, '@', n) != NULL) {
-		config_error(p, line, "%s \"%s\": no user name or password in the "
-		    "URL", name, url);
+		config_error(p, line, "%s \"%s\": no user name or password in "
+		    "the URL", name, url);
 		return;
 	}
 	if (host == url + 7 && !loopback_host(host, n))
-		config_error(p, line, "%s \"%s\": plain http is allowed only to this "
-		    "host; use https://", name, url);
+		config_error(p, line, "%s \"%s\": plain http is allowed only "
+		    "to this host; use https://", name, url);
 	n = strlen(url);
 	while (n > 0 && url[n - 1] == '/')
 		url[--n] = '\0';
@@ -190,8 +194,8 @@ check_proxy(struct config_reader *p)
 	if (port == NULL || memchr(port, ']', n - (size_t)(port - a)) ||
 	    port == a || port + 1 == a + n ||
 	    strspn(port + 1, "0123456789") != (size_t)(a + n - port - 1))
-		config_error(p, line, "proxy \"%s\" must be http://HOST:PORT (the port "
-		    "too)", shown);
+		config_error(p, line, "proxy \"%s\" must be http://HOST:PORT "
+		    "(the port too)", shown);
 	free(shown);
 }
 
@@ -229,8 +233,8 @@ static const char cert_todo[] = "upload a new certificate to the app "
 
 /* An expired certificate is an error; one about to expire a warning. */
 static void
-check_expiry(struct config_reader *p, int line, const char *what, const char *path,
-    const char *todo)
+check_expiry(struct config_reader *p, int line, const char *what,
+    const char *path, const char *todo)
 {
 	char	 buf[1024];
 
@@ -307,8 +311,8 @@ config_credentials(const struct config *cfg, struct credential *out)
  * problem names the line of the key responsible.
  */
 static void
-check_pair(struct config_reader *p, const char *cname, int cline, const char *cert,
-    const char *kname, int kline, const char *key)
+check_pair(struct config_reader *p, const char *cname, int cline,
+    const char *cert, const char *kname, int kline, const char *key)
 {
 	char	 err[1024];
 	int	 errors = p->errors;
@@ -327,8 +331,8 @@ check_pair(struct config_reader *p, const char *cname, int cline, const char *ce
 		config_error(p, kline, "%s %s", kname, err);
 		return;
 	case TLS_PAIR_MISMATCH:
-		config_error(p, kline, "%s: %s; set the key made with this certificate",
-		    kname, err);
+		config_error(p, kline, "%s: %s; set the key made with this "
+		    "certificate", kname, err);
 		return;
 	}
 	check_expiry(p, cline, cname, cert, tls_todo);
@@ -350,7 +354,8 @@ check_certificate(struct config_reader *p, const char *creds)
 	int		 errors = p->errors;
 
 	if (cfg->client_secret_file != NULL)
-		config_error(p, config_key_line(p, "graph", "client_secret_file"),
+		config_error(p,
+		    config_key_line(p, "graph", "client_secret_file"),
 		    "client_secret_file and certificate_file are two ways to "
 		    "sign in; set only one");
 	if (cfg->certificate_file == NULL) {
@@ -361,11 +366,12 @@ check_certificate(struct config_reader *p, const char *creds)
 	}
 	check_readable(p, line, "certificate_file", cfg->certificate_file);
 	if (cfg->private_key_file != NULL)
-		check_secret_file(p, config_key_line(p, "graph", "private_key_file"),
+		check_secret_file(p,
+		    config_key_line(p, "graph", "private_key_file"),
 		    "private_key_file", cfg->private_key_file);
 	else if (creds == NULL || *creds == '\0') {
-		config_error(p, line, "certificate_file needs private_key_file (or the "
-		    "systemd credential LoadCredential=private_key)");
+		config_error(p, line, "certificate_file needs private_key_file "
+		    "(or the systemd credential LoadCredential=private_key)");
 		return;
 	} else {
 		xasprintf(&cfg->private_key_file, "%s/private_key", creds);
@@ -420,15 +426,16 @@ check_secret_expiry(struct config_reader *p)
 	struct tm	 tm;
 	const char	*e;
 	char		 buf[1024];
-	int		 line = config_key_line(p, "graph", "client_secret_expires");
+	int		 line = config_key_line(p, "graph",
+	    "client_secret_expires");
 
 	if (cfg->client_secret_expires_text == NULL)
 		return;
 	memset(&tm, 0, sizeof(tm));
 	e = strptime(cfg->client_secret_expires_text, "%Y-%m-%d", &tm);
 	if (e == NULL || *e != '\0') {
-		config_error(p, line, "client_secret_expires \"%s\" is not a date "
-		    "(YYYY-MM-DD, as Entra shows it)",
+		config_error(p, line, "client_secret_expires \"%s\" is not a "
+		    "date (YYYY-MM-DD, as Entra shows it)",
 		    cfg->client_secret_expires_text);
 		return;
 	}
@@ -464,8 +471,9 @@ check_graph(struct config_reader *p)
 	check_proxy(p);
 	if (strcmp(cfg->mailbox, "envelope") != 0 &&
 	    strcmp(cfg->mailbox, "from") != 0 && !mailbox_address(cfg->mailbox))
-		config_error(p, config_key_line(p, "graph", "mailbox"), "mailbox \"%s\" must "
-		    "be envelope, from or a mailbox address", cfg->mailbox);
+		config_error(p, config_key_line(p, "graph", "mailbox"),
+		    "mailbox \"%s\" must be envelope, from or a mailbox "
+		    "address", cfg->mailbox);
 	check_secret_expiry(p);
 	creds = getenv("CREDENTIALS_DIRECTORY");
 	if (cfg->tenant == NULL && cfg->client_id == NULL &&
@@ -474,11 +482,11 @@ check_graph(struct config_reader *p)
 		return;
 	cfg->graph_enabled = 1;
 	if (cfg->tenant == NULL)
-		config_error(p, 0, "[graph] tenant is not set (the Directory (tenant) "
-		    "ID of the app registration)");
+		config_error(p, 0, "[graph] tenant is not set (the Directory "
+		    "(tenant) ID of the app registration)");
 	if (cfg->client_id == NULL)
-		config_error(p, 0, "[graph] client_id is not set (the Application "
-		    "(client) ID of the app registration)");
+		config_error(p, 0, "[graph] client_id is not set (the "
+		    "Application (client) ID of the app registration)");
 	if (p->client)
 		return;		/* the credentials are relayd's to read */
 	if (cfg->certificate_file != NULL || cfg->private_key_file != NULL) {
@@ -486,14 +494,16 @@ check_graph(struct config_reader *p)
 		return;
 	}
 	if (cfg->client_secret_file != NULL) {
-		check_secret(p, config_key_line(p, "graph", "client_secret_file"),
+		check_secret(p,
+		    config_key_line(p, "graph", "client_secret_file"),
 		    "client_secret_file", cfg->client_secret_file);
 		return;
 	}
 	if (creds == NULL || *creds == '\0') {
-		config_error(p, 0, "[graph] client_secret_file is not set and there is "
-		    "no systemd credential (LoadCredential=client_secret); or "
-		    "sign in with certificate_file and private_key_file");
+		config_error(p, 0, "[graph] client_secret_file is not set and "
+		    "there is no systemd credential "
+		    "(LoadCredential=client_secret); or sign in with "
+		    "certificate_file and private_key_file");
 		return;
 	}
 	xasprintf(&path, "%s/client_secret", creds);
@@ -507,7 +517,8 @@ check_readable(struct config_reader *p, int line, const char *what,
     const char *path)
 {
 	if (!p->client && access(path, R_OK) == -1)
-		config_error(p, line, "%s \"%s\": %s", what, path, strerror(errno));
+		config_error(p, line, "%s \"%s\": %s", what, path,
+		    strerror(errno));
 }
 
 /*
@@ -523,17 +534,19 @@ check_tls(struct config_reader *p)
 	size_t			 i;
 
 	if ((cfg->tls_cert == NULL) != (cfg->tls_key == NULL))
-		config_error(p, config_key_line(p, "smtp", cfg->tls_cert ? "tls_cert" :
-		    "tls_key"), "tls_cert and tls_key go together");
+		config_error(p, config_key_line(p, "smtp", cfg->tls_cert ?
+		    "tls_cert" : "tls_key"), "tls_cert and tls_key go "
+		    "together");
 	else if (cfg->tls_cert != NULL)
-		check_pair(p, "tls_cert", config_key_line(p, "smtp", "tls_cert"),
-		    cfg->tls_cert, "tls_key", config_key_line(p, "smtp", "tls_key"),
+		check_pair(p, "tls_cert",
+		    config_key_line(p, "smtp", "tls_cert"), cfg->tls_cert,
+		    "tls_key", config_key_line(p, "smtp", "tls_key"),
 		    cfg->tls_key);
 	for (i = 0; i < cfg->nlisten; i++) {
 		lc = &cfg->listen[i];
 		if ((lc->cert == NULL) != (lc->key == NULL)) {
-			config_error(p, lc->line, "listen %s: cert= and key= go "
-			    "together", lc->text);
+			config_error(p, lc->line, "listen %s: cert= and key= "
+			    "go together", lc->text);
 			continue;
 		}
 		if (lc->cert != NULL) {
@@ -555,9 +568,9 @@ check_tls(struct config_reader *p)
 			SSL_CTX_free(ctx);
 		}
 		if (lc->tls && lc->cert == NULL)
-			config_error(p, lc->line, "listen %s tls: no certificate (set "
-			    "tls_cert and tls_key in [smtp], or cert= and key= "
-			    "on the listen line)", lc->text);
+			config_error(p, lc->line, "listen %s tls: no "
+			    "certificate (set tls_cert and tls_key in [smtp], "
+			    "or cert= and key= on the listen line)", lc->text);
 	}
 }
 
@@ -579,7 +592,8 @@ check_open_relay(struct config_reader *p)
 		return;
 	for (i = 0; i < cfg->nallow; i++)
 		if (cfg->allow[i].prefix == 0) {
-			config_error(p, config_key_line(p, "smtp", "allow_networks"),
+			config_error(p,
+			    config_key_line(p, "smtp", "allow_networks"),
 			    "allow_networks %s covers every address: anyone "
 			    "who can reach relayd could send mail as your "
 			    "tenant (an open relay); list your own networks, "
@@ -604,14 +618,15 @@ check_listen_auth(struct config_reader *p)
 		if (!lc->require_auth)
 			continue;
 		if (cfg->users_file == NULL)
-			config_error(p, lc->line, "listen %s require_auth needs [auth] "
-			    "users_file (nobody could send there); set it, or "
-			    "drop require_auth", lc->text);
+			config_error(p, lc->line, "listen %s require_auth "
+			    "needs [auth] users_file (nobody could send "
+			    "there); set it, or drop require_auth", lc->text);
 		else if (lc->cert == NULL && !lc->auth_plaintext)
-			config_error(p, lc->line, "listen %s require_auth: AUTH needs "
-			    "TLS and this listener has no certificate (nobody "
-			    "could send there); set tls_cert and tls_key, or "
-			    "auth_plaintext=yes", lc->text);
+			config_error(p, lc->line, "listen %s require_auth: "
+			    "AUTH needs TLS and this listener has no "
+			    "certificate (nobody could send there); set "
+			    "tls_cert and tls_key, or auth_plaintext=yes",
+			    lc->text);
 	}
 }
 
@@ -622,10 +637,12 @@ check_status_ids(struct config_reader *p)
 	char	 err[512];
 
 	if (status_ids_check(p->cfg->status_users, 0, err, sizeof(err)) == -1)
-		config_error(p, config_key_line(p, "status", "users"), "%s", err);
+		config_error(p, config_key_line(p, "status", "users"), "%s",
+		    err);
 	if (status_ids_check(p->cfg->status_groups, 1, err, sizeof(err)) ==
 	    -1)
-		config_error(p, config_key_line(p, "status", "groups"), "%s", err);
+		config_error(p, config_key_line(p, "status", "groups"), "%s",
+		    err);
 }
 
 /* Checks that span keys or need the file system. */
@@ -648,26 +665,28 @@ check_config(struct config_reader *p)
 	check_tls(p);
 	check_open_relay(p);
 	if (cfg->notify != NULL && !mailbox_address(cfg->notify))
-		config_error(p, config_key_line(p, "queue", "notify"), "notify \"%s\" is not "
-		    "a mailbox address; name the operator's mailbox "
-		    "(user@domain) that gets the digest of dead letters",
-		    cfg->notify);
+		config_error(p, config_key_line(p, "queue", "notify"), "notify "
+		    "\"%s\" is not a mailbox address; name the operator's "
+		    "mailbox (user@domain) that gets the digest of dead "
+		    "letters", cfg->notify);
 	if (cfg->sendmail_sender != NULL &&
 	    !mailbox_address(cfg->sendmail_sender))
-		config_error(p, config_key_line(p, "sendmail", "sender"), "sender \"%s\" is "
-		    "not a mailbox address; name the tenant's mailbox local "
-		    "programs send as (user@domain)", cfg->sendmail_sender);
+		config_error(p, config_key_line(p, "sendmail", "sender"),
+		    "sender \"%s\" is not a mailbox address; name the tenant's "
+		    "mailbox local programs send as (user@domain)",
+		    cfg->sendmail_sender);
 	if (cfg->require_auth && cfg->users_file == NULL)
-		config_error(p, config_key_line(p, "smtp", "require_auth"), "require_auth "
-		    "needs [auth] users_file (nobody could relay)");
+		config_error(p, config_key_line(p, "smtp", "require_auth"),
+		    "require_auth needs [auth] users_file (nobody could "
+		    "relay)");
 	check_listen_auth(p);
 	if (cfg->users_file != NULL && p->client)
 		;	/* not the client's to read */
 	else if (cfg->users_file != NULL &&
 	    access(cfg->users_file, R_OK) == -1)
-		config_error(p, config_key_line(p, "auth", "users_file"), "users_file \"%s\": "
-		    "%s; make it with: relayctl passwd USER", cfg->users_file,
-		    strerror(errno));
+		config_error(p, config_key_line(p, "auth", "users_file"),
+		    "users_file \"%s\": %s; make it with: relayctl passwd USER",
+		    cfg->users_file, strerror(errno));
 	else if (cfg->users_file != NULL)
 		p->errors += auth_users_check(cfg->users_file, p->errf);
 	check_status_ids(p);
