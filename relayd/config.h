@@ -12,7 +12,6 @@
 #include "util.h"
 
 enum bare_lf_policy { BARE_LF_REJECT, BARE_LF_NORMALIZE };
-enum sync_method { SYNC_FDATASYNC, SYNC_SYNCFS };
 enum bounce { BOUNCE_NO, BOUNCE_SENDER };
 enum reply_after { REPLY_AFTER_SPOOL, REPLY_AFTER_GRAPH };
 

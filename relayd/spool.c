@@ -13,18 +13,13 @@
  *             them (spool_dead_*); a requeued one is a new message,
  *             committed before its dead copy goes.
  *
- * A record is a version line, a fixed-size state line, a fixed-size size
- * line, the envelope as "key: value" lines, a blank line, the message bytes
- * as received (CRLF, dot-unstuffed, with our Received: header), and a
- * fixed-size trailer repeating the size:
+ * A segment holds records back to back; what a record's bytes are, and
+ * what may be rewritten in place, is spool_record.c's business: this file
+ * asks it for the bytes it writes and to check the bytes it reads, and
+ * keeps the files.
  *
- *   RELAYD-SPOOL 2\n
- *   state: Q attempts=00000 next=0000000000000 error=<padding>\n  (200 bytes)
- *   size: <20 digits>\n
- *   id: ...\n arrival: ...\n ... rcpt: ...\n \n <message> RELAYD-END <size>\n
- *
- * The state line is rewritten in place (pwrite): Q queued, H held, D
- * delivered, X dead-lettered, with the retry state. A segment whose
+ * A record's state line is rewritten in place (pwrite): Q queued, H held,
+ * D delivered, X dead-lettered, with the retry state. A segment whose
  * records are all D or X is deleted. Neither waits for the disk: the
  * segments touched are noted, and within PROGRESS_SYNC_MS the commit
  * thread fdatasyncs each once and fsyncs queue/ once if names left it
@@ -141,23 +136,11 @@
 
 #include <event2/event.h>
 
-#include "config.h"
 #include "log.h"
 #include "spool.h"
 #include "util.h"
 
-#define SPOOL_MAGIC		"RELAYD-SPOOL "
-#define SPOOL_END_MAGIC		"RELAYD-END "
-#define MAGIC_LINE_LEN		15		/* "RELAYD-SPOOL 2\n" */
-#define STATE_OFF		MAGIC_LINE_LEN
-#define STATE_CHAR_OFF		(STATE_OFF + 7)	/* after "state: " */
-#define STATE_TEXT_LEN		49		/* up to "error=" */
-#define SIZE_OFF		(STATE_OFF + SPOOL_STATE_LEN)
-#define SIZE_DIGITS_OFF		(SIZE_OFF + 6)	/* after "size: " */
-#define SIZE_LINE_LEN		27
-#define ENVELOPE_OFF		(SIZE_OFF + SIZE_LINE_LEN)
 #define SPOOL_BUF_SIZE		(64 * 1024)	/* held in memory, then spilled */
-#define SPOOL_HEAD_MAX		(512 * 1024)	/* 500 recipients fit */
 #define SPOOL_SYNC_HELPERS	3	/* threads that fdatasync with the committer */
 #define INDEX_MIN		1024
 #define SEG_MAX			(4 * 1024 * 1024) /* then a new segment */
@@ -329,189 +312,6 @@ spool_new_qid(struct spool *sp, char *qid)
 	    us & (uint64_t)0xfffffffffffff, sp->seq);
 }
 
-/* ---- records ---- */
-
-void
-spool_format_state(char *line, char state, unsigned attempts,
-    uint64_t next_ms, const char *error)
-{
-	char	 head[STATE_TEXT_LEN + 1];
-	size_t	 i, n;
-
-	if (attempts > 99999)
-		attempts = 99999;
-	if (next_ms > UINT64_C(9999999999999))
-		next_ms = UINT64_C(9999999999999);
-	snprintf(head, sizeof(head), "state: %c attempts=%05u next=%013"
-	    PRIu64 " error=", state, attempts, next_ms);
-	memcpy(line, head, STATE_TEXT_LEN);
-	n = error != NULL ? strlen(error) : 0;
-	for (i = 0; i < SPOOL_ERROR_MAX; i++) {
-		unsigned char c = i < n ? (unsigned char)error[i] : ' ';
-		line[STATE_TEXT_LEN + i] = c >= 0x20 && c < 0x7f ? (char)c : '?';
-	}
-	line[SPOOL_STATE_LEN - 1] = '\n';
-}
-
-/* Reads the state line; a damaged one (a torn in-place write) means "queued". */
-static void
-parse_state(const char *line, struct spool_entry *e)
-{
-	char	 num[16];
-	size_t	 n;
-
-	e->state = SPOOL_QUEUED;
-	e->attempts = 0;
-	e->next_ms = 0;
-	e->error[0] = '\0';
-	if (memcmp(line, "state: ", 7) != 0 ||
-	    memcmp(line + 8, " attempts=", 10) != 0 ||
-	    memcmp(line + 23, " next=", 6) != 0 ||
-	    memcmp(line + 42, " error=", 7) != 0 ||
-	    strchr("QHDX", line[7]) == NULL || line[7] == '\0')
-		return;
-	e->state = line[7];
-	memcpy(num, line + 18, 5);
-	num[5] = '\0';
-	e->attempts = (unsigned)strtoul(num, NULL, 10);
-	memcpy(num, line + 29, 13);
-	num[13] = '\0';
-	e->next_ms = strtoull(num, NULL, 10);
-	memcpy(e->error, line + STATE_TEXT_LEN, SPOOL_ERROR_MAX);
-	n = SPOOL_ERROR_MAX;
-	while (n > 0 && e->error[n - 1] == ' ')
-		n--;
-	e->error[n] = '\0';
-}
-
-static int
-parse_digits(const char *digits, uint64_t *size)
-{
-	char	 num[21];
-
-	memcpy(num, digits, 20);
-	num[20] = '\0';
-	return parse_u64(num, 0, UINT64_MAX, size);
-}
-
-/*
- * The record's head: the first have bytes of it are at rec, avail bytes
- * lie between its start and the end of its file. Everything but the end
- * marker is checked (check_trailer).
- */
-static int
-parse_head(const char *rec, size_t have, uint64_t avail,
-    struct spool_entry *e, const char **why)
-{
-	const char	*p, *end, *nl;
-	uint64_t	 size;
-	int		 have_id = 0;
-
-	memset(e, 0, sizeof(*e));
-	if (have < avail && have < SPOOL_HEAD_MAX) {
-		*why = "record is cut short";	/* the file shrank */
-		return -1;
-	}
-	if (have < sizeof(SPOOL_MAGIC) - 1 ||
-	    memcmp(rec, SPOOL_MAGIC, sizeof(SPOOL_MAGIC) - 1) != 0) {
-		*why = "not a relayd spool record";
-		return -1;
-	}
-	if (have < ENVELOPE_OFF ||
-	    memcmp(rec + sizeof(SPOOL_MAGIC) - 1, "2\n", 2) != 0) {
-		*why = have < ENVELOPE_OFF ? "record is cut short" :
-		    "unsupported spool format version";
-		return -1;
-	}
-	if (rec[SIZE_OFF - 1] != '\n' ||
-	    memcmp(rec + SIZE_OFF, "size: ", 6) != 0 ||
-	    rec[ENVELOPE_OFF - 1] != '\n' ||
-	    parse_digits(rec + SIZE_DIGITS_OFF, &size) == -1) {
-		*why = "bad state or size line";
-		return -1;
-	}
-	parse_state(rec + STATE_OFF, e);
-	p = rec + ENVELOPE_OFF;
-	end = rec + (have < SPOOL_HEAD_MAX ? have : SPOOL_HEAD_MAX);
-	for (;;) {
-		if (p >= end || (nl = memchr(p, '\n', (size_t)(end - p))) ==
-		    NULL) {
-			*why = "envelope is cut short";
-			goto fail;
-		}
-		if (nl == p) {		/* blank line: envelope ends */
-			p++;
-			break;
-		}
-		if (strncmp(p, "id: ", 4) == 0 &&
-		    nl - p - 4 == SPOOL_QID_LEN) {
-			memcpy(e->qid, p + 4, SPOOL_QID_LEN);
-			have_id = 1;
-		} else if (strncmp(p, "arrival: ", 9) == 0) {
-			char *dot;
-			e->arrival_us = strtoull(p + 9, &dot, 10) * 1000000;
-			if (*dot == '.')
-				e->arrival_us += strtoull(dot + 1, NULL, 10);
-		} else if (strncmp(p, "mail-from: ", 11) == 0) {
-			free(e->mail_from);
-			e->mail_from = xstrndup(p + 11, (size_t)(nl - p - 11));
-		} else if (strncmp(p, "rcpt: ", 6) == 0) {
-			e->rcpts = xrealloc(e->rcpts,
-			    (e->nrcpts + 1) * sizeof(*e->rcpts));
-			e->rcpts[e->nrcpts++] = xstrndup(p + 6,
-			    (size_t)(nl - p - 6));
-		}
-		/* Unknown keys are kept for newer readers. */
-		p = nl + 1;
-	}
-	e->body_offset = (uint64_t)(p - rec);
-	if (!have_id || e->mail_from == NULL || e->nrcpts == 0) {
-		*why = "envelope lacks id, mail-from or rcpt";
-		goto fail;
-	}
-	if (size > avail || avail - size < e->body_offset + SPOOL_TRAILER_LEN) {
-		*why = "end marker missing (record was cut short)";
-		goto fail;
-	}
-	e->size = size;
-	e->reclen = e->body_offset + size + SPOOL_TRAILER_LEN;
-	return 0;
-fail:
-	spool_entry_clear(e);
-	return -1;
-}
-
-/* The end marker (SPOOL_TRAILER_LEN bytes) of the record e was read from. */
-static int
-check_trailer(const char *trailer, struct spool_entry *e, const char **why)
-{
-	uint64_t	 tsize;
-
-	if (memcmp(trailer, SPOOL_END_MAGIC, sizeof(SPOOL_END_MAGIC) - 1) !=
-	    0 || trailer[SPOOL_TRAILER_LEN - 1] != '\n') {
-		*why = "end marker missing (record was cut short)";
-		goto fail;
-	}
-	if (parse_digits(trailer + sizeof(SPOOL_END_MAGIC) - 1, &tsize) == -1 ||
-	    tsize != e->size) {
-		*why = "size in end marker does not match the record";
-		goto fail;
-	}
-	return 0;
-fail:
-	spool_entry_clear(e);
-	return -1;
-}
-
-int
-spool_parse(const char *rec, size_t avail, struct spool_entry *e,
-    const char **why)
-{
-	if (parse_head(rec, avail, avail, e, why) == -1)
-		return -1;
-	return check_trailer(rec + e->body_offset + e->size, e, why);
-}
-
 /* ---- reading records (pread: a read error is EIO, not SIGBUS) ---- */
 
 /* A window [off, off + len) of a file, read ahead up to cap bytes. */
@@ -583,8 +383,8 @@ read_record(struct reader *r, uint64_t off, uint64_t avail,
 	if ((n = rd_fill(r, off, (size_t)(avail < SPOOL_HEAD_MAX ? avail :
 	    SPOOL_HEAD_MAX))) == -1)
 		return -2;
-	if (parse_head(r->buf + (off - r->off), (size_t)n, avail, e,
-	    why) == -1)
+	if (spool_record_parse_head(r->buf + (off - r->off), (size_t)n, avail,
+	    e, why) != 0)
 		return -1;
 	toff = off + e->body_offset + e->size;
 	if (toff >= r->off && toff + SPOOL_TRAILER_LEN <= r->off + r->len)
@@ -597,21 +397,7 @@ read_record(struct reader *r, uint64_t off, uint64_t avail,
 		*why = "end marker missing (record was cut short)";
 		return -1;
 	}
-	return check_trailer(t, e, why);
-}
-
-void
-spool_entry_clear(struct spool_entry *e)
-{
-	size_t	 i;
-
-	free(e->mail_from);
-	for (i = 0; i < e->nrcpts; i++)
-		free(e->rcpts[i]);
-	free(e->rcpts);
-	e->mail_from = NULL;
-	e->rcpts = NULL;
-	e->nrcpts = 0;
+	return spool_record_check_trailer(t, e, why);
 }
 
 /* ---- the index (callers hold idx_lock) ---- */
@@ -1366,7 +1152,7 @@ write_batch(struct spool *sp, struct spool_msg *batch, struct seg **files,
 	struct spool_msg	*m;
 	struct seg		*s, *cur = NULL;
 	struct iovec		 iov[IOV_BATCH];
-	char			 digits[24];
+	char			 digits[SPOOL_RECORD_SIZE_DIGITS];
 	uint64_t		 pending = 0;
 	size_t			 n = 0;
 	int			 niov = 0;
@@ -1374,10 +1160,10 @@ write_batch(struct spool *sp, struct spool_msg *batch, struct seg **files,
 	for (m = batch; m != NULL; m = m->next) {
 		if (m->err != 0)
 			continue;
-		snprintf(digits, sizeof(digits), "%020" PRIu64, m->size);
+		spool_record_size(digits, m->size);
 		if (m->fd != -1) {
-			if (msg_flush(m) == -1 || pwrite_all(m->fd, digits, 20,
-			    SIZE_DIGITS_OFF) == -1) {
+			if (msg_flush(m) == -1 || pwrite_all(m->fd, digits,
+			    sizeof(digits), SPOOL_RECORD_SIZE_OFF) == -1) {
 				m->err = m->err ? m->err : errno;
 				continue;
 			}
@@ -1393,7 +1179,7 @@ write_batch(struct spool *sp, struct spool_msg *batch, struct seg **files,
 			files[n++] = s;
 			continue;
 		}
-		memcpy(m->buf + SIZE_DIGITS_OFF, digits, 20);
+		memcpy(m->buf + SPOOL_RECORD_SIZE_OFF, digits, sizeof(digits));
 		if (cur == NULL) {
 			if ((cur = current_segment(sp, m->qid)) == NULL) {
 				m->err = errno;
@@ -1971,7 +1757,7 @@ rec_finish(struct spool *sp, const char *qid, char state)
 		else
 			progress_mark(sp, NULL);
 		free(s);
-	} else if (rec_pwrite(sp, name, r->off + STATE_CHAR_OFF, &state,
+	} else if (rec_pwrite(sp, name, r->off + SPOOL_RECORD_MARK_OFF, &state,
 	    1) == -1)
 		log_warn("%s spool: cannot mark it done in queue/%s", qid,
 		    name);
@@ -2005,8 +1791,9 @@ spool_set_state(struct spool *sp, const char *qid, char state,
 
 	if (idx_locate(sp, qid, seg, &off, &len) == -1)
 		return -1;
-	spool_format_state(line, state, attempts, next_ms, error);
-	if (rec_pwrite(sp, seg, off + STATE_OFF, line, sizeof(line)) == -1) {
+	spool_record_state(line, state, attempts, next_ms, error);
+	if (rec_pwrite(sp, seg, off + SPOOL_RECORD_STATE_OFF, line,
+	    sizeof(line)) == -1) {
 		log_warn("%s spool: cannot write its state in queue/%s", qid,
 		    seg);
 		return -1;
@@ -2105,7 +1892,7 @@ spool_dead(struct spool *sp, const char *qid, const char *reason)
 	    (fd = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
 	    0600)) == -1 ||
 	    copy_range(in, off, fd, reclen) == -1 ||
-	    pwrite(fd, &x, 1, STATE_CHAR_OFF) != 1 ||
+	    pwrite(fd, &x, 1, SPOOL_RECORD_MARK_OFF) != 1 ||
 	    fdatasync(fd) == -1 ||
 	    renameat(dfd, tmp, dfd, qid) == -1 ||
 	    fsync(dfd) == -1) {
@@ -2159,27 +1946,12 @@ msg_append(struct spool_msg *m, const void *data, size_t len)
 	return 0;
 }
 
-/* Envelope values come from validated SMTP input; newlines cannot occur. */
-static int
-msg_header(struct spool_msg *m, const char *key, const char *val)
-{
-	if (strchr(val, '\n') != NULL) {
-		m->err = EINVAL;
-		return -1;
-	}
-	if (msg_append(m, key, strlen(key)) == -1 ||
-	    msg_append(m, ": ", 2) == -1 ||
-	    msg_append(m, val, strlen(val)) == -1 ||
-	    msg_append(m, "\n", 1) == -1)
-		return -1;
-	return 0;
-}
-
 struct spool_msg *
 spool_msg_new(struct spool *sp, const struct spool_env *env)
 {
 	struct spool_msg	*m;
-	char			 line[SPOOL_STATE_LEN];
+	char			*head;
+	ssize_t			 n;
 	size_t			 i;
 
 	m = xcalloc(1, sizeof(*m));
@@ -2192,25 +1964,18 @@ spool_msg_new(struct spool *sp, const struct spool_env *env)
 	m->rcpts = xcalloc(env->nrcpts, sizeof(*m->rcpts));
 	for (i = 0; i < env->nrcpts; i++)
 		m->rcpts[i] = xstrdup(env->rcpts[i]);
-	snprintf(line, sizeof(line), "%s%d\n", SPOOL_MAGIC, SPOOL_VERSION);
-	msg_append(m, line, strlen(line));
-	spool_format_state(line, SPOOL_QUEUED, 0, 0, "");
-	msg_append(m, line, SPOOL_STATE_LEN);
 	/* The size is filled in at commit (write_batch). */
-	msg_header(m, "size", "00000000000000000000");
-	msg_header(m, "id", m->qid);
-	snprintf(line, sizeof(line), "%" PRIu64 ".%06" PRIu64,
-	    env->arrival_us / 1000000, env->arrival_us % 1000000);
-	msg_header(m, "arrival", line);
-	msg_header(m, "client", env->client);
-	msg_header(m, "listener", env->listener);
-	msg_header(m, "helo", env->helo);
-	msg_header(m, "user", env->user);
-	msg_header(m, "mail-from", env->mail_from);
-	msg_header(m, "mail-params", env->mail_params);
-	for (i = 0; i < env->nrcpts; i++)
-		msg_header(m, "rcpt", env->rcpts[i]);
-	msg_append(m, "\n", 1);
+	if ((n = spool_record_head(m->buf, SPOOL_BUF_SIZE, m->qid, env)) == -1)
+		m->err = EINVAL;
+	else if ((size_t)n <= SPOOL_BUF_SIZE)
+		m->buflen = m->total = (size_t)n;
+	else {
+		/* A head bigger than memory holds spills at once. */
+		head = xmalloc((size_t)n);
+		spool_record_head(head, (size_t)n, m->qid, env);
+		msg_append(m, head, (size_t)n);
+		free(head);
+	}
 	if (m->err != 0) {
 		int saved = m->err;
 		spool_msg_abort(m);
@@ -2245,11 +2010,10 @@ void
 spool_msg_commit(struct spool_msg *m, spool_done_cb *cb, void *arg)
 {
 	struct spool	*sp = m->spool;
-	char		 trailer[SPOOL_TRAILER_LEN + 1];
+	char		 trailer[SPOOL_TRAILER_LEN];
 
-	snprintf(trailer, sizeof(trailer), "%s%020" PRIu64 "\n",
-	    SPOOL_END_MAGIC, m->size);
-	msg_append(m, trailer, SPOOL_TRAILER_LEN);
+	spool_record_trailer(trailer, m->size);
+	msg_append(m, trailer, sizeof(trailer));
 	m->cb = cb;
 	m->cbarg = arg;
 	if (m->err != 0 || !sp->running) {
@@ -2289,8 +2053,7 @@ spool_msg_abort(struct spool_msg *m)
 static int
 qid_valid(const char *qid)
 {
-	return strlen(qid) == SPOOL_QID_LEN &&
-	    strspn(qid, "0123456789ABCDEF") == SPOOL_QID_LEN;
+	return spool_record_qid_valid(qid, strlen(qid));
 }
 
 static int
@@ -2423,24 +2186,8 @@ size_t
 spool_view_env(const struct spool_view *v, const char *key, char *out,
     size_t outlen)
 {
-	const char	*rec = v->msg - v->e.body_offset;
-	const char	*p = rec + ENVELOPE_OFF, *end = v->msg, *nl;
-	size_t		 klen = strlen(key), n;
-
-	out[0] = '\0';
-	for (; p < end && (nl = memchr(p, '\n', (size_t)(end - p))) != NULL;
-	    p = nl + 1) {
-		if ((size_t)(nl - p) < klen + 2 || strncmp(p, key, klen) != 0 ||
-		    p[klen] != ':' || p[klen + 1] != ' ')
-			continue;
-		n = (size_t)(nl - p) - klen - 2;
-		if (n >= outlen)
-			n = outlen - 1;
-		memcpy(out, p + klen + 2, n);
-		out[n] = '\0';
-		return n;
-	}
-	return 0;
+	return spool_record_env(v->msg - v->e.body_offset, v->e.body_offset,
+	    key, out, outlen);
 }
 
 /* A requeued dead letter: its dead copy goes once the new one is durable. */

@@ -5,49 +5,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SPOOL_QID_LEN		16	/* hex characters */
-#define SPOOL_VERSION		2
-#define SPOOL_TRAILER_LEN	32	/* "RELAYD-END %020llu\n" */
-#define SPOOL_ERROR_MAX		150	/* last error kept in the state line */
+#include "spool_record.h"	/* struct spool_env, spool_entry, states */
 
-/* Record states (one byte in the record's state line). */
-#define SPOOL_QUEUED		'Q'
-#define SPOOL_HELD		'H'
-#define SPOOL_DELIVERED		'D'
-#define SPOOL_DEAD		'X'
+/* How commits and delivery progress reach the disk ([queue] sync_method). */
+enum sync_method { SYNC_FDATASYNC, SYNC_SYNCFS };
 
 struct event_base;
 struct spool;
 struct spool_msg;
-
-/* Everything known about a message before its first byte. */
-struct spool_env {
-	uint64_t		 arrival_us;
-	const char		*client;	/* numeric address */
-	const char		*listener;	/* "127.0.0.1:25" */
-	const char		*helo;
-	const char		*user;		/* authenticated user or "" */
-	const char		*mail_from;	/* without <>, "" for null */
-	const char		*mail_params;	/* ESMTP parameters or "" */
-	const char *const	*rcpts;		/* "addr" or "addr PARAMS" */
-	size_t			 nrcpts;
-};
-
-/* A queued message as read back from disk. */
-struct spool_entry {
-	char		 qid[SPOOL_QID_LEN + 1];
-	char		 state;		/* SPOOL_QUEUED, ... */
-	unsigned	 attempts;
-	uint64_t	 next_ms;	/* earliest next attempt, 0: now */
-	char		 error[SPOOL_ERROR_MAX + 1];
-	uint64_t	 arrival_us;
-	uint64_t	 size;		/* message bytes */
-	uint64_t	 body_offset;	/* where the message starts */
-	uint64_t	 reclen;	/* the whole record */
-	char		*mail_from;
-	char		**rcpts;	/* "addr" or "addr PARAMS" */
-	size_t		 nrcpts;
-};
 
 /*
  * A message read for use (spool_map_msg), with pread: a read error is an
@@ -101,7 +66,6 @@ void		 spool_set_queued_cb(struct spool *, spool_queued_cb *, void *);
 int		 spool_map_msg(struct spool *, const char *,
 		    struct spool_view *, const char **);
 void		 spool_unmap_msg(struct spool_view *);
-void		 spool_entry_clear(struct spool_entry *);
 /* Delivered: the message leaves the queue (loop thread). */
 int		 spool_remove(struct spool *, const char *);
 /* Refused for good: copied to dead/ with reason in dead/<qid>.reason. */
@@ -160,17 +124,5 @@ void		 spool_msg_commit(struct spool_msg *, spool_done_cb *, void *);
 void		 spool_msg_forget(struct spool_msg *);
 /* Drops an unfinished message and its file. */
 void		 spool_msg_abort(struct spool_msg *);
-
-/*
- * Checks the record at the start of buf (avail bytes to the end of its
- * file) and fills the entry. 0 if whole, -1 with a reason. Pure: unit
- * tests, the recovery scan and delivery share it.
- */
-int		 spool_parse(const char *, size_t, struct spool_entry *,
-		    const char **);
-/* The fixed-size state line for these values (SPOOL_STATE_LEN bytes). */
-#define SPOOL_STATE_LEN		200
-void		 spool_format_state(char *, char, unsigned, uint64_t,
-		    const char *);
 
 #endif

@@ -1,4 +1,7 @@
-/* Unit tests for spool.c: framing, commit, recovery. No event loop. */
+/*
+ * Unit tests for spool.c: commit, recovery, segments, dead letters. No
+ * event loop. The record format itself: test_spool_record.c.
+ */
 #include <sys/stat.h>
 
 #include <dirent.h>
@@ -18,7 +21,7 @@
 #include "spool.h"
 
 static char	 dir[256];
-static int	 sync_method;	/* 0 fdatasync, 1 syncfs */
+static enum sync_method sync_method = SYNC_FDATASYNC;
 
 static int
 setup(void **state)
@@ -205,7 +208,7 @@ make_rec(char *out, const char *qid, char st, const char *body)
 	size_t	 blen = strlen(body);
 	int	 n;
 
-	spool_format_state(state, st, 3, 1234567890123ULL, "http_503 busy");
+	spool_record_state(state, st, 3, 1234567890123ULL, "http_503 busy");
 	n = sprintf(out, "RELAYD-SPOOL 2\n%.*ssize: %020zu\nid: %s\n"
 	    "arrival: 5.000001\nmail-from: \nrcpt: x@y\nfuture-key: ok\n\n"
 	    "%sRELAYD-END %020zu\n", SPOOL_STATE_LEN, state, blen, qid, body,
@@ -255,61 +258,6 @@ test_damaged_moved_aside(void **state)
 	assert_int_equal(count_files("queue"), 1);
 	assert_int_equal(count_files("corrupt"), 3);
 	spool_free(sp);
-}
-
-static void
-test_parse_framing(void **state)
-{
-	struct spool_entry	 e;
-	const char		*why;
-	char			 rec[4096], bad[4096];
-	size_t			 n, i;
-
-	(void)state;
-	n = make_rec(rec, "0123456789ABCDEF", 'H', "0123456789");
-	assert_int_equal(spool_parse(rec, n, &e, &why), 0);
-	assert_string_equal(e.qid, "0123456789ABCDEF");
-	assert_string_equal(e.mail_from, "");
-	assert_int_equal(e.size, 10);
-	assert_int_equal(e.reclen, n);
-	assert_int_equal(e.nrcpts, 1);
-	assert_int_equal(e.state, 'H');
-	assert_int_equal(e.attempts, 3);
-	assert_int_equal(e.next_ms, 1234567890123ULL);
-	assert_string_equal(e.error, "http_503 busy");
-	assert_memory_equal(rec + e.body_offset, "0123456789", 10);
-	spool_entry_clear(&e);
-	/* More bytes after it (the next record) are fine. */
-	memcpy(bad, rec, n);
-	memcpy(bad + n, "RELAYD-SPOOL 2\n", 15);
-	assert_int_equal(spool_parse(bad, n + 15, &e, &why), 0);
-	spool_entry_clear(&e);
-	/* Every cut is refused. */
-	for (i = 0; i < n; i++)
-		if (spool_parse(rec, i, &e, &why) != -1)
-			fail_msg("cut at %zu accepted", i);
-	/* A torn state line reads as queued, attempts 0. */
-	memcpy(bad, rec, n);
-	memcpy(bad + 15 + 20, "\0\0\0\0", 4);
-	assert_int_equal(spool_parse(bad, n, &e, &why), 0);
-	assert_int_equal(e.state, 'Q');
-	assert_int_equal(e.attempts, 0);
-	spool_entry_clear(&e);
-	/* Size lines that disagree, a bad trailer, another version. */
-	memcpy(bad, rec, n);
-	bad[n - 2] = '1';
-	assert_int_equal(spool_parse(bad, n, &e, &why), -1);
-	memcpy(bad, rec, n);
-	bad[15 + SPOOL_STATE_LEN + 25] = '9';
-	assert_int_equal(spool_parse(bad, n, &e, &why), -1);
-	memcpy(bad, rec, n);
-	bad[n - 32] = 'X';
-	assert_int_equal(spool_parse(bad, n, &e, &why), -1);
-	memcpy(bad, rec, n);
-	bad[13] = '1';
-	assert_int_equal(spool_parse(bad, n, &e, &why), -1);
-	assert_string_equal(why, "unsupported spool format version");
-	assert_int_equal(spool_parse("From nobody\n\n", 13, &e, &why), -1);
 }
 
 /* Records share segments: marks, the state line, removal, dead letters. */
@@ -560,7 +508,6 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_damaged_moved_aside, setup,
 		    teardown),
-		cmocka_unit_test(test_parse_framing),
 		cmocka_unit_test_setup_teardown(test_segments, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_batches_share_segments,
@@ -574,7 +521,7 @@ main(void)
 	int	 failed;
 
 	failed = cmocka_run_group_tests_name("spool", tests, NULL, NULL);
-	sync_method = 1;
+	sync_method = SYNC_SYNCFS;
 	failed += cmocka_run_group_tests_name("spool-syncfs", tests, NULL,
 	    NULL);
 	return failed;
