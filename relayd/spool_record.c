@@ -74,7 +74,8 @@ put(struct out *o, const char *s, size_t n)
 {
 	size_t	 room = o->len < o->cap ? o->cap - o->len : 0;
 
-	memcpy(o->buf + o->len, s, n < room ? n : room);
+	if (room > 0)
+		memcpy(o->buf + o->len, s, n < room ? n : room);
 	o->len += n;
 }
 

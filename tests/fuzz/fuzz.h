@@ -26,6 +26,8 @@ void	fuzz_proxy_init(void);
 int	fuzz_proxy_one(const uint8_t *, size_t);
 void	fuzz_token_init(void);
 int	fuzz_token_one(const uint8_t *, size_t);
+void	fuzz_spool_record_init(void);
+int	fuzz_spool_record_one(const uint8_t *, size_t);
 
 /* libFuzzer's entry points. */
 int	LLVMFuzzerInitialize(int *, char ***);

@@ -35,6 +35,7 @@ static const struct target targets[] = {
 	{ "config", fuzz_config_init, fuzz_config_one },
 	{ "proxy", fuzz_proxy_init, fuzz_proxy_one },
 	{ "token", fuzz_token_init, fuzz_token_one },
+	{ "spool_record", fuzz_spool_record_init, fuzz_spool_record_one },
 };
 
 /* Runs each file of dir through the target; returns how many. */
