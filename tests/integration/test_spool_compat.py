@@ -8,7 +8,9 @@ ESMTP parameters or several recipients, one with a null sender); dead/
 the dead letter of the X record. The bytes must keep reading the same."""
 import shutil
 
-from conftest import SRCDIR, graph_relayd, wait_for
+from relaydtest.env import SRCDIR
+from relaydtest.graph import graph_relayd
+from relaydtest.wait import wait_for
 
 FIXTURE = SRCDIR / "tests" / "data" / "spool-v2"
 DEFERRED = "661F674056CAD000"       # Q, attempts 1, after a 503
