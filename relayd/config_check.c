@@ -68,6 +68,20 @@ check_secret_file(struct config_reader *p, int line, const char *what,
 		config_error(p, line, "%s", err);
 }
 
+/*
+ * Whether the checks read the credential (the client secret, the private
+ * key). relayd's parent turns it off for itself and its children: they
+ * check only that the files are there and private; the token process
+ * reads them itself, and the parent's check runs in a child of its own.
+ */
+static int	read_credentials = 1;
+
+void
+config_read_credentials(int on)
+{
+	read_credentials = on;
+}
+
 /* The client secret's file: private, and not empty (white space aside). */
 static void
 check_secret(struct config_reader *p, int line, const char *what,
@@ -78,8 +92,8 @@ check_secret(struct config_reader *p, int line, const char *what,
 	int	 fd, errors = p->errors;
 
 	check_secret_file(p, line, what, path);
-	if (p->errors > errors || (fd = open(path, O_RDONLY | O_CLOEXEC)) ==
-	    -1)
+	if (p->errors > errors || !read_credentials ||
+	    (fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
 		return;
 	n = read(fd, buf, sizeof(buf));
 	close(fd);
@@ -379,12 +393,14 @@ check_certificate(struct config_reader *p, const char *creds)
 	}
 	if (p->errors > errors)
 		return;
-	if ((k = jwt_key_load(cfg->certificate_file, cfg->private_key_file,
-	    cfg->assertion_alg, err, sizeof(err))) == NULL) {
+	if (read_credentials && (k = jwt_key_load(cfg->certificate_file,
+	    cfg->private_key_file, cfg->assertion_alg, err, sizeof(err))) ==
+	    NULL) {
 		config_error(p, line, "%s", err);
 		return;
 	}
-	jwt_key_free(k);
+	if (read_credentials)
+		jwt_key_free(k);
 	check_expiry(p, line, "certificate_file", cfg->certificate_file,
 	    cert_todo);
 }

@@ -19,6 +19,12 @@ struct config	*config_load(const char *, FILE *);
  * relayd's environment (the systemd credentials).
  */
 struct config	*config_load_client(const char *, FILE *);
+/*
+ * 0: config_load checks that the credential files are there and private
+ * but does not read them (relayd's parent and relay processes: only the
+ * token process holds the credential). 1, the default: reads them too.
+ */
+void		 config_read_credentials(int);
 /* Same, from a string (unit tests); name is used in messages. */
 struct config	*config_load_string(const char *, const char *, FILE *);
 

@@ -370,58 +370,31 @@ passed_fd(const struct listen_cfg *lc, int *passed, int npassed)
 	return -1;
 }
 
+/* One listening socket: systemd's for this address, or bound here. */
 static int
-bind_one(struct smtp *sm, const struct listen_cfg *lc, int *passed,
-    int npassed, char *err, size_t len)
+open_one(const struct listen_cfg *lc, int *passed, int npassed, char *err,
+    size_t len)
 {
-	struct smtp_listener	*l = &sm->listeners[sm->nlisteners];
-	int			 fd, one = 1, flags;
+	int	 fd, one = 1, flags;
 
 	if ((fd = passed_fd(lc, passed, npassed)) != -1) {
 		flags = fcntl(fd, F_GETFL);
 		fcntl(fd, F_SETFL, flags | O_NONBLOCK);
 		fcntl(fd, F_SETFD, FD_CLOEXEC);
 		log_info("smtp listener=%s: socket from systemd", lc->text);
-	} else {
-		fd = socket(lc->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
-		    SOCK_CLOEXEC, 0);
-		if (fd == -1)
-			goto fail;
+		return fd;
+	}
+	fd = socket(lc->ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK |
+	    SOCK_CLOEXEC, 0);
+	if (fd != -1) {
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 		if (lc->ss.ss_family == AF_INET6)
 			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
 			    sizeof(one));
-		if (bind(fd, (const struct sockaddr *)&lc->ss, lc->sslen) ==
-		    -1 || listen(fd, 1024) == -1)
-			goto fail;
+		if (bind(fd, (const struct sockaddr *)&lc->ss, lc->sslen) !=
+		    -1 && listen(fd, 1024) != -1)
+			return fd;
 	}
-	l->smtp = sm;
-	strlcpy_r(l->name, lc->text, sizeof(l->name));
-	l->implicit_tls = lc->tls;
-	l->lc = lc;
-	l->auth_plaintext = lc->auth_plaintext;
-	if (lc->cert != NULL &&
-	    (l->tls = tls_ctx_new(lc, err, len)) == NULL) {
-		close(fd);
-		return -1;
-	}
-	if (l->tls != NULL && lc->tls_min < TLS_V1_2)
-		log_warnx("smtp listener=%s tls_min=1.%d: TLS older than 1.2 is "
-		    "accepted here (for old devices only)", lc->text,
-		    lc->tls_min);
-	l->evl = evconnlistener_new(sm->base, accept_cb, l,
-	    LEV_OPT_CLOSE_ON_FREE, 0, fd);	/* 0: listen() was called */
-	if (l->evl == NULL)
-		goto fail;
-	evconnlistener_set_error_cb(l->evl, accept_error_cb);
-	l->resume = evtimer_new(sm->base, resume_cb, l);
-	sm->nlisteners++;
-	log_info("smtp listening listener=%s%s", lc->text, lc->tls ?
-	    " tls=implicit" : l->tls != NULL ? " tls=starttls" : "");
-	return 0;
-fail:
-	SSL_CTX_free(l->tls);
-	l->tls = NULL;
 	snprintf(err, len, "listen %s: %s%s", lc->text, strerror(errno),
 	    errno == EACCES ? " (ports below 1024 need "
 	    "CAP_NET_BIND_SERVICE)" : errno == EADDRINUSE ? " (another "
@@ -432,28 +405,82 @@ fail:
 	return -1;
 }
 
-int
-smtp_listen(struct smtp *sm, char *err, size_t len)
+int *
+smtp_open(const struct config *cfg, char *err, size_t len)
 {
 	size_t	 i;
-	int	 npassed = sd_listen_fds(1), *passed, rc = 0, k;
+	int	 npassed = sd_listen_fds(1), *passed, *fds, k;
 
 	if (npassed < 0)
 		npassed = 0;
 	passed = xcalloc((size_t)npassed + 1, sizeof(*passed));
-	sm->listeners = xcalloc(sm->cfg->nlisten, sizeof(*sm->listeners));
-	for (i = 0; i < sm->cfg->nlisten && rc == 0; i++)
-		rc = bind_one(sm, &sm->cfg->listen[i], passed, npassed, err,
-		    len);
+	fds = xcalloc(cfg->nlisten + 1, sizeof(*fds));
+	for (i = 0; i < cfg->nlisten; i++)
+		if ((fds[i] = open_one(&cfg->listen[i], passed, npassed, err,
+		    len)) == -1) {
+			while (i-- > 0)
+				close(fds[i]);
+			free(fds);
+			fds = NULL;
+			break;
+		}
 	for (k = 0; k < npassed; k++)
 		if (!passed[k]) {
-			log_warnx("smtp: a socket from systemd matches no "
-			    "listen line of relayd.conf; closed (make "
-			    "relayd.socket's ListenStream= and listen agree)");
+			if (fds != NULL)
+				log_warnx("smtp: a socket from systemd matches "
+				    "no listen line of relayd.conf; closed "
+				    "(make relayd.socket's ListenStream= and "
+				    "listen agree)");
 			close(SD_LISTEN_FDS_START + k);
 		}
 	free(passed);
-	return rc;
+	return fds;
+}
+
+static int
+listen_one(struct smtp *sm, const struct listen_cfg *lc, int fd, char *err,
+    size_t len)
+{
+	struct smtp_listener	*l = &sm->listeners[sm->nlisteners];
+
+	l->smtp = sm;
+	strlcpy_r(l->name, lc->text, sizeof(l->name));
+	l->implicit_tls = lc->tls;
+	l->lc = lc;
+	l->auth_plaintext = lc->auth_plaintext;
+	if (lc->cert != NULL &&
+	    (l->tls = tls_ctx_new(lc, err, len)) == NULL)
+		return -1;
+	if (l->tls != NULL && lc->tls_min < TLS_V1_2)
+		log_warnx("smtp listener=%s tls_min=1.%d: TLS older than 1.2 is "
+		    "accepted here (for old devices only)", lc->text,
+		    lc->tls_min);
+	/* Not closed on free: the parent's copy keeps the port open. */
+	l->evl = evconnlistener_new(sm->base, accept_cb, l, 0, 0, fd);
+	if (l->evl == NULL) {
+		SSL_CTX_free(l->tls);
+		l->tls = NULL;
+		snprintf(err, len, "listen %s: %s", lc->text, strerror(errno));
+		return -1;
+	}
+	evconnlistener_set_error_cb(l->evl, accept_error_cb);
+	l->resume = evtimer_new(sm->base, resume_cb, l);
+	sm->nlisteners++;
+	log_info("smtp listening listener=%s%s", lc->text, lc->tls ?
+	    " tls=implicit" : l->tls != NULL ? " tls=starttls" : "");
+	return 0;
+}
+
+int
+smtp_listen(struct smtp *sm, const int *fds, char *err, size_t len)
+{
+	size_t	 i;
+
+	sm->listeners = xcalloc(sm->cfg->nlisten, sizeof(*sm->listeners));
+	for (i = 0; i < sm->cfg->nlisten; i++)
+		if (listen_one(sm, &sm->cfg->listen[i], fds[i], err, len) == -1)
+			return -1;
+	return 0;
 }
 
 void

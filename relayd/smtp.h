@@ -16,7 +16,13 @@ struct smtp_session;
 struct smtp	*smtp_new(struct event_base *, const struct config *,
 		    struct spool *);
 /* Binds every listen address; on failure says which and why in err. */
-int		 smtp_listen(struct smtp *, char *, size_t);
+/*
+ * In the parent, before the children: one listening socket per listen
+ * line (systemd's, or bound here), malloc'd; NULL with err if not.
+ */
+int		*smtp_open(const struct config *, char *, size_t);
+/* In the relay child: accepts on those sockets (inherited). */
+int		 smtp_listen(struct smtp *, const int *, char *, size_t);
 void		 smtp_free(struct smtp *);
 /*
  * SIGHUP: new sessions take cfg (the caller keeps the old one alive for

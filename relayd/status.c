@@ -408,7 +408,8 @@ cmd_status(struct status *st)
 	long long		 exp;
 
 	add_str(o, "version", PACKAGE_VERSION);
-	add_int(o, "pid", (int64_t)getpid());
+	/* relayd's: the parent, which signals go to (this is its child). */
+	add_int(o, "pid", (int64_t)getppid());
 	add_int(o, "uptime", (int64_t)((wall_us() / 1000 - e->started_ms) /
 	    1000));
 	a = json_object_new_array();

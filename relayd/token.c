@@ -1,11 +1,15 @@
 /*
- * token.c - the OAuth2 client-credentials token every worker shares.
+ * token.c - the token source: the OAuth2 client-credentials token, fetched
+ * with the credential. Only the token process (token_proc.c) and relayctl
+ * hold one; relayd's delivery threads ask the token process through
+ * token_client.c.
  *
  * POST {login_url}/{tenant}/oauth2/v2.0/token with the app's id, its secret
  * or a client assertion signed with its certificate's key (a fresh one per
  * request, see jwt.c), and scope {graph_url}/.default. The token is
- * refreshed at 80% of its life by whichever worker needs it first; the
- * others keep using the old one meanwhile, or wait if there is none. After a failure nobody asks
+ * refreshed at 80% of its life by whichever caller needs it first; the
+ * others keep using the old one meanwhile, or wait if there is none.
+ * After a failure nobody asks
  * again for a while (5 s doubling to 5 min), so a wrong secret costs one
  * log line per attempt, not one per message. Messages stay queued.
  *
@@ -36,28 +40,20 @@
 #define TOKEN_SECRET_MAX	4096
 #define TOKEN_RETRY_MIN_MS	5000
 #define TOKEN_RETRY_MAX_MS	(5 * 60 * 1000)
-#define TOKEN_MIN_LIFE_MS	30000	/* don't hand out one about to expire */
 #define TOKEN_ASSERTION_TYPE \
 	"urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
 #define TOKEN_CLOCK_HINT \
 	"the client assertion is outside its valid time range (clock skew? " \
 	"check the system time)"
 
-struct token {
+struct token_src {
 	char		*url;
 	char		*form_head;	/* everything but the secret or assertion */
 	char		*secret;	/* URL-encoded; or */
 	struct jwt_key	*key;		/* the certificate's, for assertions */
 	char		*client_id;
-	pthread_mutex_t	 lock;
-	pthread_cond_t	 cond;
-	char		*access;
-	uint64_t	 refresh_at;	/* CLOCK_MONOTONIC ms */
-	uint64_t	 expires_at;
-	int		 refreshing;
-	uint64_t	 retry_at;	/* no new attempt before */
+	struct token_cache c;		/* its lock guards the rest */
 	uint64_t	 backoff_ms;
-	char		 last_err[512];
 	uint64_t	 fail_since;	/* wall ms of the first failure in a row */
 	unsigned	 nfails;	/* failures in a row */
 	int		 pending;	/* a reloaded credential waits */
@@ -184,10 +180,10 @@ secret_free(char *s)
 	}
 }
 
-struct token *
-token_new(const struct config *cfg, char *err, size_t errlen)
+struct token_src *
+token_src_new(const struct config *cfg, char *err, size_t errlen)
 {
-	struct token	*t;
+	struct token_src	*t;
 	struct jwt_key	*key;
 	char		*secret, *id, *scope, *s, *tenant;
 
@@ -209,13 +205,12 @@ token_new(const struct config *cfg, char *err, size_t errlen)
 	    TOKEN_ASSERTION_TYPE "&client_assertion" : "client_secret");
 	curl_free(id);
 	curl_free(scope);
-	pthread_mutex_init(&t->lock, NULL);
-	pthread_cond_init(&t->cond, NULL);
+	token_cache_init(&t->c);
 	return t;
 }
 
 void
-token_free(struct token *t)
+token_src_free(struct token_src *t)
 {
 	if (t == NULL)
 		return;
@@ -224,14 +219,9 @@ token_free(struct token *t)
 	jwt_key_free(t->key);
 	jwt_key_free(t->pending_key);
 	free(t->client_id);
-	if (t->access != NULL) {
-		explicit_bzero(t->access, strlen(t->access));
-		free(t->access);
-	}
+	token_cache_clear(&t->c);
 	free(t->url);
 	free(t->form_head);
-	pthread_mutex_destroy(&t->lock);
-	pthread_cond_destroy(&t->cond);
 	free(t);
 }
 
@@ -281,7 +271,7 @@ describe_error(long status, const char *body, char *out, size_t outlen)
 
 /* One request to the token service. Called without the lock. */
 static int
-fetch(struct token *t, CURL *c, char **access, long long *life_ms,
+fetch(struct token_src *t, CURL *c, char **access, long long *life_ms,
     char *err, size_t errlen)
 {
 	static const char *const headers[] = {
@@ -356,31 +346,16 @@ out:
 }
 
 char *
-token_get(struct token *t, CURL *c, char *err, size_t errlen)
+token_src_get(struct token_src *t, CURL *c, char *err, size_t errlen)
 {
 	char		*access, *fresh = NULL;
 	long long	 life;
-	uint64_t	 now;
 	int		 rc;
 
-	pthread_mutex_lock(&t->lock);
-	for (;;) {
-		now = now_ms();
-		if (t->access != NULL && now < t->refresh_at)
-			break;
-		if (t->access != NULL && t->refreshing &&
-		    now + TOKEN_MIN_LIFE_MS < t->expires_at)
-			break;
-		if (t->refreshing) {
-			pthread_cond_wait(&t->cond, &t->lock);
-			continue;
-		}
-		if (now < t->retry_at) {
-			if (t->access != NULL &&
-			    now + TOKEN_MIN_LIFE_MS < t->expires_at)
-				break;
-			snprintf(err, errlen, "%s", t->last_err);
-			pthread_mutex_unlock(&t->lock);
+	pthread_mutex_lock(&t->c.lock);
+	while ((rc = token_cache_wait(&t->c, err, errlen)) != 1) {
+		if (rc == -1) {
+			pthread_mutex_unlock(&t->c.lock);
 			return NULL;
 		}
 		if (t->pending) {
@@ -393,49 +368,41 @@ token_get(struct token *t, CURL *c, char *err, size_t errlen)
 			t->pending_key = NULL;
 			t->pending = 0;
 		}
-		t->refreshing = 1;
-		pthread_mutex_unlock(&t->lock);
+		pthread_mutex_unlock(&t->c.lock);
 		rc = fetch(t, c, &fresh, &life, err, errlen);
-		pthread_mutex_lock(&t->lock);
-		t->refreshing = 0;
-		pthread_cond_broadcast(&t->cond);
-		now = now_ms();
+		pthread_mutex_lock(&t->c.lock);
 		if (rc == -1) {
+			token_cache_put(&t->c, NULL, 0, 0);
 			t->backoff_ms = t->backoff_ms == 0 ? TOKEN_RETRY_MIN_MS :
 			    t->backoff_ms * 2;
 			if (t->backoff_ms > TOKEN_RETRY_MAX_MS)
 				t->backoff_ms = TOKEN_RETRY_MAX_MS;
-			t->retry_at = now + t->backoff_ms;
-			snprintf(t->last_err, sizeof(t->last_err), "%s", err);
+			t->c.retry_at = now_ms() + t->backoff_ms;
+			snprintf(t->c.last_err, sizeof(t->c.last_err), "%s",
+			    err);
 			if (t->nfails++ == 0)
 				t->fail_since = wall_us() / 1000;
 			log_warnx("token: %s; next attempt in %llus", err,
 			    (unsigned long long)t->backoff_ms / 1000);
 			continue;
 		}
-		if (t->access != NULL) {
-			explicit_bzero(t->access, strlen(t->access));
-			free(t->access);
-		}
-		t->access = fresh;
-		t->expires_at = now + (uint64_t)life;
-		t->refresh_at = now + (uint64_t)life * 8 / 10;
+		token_cache_put(&t->c, fresh, life, life * 8 / 10);
 		t->backoff_ms = 0;
-		t->retry_at = 0;
+		t->c.retry_at = 0;
 		t->nfails = 0;
 		t->fail_since = 0;
 		log_info("token: new access token expires_in=%llds",
 		    life / 1000);
 		break;
 	}
-	access = xstrdup(t->access);
-	pthread_mutex_unlock(&t->lock);
+	access = xstrdup(t->c.access);
+	pthread_mutex_unlock(&t->c.lock);
 	return access;
 }
 
 /* Is this credential the one in use (or waiting to be)? */
 static int
-same_credential(const struct token *t, const char *secret,
+same_credential(const struct token_src *t, const char *secret,
     const struct jwt_key *key)
 {
 	const char		*cur = t->pending ? t->pending_secret : t->secret;
@@ -456,7 +423,7 @@ same_credential(const struct token *t, const char *secret,
 }
 
 int
-token_reload(struct token *t, const struct config *cfg, char *err,
+token_src_reload(struct token_src *t, const struct config *cfg, char *err,
     size_t errlen)
 {
 	struct jwt_key	*key;
@@ -470,7 +437,7 @@ token_reload(struct token *t, const struct config *cfg, char *err,
 	}
 	if (read_credential(cfg, &secret, &key, err, errlen) == -1)
 		return -1;
-	pthread_mutex_lock(&t->lock);
+	pthread_mutex_lock(&t->c.lock);
 	if (!(changed = !same_credential(t, secret, key))) {
 		secret_free(secret);
 		jwt_key_free(key);
@@ -481,72 +448,53 @@ token_reload(struct token *t, const struct config *cfg, char *err,
 		t->pending_key = key;
 		t->pending = 1;
 		/* A refusal of the old one says nothing of the new one. */
-		t->retry_at = 0;
+		t->c.retry_at = 0;
 		t->backoff_ms = 0;
-		t->last_err[0] = '\0';
+		t->c.last_err[0] = '\0';
 		t->nfails = 0;
 		t->fail_since = 0;
 	}
-	pthread_mutex_unlock(&t->lock);
+	pthread_mutex_unlock(&t->c.lock);
 	return changed;
 }
 
 void
-token_invalidate(struct token *t, const char *bad)
+token_src_invalidate(struct token_src *t, const char *bad)
 {
-	/*
-	 * Only the first 401 for a token counts: with many requests in
-	 * flight they all come back with it, and each must not start a
-	 * fetch of its own. A backoff in force stays in force.
-	 */
-	pthread_mutex_lock(&t->lock);
-	if (t->access != NULL && t->expires_at != 0 &&
-	    strcmp(t->access, bad) == 0) {
-		t->refresh_at = 0;
-		t->expires_at = 0;
-	}
-	pthread_mutex_unlock(&t->lock);
+	token_cache_invalidate(&t->c, bad);
 }
 
 long long
-token_retry_in(struct token *t)
+token_src_retry_in(struct token_src *t)
 {
-	long long	 ms = 0;
-	uint64_t	 now = now_ms();
-
-	pthread_mutex_lock(&t->lock);
-	if (t->retry_at > now)
-		ms = (long long)(t->retry_at - now);
-	pthread_mutex_unlock(&t->lock);
-	return ms;
+	return token_cache_retry_in(&t->c);
 }
 
 long long
-token_expires_in(struct token *t)
+token_src_expires_in(struct token_src *t)
 {
-	long long	 ms = -1;
-	uint64_t	 now = now_ms();
+	return token_cache_expires_in(&t->c);
+}
 
-	pthread_mutex_lock(&t->lock);
-	if (t->access != NULL && t->expires_at > now)
-		ms = (long long)(t->expires_at - now);
-	pthread_mutex_unlock(&t->lock);
-	return ms;
+long long
+token_src_refresh_in(struct token_src *t)
+{
+	return token_cache_refresh_in(&t->c);
 }
 
 void
-token_failure(struct token *t, struct token_failure *f)
+token_src_failure(struct token_src *t, struct token_failure *f)
 {
 	uint64_t	 now = now_ms();
 
 	memset(f, 0, sizeof(*f));
-	pthread_mutex_lock(&t->lock);
+	pthread_mutex_lock(&t->c.lock);
 	if (t->nfails > 0) {
 		f->since_ms = t->fail_since;
 		f->count = t->nfails;
-		if (t->retry_at > now)
-			f->next_ms = wall_us() / 1000 + (t->retry_at - now);
-		snprintf(f->error, sizeof(f->error), "%s", t->last_err);
+		if (t->c.retry_at > now)
+			f->next_ms = wall_us() / 1000 + (t->c.retry_at - now);
+		snprintf(f->error, sizeof(f->error), "%s", t->c.last_err);
 	}
-	pthread_mutex_unlock(&t->lock);
+	pthread_mutex_unlock(&t->c.lock);
 }

@@ -60,6 +60,9 @@ def test_unit_essentials():
             k, _, v = line.partition("=")
             keys.setdefault(k, []).append(v)
     assert keys["Type"] == ["notify"]
+    # the parent notifies, and gets the stop signal (it drains its children)
+    assert keys["NotifyAccess"] == ["main"]
+    assert keys["KillMode"] == ["mixed"]
     assert keys["WatchdogSec"] == ["30s"]
     assert keys["User"] == ["relayd"] and keys["Group"] == ["relayd"]
     assert keys["RestartPreventExitStatus"] == ["78"]

@@ -22,6 +22,37 @@ from relaydtest.spool import list_dir, parse_segment
 from relaydtest.wait import wait_for
 
 
+def process_children(pid):
+    """The pids of a process's children (relayd's token and relay)."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return []
+
+
+def process_gone(pid):
+    """No such process, or only its zombie left."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def wait_processes_gone(pids, timeout=10):
+    """Waits until every pid has exited (the port and the spool are free
+    for a restart); fails naming those left."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in pids if not process_gone(p)]
+        if not left:
+            return
+        time.sleep(0.02)
+    raise AssertionError("relayd's children %s still run %ss after it "
+                         "exited" % (left, timeout))
+
+
 class Relayd:
     """One relayd process with its own config, port, spool and log."""
 
@@ -167,10 +198,12 @@ class Relayd:
             self.proc.returncode,)
 
     def stop(self, timeout=STOP_TIMEOUT):
-        """SIGTERM and wait; returns the exit status."""
+        """SIGTERM and wait (for its children too); returns the exit
+        status."""
         self.expect_dead = True
         if not self.running():
             return self.proc.returncode if self.proc else None
+        children = process_children(self.proc.pid)
         self.proc.send_signal(signal.SIGTERM)
         try:
             rc = self.proc.wait(timeout)
@@ -179,15 +212,18 @@ class Relayd:
             self.proc.wait()
             raise AssertionError("relayd did not stop %ss after SIGTERM"
                                  % timeout)
+        wait_processes_gone(children)
         self.exits.append(rc)
         return rc
 
     def kill(self):
-        """SIGKILL and wait."""
+        """SIGKILL and wait (its children die with it: wait for them)."""
         self.expect_dead = True
         if self.running():
+            children = process_children(self.proc.pid)
             self.proc.kill()
             self.exits.append(self.proc.wait())
+            wait_processes_gone(children)
 
     def restart(self):
         if self.running():
