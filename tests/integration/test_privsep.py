@@ -141,9 +141,17 @@ def test_process_tree_and_titles(relayd_factory, shared_fake_graph):
         assert ppid(pid) == d.pid
 
 
-def test_parent_killed_takes_children(relayd_factory, shared_fake_graph):
+@pytest.mark.parametrize("stopped", [False, True], ids=["running",
+                                                       "stopped"])
+def test_parent_killed_takes_children(relayd_factory, shared_fake_graph,
+                                      stopped):
+    """kill -9 of the parent: the children go too. Stopped children (that
+    can't see their control socket close) are killed by the kernel
+    (PR_SET_PDEATHSIG)."""
     d, _ = unique_secret_relayd(relayd_factory, shared_fake_graph)
     kids = list(tree(d).values())
+    for pid in kids if stopped else ():
+        os.kill(pid, signal.SIGSTOP)
     d.expect_dead = True
     os.kill(d.pid, signal.SIGKILL)
     d.proc.wait()
