@@ -597,12 +597,32 @@ config_quiet(const char *path)
 	return cfg;
 }
 
+/* relayd -n: not the service, so the credential is read here. */
+static int
+check_only(const char *path, int debug)
+{
+	struct config	*cfg;
+	char		*summary;
+
+	if ((cfg = config_load(path, stderr)) == NULL)
+		return EX_CONFIG;
+	if (debug && cfg->graph_enabled) {
+		summary = graph_summary(cfg);
+		printf("graph: %s\n", summary);
+		free(summary);
+	}
+	printf("%s: configuration OK\n", path);
+	config_free(cfg);
+	return 0;
+}
+
 int
 main(int argc, char *argv[])
 {
-	const char	*path = RELAYD_CONF;
+	const char	*arg = RELAYD_CONF;
+	char		*path;
 	struct config	*cfg;
-	char		*text, *summary, err[512];
+	char		*text, err[512];
 	int		 ch, check = 0, debug = 0, rc, *fds;
 	size_t		 i;
 
@@ -613,7 +633,7 @@ main(int argc, char *argv[])
 	while ((ch = getopt(argc, argv, "c:dDMnV")) != -1) {
 		switch (ch) {
 		case 'c':
-			path = optarg;
+			arg = optarg;
 			break;
 		case 'd':
 			debug = 1;
@@ -636,28 +656,18 @@ main(int argc, char *argv[])
 	}
 	if (optind != argc)
 		usage(EX_USAGE);
-	path = xstrdup(path);	/* the title takes argv's memory */
 	log_init("relayd", LOG_LVL_INFO);
-
-	if (check) {
-		/* Not the service: the credential is read here. */
-		if ((cfg = config_load(path, stderr)) == NULL)
-			return EX_CONFIG;
-		if (debug && cfg->graph_enabled) {
-			summary = graph_summary(cfg);
-			printf("graph: %s\n", summary);
-			free(summary);
-		}
-		printf("%s: configuration OK\n", path);
-		config_free(cfg);
-		return 0;
-	}
+	if (check)
+		return check_only(arg, debug);
+	path = xstrdup(arg);	/* the title takes argv's memory */
 	rc = config_check(path, &text);
 	fputs(text, stderr);
 	free(text);
 	config_read_credentials(0);
-	if (rc != 0 || (cfg = config_quiet(path)) == NULL)
+	if (rc != 0 || (cfg = config_quiet(path)) == NULL) {
+		free(path);
 		return EX_CONFIG;
+	}
 	log_set_level(debug ? LOG_LVL_DEBUG : cfg->log_level);
 	/*
 	 * glibc gives each thread that allocates an arena of its own and
@@ -672,6 +682,7 @@ main(int argc, char *argv[])
 	if ((fds = smtp_open(cfg, err, sizeof(err))) == NULL) {
 		log_msg(LOG_LVL_ERR, "%s", err);
 		config_free(cfg);
+		free(path);
 		return EX_OSERR;
 	}
 	rc = parent_run(path, cfg, fds);
@@ -679,6 +690,7 @@ main(int argc, char *argv[])
 		close(fds[i]);
 	free(fds);
 	config_free(cfg);
+	free(path);
 	if (rc == 0)
 		log_info("relayd stopped");
 	return rc;

@@ -156,6 +156,7 @@ ask(struct token *t, int fd, uint32_t seq, const char *bad,
 	uint64_t		 until = now_ms() + (uint64_t)t->timeout_ms, now;
 	char			*buf;
 	ssize_t			 n;
+	int			 rc = -1, ready = 0;
 
 	memset(&req, 0, sizeof(req));
 	req.seq = seq;
@@ -177,13 +178,16 @@ ask(struct token *t, int fd, uint32_t seq, const char *bad,
 		now = now_ms();
 		pfd.fd = fd;
 		pfd.events = POLLIN;
-		if (now >= until || poll(&pfd, 1, (int)(until - now)) == 0) {
+		if (now >= until || (ready = poll(&pfd, 1, (int)(until -
+		    now))) == 0) {
 			snprintf(err, errlen, "the token process did not answer "
 			    "within %llds", t->timeout_ms / 1000);
 			break;
 		}
-		n = recv(fd, buf, sizeof(*rep) + TOKEN_WIRE_MAX, 0);
-		if (n == -1 && errno == EINTR)
+		if (ready == -1)
+			continue;	/* EINTR */
+		n = recv(fd, buf, sizeof(*rep) + TOKEN_WIRE_MAX, MSG_DONTWAIT);
+		if (n == -1 && (errno == EINTR || errno == EAGAIN))
 			continue;
 		if (n <= 0) {
 			snprintf(err, errlen, "the token process went away; "
@@ -196,15 +200,16 @@ ask(struct token *t, int fd, uint32_t seq, const char *bad,
 		if (rep->seq != seq || rep->len > (size_t)n - sizeof(*rep))
 			continue;	/* a late answer to an earlier request */
 		rep->error[sizeof(rep->error) - 1] = '\0';
+		rc = 0;
 		*access = NULL;
 		if (rep->len > 0)
 			*access = xstrndup(buf + sizeof(*rep), rep->len);
-		explicit_bzero(buf, (size_t)n);
-		free(buf);
-		return 0;
+		break;
 	}
+	/* It may hold a token: this one, or a late answer's. */
+	explicit_bzero(buf, sizeof(*rep) + TOKEN_WIRE_MAX);
 	free(buf);
-	return -1;
+	return rc;
 }
 
 /* The failure state an answer carries. Locked. */
