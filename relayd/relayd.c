@@ -397,6 +397,8 @@ raise_nofile(void)
 	}
 }
 
+static uint64_t	started_ms;	/* wall clock, set by main */
+
 /* The relay process: today's daemon but for the credential. */
 int
 relay_main(const char *path, struct config *cfg, const int *fds, int ctl,
@@ -417,7 +419,6 @@ relay_main(const char *path, struct config *cfg, const int *fds, int ctl,
 	struct status		*status = NULL;
 	struct status_env	 senv;
 	struct history		*history = NULL;
-	uint64_t		 started_ms = wall_us() / 1000;
 	sigset_t		 set;
 	char			 err[512], *summary;
 	int			 rc = 0, http_ok = 0;
@@ -494,6 +495,7 @@ relay_main(const char *path, struct config *cfg, const int *fds, int ctl,
 	senv.token = token;
 	senv.auth = &reloader.auth;
 	senv.history = history;
+	/* The parent's start: a relay restart is no new uptime. */
 	senv.started_ms = started_ms;
 	if ((status = status_new(&senv, err, sizeof(err))) == NULL) {
 		log_msg(LOG_LVL_ERR, "%s", err);
@@ -659,6 +661,7 @@ main(int argc, char *argv[])
 	log_init("relayd", LOG_LVL_INFO);
 	if (check)
 		return check_only(arg, debug);
+	started_ms = wall_us() / 1000;
 	path = xstrdup(arg);	/* the title takes argv's memory */
 	rc = config_check(path, &text);
 	fputs(text, stderr);
