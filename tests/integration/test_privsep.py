@@ -302,3 +302,55 @@ def test_credential_errors_stop_start_with_the_check_text(
         assert check.stderr.strip() and check.stderr in err, (err,
                                                                check.stderr)
         assert "relayd started" not in err
+
+
+# --------------------------------------------------------------------------
+# the token connection
+
+def subjects(fake):
+    return {m["subject"] for m in fake.sent()}
+
+
+def test_new_token_process_serves_the_relay(relayd_factory,
+                                            shared_fake_graph):
+    """After the token process is restarted, the relay asks the new one
+    (on the connection the parent passed): Graph refuses the cached token
+    and delivery goes on with a new one."""
+    fake = shared_fake_graph
+    d = graph_relayd(relayd_factory, fake)
+    assert send_acked(d, "before")
+    fake.wait_sent(1)
+    pid = tree(d)["relayd: token"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: children(d).get("relayd: token", pid) != pid, 5,
+             "a new token process")
+    fake.reset(tokens=True)     # the token the relay holds is refused
+    assert send_acked(d, "after")
+    wait_for(lambda: "after" in subjects(fake), 15, "delivery after")
+    assert len(re.findall(r"token: new access token", d.log)) == 2, d.log
+
+
+def test_stuck_token_process_does_not_hang_delivery(relayd_factory,
+                                                    shared_fake_graph):
+    """A token process that does not answer (stopped): the delivery thread
+    gives up after the token request's timeouts and some slack (1 s + 1 s
+    + 5 s here), SMTP and the status socket go on, and the message goes
+    out once it answers again."""
+    fake = shared_fake_graph
+    d = graph_relayd(relayd_factory, fake, timeout="1s",
+                     connect_timeout="1s")
+    assert send_acked(d, "warm")
+    fake.wait_sent(1)
+    pid = tree(d)["relayd: token"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        fake.reset(tokens=True)
+        assert send_acked(d, "stuck")
+        d.wait_log(r"token: the token process did not answer within 7s",
+                   timeout=20)
+        assert d.relayctl("status").returncode == 0
+        assert send_acked(d, "still taken")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: {"stuck", "still taken"} <= subjects(fake), 30,
+             "delivery once the token process answers")
