@@ -237,6 +237,7 @@ def test_children_killed_under_load(relayd_factory, shared_fake_graph):
                        r"\(Killed\); restarted in 0\.5s"
                        % (name.split()[1], pid))
             took = smtp_answers_within(d, 5)
+            print("SMTP answered %.2fs after the kill of %s" % (took, name))
             assert took < 5, took
             wait_for(lambda: children(d).get(name, pid) != pid, 5,
                      "a new %s process" % name)
