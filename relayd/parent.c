@@ -75,7 +75,8 @@ config_check(const char *path, char **text)
 {
 	FILE	*f, *mf;
 	char	 buf[4096];
-	size_t	 n, len = 0;
+	size_t	 len = 0;
+	ssize_t	 n;
 	pid_t	 pid, self = getpid();
 	int	 p[2], st;
 
@@ -98,9 +99,11 @@ config_check(const char *path, char **text)
 	close(p[1]);
 	if ((mf = open_memstream(text, &len)) == NULL)
 		fatal("config check: open_memstream");
-	while ((n = (size_t)read(p[0], buf, sizeof(buf))) > 0 &&
-	    n != (size_t)-1)
-		fwrite(buf, 1, n, mf);
+	while ((n = read(p[0], buf, sizeof(buf))) != 0)
+		if (n > 0)
+			fwrite(buf, 1, (size_t)n, mf);
+		else if (errno != EINTR)
+			break;
 	fclose(mf);
 	close(p[0]);
 	while (waitpid(pid, &st, 0) == -1 && errno == EINTR)
