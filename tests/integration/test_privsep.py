@@ -17,10 +17,11 @@ import uuid
 
 import pytest
 
-from conftest import (START_TIMEOUT, VALGRIND, graph_relayd,
-                      process_children, process_gone, wait_for,
-                      wait_processes_gone)
-from test_credentials import cert_relayd, make_cert, register
+from relaydtest.credentials import cert_relayd, make_cert, register
+from relaydtest.daemon import process_children, wait_processes_gone
+from relaydtest.env import START_TIMEOUT, VALGRIND
+from relaydtest.graph import graph_relayd
+from relaydtest.wait import wait_for
 
 EX_CONFIG = 78
 TITLES = {"relayd: token", "relayd: relay"}
