@@ -31,6 +31,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "config.h"
+#include "config_check.h"
 #include "log.h"
 #include "proc.h"
 #include "token.h"

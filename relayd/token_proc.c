@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "config_check.h"
 #include "http.h"
 #include "log.h"
 #include "proc.h"
