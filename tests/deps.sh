@@ -13,7 +13,7 @@ $SUDO apt-get install -y -qq --no-install-recommends \
 	build-essential autoconf automake libtool pkg-config \
 	libevent-dev libcurl4-openssl-dev libjson-c-dev libgsasl-dev \
 	libgmime-3.0-dev libssl-dev libsystemd-dev libcmocka-dev libcrypt-dev \
-	libsqlite3-dev \
+	libsqlite3-dev libseccomp-dev \
 	python3 python3-pytest python3-jsonschema python3-cryptography \
 	swaks libnet-ssleay-perl msmtp curl postfix haproxy procps iproute2 wrk \
 	systemd groff-base man-db valgrind \
