@@ -332,6 +332,16 @@ const struct cfg_key config_keys[] = {
 	{ "log", "subjects", CFG_BOOL, "yes", 0, 0, OFF(log_subjects),
 	  NULL, "Keep each message's Subject in its history (relayctl "
 	  "history); no: for sites that must not keep them." },
+	{ "security", "sandbox", CFG_BOOL, "yes", 0, 0, OFF(sandbox), NULL,
+	  "After start-up, relayd confines itself: no_new_privs, a seccomp "
+	  "filter that allows only the system calls it needs (any other "
+	  "stops it with \"relayd: seccomp: system call N ... not allowed\" "
+	  "in the log), and Landlock rules (where the kernel has them) that "
+	  "let it open only the spool, its configuration, certificates, the "
+	  "users file and the system files libraries read; never the Graph "
+	  "credential files. no: none of it, an escape hatch for a kernel or "
+	  "C library that needs a system call relayd does not know (please "
+	  "report it). The log at start says what is in force." },
 };
 
 const size_t config_nkeys = NELEM(config_keys);

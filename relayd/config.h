@@ -122,6 +122,9 @@ struct config {
 	int			 log_level;
 	int			 log_recipients;	/* in the queued line */
 	int			 log_subjects;		/* in history */
+
+	/* [security] */
+	int			 sandbox;	/* sandbox.c: seccomp, Landlock */
 };
 
 /*

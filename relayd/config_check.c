@@ -38,6 +38,20 @@
 #include "util.h"
 
 /*
+ * Whether the checks read the credential (the client secret, the private
+ * key). relayd's parent turns it off for itself and its children: they
+ * check only that the files are there and private; the token process
+ * reads them itself, and the parent's check runs in a child of its own.
+ */
+static int	read_credentials = 1;
+
+void
+config_read_credentials(int on)
+{
+	read_credentials = on;
+}
+
+/*
  * A secret file must be a regular file that neither group nor others can
  * read: a leaked client secret lets anyone send mail as any mailbox.
  */
@@ -51,35 +65,31 @@ check_secret_file(struct config_reader *p, int line, const char *what,
 
 	if (p->client)
 		return;
-	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
+	/*
+	 * Where the credential is not read (relayd's parent and relay), the
+	 * file is not opened either: the relay's Landlock rules keep it out.
+	 */
+	if (!read_credentials) {
+		if (stat(path, &st) == -1) {
+			config_error(p, line, "%s \"%s\": %s", what, path,
+			    strerror(errno));
+			return;
+		}
+	} else if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
 	    fstat(fd, &st) == -1) {
 		config_error(p, line, "%s \"%s\": %s", what, path,
 		    strerror(errno));
 		if (fd != -1)
 			close(fd);
 		return;
-	}
-	close(fd);
+	} else
+		close(fd);
 	if (!S_ISREG(st.st_mode))
 		config_error(p, line, "%s \"%s\" is not a regular file", what,
 		    path);
 	else if (check_private_mode(what, path, (unsigned)st.st_mode, err,
 	    sizeof(err)) == -1)
 		config_error(p, line, "%s", err);
-}
-
-/*
- * Whether the checks read the credential (the client secret, the private
- * key). relayd's parent turns it off for itself and its children: they
- * check only that the files are there and private; the token process
- * reads them itself, and the parent's check runs in a child of its own.
- */
-static int	read_credentials = 1;
-
-void
-config_read_credentials(int on)
-{
-	read_credentials = on;
 }
 
 /* The client secret's file: private, and not empty (white space aside). */

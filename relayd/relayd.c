@@ -76,6 +76,7 @@
 #include "mime.h"
 #include "proc.h"
 #include "proctitle.h"
+#include "sandbox.h"
 #include "token.h"
 #include "worker.h"
 #include "log.h"
@@ -397,6 +398,31 @@ raise_nofile(void)
 	}
 }
 
+/*
+ * From here on: no_new_privs, seccomp and Landlock (sandbox.c), unless
+ * [security] sandbox = no. The Graph credential files are out of reach
+ * (the relay never reads them: the token process does).
+ */
+static int
+enter_sandbox(const struct config *cfg, const char *path)
+{
+	struct sandbox_paths	 paths;
+	char			 err[512];
+
+	if (!cfg->sandbox) {
+		log_warnx("sandbox: off ([security] sandbox = no): no seccomp "
+		    "filter, no Landlock");
+		return 0;
+	}
+	sandbox_paths_from_config(&paths, cfg, path);
+	if (sandbox_enter(SANDBOX_RELAY, &paths, err, sizeof(err)) == -1) {
+		log_msg(LOG_LVL_ERR, "%s (set [security] sandbox = no to run "
+		    "without it)", err);
+		return -1;
+	}
+	return 0;
+}
+
 static uint64_t	started_ms;	/* wall clock, set by main */
 
 /* The relay process: today's daemon but for the credential. */
@@ -414,7 +440,7 @@ relay_main(const char *path, struct config *cfg, const int *fds, int ctl,
 	struct stopper		 stopper;
 	struct reloader		 reloader;
 	size_t			 i;
-	struct spool		*spool;
+	struct spool		*spool = NULL;
 	struct smtp		*smtp = NULL;
 	struct status		*status = NULL;
 	struct status_env	 senv;
@@ -429,6 +455,21 @@ relay_main(const char *path, struct config *cfg, const int *fds, int ctl,
 	memset(&rctl, 0, sizeof(rctl));
 	if ((base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
+	if (cfg->graph_enabled) {
+		if (http_init(cfg, err, sizeof(err)) == -1) {
+			log_msg(LOG_LVL_ERR, "%s", err);
+			rc = EX_CONFIG;
+			goto out;
+		}
+		http_ok = 1;
+		token = token_remote(cfg);
+	}
+	/* Before the first thread (spool_open's): Landlock binds threads
+	 * started after it. */
+	if (enter_sandbox(cfg, path) == -1) {
+		rc = EX_OSERR;
+		goto out;
+	}
 	if ((spool = spool_open(cfg->spool_dir, cfg->sync_method, base, err,
 	    sizeof(err))) == NULL) {
 		log_msg(LOG_LVL_ERR, "%s", err);
@@ -441,13 +482,6 @@ relay_main(const char *path, struct config *cfg, const int *fds, int ctl,
 
 	mime_init();		/* GMime: delivery, and From: checks */
 	if (cfg->graph_enabled) {
-		if (http_init(cfg, err, sizeof(err)) == -1) {
-			log_msg(LOG_LVL_ERR, "%s", err);
-			rc = EX_CONFIG;
-			goto out;
-		}
-		http_ok = 1;
-		token = token_remote(cfg);
 		if ((pool = worker_new(base, cfg, spool, token, err,
 		    sizeof(err))) == NULL) {
 			log_msg(LOG_LVL_ERR, "%s", err);
