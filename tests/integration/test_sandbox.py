@@ -1,0 +1,164 @@
+"""relayd confines itself after start-up (issue 18): no_new_privs, a
+seccomp filter, Landlock (relayd/sandbox.c).
+
+The probes that act from inside the running daemon come from a small
+library the test builds and preloads (LD_PRELOAD): on SIGUSR1 it opens the
+paths in $RELAYD_PROBE_OPEN and writes what became of each to stderr (the
+log); on SIGUSR2 it makes a system call no relayd process needs (mount).
+relayd itself has no test switch.
+"""
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from conftest import VALGRIND, graph_relayd, need, wait_for
+
+PROBE_C = r"""
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static void
+probe_open(int sig)
+{
+	const char *list = getenv("RELAYD_PROBE_OPEN");
+	char buf[4096], line[4200], *p, *save = NULL;
+	int fd, n;
+
+	(void)sig;
+	if (list == NULL || strlen(list) >= sizeof(buf))
+		return;
+	memcpy(buf, list, strlen(list) + 1);
+	for (p = strtok_r(buf, ":", &save); p != NULL;
+	    p = strtok_r(NULL, ":", &save)) {
+		fd = open(p, O_RDONLY | O_CLOEXEC);
+		n = snprintf(line, sizeof(line), "probe: open %s: %s\n", p,
+		    fd >= 0 ? "ok" : errno == EACCES ? "EACCES" : "other");
+		if (fd >= 0)
+			close(fd);
+		if (write(2, line, (size_t)n) < 0)
+			return;
+	}
+}
+
+static void
+probe_forbidden(int sig)
+{
+	(void)sig;
+	syscall(SYS_mount, "none", "/nonexistent", "tmpfs", 0, NULL);
+}
+
+__attribute__((constructor)) static void
+probe_init(void)
+{
+	signal(SIGUSR1, probe_open);
+	signal(SIGUSR2, probe_forbidden);
+}
+"""
+
+
+def status_fields(pid):
+    with open("/proc/%d/status" % pid) as f:
+        text = f.read()
+    return {k: v.strip() for k, v in
+            (l.split(":", 1) for l in text.splitlines() if ":" in l)}
+
+
+@pytest.fixture
+def probe(tmp_path, monkeypatch):
+    """Preloads the probe library into the daemons this test starts."""
+    need("gcc")
+    src = tmp_path / "probe.c"
+    lib = tmp_path / "probe.so"
+    src.write_text(PROBE_C)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)],
+                   check=True)
+    monkeypatch.setenv("LD_PRELOAD", str(lib))
+    # ASan wants its runtime first in the list; this library has no
+    # allocations for it to watch.
+    monkeypatch.setenv("ASAN_OPTIONS", os.environ.get(
+        "ASAN_OPTIONS", "") + ":verify_asan_link_order=0")
+    return lib
+
+
+def own_secret(tmp_path, value):
+    path = tmp_path / "client_secret"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, (value + "\n").encode())
+    os.close(fd)
+    return path
+
+
+def test_status_shows_no_new_privs_and_seccomp(relayd_factory,
+                                               shared_fake_graph):
+    d = graph_relayd(relayd_factory, shared_fake_graph)
+    st = status_fields(d.pid)
+    assert st["NoNewPrivs"] == "1", st
+    assert st["Seccomp"] == "2", st
+    if not VALGRIND:
+        d.wait_log(r"sandbox: seccomp on \(smtp\+deliver\), landlock ABI "
+                   r"\d+ on", current=False)
+    # and it still relays
+    with d.connect() as c:
+        c.ehlo()
+        assert c.send_mail("scanner@contoso.test", ["a@fabrikam.test"],
+                           body=b"Subject: x\r\n\r\ny\r\n").qid
+    shared_fake_graph.wait_sent(1)
+
+
+def test_sandbox_off(relayd_factory):
+    d = relayd_factory(sections={"security": {"sandbox": "no"}})
+    st = status_fields(d.pid)
+    assert st["NoNewPrivs"] == "0", st
+    assert st["Seccomp"] == "0", st
+    d.wait_log(r"sandbox: off \(\[security\] sandbox = no\)", current=False)
+
+
+def test_forbidden_call_stops_it_with_a_clear_line(relayd_factory, probe):
+    d = relayd_factory()
+    os.kill(d.pid, signal.SIGUSR2)
+    wait_for(lambda: not d.running(), 10, "relayd to stop")
+    d.expect_dead = True
+    assert d.proc.returncode == 70, d.proc.returncode
+    assert re.search(r"^relayd: seccomp: system call \d+ \(mount\) not "
+                     r"allowed; please report this", d.log, re.M), d.log
+
+
+def test_landlock_keeps_the_secret_out(relayd_factory, shared_fake_graph,
+                                      tmp_path, probe, monkeypatch):
+    """The secret lies beside relayd.conf: that opens, the secret does
+    not, nor a file elsewhere."""
+    fake = shared_fake_graph
+    workdir = tmp_path / "relayd"
+    workdir.mkdir()
+    secret = own_secret(workdir, fake.secret)
+    d = graph_relayd(relayd_factory, fake, start=False,
+                     client_secret_file=str(secret))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "file").write_text("x")
+    monkeypatch.setenv("RELAYD_PROBE_OPEN", ":".join(str(p) for p in [
+        secret, d.conf_path, elsewhere / "file", "/etc/hosts"]))
+    d.start()
+    if "landlock ABI" not in d.log:
+        pytest.skip("no Landlock here: %s" % d.log)
+    os.kill(d.pid, signal.SIGUSR1)
+    d.wait_log(r"probe: open /etc/hosts")
+    assert "probe: open %s: EACCES" % secret in d.log
+    assert "probe: open %s: ok" % d.conf_path in d.log
+    assert "probe: open %s: EACCES" % (elsewhere / "file") in d.log
+    assert "probe: open /etc/hosts: ok" in d.log
+    # SIGHUP: the configuration is read again, the secret is not.
+    os.kill(d.pid, signal.SIGHUP)
+    d.wait_log(r"reload: credential not re-read: .*client_secret.*"
+               r"Permission denied")
+    d.wait_log(r"reload: .* in force for new sessions")
+    assert fake.secret not in d.log
