@@ -102,8 +102,11 @@ def test_status_shows_no_new_privs_and_seccomp(relayd_factory,
     d = graph_relayd(relayd_factory, shared_fake_graph)
     st = status_fields(d.pid)
     assert st["NoNewPrivs"] == "1", st
-    assert st["Seccomp"] == "2", st
-    if not VALGRIND:
+    if VALGRIND:
+        # valgrind 3.19 answers ENOSYS to seccomp(2) and Landlock's calls
+        d.wait_log(r"sandbox: no_new_privs only: valgrind", current=False)
+    else:
+        assert st["Seccomp"] == "2", st
         d.wait_log(r"sandbox: seccomp on \(smtp\+deliver\), landlock ABI "
                    r"\d+ on", current=False)
     # and it still relays
@@ -122,6 +125,7 @@ def test_sandbox_off(relayd_factory):
     d.wait_log(r"sandbox: off \(\[security\] sandbox = no\)", current=False)
 
 
+@pytest.mark.skipif(VALGRIND, reason="no seccomp filter under valgrind")
 def test_forbidden_call_stops_it_with_a_clear_line(relayd_factory, probe):
     d = relayd_factory()
     os.kill(d.pid, signal.SIGUSR2)
@@ -148,7 +152,7 @@ def test_landlock_keeps_the_secret_out(relayd_factory, shared_fake_graph,
     monkeypatch.setenv("RELAYD_PROBE_OPEN", ":".join(str(p) for p in [
         secret, d.conf_path, elsewhere / "file", "/etc/hosts"]))
     d.start()
-    if "landlock ABI" not in d.log:
+    if "landlock ABI" not in d.log:     # valgrind, or an old kernel
         pytest.skip("no Landlock here: %s" % d.log)
     os.kill(d.pid, signal.SIGUSR1)
     d.wait_log(r"probe: open /etc/hosts")
