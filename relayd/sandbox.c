@@ -189,6 +189,7 @@ static const char *const relay_calls[] = {
  * threads with ptrace at exit).
  */
 static const char *const sanitizer_calls[] = {
+	"getdents",		/* LSan lists /proc/self/task with the old call */
 	"ptrace", "wait4", "waitid", "prctl", "sched_getparam",
 	"sched_getscheduler", "sched_setaffinity", "tgkill", "tkill",
 	"kill", "getpgid", "getsid", "rt_sigtimedwait", "rt_sigsuspend",
