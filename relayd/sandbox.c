@@ -190,11 +190,8 @@ static const char *const relay_calls[] = {
  */
 static const char *const sanitizer_calls[] = {
 	"getdents",		/* LSan lists /proc/self/task with the old call */
-	"ptrace", "wait4", "waitid", "prctl", "sched_getparam",
-	"sched_getscheduler", "sched_setaffinity", "tgkill", "tkill",
-	"kill", "getpgid", "getsid", "rt_sigtimedwait", "rt_sigsuspend",
-	"pause", "alarm", "setitimer", "getitimer", "personality",
-	"arch_prctl", "set_thread_area", "get_thread_area",
+	"prctl",		/* LSan: PR_SET_PTRACER for its tracer */
+	"ptrace", "wait4",	/* LSan's tracer stops the threads */
 };
 
 /* ioctl: only these requests (isatty() for stdio, libevent, OpenSSL). */
