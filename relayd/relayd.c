@@ -46,7 +46,9 @@
  * itself only sees the config with the credential unread
  * (config_read_credentials(0)). The token process reads it after fork.
  *
- * In the relay: spool (recover what is queued), listeners, then READY.
+ * In the relay: the sandbox (sandbox.c: no_new_privs, Landlock, seccomp,
+ * before the first thread), spool (recover what is queued), listeners,
+ * then READY.
  * Everything runs on one libevent loop, besides the spool's commit
  * thread and the delivery threads.
  */

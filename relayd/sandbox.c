@@ -4,14 +4,16 @@
  *
  * Landlock (raw system calls, ABI 1 to 7) lets the process open only the
  * spool (read, write, create, rename), the files of its configuration
- * (relayd.conf, the users file, TLS certificates and keys, ca_file) and
+ * (relayd.conf, the users file, TLS certificates and keys, ca_file, the
+ * Graph certificate_file, which is public: status shows its expiry) and
  * the system files its libraries read (CA bundle, DNS and NSS, gconv and
- * locales, time zones, /proc/self, /dev/null and /dev/urandom). The Graph
- * credential files and $CREDENTIALS_DIRECTORY are never granted; where a
- * configuration file shares a directory with one, that file alone is
- * granted (its inode: a file replaced by rename cannot be re-read on
- * SIGHUP), else its whole directory. Landlock binds the calling thread and
- * the threads it starts afterwards, so this runs before the first thread.
+ * locales, time zones, /proc/self, /dev/null and /dev/urandom). The client
+ * secret, the private key and $CREDENTIALS_DIRECTORY are never granted;
+ * where a configuration file shares a directory with one, that file alone
+ * is granted (its inode: a file replaced by rename cannot be re-read on
+ * SIGHUP), else its whole directory. Landlock binds the calling thread
+ * and the threads it starts afterwards, so this runs before the first
+ * thread.
  * A kernel without Landlock is logged once and the rest goes on.
  *
  * seccomp (libseccomp: it knows each architecture's numbers and writes
@@ -638,8 +640,8 @@ void
 sandbox_paths_from_config(struct sandbox_paths *p, const struct config *cfg,
     const char *conf_path)
 {
-	static char	 real[4][PATH_MAX];
-	const char	*secrets[4];
+	static char	 real[3][PATH_MAX];
+	const char	*secrets[3];
 	size_t		 i;
 
 	memset(p, 0, sizeof(*p));
@@ -656,11 +658,12 @@ sandbox_paths_from_config(struct sandbox_paths *p, const struct config *cfg,
 		add_path(p->read, &p->nread, cfg->listen[i].cert);
 		add_path(p->read, &p->nread, cfg->listen[i].key);
 	}
+	/* Public: relayctl status shows when it expires. Its key is not. */
+	add_path(p->read, &p->nread, cfg->certificate_file);
 	/* Compared with realpath()s of what is granted. */
 	secrets[0] = cfg->client_secret_file;
 	secrets[1] = cfg->private_key_file;
-	secrets[2] = cfg->certificate_file;
-	secrets[3] = getenv("CREDENTIALS_DIRECTORY");
+	secrets[2] = getenv("CREDENTIALS_DIRECTORY");
 	for (i = 0; i < NELEM(secrets); i++) {
 		if (secrets[i] == NULL || *secrets[i] == '\0')
 			continue;
