@@ -166,10 +166,10 @@ static const char *const common_calls[] = {
 	"link", "linkat", "unlink", "unlinkat", "mkdir", "mkdirat",
 	"fchmod", "chmod", "fchmodat", "flock", "umask",
 	"fchown",		/* SQLite as root: -wal, -shm get the db's owner */
-	"copy_file_range",	/* dead letters: the message copied (dead.c) */
+	"copy_file_range",	/* spool.c copy_range: a message copied out */
 	/* sockets already open: SMTP clients, status clients, Graph */
 	"accept", "accept4", "recvfrom", "recvmsg", "recvmmsg", "sendto",
-	"sendmsg", "sendmmsg", "shutdown", "getsockopt", "setsockopt",
+	"sendmsg", "shutdown", "getsockopt", "setsockopt",
 	"getsockname", "getpeername",
 	/* libevent's signal socketpair; sd_notify's datagram socket */
 	"socketpair",
@@ -178,6 +178,7 @@ static const char *const common_calls[] = {
 /* Added for the delivery side: libcurl's connections and DNS. */
 static const char *const deliver_calls[] = {
 	"connect",
+	"sendmmsg",		/* glibc's resolver: A and AAAA at once */
 	"bind",			/* glibc getaddrinfo: its netlink socket */
 };
 
