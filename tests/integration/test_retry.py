@@ -485,19 +485,25 @@ def test_possible_duplicate(relayd_factory, shared_fake_graph, rules, graph,
 
 def test_possible_duplicate_when_curl_resends(relayd_factory,
                                               shared_fake_graph):
-    """One drop after the whole body was read, on the kept-alive
-    connection the token came over: libcurl sends the request again on a
-    new connection and gets the 202. Graph may have acted on the first
-    one, so the sent line must say possible_duplicate=yes (NOTES, issue 3:
-    'issue 5's possible_duplicate accounting should know about it')."""
+    """One drop after the whole body was read, on a kept-alive connection
+    (one delivery thread; the first message opened it): libcurl sends the
+    request again on a new connection within the same attempt and gets
+    the 202. Graph may have acted on the first one, so the sent line must
+    say possible_duplicate=yes (NOTES, issue 3: 'issue 5's
+    possible_duplicate accounting should know about it')."""
     fake = shared_fake_graph
-    fake.faults([{"kind": "graph", "drop": True}])
-    d = graph_relayd(relayd_factory, fake)
-    qid = smtp_send(d, simple("sent twice by curl"))
+    d = graph_relayd(relayd_factory, fake, queue={"workers": "1"})
+    smtp_send(d, simple("opens the connection"))
     fake.wait_sent(1, DELIVERY_TIMEOUT)
     wait_queue_empty(d)
-    assert [r["code"] or r["status"] for r in wait_requests(fake, 2)] == [
-        "drop", 202]
+    fake.faults([{"kind": "graph", "drop": True}])
+    qid = smtp_send(d, simple("sent twice by curl"))
+    fake.wait_sent(2, DELIVERY_TIMEOUT)
+    wait_queue_empty(d)
+    assert [r["code"] or r["status"] for r in wait_requests(fake, 3)] == [
+        202, "drop", 202]
+    assert log_lines(d, "deferred", qid) == [], \
+        "the drop was not resent by libcurl within the attempt"
     [sent] = log_lines(d, "sent", qid)
     assert " possible_duplicate=yes" in sent, sent
 

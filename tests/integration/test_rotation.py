@@ -42,23 +42,13 @@ def own_secret(tmp_path, value):
     return str(path)
 
 
-def unsandboxed(relayd_factory, fake, **graph):
-    """A relayd that may re-read its secret on SIGHUP: for now only
-    without the sandbox, which keeps the credential files out of the
-    process that parses SMTP (test_sandbox.py). When a process of its own
-    reads the credential (issue 18), these tests go back to the default."""
-    d = graph_relayd(relayd_factory, fake, start=False, **graph)
-    d.sections["security"] = {"sandbox": "no"}
-    return d.start()
-
-
 def test_rotated_secret_taken_on_reload(relayd_factory, shared_fake_graph,
                                        tmp_path):
     """A wrong (expired, rotated) secret: the message waits, token requests
     back off. The new secret and a SIGHUP: delivered within seconds."""
     fake = shared_fake_graph
     secret = own_secret(tmp_path, "the-old-secret")
-    d = unsandboxed(relayd_factory, fake, client_secret_file=secret)
+    d = graph_relayd(relayd_factory, fake, client_secret_file=secret)
     send(d)
     # Two refusals: the next attempt is 10 s away.
     d.wait_log(r"token: .*AADSTS7000215.*next attempt in 5s")
@@ -79,7 +69,7 @@ def test_rotated_secret_taken_on_reload(relayd_factory, shared_fake_graph,
 
 def test_unchanged_secret_on_reload(relayd_factory, shared_fake_graph):
     fake = shared_fake_graph
-    d = unsandboxed(relayd_factory, fake)
+    d = graph_relayd(relayd_factory, fake)
     os.kill(d.pid, signal.SIGHUP)
     d.wait_log(r"reload: credentials re-read: client_secret_file=.* "
                r"\(unchanged\)")
@@ -93,7 +83,7 @@ def test_unreadable_new_secret_keeps_the_old(relayd_factory,
     stays and mail goes on."""
     fake = shared_fake_graph
     secret = own_secret(tmp_path, fake.secret)
-    d = unsandboxed(relayd_factory, fake, client_secret_file=secret)
+    d = graph_relayd(relayd_factory, fake, client_secret_file=secret)
     write_secret(secret, "")
     os.kill(d.pid, signal.SIGHUP)
     d.wait_log(r"reload: .*client_secret_file .* is empty")
