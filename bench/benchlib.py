@@ -129,20 +129,53 @@ def pid_alive(pid):
         return False
 
 
+def tree_pids(pid):
+    """pid and its descendants (relayd is a parent with children: relayd:
+    token, relayd: relay, ...), parents first; gone ones left out."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop(0)
+        try:
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                kids = [int(k) for k in f.read().split()]
+        except (OSError, ValueError):
+            continue
+        out.append(p)
+        todo += kids
+    return out
+
+
 def cpu_seconds(pid):
-    """utime + stime of a process, all threads."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of a process and its descendants, all threads."""
+    total = 0.0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf(
+            "SC_CLK_TCK")
+    return total
 
 
 def vm_kib(pid, field="VmRSS"):
-    """A process's VmRSS (or VmHWM ...) in KiB, from /proc/PID/status."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise BenchError(f"no {field} for pid {pid}")
+    """VmRSS (or VmHWM ...) in KiB from /proc/PID/status, summed over the
+    process and its descendants."""
+    total, seen = 0, False
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith(field + ":"):
+                        total += int(line.split()[1])
+                        seen = True
+                        break
+        except OSError:
+            continue
+    if not seen:
+        raise BenchError(f"no {field} for pid {pid}")
+    return total
 
 
 def stop_proc(proc, timeout=30.0):

@@ -4,7 +4,6 @@ ordinary client was served within a second meanwhile.
 
 The abusers connect from 127.0.0.2, the ordinary client from 127.0.0.3.
 """
-import os
 import re
 import resource
 import selectors
@@ -17,26 +16,11 @@ import pytest
 from relaydtest.env import HOSTNAME
 from relaydtest.smtp import SMTPConn
 from relaydtest.wait import wait_for
+from relaydtest.procs import cpu_seconds, open_fds, rss_kb
 
 ABUSER = "127.0.0.2"
 GOOD = "127.0.0.3"
 SERVED_WITHIN = 1.0         # seconds for a good client's whole delivery
-
-
-def rss_kb(pid):
-    for line in open("/proc/%d/status" % pid):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError("no VmRSS for %d" % pid)
-
-
-def open_fds(pid):
-    return len(os.listdir("/proc/%d/fd" % pid))
-
-
-def cpu_seconds(pid):
-    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_delivery(d, source=GOOD, subject=b"good client"):

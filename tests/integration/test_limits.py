@@ -9,6 +9,7 @@ import pytest
 
 from relaydtest.smtp import SMTPConn
 from relaydtest.wait import wait_for
+from relaydtest.procs import cpu_seconds
 
 
 def start_tx(c, rcpts=("rcpt@b.test",)):
@@ -459,11 +460,6 @@ def test_line_over_a_large_limit(relayd_factory):
         assert r.text.startswith("500 5.5.2 Line too long"), r
         assert c.cmd("NOOP").code == 250
     d.assert_serves()
-
-
-def cpu_seconds(pid):
-    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def test_stalled_long_line_still_times_out(relayd_factory):

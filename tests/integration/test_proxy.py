@@ -25,6 +25,7 @@ from relaydtest.env import HOSTNAME
 from relaydtest.ports import free_port
 from relaydtest.smtp import SMTPConn
 from relaydtest.wait import wait_for
+from relaydtest.procs import cpu_seconds
 
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 ACCESS_DENIED = ("554 5.7.1 %s Access denied: your address is not allowed "
@@ -91,11 +92,6 @@ def proxyd(relayd_factory, smtp=None, opts="", **kw):
     d.listen_lines = lambda: ["127.0.0.1:%d proxy%s" % (
         d.port, (" " + opts) if opts else "")]
     return d.start()
-
-
-def cpu_seconds(pid):
-    fields = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def timed_delivery(port, header=None, source=None, subject=b"timed"):

@@ -332,8 +332,14 @@ class Relayd:
         daemon's anonymous (O_TMPFILE) files in queue/, which have no name
         until they are whole. Small messages may have no file at all yet."""
         sizes = [(self.tmp_dir / f).stat().st_size for f in self.tmp_files()]
-        fds = Path("/proc/%d/fd" % self.pid)
-        for fd in (list(fds.iterdir()) if self.running() else []):
+        fds = []
+        if self.running():      # the relay process writes them
+            for pid in [self.pid] + process_children(self.pid):
+                try:
+                    fds += list(Path("/proc/%d/fd" % pid).iterdir())
+                except OSError:
+                    pass
+        for fd in fds:
             try:
                 target = os.readlink(fd)
             except OSError:
