@@ -1,7 +1,5 @@
 """Every limit and its reply; after each breach the server still serves."""
-import os
 import re
-import signal
 import socket
 import time
 
@@ -369,12 +367,12 @@ def test_greeting_delay_polite_client_served(relayd_factory):
 
 def test_input_waiting_at_accept_refused(relayd):
     """greeting_delay = 0: bytes already there at accept are refused."""
-    os.kill(relayd.pid, signal.SIGSTOP)
+    relayd.freeze()
     try:
         c = SMTPConn(relayd.port, greeting=False)
         c.send(b"EHLO fast.test\r\nMAIL FROM:<a@a.test>\r\n")
     finally:
-        os.kill(relayd.pid, signal.SIGCONT)
+        relayd.thaw()
     with c:
         rs = c.read_all(timeout=5)
         assert len(rs) == 1, rs

@@ -8,7 +8,6 @@ HAProxy and the hand-written headers reach relayd from 127.0.0.1, which no
 test lets relay: whatever relayd lets through, it did by the address in the
 header.
 """
-import os
 import re
 import signal
 import socket
@@ -549,12 +548,12 @@ def test_plain_listener_ignores_proxy_header(relayd_factory):
         rs = c.read_all()
         assert rs and rs[-1].code == 221, rs
     # and one sent first is refused like any talk before the greeting
-    os.kill(d.pid, signal.SIGSTOP)
+    d.freeze()
     try:
         c = SMTPConn(d.port, greeting=False)
         c.send(v1("127.0.0.2") + b"EHLO x\r\n")
     finally:
-        os.kill(d.pid, signal.SIGCONT)
+        d.thaw()
     with c:
         rs = c.read_all()
         assert [r.code for r in rs] == [554], rs

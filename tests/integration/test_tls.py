@@ -13,7 +13,6 @@ otherwise.
 import os
 import re
 import shutil
-import signal
 import smtplib
 import socket
 import ssl
@@ -26,7 +25,6 @@ from relaydtest.env import HOSTNAME, IO_TIMEOUT
 from relaydtest.ports import free_port
 from relaydtest.smtp import SMTPClosed, SMTPConn
 from relaydtest.wait import wait_for
-from relaydtest.procs import tree_pids
 
 READY = "220 2.0.0 Ready to start TLS"
 PLAIN_HELLO_LOG = "TLS handshake on a plain listener"
@@ -591,16 +589,13 @@ def test_client_hello_on_plain_listener(relayd_factory, tls_ca):
 
     # 3. A ClientHello already waiting when relayd accepts the connection
     # (the early-talker path): recognised as TLS too.
-    stopped = tree_pids(d.pid)      # the relay process accepts
-    for pid in stopped:
-        os.kill(pid, signal.SIGSTOP)
+    d.freeze()
     try:
         s = socket.create_connection(("127.0.0.1", d.port),
                                      timeout=IO_TIMEOUT)
         s.sendall(client_hello())
     finally:
-        for pid in stopped:
-            os.kill(pid, signal.SIGCONT)
+        d.thaw()
     with s:
         assert_only_smtp_lines(read_to_close(s))
     wait_for(lambda: _count_plain_hello(d) >= 3, IO_TIMEOUT,

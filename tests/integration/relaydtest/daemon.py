@@ -225,6 +225,22 @@ class Relayd:
             self.exits.append(self.proc.wait())
             wait_processes_gone(children)
 
+    def freeze(self):
+        """SIGSTOP relayd and its children (the relay process accepts and
+        serves): whatever a client sends meanwhile waits in the socket."""
+        self.frozen = [p for p in [self.pid] + process_children(self.pid)]
+        for pid in self.frozen:
+            os.kill(pid, signal.SIGSTOP)
+
+    def thaw(self):
+        """SIGCONT what freeze() stopped."""
+        for pid in getattr(self, "frozen", []):
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        self.frozen = []
+
     def restart(self):
         if self.running():
             self.stop()
