@@ -951,13 +951,20 @@ char *
 config_read_file(const char *path, FILE *errf)
 {
 	FILE	*fp;
-	char	*buf;
-	size_t	 n;
 
 	if ((fp = fopen(path, "r")) == NULL) {
 		fprintf(errf, "%s: cannot open: %s\n", path, strerror(errno));
 		return NULL;
 	}
+	return config_read_stream(fp, path, errf);
+}
+
+char *
+config_read_stream(FILE *fp, const char *path, FILE *errf)
+{
+	char	*buf;
+	size_t	 n;
+
 	buf = xmalloc(CONFIG_FILE_MAX + 1);
 	n = fread(buf, 1, CONFIG_FILE_MAX + 1, fp);
 	if (ferror(fp) || n > CONFIG_FILE_MAX) {

@@ -182,6 +182,8 @@ struct config_reader {
  * 1 MiB or holds a NUL.
  */
 char		*config_read_file(const char *, FILE *);
+/* Same, from a stream already open (which it closes); path for messages. */
+char		*config_read_stream(FILE *, const char *, FILE *);
 /*
  * Reads text (named name in messages) into r->cfg over the defaults.
  * Every syntax, key and value error is written to errf as

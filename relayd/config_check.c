@@ -755,6 +755,27 @@ config_load(const char *path, FILE *errf)
 }
 
 struct config *
+config_load_fd(const char *path, int fd, FILE *errf)
+{
+	struct config	*cfg;
+	FILE		*fp;
+	char		*text;
+	int		 copy;
+
+	if ((copy = dup(fd)) == -1 || (fp = fdopen(copy, "r")) == NULL) {
+		fprintf(errf, "%s: cannot read: %s\n", path, strerror(errno));
+		if (copy != -1)
+			close(copy);
+		return NULL;
+	}
+	if ((text = config_read_stream(fp, path, errf)) == NULL)
+		return NULL;
+	cfg = load(path, text, errf, 0);
+	free(text);
+	return cfg;
+}
+
+struct config *
 config_load_client(const char *path, FILE *errf)
 {
 	return load_file(path, errf, 1);

@@ -14,6 +14,12 @@ struct config;
  */
 struct config	*config_load(const char *, FILE *);
 /*
+ * Same, from the file open at fd (the relay process: its parent opens
+ * relayd.conf for it, which the relay's Landlock rules may not let it open
+ * once the file was replaced by a rename); path names it in messages.
+ */
+struct config	*config_load_fd(const char *, int, FILE *);
+/*
  * Same, for programs any user may run (relayd-sendmail): every check but
  * those that open files (credentials, certificates, users_file) or need
  * relayd's environment (the systemd credentials).

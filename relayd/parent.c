@@ -235,6 +235,24 @@ reap(struct parent *pp)
 }
 
 /*
+ * The relay takes the config from a descriptor the parent opened: its
+ * Landlock rules grant relayd.conf by inode where a credential shares its
+ * directory, and an editor that saves by rename makes a new inode. If the
+ * file can't be opened here, a SIGHUP lets the relay try (and say why).
+ */
+static void
+reload_relay(struct parent *pp)
+{
+	int	 fd;
+
+	if ((fd = open(pp->path, O_RDONLY | O_CLOEXEC)) == -1 ||
+	    ctl_send(pp->relay.ctl, CTL_RELOAD, 0, fd) == -1)
+		kill(pp->relay.pid, SIGHUP);
+	if (fd != -1)
+		close(fd);
+}
+
+/*
  * SIGHUP: the file checked as at start (credentials read in a child of
  * its own); with errors it is refused here, each logged. Otherwise both
  * children take it: the token process the credential, the relay the rest
@@ -257,7 +275,7 @@ reload(struct parent *pp)
 	if (pp->token.pid != 0)
 		kill(pp->token.pid, SIGHUP);
 	if (pp->relay.pid != 0)
-		kill(pp->relay.pid, SIGHUP);
+		reload_relay(pp);
 }
 
 /*
@@ -286,8 +304,13 @@ on_ready(struct parent *pp, struct child *c)
 	int	 first = !c->ever_ready;
 
 	c->ready = c->ever_ready = 1;
-	if (!first && pp->reloaded)
-		kill(c->pid, SIGHUP);	/* the config in force, not the first */
+	if (!first && pp->reloaded) {
+		/* the config in force, not the first */
+		if (c == &pp->relay)
+			reload_relay(pp);
+		else
+			kill(c->pid, SIGHUP);
+	}
 	if (first && c == &pp->relay)
 		sd_notify(0, "READY=1");
 }

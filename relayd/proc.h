@@ -11,6 +11,7 @@ enum ctl_type {
 	CTL_HEARTBEAT,		/* relay -> parent: loop alive; arg: queued */
 	CTL_TOKEN_FD,		/* parent -> child: a connection (the fd) */
 	CTL_CRED_CHANGED,	/* token -> parent -> relay: after SIGHUP */
+	CTL_RELOAD,		/* parent -> relay: relayd.conf (the fd) */
 };
 
 struct ctl_msg {

@@ -181,23 +181,22 @@ reload_diff(void *arg, const char *section, const char *key)
 	r->restart_needed = 1;
 }
 
+/* The config again: from fd (the parent opened it) or, -1, from the path. */
 static void
-hup_cb(evutil_socket_t sig, short ev, void *arg)
+reload_from(struct reloader *r, int fd)
 {
-	struct reloader	*r = arg;
 	struct config	*cfg;
 	struct auth	*auth = NULL;
 	FILE		*mf;
 	char		*errs = NULL, err[512];
 	size_t		 len = 0;
 
-	(void)sig;
-	(void)ev;
 	if ((mf = open_memstream(&errs, &len)) == NULL) {
 		log_warn("reload: open_memstream");
 		return;
 	}
-	cfg = config_load(r->path, mf);
+	cfg = fd != -1 ? config_load_fd(r->path, fd, mf) :
+	    config_load(r->path, mf);
 	fclose(mf);
 	/* The errors that refuse it, or its warnings. */
 	log_lines("reload: ", errs);
@@ -236,6 +235,14 @@ hup_cb(evutil_socket_t sig, short ev, void *arg)
 	if (r->status != NULL)
 		status_set_config(r->status, cfg);
 	log_info("reload: %s in force for new sessions", r->path);
+}
+
+static void
+hup_cb(evutil_socket_t sig, short ev, void *arg)
+{
+	(void)sig;
+	(void)ev;
+	reload_from(arg, -1);
 }
 
 /*
@@ -335,6 +342,7 @@ struct relay_ctl {
 	struct event_base	*base;
 	struct token		*token;
 	struct worker_pool	*pool;
+	struct reloader		*reloader;
 };
 
 static void
@@ -356,7 +364,9 @@ ctl_cb(evutil_socket_t fd, short ev, void *arg)
 	if (m.type == CTL_TOKEN_FD && passed != -1 && rc->token != NULL) {
 		token_connect(rc->token, passed);
 		passed = -1;
-	} else if (m.type == CTL_CRED_CHANGED && rc->token != NULL) {
+	} else if (m.type == CTL_RELOAD && passed != -1)
+		reload_from(rc->reloader, passed);
+	else if (m.type == CTL_CRED_CHANGED && rc->token != NULL) {
 		token_changed(rc->token);
 		n = rc->pool != NULL ? worker_retry_token(rc->pool) : 0;
 		log_info("reload: the next token request uses the new "
@@ -500,6 +510,7 @@ relay_main(const char *path, struct config *cfg, const int *fds, int ctl,
 	rctl.base = base;
 	rctl.token = token;
 	rctl.pool = pool;
+	rctl.reloader = &reloader;
 	rctl.ev = event_new(base, ctl, EV_READ | EV_PERSIST, ctl_cb, &rctl);
 	event_add(rctl.ev, NULL);
 

@@ -9,6 +9,7 @@ log); on SIGUSR2 it makes a system call no relayd process needs (mount).
 relayd itself has no test switch.
 """
 import os
+import re
 import signal
 import subprocess
 
@@ -188,3 +189,26 @@ def test_landlock_keeps_the_secret_out(relayd_factory, shared_fake_graph,
     d.wait_log(r"reload: credentials re-read: client_secret_file=")
     d.wait_log(r"reload: .* in force for new sessions")
     assert fake.secret not in d.log
+
+
+def test_reload_of_a_config_replaced_by_rename(relayd_factory,
+                                               shared_fake_graph, tmp_path):
+    """The secret lies beside relayd.conf, so the relay's Landlock rules
+    grant relayd.conf itself (its inode), not the directory. An editor
+    (or sed -i, or a deployment tool) saves by rename: a new inode. The
+    reload must still take it: the parent opens the file for the relay."""
+    fake = shared_fake_graph
+    workdir = tmp_path / "relayd"
+    workdir.mkdir()
+    secret = own_secret(workdir, fake.secret)
+    d = graph_relayd(relayd_factory, fake, client_secret_file=str(secret))
+    if "landlock ABI" not in d.log:     # valgrind, or an old kernel
+        pytest.skip("no Landlock here: %s" % d.log)
+    conf = d.conf_path
+    text = conf.read_text() + "\n# edited\n"
+    new = conf.with_name(conf.name + ".new")
+    new.write_text(text)
+    os.replace(new, conf)
+    os.kill(d.pid, signal.SIGHUP)
+    d.wait_log(r"reload: %s in force for new sessions" % re.escape(str(conf)))
+    assert "cannot open" not in d.current_log()
