@@ -20,6 +20,12 @@ extern char	**environ;
 
 static char	*area;		/* argv[0], the start of the area */
 static size_t	 arealen;
+/*
+ * The copies, kept here too: unsetenv() (sd_listen_fds takes LISTEN_FDS
+ * and its kin out) drops them from environ, and LeakSanitizer would call
+ * them leaked. They live as long as the process.
+ */
+static char	**volatile moved;	/* volatile: written, never read */
 
 void
 proctitle_init(int argc, char **argv)
@@ -43,6 +49,8 @@ proctitle_init(int argc, char **argv)
 		env[i] = xstrdup(environ[i]);
 	}
 	environ = env;
+	moved = xcalloc(n + 1, sizeof(*moved));
+	memcpy((char **)moved, env, n * sizeof(*moved));
 	area = argv[0];
 	arealen = (size_t)(end - area);
 }
