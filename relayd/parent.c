@@ -79,6 +79,7 @@ config_check(const char *path, char **text)
 	size_t	 len = 0;
 	ssize_t	 n;
 	pid_t	 pid, self = getpid();
+	struct config	*cfg;
 	int	 p[2], st;
 
 	*text = NULL;
@@ -93,9 +94,11 @@ config_check(const char *path, char **text)
 		config_read_credentials(1);
 		if ((f = fdopen(p[1], "w")) == NULL)
 			_exit(EX_OSERR);
-		st = config_load(path, f) == NULL ? EX_CONFIG : 0;
+		cfg = config_load(path, f);
+		st = cfg == NULL ? EX_CONFIG : 0;
+		config_free(cfg);
 		fclose(f);
-		_exit(st);		/* the config, unfreed, goes with it */
+		_exit(st);
 	}
 	close(p[1]);
 	if ((mf = open_memstream(text, &len)) == NULL)

@@ -22,10 +22,12 @@ static char	*area;		/* argv[0], the start of the area */
 static size_t	 arealen;
 /*
  * The copies, kept here too: unsetenv() (sd_listen_fds takes LISTEN_FDS
- * and its kin out) drops them from environ, and LeakSanitizer would call
- * them leaked. They live as long as the process.
+ * and its kin out) drops them from environ, and setenv() may put environ
+ * on an array of its own; LeakSanitizer and valgrind would call them
+ * leaked. They live as long as the process.
  */
 static char	**volatile moved;	/* volatile: written, never read */
+static char	**volatile environ0;	/* the copied array itself */
 
 void
 proctitle_init(int argc, char **argv)
@@ -48,7 +50,7 @@ proctitle_init(int argc, char **argv)
 			end = environ[i] + strlen(environ[i]);
 		env[i] = xstrdup(environ[i]);
 	}
-	environ = env;
+	environ = environ0 = env;
 	moved = xcalloc(n + 1, sizeof(*moved));
 	memcpy((char **)moved, env, n * sizeof(*moved));
 	area = argv[0];
