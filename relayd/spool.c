@@ -111,6 +111,38 @@
  *     and queue/; copies set aside, fdatasync and fsync of corrupt/.
  *     test_crash.py, test_spool.py (not cut)
  *
+ * Two processes (issue 18's split; spool_open_role). Who owns what:
+ *
+ *   SPOOL_INTAKE (relayd: smtp) writes new records only: its own
+ *     segments (queue ids ...000-7FF), the open one and spilled ones, and
+ *     its own names in tmp/ (removed at its start). It never reads a
+ *     record back, never rewrites a state line, never removes a segment
+ *     from queue/ and keeps no index. Once a commit is durable it says
+ *     where (SPOOL_NEWS_QUEUED: qid, segment, offset, length), and when
+ *     a segment gets no more appends (SPOOL_NEWS_CLOSED, always after
+ *     the news of the records in it). Its lock is tmp/'s.
+ *   SPOOL_DELIVERY (relayd: deliver) owns the index, every state line
+ *     (delivered, deferred, held, dead) and the removal of segments: it
+ *     reads queue/ at its start, adopts each record intake announces
+ *     (read back and checked as at start: spool_adopt), and removes a
+ *     segment intake wrote only when intake has closed it and its last
+ *     record is done. Intake's open segment emptied is SPOOL_NEWS_EMPTIED:
+ *     intake closes it (spool_intake_retire), delivery then removes it.
+ *     Its own records (requeued dead letters, bounces) go to segments of
+ *     its own (ids ...800-FFF), which it alone writes, closes and removes;
+ *     dead/ and corrupt/ are its. Its lock is spool_dir's.
+ *   SPOOL_ALONE is both in one process, as before the split.
+ *
+ * Restarts. When delivery starts, intake must have nothing open: it
+ * pauses (spool_intake_pause: commits wait, the open segment is closed)
+ * until delivery has read queue/. When intake dies, what it wrote is
+ * whole records up to its last sync and maybe a cut batch it never
+ * acknowledged; delivery (once no other intake writes: the new one waits
+ * paused) reads its segments again (spool_catch_up): records whole and
+ * queued but never announced (the news lost with the process) are
+ * adopted, a cut tail is left for the next start to set aside, and all
+ * of them count as closed. An announcement that comes twice is ignored.
+ *
  * Commits are grouped: a single thread takes every commit pending, writes
  * the batch, fdatasyncs the files it touched (with helper threads when
  * there are several), links new ones and fsyncs the directory once. The
@@ -148,6 +180,7 @@
 #define RECOVER_READ		(2 * SPOOL_HEAD_MAX) /* read at once at start */
 #define VIEW_HEAD		(SPOOL_HEAD_MAX + 256 * 1024)
 #define PROGRESS_SYNC_MS	500	/* delivery progress is durable after */
+#define QID_SEQ_HALF		0x800	/* delivery's queue ids: 800-FFF */
 
 struct seg;
 
@@ -161,6 +194,7 @@ struct spool_msg {
 	uint64_t		 total;		/* record bytes so far */
 	uint64_t		 off;		/* record offset in its segment */
 	struct seg		*seg;		/* where it was committed */
+	char			 segname[SPOOL_QID_LEN + 1];	/* its name */
 	char			*mail_from;
 	char			**rcpts;	/* for the queued callback */
 	size_t			 nrcpts;
@@ -187,6 +221,8 @@ struct seg {
 	int			 err;
 	uint64_t		 end;		/* bytes written and kept */
 	uint64_t		 alloc;		/* preallocated size */
+	int			 foreign;	/* delivery: intake wrote it */
+	struct seg		*lnext;		/* delivery: sp->segs */
 };
 
 /* Where a queued message lives. */
@@ -207,6 +243,7 @@ enum link_mode {
 
 struct spool {
 	char			*dir;
+	enum spool_role		 role;
 	enum link_mode		 link_mode;
 	int			 sync_method;
 	int			 dirfd;		/* spool_dir */
@@ -220,6 +257,25 @@ struct spool {
 	size_t			 nentries;
 	spool_queued_cb		*queued_cb;
 	void			*queued_arg;
+	spool_news_cb		*news_cb;
+	void			*news_arg;
+	/* Delivery: the segments the index points into found at start or
+	 * written by intake (never its own), by name (loop thread). */
+	struct seg		*segs;
+	/*
+	 * Intake: segments closed, for news. closing is the commit
+	 * thread's; it joins closed (under lock) with the batch's done
+	 * list, so the loop hears of a segment's records before its close.
+	 */
+	char			(*closing)[SPOOL_QID_LEN + 1];
+	size_t			 nclosing;
+	char			(*closed)[SPOOL_QID_LEN + 1];
+	size_t			 nclosed;
+	char			 retire_name[SPOOL_QID_LEN + 1];
+	int			 paused;	/* commits wait (under lock) */
+	int			 pause_done;	/* the segment was closed */
+	spool_paused_cb		*paused_cb;
+	void			*paused_arg;
 
 	/* The index: queue id -> record, shared with delivery threads. */
 	pthread_mutex_t		 idx_lock;
@@ -297,9 +353,10 @@ static void
 spool_new_qid(struct spool *sp, char *qid)
 {
 	uint64_t	 us = wall_us();
+	unsigned	 max = sp->role == SPOOL_ALONE ? 0xfff : QID_SEQ_HALF - 1;
 
 	if (us <= sp->last_us) {
-		if (++sp->seq > 0xfff) {
+		if (++sp->seq > max) {
 			sp->seq = 0;
 			sp->last_us++;
 		}
@@ -309,7 +366,25 @@ spool_new_qid(struct spool *sp, char *qid)
 		sp->seq = 0;
 	}
 	snprintf(qid, SPOOL_QID_LEN + 1, "%013" PRIX64 "%03X",
-	    us & (uint64_t)0xfffffffffffff, sp->seq);
+	    us & (uint64_t)0xfffffffffffff, (sp->seq +
+	    (sp->role == SPOOL_DELIVERY ? QID_SEQ_HALF : 0)) & 0xfffu);
+}
+
+/* A name delivery wrote (its queue ids' sequence is 800-FFF). */
+static int
+qid_delivery(const char *name)
+{
+	return strlen(name) == SPOOL_QID_LEN &&
+	    strtoul(name + 13, NULL, 16) >= QID_SEQ_HALF;
+}
+
+/* Whether this side of the spool may remove tmp/name at start. */
+static int
+tmp_ours(const struct spool *sp, const char *name)
+{
+	if (sp->role == SPOOL_ALONE)
+		return 1;
+	return qid_delivery(name) == (sp->role == SPOOL_DELIVERY);
 }
 
 /* ---- reading records (pread: a read error is EIO, not SIGBUS) ---- */
@@ -472,6 +547,10 @@ idx_unlink(struct spool *sp, const char *qid)
 	return r;
 }
 
+/*
+ * A segment found in queue/ (or, for delivery, announced by intake). In
+ * delivery's list so that later records of the same file find it.
+ */
 static struct seg *
 seg_new(struct spool *sp, const char *name)
 {
@@ -481,7 +560,56 @@ seg_new(struct spool *sp, const char *name)
 	s->fd = -1;
 	s->linked = 1;		/* found in queue/; new ones say otherwise */
 	sp->nsegs++;
+	if (sp->role == SPOOL_DELIVERY) {
+		s->foreign = 1;
+		s->lnext = sp->segs;
+		sp->segs = s;
+	}
 	return s;
+}
+
+/* News for the other side of a split spool (loop thread). */
+static void
+news_send(struct spool *sp, enum spool_news_type type, const char *qid,
+    const char *seg, uint64_t off, uint64_t len)
+{
+	struct spool_news	 n;
+
+	if (sp->news_cb == NULL)
+		return;
+	n.type = type;
+	n.qid = qid;
+	n.seg = seg;
+	n.off = off;
+	n.len = len;
+	sp->news_cb(sp->news_arg, &n);
+}
+
+/* Delivery's segment named so, or NULL (the list is the loop's). */
+static struct seg *
+seg_find(struct spool *sp, const char *name)
+{
+	struct seg	*s;
+
+	for (s = sp->segs; s != NULL; s = s->lnext)
+		if (strcmp(s->name, name) == 0)
+			return s;
+	return NULL;
+}
+
+/* Frees a segment, out of delivery's list (loop thread). */
+static void
+seg_free(struct spool *sp, struct seg *s)
+{
+	struct seg	**sp_;
+
+	if (s->foreign)
+		for (sp_ = &sp->segs; *sp_ != NULL; sp_ = &(*sp_)->lnext)
+			if (*sp_ == s) {
+				*sp_ = s->lnext;
+				break;
+			}
+	free(s);
 }
 
 static void
@@ -673,7 +801,7 @@ spool_recover(struct spool *sp)
 	if ((fd = dup(sp->tmpfd)) == -1 || (d = fdopendir(fd)) == NULL)
 		return -1;
 	while ((de = readdir(d)) != NULL) {
-		if (de->d_name[0] == '.')
+		if (de->d_name[0] == '.' || !tmp_ours(sp, de->d_name))
 			continue;
 		if (unlinkat(sp->tmpfd, de->d_name, 0) == 0)
 			removed++;
@@ -689,6 +817,19 @@ spool_recover(struct spool *sp)
 
 	if ((fd = dup(sp->queuefd)) == -1 || (d = fdopendir(fd)) == NULL)
 		return -1;
+	if (sp->role == SPOOL_INTAKE) {
+		/* Delivery reads queue/; new ids start past its names. */
+		while ((de = readdir(d)) != NULL)
+			if (spool_record_qid_valid(de->d_name,
+			    strlen(de->d_name))) {
+				memcpy(hex, de->d_name, 13);
+				hex[13] = '\0';
+				if ((us = strtoull(hex, NULL, 16)) > sp->last_us)
+					sp->last_us = us;
+			}
+		closedir(d);
+		return 0;
+	}
 	while ((de = readdir(d)) != NULL)
 		if (de->d_name[0] != '.')
 			recover_segment(sp, de->d_name);
@@ -925,7 +1066,8 @@ commit_wait(struct spool *sp)
 	struct timespec	 ts;
 	uint64_t	 now;
 
-	while (sp->pending == NULL && !sp->stopping && !sp->retire) {
+	while ((sp->pending == NULL || sp->paused) && !sp->stopping &&
+	    !sp->retire && !(sp->paused && !sp->pause_done)) {
 		if (!progress_pending(sp)) {
 			pthread_cond_wait(&sp->cond, &sp->lock);
 			continue;
@@ -1037,6 +1179,35 @@ pwrite_all(int fd, const char *data, size_t len, uint64_t off)
 	return 0;
 }
 
+/* Intake: a segment closed, news once its batch is done (commit thread). */
+static void
+closing_note(struct spool *sp, const char *name)
+{
+	sp->closing = xrealloc(sp->closing, (sp->nclosing + 1) *
+	    sizeof(*sp->closing));
+	memcpy(sp->closing[sp->nclosing++], name, SPOOL_QID_LEN + 1);
+}
+
+/*
+ * The closes noted join the news for the loop, after the records of the
+ * batch that closed them (called with sp->lock). 1 if the loop must wake.
+ */
+static int
+closing_flush(struct spool *sp)
+{
+	size_t	 i;
+
+	if (sp->nclosing == 0)
+		return 0;
+	sp->closed = xrealloc(sp->closed, (sp->nclosed + sp->nclosing) *
+	    sizeof(*sp->closed));
+	for (i = 0; i < sp->nclosing; i++)
+		memcpy(sp->closed[sp->nclosed++], sp->closing[i],
+		    SPOOL_QID_LEN + 1);
+	sp->nclosing = 0;
+	return 1;
+}
+
 /*
  * No more appends to a segment: close it, and remove it if every record
  * in it is already done (commit thread, or spool_free).
@@ -1057,6 +1228,13 @@ seg_close(struct spool *sp, struct seg *s)
 	if (s->named)
 		unlinkat(sp->tmpfd, s->name, 0);
 	s->named = 0;
+	if (sp->role == SPOOL_INTAKE) {
+		/* Delivery removes it once its records are done. */
+		if (s->linked)
+			closing_note(sp, s->name);
+		free(s);
+		return;
+	}
 	pthread_mutex_lock(&sp->idx_lock);
 	s->open = 0;
 	gone = s->live == 0;
@@ -1176,6 +1354,7 @@ write_batch(struct spool *sp, struct spool_msg *batch, struct seg **files,
 			m->named = 0;
 			m->seg = s;
 			m->off = 0;
+			memcpy(m->segname, s->name, sizeof(m->segname));
 			files[n++] = s;
 			continue;
 		}
@@ -1189,6 +1368,7 @@ write_batch(struct spool *sp, struct spool_msg *batch, struct seg **files,
 			files[n++] = cur;
 		}
 		m->seg = cur;
+		memcpy(m->segname, cur->name, sizeof(m->segname));
 		m->off = cur->end + pending;
 		if (niov == IOV_BATCH && append_iov(cur, iov, &niov,
 		    &pending) == -1)
@@ -1285,7 +1465,7 @@ commit_batch(struct spool *sp, struct spool_msg *batch)
 		if (files[i] != NULL && files[i]->fresh)
 			sp->nsegs++;
 	for (m = batch; m != NULL; m = m->next)
-		if (m->err == 0)
+		if (m->err == 0 && sp->role != SPOOL_INTAKE)
 			idx_add(sp, m->seg, m->qid, m->off, m->total);
 	pthread_mutex_unlock(&sp->idx_lock);
 	/* A spilled message's segment is complete. */
@@ -1303,15 +1483,48 @@ static void
 retire_if_empty(struct spool *sp)
 {
 	struct seg	*s = sp->cur;
+	char		 name[SPOOL_QID_LEN + 1];
 	int		 empty;
 
 	if (s == NULL)
 		return;
+	if (sp->role == SPOOL_INTAKE) {
+		/* Delivery knows: it said this one emptied. */
+		pthread_mutex_lock(&sp->lock);
+		memcpy(name, sp->retire_name, sizeof(name));
+		pthread_mutex_unlock(&sp->lock);
+		if (strcmp(name, s->name) == 0)
+			seg_close(sp, s);
+		return;
+	}
 	pthread_mutex_lock(&sp->idx_lock);
 	empty = s->live == 0;
 	pthread_mutex_unlock(&sp->idx_lock);
 	if (empty)
 		seg_close(sp, s);
+}
+
+/* Intake paused: the open segment closes; the loop hears (sp->lock). */
+static int
+pause_now(struct spool *sp)
+{
+	if (!sp->paused || sp->pause_done)
+		return 0;
+	pthread_mutex_unlock(&sp->lock);
+	if (sp->cur != NULL)
+		seg_close(sp, sp->cur);
+	pthread_mutex_lock(&sp->lock);
+	sp->pause_done = 1;
+	closing_flush(sp);
+	return 1;
+}
+
+/* Results wait for the loop: wake it (called with sp->lock). */
+static void
+wake_loop(struct spool *sp)
+{
+	if (write(sp->notify[1], "", 1) == -1 && errno != EAGAIN)
+		log_warn("spool: notify");
 }
 
 static void *
@@ -1324,12 +1537,17 @@ commit_thread(void *arg)
 	pthread_mutex_lock(&sp->lock);
 	for (;;) {
 		commit_wait(sp);
-		if (sp->pending == NULL && sp->stopping)
+		if ((sp->pending == NULL || sp->paused) && sp->stopping)
 			break;
+		if (pause_now(sp)) {
+			wake_loop(sp);
+			continue;
+		}
 		retire = sp->retire;
 		sp->retire = 0;
-		batch = sp->pending;
-		sp->pending = NULL;
+		batch = sp->paused ? NULL : sp->pending;
+		if (batch != NULL)
+			sp->pending = NULL;
 		progress = progress_pending(sp) && now_ms() >= sp->progress_at;
 		pthread_mutex_unlock(&sp->lock);
 		if (retire)
@@ -1338,6 +1556,8 @@ commit_thread(void *arg)
 			progress_sync(sp);
 		if (batch == NULL) {
 			pthread_mutex_lock(&sp->lock);
+			if (closing_flush(sp))
+				wake_loop(sp);
 			continue;
 		}
 
@@ -1359,9 +1579,8 @@ commit_thread(void *arg)
 			m->next = sp->done;
 			sp->done = m;
 		}
-		if (wake && write(sp->notify[1], "", 1) == -1 &&
-		    errno != EAGAIN)
-			log_warn("spool: notify");
+		if (closing_flush(sp) || wake)
+			wake_loop(sp);
 	}
 	pthread_mutex_unlock(&sp->lock);
 	return NULL;
@@ -1388,7 +1607,10 @@ msg_free(struct spool_msg *m)
 static void
 msg_done(struct spool *sp, struct spool_msg *m)
 {
-	if (m->err == 0 && sp->queued_cb != NULL)
+	if (m->err == 0 && sp->role == SPOOL_INTAKE)
+		news_send(sp, SPOOL_NEWS_QUEUED, m->qid, m->segname, m->off,
+		    m->total);
+	if (m->err == 0 && sp->role != SPOOL_INTAKE && sp->queued_cb != NULL)
 		sp->queued_cb(sp->queued_arg, m->qid, m->mail_from,
 		    (const char *const *)m->rcpts, m->nrcpts, m->size);
 	if (m->cb != NULL)
@@ -1401,7 +1623,11 @@ spool_notify_cb(evutil_socket_t fd, short ev, void *arg)
 {
 	struct spool		*sp = arg;
 	struct spool_msg	*done, *m, *rev, *next;
-	char			 buf[64];
+	char			 buf[64], (*closed)[SPOOL_QID_LEN + 1];
+	size_t			 i, nclosed;
+	spool_paused_cb		*pcb;
+	void			*parg;
+	int			 paused;
 
 	(void)ev;
 	while (read(fd, buf, sizeof(buf)) > 0)
@@ -1409,6 +1635,15 @@ spool_notify_cb(evutil_socket_t fd, short ev, void *arg)
 	pthread_mutex_lock(&sp->lock);
 	done = sp->done;
 	sp->done = NULL;
+	closed = sp->closed;
+	nclosed = sp->nclosed;
+	sp->closed = NULL;
+	sp->nclosed = 0;
+	paused = sp->pause_done && sp->paused_cb != NULL;
+	pcb = sp->paused_cb;
+	parg = sp->paused_arg;
+	if (paused)
+		sp->paused_cb = NULL;
 	pthread_mutex_unlock(&sp->lock);
 	for (rev = NULL, m = done; m != NULL; m = next) {
 		next = m->next;
@@ -1420,6 +1655,12 @@ spool_notify_cb(evutil_socket_t fd, short ev, void *arg)
 		msg_done(sp, m);
 		msg_free(m);
 	}
+	/* Closes after the records: both were taken together. */
+	for (i = 0; i < nclosed; i++)
+		news_send(sp, SPOOL_NEWS_CLOSED, NULL, closed[i], 0, 0);
+	free(closed);
+	if (paused)
+		pcb(parg);
 }
 
 /*
@@ -1457,11 +1698,35 @@ struct spool *
 spool_open(const char *dir, int sync_method, struct event_base *base,
     char *err, size_t errlen)
 {
+	return spool_open_role(dir, sync_method, SPOOL_ALONE, base, err,
+	    errlen);
+}
+
+/*
+ * One relayd per spool: two would deliver each message twice. Delivery
+ * locks spool_dir, intake tmp/ (alone: both), so that one relayd's two
+ * processes share it and a second relayd's find it taken.
+ */
+static int
+spool_lock(struct spool *sp)
+{
+	if (sp->role != SPOOL_INTAKE && flock(sp->dirfd, LOCK_EX | LOCK_NB))
+		return -1;
+	if (sp->role != SPOOL_DELIVERY && flock(sp->tmpfd, LOCK_EX | LOCK_NB))
+		return -1;
+	return 0;
+}
+
+struct spool *
+spool_open_role(const char *dir, int sync_method, enum spool_role role,
+    struct event_base *base, char *err, size_t errlen)
+{
 	struct spool		*sp;
 	pthread_condattr_t	 ca;
 	const char		*why;
 
 	sp = xcalloc(1, sizeof(*sp));
+	sp->role = role;
 	sp->dir = xstrdup(dir);
 	sp->sync_method = sync_method;
 	sp->dirfd = sp->queuefd = sp->tmpfd = -1;
@@ -1487,8 +1752,7 @@ spool_open(const char *dir, int sync_method, struct event_base *base,
 		    strerror(errno));
 		goto fail;
 	}
-	/* One relayd per spool: two would deliver each message twice. */
-	if (flock(sp->dirfd, LOCK_EX | LOCK_NB) == -1) {
+	if (spool_lock(sp) == -1) {
 		snprintf(err, errlen, "spool_dir %s: %s", dir,
 		    errno == EWOULDBLOCK ? "in use by another relayd (each "
 		    "instance needs a spool of its own)" : strerror(errno));
@@ -1533,6 +1797,7 @@ fail:
 void
 spool_free(struct spool *sp)
 {
+	struct spool_msg *m;
 	struct rec	*r, *next;
 	size_t		 i;
 
@@ -1551,6 +1816,13 @@ spool_free(struct spool *sp)
 		    " flush(es)", sp->ncommits, sp->nbatches);
 		/* Commits that finished are durable; their callbacks run. */
 		spool_notify_cb(sp->notify[0], EV_READ, sp);
+		/* Paused intake: what waited is refused (451), not written. */
+		while ((m = sp->pending) != NULL) {
+			sp->pending = m->next;
+			m->err = ECANCELED;
+			msg_done(sp, m);
+			msg_free(m);
+		}
 	}
 	if (sp->notify_ev != NULL)
 		event_free(sp->notify_ev);
@@ -1570,9 +1842,13 @@ spool_free(struct spool *sp)
 		for (r = sp->tab[i]; r != NULL; r = next) {
 			next = r->hnext;
 			if (--r->seg->live == 0)
-				free(r->seg);
+				seg_free(sp, r->seg);
 			free(r);
 		}
+	while (sp->segs != NULL)	/* open, emptied, waiting for intake */
+		seg_free(sp, sp->segs);
+	free(sp->closing);
+	free(sp->closed);
 	free(sp->tab);
 	pthread_mutex_destroy(&sp->idx_lock);
 	pthread_mutex_destroy(&sp->lock);
@@ -1636,6 +1912,229 @@ spool_set_queued_cb(struct spool *sp, spool_queued_cb *cb, void *arg)
 {
 	sp->queued_cb = cb;
 	sp->queued_arg = arg;
+}
+
+void
+spool_set_news_cb(struct spool *sp, spool_news_cb *cb, void *arg)
+{
+	sp->news_cb = cb;
+	sp->news_arg = arg;
+}
+
+/* ---- two processes: intake's side ---- */
+
+void
+spool_intake_pause(struct spool *sp, spool_paused_cb *cb, void *arg)
+{
+	if (!sp->running) {
+		if (sp->cur != NULL)
+			seg_close(sp, sp->cur);
+		sp->paused = 1;
+		cb(arg);
+		return;
+	}
+	pthread_mutex_lock(&sp->lock);
+	sp->paused = 1;
+	sp->pause_done = 0;
+	sp->paused_cb = cb;
+	sp->paused_arg = arg;
+	pthread_cond_signal(&sp->cond);
+	pthread_mutex_unlock(&sp->lock);
+}
+
+void
+spool_intake_resume(struct spool *sp)
+{
+	pthread_mutex_lock(&sp->lock);
+	sp->paused = sp->pause_done = 0;
+	sp->paused_cb = NULL;
+	pthread_cond_signal(&sp->cond);
+	pthread_mutex_unlock(&sp->lock);
+}
+
+void
+spool_intake_retire(struct spool *sp, const char *name)
+{
+	pthread_mutex_lock(&sp->lock);
+	strlcpy_r(sp->retire_name, name, sizeof(sp->retire_name));
+	sp->retire = 1;
+	pthread_cond_signal(&sp->cond);
+	pthread_mutex_unlock(&sp->lock);
+}
+
+/* ---- two processes: delivery's side (loop thread) ---- */
+
+/*
+ * A queued record of intake's segment name joins the index (and the
+ * queued callback). open: intake may still append to the segment. 0, or
+ * 1 if it is not queued (delivered, dead) or already known; e is cleared.
+ */
+static int
+adopt_entry(struct spool *sp, const char *name, uint64_t off,
+    struct spool_entry *e, int open)
+{
+	struct seg	*s;
+	int		 known;
+
+	pthread_mutex_lock(&sp->idx_lock);
+	known = idx_find(sp, e->qid) != NULL;
+	if (!known && (e->state == SPOOL_QUEUED || e->state == SPOOL_HELD)) {
+		if ((s = seg_find(sp, name)) == NULL) {
+			s = seg_new(sp, name);
+			s->open = open;
+		}
+		idx_add(sp, s, e->qid, off, e->reclen);
+	} else
+		known = 1;
+	pthread_mutex_unlock(&sp->idx_lock);
+	if (!known && sp->queued_cb != NULL)
+		sp->queued_cb(sp->queued_arg, e->qid, e->mail_from,
+		    (const char *const *)e->rcpts, e->nrcpts, e->size);
+	spool_entry_clear(e);
+	return known;
+}
+
+int
+spool_adopt(struct spool *sp, const char *qid, const char *name,
+    uint64_t off, uint64_t len)
+{
+	struct spool_entry	 e;
+	struct reader		 r;
+	const char		*why = NULL;
+	int			 fd, rc, known;
+
+	/* Names from another process: queue ids, never paths. */
+	if (!spool_record_qid_valid(name, strlen(name)) ||
+	    !spool_record_qid_valid(qid, strlen(qid))) {
+		errno = EINVAL;
+		return -1;
+	}
+	pthread_mutex_lock(&sp->idx_lock);
+	known = idx_find(sp, qid) != NULL;
+	pthread_mutex_unlock(&sp->idx_lock);
+	if (known)
+		return 1;
+	if ((fd = openat(sp->queuefd, name, O_RDONLY | O_CLOEXEC)) == -1) {
+		log_warn("%s spool: cannot read queue/%s", qid, name);
+		return -1;
+	}
+	memset(&r, 0, sizeof(r));
+	r.fd = fd;
+	r.end = off + len;
+	r.cap = len < RECOVER_READ ? (size_t)len : RECOVER_READ;
+	r.buf = xmalloc(r.cap ? r.cap : 1);
+	rc = read_record(&r, off, len, &e, &why);
+	free(r.buf);
+	close(fd);
+	if (rc == 0 && (strcmp(e.qid, qid) != 0 || e.reclen != len)) {
+		spool_entry_clear(&e);
+		why = "another record than announced";
+		rc = -1;
+	}
+	if (rc != 0) {
+		log_warnx("%s spool: queue/%s at byte %" PRIu64 ": %s; it is "
+		    "queued at the next start", qid, name, off,
+		    rc == -2 ? strerror(errno) : why);
+		errno = rc == -2 ? errno : EBADMSG;
+		return -1;
+	}
+	return adopt_entry(sp, name, off, &e, 1);
+}
+
+/* No more appends: an emptied segment goes now (loop thread). */
+static void
+seg_closed(struct spool *sp, struct seg *s)
+{
+	int	 gone;
+
+	pthread_mutex_lock(&sp->idx_lock);
+	s->open = 0;
+	if ((gone = s->live == 0))
+		sp->nsegs--;
+	pthread_mutex_unlock(&sp->idx_lock);
+	if (!gone)
+		return;
+	if (!s->keep && unlinkat(sp->queuefd, s->name, 0) == 0)
+		progress_mark(sp, NULL);
+	else if (!s->keep)
+		log_warn("spool: cannot remove delivered queue/%s", s->name);
+	seg_free(sp, s);
+}
+
+void
+spool_segment_closed(struct spool *sp, const char *name)
+{
+	struct seg	*s;
+
+	if ((s = seg_find(sp, name)) != NULL)
+		seg_closed(sp, s);
+}
+
+/*
+ * Intake's segment name after intake died: its whole queued records not
+ * yet known are adopted; a damaged or cut tail (a batch it never
+ * acknowledged) is left as it is, for the next start to set aside.
+ */
+static size_t
+catch_up_segment(struct spool *sp, const char *name)
+{
+	struct spool_entry	 e;
+	struct stat		 st;
+	struct reader		 r;
+	const char		*why = NULL;
+	uint64_t		 off = 0, reclen;
+	size_t			 n = 0;
+	int			 fd;
+
+	if ((fd = openat(sp->queuefd, name, O_RDONLY | O_CLOEXEC)) == -1)
+		return 0;
+	memset(&r, 0, sizeof(r));
+	r.fd = fd;
+	r.end = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ?
+	    (uint64_t)st.st_size : 0;
+	r.cap = RECOVER_READ;
+	r.buf = xmalloc(r.cap);
+	while (off < r.end && rd_fill(&r, off, 1) >= 1 &&
+	    r.buf[off - r.off] != '\0' &&
+	    read_record(&r, off, r.end - off, &e, &why) == 0) {
+		reclen = e.reclen;
+		if (adopt_entry(sp, name, off, &e, 0) == 0)
+			n++;
+		off += reclen;
+	}
+	free(r.buf);
+	close(fd);
+	return n;
+}
+
+size_t
+spool_catch_up(struct spool *sp)
+{
+	struct dirent	*de;
+	struct seg	*s, *next;
+	DIR		*d;
+	size_t		 n = 0;
+	int		 fd;
+
+	if ((fd = dup(sp->queuefd)) == -1 || (d = fdopendir(fd)) == NULL) {
+		log_warn("spool: cannot read queue/ after the intake process "
+		    "ended; what it left is queued at the next start");
+		if (fd != -1)
+			close(fd);
+		return 0;
+	}
+	rewinddir(d);	/* the dup shares queuefd's offset */
+	while ((de = readdir(d)) != NULL)
+		if (spool_record_qid_valid(de->d_name, strlen(de->d_name)) &&
+		    !qid_delivery(de->d_name))
+			n += catch_up_segment(sp, de->d_name);
+	closedir(d);
+	for (s = sp->segs; s != NULL; s = next) {
+		next = s->lnext;
+		if (s->open)
+			seg_closed(sp, s);
+	}
+	return n;
 }
 
 /*
@@ -1750,13 +2249,13 @@ rec_finish(struct spool *sp, const char *qid, char state)
 		return -1;
 	}
 	if (gone && s->keep)
-		free(s);
+		seg_free(sp, s);
 	else if (gone) {
 		if (unlinkat(sp->queuefd, name, 0) == -1)
 			log_warn("%s spool: cannot remove queue/%s", qid, name);
 		else
 			progress_mark(sp, NULL);
-		free(s);
+		seg_free(sp, s);
 	} else if (rec_pwrite(sp, name, r->off + SPOOL_RECORD_MARK_OFF, &state,
 	    1) == -1)
 		log_warn("%s spool: cannot mark it done in queue/%s", qid,
@@ -1765,7 +2264,9 @@ rec_finish(struct spool *sp, const char *qid, char state)
 	if (!emptied)
 		return 0;
 	/* The open segment emptied: its writer closes and removes it. */
-	if (!sp->running)
+	if (s->foreign)
+		news_send(sp, SPOOL_NEWS_EMPTIED, NULL, name, 0, 0);
+	else if (!sp->running)
 		seg_close(sp, s);
 	else {
 		pthread_mutex_lock(&sp->lock);

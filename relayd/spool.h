@@ -41,6 +41,30 @@ typedef void spool_queued_cb(void *arg, const char *qid,
     uint64_t size);
 
 /*
+ * Who opens the spool (see "Two processes" in spool.c). SPOOL_ALONE does
+ * everything; SPOOL_INTAKE only writes new records (and says where, with
+ * spool_news); SPOOL_DELIVERY indexes, marks and removes, and writes only
+ * records of its own (requeued dead letters, bounces). Queue ids of the
+ * two never meet: intake's end in 000-7FF, delivery's in 800-FFF.
+ */
+enum spool_role { SPOOL_ALONE, SPOOL_INTAKE, SPOOL_DELIVERY };
+
+/* What one side of a split spool tells the other (loop thread). */
+enum spool_news_type {
+	SPOOL_NEWS_QUEUED,	/* intake: qid committed at seg, off, len */
+	SPOOL_NEWS_CLOSED,	/* intake: no more appends to seg */
+	SPOOL_NEWS_EMPTIED,	/* delivery: every record of open seg done */
+};
+struct spool_news {
+	enum spool_news_type	 type;
+	const char		*qid;	/* QUEUED */
+	const char		*seg;
+	uint64_t		 off, len;
+};
+typedef void spool_news_cb(void *, const struct spool_news *);
+typedef void spool_paused_cb(void *);
+
+/*
  * Opens (creating if needed) the spool under dir, syncing the way the
  * second argument says (enum sync_method): removes leftovers of
  * interrupted writes, sets damaged segments aside and indexes every queued
@@ -48,7 +72,36 @@ typedef void spool_queued_cb(void *arg, const char *qid,
  */
 struct spool	*spool_open(const char *, int, struct event_base *, char *,
 		    size_t);
+/* The same with a role (spool_open is SPOOL_ALONE). */
+struct spool	*spool_open_role(const char *, int, enum spool_role,
+		    struct event_base *, char *, size_t);
 void		 spool_free(struct spool *);
+/* Where news for the other side goes (intake, delivery). */
+void		 spool_set_news_cb(struct spool *, spool_news_cb *, void *);
+
+/*
+ * Intake. pause: commits wait, the open segment is closed (its CLOSED
+ * news goes first), then cb runs: nothing intake wrote is open until
+ * resume. retire: close the open segment if it is still the one named
+ * (delivery said it emptied).
+ */
+void		 spool_intake_pause(struct spool *, spool_paused_cb *, void *);
+void		 spool_intake_resume(struct spool *);
+void		 spool_intake_retire(struct spool *, const char *);
+
+/*
+ * Delivery. adopt: intake's QUEUED news; the record is read back from
+ * its segment (checked as at start) and joins the index and the queued
+ * callback. 0 adopted, 1 already queued or done, -1 unreadable (errno).
+ * closed: intake's CLOSED news; the segment goes once its records are
+ * done. catch_up: the intake process is gone, and no other writes yet:
+ * records of its segments not announced are adopted, all of its
+ * segments count as closed. Returns how many were adopted.
+ */
+int		 spool_adopt(struct spool *, const char *, const char *,
+		    uint64_t, uint64_t);
+void		 spool_segment_closed(struct spool *, const char *);
+size_t		 spool_catch_up(struct spool *);
 /* Messages queued now (any thread). */
 size_t		 spool_count(struct spool *);
 /* Segment files in queue/ now. */

@@ -498,6 +498,174 @@ test_unique_ids(void **state)
 	spool_free(sp);
 }
 
+/*
+ * Two processes sharing the spool (intake writes, delivery indexes,
+ * marks and removes), here two spools on one loop wired as relayd wires
+ * them over a socketpair.
+ */
+struct pair {
+	struct spool	*in, *dl;
+	int		 drop;		/* intake's news is lost */
+	int		 queued;	/* delivery's queued callback */
+	int		 closed;	/* CLOSED news heard */
+	int		 paused;
+};
+
+static void
+pair_news(void *arg, const struct spool_news *n)
+{
+	struct pair	*p = arg;
+
+	if (p->drop)
+		return;
+	switch (n->type) {
+	case SPOOL_NEWS_QUEUED:
+		assert_int_equal(spool_adopt(p->dl, n->qid, n->seg, n->off,
+		    n->len), 0);
+		/* Announced twice (a restarted side): once in the queue. */
+		assert_int_equal(spool_adopt(p->dl, n->qid, n->seg, n->off,
+		    n->len), 1);
+		break;
+	case SPOOL_NEWS_CLOSED:
+		p->closed++;
+		spool_segment_closed(p->dl, n->seg);
+		break;
+	case SPOOL_NEWS_EMPTIED:
+		spool_intake_retire(p->in, n->seg);
+		break;
+	}
+}
+
+static void
+pair_queued(void *arg, const char *qid, const char *mail_from,
+    const char *const *r, size_t nr, uint64_t size)
+{
+	struct pair	*p = arg;
+
+	(void)qid;
+	assert_string_equal(mail_from, "scanner@example.com");
+	assert_int_equal(nr, 2);
+	assert_string_equal(r[1], "b@example.com");
+	assert_int_equal(size, 7);
+	p->queued++;
+}
+
+static void
+pair_paused(void *arg)
+{
+	((struct pair *)arg)->paused++;
+}
+
+static void
+wait_files(struct event_base *base, int want)
+{
+	int	 i;
+
+	for (i = 0; i < 300 && count_files("queue") != want; i++)
+		event_base_loopexit(base, &(struct timeval){ 0, 10000 }),
+		    event_base_dispatch(base);
+	assert_int_equal(count_files("queue"), want);
+}
+
+static void
+test_two_processes(void **state)
+{
+	struct event_base	*base;
+	struct committed	 c = { 0, { "" } };
+	struct pair		 p;
+	struct spool		*again;
+	struct spool_msg	*m;
+	char			 err[256];
+	int			 i;
+
+	(void)state;
+	memset(&p, 0, sizeof(p));
+	base = event_base_new();
+	p.dl = spool_open_role(dir, sync_method, SPOOL_DELIVERY, base, err,
+	    sizeof(err));
+	assert_non_null(p.dl);
+	p.in = spool_open_role(dir, sync_method, SPOOL_INTAKE, base, err,
+	    sizeof(err));
+	assert_non_null(p.in);
+	/* One relayd's pair shares the spool; a second relayd's doesn't. */
+	assert_null(spool_open_role(dir, sync_method, SPOOL_INTAKE, NULL, err,
+	    sizeof(err)));
+	assert_null(spool_open_role(dir, sync_method, SPOOL_DELIVERY, NULL,
+	    err, sizeof(err)));
+	assert_null(spool_open(dir, sync_method, NULL, err, sizeof(err)));
+	spool_set_news_cb(p.in, pair_news, &p);
+	spool_set_news_cb(p.dl, pair_news, &p);
+	spool_set_queued_cb(p.dl, pair_queued, &p);
+
+	/* Intake's records reach delivery's index, read back from disk. */
+	commit_some(base, p.in, &c, 10);
+	assert_int_equal(p.queued, 10);
+	assert_int_equal(spool_count(p.dl), 10);
+	assert_int_equal(spool_count(p.in), 0);
+	assert_true(strtoul(c.qid[0] + 13, NULL, 16) < 0x800);
+	/* Delivery empties intake's open segment: intake closes it, then
+	 * delivery removes it. */
+	for (i = 0; i < 10; i++)
+		assert_int_equal(spool_remove(p.dl, c.qid[i]), 0);
+	assert_int_equal(count_files("queue"), 1);
+	wait_files(base, 0);
+	assert_int_equal(p.closed, 1);
+	assert_int_equal(spool_segments(p.dl), 0);
+
+	/* Delivery's own records (a requeue, a bounce) have ids apart. */
+	m = new_msg(p.dl);
+	assert_true(strtoul(spool_msg_qid(m) + 13, NULL, 16) >= 0x800);
+	spool_msg_abort(m);
+
+	/* Pause: the open segment closes first; commits wait. */
+	commit_some(base, p.in, &c, 2);
+	spool_intake_pause(p.in, pair_paused, &p);
+	while (p.paused == 0)
+		event_base_loop(base, EVLOOP_ONCE);
+	assert_int_equal(p.closed, 2);
+	m = new_msg(p.in);
+	spool_msg_write(m, "hello\r\n", 7);
+	spool_msg_commit(m, count_cb, &c);
+	event_base_loopexit(base, &(struct timeval){ 0, 100000 });
+	event_base_dispatch(base);
+	assert_int_equal(c.n, 12);		/* still waiting */
+	spool_intake_resume(p.in);
+	while (c.n < 13)
+		event_base_loop(base, EVLOOP_ONCE);
+	assert_int_equal(spool_count(p.dl), 3);
+
+	/* Intake dies with news lost: catch-up finds its records. */
+	p.drop = 1;
+	commit_some(base, p.in, &c, 4);
+	spool_free(p.in);
+	p.in = NULL;
+	assert_int_equal(spool_count(p.dl), 3);
+	assert_int_equal(spool_catch_up(p.dl), 4);
+	assert_int_equal(spool_count(p.dl), 7);
+	assert_int_equal(spool_catch_up(p.dl), 0);	/* each once */
+	/* A new intake: fresh ids, and its lock free again. */
+	again = spool_open_role(dir, sync_method, SPOOL_INTAKE, base, err,
+	    sizeof(err));
+	assert_non_null(again);
+	p.in = again;
+	p.drop = 0;
+	/* All of the old intake's segments are closed: they go with their
+	 * last record. */
+	for (i = 10; i < 17; i++)
+		assert_int_equal(spool_remove(p.dl, c.qid[i]), 0);
+	wait_files(base, 0);
+	assert_int_equal(spool_count(p.dl), 0);
+	spool_free(p.in);
+	spool_free(p.dl);
+
+	/* A delivery restart: everything queued is found again. */
+	p.dl = spool_open_role(dir, sync_method, SPOOL_DELIVERY, base, err,
+	    sizeof(err));
+	assert_int_equal(spool_count(p.dl), 0);
+	spool_free(p.dl);
+	event_base_free(base);
+}
+
 int
 main(void)
 {
@@ -515,6 +683,8 @@ main(void)
 		cmocka_unit_test_setup_teardown(test_dead_letters, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_unique_ids, setup,
+		    teardown),
+		cmocka_unit_test_setup_teardown(test_two_processes, setup,
 		    teardown),
 	};
 
