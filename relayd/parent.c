@@ -1,7 +1,8 @@
 /*
- * parent.c - the parent ("relayd: parent"): forks the token and relay
- * children, passes them their connection, restarts them when they die,
- * and is what systemd and the admin talk to (see the picture in relayd.c).
+ * parent.c - the parent ("relayd: parent"): forks the token, deliver and
+ * smtp children, passes them their connections (token <-> deliver, the
+ * link smtp <-> deliver), restarts them when they die, and is what
+ * systemd and the admin talk to (see the picture in relayd.c).
  *
  * It is single-threaded, runs no libevent, curl or OpenSSL, and never
  * holds a credential or a token, so forking again later hands nothing on.
@@ -10,9 +11,13 @@
  * A child that dies is logged (which, pid, signal or status) and started
  * again after 0.5 s; again within 10 s of its start, after twice as long,
  * up to 10 s. A child that dies before it was ever ready at start (the
- * token process can't read the credential: 78; the relay can't open the
- * spool...) stops relayd with its exit code: restarting would not help.
+ * token process can't read the credential: 78; the delivery process
+ * can't open the spool...) stops relayd with its exit code: restarting
+ * would not help. relayd is started (READY=1, "relayd started") once
+ * smtp and deliver both are; WATCHDOG=1 goes while both beat.
  */
+#include "autoconf.h"
+
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -44,12 +49,13 @@
 #define HEARTBEAT_MAX_MS	10000
 
 struct child {
-	const char	*name;		/* "token", "relay" */
+	const char	*name;		/* "token", "smtp", "deliver" */
 	const char	*title;
 	pid_t		 pid;		/* 0: not running */
 	int		 ctl;		/* the parent's end, -1: none */
 	int		 ready;		/* said CTL_READY since its start */
 	int		 ever_ready;
+	uint64_t	 beat;		/* its last heartbeat, now_ms() */
 	uint64_t	 started;	/* now_ms() */
 	uint64_t	 backoff;
 	uint64_t	 restart_at;	/* 0: none due */
@@ -64,12 +70,27 @@ struct parent {
 	int		 reloaded;	/* a reload was taken since start */
 	int		 stopping;
 	uint64_t	 token_kill_at;	/* stopping: SIGKILL the token then */
+	uint64_t	 queued;	/* the delivery process's last count */
 	int		 watchdog;
 	uint64_t	 heartbeat_ms;
 	int		 rc;		/* when it ends */
 	int		 done;
-	struct child	 token, relay;
+	int		 started;	/* READY=1 said */
+	struct child	 token, smtp, deliver;
 };
+
+#define NCHILD	3
+static struct child *
+child_at(struct parent *pp, int i)
+{
+	return i == 0 ? &pp->token : i == 1 ? &pp->deliver : &pp->smtp;
+}
+
+static int
+all_gone(const struct parent *pp)
+{
+	return pp->token.pid == 0 && pp->smtp.pid == 0 && pp->deliver.pid == 0;
+}
 
 int
 config_check(const char *path, char **text)
@@ -130,17 +151,20 @@ child_start(struct parent *pp, struct child *c)
 	if (pid == 0) {
 		close(sp[0]);
 		close(pp->sfd);
-		if (pp->token.ctl != -1)
-			close(pp->token.ctl);
-		if (pp->relay.ctl != -1)
-			close(pp->relay.ctl);
+		for (i = 0; i < NCHILD; i++)
+			if (child_at(pp, i)->ctl != -1)
+				close(child_at(pp, i)->ctl);
 		proc_child(c->title, pp->self);
-		if (c == &pp->token) {
-			for (i = 0; i < (int)pp->cfg->nlisten; i++)
-				close(pp->fds[i]);
+		/* The listeners are the SMTP process's alone. */
+		for (i = 0; c != &pp->smtp && i < (int)pp->cfg->nlisten; i++)
+			close(pp->fds[i]);
+		if (c == &pp->token)
 			rc = token_proc(pp->path, pp->cfg, sp[1]);
-		} else
-			rc = relay_main(pp->path, pp->cfg, pp->fds, sp[1],
+		else if (c == &pp->smtp)
+			rc = smtp_main(pp->path, pp->cfg, pp->fds, sp[1],
+			    pp->heartbeat_ms);
+		else
+			rc = deliver_main(pp->path, pp->cfg, sp[1],
 			    pp->heartbeat_ms);
 		exit(rc);
 	}
@@ -153,24 +177,48 @@ child_start(struct parent *pp, struct child *c)
 	log_debug("%s process started pid=%d", c->name, (int)pid);
 }
 
-/* A new connection between the two, one end to each. */
+/* A new connection between two children, one end to each. */
 static void
-connect_children(struct parent *pp)
+connect_pair(struct child *a, struct child *b, enum ctl_type type)
 {
 	int	 sp[2];
 
-	if (pp->token.pid == 0 || pp->relay.pid == 0 || pp->token.ctl == -1 ||
-	    pp->relay.ctl == -1)
+	if (a->pid == 0 || b->pid == 0 || a->ctl == -1 || b->ctl == -1)
 		return;
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sp) == -1) {
-		log_warn("token connection");
+		log_warn("%s <-> %s connection", a->name, b->name);
 		return;
 	}
-	if (ctl_send(pp->token.ctl, CTL_TOKEN_FD, 0, sp[0]) == -1 ||
-	    ctl_send(pp->relay.ctl, CTL_TOKEN_FD, 0, sp[1]) == -1)
-		log_warn("token connection: not passed");
+	if (ctl_send(a->ctl, type, 0, sp[0]) == -1 ||
+	    ctl_send(b->ctl, type, 0, sp[1]) == -1)
+		log_warn("%s <-> %s connection: not passed", a->name, b->name);
 	close(sp[0]);
 	close(sp[1]);
+}
+
+/* c was (re)started: its connections are new. */
+static void
+connect_children(struct parent *pp, struct child *c)
+{
+	if (c != &pp->smtp)
+		connect_pair(&pp->token, &pp->deliver, CTL_TOKEN_FD);
+	if (c != &pp->token)
+		connect_pair(&pp->smtp, &pp->deliver, CTL_LINK_FD);
+}
+
+/* Stopping: the next child in line goes (smtp, deliver, then token). */
+static void
+stop_next(struct parent *pp, int sig)
+{
+	if (pp->smtp.pid != 0)
+		kill(pp->smtp.pid, sig);
+	else if (pp->deliver.pid != 0)
+		kill(pp->deliver.pid, SIGTERM);
+	else if (pp->token.pid != 0 && pp->token_kill_at == 0) {
+		kill(pp->token.pid, SIGTERM);
+		pp->token_kill_at = now_ms() + TOKEN_STOP_MS;
+	}
+	pp->done = all_gone(pp);
 }
 
 static void
@@ -178,6 +226,7 @@ child_died(struct parent *pp, struct child *c, pid_t pid, int st)
 {
 	uint64_t	 now = now_ms();
 	int		 code = WIFEXITED(st) ? WEXITSTATUS(st) : EX_SOFTWARE;
+	int		 i;
 
 	c->pid = 0;
 	c->ready = 0;
@@ -186,11 +235,9 @@ child_died(struct parent *pp, struct child *c, pid_t pid, int st)
 		c->ctl = -1;
 	}
 	if (pp->stopping) {
-		if (c == &pp->relay && pp->token.pid != 0) {
-			kill(pp->token.pid, SIGTERM);
-			pp->token_kill_at = now + TOKEN_STOP_MS;
-		}
-		pp->done = pp->token.pid == 0 && pp->relay.pid == 0;
+		if (c != &pp->token)
+			stop_next(pp, SIGTERM);
+		pp->done = all_gone(pp);
 		return;
 	}
 	if (!c->ever_ready) {
@@ -201,11 +248,10 @@ child_died(struct parent *pp, struct child *c, pid_t pid, int st)
 		    code);
 		pp->rc = code != 0 ? code : EX_SOFTWARE;
 		pp->stopping = 1;
-		if (pp->relay.pid != 0)
-			kill(pp->relay.pid, SIGKILL);
-		if (pp->token.pid != 0)
-			kill(pp->token.pid, SIGKILL);
-		pp->done = pp->token.pid == 0 && pp->relay.pid == 0;
+		for (i = 0; i < NCHILD; i++)
+			if (child_at(pp, i)->pid != 0)
+				kill(child_at(pp, i)->pid, SIGKILL);
+		pp->done = all_gone(pp);
 		return;
 	}
 	c->backoff = now - c->started >= RESTART_QUICK_MS || c->backoff == 0 ?
@@ -227,44 +273,48 @@ static void
 reap(struct parent *pp)
 {
 	pid_t	 pid;
-	int	 st;
+	int	 st, i;
 
-	while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
-		if (pid == pp->token.pid)
-			child_died(pp, &pp->token, pid, st);
-		else if (pid == pp->relay.pid)
-			child_died(pp, &pp->relay, pid, st);
-	}
+	while ((pid = waitpid(-1, &st, WNOHANG)) > 0)
+		for (i = 0; i < NCHILD; i++)
+			if (pid == child_at(pp, i)->pid) {
+				child_died(pp, child_at(pp, i), pid, st);
+				break;
+			}
 }
 
 /*
- * The relay takes the config from a descriptor the parent opened: its
- * Landlock rules grant relayd.conf by inode where a credential shares its
- * directory, and an editor that saves by rename makes a new inode. If the
- * file can't be opened here, a SIGHUP lets the relay try (and say why).
+ * The token process re-reads the file (SIGHUP). The SMTP and delivery
+ * processes take it from a descriptor opened here: their Landlock rules
+ * grant relayd.conf by inode where a credential shares its directory,
+ * and an editor that saves by rename makes a new inode. If the file
+ * can't be opened here, a SIGHUP lets the child try (and say why).
  */
 static void
-reload_relay(struct parent *pp)
+reload_child(struct parent *pp, struct child *c)
 {
-	int	 fd;
+	int	 fd = -1;
 
-	if ((fd = open(pp->path, O_RDONLY | O_CLOEXEC)) == -1 ||
-	    ctl_send(pp->relay.ctl, CTL_RELOAD, 0, fd) == -1)
-		kill(pp->relay.pid, SIGHUP);
+	if (c == &pp->token ||
+	    (fd = open(pp->path, O_RDONLY | O_CLOEXEC)) == -1 ||
+	    ctl_send(c->ctl, CTL_RELOAD, 0, fd) == -1)
+		kill(c->pid, SIGHUP);
 	if (fd != -1)
 		close(fd);
 }
 
 /*
  * SIGHUP: the file checked as at start (credentials read in a child of
- * its own); with errors it is refused here, each logged. Otherwise both
- * children take it: the token process the credential, the relay the rest
- * (and it logs what waits for a restart).
+ * its own); with errors it is refused here, each logged. Otherwise the
+ * children take it: the token process the credential, the SMTP process
+ * its part (and it logs what waits for a restart), the delivery process
+ * the log level and what status shows.
  */
 static void
 reload(struct parent *pp)
 {
 	char	*text;
+	int	 i;
 
 	if (config_check(pp->path, &text) != 0) {
 		log_lines("reload: ", text);
@@ -275,15 +325,15 @@ reload(struct parent *pp)
 	}
 	free(text);
 	pp->reloaded = 1;
-	if (pp->token.pid != 0)
-		kill(pp->token.pid, SIGHUP);
-	if (pp->relay.pid != 0)
-		reload_relay(pp);
+	for (i = 0; i < NCHILD; i++)
+		if (child_at(pp, i)->pid != 0)
+			reload_child(pp, child_at(pp, i));
 }
 
 /*
- * SIGTERM, SIGINT: the relay drains (a second signal: it stops now); when
- * it has gone, the token process goes.
+ * SIGTERM, SIGINT: the SMTP process drains (a second signal: it stops
+ * now); when it has gone the delivery process stops (Graph requests in
+ * flight get their grace), then the token process.
  */
 static void
 stop(struct parent *pp, int sig)
@@ -291,14 +341,9 @@ stop(struct parent *pp, int sig)
 	if (!pp->stopping)
 		sd_notify(0, "STOPPING=1");
 	pp->stopping = 1;
-	pp->token.restart_at = pp->relay.restart_at = 0;
-	if (pp->relay.pid != 0)
-		kill(pp->relay.pid, sig);
-	else if (pp->token.pid != 0) {
-		kill(pp->token.pid, SIGTERM);
-		pp->token_kill_at = now_ms() + TOKEN_STOP_MS;
-	}
-	pp->done = pp->token.pid == 0 && pp->relay.pid == 0;
+	pp->token.restart_at = pp->smtp.restart_at = 0;
+	pp->deliver.restart_at = 0;
+	stop_next(pp, sig);
 }
 
 static void
@@ -307,15 +352,42 @@ on_ready(struct parent *pp, struct child *c)
 	int	 first = !c->ever_ready;
 
 	c->ready = c->ever_ready = 1;
-	if (!first && pp->reloaded) {
-		/* the config in force, not the first */
-		if (c == &pp->relay)
-			reload_relay(pp);
-		else
-			kill(c->pid, SIGHUP);
-	}
-	if (first && c == &pp->relay)
+	c->beat = now_ms();
+	if (!first && pp->reloaded)
+		reload_child(pp, c);	/* the config in force, not the first */
+	if (!pp->started && pp->smtp.ever_ready && pp->deliver.ever_ready) {
+		pp->started = 1;
+		log_info("relayd started version=%s", PACKAGE_VERSION);
 		sd_notify(0, "READY=1");
+	}
+}
+
+/*
+ * A heartbeat: WATCHDOG=1 if the other loop beat lately too (a child
+ * restarting counts as beating: the parent restarts it), STATUS= with
+ * the delivery process's queue; sent on deliver's beats (smtp's while
+ * there is no deliver), so once per interval.
+ */
+static void
+on_beat(struct parent *pp, struct child *c, uint64_t queued)
+{
+	struct child	*o = c == &pp->smtp ? &pp->deliver : &pp->smtp;
+	uint64_t	 now = now_ms();
+	int		 alive;
+
+	c->beat = now;
+	if (c == &pp->deliver)
+		pp->queued = queued;
+	if (!pp->started)
+		return;		/* READY=1 first */
+	/* One per interval: deliver's, or smtp's while deliver restarts. */
+	if (c == &pp->smtp && pp->deliver.pid != 0 && pp->deliver.ready)
+		return;
+	alive = o->pid == 0 || !o->ready ||
+	    now - o->beat <= 2 * pp->heartbeat_ms + 1000;
+	sd_notifyf(0, "%sSTATUS=%llu message(s) queued",
+	    pp->watchdog && alive ? "WATCHDOG=1\n" : "",
+	    (unsigned long long)pp->queued);
 }
 
 static void
@@ -339,13 +411,11 @@ child_msg(struct parent *pp, struct child *c)
 		on_ready(pp, c);
 		break;
 	case CTL_HEARTBEAT:
-		sd_notifyf(0, "%sSTATUS=%llu message(s) queued",
-		    pp->watchdog ? "WATCHDOG=1\n" : "",
-		    (unsigned long long)m.arg);
+		on_beat(pp, c, m.arg);
 		break;
 	case CTL_CRED_CHANGED:
-		if (pp->relay.ctl != -1)
-			ctl_send(pp->relay.ctl, CTL_CRED_CHANGED, 0, -1);
+		if (pp->deliver.ctl != -1)
+			ctl_send(pp->deliver.ctl, CTL_CRED_CHANGED, 0, -1);
 		break;
 	default:
 		break;
@@ -357,8 +427,9 @@ static int
 next_timeout(const struct parent *pp)
 {
 	uint64_t	 now = now_ms(), due = 0;
-	const uint64_t	 at[] = { pp->token.restart_at, pp->relay.restart_at,
-	    pp->token.pid != 0 ? pp->token_kill_at : 0 };
+	const uint64_t	 at[] = { pp->token.restart_at, pp->smtp.restart_at,
+	    pp->deliver.restart_at, pp->token.pid != 0 ? pp->token_kill_at :
+	    0 };
 	size_t		 i;
 
 	for (i = 0; i < NELEM(at); i++)
@@ -381,12 +452,12 @@ timers(struct parent *pp)
 		kill(pp->token.pid, SIGKILL);
 		pp->token_kill_at = 0;
 	}
-	for (i = 0; i < 2; i++) {
-		c = i == 0 ? &pp->token : &pp->relay;
+	for (i = 0; i < NCHILD; i++) {
+		c = child_at(pp, i);
 		if (c->restart_at == 0 || now < c->restart_at || pp->stopping)
 			continue;
 		child_start(pp, c);
-		connect_children(pp);
+		connect_children(pp, c);
 	}
 }
 
@@ -394,20 +465,24 @@ static void
 loop(struct parent *pp)
 {
 	struct signalfd_siginfo	 si;
-	struct pollfd		 pfd[3];
+	struct pollfd		 pfd[1 + NCHILD];
+	int			 i;
 
 	while (!pp->done) {
 		pfd[0].fd = pp->sfd;
-		pfd[1].fd = pp->token.ctl;
-		pfd[2].fd = pp->relay.ctl;
-		pfd[0].events = pfd[1].events = pfd[2].events = POLLIN;
-		pfd[0].revents = pfd[1].revents = pfd[2].revents = 0;
-		if (poll(pfd, 3, next_timeout(pp)) == -1 && errno != EINTR)
+		for (i = 0; i < NCHILD; i++)
+			pfd[1 + i].fd = child_at(pp, i)->ctl;
+		for (i = 0; i < 1 + NCHILD; i++) {
+			pfd[i].events = POLLIN;
+			pfd[i].revents = 0;
+		}
+		if (poll(pfd, 1 + NCHILD, next_timeout(pp)) == -1 &&
+		    errno != EINTR)
 			fatal("poll");
-		if (pfd[1].revents != 0 && pp->token.ctl != -1)
-			child_msg(pp, &pp->token);
-		if (pfd[2].revents != 0 && pp->relay.ctl != -1)
-			child_msg(pp, &pp->relay);
+		for (i = 0; i < NCHILD; i++)
+			if (pfd[1 + i].revents != 0 &&
+			    child_at(pp, i)->ctl != -1)
+				child_msg(pp, child_at(pp, i));
 		if (pfd[0].revents & POLLIN &&
 		    read(pp->sfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
 			if (si.ssi_signo == SIGCHLD)
@@ -457,9 +532,11 @@ parent_run(const char *path, struct config *cfg, int *fds)
 	pp.self = getpid();
 	pp.token.name = "token";
 	pp.token.title = "relayd: token";
-	pp.relay.name = "relay";
-	pp.relay.title = "relayd: relay";
-	pp.token.ctl = pp.relay.ctl = -1;
+	pp.smtp.name = "smtp";
+	pp.smtp.title = "relayd: smtp";
+	pp.deliver.name = "deliver";
+	pp.deliver.title = "relayd: deliver";
+	pp.token.ctl = pp.smtp.ctl = pp.deliver.ctl = -1;
 	pp.heartbeat_ms = HEARTBEAT_MAX_MS;
 	if (sd_watchdog_enabled(0, &usec) > 0 && usec > 0) {
 		pp.watchdog = 1;
@@ -478,13 +555,15 @@ parent_run(const char *path, struct config *cfg, int *fds)
 		close(pp.sfd);
 		return rc;
 	}
-	child_start(&pp, &pp.relay);
-	if (pp.relay.pid == 0)
+	child_start(&pp, &pp.deliver);
+	connect_children(&pp, &pp.deliver);
+	child_start(&pp, &pp.smtp);
+	connect_children(&pp, &pp.smtp);
+	if (pp.deliver.pid == 0 || pp.smtp.pid == 0) {
+		stop(&pp, SIGTERM);
 		pp.rc = EX_OSERR;
-	else {
-		connect_children(&pp);
-		loop(&pp);
 	}
+	loop(&pp);
 	close(pp.sfd);
 	return pp.rc;
 }

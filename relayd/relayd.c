@@ -1,44 +1,78 @@
 /*
- * relayd.c - main (flags, config check) and the relay process.
+ * relayd.c - main (flags, config check) and what the children share.
  *
- * The processes (privilege separation, step 1 of issue 18):
+ * The processes (privilege separation, issue 18):
  *
- *   relayd: parent   supervisor: the config (checked, never a credential),
- *     |              the listening sockets, systemd (READY, WATCHDOG,
- *     |              STOPPING), SIGHUP and SIGTERM; forks and restarts
- *     |              the two below (parent.c). Single-threaded; holds no
- *     |              secret and no token.
- *     +-- relayd: token   the only process that reads client_secret_file,
- *     |                   private_key_file or the systemd credential;
- *     |                   fetches access tokens, hands out only those
- *     |                   (token_proc.c, token.c).
- *     +-- relayd: relay   everything else, as before the split: SMTP,
- *                         spool, delivery threads, status socket, history
- *                         (relay_main below). Holds access tokens, never
- *                         the credential. Step 2 splits it into
- *                         "relayd: smtp" (SMTP, TLS, AUTH, PROXY, spool
- *                         intake) and "relayd: deliver" (scheduler,
- *                         delivery threads, status, history).
+ *   relayd: parent     supervisor: the config (checked, never a
+ *     |                credential), the listening sockets, systemd (READY,
+ *     |                WATCHDOG, STOPPING), SIGHUP and SIGTERM; forks and
+ *     |                restarts the three below (parent.c). Single-
+ *     |                threaded; holds no secret and no token.
+ *     +-- relayd: token    the only process that reads client_secret_file,
+ *     |                    private_key_file or the systemd credential;
+ *     |                    fetches access tokens, hands out only those
+ *     |                    (token_proc.c, token.c).
+ *     +-- relayd: deliver  the queue: reads the spool at its start, owns
+ *     |                    its index, state lines and removals (spool.c
+ *     |                    SPOOL_DELIVERY), the scheduler and delivery
+ *     |                    threads (worker.c, deliver.c: MIME -> Graph),
+ *     |                    dead letters and bounces, the status socket,
+ *     |                    the history (deliver_main.c). Holds access
+ *     |                    tokens while it uses them, never the credential.
+ *     |                    Sandbox role DELIVER.
+ *     +-- relayd: smtp     takes mail: the listeners (inherited), SMTP,
+ *                          TLS, AUTH, PROXY; commits to the spool as intake
+ *                          (SPOOL_INTAKE: appends its own segments, nothing
+ *                          else) (smtp_main.c). Never a token nor the
+ *                          credential. Sandbox role SMTP (connect refused).
  *
  * What crosses (each a socketpair, SOCK_SEQPACKET):
  *
- *   parent <-> token   control (proc.h): token -> READY, CRED_CHANGED
- *                      (after SIGHUP); parent -> TOKEN_FD, one end of a
- *                      new relay<->token pair (SCM_RIGHTS).
- *   parent <-> relay   control: relay -> READY (listening, spool
- *                      recovered), HEARTBEAT (the loop's, with the queue
- *                      depth: the parent's WATCHDOG=1); parent -> TOKEN_FD
- *                      (the other end), CRED_CHANGED.
- *   relay <-> token    token requests (token.h: struct token_req, the
+ *   parent <-> each    control (proc.h): child -> READY, HEARTBEAT (its
+ *                      loop's; deliver's with the queue depth): WATCHDOG=1
+ *                      while both smtp and deliver beat; token ->
+ *                      CRED_CHANGED (after SIGHUP), passed on to deliver;
+ *                      parent -> TOKEN_FD (token, deliver), LINK_FD (smtp,
+ *                      deliver): one end each of a new pair (SCM_RIGHTS).
+ *   deliver <-> token  token requests (token.h: struct token_req, the
  *                      token Graph refused if any) and answers (struct
  *                      token_rep: the access token, its life, the failure
  *                      state and the admin's next step).
+ *   smtp <-> deliver   the link (link.h; link_smtp.c, link_deliver.c):
+ *                      smtp -> HELLO (its intake paused, nothing of its
+ *                      own open), QUEUED (qid, segment, offset, length of
+ *                      a durable record: deliver reads it back as at
+ *                      start), CLOSED (a segment gets no more appends),
+ *                      HISTORY (an accepted message's row), FIGURES (what
+ *                      status and the metrics show of SMTP: sessions,
+ *                      listeners, counters, AUTH failures and lockouts),
+ *                      WATCH / UNWATCH (reply_after = graph);
+ *                      deliver -> GO (the spool is read: commit), EMPTIED
+ *                      (smtp's open segment has no queued record left),
+ *                      ANSWER (the first attempt's outcome), UNLOCK
+ *                      (relayctl unlock).
  *
- * Whenever either child is (re)started the parent makes a new relay<->token
- * pair and passes one end to each. The listening sockets are the parent's
- * and inherited by each relay child: the port takes connections into its
- * backlog while a relay restarts. Children die with the parent
- * (PR_SET_PDEATHSIG); token and relay are not dumpable.
+ * Whenever a child is (re)started the parent makes new pairs for it
+ * (token <-> deliver when either restarts; smtp <-> deliver when either
+ * does). The listening sockets are the parent's and inherited by each
+ * smtp child: the port takes connections into its backlog while it
+ * restarts. Children die with the parent (PR_SET_PDEATHSIG); none is
+ * dumpable.
+ *
+ * The spool between smtp and deliver (who owns what: spool.c). A new
+ * deliver reads queue/ only after smtp's HELLO (smtp paused its commits
+ * and closed its open segment); smtp commits again at GO. A new smtp
+ * starts paused and says HELLO; deliver first adopts what the dead one
+ * committed but never announced (spool_catch_up), then says GO. An
+ * announcement lost or doubled loses nothing and queues nothing twice; a
+ * message in flight when deliver dies is marked so in its state line and
+ * sent again by the next one, logged possible_duplicate=yes (worker.c).
+ *
+ * SIGTERM: the parent stops smtp first (it drains: 421 to new clients,
+ * sessions finish), then deliver (requests in flight get their grace),
+ * then token. SIGHUP: each child takes its part of the new config.
+ * "relayd started" and READY=1 come from the parent once smtp and deliver
+ * are both ready.
  *
  * The credential: the parent checks its files as `relayd -n` does, in a
  * child forked for the check that exits at once (config_check), so that
@@ -46,16 +80,17 @@
  * itself only sees the config with the credential unread
  * (config_read_credentials(0)). The token process reads it after fork.
  *
- * In the relay: the sandbox (sandbox.c: no_new_privs, Landlock, seccomp,
- * before the first thread), spool (recover what is queued), listeners,
- * then READY.
- * Everything runs on one libevent loop, besides the spool's commit
- * thread and the delivery threads.
+ * In each of smtp and deliver: the sandbox (sandbox.c: no_new_privs,
+ * Landlock, seccomp, before the first thread), then its part of the
+ * spool, then READY. Each runs one libevent loop, besides the spool's
+ * commit thread (both), the delivery threads and the history writer
+ * (deliver).
  */
 #include "autoconf.h"
 
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <errno.h>
 #include <malloc.h>
@@ -75,6 +110,8 @@
 #include "history.h"
 #include "http.h"
 #include "jwt.h"
+#include "link_deliver.h"
+#include "link_smtp.h"
 #include "mime.h"
 #include "proc.h"
 #include "proctitle.h"
@@ -109,31 +146,6 @@ usage(int rc)
 	exit(rc);
 }
 
-/*
- * SIGHUP: the config file again. A file with errors is refused (each
- * error logged) and the one in force stays. Otherwise new SMTP sessions
- * take it: [smtp] limits and allow lists, [senders], [auth] users (the
- * users file is read again), certificates, [log] level; sessions open
- * keep the one they started with. What the delivery side, the spool and
- * the listeners read at start ([graph], [queue], [status], listen lines)
- * is logged as taking effect at restart. Old configs and users stay
- * allocated until exit: sessions may still point at them.
- */
-struct reloader {
-	const char	*path;
-	struct config	*cfg;		/* in force */
-	struct config	**old;
-	size_t		 nold;
-	struct auth	*auth;		/* in force */
-	struct auth	**old_auth;
-	size_t		 nold_auth;
-	struct smtp	*smtp;
-	struct worker_pool *pool;
-	struct status	*status;
-	int		 restart_needed;
-	struct event	*expiry;	/* once a day: certificates */
-};
-
 /* Each line of text (which it takes apart) as a warning. */
 void
 log_lines(const char *prefix, char *text)
@@ -145,163 +157,52 @@ log_lines(const char *prefix, char *text)
 		log_warnx("%s%s", prefix, line);
 }
 
-/* Once a day: certificates that expire within 30 days, or have. */
-static void
-expiry_cb(evutil_socket_t fd, short ev, void *arg)
-{
-	struct reloader	*r = arg;
-	FILE		*mf;
-	char		*text = NULL;
-	size_t		 len = 0;
-
-	(void)fd;
-	(void)ev;
-	if ((mf = open_memstream(&text, &len)) == NULL)
-		return;
-	config_warn_expiry(r->cfg, mf);
-	fclose(mf);
-	log_lines("warning: ", text);
-	free(text);
-}
-
-static void
-reload_diff(void *arg, const char *section, const char *key)
-{
-	struct reloader	*r = arg;
-
-	if (strcmp(section, "smtp") == 0 && strcmp(key, "listen") != 0 &&
-	    strcmp(key, "max_line_length") != 0 &&
-	    strcmp(key, "drain_timeout") != 0)
-		return;
-	if (strcmp(section, "auth") == 0 || strcmp(section, "log") == 0 ||
-	    strcmp(section, "sendmail") == 0)
-		return;
-	log_warnx("reload: [%s] %s changed: takes effect at restart",
-	    section, key);
-	r->restart_needed = 1;
-}
-
-/* The config again: from fd (the parent opened it) or, -1, from the path. */
-static void
-reload_from(struct reloader *r, int fd)
+/*
+ * A reload in a child: the file again, its errors (or warnings) logged.
+ * From the descriptor the parent opened where there is one: Landlock
+ * grants relayd.conf by inode where a credential shares its directory,
+ * and an editor that saves by rename makes a new inode.
+ */
+static struct config *
+reload_load(const char *path, int fd, int quiet)
 {
 	struct config	*cfg;
-	struct auth	*auth = NULL;
 	FILE		*mf;
-	char		*errs = NULL, err[512];
+	char		*errs = NULL;
 	size_t		 len = 0;
 
 	if ((mf = open_memstream(&errs, &len)) == NULL) {
 		log_warn("reload: open_memstream");
-		return;
+		return NULL;
 	}
-	cfg = fd != -1 ? config_load_fd(r->path, fd, mf) :
-	    config_load(r->path, mf);
+	cfg = fd != -1 ? config_load_fd(path, fd, mf) : config_load(path, mf);
 	fclose(mf);
-	/* The errors that refuse it, or its warnings. */
-	log_lines("reload: ", errs);
+	if (!quiet)
+		log_lines("reload: ", errs);
 	free(errs);
-	if (cfg == NULL) {
+	if (cfg == NULL && !quiet)
 		log_warnx("reload refused: %s has errors; the configuration "
-		    "in force stays", r->path);
-		return;
-	}
-	if (cfg->users_file != NULL &&
-	    (auth = auth_new(cfg, err, sizeof(err))) == NULL) {
-		log_warnx("reload: %s", err);
-		log_warnx("reload refused: the configuration in force stays");
-		config_free(cfg);
-		return;
-	}
-	r->restart_needed = 0;
-	config_diff(r->cfg, cfg, reload_diff, r);
-	if (smtp_reconfigure(r->smtp, cfg) == -1 && !r->restart_needed)
-		log_warnx("reload: [smtp] listen options changed: take effect "
-		    "at restart");
-	if (auth != NULL && r->auth != NULL)
-		auth_keep_failures(auth, r->auth);	/* and lockouts */
-	r->old_auth = xrealloc(r->old_auth, (r->nold_auth + 1) *
-	    sizeof(*r->old_auth));
-	r->old_auth[r->nold_auth++] = r->auth;
-	r->auth = auth;
-	smtp_session_set_auth(auth);
-	if (auth != NULL)
-		log_info("auth: users_file=%s mechanisms=\"%s\"",
-		    cfg->users_file, auth_mechanisms(auth));
-	log_set_level(cfg->log_level);
-	r->old = xrealloc(r->old, (r->nold + 1) * sizeof(*r->old));
-	r->old[r->nold++] = r->cfg;
-	r->cfg = cfg;
-	if (r->status != NULL)
-		status_set_config(r->status, cfg);
-	log_info("reload: %s in force for new sessions", r->path);
+		    "in force stays", path);
+	return cfg;
 }
 
-static void
-hup_cb(evutil_socket_t sig, short ev, void *arg)
+struct config *
+config_reload(const char *path, int fd)
 {
-	(void)sig;
-	(void)ev;
-	reload_from(arg, -1);
+	return reload_load(path, fd, 0);
+}
+
+struct config *
+config_reload_quiet(const char *path, int fd)
+{
+	return reload_load(path, fd, 1);
 }
 
 /*
- * SIGTERM, SIGINT: drain. New clients get 421, sessions finish the
- * transaction they are in (up to [smtp] drain_timeout), then the loop
- * ends and Graph requests in flight get their grace (worker_free). A
- * second signal stops at once.
- */
-struct stopper {
-	struct event_base	*base;
-	struct smtp		*smtp;
-	struct event		*tick;
-	uint64_t		 deadline;
-	uint64_t		 timeout_ms;
-};
-
-static void
-drain_tick(evutil_socket_t fd, short ev, void *arg)
-{
-	struct stopper	*st = arg;
-	size_t		 n = smtp_nsessions(st->smtp);
-
-	(void)fd;
-	(void)ev;
-	if (n > 0 && now_ms() < st->deadline)
-		return;
-	if (n > 0)
-		log_warnx("relayd: drain_timeout: %zu session(s) still open "
-		    "are closed (their unfinished messages were never "
-		    "acknowledged)", n);
-	event_base_loopbreak(st->base);
-}
-
-static void
-stop_cb(evutil_socket_t sig, short ev, void *arg)
-{
-	struct stopper	*st = arg;
-	struct timeval	 tv = { 0, 100000 };
-
-	(void)ev;
-	if (st->tick != NULL) {
-		log_info("relayd: signal %d again, stopping now", (int)sig);
-		event_base_loopbreak(st->base);
-		return;
-	}
-	log_info("relayd: signal %d, stopping: new clients get 421, %zu "
-	    "session(s) may finish (drain_timeout %.0fs)", (int)sig,
-	    smtp_nsessions(st->smtp), (double)st->timeout_ms / 1000.0);
-	smtp_drain(st->smtp);
-	st->deadline = now_ms() + st->timeout_ms;
-	st->tick = event_new(st->base, -1, EV_PERSIST, drain_tick, st);
-	event_add(st->tick, &tv);
-	drain_tick(-1, 0, st);
-}
-
-/*
- * The loop's heartbeat to the parent, with the queue depth: the parent
- * sends systemd WATCHDOG=1 (a stuck loop stops them) and STATUS=, at half
- * the watchdog interval or every 10 s.
+ * A child's heartbeat to the parent (the SMTP process's, and the delivery
+ * process's with the queue depth): the parent sends systemd WATCHDOG=1
+ * (a stuck loop in either stops them) and STATUS=, at half the watchdog
+ * interval or every 10 s.
  */
 struct heartbeat {
 	struct event	*ev;
@@ -316,69 +217,70 @@ heartbeat_cb(evutil_socket_t fd, short ev, void *arg)
 
 	(void)fd;
 	(void)ev;
-	ctl_send(hb->ctl, CTL_HEARTBEAT, spool_count(hb->spool), -1);
+	ctl_send(hb->ctl, CTL_HEARTBEAT, hb->spool != NULL ?
+	    spool_count(hb->spool) : 0, -1);
 }
 
-static void
-heartbeat_start(struct event_base *base, struct heartbeat *hb,
-    struct spool *spool, int ctl, uint64_t ms)
+struct heartbeat *
+heartbeat_start(struct event_base *base, struct spool *spool, int ctl,
+    uint64_t ms)
 {
-	struct timeval	 tv = ms_tv(ms);
+	struct heartbeat	*hb = xcalloc(1, sizeof(*hb));
+	struct timeval		 tv = ms_tv(ms);
 
 	hb->spool = spool;
 	hb->ctl = ctl;
 	hb->ev = event_new(base, -1, EV_PERSIST, heartbeat_cb, hb);
 	event_add(hb->ev, &tv);
 	heartbeat_cb(-1, 0, hb);
+	return hb;
 }
 
-/*
- * The parent's messages: a new connection to the token process, or news
- * that it re-read a changed credential (SIGHUP): messages that waited for
- * a token are tried at once.
- */
-struct relay_ctl {
-	struct event		*ev;
-	struct event_base	*base;
-	struct token		*token;
-	struct worker_pool	*pool;
-	struct reloader		*reloader;
-};
-
-static void
-ctl_cb(evutil_socket_t fd, short ev, void *arg)
+void
+heartbeat_free(struct heartbeat *hb)
 {
-	struct relay_ctl	*rc = arg;
-	struct ctl_msg		 m;
-	size_t			 n;
-	int			 passed, r;
+	if (hb == NULL)
+		return;
+	event_free(hb->ev);
+	free(hb);
+}
 
-	(void)ev;
-	if ((r = ctl_recv(fd, &m, &passed)) == 0) {
-		log_warnx("relay: the parent is gone; stopping");
-		event_base_loopbreak(rc->base);
-		return;
-	}
-	if (r == -1)
-		return;
-	if (m.type == CTL_TOKEN_FD && passed != -1 && rc->token != NULL) {
-		token_connect(rc->token, passed);
-		passed = -1;
-	} else if (m.type == CTL_RELOAD && passed != -1)
-		reload_from(rc->reloader, passed);
-	else if (m.type == CTL_CRED_CHANGED && rc->token != NULL) {
-		token_changed(rc->token);
-		n = rc->pool != NULL ? worker_retry_token(rc->pool) : 0;
-		log_info("reload: the next token request uses the new "
-		    "credential; %zu message(s) waiting on a token tried now",
-		    n);
-	}
-	if (passed != -1)
-		close(passed);
+void
+proc_events_add(struct proc_events *pe, struct event_base *base, int ctl,
+    event_callback_fn ctl_cb, void *ctl_arg, event_callback_fn stop_cb,
+    void *stop_arg, event_callback_fn hup_cb, void *hup_arg)
+{
+	sigset_t	 set;
+	size_t		 i;
+
+	pe->ev[0] = event_new(base, ctl, EV_READ | EV_PERSIST, ctl_cb,
+	    ctl_arg);
+	pe->ev[1] = evsignal_new(base, SIGTERM, stop_cb, stop_arg);
+	pe->ev[2] = evsignal_new(base, SIGINT, stop_cb, stop_arg);
+	pe->ev[3] = evsignal_new(base, SIGHUP, hup_cb, hup_arg);
+	for (i = 0; i < NELEM(pe->ev); i++)
+		event_add(pe->ev[i], NULL);
+	/* Blocked in the parent (its signalfd): here libevent's. */
+	sigemptyset(&set);
+	sigaddset(&set, SIGCHLD);
+	sigaddset(&set, SIGHUP);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
+void
+proc_events_free(struct proc_events *pe)
+{
+	size_t	 i;
+
+	for (i = 0; i < NELEM(pe->ev); i++)
+		if (pe->ev[i] != NULL)
+			event_free(pe->ev[i]);
 }
 
 /* The [graph] settings in force (cloud defaults applied), for the log. */
-static char *
+char *
 graph_summary(const struct config *cfg)
 {
 	char	*s, *scope = token_scope(cfg), *proxy = NULL;
@@ -411,12 +313,13 @@ raise_nofile(void)
 }
 
 /*
- * From here on: no_new_privs, seccomp and Landlock (sandbox.c), unless
- * [security] sandbox = no. The Graph credential files are out of reach
- * (the relay never reads them: the token process does).
+ * From here on: no_new_privs, seccomp and Landlock (sandbox.c) in the
+ * role given, unless [security] sandbox = no. The Graph credential files
+ * are out of reach (only the token process reads them).
  */
-static int
-enter_sandbox(const struct config *cfg, const char *path)
+int
+proc_sandbox(const struct config *cfg, const char *path,
+    enum sandbox_role role)
 {
 	struct sandbox_paths	 paths;
 	char			 err[512];
@@ -427,7 +330,9 @@ enter_sandbox(const struct config *cfg, const char *path)
 		return 0;
 	}
 	sandbox_paths_from_config(&paths, cfg, path);
-	if (sandbox_enter(SANDBOX_RELAY, &paths, err, sizeof(err)) == -1) {
+	if (role == SANDBOX_SMTP)
+		paths.status_socket = NULL;	/* the delivery process's */
+	if (sandbox_enter(role, &paths, err, sizeof(err)) == -1) {
 		log_msg(LOG_LVL_ERR, "%s (set [security] sandbox = no to run "
 		    "without it)", err);
 		return -1;
@@ -437,194 +342,10 @@ enter_sandbox(const struct config *cfg, const char *path)
 
 static uint64_t	started_ms;	/* wall clock, set by main */
 
-/* The relay process: today's daemon but for the credential. */
-int
-relay_main(const char *path, struct config *cfg, const int *fds, int ctl,
-    uint64_t heartbeat_ms)
+uint64_t
+relayd_started_ms(void)
 {
-	struct event_base	*base;
-	struct worker_pool	*pool = NULL;
-	struct token		*token = NULL;
-	struct auth		*auth = NULL;
-	struct event		*ev_term = NULL, *ev_int = NULL, *ev_hup = NULL;
-	struct heartbeat	 hb = { NULL, NULL, -1 };
-	struct relay_ctl	 rctl;
-	struct stopper		 stopper;
-	struct reloader		 reloader;
-	size_t			 i;
-	struct spool		*spool = NULL;
-	struct smtp		*smtp = NULL;
-	struct status		*status = NULL;
-	struct status_env	 senv;
-	struct history		*history = NULL;
-	sigset_t		 set;
-	char			 err[512], *summary;
-	int			 rc = 0, http_ok = 0;
-
-	memset(&senv, 0, sizeof(senv));
-	memset(&stopper, 0, sizeof(stopper));
-	memset(&reloader, 0, sizeof(reloader));
-	memset(&rctl, 0, sizeof(rctl));
-	if ((base = event_base_new()) == NULL)
-		fatalx("event_base_new failed");
-	if (cfg->graph_enabled) {
-		if (http_init(cfg, err, sizeof(err)) == -1) {
-			log_msg(LOG_LVL_ERR, "%s", err);
-			rc = EX_CONFIG;
-			goto out;
-		}
-		http_ok = 1;
-		token = token_remote(cfg);
-	}
-	/* Before the first thread (spool_open's): Landlock binds threads
-	 * started after it. */
-	if (enter_sandbox(cfg, path) == -1) {
-		rc = EX_OSERR;
-		goto out;
-	}
-	if ((spool = spool_open(cfg->spool_dir, cfg->sync_method, base, err,
-	    sizeof(err))) == NULL) {
-		log_msg(LOG_LVL_ERR, "%s", err);
-		rc = EX_CANTCREAT;
-		goto out;
-	}
-	log_info("spool: %zu queued message(s) found dir=%s",
-	    spool_count(spool), cfg->spool_dir);
-	history = history_new(cfg->spool_dir, cfg->history_ms);
-
-	mime_init();		/* GMime: delivery, and From: checks */
-	if (cfg->graph_enabled) {
-		if ((pool = worker_new(base, cfg, spool, token, err,
-		    sizeof(err))) == NULL) {
-			log_msg(LOG_LVL_ERR, "%s", err);
-			rc = EX_OSERR;
-			goto out;
-		}
-		worker_set_history(pool, history);
-		summary = graph_summary(cfg);
-		log_info("graph: delivering %s", summary);
-		free(summary);
-	} else
-		log_warnx("graph: [graph] is not configured; messages are "
-		    "queued and not delivered");
-	rctl.base = base;
-	rctl.token = token;
-	rctl.pool = pool;
-	rctl.reloader = &reloader;
-	rctl.ev = event_new(base, ctl, EV_READ | EV_PERSIST, ctl_cb, &rctl);
-	event_add(rctl.ev, NULL);
-
-	if (cfg->users_file != NULL) {
-		if ((auth = auth_new(cfg, err, sizeof(err))) == NULL) {
-			log_msg(LOG_LVL_ERR, "%s", err);
-			rc = EX_CONFIG;
-			goto out;
-		}
-		log_info("auth: users_file=%s mechanisms=\"%s\"",
-		    cfg->users_file, auth_mechanisms(auth));
-	}
-	reloader.auth = auth;
-	smtp_session_init(cfg);
-	smtp_session_set_auth(auth);
-	smtp_session_set_pool(pool);
-	smtp_session_set_history(history);
-	smtp = smtp_new(base, cfg, spool);
-	if (smtp_listen(smtp, fds, err, sizeof(err)) == -1) {
-		log_msg(LOG_LVL_ERR, "%s", err);
-		rc = EX_OSERR;
-		goto out;
-	}
-	senv.base = base;
-	senv.cfg = cfg;
-	senv.smtp = smtp;
-	senv.spool = spool;
-	senv.pool = pool;
-	senv.token = token;
-	senv.auth = &reloader.auth;
-	senv.history = history;
-	/* The parent's start: a relay restart is no new uptime. */
-	senv.started_ms = started_ms;
-	if ((status = status_new(&senv, err, sizeof(err))) == NULL) {
-		log_msg(LOG_LVL_ERR, "%s", err);
-		rc = EX_CONFIG;
-		goto out;
-	}
-	stopper.base = base;
-	stopper.smtp = smtp;
-	stopper.timeout_ms = cfg->drain_timeout_ms;
-	ev_term = evsignal_new(base, SIGTERM, stop_cb, &stopper);
-	ev_int = evsignal_new(base, SIGINT, stop_cb, &stopper);
-	reloader.path = path;
-	reloader.cfg = cfg;
-	reloader.smtp = smtp;
-	reloader.pool = pool;
-	reloader.status = status;
-	ev_hup = evsignal_new(base, SIGHUP, hup_cb, &reloader);
-	evsignal_add(ev_term, NULL);
-	evsignal_add(ev_int, NULL);
-	evsignal_add(ev_hup, NULL);
-	/* Blocked in the parent (its signalfd): here libevent's. */
-	sigemptyset(&set);
-	sigaddset(&set, SIGCHLD);
-	sigaddset(&set, SIGHUP);
-	sigaddset(&set, SIGTERM);
-	sigaddset(&set, SIGINT);
-	sigprocmask(SIG_UNBLOCK, &set, NULL);
-
-	log_info("relayd started version=%s", PACKAGE_VERSION);
-	ctl_send(ctl, CTL_READY, 0, -1);
-	heartbeat_start(base, &hb, spool, ctl, heartbeat_ms);
-	{
-		struct timeval day = { 86400, 0 };
-
-		reloader.expiry = event_new(base, -1, EV_PERSIST, expiry_cb,
-		    &reloader);
-		event_add(reloader.expiry, &day);
-	}
-	event_base_dispatch(base);
-	if (hb.ev != NULL)
-		event_free(hb.ev);
-	if (stopper.tick != NULL)
-		event_free(stopper.tick);
-
-out:
-	/*
-	 * Commits in flight finish (and their sessions hear of it) before
-	 * the sessions go, and the sessions before the listeners' tables.
-	 */
-	status_free(status);
-	smtp_session_set_pool(NULL);	/* sessions left wait for nothing */
-	worker_free(pool);
-	spool_free(spool);
-	token_free(token);
-	if (http_ok)
-		http_cleanup();
-	smtp_session_shutdown();
-	smtp_free(smtp);
-	history_free(history);	/* after everything that records */
-	auth_free(reloader.auth);
-	for (i = 0; i < reloader.nold_auth; i++)
-		auth_free(reloader.old_auth[i]);
-	free(reloader.old_auth);
-	for (i = 0; i < reloader.nold; i++)
-		if (reloader.old[i] != cfg)
-			config_free(reloader.old[i]);
-	if (reloader.cfg != cfg)
-		config_free(reloader.cfg);
-	free(reloader.old);
-	if (ev_term != NULL)
-		event_free(ev_term);
-	if (ev_int != NULL)
-		event_free(ev_int);
-	if (ev_hup != NULL)
-		event_free(ev_hup);
-	if (reloader.expiry != NULL)
-		event_free(reloader.expiry);
-	if (rctl.ev != NULL)
-		event_free(rctl.ev);
-	event_base_free(base);
-	config_free(cfg);
-	return rc;
+	return started_ms;
 }
 
 /* The config, quietly: the check (config_check) printed what it found. */

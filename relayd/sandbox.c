@@ -179,12 +179,23 @@ static const char *const common_calls[] = {
 static const char *const deliver_calls[] = {
 	"connect",
 	"sendmmsg",		/* glibc's resolver: A and AAAA at once */
-	"bind",			/* glibc getaddrinfo: its netlink socket */
+	"bind",			/* glibc getaddrinfo: its netlink socket; */
+	"listen",		/* the status socket, metrics_listen */
+	"rt_sigpending",	/* deliver_main: stopped while it waits */
 };
 
 /* Added while one process still opens its listeners after entering. */
 static const char *const relay_calls[] = {
 	"bind", "listen",	/* SMTP listeners, status socket, metrics */
+};
+
+/*
+ * Refused with an error, not trapped, in the SMTP role: it has no use
+ * for them (its listeners are inherited, it calls nobody), and an error
+ * is what a probe (or a compromised session) sees instead of a crash.
+ */
+static const char *const smtp_refused[] = {
+	"connect", "bind", "listen",
 };
 
 /*
@@ -307,6 +318,24 @@ allow_list(scmp_filter_ctx ctx, const char *const *names, size_t n,
 	return 0;
 }
 
+/* Calls that fail with EACCES instead of trapping. */
+static int
+refuse_list(scmp_filter_ctx ctx, const char *const *names, size_t n,
+    char *err, size_t errlen)
+{
+	size_t	 i;
+	int	 rc;
+
+	for (i = 0; i < n; i++)
+		if ((rc = seccomp_rule_add(ctx, SCMP_ACT_ERRNO(EACCES),
+		    seccomp_syscall_resolve_name(names[i]), 0)) < 0) {
+			snprintf(err, errlen, "seccomp: %s: %s", names[i],
+			    strerror(-rc));
+			return -1;
+		}
+	return 0;
+}
+
 /* The calls that are allowed with some arguments only. */
 static int
 allow_args(scmp_filter_ctx ctx, char *err, size_t errlen)
@@ -370,6 +399,9 @@ seccomp_enter(enum sandbox_role role, int sanitizers, char *err,
 		goto out;
 	if (role != SANDBOX_SMTP && allow_list(ctx, deliver_calls,
 	    NELEM(deliver_calls), err, errlen) == -1)
+		goto out;
+	if (role == SANDBOX_SMTP && refuse_list(ctx, smtp_refused,
+	    NELEM(smtp_refused), err, errlen) == -1)
 		goto out;
 	if (role == SANDBOX_RELAY && allow_list(ctx, relay_calls,
 	    NELEM(relay_calls), err, errlen) == -1)

@@ -23,6 +23,7 @@
 #include <event2/listener.h>
 
 #include "addr.h"
+#include "auth.h"
 #include "config.h"
 #include "log.h"
 #include "proxy.h"
@@ -67,7 +68,17 @@ struct smtp {
 	int			 draining;
 	struct client_count	*clients[CLIENT_BUCKETS];
 	struct smtp_counts	 counts;
+	void			(*changed)(void *);	/* figures changed */
+	void			*changed_arg;
 };
+
+/* What status shows of this side changed (smtp_figures). */
+static void
+figures_changed(struct smtp *sm)
+{
+	if (sm->changed != NULL)
+		sm->changed(sm->changed_arg);
+}
 
 static unsigned
 client_hash(const uint8_t key[17])
@@ -105,6 +116,7 @@ smtp_session_gone(struct smtp *sm, const struct sockaddr *sa)
 		free(c);
 	}
 	sm->nsessions--;
+	figures_changed(sm);
 }
 
 /* Best effort: the socket is new and its buffer empty. */
@@ -308,6 +320,7 @@ accept_client(struct smtp_listener *l, int fd, const struct sockaddr *sa,
 	}
 	c->n++;
 	sm->nsessions++;
+	figures_changed(sm);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	smtp_session_new(sm, l, fd, sa, salen);
 }
@@ -561,6 +574,7 @@ void
 smtp_count_received(struct smtp *sm)
 {
 	sm->counts.received++;
+	figures_changed(sm);
 }
 
 void
@@ -568,12 +582,53 @@ smtp_count_refused(struct smtp *sm, enum smtp_refusal r)
 {
 	if (r < SMTP_REFUSED_MAX)
 		sm->counts.refused[r]++;
+	figures_changed(sm);
+}
+
+void
+smtp_set_changed_cb(struct smtp *sm, void (*cb)(void *), void *arg)
+{
+	sm->changed = cb;
+	sm->changed_arg = arg;
 }
 
 void
 smtp_counts(const struct smtp *sm, struct smtp_counts *c)
 {
 	*c = sm->counts;
+}
+
+static void
+figure_lockout(void *arg, const struct auth_lockout *lk)
+{
+	struct smtp_figures	*f = arg;
+
+	if (f->nlocked < SMTP_FIG_LOCKED) {
+		strlcpy_r(f->locked[f->nlocked].addr, lk->addr,
+		    sizeof(f->locked[f->nlocked].addr));
+		f->locked[f->nlocked].until = lk->until;
+		f->locked[f->nlocked].failures = lk->failures;
+	}
+	f->nlocked++;
+}
+
+void
+smtp_figures(const struct smtp *sm, struct auth *a, struct smtp_figures *f)
+{
+	size_t	 i;
+
+	memset(f, 0, sizeof(*f));
+	f->nsessions = sm->nsessions;
+	f->counts = sm->counts;
+	for (i = 0; i < sm->nlisteners && i < SMTP_FIG_LISTENERS; i++)
+		strlcpy_r(f->listeners[i], sm->listeners[i].name,
+		    sizeof(f->listeners[i]));
+	f->nlisteners = (uint32_t)i;
+	if (a == NULL)
+		return;
+	f->auth_on = 1;
+	auth_counts(a, &f->auth_failures, &f->auth_lockouts);
+	auth_lockouts(a, figure_lockout, f);
 }
 
 int

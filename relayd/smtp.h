@@ -51,6 +51,36 @@ struct smtp_counts {
 	uint64_t	 refused[SMTP_REFUSED_MAX];
 };
 void		 smtp_counts(const struct smtp *, struct smtp_counts *);
+
+/*
+ * What relayctl status and the metrics show of the SMTP side, as the SMTP
+ * process sends it to the delivery process (link.h LINK_FIGURES: these
+ * bytes; both ends are the same binary). Listeners and lockouts past the
+ * arrays' size are left out (and nlocked still counts them).
+ */
+#define SMTP_FIG_LISTENERS	32
+#define SMTP_FIG_LOCKED		64
+#define SMTP_FIG_NAME		64	/* ADDR_STRLEN */
+struct smtp_figures {
+	uint64_t	 nsessions;
+	struct smtp_counts counts;
+	uint32_t	 nlisteners;
+	char		 listeners[SMTP_FIG_LISTENERS][SMTP_FIG_NAME];
+	uint32_t	 auth_on;		/* [auth] users_file set */
+	uint64_t	 auth_failures, auth_lockouts;
+	uint32_t	 nlocked;
+	struct {
+		char	 addr[SMTP_FIG_NAME];
+		uint64_t until;			/* wall clock, ms */
+		uint32_t failures;
+	}		 locked[SMTP_FIG_LOCKED];
+};
+struct auth;
+/* f filled in from the SMTP side now (auth: the one in force, or NULL). */
+void		 smtp_figures(const struct smtp *, struct auth *,
+		    struct smtp_figures *);
+/* cb runs when sessions come or go or a counter moves (loop thread). */
+void		 smtp_set_changed_cb(struct smtp *, void (*)(void *), void *);
 /* The reason's label: relay_denied, auth_failed, too_big, ... */
 const char	*smtp_refusal_name(enum smtp_refusal);
 /*
@@ -90,11 +120,11 @@ void		 smtp_session_drain(void);
 /* AUTH for every session (NULL: none); the caller keeps it alive. */
 struct auth;
 void		 smtp_session_set_auth(struct auth *);
-/* Delivery, for reply_after = graph (NULL: none; answers after spool). */
-struct worker_pool;
-void		 smtp_session_set_pool(struct worker_pool *);
-/* Message history for every session (NULL: none); the caller keeps it. */
-struct history;
-void		 smtp_session_set_history(struct history *);
+/*
+ * The link to delivery (NULL: none): reply_after = graph (none: answers
+ * after the spool), and history rows.
+ */
+struct intake;
+void		 smtp_session_set_intake(struct intake *);
 
 #endif

@@ -55,7 +55,7 @@
 #include "spool.h"
 #include "tls.h"
 #include "util.h"
-#include "worker.h"
+#include "link_smtp.h"	/* and worker.h: struct worker_answer */
 
 #define SMTP_READ_HIGHWAT	(256 * 1024)	/* bytes buffered per client */
 #define SMTP_DATA_CHUNK		(64 * 1024)	/* decoded per pass */
@@ -209,8 +209,7 @@ static const struct smtp_cmd_entry smtp_cmds[] = {
 
 /* Shared scratch: the loop is single-threaded and never re-enters. */
 static struct auth *auth;	/* NULL: no [auth] users_file */
-static struct worker_pool *pool;	/* NULL: nothing delivers */
-static struct history *history;	/* NULL: [queue] history = 0 */
+static struct intake *intake;	/* NULL: nothing delivers */
 static char	*line_buf;
 static size_t	 line_max;
 static char	*dec_buf;
@@ -224,15 +223,9 @@ smtp_session_set_auth(struct auth *a)
 }
 
 void
-smtp_session_set_pool(struct worker_pool *p)
+smtp_session_set_intake(struct intake *in)
 {
-	pool = p;
-}
-
-void
-smtp_session_set_history(struct history *h)
-{
-	history = h;
+	intake = in;
 }
 
 void
@@ -435,8 +428,7 @@ graph_unwait(struct smtp_session *s)
 {
 	if (s->wait_qid[0] == '\0')
 		return;
-	if (pool != NULL)
-		worker_unwatch(pool, s->wait_qid);
+	intake_unwatch(intake, s->wait_qid);
 	s->wait_qid[0] = '\0';
 	evtimer_del(s->reply_timer);
 }
@@ -1125,7 +1117,10 @@ tx_spooled_size(const struct smtp_tx *tx)
 	return tx->size + tx->received_len;
 }
 
-/* The accepted message's history row: envelope, Message-ID, Subject. */
+/*
+ * The accepted message's history row: envelope, Message-ID, Subject, for
+ * the delivery process, which keeps the history ([queue] history).
+ */
 static void
 history_record(struct smtp_session *s, const char *qid)
 {
@@ -1133,7 +1128,7 @@ history_record(struct smtp_session *s, const char *qid)
 	struct history_msg	 m;
 	char			 mid[256], subj[SUBJECT_MAX + 1], *dec = NULL;
 
-	if (history == NULL)
+	if (intake == NULL || s->cfg->history_ms == 0)
 		return;
 	memset(&m, 0, sizeof(m));
 	m.qid = qid;
@@ -1157,7 +1152,7 @@ history_record(struct smtp_session *s, const char *qid)
 		    strlen(subj), NULL)) != NULL)
 			m.subject = dec;
 	}
-	history_queued(history, &m);
+	intake_history(intake, &m);
 	free(dec);
 }
 
@@ -1263,8 +1258,8 @@ graph_wait(struct smtp_session *s, const char *qid)
 {
 	struct timeval	 tv;
 
-	if (!s->reply_graph || pool == NULL || s->freeing ||
-	    worker_watch(pool, qid, graph_answer, s) == -1)
+	if (!s->reply_graph || intake == NULL || s->freeing ||
+	    intake_watch(intake, qid, graph_answer, s) == -1)
 		return -1;
 	strlcpy_r(s->wait_qid, qid, sizeof(s->wait_qid));
 	if (s->reply_timer == NULL)
@@ -1460,7 +1455,7 @@ tx_append(struct smtp_session *s, const char *data, size_t len)
 		return;
 	}
 	tx->size += len;
-	if (!tx->head_done && (s->cfg->nsenders > 0 || history != NULL ||
+	if (!tx->head_done && (s->cfg->nsenders > 0 || s->cfg->history_ms > 0 ||
 	    log_enabled(LOG_LVL_INFO)))
 		head_capture(tx, data, len);	/* From:, Message-ID: */
 	if (spool_msg_write(tx->msg, data, len) == -1) {

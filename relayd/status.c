@@ -54,6 +54,7 @@
 #include "config_check.h"
 #include "dead.h"
 #include "history.h"
+#include "link_deliver.h"
 #include "log.h"
 #include "smtp.h"
 #include "spool.h"
@@ -301,21 +302,30 @@ add_credentials(const struct config *cfg, json_object *o)
 	json_object_object_add(o, "warnings", w);
 }
 
-static void
-lockout_add(void *arg, const struct auth_lockout *lk)
+/* What the SMTP process last said of itself (link_deliver.c). */
+static const struct smtp_figures *
+smtp_fig(const struct status *st)
 {
-	json_object	*o = json_object_new_object();
+	static const struct smtp_figures none;
 
-	add_str(o, "address", lk->addr);
-	json_object_object_add(o, "until", jtime(lk->until));
-	add_int(o, "failures", lk->failures);
-	json_object_array_add(arg, o);
+	return st->env.handoff != NULL ? handoff_figures(st->env.handoff) :
+	    &none;
 }
 
-static struct auth *
-status_auth(const struct status *st)
+static json_object *
+lockouts_json(const struct smtp_figures *f)
 {
-	return st->env.auth != NULL ? *st->env.auth : NULL;
+	json_object	*a = json_object_new_array(), *o;
+	uint32_t	 i;
+
+	for (i = 0; i < f->nlocked && i < SMTP_FIG_LOCKED; i++) {
+		o = json_object_new_object();
+		add_str(o, "address", f->locked[i].addr);
+		json_object_object_add(o, "until", jtime(f->locked[i].until));
+		add_int(o, "failures", f->locked[i].failures);
+		json_object_array_add(a, o);
+	}
+	return a;
 }
 
 static json_object *
@@ -323,10 +333,10 @@ cmd_unlock(struct status *st, const char *addr)
 {
 	json_object	*o;
 
-	if (status_auth(st) == NULL)
+	if (!smtp_fig(st)->auth_on)
 		return jerror("AUTH is off (no [auth] users_file): nothing is "
 		    "locked out");
-	if (auth_unlock(status_auth(st), addr) == -1)
+	if (handoff_unlock(st->env.handoff, addr) == -1)
 		return jerror("%s is not locked out", addr);
 	log_info("auth: address %s unlocked by relayctl", addr);
 	o = json_object_new_object();
@@ -413,11 +423,11 @@ cmd_status(struct status *st)
 	add_int(o, "uptime", (int64_t)((wall_us() / 1000 - e->started_ms) /
 	    1000));
 	a = json_object_new_array();
-	for (i = 0; i < smtp_nlisteners(e->smtp); i++)
+	for (i = 0; i < smtp_fig(st)->nlisteners; i++)
 		json_object_array_add(a, json_object_new_string(
-		    smtp_listener_name(smtp_listener_at(e->smtp, i))));
+		    smtp_fig(st)->listeners[i]));
 	json_object_object_add(o, "listeners", a);
-	add_int(o, "connections", (int64_t)smtp_nsessions(e->smtp));
+	add_int(o, "connections", (int64_t)smtp_fig(st)->nsessions);
 	q = json_object_new_object();
 	memset(&c, 0, sizeof(c));
 	if (e->pool != NULL)
@@ -452,10 +462,7 @@ cmd_status(struct status *st)
 	if (e->pool != NULL)
 		worker_throttled(e->pool, throttled_add, a);
 	json_object_object_add(o, "throttled_mailboxes", a);
-	a = json_object_new_array();
-	if (status_auth(st) != NULL)
-		auth_lockouts(status_auth(st), lockout_add, a);
-	json_object_object_add(o, "lockouts", a);
+	json_object_object_add(o, "lockouts", lockouts_json(smtp_fig(st)));
 	a = json_object_new_array();
 	n = e->pool != NULL ? worker_errors(e->pool, errs) : 0;
 	for (i = 0; i < n; i++) {
@@ -967,28 +974,17 @@ credential_metrics(const struct config *cfg)
 	return out;
 }
 
-static void
-count_lockout(void *arg, const struct auth_lockout *lk)
-{
-	(void)lk;
-	(*(size_t *)arg)++;
-}
-
 /* What the SMTP side took and refused, and AUTH's failures. */
 static char *
 smtp_metrics(struct status *st)
 {
-	struct smtp_counts	 sc;
-	struct auth		*a = status_auth(st);
-	uint64_t		 nfail = 0, nlock = 0;
-	size_t			 nlocked = 0, i;
+	const struct smtp_figures *f = smtp_fig(st);
+	const struct smtp_counts *sc = &f->counts;
+	uint64_t		 nfail = f->auth_failures;
+	uint64_t		 nlock = f->auth_lockouts;
+	size_t			 nlocked = f->nlocked, i;
 	char			*out, *more;
 
-	smtp_counts(st->env.smtp, &sc);
-	if (a != NULL) {
-		auth_counts(a, &nfail, &nlock);
-		auth_lockouts(a, count_lockout, &nlocked);
-	}
 	xasprintf(&out,
 	    "# HELP relayd_messages_received_total Messages accepted over "
 	    "SMTP (250 queued).\n"
@@ -997,10 +993,10 @@ smtp_metrics(struct status *st)
 	    "# HELP relayd_smtp_refusals_total SMTP commands and messages "
 	    "refused, by reason.\n"
 	    "# TYPE relayd_smtp_refusals_total counter\n",
-	    sc.received);
+	    sc->received);
 	for (i = 0; i < SMTP_REFUSED_MAX; i++) {
 		xasprintf(&more, "%srelayd_smtp_refusals_total{reason=\"%s\"} "
-		    "%" PRIu64 "\n", out, smtp_refusal_name(i), sc.refused[i]);
+		    "%" PRIu64 "\n", out, smtp_refusal_name(i), sc->refused[i]);
 		free(out);
 		out = more;
 	}
@@ -1112,7 +1108,7 @@ status_metrics(struct status *st)
 	    "# TYPE relayd_credential_expiry_seconds gauge\n"
 	    "%s",
 	    PACKAGE_VERSION, (wall_us() / 1000 - e->started_ms) / 1000,
-	    smtp_nsessions(e->smtp), c.queued, c.inflight, c.deferred,
+	    (size_t)smtp_fig(st)->nsessions, c.queued, c.inflight, c.deferred,
 	    c.throttled, c.held, c.graph_held, spool_dead_count(e->spool),
 	    oldest != 0 && now > oldest ? (double)(now - oldest) / 1000.0 :
 	    0.0, c.sent, c.deferred_total, c.failed, ntr,

@@ -19,11 +19,10 @@ struct worker_pool;
 struct status_env {
 	struct event_base	*base;
 	const struct config	*cfg;
-	struct smtp		*smtp;
+	struct handoff		*handoff;	/* the SMTP side's figures */
 	struct spool		*spool;
 	struct worker_pool	*pool;
 	struct token		*token;
-	struct auth		**auth;		/* in force (reload sets it) */
 	struct history		*history;	/* NULL: [queue] history = 0 */
 	uint64_t		 started_ms;	/* wall clock */
 };

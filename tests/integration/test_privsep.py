@@ -1,11 +1,14 @@
-"""Privilege separation, step 1: relayd is a parent ("relayd: parent") with
-two children it forked, "relayd: token" (the only process that reads the
-client secret or the private key, and hands out access tokens) and
-"relayd: relay" (SMTP, spool, delivery). Proven from outside: the process
-tree and titles, the process memory read through /proc (the suite runs as
-root), a child killed under load (restarted, nothing acknowledged lost),
-the parent killed (no orphans), and start-up errors of the credential
-(exit 78 with the text `relayd -n` prints)."""
+"""Privilege separation: relayd is a parent ("relayd: parent") with three
+children it forked, "relayd: token" (the only process that reads the
+client secret or the private key, and hands out access tokens), "relayd:
+smtp" (SMTP, TLS, AUTH, PROXY, spool intake: never a token) and "relayd:
+deliver" (the queue, MIME -> Graph, status, history: access tokens, never
+the credential). Proven from outside: the process tree and titles, the
+process memory read through /proc (the suite runs as root), each child
+killed under load (restarted, SMTP answers within 5 s, nothing
+acknowledged lost, a message in flight delivered after), the parent
+killed (no orphans), and start-up errors of the credential (exit 78 with
+the text `relayd -n` prints)."""
 import os
 import re
 import signal
@@ -24,7 +27,7 @@ from relaydtest.graph import graph_relayd
 from relaydtest.wait import wait_for
 
 EX_CONFIG = 78
-TITLES = {"relayd: token", "relayd: relay"}
+TITLES = {"relayd: token", "relayd: smtp", "relayd: deliver"}
 HUGE = 1 << 32          # a mapping this big is no heap, stack or image
 
 pytestmark = pytest.mark.skipif(
@@ -60,11 +63,11 @@ def children(d):
 
 
 def tree(d):
-    """{title: pid} of relayd's children, checking there are exactly two
+    """{title: pid} of relayd's children, checking there are exactly three
     and that each is a child of the parent."""
     kids = process_children(d.pid)
     got = children(d)
-    assert set(got) == TITLES and len(kids) == 2, (kids, got)
+    assert set(got) == TITLES and len(kids) == 3, (kids, got)
     return got
 
 
@@ -179,11 +182,13 @@ def test_secret_and_token_only_where_they_belong(relayd_factory,
     kids = tree(d)
     s = secret.encode()
     assert memory_has(kids["relayd: token"], [s]) == {s}  # the scan works
-    assert memory_has(kids["relayd: relay"], [s, access]) == {access}
+    assert memory_has(kids["relayd: deliver"], [s, access]) == {access}
+    # The process that parses SMTP never holds a token, nor the secret.
+    assert memory_has(kids["relayd: smtp"], [s, access]) == set()
     assert memory_has(d.pid, [s, access]) == set()
     # Nor is the secret file open anywhere but (perhaps) the token process.
     path = os.path.realpath(fake.secret_file(secret))
-    for pid in (d.pid, kids["relayd: relay"]):
+    for pid in (d.pid, kids["relayd: smtp"], kids["relayd: deliver"]):
         fds = "/proc/%d/fd" % pid
         links = [os.readlink(os.path.join(fds, f)) for f in os.listdir(fds)]
         assert path not in links, (pid, links)
@@ -205,7 +210,7 @@ def test_private_key_only_in_token_process(relayd_factory,
     kids = tree(d)
     # OpenSSL keeps the private exponent as little-endian words.
     assert d_le in memory_has(kids["relayd: token"], [d_le])
-    for pid in (d.pid, kids["relayd: relay"]):
+    for pid in (d.pid, kids["relayd: smtp"], kids["relayd: deliver"]):
         assert memory_has(pid, body + [d_le]) == set(), pid
 
 
@@ -213,9 +218,10 @@ def test_private_key_only_in_token_process(relayd_factory,
 # a child dies
 
 def test_children_killed_under_load(relayd_factory, shared_fake_graph):
-    """SIGKILL the relay, then the token process, while messages are being
-    sent: each is logged and restarted, SMTP answers again within 5 s, and
-    every message acknowledged with 250 reaches Graph."""
+    """SIGKILL the SMTP process, the delivery process, then the token
+    process, while messages are being sent: each is logged and restarted,
+    SMTP answers again within 5 s, and every message acknowledged with 250
+    reaches Graph."""
     fake = shared_fake_graph
     d, _ = unique_secret_relayd(relayd_factory, fake)
     acked, stop = [], threading.Event()
@@ -231,7 +237,7 @@ def test_children_killed_under_load(relayd_factory, shared_fake_graph):
     t.start()
     try:
         wait_for(lambda: len(acked) >= 5, 10, "messages before the kill")
-        for name in ("relayd: relay", "relayd: token"):
+        for name in ("relayd: smtp", "relayd: deliver", "relayd: token"):
             pid = tree(d)[name]
             os.kill(pid, signal.SIGKILL)
             d.wait_log(r"relayd: %s process pid=%d killed by signal 9 "
@@ -313,9 +319,9 @@ def subjects(fake):
     return {m["subject"] for m in fake.sent()}
 
 
-def test_new_token_process_serves_the_relay(relayd_factory,
+def test_new_token_process_serves_delivery(relayd_factory,
                                             shared_fake_graph):
-    """After the token process is restarted, the relay asks the new one
+    """After the token process is restarted, delivery asks the new one
     (on the connection the parent passed): Graph refuses the cached token
     and delivery goes on with a new one."""
     fake = shared_fake_graph
@@ -326,7 +332,7 @@ def test_new_token_process_serves_the_relay(relayd_factory,
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: children(d).get("relayd: token", pid) != pid, 5,
              "a new token process")
-    fake.reset(tokens=True)     # the token the relay holds is refused
+    fake.reset(tokens=True)     # the token delivery holds is refused
     assert send_acked(d, "after")
     wait_for(lambda: "after" in subjects(fake), 15, "delivery after")
     assert len(re.findall(r"token: new access token", d.log)) == 2, d.log

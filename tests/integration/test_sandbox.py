@@ -1,12 +1,14 @@
-"""The relay process (the one that parses SMTP and calls Graph) confines
-itself after start-up (issue 18): no_new_privs, a seccomp filter, Landlock
+"""The SMTP process (the one that parses SMTP, TLS, AUTH, PROXY) and the
+delivery process (MIME -> Graph) each confine themselves after start-up
+(issue 18): no_new_privs, a seccomp filter of their role, Landlock
 (relayd/sandbox.c). The parent and the token process are not in it.
 
 The probes that act from inside the running daemon come from a small
 library the test builds and preloads (LD_PRELOAD): on SIGUSR1 it opens the
 paths in $RELAYD_PROBE_OPEN and writes what became of each to stderr (the
-log); on SIGUSR2 it makes a system call no relayd process needs (mount).
-relayd itself has no test switch.
+log); on SIGUSR2 it makes a system call no relayd process needs (mount);
+on SIGWINCH it connects to $RELAYD_PROBE_CONNECT (127.0.0.1:PORT). relayd
+itself has no test switch.
 """
 import os
 import re
@@ -28,6 +30,9 @@ PROBE_C = r"""
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 #include <unistd.h>
 
 static void
@@ -60,27 +65,59 @@ probe_forbidden(int sig)
 	syscall(SYS_mount, "none", "/nonexistent", "tmpfs", 0, NULL);
 }
 
+static void
+probe_connect(int sig)
+{
+	const char *port = getenv("RELAYD_PROBE_CONNECT");
+	struct sockaddr_in sin;
+	char line[128];
+	int fd, rc, n;
+
+	(void)sig;
+	if (port == NULL)
+		return;
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_port = htons((unsigned short)atoi(port));
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if ((fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) == -1)
+		rc = errno;
+	else
+		rc = connect(fd, (struct sockaddr *)&sin, sizeof(sin)) == 0 ?
+		    0 : errno;
+	if (fd != -1)
+		close(fd);
+	n = snprintf(line, sizeof(line), "probe: connect %d: %s\n", getpid(),
+	    rc == 0 ? "ok" : rc == EACCES ? "EACCES" : strerror(rc));
+	if (write(2, line, (size_t)n) < 0)
+		return;
+}
+
 __attribute__((constructor)) static void
 probe_init(void)
 {
 	signal(SIGUSR1, probe_open);
 	signal(SIGUSR2, probe_forbidden);
+	signal(SIGWINCH, probe_connect);
 }
 """
 
 
-def relay_pid(d, timeout=10):
-    """The pid of relayd's relay process (its title in comm)."""
+ROLES = ["smtp", "deliver"]
+
+
+def child_pid(d, role, timeout=10):
+    """The pid of relayd's process "relayd: ROLE" (its title in comm)."""
     def find():
         for pid in process_children(d.pid):
             try:
                 with open("/proc/%d/comm" % pid) as f:
-                    if f.read().strip() == "relayd: relay":
+                    if f.read().strip() == "relayd: " + role:
                         return pid
             except FileNotFoundError:
                 pass
         return None
-    return wait_for(find, timeout, "relayd's relay process")
+    return wait_for(find, timeout, "relayd's %s process" % role)
 
 
 def status_fields(pid):
@@ -118,15 +155,16 @@ def own_secret(tmp_path, value):
 def test_status_shows_no_new_privs_and_seccomp(relayd_factory,
                                                shared_fake_graph):
     d = graph_relayd(relayd_factory, shared_fake_graph)
-    st = status_fields(relay_pid(d))
-    assert st["NoNewPrivs"] == "1", st
+    for role in ROLES:
+        st = status_fields(child_pid(d, role))
+        assert st["NoNewPrivs"] == "1", (role, st)
+        if not VALGRIND:
+            assert st["Seccomp"] == "2", (role, st)
+            d.wait_log(r"sandbox: seccomp on \(%s(, sanitizer calls too)?"
+                       r"\), landlock ABI \d+ on" % role, current=False)
     if VALGRIND:
         # valgrind 3.19 answers ENOSYS to seccomp(2) and Landlock's calls
         d.wait_log(r"sandbox: no_new_privs only: valgrind", current=False)
-    else:
-        assert st["Seccomp"] == "2", st
-        d.wait_log(r"sandbox: seccomp on \(smtp\+deliver[^)]*\), landlock ABI "
-                   r"\d+ on", current=False)
     # entered before the first thread: Landlock binds them all
     assert "threads already run" not in d.log
     # and it still relays
@@ -139,30 +177,52 @@ def test_status_shows_no_new_privs_and_seccomp(relayd_factory,
 
 def test_sandbox_off(relayd_factory):
     d = relayd_factory(sections={"security": {"sandbox": "no"}})
-    st = status_fields(relay_pid(d))
-    assert st["NoNewPrivs"] == "0", st
-    assert st["Seccomp"] == "0", st
+    for role in ROLES:
+        st = status_fields(child_pid(d, role))
+        assert st["NoNewPrivs"] == "0", st
+        assert st["Seccomp"] == "0", st
     d.wait_log(r"sandbox: off \(\[security\] sandbox = no\)", current=False)
 
 
 @pytest.mark.skipif(VALGRIND, reason="no seccomp filter under valgrind")
-def test_forbidden_call_stops_it_with_a_clear_line(relayd_factory, probe):
-    """A call outside the filter ends the relay process with a line that
-    names it; the parent starts a new one."""
+@pytest.mark.parametrize("role", ROLES)
+def test_forbidden_call_stops_it_with_a_clear_line(relayd_factory, probe,
+                                                   role):
+    """A call outside the filter ends the process with a line that names
+    it; the parent starts a new one, and mail goes on."""
     d = relayd_factory()
-    pid = relay_pid(d)
+    pid = child_pid(d, role)
     os.kill(pid, signal.SIGUSR2)
     d.wait_log(r"^relayd: seccomp: system call \d+ \(mount\) not "
                r"allowed; please report this", current=False)
-    d.wait_log(r"relay process pid=%d exited with status 70" % pid, current=False)
-    wait_for(lambda: relay_pid(d) != pid, 10, "a new relay process")
+    d.wait_log(r"%s process pid=%d exited with status 70" % (role, pid),
+               current=False)
+    wait_for(lambda: child_pid(d, role) != pid, 10, "a new %s process" % role)
+    assert d.running()
+    d.assert_serves()
+
+
+@pytest.mark.skipif(VALGRIND, reason="no seccomp filter under valgrind")
+def test_smtp_process_cannot_connect_out(relayd_factory, shared_fake_graph,
+                                         probe, monkeypatch):
+    """The SMTP process gets EACCES from connect(2) (it has no one to call);
+    the delivery process, which calls Graph, connects to the same port."""
+    fake = shared_fake_graph
+    monkeypatch.setenv("RELAYD_PROBE_CONNECT", str(fake.port))
+    d = graph_relayd(relayd_factory, fake)
+    for role, want in (("deliver", "ok"), ("smtp", "EACCES")):
+        pid = child_pid(d, role)
+        os.kill(pid, signal.SIGWINCH)
+        d.wait_log(r"probe: connect %d: " % pid)
+        assert "probe: connect %d: %s" % (pid, want) in d.log, (role, d.log)
     assert d.running()
 
 
+@pytest.mark.parametrize("role", ROLES)
 def test_landlock_keeps_the_secret_out(relayd_factory, shared_fake_graph,
-                                      tmp_path, probe, monkeypatch):
+                                      tmp_path, probe, monkeypatch, role):
     """The secret lies beside relayd.conf: that opens, the secret does
-    not, nor a file elsewhere."""
+    not, nor a file elsewhere (in the SMTP and the delivery process)."""
     fake = shared_fake_graph
     workdir = tmp_path / "relayd"
     workdir.mkdir()
@@ -177,7 +237,7 @@ def test_landlock_keeps_the_secret_out(relayd_factory, shared_fake_graph,
     d.start()
     if "landlock ABI" not in d.log:     # valgrind, or an old kernel
         pytest.skip("no Landlock here: %s" % d.log)
-    os.kill(relay_pid(d), signal.SIGUSR1)
+    os.kill(child_pid(d, role), signal.SIGUSR1)
     d.wait_log(r"probe: open /etc/hosts")
     assert "probe: open %s: EACCES" % secret in d.log
     assert "probe: open %s: ok" % d.conf_path in d.log
