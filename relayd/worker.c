@@ -31,7 +31,11 @@
  * paced to messages_per_minute (a token bucket). A message older than
  * lifetime goes to dead/ as "expired" at its next failure. A retry
  * after a 504 or a timeout may send a message twice: such attempts are
- * logged possible_duplicate=yes.
+ * logged possible_duplicate=yes. So is the next attempt of a message that
+ * was in flight when the delivery process ended (killed, or stopped
+ * before Graph answered): its state line says so (INFLIGHT_NOTE) from
+ * the moment it is handed to a delivery thread until its outcome is
+ * written.
  *
  * relayctl: hold, release, retry and delete act on an id, all, or a
  * mailbox's or sender's messages. A hold beats a request that has not
@@ -70,6 +74,9 @@
 #define MBOX_HASH_SIZE		1024
 #define STOP_GRACE_MS		10000	/* requests in flight at stop */
 #define PAUSE_FILE		"paused"	/* in the spool directory */
+
+/* The state line of a message handed to a delivery thread. */
+#define INFLIGHT_NOTE	"in flight when delivery stopped: it may have gone out"
 
 struct mbox;
 
@@ -382,6 +389,7 @@ enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
 	qe->sender = xstrdup(mail_from);
 	qe->held = held;
 	strlcpy_r(qe->error, error != NULL ? error : "", sizeof(qe->error));
+	qe->maybe_dup = strcmp(qe->error, INFLIGHT_NOTE) == 0;
 	qe->pool = p;
 	qe->mb = mbox_get(p, mailbox_key(p, mail_from));
 	qe->mb->refs++;
@@ -438,6 +446,8 @@ dispatch(struct worker_pool *p)
 		j->qe = qe;
 		qe->job = j;
 		qe->inflight = 1;
+		spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, qe->attempts,
+		    0, INFLIGHT_NOTE);
 		j->stray = qe->stray;
 		qe->stray = NULL;
 		memcpy(j->qid, qe->qid, sizeof(j->qid));

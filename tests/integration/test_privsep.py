@@ -260,6 +260,25 @@ def test_children_killed_under_load(relayd_factory, shared_fake_graph):
     assert "relayd started" in d.log
 
 
+def test_in_flight_at_death_is_delivered_after(relayd_factory,
+                                               shared_fake_graph):
+    """The delivery process is killed while Graph has the message's
+    request (it hangs): the new one sends it again, logged
+    possible_duplicate=yes (Graph may have taken the first)."""
+    fake = shared_fake_graph
+    d = graph_relayd(relayd_factory, fake)
+    fake.faults([{"kind": "graph", "method": "POST", "hang": True}])
+    assert send_acked(d, "in flight")
+    wait_for(lambda: fake.faults()[0]["fired"] == 1, 10,
+             "the request held at Graph")
+    pid = tree(d)["relayd: deliver"]
+    os.kill(pid, signal.SIGKILL)
+    d.wait_log(r"deliver process pid=%d killed by signal 9" % pid)
+    wait_for(lambda: "in flight" in subjects(fake), 30,
+             "delivery after the restart")
+    d.wait_log(r"graph sent .* possible_duplicate=yes$")
+
+
 def test_token_process_dies_repeatedly_backs_off(relayd_factory,
                                                  shared_fake_graph):
     d, _ = unique_secret_relayd(relayd_factory, shared_fake_graph)
