@@ -205,6 +205,13 @@ stop_cb(evutil_socket_t sig, short ev, void *arg)
 	event_base_loopbreak(arg);
 }
 
+/* Ready: the spool read, status listening, the SMTP side's figures in. */
+static void
+send_ready(void *arg)
+{
+	ctl_send(*(int *)arg, CTL_READY, 0, -1);
+}
+
 int
 deliver_main(const char *path, struct config *cfg, int ctl,
     uint64_t heartbeat_ms)
@@ -300,7 +307,7 @@ deliver_main(const char *path, struct config *cfg, int ctl,
 	proc_events_add(&pe, base, ctl, ctl_cb, &dctl, stop_cb, base, hup_cb,
 	    &reload);
 
-	ctl_send(ctl, CTL_READY, 0, -1);
+	handoff_when_figures(handoff, send_ready, &ctl);
 	hb = heartbeat_start(base, spool, ctl, heartbeat_ms);
 	event_base_dispatch(base);
 

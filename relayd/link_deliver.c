@@ -40,6 +40,9 @@ struct handoff {
 	int			 ever;		/* an SMTP process said HELLO */
 	struct dwatch		*watches;
 	struct smtp_figures	 fig;		/* its last FIGURES */
+	int			 have_fig;
+	void			(*first_cb)(void *);	/* at the first */
+	void			*first_arg;
 };
 
 static void
@@ -221,8 +224,14 @@ on_msg(void *arg, const struct link_msg *m, const char *text)
 		history_row(h, m->qid, text);
 		break;
 	case LINK_FIGURES:
-		if (m->textlen == sizeof(h->fig))
-			memcpy(&h->fig, text, sizeof(h->fig));
+		if (m->textlen != sizeof(h->fig))
+			break;
+		memcpy(&h->fig, text, sizeof(h->fig));
+		h->have_fig = 1;
+		if (h->first_cb != NULL) {
+			h->first_cb(h->first_arg);
+			h->first_cb = NULL;
+		}
 		break;
 	default:
 		log_warnx("link: message %u from SMTP ignored",
@@ -272,6 +281,17 @@ handoff_connect(struct handoff *h, int fd, int hello)
 	h->link = link_new(h->base, fd, on_msg, h);
 	if (hello)
 		hello_go(h);
+}
+
+void
+handoff_when_figures(struct handoff *h, void (*cb)(void *), void *arg)
+{
+	if (h->have_fig)
+		cb(arg);
+	else {
+		h->first_cb = cb;
+		h->first_arg = arg;
+	}
 }
 
 const struct smtp_figures *

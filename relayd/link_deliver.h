@@ -22,6 +22,12 @@ struct handoff	*handoff_new(struct event_base *, struct spool *,
  * (it is dead: the parent connects a new one only then).
  */
 void		 handoff_connect(struct handoff *, int, int);
+/*
+ * cb once the SMTP process has said what status shows of it (at once if
+ * it has): relayd is ready when status can answer whole.
+ */
+void		 handoff_when_figures(struct handoff *, void (*)(void *),
+		    void *);
 /* What the SMTP process last said of itself (zero before it did). */
 const struct smtp_figures *handoff_figures(const struct handoff *);
 /* relayctl unlock: -1 if addr is not locked out (or no SMTP process). */

@@ -34,6 +34,7 @@
 #include "worker.h"
 
 #define FIGURES_MS	1000	/* besides each change: lockouts expire */
+#define FIGURES_GAP_MS	1	/* changes: at most one FIGURES per */
 
 struct watch {
 	char		 qid[SPOOL_QID_LEN + 1];
@@ -51,6 +52,8 @@ struct intake {
 	struct smtp		*smtp;
 	struct auth		**auth;		/* in force (reload sets it) */
 	struct event		*tick;
+	struct event		*soon;		/* a change, FIGURES_GAP_MS */
+	uint64_t		 sent_ms;	/* now_ms() of the last */
 	struct smtp_figures	 sent;		/* last FIGURES */
 	int			 sent_ok;
 };
@@ -253,6 +256,8 @@ intake_free(struct intake *in)
 		smtp_set_changed_cb(in->smtp, NULL, NULL);
 	if (in->tick != NULL)
 		event_free(in->tick);
+	if (in->soon != NULL)
+		event_free(in->soon);
 	link_free(in->link);
 	free(in);
 }
@@ -310,6 +315,7 @@ figures_tick(evutil_socket_t fd, short ev, void *arg)
 		return;
 	in->sent = f;
 	in->sent_ok = 1;
+	in->sent_ms = now_ms();
 	memset(&m, 0, sizeof(m));
 	m.type = LINK_FIGURES;
 	link_send(in->link, &m, &f, sizeof(f));
@@ -324,6 +330,7 @@ intake_figures(struct intake *in, struct smtp *smtp, struct auth **auth)
 	in->auth = auth;
 	in->tick = event_new(in->base, -1, EV_PERSIST, figures_tick, in);
 	event_add(in->tick, &tv);
+	in->soon = evtimer_new(in->base, figures_tick, in);
 	smtp_set_changed_cb(smtp, figures_now, in);
 }
 
@@ -333,6 +340,13 @@ figures_now(void *arg)
 {
 	struct intake	*in = arg;
 
-	if (in->tick != NULL)
-		event_active(in->tick, EV_TIMEOUT, 0);
+	uint64_t	 since;
+	struct timeval	 tv;
+
+	/* Under load: one FIGURES per FIGURES_GAP_MS, not per change. */
+	if (in->soon == NULL || evtimer_pending(in->soon, NULL))
+		return;
+	since = now_ms() - in->sent_ms;
+	tv = ms_tv(since >= FIGURES_GAP_MS ? 0 : FIGURES_GAP_MS - since);
+	evtimer_add(in->soon, &tv);
 }
