@@ -23,7 +23,7 @@ from relaydtest.wait import wait_for
 
 
 def process_children(pid):
-    """The pids of a process's children (relayd's token and relay)."""
+    """The pids of a process's children (relayd's token, smtp, deliver)."""
     try:
         with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
             return [int(p) for p in f.read().split()]
@@ -182,6 +182,21 @@ class Relayd:
     @property
     def pid(self):
         return self.proc.pid
+
+    @property
+    def smtp_pid(self):
+        """The process that accepts SMTP connections ("relayd: smtp"): stop
+        it (SIGSTOP) to have input wait at accept. The parent if no child
+        shows the title (under valgrind the titles are its own)."""
+        for pid in process_children(self.pid):
+            for name in ("comm", "cmdline"):
+                try:
+                    with open("/proc/%d/%s" % (pid, name), "rb") as f:
+                        if f.read().startswith(b"relayd: smtp"):
+                            return pid
+                except OSError:
+                    pass
+        return self.pid
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
