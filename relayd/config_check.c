@@ -66,8 +66,9 @@ check_secret_file(struct config_reader *p, int line, const char *what,
 	if (p->client)
 		return;
 	/*
-	 * Where the credential is not read (relayd's parent and relay), the
-	 * file is not opened either: the relay's Landlock rules keep it out.
+	 * Where the credential is not read (relayd's parent, smtp and
+	 * deliver), the file is not opened either: their Landlock rules keep
+	 * it out.
 	 */
 	if (!read_credentials) {
 		if (stat(path, &st) == -1) {

@@ -27,7 +27,7 @@ struct config	*config_load_fd(const char *, int, FILE *);
 struct config	*config_load_client(const char *, FILE *);
 /*
  * 0: config_load checks that the credential files are there and private
- * but does not read them (relayd's parent and relay processes: only the
+ * but does not read them (relayd's parent, smtp and deliver: only the
  * token process holds the credential). 1, the default: reads them too.
  */
 void		 config_read_credentials(int);

@@ -21,7 +21,7 @@ struct smtp	*smtp_new(struct event_base *, const struct config *,
  * line (systemd's, or bound here), malloc'd; NULL with err if not.
  */
 int		*smtp_open(const struct config *, char *, size_t);
-/* In the relay child: accepts on those sockets (inherited). */
+/* In the SMTP child: accepts on those sockets (inherited). */
 int		 smtp_listen(struct smtp *, const int *, char *, size_t);
 void		 smtp_free(struct smtp *);
 /*

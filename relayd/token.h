@@ -108,7 +108,7 @@ void		 token_src_failure(struct token_src *, struct token_failure *);
 int		 token_proc(const char *, const struct config *, int);
 
 /*
- * Between the relay and the token process (SOCK_SEQPACKET): a request, its
+ * Between delivery and the token process (SOCK_SEQPACKET): a request, its
  * header and the token Graph refused (401) if any; the answer, its header
  * and the access token if there is one. Times are relative, in ms.
  */

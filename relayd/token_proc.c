@@ -11,7 +11,7 @@
  *
  * SIGHUP: the config file again and the credential it names (the parent
  * checked the file first); a changed credential is told to the parent
- * (CTL_CRED_CHANGED), which tells the relay child so that messages that
+ * (CTL_CRED_CHANGED), which tells the delivery child so that messages that
  * waited for a token are tried at once. SIGTERM, SIGINT, or the parent's
  * end of the control socket closing: exit.
  */
@@ -98,7 +98,7 @@ serve(struct token_proc *tp, int i)
 	if (n == -1 && errno == EINTR)
 		return;
 	if (n < (ssize_t)sizeof(req)) {
-		close(tp->clients[i]);	/* the relay child went away */
+		close(tp->clients[i]);	/* the delivery child went away */
 		tp->clients[i] = -1;
 		return;
 	}
