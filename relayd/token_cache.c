@@ -2,8 +2,8 @@
  * token_cache.c - an access token kept until 80% of its life, shared by
  * threads: the token source (token.c, in the token process and relayctl)
  * and the delivery process's client (token_client.c) keep one each. One
- * refresh at a time: while it runs, the others keep using a token that still has some
- * life, or wait for it. After a failure nobody asks again until retry_at.
+ * refresh at a time: while it runs, the others keep using a token that
+ * still has some life, or wait for it. After a failure nobody asks again until retry_at.
  * Tokens are wiped when dropped.
  */
 #include <pthread.h>
