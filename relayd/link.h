@@ -36,7 +36,7 @@ struct link_msg {
 	char		 qid[SPOOL_QID_LEN + 1];
 	char		 seg[SPOOL_QID_LEN + 1];
 	char		 code[LINK_CODE_MAX];
-	uint32_t	 textlen;	/* then the text, NUL added on receipt */
+	uint32_t	 textlen;	/* the text follows (NUL added) */
 };
 
 struct event_base;
