@@ -16,12 +16,9 @@
  *
  * Shared under the lock: the job lists, each job's started/cancel pair (a
  * relayctl hold beats a request that has not gone out yet: the thread
- * asks just before sending), and the per-mailbox slots. The loop counts
- * Graph's 4 requests per mailbox by what it knows before reading a
- * message (the envelope sender); the mailbox itself may be known only
- * after parsing (mailbox = from, a null sender), so every request also
- * holds one of the real mailbox's 4 slots here, which a thread waits for
- * when messages of several envelope senders share a mailbox.
+ * asks just before sending). Graph's 4 requests per mailbox are counted
+ * by the loop alone: the sending mailbox was decided when the message was
+ * committed and came with the job.
  *
  * The answer (graph_classify's table) becomes the job's result; a 401
  * InvalidAuthenticationToken gets one fresh token and one more try. A
@@ -35,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -50,13 +46,6 @@
 
 #define REASON_BODY_MAX		(16 * 1024)	/* Graph's answer in .reason */
 
-/* Thread-side slots for mailboxes the loop could not know in advance. */
-struct slot {
-	char			*mailbox;
-	unsigned		 n;
-	struct slot		*next;
-};
-
 struct deliverers {
 	/* Read only, set before the threads start. */
 	const struct config	*cfg;
@@ -68,58 +57,14 @@ struct deliverers {
 	/* Shared, under lock. */
 	pthread_mutex_t		 lock;
 	pthread_cond_t		 cond;
-	pthread_cond_t		 slot_cond;
 	struct job		*jobs;		/* to do */
 	struct job		*done;		/* results, newest first */
-	struct slot		*slots;
 	int			 quit;
 
 	pthread_t		*threads;
 	size_t			 nthreads;
 };
 
-
-static struct slot *
-slot_take(struct deliverers *p, const char *mailbox)
-{
-	struct slot	*s;
-
-	pthread_mutex_lock(&p->lock);
-	for (;;) {
-		for (s = p->slots; s != NULL; s = s->next)
-			if (strcasecmp(s->mailbox, mailbox) == 0)
-				break;
-		if (s == NULL) {
-			s = xcalloc(1, sizeof(*s));
-			s->mailbox = xstrdup(mailbox);
-			s->next = p->slots;
-			p->slots = s;
-		}
-		if (s->n < MAILBOX_CONCURRENCY || p->quit)
-			break;
-		pthread_cond_wait(&p->slot_cond, &p->lock);
-	}
-	s->n++;
-	pthread_mutex_unlock(&p->lock);
-	return s;
-}
-
-static void
-slot_give(struct deliverers *p, struct slot *s)
-{
-	struct slot	**pp;
-
-	pthread_mutex_lock(&p->lock);
-	if (--s->n == 0) {
-		for (pp = &p->slots; *pp != s; pp = &(*pp)->next)
-			;
-		*pp = s->next;
-		free(s->mailbox);
-		free(s);
-	}
-	pthread_cond_broadcast(&p->slot_cond);
-	pthread_mutex_unlock(&p->lock);
-}
 
 static void
 job_fail(struct job *j, enum graph_result r, const char *code,
@@ -362,21 +307,6 @@ send_draft(struct deliverers *p, CURL *c, struct job *j,
 	j->ms = now_ms() - t0;
 }
 
-/* The sending mailbox, by [graph] mailbox; NULL if there is none. */
-static const char *
-sending_mailbox(const struct deliverers *p, const struct spool_entry *e,
-    const char *from)
-{
-	const char	*mode = p->cfg->mailbox;
-
-	if (strcmp(mode, "envelope") == 0)
-		return *e->mail_from != '\0' ? e->mail_from : from;
-	if (strcmp(mode, "from") == 0)
-		return from != NULL ? from : (*e->mail_from != '\0' ?
-		    e->mail_from : NULL);
-	return mode;
-}
-
 /* One delivery attempt, start to end, on a worker thread. */
 static void
 deliver(struct deliverers *p, CURL *c, struct job *j)
@@ -386,8 +316,7 @@ deliver(struct deliverers *p, CURL *c, struct job *j)
 	struct graph_env	 env;
 	struct graph_req	 req;
 	struct graph_draft	 d;
-	struct slot		*slot = NULL;
-	const char		*why, *sender;
+	const char		*why;
 	char			**rcpts = NULL, err[256];
 	size_t			 i;
 	int			 large;
@@ -404,8 +333,11 @@ deliver(struct deliverers *p, CURL *c, struct job *j)
 			    why);
 		return;
 	}
-	/* For the log until the mapping names the real one. */
-	j->mailbox = xstrdup(*e->mail_from != '\0' ? e->mail_from : "<>");
+	if (strcmp(j->mailbox, "<>") == 0) {
+		job_fail(j, GRAPH_PERMFAIL, "mailbox", "no sending mailbox: "
+		    "null sender and no From: address");
+		goto out;
+	}
 	j->nrcpts = e->nrcpts;
 	rcpts = xcalloc(e->nrcpts, sizeof(*rcpts));
 	for (i = 0; i < e->nrcpts; i++)
@@ -446,22 +378,11 @@ deliver(struct deliverers *p, CURL *c, struct job *j)
 	free(j->message_id);
 	j->message_id = (large ? d.req.message_id : req.message_id) != NULL ?
 	    xstrdup(large ? d.req.message_id : req.message_id) : NULL;
-	if ((sender = sending_mailbox(p, e, large ? d.req.from : req.from)) ==
-	    NULL) {
-		job_fail(j, GRAPH_PERMFAIL, "mailbox", "no sending mailbox: "
-		    "null sender and no From: address");
-		goto out;
-	}
-	free(j->mailbox);
-	j->mailbox = xstrdup(sender);
-	slot = slot_take(p, sender);
 	delete_stray(p, c, j);
 	if (large)
 		send_draft(p, c, j, &d);
 	else
 		send_request(p, c, j, &req);
-	if (slot != NULL)
-		slot_give(p, slot);
 out:
 	graph_req_free(&req);
 	graph_draft_free(&d);
@@ -527,7 +448,6 @@ deliver_start(const struct config *cfg, struct spool *spool,
 	}
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_cond_init(&p->cond, NULL);
-	pthread_cond_init(&p->slot_cond, NULL);
 	p->threads = xcalloc(n, sizeof(*p->threads));
 	for (i = 0; i < n; i++) {
 		if ((errno = pthread_create(&p->threads[i], NULL, deliver_main,
@@ -610,7 +530,6 @@ deliver_stop(struct deliverers *p)
 		job_fail(j, GRAPH_TEMPFAIL, "stopping", "relayd is stopping");
 	}
 	pthread_cond_broadcast(&p->cond);
-	pthread_cond_broadcast(&p->slot_cond);
 	pthread_mutex_unlock(&p->lock);
 	for (i = 0; i < p->nthreads; i++)
 		pthread_join(p->threads[i], NULL);
@@ -632,7 +551,6 @@ deliver_free(struct deliverers *p)
 	close(p->notify[1]);
 	pthread_mutex_destroy(&p->lock);
 	pthread_cond_destroy(&p->cond);
-	pthread_cond_destroy(&p->slot_cond);
 	free(p->threads);
 	free(p);
 }

@@ -46,7 +46,8 @@ struct job {
 						   tried */
 	char			*body;		/* [thread] Graph's whole error
 						   answer (permanent failures) */
-	char			*mailbox;	/* [thread] the sending mailbox */
+	char			*mailbox;	/* [dispatch] the sending mailbox,
+						   "<>": none */
 	char			*message_id;	/* [thread] "<...>" or NULL */
 	size_t			 nrcpts;	/* [thread] */
 	size_t			 nattach;	/* [thread] */

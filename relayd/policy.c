@@ -165,6 +165,44 @@ next:
 	return out;
 }
 
+int
+policy_mailbox_needs_from(const char *mode, const char *mail_from)
+{
+	return strcmp(mode, "from") == 0 ||
+	    (strcmp(mode, "envelope") == 0 && *mail_from == '\0');
+}
+
+/* The first From: address that is local@domain and fits; NULL if none. */
+static char *
+first_from(const char *head, size_t len, size_t max)
+{
+	char	**from = policy_from_addresses(head, len), *a = NULL, *at;
+	size_t	 i;
+
+	for (i = 0; from[i] != NULL && a == NULL; i++)
+		if ((at = strrchr(from[i], '@')) != NULL && at > from[i] &&
+		    at[1] != '\0' && strlen(from[i]) <= max)
+			a = xstrdup(from[i]);
+	policy_free_list(from);
+	return a;
+}
+
+char *
+policy_sending_mailbox(const char *mode, const char *mail_from,
+    const char *head, size_t len, size_t max)
+{
+	char	*from = NULL;
+
+	if (!policy_mailbox_needs_from(mode, mail_from))
+		return xstrdup(strcmp(mode, "envelope") == 0 ? mail_from :
+		    mode);
+	if (head != NULL)
+		from = first_from(head, len, max);
+	if (from != NULL)
+		return from;
+	return xstrdup(*mail_from != '\0' ? mail_from : "<>");
+}
+
 void
 policy_free_list(char **list)
 {

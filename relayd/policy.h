@@ -38,5 +38,18 @@ int	policy_rcpt_ok(const struct config *, const char *);
  */
 char	**policy_from_addresses(const char *, size_t);
 void	 policy_free_list(char **);
+/*
+ * The sending mailbox (the {id} of /users/{id}/sendMail) by [graph]
+ * mailbox, mode: an address; "envelope": the envelope sender, else the
+ * first From: mailbox; "from": the first From: mailbox, else the envelope
+ * sender. A From: mailbox is local@domain of at most max bytes, from the
+ * header block head (len bytes, which may be cut short). Returns a
+ * malloc'd address, "<>" if there is none (a null sender and no From:).
+ * Decided once, when a message is committed (stored with its envelope).
+ */
+char	*policy_sending_mailbox(const char *, const char *, const char *,
+	    size_t, size_t);
+/* Does policy_sending_mailbox need the header block for this sender? */
+int	 policy_mailbox_needs_from(const char *, const char *);
 
 #endif

@@ -866,6 +866,7 @@ cmd_notimpl(struct smtp_session *s, const char *arg)
 
 static void	tls_start(struct smtp_session *);
 static int	from_allowed(struct smtp_session *);
+static void	tx_set_mailbox(struct smtp_session *);
 
 /* ---- AUTH (RFC 4954) ---- */
 
@@ -1374,6 +1375,7 @@ tx_finish(struct smtp_session *s)
 		 */
 		smtp_enter(s, STATE_COMMIT);
 		tx->committing = 1;
+		tx_set_mailbox(s);
 		spool_msg_commit(tx->msg, commit_done, s);
 		return;
 	}
@@ -1443,6 +1445,23 @@ from_allowed(struct smtp_session *s)
 	return ok;
 }
 
+/*
+ * The sending mailbox, decided here once ([graph] mailbox; From: from the
+ * header block kept) and stored with the envelope: the delivery process
+ * counts Graph's per-mailbox limits by it before it reads the message.
+ */
+static void
+tx_set_mailbox(struct smtp_session *s)
+{
+	struct smtp_tx	*tx = s->tx;
+	char		*mb;
+
+	mb = policy_sending_mailbox(s->cfg->mailbox, tx->mail_from,
+	    tx->head, tx->headlen, SPOOL_MAILBOX_MAX);
+	spool_msg_set_mailbox(tx->msg, mb);
+	free(mb);
+}
+
 static void
 tx_append(struct smtp_session *s, const char *data, size_t len)
 {
@@ -1456,7 +1475,8 @@ tx_append(struct smtp_session *s, const char *data, size_t len)
 	}
 	tx->size += len;
 	if (!tx->head_done && (s->cfg->nsenders > 0 || s->cfg->history_ms > 0 ||
-	    log_enabled(LOG_LVL_INFO)))
+	    log_enabled(LOG_LVL_INFO) ||
+	    policy_mailbox_needs_from(s->cfg->mailbox, tx->mail_from)))
 		head_capture(tx, data, len);	/* From:, Message-ID: */
 	if (spool_msg_write(tx->msg, data, len) == -1) {
 		tx->spool_errno = errno;

@@ -196,6 +196,7 @@ struct spool_msg {
 	struct seg		*seg;		/* where it was committed */
 	char			 segname[SPOOL_QID_LEN + 1];	/* its name */
 	char			*mail_from;
+	char			 mailbox[SPOOL_MAILBOX_MAX + 1];	/* padded */
 	char			**rcpts;	/* for the queued callback */
 	size_t			 nrcpts;
 	char			*buf;
@@ -1332,6 +1333,7 @@ write_batch(struct spool *sp, struct spool_msg *batch, struct seg **files,
 	struct iovec		 iov[IOV_BATCH];
 	char			 digits[SPOOL_RECORD_SIZE_DIGITS];
 	uint64_t		 pending = 0;
+	const size_t		 mboff = SPOOL_RECORD_MAILBOX_OFF;
 	size_t			 n = 0;
 	int			 niov = 0;
 
@@ -1341,7 +1343,9 @@ write_batch(struct spool *sp, struct spool_msg *batch, struct seg **files,
 		spool_record_size(digits, m->size);
 		if (m->fd != -1) {
 			if (msg_flush(m) == -1 || pwrite_all(m->fd, digits,
-			    sizeof(digits), SPOOL_RECORD_SIZE_OFF) == -1) {
+			    sizeof(digits), SPOOL_RECORD_SIZE_OFF) == -1 ||
+			    pwrite_all(m->fd, m->mailbox, SPOOL_MAILBOX_MAX,
+			    mboff) == -1) {
 				m->err = m->err ? m->err : errno;
 				continue;
 			}
@@ -1359,6 +1363,7 @@ write_batch(struct spool *sp, struct spool_msg *batch, struct seg **files,
 			continue;
 		}
 		memcpy(m->buf + SPOOL_RECORD_SIZE_OFF, digits, sizeof(digits));
+		memcpy(m->buf + mboff, m->mailbox, SPOOL_MAILBOX_MAX);
 		if (cur == NULL) {
 			if ((cur = current_segment(sp, m->qid)) == NULL) {
 				m->err = errno;
@@ -1603,6 +1608,18 @@ msg_free(struct spool_msg *m)
 	free(m);
 }
 
+/* The mailbox as written, without its padding (after write_batch). */
+static const char *
+msg_mailbox(struct spool_msg *m)
+{
+	size_t	 n = SPOOL_MAILBOX_MAX;
+
+	while (n > 0 && m->mailbox[n - 1] == ' ')
+		n--;
+	m->mailbox[n] = '\0';
+	return n > 0 ? m->mailbox : NULL;
+}
+
 /* A message is in queue/: tell delivery (loop thread). */
 static void
 msg_done(struct spool *sp, struct spool_msg *m)
@@ -1612,7 +1629,8 @@ msg_done(struct spool *sp, struct spool_msg *m)
 		    m->total);
 	if (m->err == 0 && sp->role != SPOOL_INTAKE && sp->queued_cb != NULL)
 		sp->queued_cb(sp->queued_arg, m->qid, m->mail_from,
-		    (const char *const *)m->rcpts, m->nrcpts, m->size);
+		    msg_mailbox(m), (const char *const *)m->rcpts, m->nrcpts,
+		    m->size);
 	if (m->cb != NULL)
 		m->cb(m->cbarg, m->err, m->qid);
 }
@@ -1989,7 +2007,8 @@ adopt_entry(struct spool *sp, const char *name, uint64_t off,
 	pthread_mutex_unlock(&sp->idx_lock);
 	if (!known && sp->queued_cb != NULL)
 		sp->queued_cb(sp->queued_arg, e->qid, e->mail_from,
-		    (const char *const *)e->rcpts, e->nrcpts, e->size);
+		    e->mailbox, (const char *const *)e->rcpts, e->nrcpts,
+		    e->size);
 	spool_entry_clear(e);
 	return known;
 }
@@ -2465,7 +2484,8 @@ spool_msg_new(struct spool *sp, const struct spool_env *env)
 	m->rcpts = xcalloc(env->nrcpts, sizeof(*m->rcpts));
 	for (i = 0; i < env->nrcpts; i++)
 		m->rcpts[i] = xstrdup(env->rcpts[i]);
-	/* The size is filled in at commit (write_batch). */
+	spool_record_mailbox(m->mailbox, env->mailbox);
+	/* The size and the mailbox are filled in at commit (write_batch). */
 	if ((n = spool_record_head(m->buf, SPOOL_BUF_SIZE, m->qid, env)) == -1)
 		m->err = EINVAL;
 	else if ((size_t)n <= SPOOL_BUF_SIZE)
@@ -2484,6 +2504,13 @@ spool_msg_new(struct spool *sp, const struct spool_env *env)
 		return NULL;
 	}
 	return m;
+}
+
+void
+spool_msg_set_mailbox(struct spool_msg *m, const char *mailbox)
+{
+	if (spool_record_mailbox(m->mailbox, mailbox) == -1 && m->err == 0)
+		m->err = EINVAL;
 }
 
 const char *

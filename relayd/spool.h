@@ -34,11 +34,11 @@ struct spool_view {
 typedef void spool_done_cb(void *arg, int err, const char *qid);
 /*
  * A message has been committed to queue/ (called on the event loop);
- * rcpts as in spool_env.
+ * mailbox and rcpts as in spool_entry.
  */
 typedef void spool_queued_cb(void *arg, const char *qid,
-    const char *mail_from, const char *const *rcpts, size_t nrcpts,
-    uint64_t size);
+    const char *mail_from, const char *mailbox, const char *const *rcpts,
+    size_t nrcpts, uint64_t size);
 
 /*
  * Who opens the spool (see "Two processes" in spool.c). SPOOL_ALONE does
@@ -173,6 +173,9 @@ int		 spool_msg_error(const struct spool_msg *);
  * failed). The spool owns msg after.
  */
 void		 spool_msg_commit(struct spool_msg *, spool_done_cb *, void *);
+/* The sending mailbox, written with the commit ("<>": none; NULL or "":
+ * not decided; at most SPOOL_MAILBOX_MAX bytes). */
+void		 spool_msg_set_mailbox(struct spool_msg *, const char *);
 /* Stops a pending commit from calling back (its session went away). */
 void		 spool_msg_forget(struct spool_msg *);
 /* Drops an unfinished message and its file. */

@@ -15,6 +15,7 @@
  *   RELAYD-SPOOL 2\n                                              15 bytes
  *   state: Q attempts=00000 next=0000000000000 error=<padding>\n  200 bytes
  *   size: <20 digits>\n                                           27 bytes
+ *   mailbox: <320 bytes, space-padded>\n                        330 bytes
  *   id: <qid>\n arrival: <s.us>\n client: ...\n listener: ...\n
  *   helo: ...\n user: ...\n mail-from: ...\n mail-params: ...\n
  *   rcpt: ...\n (one per recipient) \n                            the head
@@ -22,10 +23,13 @@
  *   RELAYD-END <20 digits>\n                                      32 bytes
  *
  * The fixed sizes let spool.c rewrite parts in place (pwrite), each within
- * one sector: the size digits at commit (SPOOL_RECORD_SIZE_OFF; a message
- * spilled to its own file is written before its size is known), the state
- * line with the retry state (spool_record_state, SPOOL_RECORD_STATE_OFF),
- * and the one state byte that marks a record delivered 'D' or dead 'X'
+ * one sector: at commit the size digits (SPOOL_RECORD_SIZE_OFF; a message
+ * spilled to its own file is written before its size is known) and the
+ * sending mailbox (SPOOL_RECORD_MAILBOX_OFF: with [graph] mailbox = from
+ * it is known only once the header has been read; decided once there, the
+ * delivery side never guesses it); later the state line with the retry
+ * state (spool_record_state, SPOOL_RECORD_STATE_OFF), and the one state
+ * byte that marks a record delivered 'D' or dead 'X'
  * (SPOOL_RECORD_MARK_OFF). Q is queued, H held.
  *
  * There is no checksum: the framing is what catches damage. The size in
@@ -35,7 +39,10 @@
  * envelope's values is not. A state line that does not read back (a torn
  * in-place write) reads as queued with no retry state: the message may be
  * sent again, never lost. Unknown envelope keys are skipped, for newer
- * writers; the queue id must be 16 upper-case hex digits (it names files).
+ * writers (so a relayd from before the mailbox line reads records with
+ * one). A blank mailbox is one not decided (records written before the
+ * line, requeued and generated ones): e->mailbox NULL. The
+ * queue id must be 16 upper-case hex digits (it names files).
  *
  * Reading answers "whole", "incomplete" (the bytes end inside what could
  * be a record: every prefix of a good record gets this answer) or
@@ -98,7 +105,7 @@ spool_record_head(char *buf, size_t len, const char *qid,
     const struct spool_env *env)
 {
 	struct out	 o = { buf, len, 0, 0 };
-	char		 line[SPOOL_STATE_LEN];
+	char		 line[SPOOL_STATE_LEN], mailbox[SPOOL_MAILBOX_MAX];
 	char		 digits[SPOOL_RECORD_SIZE_DIGITS];
 	size_t		 i;
 
@@ -109,6 +116,11 @@ spool_record_head(char *buf, size_t len, const char *qid,
 	put(&o, "size: ", 6);
 	spool_record_size(digits, 0);
 	put(&o, digits, sizeof(digits));
+	put(&o, "\n", 1);
+	put(&o, "mailbox: ", 9);
+	if (spool_record_mailbox(mailbox, env->mailbox) == -1)
+		o.bad = 1;
+	put(&o, mailbox, sizeof(mailbox));
 	put(&o, "\n", 1);
 	put_field(&o, "id", qid);
 	snprintf(line, sizeof(line), "%" PRIu64 ".%06" PRIu64,
@@ -124,6 +136,21 @@ spool_record_head(char *buf, size_t len, const char *qid,
 		put_field(&o, "rcpt", env->rcpts[i]);
 	put(&o, "\n", 1);
 	return o.bad ? -1 : (ssize_t)o.len;
+}
+
+int
+spool_record_mailbox(char *out, const char *mailbox)
+{
+	size_t	 n = mailbox != NULL ? strlen(mailbox) : 0;
+	int	 rc = 0;
+
+	if (n > SPOOL_MAILBOX_MAX || (n > 0 && memchr(mailbox, '\n', n))) {
+		n = 0;
+		rc = -1;
+	}
+	memcpy(out, mailbox != NULL ? mailbox : "", n);
+	memset(out + n, ' ', SPOOL_MAILBOX_MAX - n);
+	return rc;
 }
 
 void
@@ -263,6 +290,11 @@ parse_field(const char *p, const char *nl, struct spool_entry *e,
 	} else if (len >= 11 && memcmp(p, "mail-from: ", 11) == 0) {
 		free(e->mail_from);
 		e->mail_from = xstrndup(p + 11, len - 11);
+	} else if (len >= 9 && memcmp(p, "mailbox: ", 9) == 0) {
+		while (len > 9 && p[len - 1] == ' ')
+			len--;		/* the padding */
+		free(e->mailbox);
+		e->mailbox = len > 9 ? xstrndup(p + 9, len - 9) : NULL;
 	} else if (len >= 6 && memcmp(p, "rcpt: ", 6) == 0) {
 		e->rcpts = xrealloc(e->rcpts,
 		    (e->nrcpts + 1) * sizeof(*e->rcpts));
@@ -418,10 +450,11 @@ spool_entry_clear(struct spool_entry *e)
 	size_t	 i;
 
 	free(e->mail_from);
+	free(e->mailbox);
 	for (i = 0; i < e->nrcpts; i++)
 		free(e->rcpts[i]);
 	free(e->rcpts);
-	e->mail_from = NULL;
+	e->mail_from = e->mailbox = NULL;
 	e->rcpts = NULL;
 	e->nrcpts = 0;
 }

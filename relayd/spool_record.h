@@ -22,6 +22,10 @@
 #define SPOOL_RECORD_MARK_OFF	22	/* its state byte: 'D', 'X' go here */
 #define SPOOL_RECORD_SIZE_OFF	(SPOOL_RECORD_STATE_OFF + SPOOL_STATE_LEN + 6)
 #define SPOOL_RECORD_SIZE_DIGITS 20	/* at SIZE_OFF, filled in at commit */
+/* The sending mailbox's field: the first envelope line, filled at commit. */
+#define SPOOL_MAILBOX_MAX	320	/* 64 local part, @, 255 domain */
+#define SPOOL_RECORD_MAILBOX_OFF (SPOOL_RECORD_SIZE_OFF + \
+				 SPOOL_RECORD_SIZE_DIGITS + 1 + 9)
 
 /* Record states (one byte in the record's state line). */
 #define SPOOL_QUEUED		'Q'
@@ -40,6 +44,7 @@ struct spool_env {
 	const char		*mail_params;	/* ESMTP parameters or "" */
 	const char *const	*rcpts;		/* "addr" or "addr PARAMS" */
 	size_t			 nrcpts;
+	const char		*mailbox;	/* sending mailbox, NULL: later */
 };
 
 /* A record as read back: its state line, envelope and framing. */
@@ -54,6 +59,10 @@ struct spool_entry {
 	uint64_t	 body_offset;	/* where the message starts */
 	uint64_t	 reclen;	/* the whole record */
 	char		*mail_from;
+	/* The sending mailbox decided at commit; "<>" if there is none (a
+	 * null sender and no From:), NULL if not decided (records written
+	 * before it was stored). */
+	char		*mailbox;
 	char		**rcpts;	/* "addr" or "addr PARAMS" */
 	size_t		 nrcpts;
 };
@@ -70,6 +79,10 @@ ssize_t		 spool_record_head(char *, size_t, const char *,
 		    const struct spool_env *);
 /* The size's SPOOL_RECORD_SIZE_DIGITS digits (no NUL). */
 void		 spool_record_size(char *, uint64_t);
+/* The mailbox's SPOOL_MAILBOX_MAX bytes, space-padded (no NUL), for
+ * SPOOL_RECORD_MAILBOX_OFF. -1 (and blank) if it is too long or holds a
+ * newline. */
+int		 spool_record_mailbox(char *, const char *);
 /* The end marker: SPOOL_TRAILER_LEN bytes (no NUL). */
 void		 spool_record_trailer(char *, uint64_t);
 /* The state line: SPOOL_STATE_LEN bytes (no NUL); error may be NULL. */

@@ -11,9 +11,10 @@
  *
  * Per mailbox (the {id} of /users/{id}/sendMail) at most 4 requests are in
  * flight, Graph's MailboxConcurrency limit. Mailboxes take turns, so one
- * busy scanner cannot starve the others. The loop counts by what it knows
- * before reading a message (the envelope sender); deliver.c also holds a
- * slot of the real mailbox once the message is parsed.
+ * busy scanner cannot starve the others. The mailbox was decided when the
+ * message was committed and stored with its envelope (records without one,
+ * older or generated here, get it decided the same way when they join the
+ * queue: sending_mailbox), so the count here is the only one.
  *
  * Results (graph_classify's table): 202 marks the record delivered (log
  * "sent"); a permanent failure copies it to dead/ with Graph's answer (log
@@ -65,6 +66,7 @@
 #include "history.h"
 #include "http.h"
 #include "log.h"
+#include "policy.h"
 #include "report.h"
 #include "schedule.h"
 #include "spool.h"
@@ -73,6 +75,7 @@
 
 #define MBOX_HASH_SIZE		1024
 #define STOP_GRACE_MS		10000	/* requests in flight at stop */
+#define HEAD_SCAN_MAX		(64 * 1024)	/* header read for a mailbox */
 #define PAUSE_FILE		"paused"	/* in the spool directory */
 
 /* The state line of a message handed to a delivery thread. */
@@ -87,6 +90,7 @@ struct qent {
 	unsigned		 attempts;
 	uint64_t		 arrival_ms;	/* wall clock */
 	char			*sender;	/* envelope, "" for null */
+	char			*mailbox;	/* sending, "<>": none */
 	int			 maybe_dup;	/* an attempt may have gone out */
 	char			*stray;		/* a draft to delete: "mailbox id" */
 	size_t			 nrcpts;
@@ -287,14 +291,30 @@ mbox_update(struct worker_pool *p, struct mbox *mb)
 	mb->runnable = want;
 }
 
-/* The loop's idea of the sending mailbox before the message is read. */
-static const char *
-mailbox_key(const struct worker_pool *p, const char *mail_from)
+/*
+ * The sending mailbox: as stored with the envelope, or for a record
+ * without one (from before it was stored; bounces and reports written
+ * here) decided now as intake does, from the record's header block.
+ */
+static char *
+sending_mailbox(const struct worker_pool *p, const char *qid,
+    const char *mail_from, const char *stored)
 {
-	if (strcmp(p->cfg->mailbox, "envelope") != 0 &&
-	    strcmp(p->cfg->mailbox, "from") != 0)
-		return p->cfg->mailbox;
-	return *mail_from != '\0' ? mail_from : "<>";
+	struct spool_view	 v;
+	const char		*why;
+	char			*mb;
+
+	if (stored != NULL)
+		return xstrdup(stored);
+	if (!policy_mailbox_needs_from(p->cfg->mailbox, mail_from) ||
+	    spool_map_msg(p->spool, qid, &v, &why) == -1)
+		return policy_sending_mailbox(p->cfg->mailbox, mail_from,
+		    NULL, 0, SPOOL_MAILBOX_MAX);
+	mb = policy_sending_mailbox(p->cfg->mailbox, mail_from, v.msg,
+	    v.msg_len < HEAD_SCAN_MAX ? v.msg_len : HEAD_SCAN_MAX,
+	    SPOOL_MAILBOX_MAX);
+	spool_unmap_msg(&v);
+	return mb;
 }
 
 static void	watch_fire(struct qent *, enum worker_outcome,
@@ -329,6 +349,7 @@ qent_free(struct worker_pool *p, struct qent *qe)
 	TAILQ_REMOVE(&p->all, qe, all);
 	p->queued--;
 	free(qe->sender);
+	free(qe->mailbox);
 	free(qe->stray);
 	qent_forget_rcpts(qe);
 	free(qe);
@@ -373,7 +394,8 @@ retry_at(struct worker_pool *p, struct qent *qe, uint64_t delay)
  */
 static void
 enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
-    const char *const *rcpts, size_t nrcpts, uint64_t size,
+    const char *mailbox, const char *const *rcpts, size_t nrcpts,
+    uint64_t size,
     unsigned attempts, uint64_t arrival_ms, uint64_t next_ms,
     const char *error, int held)
 {
@@ -391,7 +413,8 @@ enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
 	strlcpy_r(qe->error, error != NULL ? error : "", sizeof(qe->error));
 	qe->maybe_dup = strcmp(qe->error, INFLIGHT_NOTE) == 0;
 	qe->pool = p;
-	qe->mb = mbox_get(p, mailbox_key(p, mail_from));
+	qe->mailbox = sending_mailbox(p, qid, mail_from, mailbox);
+	qe->mb = mbox_get(p, qe->mailbox);
 	qe->mb->refs++;
 	TAILQ_INSERT_TAIL(&p->all, qe, all);
 	p->queued++;
@@ -410,12 +433,13 @@ enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
 
 static void
 on_queued(void *arg, const char *qid, const char *mail_from,
-    const char *const *rcpts, size_t nrcpts, uint64_t size)
+    const char *mailbox, const char *const *rcpts, size_t nrcpts,
+    uint64_t size)
 {
 	struct worker_pool	*p = arg;
 
-	enqueue(p, qid, mail_from, rcpts, nrcpts, size, 0, wall_us() / 1000,
-	    0, NULL, 0);
+	enqueue(p, qid, mail_from, mailbox, rcpts, nrcpts, size, 0,
+	    wall_us() / 1000, 0, NULL, 0);
 	dispatch(p);
 }
 
@@ -451,6 +475,7 @@ dispatch(struct worker_pool *p)
 		j->stray = qe->stray;
 		qe->stray = NULL;
 		memcpy(j->qid, qe->qid, sizeof(j->qid));
+		j->mailbox = xstrdup(qe->mailbox);
 		j->next = list;
 		list = j;
 	}
@@ -880,7 +905,7 @@ worker_new(struct event_base *base, const struct config *cfg,
 	pause_load(p);
 	for (i = 0; (e = spool_entry_at(spool, i)) != NULL; i++)
 		if (e->state == SPOOL_QUEUED || e->state == SPOOL_HELD)
-			enqueue(p, e->qid, e->mail_from,
+			enqueue(p, e->qid, e->mail_from, e->mailbox,
 			    (const char *const *)e->rcpts, e->nrcpts, e->size,
 			    e->attempts, e->arrival_us / 1000, e->next_ms,
 			    e->error, e->state == SPOOL_HELD);
@@ -922,6 +947,7 @@ worker_free(struct worker_pool *p)
 		if (qe->timer != NULL)
 			event_free(qe->timer);
 		free(qe->sender);
+		free(qe->mailbox);
 		free(qe->stray);
 		qent_forget_rcpts(qe);
 		free(qe);

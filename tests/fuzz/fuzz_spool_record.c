@@ -52,6 +52,14 @@ parse(const char *data, size_t size, struct spool_entry *e)
 	return rc;
 }
 
+/* A mailbox the writer can hold (one read may be longer); NULL: none. */
+static const char *
+fitting_mailbox(const struct spool_entry *e)
+{
+	return e->mailbox != NULL && strlen(e->mailbox) <= SPOOL_MAILBOX_MAX ?
+	    e->mailbox : NULL;
+}
+
 /* The record e was read from (at rec), written again; malloc'd. */
 static char *
 encode(const char *rec, const struct spool_entry *e, size_t *lenp)
@@ -76,6 +84,7 @@ encode(const char *rec, const struct spool_entry *e, size_t *lenp)
 	env.helo = v.helo;
 	env.user = v.user;
 	env.mail_from = e->mail_from;
+	env.mailbox = fitting_mailbox(e);
 	env.mail_params = v.params;
 	env.rcpts = (const char *const *)e->rcpts;
 	env.nrcpts = e->nrcpts;
@@ -107,6 +116,9 @@ same_entry(const struct spool_entry *a, const struct spool_entry *b,
 	FUZZ_CHECK(strcmp(a->error, b->error) == 0);
 	FUZZ_CHECK(a->arrival_us == b->arrival_us && a->size == b->size);
 	FUZZ_CHECK(strcmp(a->mail_from, b->mail_from) == 0);
+	FUZZ_CHECK((fitting_mailbox(a) == NULL && b->mailbox == NULL) ||
+	    (fitting_mailbox(a) != NULL && b->mailbox != NULL &&
+	    strcmp(fitting_mailbox(a), b->mailbox) == 0));
 	FUZZ_CHECK(a->nrcpts == b->nrcpts);
 	for (i = 0; i < a->nrcpts; i++)
 		FUZZ_CHECK(strcmp(a->rcpts[i], b->rcpts[i]) == 0);

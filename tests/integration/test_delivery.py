@@ -621,6 +621,34 @@ def test_mailbox_concurrency_when_mailbox_known_late(
     wait_queue_empty(d)
 
 
+def test_sending_mailbox_decided_at_commit(relayd_factory, shared_fake_graph):
+    """[graph] mailbox = from: the sending mailbox is decided once, when
+    the message is committed, and stored with its envelope (the record's
+    mailbox line); delivery sends from that mailbox and counts its limits
+    by it. A null sender without From: has none ("<>") and fails with the
+    reason. Delivery is paused meanwhile, so the records are looked at
+    before any attempt."""
+    fake = shared_fake_graph
+    d = graph_relayd(relayd_factory, fake, mailbox="from")
+    assert d.relayctl("pause").returncode == 0
+    boss = "boss@contoso.test"
+    nofrom = b"Subject: no From:\r\n\r\nx\r\n"
+    cases = [("scanner@contoso.test", simple("a", frm=boss), boss),
+             ("", simple("b", frm='"The Boss" <%s>' % boss), boss),
+             ("app@contoso.test", nofrom, "app@contoso.test"),
+             ("", nofrom, "<>")]
+    for env, data, want in cases:
+        qid = smtp_send(d, data, mail_from=env)
+        assert d.spool_file(qid).mailbox == want, (env, data)
+    assert fake.stats()["requests"] == 0
+    assert d.relayctl("resume").returncode == 0
+    sent = fake.wait_sent(3, DELIVERY_TIMEOUT)
+    assert sorted(s["mailbox"].lower() for s in sent) == sorted(
+        [boss, boss, "app@contoso.test"])
+    d.wait_log(r"graph failed mailbox=<> .*no sending mailbox: null sender "
+               r"and no From: address")
+
+
 # --------------------------------------------------------------------------
 # 8. restarts and crashes
 

@@ -55,8 +55,12 @@ def test_250_means_queued_with_envelope(relayd):
     assert (f.state, f.attempts, f.next_ms, f.error) == ("Q", 0, 0, "")
     assert f.raw[215:242] == b"size: %020d\n" % len(f.message)
     keys = [k for k, _ in f.fields]
-    assert keys == ["id", "arrival", "client", "listener", "helo", "user",
-                    "mail-from", "mail-params", "rcpt", "rcpt", "rcpt"]
+    assert keys == ["mailbox", "id", "arrival", "client", "listener", "helo",
+                    "user", "mail-from", "mail-params", "rcpt", "rcpt",
+                    "rcpt"]
+    # the sending mailbox, decided at commit, in a fixed-size field
+    assert f.raw[242:251] == b"mailbox: " and f.raw[571:572] == b"\n"
+    assert f.mailbox == "s@a.test"          # [graph] mailbox = envelope
     assert f.id == qid
     assert abs(float(f.get("arrival")) - t0) < 60
     assert f.get("client") == "127.0.0.1"

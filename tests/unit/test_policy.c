@@ -149,6 +149,56 @@ test_from(void **state)
 	}
 }
 
+/* [graph] mailbox, decided once at commit: a table of cases. */
+static void
+test_sending_mailbox(void **state)
+{
+	static const char from[] = "Subject: x\r\nFrom: \"Scan\" "
+	    "<Scan@Example.com>, b@example.com\r\n\r\nFrom: body@x.y\r\n";
+	static const char nofrom[] = "Subject: x\r\n\r\n";
+	static const char nomailbox[] = "From: undisclosed\r\n\r\n";
+	static const char grouped[] = "From: team: a@team.example;\r\n\r\n";
+	static const struct {
+		const char	*mode, *mail_from, *head, *want;
+		int		 needs;
+	} cases[] = {
+		{ "fixed@example.com", "", from, "fixed@example.com", 0 },
+		{ "fixed@example.com", "s@x.y", NULL, "fixed@example.com", 0 },
+		{ "envelope", "s@x.y", from, "s@x.y", 0 },
+		{ "envelope", "", from, "Scan@Example.com", 1 },
+		{ "envelope", "", nofrom, "<>", 1 },
+		{ "envelope", "", NULL, "<>", 1 },
+		{ "envelope", "", nomailbox, "<>", 1 },
+		{ "from", "s@x.y", from, "Scan@Example.com", 1 },
+		{ "from", "s@x.y", nofrom, "s@x.y", 1 },
+		{ "from", "s@x.y", nomailbox, "s@x.y", 1 },
+		{ "from", "", grouped, "a@team.example", 1 },
+		{ "from", "", nofrom, "<>", 1 },
+	};
+	char	*got, longfrom[600];
+	size_t	 i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		assert_int_equal(policy_mailbox_needs_from(cases[i].mode,
+		    cases[i].mail_from), cases[i].needs);
+		got = policy_sending_mailbox(cases[i].mode,
+		    cases[i].mail_from, cases[i].head, cases[i].head != NULL ?
+		    strlen(cases[i].head) : 0, 320);
+		if (strcmp(got, cases[i].want) != 0)
+			fail_msg("case %zu: got \"%s\", want \"%s\"", i, got,
+			    cases[i].want);
+		free(got);
+	}
+	/* A From: address too long to store: the envelope sender instead. */
+	snprintf(longfrom, sizeof(longfrom), "From: %0400d@example.com\r\n"
+	    "\r\n", 0);
+	got = policy_sending_mailbox("from", "s@x.y", longfrom,
+	    strlen(longfrom), 320);
+	assert_string_equal(got, "s@x.y");
+	free(got);
+}
+
 int
 main(void)
 {
@@ -157,6 +207,7 @@ main(void)
 		cmocka_unit_test(test_rules),
 		cmocka_unit_test(test_rcpt_domains),
 		cmocka_unit_test(test_from),
+		cmocka_unit_test(test_sending_mailbox),
 	};
 
 	mime_init();

@@ -129,6 +129,7 @@ test_commit_and_recover(void **state)
 	m = new_msg(sp);
 	assert_non_null(m);
 	assert_int_equal(spool_msg_write(m, body, sizeof(body) - 1), 0);
+	spool_msg_set_mailbox(m, "Shared@Example.com");
 	spool_msg_commit(m, done_cb, &r);
 	assert_int_equal(r.called, 1);
 	assert_int_equal(r.err, 0);
@@ -144,7 +145,9 @@ test_commit_and_recover(void **state)
 	assert_memory_equal(buf, "RELAYD-SPOOL 2\nstate: Q attempts=00000 "
 	    "next=0000000000000 error=    ", 68);
 	assert_memory_equal(buf + 15 + SPOOL_STATE_LEN,
-	    "size: 00000000000000000022\nid: ", 31);
+	    "size: 00000000000000000022\nmailbox: Shared@Example.com   ", 57);
+	assert_memory_equal(buf + SPOOL_RECORD_MAILBOX_OFF + SPOOL_MAILBOX_MAX,
+	    "\nid: ", 5);
 	assert_non_null(memmem(buf, len, "\nrcpt: b@example.com\n\n", 22));
 	assert_non_null(memmem(buf, len, "\nmail-from: scanner@example.com\n",
 	    32));
@@ -159,9 +162,45 @@ test_commit_and_recover(void **state)
 	e = spool_entry_at(sp, 0);
 	assert_string_equal(e->qid, r.qid);
 	assert_string_equal(e->mail_from, "scanner@example.com");
+	assert_string_equal(e->mailbox, "Shared@Example.com");
 	assert_int_equal(e->nrcpts, 2);
 	assert_int_equal(e->size, sizeof(body) - 1);
 	assert_int_equal(e->arrival_us, 1700000000123456ULL);
+	spool_free(sp);
+}
+
+/* A message too big for memory is written before its mailbox is known. */
+static void
+test_mailbox_of_a_spilled_message(void **state)
+{
+	struct spool		*sp;
+	struct spool_msg	*m;
+	struct result		 r = { 0, 0, "" };
+	const struct spool_entry *e;
+	char			 err[256], *big;
+	size_t			 len = 3 * 1024 * 1024;
+
+	(void)state;
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
+	assert_non_null(sp);
+	m = new_msg(sp);
+	assert_non_null(m);
+	big = malloc(len);
+	assert_non_null(big);
+	memset(big, 'x', len);
+	assert_int_equal(spool_msg_write(m, big, len), 0);
+	free(big);
+	spool_msg_set_mailbox(m, "from-header@example.com");
+	spool_msg_commit(m, done_cb, &r);
+	assert_int_equal(r.err, 0);
+	spool_free(sp);
+
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
+	assert_non_null(sp);
+	e = spool_entry_at(sp, 0);
+	assert_non_null(e);
+	assert_string_equal(e->mailbox, "from-header@example.com");
+	assert_int_equal(spool_remove(sp, e->qid), 0);
 	spool_free(sp);
 }
 
@@ -430,6 +469,8 @@ commit_some(struct event_base *base, struct spool *sp, struct committed *c,
 	for (i = 0; i < n; i++) {
 		m = new_msg(sp);
 		spool_msg_write(m, "hello\r\n", 7);
+		/* Known only now (From:), written with the commit. */
+		spool_msg_set_mailbox(m, "shared@example.com");
 		spool_msg_commit(m, count_cb, c);
 	}
 	while (c->n < want)
@@ -538,12 +579,15 @@ pair_news(void *arg, const struct spool_news *n)
 
 static void
 pair_queued(void *arg, const char *qid, const char *mail_from,
-    const char *const *r, size_t nr, uint64_t size)
+    const char *mailbox, const char *const *r, size_t nr, uint64_t size)
 {
 	struct pair	*p = arg;
 
 	(void)qid;
 	assert_string_equal(mail_from, "scanner@example.com");
+	/* Decided by intake at commit, read back from disk. */
+	assert_non_null(mailbox);
+	assert_string_equal(mailbox, "shared@example.com");
 	assert_int_equal(nr, 2);
 	assert_string_equal(r[1], "b@example.com");
 	assert_int_equal(size, 7);
@@ -625,6 +669,7 @@ test_two_processes(void **state)
 	assert_int_equal(p.closed, 2);
 	m = new_msg(p.in);
 	spool_msg_write(m, "hello\r\n", 7);
+	spool_msg_set_mailbox(m, "shared@example.com");
 	spool_msg_commit(m, count_cb, &c);
 	event_base_loopexit(base, &(struct timeval){ 0, 100000 });
 	event_base_dispatch(base);
@@ -670,6 +715,8 @@ int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_mailbox_of_a_spilled_message,
+		    setup, teardown),
 		cmocka_unit_test_setup_teardown(test_commit_and_recover, setup,
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_abort_and_leftovers, setup,

@@ -98,7 +98,7 @@ static const char *const rcpts3[] = { "r1@b.test", "r2@c.test NOTIFY=NEVER",
 static const struct spool_env env3 = {
 	UINT64_C(1796560996622207), "192.0.2.7", "127.0.0.1:25",
 	"client.example", "alice", "s@a.test", "BODY=8BITMIME SIZE=42",
-	rcpts3, 3
+	rcpts3, 3, NULL
 };
 
 /* A whole record for env with message msg; returns its malloc'd bytes. */
@@ -126,6 +126,7 @@ test_head_bytes(void **state)
 {
 	char	 buf[1024];
 	ssize_t	 n;
+	size_t	 i, rest = SPOOL_RECORD_MAILBOX_OFF + SPOOL_MAILBOX_MAX;
 
 	(void)state;
 	n = spool_record_head(buf, sizeof(buf), "0123456789ABCDEF", &env3);
@@ -135,12 +136,17 @@ test_head_bytes(void **state)
 	assert_int_equal(buf[15 + 49], ' ');
 	assert_int_equal(buf[15 + 198], ' ');
 	assert_memory_equal(buf + 15 + 199, "\nsize: 00000000000000000000\n"
+	    "mailbox: ", 37);
+	/* Not decided yet: blank, filled in at commit. */
+	for (i = SPOOL_RECORD_MAILBOX_OFF; i < rest; i++)
+		assert_int_equal(buf[i], ' ');
+	assert_memory_equal(buf + rest, "\n"
 	    "id: 0123456789ABCDEF\narrival: 1796560996.622207\n"
 	    "client: 192.0.2.7\nlistener: 127.0.0.1:25\n"
 	    "helo: client.example\nuser: alice\nmail-from: s@a.test\n"
 	    "mail-params: BODY=8BITMIME SIZE=42\nrcpt: r1@b.test\n"
 	    "rcpt: r2@c.test NOTIFY=NEVER\nrcpt: r3@b.test\n\n",
-	    (size_t)n - 15 - 199);
+	    (size_t)n - rest);
 	/* Like snprintf: the length whatever fits, the bytes that fit. */
 	memset(buf, '#', sizeof(buf));
 	assert_int_equal(spool_record_head(buf, 10, "0123456789ABCDEF",
@@ -154,6 +160,7 @@ test_round_trip(void **state)
 	struct spool_entry	 e;
 	const char		*why = NULL;
 	char			*rec, val[64];
+	char			 long_mb[SPOOL_MAILBOX_MAX + 2];
 	size_t			 n, i;
 	const char		 msg[] = "Subject: x\r\n\r\nbody\r\n";
 
@@ -191,8 +198,35 @@ test_round_trip(void **state)
 	assert_int_equal(spool_record_env(rec, e.body_offset, "nosuch", val,
 	    sizeof(val)), 0);
 	assert_string_equal(val, "");
+	assert_null(e.mailbox);		/* not decided */
 	spool_entry_clear(&e);
 	assert_null(e.mail_from);
+
+	/* The mailbox, written in place at commit, reads back unpadded. */
+	assert_int_equal(spool_record_mailbox(rec + SPOOL_RECORD_MAILBOX_OFF,
+	    "Scan@Example.com"), 0);
+	assert_int_equal(spool_record_parse(rec, n, &e, &why), 0);
+	assert_string_equal(e.mailbox, "Scan@Example.com");
+	spool_entry_clear(&e);
+	assert_null(e.mailbox);
+	spool_record_mailbox(rec + SPOOL_RECORD_MAILBOX_OFF, "<>");
+	assert_int_equal(spool_record_parse(rec, n, &e, &why), 0);
+	assert_string_equal(e.mailbox, "<>");
+	spool_entry_clear(&e);
+	/* Too long to hold, or a newline: refused, and left blank. */
+	memset(long_mb, 'a', sizeof(long_mb) - 1);
+	long_mb[sizeof(long_mb) - 1] = '\0';
+	assert_int_equal(spool_record_mailbox(rec + SPOOL_RECORD_MAILBOX_OFF,
+	    long_mb), -1);
+	assert_int_equal(spool_record_parse(rec, n, &e, &why), 0);
+	assert_null(e.mailbox);
+	spool_entry_clear(&e);
+	assert_int_equal(spool_record_mailbox(rec + SPOOL_RECORD_MAILBOX_OFF,
+	    "a@b\nid: 0000000000000000"), -1);
+	assert_int_equal(spool_record_parse(rec, n, &e, &why), 0);
+	assert_null(e.mailbox);
+	assert_string_equal(e.qid, "0123456789ABCDEF");
+	spool_entry_clear(&e);
 	free(rec);
 }
 
@@ -412,6 +446,8 @@ old_record(size_t *off, const char *qid, char st, unsigned attempts,
 	char			 client[64], listener[64], helo[64], user[64];
 	char			 params[64], *again;
 	size_t			 n;
+	const size_t		 envoff = SPOOL_RECORD_MAILBOX_OFF - 9;
+	const size_t		 mbline = 9 + SPOOL_MAILBOX_MAX + 1;
 
 	assert_int_equal(spool_record_parse(rec, sizeof(old_segment) - 1 -
 	    *off, &e, &why), 0);
@@ -438,11 +474,16 @@ old_record(size_t *off, const char *qid, char st, unsigned attempts,
 	env.mail_params = params;
 	env.rcpts = (const char *const *)e.rcpts;
 	env.nrcpts = e.nrcpts;
+	assert_null(e.mailbox);		/* from before it was stored */
 	again = encode(e.qid, &env, rec + e.body_offset, e.size, &n);
 	spool_record_state(again + SPOOL_RECORD_STATE_OFF, e.state,
 	    e.attempts, e.next_ms, e.error);
-	assert_int_equal(n, e.reclen);
-	assert_memory_equal(again, rec, n);
+	/* Written today: the same bytes with a blank mailbox line added. */
+	assert_int_equal(n, e.reclen + mbline);
+	assert_memory_equal(again, rec, envoff);
+	assert_memory_equal(again + envoff, "mailbox: ", 9);
+	assert_memory_equal(again + envoff + mbline, rec + envoff,
+	    e.reclen - envoff);
 	free(again);
 	*off += e.reclen;
 	spool_entry_clear(&e);

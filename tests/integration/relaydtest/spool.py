@@ -140,6 +140,13 @@ class SpoolRecord:
         return self.get("id")
 
     @property
+    def mailbox(self):
+        """The sending mailbox decided at commit ("<>": none), None if
+        the record has none (blank: from before it was stored)."""
+        v = (self.get("mailbox") or "").rstrip(" ")
+        return v or None
+
+    @property
     def mail_from(self):
         return self.get("mail-from")
 
