@@ -38,53 +38,40 @@
 #include "util.h"
 
 /*
- * Whether the checks read the credential (the client secret, the private
- * key). relayd's parent turns it off for itself and its children: they
- * check only that the files are there and private; the token process
- * reads them itself, and the parent's check runs in a child of its own.
+ * Which files the checks read (config_reads): the credential (the client
+ * secret, the private key) and the SMTP side's (TLS keys, users_file).
+ * A file not read is only stat()ed: that it is there, regular and
+ * private. relayd's parent and children read only what their job needs
+ * (their Landlock rules keep the rest out); the parent's full check runs
+ * in a throwaway child of its own.
  */
-static int	read_credentials = 1;
+static unsigned	reads = CONFIG_READ_ALL;
 
 void
-config_read_credentials(int on)
+config_reads(unsigned what)
 {
-	read_credentials = on;
+	reads = what;
 }
 
 /*
  * A secret file must be a regular file that neither group nor others can
- * read: a leaked client secret lets anyone send mail as any mailbox.
+ * read: a leaked client secret lets anyone send mail as any mailbox. With
+ * read, it must be readable here too.
  */
 static void
 check_secret_file(struct config_reader *p, int line, const char *what,
-    const char *path)
+    const char *path, int read)
 {
 	struct stat	 st;
 	char		 err[1024];
-	int		 fd;
 
 	if (p->client)
 		return;
-	/*
-	 * Where the credential is not read (relayd's parent, smtp and
-	 * deliver), the file is not opened either: their Landlock rules keep
-	 * it out.
-	 */
-	if (!read_credentials) {
-		if (stat(path, &st) == -1) {
-			config_error(p, line, "%s \"%s\": %s", what, path,
-			    strerror(errno));
-			return;
-		}
-	} else if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1 ||
-	    fstat(fd, &st) == -1) {
+	if (stat(path, &st) == -1 || (read && access(path, R_OK) == -1)) {
 		config_error(p, line, "%s \"%s\": %s", what, path,
 		    strerror(errno));
-		if (fd != -1)
-			close(fd);
 		return;
-	} else
-		close(fd);
+	}
 	if (!S_ISREG(st.st_mode))
 		config_error(p, line, "%s \"%s\" is not a regular file", what,
 		    path);
@@ -102,8 +89,8 @@ check_secret(struct config_reader *p, int line, const char *what,
 	ssize_t	 n, i;
 	int	 fd, errors = p->errors;
 
-	check_secret_file(p, line, what, path);
-	if (p->errors > errors || !read_credentials ||
+	check_secret_file(p, line, what, path, reads & CONFIG_READ_CREDENTIALS);
+	if (p->errors > errors || !(reads & CONFIG_READ_CREDENTIALS) ||
 	    (fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
 		return;
 	n = read(fd, buf, sizeof(buf));
@@ -345,9 +332,13 @@ check_pair(struct config_reader *p, const char *cname, int cline,
 	if (p->client)
 		return;		/* relayd's files, not the client's */
 	check_readable(p, cline, cname, cert);
-	check_secret_file(p, kline, kname, key);
+	check_secret_file(p, kline, kname, key, reads & CONFIG_READ_SMTP);
 	if (p->errors > errors)
 		return;
+	if (!(reads & CONFIG_READ_SMTP)) {
+		check_expiry(p, cline, cname, cert, tls_todo);
+		return;		/* the key is the SMTP process's to load */
+	}
 	switch (tls_check_pair(cert, key, err, sizeof(err))) {
 	case TLS_PAIR_CERT:
 		config_error(p, cline, "%s %s", cname, err);
@@ -393,24 +384,27 @@ check_certificate(struct config_reader *p, const char *creds)
 	if (cfg->private_key_file != NULL)
 		check_secret_file(p,
 		    config_key_line(p, "graph", "private_key_file"),
-		    "private_key_file", cfg->private_key_file);
+		    "private_key_file", cfg->private_key_file,
+		    reads & CONFIG_READ_CREDENTIALS);
 	else if (creds == NULL || *creds == '\0') {
 		config_error(p, line, "certificate_file needs private_key_file "
 		    "(or the systemd credential LoadCredential=private_key)");
 		return;
 	} else {
 		xasprintf(&cfg->private_key_file, "%s/private_key", creds);
-		check_secret_file(p, 0, "credential", cfg->private_key_file);
+		check_secret_file(p, 0, "credential", cfg->private_key_file,
+		    reads & CONFIG_READ_CREDENTIALS);
 	}
 	if (p->errors > errors)
 		return;
-	if (read_credentials && (k = jwt_key_load(cfg->certificate_file,
+	if ((reads & CONFIG_READ_CREDENTIALS) &&
+	    (k = jwt_key_load(cfg->certificate_file,
 	    cfg->private_key_file, cfg->assertion_alg, err, sizeof(err))) ==
 	    NULL) {
 		config_error(p, line, "%s", err);
 		return;
 	}
-	if (read_credentials)
+	if (reads & CONFIG_READ_CREDENTIALS)
 		jwt_key_free(k);
 	check_expiry(p, line, "certificate_file", cfg->certificate_file,
 	    cert_todo);
@@ -586,7 +580,8 @@ check_tls(struct config_reader *p)
 		if (lc->tls_min == -1)
 			lc->tls_min = cfg->tls_min;
 		/* Load them as the daemon will: a wrong pair fails here. */
-		if (lc->cert != NULL && p->errors == 0 && !p->client) {
+		if (lc->cert != NULL && p->errors == 0 && !p->client &&
+		    (reads & CONFIG_READ_SMTP)) {
 			char	 err[512];
 			SSL_CTX	*ctx = tls_ctx_new(lc, err, sizeof(err));
 
@@ -709,12 +704,13 @@ check_config(struct config_reader *p)
 	check_listen_auth(p);
 	if (cfg->users_file != NULL && p->client)
 		;	/* not the client's to read */
-	else if (cfg->users_file != NULL &&
-	    access(cfg->users_file, R_OK) == -1)
+	else if (cfg->users_file != NULL && (reads & CONFIG_READ_SMTP ?
+	    access(cfg->users_file, R_OK) : access(cfg->users_file, F_OK)) ==
+	    -1)
 		config_error(p, config_key_line(p, "auth", "users_file"),
 		    "users_file \"%s\": %s; make it with: relayctl passwd USER",
 		    cfg->users_file, strerror(errno));
-	else if (cfg->users_file != NULL)
+	else if (cfg->users_file != NULL && (reads & CONFIG_READ_SMTP))
 		p->errors += auth_users_check(cfg->users_file, p->errf);
 	check_status_ids(p);
 }

@@ -26,11 +26,14 @@ struct config	*config_load_fd(const char *, int, FILE *);
  */
 struct config	*config_load_client(const char *, FILE *);
 /*
- * 0: config_load checks that the credential files are there and private
- * but does not read them (relayd's parent, smtp and deliver: only the
- * token process holds the credential). 1, the default: reads them too.
+ * Which files config_load reads (by default all); the others it only
+ * checks are there and private. Set once per process: relayd's parent,
+ * deliver and token read neither, smtp its own, the throwaway check all.
  */
-void		 config_read_credentials(int);
+#define CONFIG_READ_CREDENTIALS	0x1	/* client secret, private key */
+#define CONFIG_READ_SMTP	0x2	/* TLS keys, users_file */
+#define CONFIG_READ_ALL		(CONFIG_READ_CREDENTIALS | CONFIG_READ_SMTP)
+void		 config_reads(unsigned);
 /* Same, from a string (unit tests); name is used in messages. */
 struct config	*config_load_string(const char *, const char *, FILE *);
 

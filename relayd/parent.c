@@ -112,7 +112,7 @@ config_check(const char *path, char **text)
 		if (getppid() != self)
 			_exit(EX_CONFIG);
 		prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
-		config_read_credentials(1);
+		config_reads(CONFIG_READ_ALL);
 		if ((f = fdopen(p[1], "w")) == NULL)
 			_exit(EX_OSERR);
 		cfg = config_load(path, f);
@@ -158,6 +158,8 @@ child_start(struct parent *pp, struct child *c)
 		/* The listeners are the SMTP process's alone. */
 		for (i = 0; c != &pp->smtp && i < (int)pp->cfg->nlisten; i++)
 			close(pp->fds[i]);
+		/* What each reloads: the check ran with CONFIG_READ_ALL. */
+		config_reads(c == &pp->smtp ? CONFIG_READ_SMTP : 0);
 		if (c == &pp->token)
 			rc = token_proc(pp->path, pp->cfg, sp[1]);
 		else if (c == &pp->smtp)

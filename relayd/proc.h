@@ -62,7 +62,8 @@ struct event_base;
 struct heartbeat;
 struct spool;
 /* The file again, from fd (CTL_RELOAD) or, -1, from the path (SIGHUP);
- * NULL if refused (logged, unless quiet). */
+ * NULL if refused (logged). Quiet (the delivery process): its warnings
+ * are left to the SMTP process's reload. */
 struct config	*config_reload(const char *, int);
 struct config	*config_reload_quiet(const char *, int);
 /* CTL_HEARTBEAT every ms (with spool's count, if not NULL). */

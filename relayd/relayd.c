@@ -78,7 +78,7 @@
  * child forked for the check that exits at once (config_check), so that
  * today's errors stop relayd at start (78) and refuse a reload; the parent
  * itself only sees the config with the credential unread
- * (config_read_credentials(0)). The token process reads it after fork.
+ * (config_reads(0)). The token process reads it after fork.
  *
  * In each of smtp and deliver: the sandbox (sandbox.c: no_new_privs,
  * Landlock, seccomp, before the first thread), then its part of the
@@ -177,12 +177,14 @@ reload_load(const char *path, int fd, int quiet)
 	}
 	cfg = fd != -1 ? config_load_fd(path, fd, mf) : config_load(path, mf);
 	fclose(mf);
-	if (!quiet)
+	/* Quiet: warnings are the SMTP process's to log, refusals not. */
+	if (!quiet || cfg == NULL)
 		log_lines("reload: ", errs);
 	free(errs);
-	if (cfg == NULL && !quiet)
-		log_warnx("reload refused: %s has errors; the configuration "
-		    "in force stays", path);
+	if (cfg == NULL)
+		log_warnx("reload refused%s: %s has errors; the configuration "
+		    "in force stays", quiet ? " by the delivery process" : "",
+		    path);
 	return cfg;
 }
 
@@ -329,9 +331,7 @@ proc_sandbox(const struct config *cfg, const char *path,
 		    "filter, no Landlock");
 		return 0;
 	}
-	sandbox_paths_from_config(&paths, cfg, path);
-	if (role == SANDBOX_SMTP)
-		paths.status_socket = NULL;	/* the delivery process's */
+	sandbox_paths_from_config(&paths, cfg, path, role);
 	if (sandbox_enter(role, &paths, err, sizeof(err)) == -1) {
 		log_msg(LOG_LVL_ERR, "%s (set [security] sandbox = no to run "
 		    "without it)", err);
@@ -434,7 +434,7 @@ main(int argc, char *argv[])
 	rc = config_check(path, &text);
 	fputs(text, stderr);
 	free(text);
-	config_read_credentials(0);
+	config_reads(0);
 	if (rc != 0 || (cfg = config_quiet(path)) == NULL) {
 		free(path);
 		return EX_CONFIG;

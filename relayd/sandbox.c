@@ -669,39 +669,52 @@ add_path(const char **list, size_t *n, const char *path)
 		list[(*n)++] = path;
 }
 
+/* A file no role but its owner's may read, by its realpath(). */
+static void
+add_secret(struct sandbox_paths *p, const char *path)
+{
+	static char	 real[SANDBOX_MAX_PATHS][PATH_MAX];
+
+	if (path == NULL || *path == '\0' || p->nsecret >= SANDBOX_MAX_PATHS)
+		return;
+	if (realpath(path, real[p->nsecret]) == NULL)
+		strlcpy_r(real[p->nsecret], path, sizeof(real[0]));
+	add_path(p->secret, &p->nsecret, real[p->nsecret]);
+}
+
 void
 sandbox_paths_from_config(struct sandbox_paths *p, const struct config *cfg,
-    const char *conf_path)
+    const char *conf_path, enum sandbox_role role)
 {
-	static char	 real[3][PATH_MAX];
-	const char	*secrets[3];
 	size_t		 i;
+	int		 smtp = role == SANDBOX_SMTP;
 
 	memset(p, 0, sizeof(*p));
 	p->spool_dir = cfg->spool_dir;
-	if (cfg->status_socket != NULL &&
+	if (!smtp && cfg->status_socket != NULL &&
 	    strcmp(cfg->status_socket, "none") != 0)
 		p->status_socket = cfg->status_socket;
 	add_path(p->read, &p->nread, conf_path);
-	add_path(p->read, &p->nread, cfg->users_file);
+	/* Public: TLS, and relayctl status shows when they expire. */
 	add_path(p->read, &p->nread, cfg->tls_cert);
-	add_path(p->read, &p->nread, cfg->tls_key);
 	add_path(p->read, &p->nread, cfg->ca_file);
-	for (i = 0; i < cfg->nlisten; i++) {
-		add_path(p->read, &p->nread, cfg->listen[i].cert);
-		add_path(p->read, &p->nread, cfg->listen[i].key);
-	}
-	/* Public: relayctl status shows when it expires. Its key is not. */
 	add_path(p->read, &p->nread, cfg->certificate_file);
-	/* Compared with realpath()s of what is granted. */
-	secrets[0] = cfg->client_secret_file;
-	secrets[1] = cfg->private_key_file;
-	secrets[2] = getenv("CREDENTIALS_DIRECTORY");
-	for (i = 0; i < NELEM(secrets); i++) {
-		if (secrets[i] == NULL || *secrets[i] == '\0')
-			continue;
-		if (realpath(secrets[i], real[i]) == NULL)
-			strlcpy_r(real[i], secrets[i], sizeof(real[i]));
-		add_path(p->secret, &p->nsecret, real[i]);
+	for (i = 0; i < cfg->nlisten; i++)
+		add_path(p->read, &p->nread, cfg->listen[i].cert);
+	/* The SMTP side's secrets: its own to read, deliver's never. */
+	if (smtp) {
+		add_path(p->read, &p->nread, cfg->users_file);
+		add_path(p->read, &p->nread, cfg->tls_key);
+		for (i = 0; i < cfg->nlisten; i++)
+			add_path(p->read, &p->nread, cfg->listen[i].key);
+	} else {
+		add_secret(p, cfg->users_file);
+		add_secret(p, cfg->tls_key);
+		for (i = 0; i < cfg->nlisten; i++)
+			add_secret(p, cfg->listen[i].key);
 	}
+	/* The Graph credential: the token process's alone. */
+	add_secret(p, cfg->client_secret_file);
+	add_secret(p, cfg->private_key_file);
+	add_secret(p, getenv("CREDENTIALS_DIRECTORY"));
 }

@@ -29,9 +29,14 @@ struct sandbox_paths {
 	size_t		 nsecret;
 };
 
-/* The paths the running relay needs from cfg (read from conf_path). */
+/*
+ * The paths a role needs from cfg (read from conf_path): both read the
+ * config and the public certificates; smtp its TLS keys and users_file
+ * (deliver never), deliver binds the status socket. The Graph credential
+ * is neither's.
+ */
 void	sandbox_paths_from_config(struct sandbox_paths *,
-	    const struct config *, const char *);
+	    const struct config *, const char *, enum sandbox_role);
 
 /*
  * no_new_privs, then Landlock (where the kernel has it), then the

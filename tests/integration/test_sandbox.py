@@ -14,9 +14,11 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 
+from relaydtest.auth import start_authd
 from relaydtest.daemon import need, process_children
 from relaydtest.env import VALGRIND
 from relaydtest.graph import graph_relayd
@@ -249,6 +251,40 @@ def test_landlock_keeps_the_secret_out(relayd_factory, shared_fake_graph,
     d.wait_log(r"reload: credentials re-read: client_secret_file=")
     d.wait_log(r"reload: .* in force for new sessions")
     assert fake.secret not in d.log
+
+
+def test_smtp_keys_are_the_smtp_process_alone(relayd_factory, tls_ca,
+                                              probe, monkeypatch):
+    """The TLS key and the users file (password hashes) are the SMTP
+    process's: the delivery process cannot open them, though the users
+    file lies beside relayd.conf, which it can; the certificate (public)
+    both can. A reload checks them where they are read (smtp), and the
+    delivery process takes it without them."""
+    d = start_authd(relayd_factory, tls_ca=tls_ca, start=False)
+    paths = [tls_ca.key_file, d.users_file, tls_ca.cert_file, d.conf_path]
+    monkeypatch.setenv("RELAYD_PROBE_OPEN", ":".join(str(p) for p in
+                                                     paths + ["/etc/hosts"]))
+    d.start()
+    if "landlock ABI" not in d.log:     # valgrind, or an old kernel
+        pytest.skip("no Landlock here: %s" % d.log)
+    want = {"smtp": ["ok", "ok", "ok", "ok"],
+            "deliver": ["EACCES", "EACCES", "ok", "ok"]}
+    pids = [child_pid(d, role) for role in ROLES]
+    for role in ROLES:
+        mark = len(d.current_log())
+        os.kill(child_pid(d, role), signal.SIGUSR1)
+        wait_for(lambda: "probe: open /etc/hosts" in d.current_log()[mark:],
+                 10, "the %s process's probe" % role)
+        got = d.current_log()[mark:]
+        for path, result in zip(paths, want[role]):
+            assert "probe: open %s: %s" % (path, result) in got, (role, got)
+    os.kill(d.pid, signal.SIGHUP)
+    d.wait_log(r"reload: .* in force for new sessions")
+    time.sleep(0.5)                     # deliver's, which logs only refusal
+    assert "reload refused" not in d.current_log()
+    assert "Permission denied" not in d.current_log()
+    assert d.running()
+    assert [child_pid(d, role) for role in ROLES] == pids   # none restarted
 
 
 def test_reload_of_a_config_replaced_by_rename(relayd_factory,
