@@ -262,8 +262,11 @@ const struct cfg_key config_keys[] = {
 	  "TLS-inspecting proxy or a test server." },
 	{ "graph", "mailbox", CFG_STR, "envelope", 0, 0, OFF(mailbox), NULL,
 	  "Whose mailbox sends each message (the {id} in /users/{id}/sendMail):"
-	  " envelope (the MAIL FROM address), from (the From: header), or one "
-	  "fixed ADDRESS for everything." },
+	  " envelope (the MAIL FROM address; for a null sender the From: "
+	  "header), from (the From: header; without one the MAIL FROM "
+	  "address), or one fixed ADDRESS for everything. Decided when a "
+	  "message is accepted and kept with it: a reload changes it for new "
+	  "messages only." },
 	{ "graph", "save_to_sent_items", CFG_BOOL, "yes", 0, 0,
 	  OFF(save_to_sent_items), NULL,
 	  "Keep a copy of each message in the sending mailbox's Sent Items." },
