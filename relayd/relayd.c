@@ -157,6 +157,8 @@ log_lines(const char *prefix, char *text)
 		log_warnx("%s%s", prefix, line);
 }
 
+static int	sandboxed;	/* this child entered its sandbox */
+
 /*
  * A reload in a child: the file again, its errors (or warnings) logged.
  * From the descriptor the parent opened where there is one: Landlock
@@ -170,6 +172,7 @@ reload_load(const char *path, int fd, int quiet)
 	FILE		*mf;
 	char		*errs = NULL;
 	size_t		 len = 0;
+	int		 denied;
 
 	if ((mf = open_memstream(&errs, &len)) == NULL) {
 		log_warn("reload: open_memstream");
@@ -180,11 +183,23 @@ reload_load(const char *path, int fd, int quiet)
 	/* Quiet: warnings are the SMTP process's to log, refusals not. */
 	if (!quiet || cfg == NULL)
 		log_lines("reload: ", errs);
+	denied = errs != NULL && strstr(errs, "Permission denied") != NULL;
 	free(errs);
 	if (cfg == NULL)
 		log_warnx("reload refused%s: %s has errors; the configuration "
 		    "in force stays", quiet ? " by the delivery process" : "",
 		    path);
+	/*
+	 * The parent's check could read them: Landlock grants files by
+	 * inode in a directory that also holds a credential, and a file
+	 * replaced by rename is a new one.
+	 */
+	if (cfg == NULL && denied && sandboxed)
+		log_warnx("reload: a file replaced by rename (cp, mv, an "
+		    "editor) beside a credential is out of the sandbox's reach "
+		    "until relayd restarts: systemctl restart relayd, or keep "
+		    "the credential in a directory of its own (the systemd "
+		    "credential is)");
 	return cfg;
 }
 
@@ -337,6 +352,7 @@ proc_sandbox(const struct config *cfg, const char *path,
 		    "without it)", err);
 		return -1;
 	}
+	sandboxed = 1;
 	return 0;
 }
 

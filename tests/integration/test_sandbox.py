@@ -21,7 +21,7 @@ import pytest
 from relaydtest.auth import start_authd
 from relaydtest.daemon import need, process_children
 from relaydtest.env import VALGRIND
-from relaydtest.graph import graph_relayd
+from relaydtest.graph import graph_relayd, graph_sections
 from relaydtest.wait import wait_for
 
 PROBE_C = r"""
@@ -285,6 +285,34 @@ def test_smtp_keys_are_the_smtp_process_alone(relayd_factory, tls_ca,
     assert "Permission denied" not in d.current_log()
     assert d.running()
     assert [child_pid(d, role) for role in ROLES] == pids   # none restarted
+
+
+def test_users_file_replaced_by_rename_beside_the_secret(
+        relayd_factory, shared_fake_graph, tls_ca):
+    """The users file shares its directory with the client secret, so
+    the SMTP process's Landlock rules grant it by inode. Replaced by
+    rename, it is out of reach until a restart: the reload is refused,
+    the users in force stay, and the log says why and what to do."""
+    fake = shared_fake_graph
+    d = start_authd(relayd_factory, tls_ca=tls_ca, start=False)
+    secret = own_secret(d.workdir, fake.secret)
+    d.sections.update(graph_sections(fake, client_secret_file=str(secret)))
+    d.start()
+    if "landlock ABI" not in d.log:     # valgrind, or an old kernel
+        pytest.skip("no Landlock here: %s" % d.log)
+    new = d.users_file.with_name("users.new")
+    new.write_bytes(d.users_file.read_bytes())
+    new.chmod(0o600)
+    os.replace(new, d.users_file)
+    os.kill(d.pid, signal.SIGHUP)
+    d.wait_log(r"reload: a file replaced by rename .* beside a credential "
+               r"is out of the sandbox's reach until relayd restarts")
+    assert "reload refused" in d.current_log()
+    assert d.running()
+    # a restart takes it (the parent's check read it all along)
+    assert d.stop() == 0
+    d.start()
+    assert "reload refused" not in d.current_log()
 
 
 def test_reload_of_a_config_replaced_by_rename(relayd_factory,
