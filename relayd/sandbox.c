@@ -184,11 +184,6 @@ static const char *const deliver_calls[] = {
 	"rt_sigpending",	/* deliver_main: stopped while it waits */
 };
 
-/* Added while one process still opens its listeners after entering. */
-static const char *const relay_calls[] = {
-	"bind", "listen",	/* SMTP listeners, status socket, metrics */
-};
-
 /*
  * Refused with an error, not trapped, in the SMTP role: it has no use
  * for them (its listeners are inherited, it calls nobody), and an error
@@ -403,9 +398,6 @@ seccomp_enter(enum sandbox_role role, int sanitizers, char *err,
 	if (role == SANDBOX_SMTP && refuse_list(ctx, smtp_refused,
 	    NELEM(smtp_refused), err, errlen) == -1)
 		goto out;
-	if (role == SANDBOX_RELAY && allow_list(ctx, relay_calls,
-	    NELEM(relay_calls), err, errlen) == -1)
-		goto out;
 	if (sanitizers && allow_list(ctx, sanitizer_calls,
 	    NELEM(sanitizer_calls), err, errlen) == -1)
 		goto out;
@@ -613,14 +605,7 @@ threads_now(void)
 static const char *
 role_name(enum sandbox_role role)
 {
-	switch (role) {
-	case SANDBOX_SMTP:
-		return "smtp";
-	case SANDBOX_DELIVER:
-		return "deliver";
-	default:
-		return "smtp+deliver";
-	}
+	return role == SANDBOX_SMTP ? "smtp" : "deliver";
 }
 
 int

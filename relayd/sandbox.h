@@ -8,8 +8,7 @@ struct config;
 
 enum sandbox_role {
 	SANDBOX_SMTP,		/* SMTP, TLS, AUTH, PROXY, spool intake */
-	SANDBOX_DELIVER,	/* MIME -> Graph over libcurl, status, history */
-	SANDBOX_RELAY		/* both, and what start-up still opens */
+	SANDBOX_DELIVER		/* MIME -> Graph over libcurl, status, history */
 };
 
 #define SANDBOX_MAX_PATHS	32
