@@ -196,6 +196,7 @@ struct spool_msg {
 	struct seg		*seg;		/* where it was committed */
 	char			 segname[SPOOL_QID_LEN + 1];	/* its name */
 	char			*mail_from;
+	uint64_t		 arrival_us;
 	char			 mailbox[SPOOL_MAILBOX_MAX + 1];	/* padded */
 	char			**rcpts;	/* for the queued callback */
 	size_t			 nrcpts;
@@ -1624,13 +1625,21 @@ msg_mailbox(struct spool_msg *m)
 static void
 msg_done(struct spool *sp, struct spool_msg *m)
 {
+	struct spool_queued	 q;
+
 	if (m->err == 0 && sp->role == SPOOL_INTAKE)
 		news_send(sp, SPOOL_NEWS_QUEUED, m->qid, m->segname, m->off,
 		    m->total);
-	if (m->err == 0 && sp->role != SPOOL_INTAKE && sp->queued_cb != NULL)
-		sp->queued_cb(sp->queued_arg, m->qid, m->mail_from,
-		    msg_mailbox(m), (const char *const *)m->rcpts, m->nrcpts,
-		    m->size);
+	if (m->err == 0 && sp->role != SPOOL_INTAKE && sp->queued_cb != NULL) {
+		q.qid = m->qid;
+		q.mail_from = m->mail_from;
+		q.mailbox = msg_mailbox(m);
+		q.rcpts = (const char *const *)m->rcpts;
+		q.nrcpts = m->nrcpts;
+		q.size = m->size;
+		q.arrival_us = m->arrival_us;
+		sp->queued_cb(sp->queued_arg, &q);
+	}
 	if (m->cb != NULL)
 		m->cb(m->cbarg, m->err, m->qid);
 }
@@ -1991,8 +2000,9 @@ static int
 adopt_entry(struct spool *sp, const char *name, uint64_t off,
     struct spool_entry *e, int open)
 {
-	struct seg	*s;
-	int		 known;
+	struct spool_queued	 q;
+	struct seg		*s;
+	int			 known;
 
 	pthread_mutex_lock(&sp->idx_lock);
 	known = idx_find(sp, e->qid) != NULL;
@@ -2005,10 +2015,16 @@ adopt_entry(struct spool *sp, const char *name, uint64_t off,
 	} else
 		known = 1;
 	pthread_mutex_unlock(&sp->idx_lock);
-	if (!known && sp->queued_cb != NULL)
-		sp->queued_cb(sp->queued_arg, e->qid, e->mail_from,
-		    e->mailbox, (const char *const *)e->rcpts, e->nrcpts,
-		    e->size);
+	if (!known && sp->queued_cb != NULL) {
+		q.qid = e->qid;
+		q.mail_from = e->mail_from;
+		q.mailbox = e->mailbox;
+		q.rcpts = (const char *const *)e->rcpts;
+		q.nrcpts = e->nrcpts;
+		q.size = e->size;
+		q.arrival_us = e->arrival_us;	/* caught up late: its own */
+		sp->queued_cb(sp->queued_arg, &q);
+	}
 	spool_entry_clear(e);
 	return known;
 }
@@ -2480,6 +2496,7 @@ spool_msg_new(struct spool *sp, const struct spool_env *env)
 	spool_new_qid(sp, m->qid);
 	m->buf = xmalloc(SPOOL_BUF_SIZE);
 	m->mail_from = xstrdup(env->mail_from);
+	m->arrival_us = env->arrival_us;
 	m->nrcpts = env->nrcpts;
 	m->rcpts = xcalloc(env->nrcpts, sizeof(*m->rcpts));
 	for (i = 0; i < env->nrcpts; i++)

@@ -32,13 +32,18 @@ struct spool_view {
 
 /* err is 0 on success or an errno value. The message is owned by the spool. */
 typedef void spool_done_cb(void *arg, int err, const char *qid);
-/*
- * A message has been committed to queue/ (called on the event loop);
- * mailbox and rcpts as in spool_entry.
- */
-typedef void spool_queued_cb(void *arg, const char *qid,
-    const char *mail_from, const char *mailbox, const char *const *rcpts,
-    size_t nrcpts, uint64_t size);
+/* A message committed to queue/, as the delivery side indexes it. */
+struct spool_queued {
+	const char		*qid;
+	const char		*mail_from;	/* "" for null */
+	const char		*mailbox;	/* as in spool_entry */
+	const char *const	*rcpts;		/* as in spool_env */
+	size_t			 nrcpts;
+	uint64_t		 size;
+	uint64_t		 arrival_us;	/* from its envelope */
+};
+/* A message has been committed to queue/ (called on the event loop). */
+typedef void spool_queued_cb(void *arg, const struct spool_queued *);
 
 /*
  * Who opens the spool (see "Two processes" in spool.c). SPOOL_ALONE does

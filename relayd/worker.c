@@ -432,14 +432,12 @@ enqueue(struct worker_pool *p, const char *qid, const char *mail_from,
 }
 
 static void
-on_queued(void *arg, const char *qid, const char *mail_from,
-    const char *mailbox, const char *const *rcpts, size_t nrcpts,
-    uint64_t size)
+on_queued(void *arg, const struct spool_queued *q)
 {
 	struct worker_pool	*p = arg;
 
-	enqueue(p, qid, mail_from, mailbox, rcpts, nrcpts, size, 0,
-	    wall_us() / 1000, 0, NULL, 0);
+	enqueue(p, q->qid, q->mail_from, q->mailbox, q->rcpts, q->nrcpts,
+	    q->size, 0, q->arrival_us / 1000, 0, NULL, 0);
 	dispatch(p);
 }
 

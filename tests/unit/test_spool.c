@@ -578,19 +578,19 @@ pair_news(void *arg, const struct spool_news *n)
 }
 
 static void
-pair_queued(void *arg, const char *qid, const char *mail_from,
-    const char *mailbox, const char *const *r, size_t nr, uint64_t size)
+pair_queued(void *arg, const struct spool_queued *q)
 {
 	struct pair	*p = arg;
 
-	(void)qid;
-	assert_string_equal(mail_from, "scanner@example.com");
+	assert_string_equal(q->mail_from, "scanner@example.com");
 	/* Decided by intake at commit, read back from disk. */
-	assert_non_null(mailbox);
-	assert_string_equal(mailbox, "shared@example.com");
-	assert_int_equal(nr, 2);
-	assert_string_equal(r[1], "b@example.com");
-	assert_int_equal(size, 7);
+	assert_non_null(q->mailbox);
+	assert_string_equal(q->mailbox, "shared@example.com");
+	assert_int_equal(q->nrcpts, 2);
+	assert_string_equal(q->rcpts[1], "b@example.com");
+	assert_int_equal(q->size, 7);
+	/* The envelope's arrival, not when delivery read it. */
+	assert_int_equal(q->arrival_us, 1700000000123456ULL);
 	p->queued++;
 }
 
