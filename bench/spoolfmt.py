@@ -6,11 +6,13 @@ named by the queue id of its first record (see relayd/spool.c). A record:
     "RELAYD-SPOOL 2\\n"                                         15 bytes
     "state: S attempts=NNNNN next=NNNNNNNNNNNNN error=...\\n"   200 bytes
     "size: <20 digits>\\n"                                      27 bytes
+    "mailbox: <320 bytes, space-padded>\\n"                    330 bytes
     "id: QID\\n", the other envelope lines, "\\n"
     <size message bytes>
     "RELAYD-END <20 digits>\\n"                                 32 bytes
 
-S is Q (queued), H (held), D (delivered) or X (dead-lettered). The segment
+The mailbox line is absent in records of a relayd from before it was
+stored. S is Q (queued), H (held), D (delivered) or X (dead-lettered). The segment
 relayd is appending to may end in NUL bytes (space allocated ahead): a NUL
 byte where a record would start ends the data. A segment whose records are
 all D or X may linger until relayd deletes it. dead/QID is a file of one
@@ -33,6 +35,7 @@ QUEUED = ("Q", "H")         # states relayd still has to deliver
 _STATE = re.compile(rb"state: ([QHDX]) attempts=\d{5} next=\d{13} "
                     rb"error=[^\n]*\n")
 _SIZE = re.compile(rb"size: (\d{20})\n")
+_MAILBOX = re.compile(rb"mailbox: [^\n]{320}\n")
 _ID = re.compile(rb"id: ([0-9A-F]{16})\n")
 
 
@@ -57,7 +60,8 @@ def records(data, name="segment"):
         env_at = size_at + SIZE_LEN
         state = _STATE.fullmatch(data, state_at, size_at)
         size = _SIZE.fullmatch(data, size_at, env_at)
-        qid = _ID.match(data, env_at)
+        mb = _MAILBOX.match(data, env_at)
+        qid = _ID.match(data, mb.end() if mb else env_at)
         if data[o:state_at] != MAGIC or not (state and size and qid):
             raise SpoolError(f"{where}: bad record head {data[o:o + 40]!r}")
         body_at = data.find(b"\n\n", env_at) + 2
