@@ -16,20 +16,7 @@
 #include <cmocka.h>
 
 #include "schedule.h"
-
-#define NELEM(a)	(sizeof(a) / sizeof((a)[0]))
-
-/* Fails with the table's name and row, and what came out. */
-static void
-check_u64(const char *table, size_t row, const char *what, uint64_t got,
-    uint64_t want)
-{
-	if (got == want)
-		return;
-	print_error("%s row %zu: %s: got %llu, want %llu\n", table, row, what,
-	    (unsigned long long)got, (unsigned long long)want);
-	fail();
-}
+#include "table.h"
 
 /* ---- backoff ---- */
 
