@@ -108,9 +108,21 @@ const struct cfg_key config_keys[] = {
 	  "Idle time allowed while receiving message data; past it, the "
 	  "data must also average 256 bytes a second (a trickle is cut "
 	  "with 421)." },
-	{ "smtp", "max_connections", CFG_NUM, "1000", 1, 1000000,
+	{ "smtp", "max_connections", CFG_NUM, "0", 0, 1000000,
 	  OFF(max_connections), NULL,
-	  "Simultaneous SMTP connections in total." },
+	  "Simultaneous SMTP connections in total. 0: as many as the "
+	  "descriptor limit allows (relayd raises RLIMIT_NOFILE to its hard "
+	  "limit, LimitNOFILE= in relayd.service, and keeps 256 for itself), "
+	  "at most 50000; a larger value than that is lowered, with a "
+	  "warning. The figure in force is logged at start. From 70% of it "
+	  "relayd is under stress (see stress_timeout): a new client that "
+	  "finds every connection taken makes room by closing the session "
+	  "idle longest that has not started a message (421 4.7.0)." },
+	{ "smtp", "stress_timeout", CFG_DURATION, "10s", 1000, 3600 * 1000,
+	  OFF(stress_timeout_ms), NULL,
+	  "Under stress (open connections at 70% of max_connections, until "
+	  "they are below 50%): the command and greeting timeout, instead of "
+	  "command_timeout if that is longer (Postfix uses 10s too)." },
 	{ "smtp", "max_connections_per_client", CFG_NUM, "100", 1, 1000000,
 	  OFF(max_connections_per_client), NULL,
 	  "Simultaneous SMTP connections from one client address." },

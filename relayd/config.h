@@ -46,7 +46,8 @@ struct config {
 	uint64_t		 max_line_length;
 	uint64_t		 command_timeout_ms;
 	uint64_t		 data_timeout_ms;
-	uint64_t		 max_connections;
+	uint64_t		 max_connections;	/* 0: from RLIMIT_NOFILE */
+	uint64_t		 stress_timeout_ms;
 	uint64_t		 max_connections_per_client;
 	uint64_t		 max_errors;
 	uint64_t		 greeting_delay_ms;

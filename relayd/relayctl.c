@@ -413,7 +413,18 @@ cmd_status(int json)
 	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++)
 		printf("%s %s", i ? "," : "",
 		    json_object_get_string(json_object_array_get_idx(a, i)));
-	printf("\nconnections: %lld\n", (long long)jint(o, "connections"));
+	printf("\nconnections: %lld of %lld", (long long)jint(o, "connections"),
+	    (long long)jint(o, "max_connections"));
+	if (json_object_object_get_ex(o, "stress", &q)) {
+		if (json_object_object_get_ex(q, "active", &x) &&
+		    json_object_get_boolean(x))
+			printf(", under stress since %s", jstr(q, "since"));
+		if (jint(q, "entered") > 0)
+			printf(" (stress since start: %lld time(s), %lld idle "
+			    "session(s) evicted)", (long long)jint(q,
+			    "entered"), (long long)jint(q, "evicted"));
+	}
+	printf("\n");
 	json_object_object_get_ex(o, "queue", &q);
 	printf("queue: %lld queued, %lld in flight, %lld deferred, %lld "
 	    "throttled, %lld held, %lld dead", (long long)jint(q, "queued"),

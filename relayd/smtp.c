@@ -4,7 +4,17 @@
  * limit gets a 421 and is closed at once; everyone else is unaffected.
  * Running out of descriptors pauses accepting for a second instead of
  * spinning.
+ *
+ * max_connections comes from the descriptor limit (stress.c) and is
+ * worked out here, in the process that holds the connections, from the
+ * limit it really has (the parent raised it to the hard limit before it
+ * forked; a reload works it out again). Above STRESS_ON_PCT of it the
+ * SMTP side is under stress: smtp_session.c shortens command timeouts,
+ * and a client that finds every slot taken is let in by evicting the
+ * session idle longest (smtp_session_evict) instead of being refused.
+
  */
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 #include <netinet/in.h>
@@ -28,6 +38,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "smtp.h"
+#include "stress.h"
 #include "tls.h"
 #include "util.h"
 
@@ -68,6 +79,8 @@ struct smtp {
 	int			 draining;
 	struct client_count	*clients[CLIENT_BUCKETS];
 	struct smtp_counts	 counts;
+	struct stress		 stress;	/* .limit: max_connections */
+	uint64_t		 fd_allowed;	/* connections descriptors allow */
 	void			(*changed)(void *);	/* figures changed */
 	void			*changed_arg;
 };
@@ -103,6 +116,37 @@ client_find(struct smtp *sm, const uint8_t key[17])
 	return cp;
 }
 
+/* Logs the entry into stress and the exit from it, once each. */
+static void
+stress_check(struct smtp *sm)
+{
+	struct stress	*st = &sm->stress;
+	uint64_t	 since = st->since_ms, now = wall_us() / 1000;
+
+	switch (stress_update(st, sm->nsessions, now)) {
+	case STRESS_ENTERED:
+		log_warnx("smtp stress: on connections=%zu max_connections="
+		    "%llu (%d%%): command timeout %.0fs, the idlest sessions "
+		    "make room for new clients", sm->nsessions,
+		    (unsigned long long)st->limit, STRESS_ON_PCT,
+		    (double)stress_timeout(st, sm->cfg->command_timeout_ms,
+		    sm->cfg->stress_timeout_ms) / 1000.0);
+		smtp_session_stress();
+		break;
+	case STRESS_LEFT:
+		log_info("smtp stress: off connections=%zu max_connections=%llu "
+		    "after %.1fs evicted=%llu (since start: entered=%llu "
+		    "evicted=%llu)", sm->nsessions,
+		    (unsigned long long)st->limit, (double)(now - since) /
+		    1000.0, (unsigned long long)(st->evicted - st->evicted_before),
+		    (unsigned long long)st->entered,
+		    (unsigned long long)st->evicted);
+		break;
+	case STRESS_SAME:
+		break;
+	}
+}
+
 void
 smtp_session_gone(struct smtp *sm, const struct sockaddr *sa)
 {
@@ -116,6 +160,7 @@ smtp_session_gone(struct smtp *sm, const struct sockaddr *sa)
 		free(c);
 	}
 	sm->nsessions--;
+	stress_check(sm);
 	figures_changed(sm);
 }
 
@@ -292,15 +337,6 @@ accept_client(struct smtp_listener *l, int fd, const struct sockaddr *sa,
 			refuse(fd, buf);
 		return;
 	}
-	if (sm->nsessions >= sm->cfg->max_connections) {
-		log_warnx("smtp refused client=%s listener=%s reason=\"too "
-		    "many connections (max_connections=%llu)\"", ip, l->name,
-		    (unsigned long long)sm->cfg->max_connections);
-		snprintf(buf, sizeof(buf), "421 4.7.0 %s Too many connections, "
-		    "try again later\r\n", sm->cfg->hostname);
-		refuse(fd, buf);
-		return;
-	}
 	addr_key(sa, key);
 	cp = client_find(sm, key);
 	if (*cp != NULL && (*cp)->n >= sm->cfg->max_connections_per_client) {
@@ -314,12 +350,28 @@ accept_client(struct smtp_listener *l, int fd, const struct sockaddr *sa,
 		refuse(fd, buf);
 		return;
 	}
+	/*
+	 * Full: under stress the idlest session makes room (it goes on the
+	 * next loop turn, so the count stays up until then and each client
+	 * accepted meanwhile evicts one of its own).
+	 */
+	if (sm->nsessions >= sm->stress.limit && (!sm->stress.active ||
+	    smtp_session_evict() == -1)) {
+		log_warnx("smtp refused client=%s listener=%s reason=\"too "
+		    "many connections (max_connections=%llu)\"", ip, l->name,
+		    (unsigned long long)sm->stress.limit);
+		snprintf(buf, sizeof(buf), "421 4.7.0 %s Too many connections, "
+		    "try again later\r\n", sm->cfg->hostname);
+		refuse(fd, buf);
+		return;
+	}
 	if ((c = *cp) == NULL) {
 		c = *cp = xcalloc(1, sizeof(*c));
 		memcpy(c->key, key, 17);
 	}
 	c->n++;
 	sm->nsessions++;
+	stress_check(sm);
 	figures_changed(sm);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	smtp_session_new(sm, l, fd, sa, salen);
@@ -350,6 +402,60 @@ accept_error_cb(struct evconnlistener *evl, void *arg)
 		log_warn("smtp listener=%s accept", l->name);
 }
 
+/*
+ * max_connections in force for cfg: from the descriptors this process
+ * has, said in the log at start, and again when a reload changes it.
+ */
+static void
+smtp_set_limit(struct smtp *sm, const struct config *cfg)
+{
+	struct rlimit	 rl;
+	uint64_t	 nofile = 1024, limit, allowed;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
+		nofile = rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX / 2 :
+		    (uint64_t)rl.rlim_cur;
+	limit = stress_conn_limit(cfg->max_connections, nofile, &allowed);
+	if (cfg->max_connections > limit)
+		log_warnx("smtp: max_connections=%llu is more than the "
+		    "descriptors allow (RLIMIT_NOFILE %llu, %d kept for "
+		    "relayd): %llu instead; raise the hard limit "
+		    "(LimitNOFILE= in relayd.service) to allow more",
+		    (unsigned long long)cfg->max_connections,
+		    (unsigned long long)nofile, STRESS_FD_RESERVE,
+		    (unsigned long long)limit);
+	if (sm->cfg == NULL || limit != sm->stress.limit)
+		log_info("smtp: max_connections=%llu (descriptors %llu)%s",
+		    (unsigned long long)limit, (unsigned long long)nofile,
+		    cfg->max_connections == 0 ? " from the descriptor limit" :
+		    "");
+	sm->cfg = cfg;
+	sm->fd_allowed = allowed;
+	sm->stress.limit = limit;
+	stress_check(sm);
+}
+
+/* The command timeout for a session now: shorter under stress. */
+uint64_t
+smtp_command_timeout(const struct smtp *sm, const struct config *cfg)
+{
+	return stress_timeout(&sm->stress, cfg->command_timeout_ms,
+	    cfg->stress_timeout_ms);
+}
+
+int
+smtp_stressed(const struct smtp *sm)
+{
+	return sm->stress.active;
+}
+
+void
+smtp_count_evicted(struct smtp *sm)
+{
+	sm->stress.evicted++;
+	figures_changed(sm);
+}
+
 struct smtp *
 smtp_new(struct event_base *base, const struct config *cfg,
     struct spool *spool)
@@ -358,8 +464,8 @@ smtp_new(struct event_base *base, const struct config *cfg,
 
 	sm = xcalloc(1, sizeof(*sm));
 	sm->base = base;
-	sm->cfg = cfg;
 	sm->spool = spool;
+	smtp_set_limit(sm, cfg);
 	return sm;
 }
 
@@ -620,6 +726,11 @@ smtp_figures(const struct smtp *sm, struct auth *a, struct smtp_figures *f)
 	memset(f, 0, sizeof(*f));
 	f->nsessions = sm->nsessions;
 	f->counts = sm->counts;
+	f->max_connections = sm->stress.limit;
+	f->stress_active = (uint32_t)sm->stress.active;
+	f->stress_since = sm->stress.since_ms;
+	f->stress_entered = sm->stress.entered;
+	f->stress_evicted = sm->stress.evicted;
 	for (i = 0; i < sm->nlisteners && i < SMTP_FIG_LISTENERS; i++)
 		strlcpy_r(f->listeners[i], sm->listeners[i].name,
 		    sizeof(f->listeners[i]));
@@ -643,7 +754,7 @@ smtp_reconfigure(struct smtp *sm, const struct config *cfg)
 		    cfg->listen[i].proxy == sm->listeners[i].lc->proxy &&
 		    cfg->listen[i].auth_plaintext ==
 		    sm->listeners[i].auth_plaintext;
-	sm->cfg = cfg;
+	smtp_set_limit(sm, cfg);
 	for (i = 0; same && i < sm->nlisteners; i++)
 		sm->listeners[i].lc = &cfg->listen[i];
 	smtp_reload_tls(sm);

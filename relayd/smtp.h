@@ -64,6 +64,11 @@ void		 smtp_counts(const struct smtp *, struct smtp_counts *);
 struct smtp_figures {
 	uint64_t	 nsessions;
 	struct smtp_counts counts;
+	uint64_t	 max_connections;	/* in force */
+	uint32_t	 stress_active;
+	uint64_t	 stress_since;		/* wall clock, ms; 0: never */
+	uint64_t	 stress_entered;	/* times since start */
+	uint64_t	 stress_evicted;	/* sessions, since start */
 	uint32_t	 nlisteners;
 	char		 listeners[SMTP_FIG_LISTENERS][SMTP_FIG_NAME];
 	uint32_t	 auth_on;		/* [auth] users_file set */
@@ -108,6 +113,11 @@ int		 smtp_listener_require_auth(const struct smtp_listener *);
 /* The listen line's reply_after=, -1 if it has none. */
 int		 smtp_listener_reply_after(const struct smtp_listener *);
 void		 smtp_session_gone(struct smtp *, const struct sockaddr *);
+/* Under stress (stress.c)? Its command timeout for a session of cfg. */
+int		 smtp_stressed(const struct smtp *);
+uint64_t	 smtp_command_timeout(const struct smtp *,
+		    const struct config *);
+void		 smtp_count_evicted(struct smtp *);
 
 /* smtp_session.c */
 void		 smtp_session_new(struct smtp *, struct smtp_listener *, int,
@@ -115,6 +125,14 @@ void		 smtp_session_new(struct smtp *, struct smtp_listener *, int,
 /* Scratch buffers sized from the config; call once at start. */
 void		 smtp_session_init(const struct config *);
 void		 smtp_session_shutdown(void);
+/*
+ * Under stress, a client found every connection taken: the session idle
+ * longest that has not started a message is told 421 and goes (0), or
+ * none may (-1).
+ */
+int		 smtp_session_evict(void);
+/* Stress began: every session's timeout is shortened now. */
+void		 smtp_session_stress(void);
 /* smtp_drain()'s part for the sessions already open. */
 void		 smtp_session_drain(void);
 /* AUTH for every session (NULL: none); the caller keeps it alive. */

@@ -17,7 +17,11 @@
  * waits loses nothing: at worst the client, never answered, sends it again.
  *
  * Limits (config): line length, message size, recipients, errors, idle
- * timeouts. DATA is decoded by smtp_proto.c's data_dec, which only ends on
+ * timeouts. Under stress (smtp.c, stress.c) the command timeout shrinks
+ * to stress_timeout, for every session at once when stress begins and
+ * back at a session's next command when it ends; and the sessions between
+ * transactions, kept on an idle list in the order of their last command,
+ * are evicted from its head when a new client finds every slot taken. DATA is decoded by smtp_proto.c's data_dec, which only ends on
  * CRLF.CRLF; bare CR/LF are refused or normalised, never a line end.
  */
 #include <sys/ioctl.h>
@@ -26,6 +30,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +58,7 @@
 #include "smtp.h"
 #include "smtp_proto.h"
 #include "spool.h"
+#include "stress.h"
 #include "tls.h"
 #include "util.h"
 #include "link_smtp.h"	/* and worker.h: struct worker_answer */
@@ -148,8 +154,13 @@ struct smtp_session {
 	int			 seen_input;
 	uint64_t		 timeout_ms;	/* armed idle timeout */
 	const char		*close_reason;
+	struct idle_entry	 idle;		/* evictable: no transaction */
 	LIST_ENTRY(smtp_session) entry;
 };
+
+#define SESSION_OF_IDLE(e) \
+	((struct smtp_session *)(void *)((char *)(e) - \
+	offsetof(struct smtp_session, idle)))
 
 struct smtp_cmd_entry {
 	enum smtp_cmd	 cmd;
@@ -215,6 +226,7 @@ static size_t	 line_max;
 static char	*dec_buf;
 static uint64_t	 next_id;
 static LIST_HEAD(, smtp_session) sessions = LIST_HEAD_INITIALIZER(sessions);
+static struct idle_list idle = TAILQ_HEAD_INITIALIZER(idle);
 
 void
 smtp_session_set_auth(struct auth *a)
@@ -257,6 +269,35 @@ smtp_session_shutdown(void)
 	line_buf = dec_buf = NULL;
 }
 
+int
+smtp_session_evict(void)
+{
+	struct idle_entry	*e;
+	struct smtp_session	*s;
+
+	if ((e = idle_oldest(&idle)) == NULL)
+		return -1;
+	s = SESSION_OF_IDLE(e);
+	idle_remove(&idle, e);
+	smtp_count_evicted(s->smtp);
+	smtp_reply(s, "421 4.7.0 %s Too many connections: closing the idlest "
+	    "(idle %.0fs), try again later", s->cfg->hostname,
+	    (double)(now_ms() - e->since_ms) / 1000.0);
+	s->close_reason = "evicted: idle longest while under stress";
+	/*
+	 * Plain: the reply goes now and the slot at once (no linger: an
+	 * idle client has sent nothing we left unread). TLS needs the
+	 * bufferevent to write it, so that session lingers as at QUIT.
+	 */
+	if (s->ssl != NULL) {
+		smtp_close(s, s->close_reason);
+		return 0;
+	}
+	smtp_flush(s);
+	session_free_later(s);
+	return 0;
+}
+
 /* Stopping: a session between transactions says so and goes. */
 static void
 bye(struct smtp_session *s)
@@ -294,30 +335,71 @@ state_name(enum smtp_state st)
 	return (unsigned)st < NELEM(names) ? names[st] : "?";
 }
 
+/* Between transactions: the sessions stress may evict. */
+static int
+evictable(enum smtp_state st)
+{
+	return st == STATE_NEW || st == STATE_GREETED || st == STATE_HELO ||
+	    st == STATE_AUTH || st == STATE_AUTH_WAIT;
+}
+
+/* The idle timeout for the session's state now (stress shortens it). */
+static uint64_t
+session_timeout(const struct smtp_session *s)
+{
+	uint64_t	 cmd = smtp_command_timeout(s->smtp, s->cfg);
+
+	if (s->state == STATE_DATA || s->state == STATE_BDAT)
+		return s->cfg->data_timeout_ms;
+	if (s->state == STATE_NEW)
+		return s->cfg->greeting_delay_ms + cmd;
+	return cmd;
+}
+
 static void
-smtp_enter(struct smtp_session *s, enum smtp_state st)
+arm_timeout(struct smtp_session *s)
 {
 	struct timeval	 tv;
 	uint64_t	 ms;
 
-	log_debug("%016" PRIx64 " smtp state %s -> %s", s->id,
-	    state_name(s->state), state_name(st));
-	s->state = st;
-	if (s->bev == NULL || st == STATE_CLOSING || st == STATE_COMMIT)
+	if (s->bev == NULL || s->freeing || s->state == STATE_CLOSING ||
+	    s->state == STATE_COMMIT || s->state == STATE_GRAPH)
 		return;
-	if (st == STATE_GRAPH) {
-		/* reply_timeout bounds the wait; the client is silent. */
-		bufferevent_set_timeouts(s->bev, NULL, NULL);
-		s->timeout_ms = 0;
-		return;
-	}
-	ms = (st == STATE_DATA || st == STATE_BDAT) ?
-	    s->cfg->data_timeout_ms : s->cfg->command_timeout_ms;
+	ms = session_timeout(s);
 	if (ms == s->timeout_ms)	/* re-arming costs system calls */
 		return;
 	s->timeout_ms = ms;
 	tv = ms_tv(ms);
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
+}
+
+static void
+smtp_enter(struct smtp_session *s, enum smtp_state st)
+{
+	log_debug("%016" PRIx64 " smtp state %s -> %s", s->id,
+	    state_name(s->state), state_name(st));
+	s->state = st;
+	if (!evictable(st) || s->freeing)
+		idle_remove(&idle, &s->idle);
+	else if (!s->idle.on)
+		idle_touch(&idle, &s->idle, now_ms());
+	if (s->bev != NULL && st == STATE_GRAPH) {
+		/* reply_timeout bounds the wait; the client is silent. */
+		bufferevent_set_timeouts(s->bev, NULL, NULL);
+		s->timeout_ms = 0;
+		return;
+	}
+	arm_timeout(s);
+}
+
+/* Stress began: idle sessions get the short timeout from now on. */
+void
+smtp_session_stress(void)
+{
+	struct smtp_session	*s;
+
+	LIST_FOREACH(s, &sessions, entry)
+		arm_timeout(s);
 }
 
 static void
@@ -444,6 +526,7 @@ session_free_cb(evutil_socket_t fd, short ev, void *arg)
 	    "reason=\"%s\"", s->id, s->addr, s->nmsgs,
 	    s->close_reason ? s->close_reason : "unknown");
 	LIST_REMOVE(s, entry);
+	idle_remove(&idle, &s->idle);
 	tx_free(s);
 	graph_unwait(s);
 	if (s->reply_timer != NULL)
@@ -470,7 +553,10 @@ session_free_later(struct smtp_session *s)
 	if (s->freeing)
 		return;
 	s->freeing = 1;
+	idle_remove(&idle, &s->idle);
 	graph_unwait(s);
+	if (s->auth_timer != NULL)
+		evtimer_del(s->auth_timer);	/* no 535 for a session gone */
 	if (s->bev != NULL) {
 		bufferevent_disable(s->bev, EV_READ | EV_WRITE);
 		bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
@@ -1576,7 +1662,7 @@ feed_line(struct smtp_session *s, struct evbuffer *in)
 			if (s->line_started == 0)
 				s->line_started = now;
 			else if (now - s->line_started >
-			    s->cfg->command_timeout_ms) {
+			    smtp_command_timeout(s->smtp, s->cfg)) {
 				evbuffer_drain(in, evbuffer_get_length(in));
 				smtp_reply(s, "421 4.4.2 %s Timeout exceeded "
 				    "(command not completed in time), closing "
@@ -1619,6 +1705,10 @@ feed_line(struct smtp_session *s, struct evbuffer *in)
 	else
 		smtp_command(s, line_buf);
 	explicit_bzero(line_buf, len);	/* it may have held a password */
+	/* A command: idle from now; the timeout in force since stress. */
+	if (s->idle.on)
+		idle_touch(&idle, &s->idle, now_ms());
+	arm_timeout(s);
 	return 1;
 }
 
@@ -1966,10 +2056,12 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 		s->relay_ok = 0;	/* AUTH grants it */
 	s->state = STATE_NEW;
 	LIST_INSERT_HEAD(&sessions, s, entry);
+	idle_touch(&idle, &s->idle, now_ms());
 	if (smtp_listener_implicit_tls(l)) {
 		if (tls_wrap(s, fd) == -1) {
 			close(fd);
 			LIST_REMOVE(s, entry);
+			idle_remove(&idle, &s->idle);
 			smtp_session_gone(sm, sa);
 			free(s);
 			return;
@@ -1987,6 +2079,7 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 	if (s->bev == NULL) {
 		close(fd);
 		LIST_REMOVE(s, entry);
+		idle_remove(&idle, &s->idle);
 		smtp_session_gone(sm, sa);
 		free(s);
 		return;
@@ -2006,7 +2099,5 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 	/* Until the greeting, any input is a protocol violation. */
 	tv = ms_tv(cfg->greeting_delay_ms);
 	evtimer_add(s->timer, &tv);
-	tv.tv_sec = (time_t)(cfg->command_timeout_ms / 1000);
-	tv.tv_usec = 0;
-	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	arm_timeout(s);
 }

@@ -312,6 +312,21 @@ smtp_fig(const struct status *st)
 	    &none;
 }
 
+/* Stress mode (stress.c): now, since when, and how often since start. */
+static json_object *
+stress_json(const struct smtp_figures *f)
+{
+	json_object	*o = json_object_new_object();
+
+	json_object_object_add(o, "active",
+	    json_object_new_boolean(f->stress_active != 0));
+	json_object_object_add(o, "since", f->stress_active ?
+	    jtime(f->stress_since) : NULL);
+	add_int(o, "entered", (int64_t)f->stress_entered);
+	add_int(o, "evicted", (int64_t)f->stress_evicted);
+	return o;
+}
+
 static json_object *
 lockouts_json(const struct smtp_figures *f)
 {
@@ -428,6 +443,8 @@ cmd_status(struct status *st)
 		    smtp_fig(st)->listeners[i]));
 	json_object_object_add(o, "listeners", a);
 	add_int(o, "connections", (int64_t)smtp_fig(st)->nsessions);
+	add_int(o, "max_connections", (int64_t)smtp_fig(st)->max_connections);
+	json_object_object_add(o, "stress", stress_json(smtp_fig(st)));
 	q = json_object_new_object();
 	memset(&c, 0, sizeof(c));
 	if (e->pool != NULL)
@@ -1012,7 +1029,24 @@ smtp_metrics(struct status *st)
 	    "# HELP relayd_auth_locked_addresses Client addresses locked out "
 	    "now.\n"
 	    "# TYPE relayd_auth_locked_addresses gauge\n"
-	    "relayd_auth_locked_addresses %zu\n", out, nfail, nlock, nlocked);
+	    "relayd_auth_locked_addresses %zu\n"
+	    "# HELP relayd_smtp_max_connections max_connections in force "
+	    "(from the descriptor limit unless set).\n"
+	    "# TYPE relayd_smtp_max_connections gauge\n"
+	    "relayd_smtp_max_connections %" PRIu64 "\n"
+	    "# HELP relayd_smtp_stress 1 while relayd is under stress (open "
+	    "connections from 70%% of max_connections until below 50%%).\n"
+	    "# TYPE relayd_smtp_stress gauge\n"
+	    "relayd_smtp_stress %u\n"
+	    "# HELP relayd_smtp_stress_entered_total Times stress began.\n"
+	    "# TYPE relayd_smtp_stress_entered_total counter\n"
+	    "relayd_smtp_stress_entered_total %" PRIu64 "\n"
+	    "# HELP relayd_smtp_evicted_total Idle sessions closed under "
+	    "stress to let a new client in.\n"
+	    "# TYPE relayd_smtp_evicted_total counter\n"
+	    "relayd_smtp_evicted_total %" PRIu64 "\n", out, nfail, nlock,
+	    nlocked, f->max_connections, (unsigned)f->stress_active,
+	    f->stress_entered, f->stress_evicted);
 	free(out);
 	return more;
 }

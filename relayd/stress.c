@@ -29,6 +29,7 @@ stress_update(struct stress *st, uint64_t n, uint64_t now)
 		st->active = 1;
 		st->since_ms = now;
 		st->entered++;
+		st->evicted_before = st->evicted;
 		return STRESS_ENTERED;
 	}
 	if (st->active && n < pct(st->limit, STRESS_OFF_PCT)) {

@@ -32,6 +32,7 @@ struct stress {
 	uint64_t	 since_ms;	/* wall clock of the last change */
 	uint64_t	 entered;	/* times stress began */
 	uint64_t	 evicted;	/* sessions closed to make room */
+	uint64_t	 evicted_before;	/* evicted when stress began */
 };
 
 enum stress_change {

@@ -272,16 +272,21 @@ def test_idle_during_data_is_reset_by_input(relayd_factory):
 # ---- connections
 
 def test_max_connections(relayd_factory):
+    """Full, and no session may be evicted (both are in a transaction, see
+    test_stress.py): the next client is refused."""
     d = relayd_factory(smtp={"max_connections": 2})
     c1, c2 = d.connect(), d.connect()
     try:
         assert c1.greeting.code == 220 and c2.greeting.code == 220
+        for c in (c1, c2):
+            c.ehlo()
+            assert c.cmd("MAIL FROM:<sender@a.test>").code == 250
         with d.connect() as c3:
             assert c3.greeting.text.startswith("421 4.7.0"), c3.greeting
             assert c3.wait_closed()
         d.wait_log(r"smtp refused client=127\.0\.0\.1 .*max_connections=2")
         # The two that got in still work.
-        assert c1.cmd("NOOP").code == 250
+        assert c1.cmd("RSET").code == 250
         assert c2.cmd("NOOP").code == 250
         assert c1.cmd("QUIT").code == 221
         c1.close()
