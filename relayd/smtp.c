@@ -12,7 +12,13 @@
  * SMTP side is under stress: smtp_session.c shortens command timeouts,
  * and a client that finds every slot taken is let in by evicting the
  * session idle longest (smtp_session_evict) instead of being refused.
-
+ *
+ * libevent's listener accepts until the backlog is empty before anything
+ * else runs: under a flood of connect-and-close, new sessions were made
+ * (and greeted) faster than the EOFs of the closed ones were read, and
+ * hundreds piled up (bench/README.md). So at most SMTP_ACCEPT_BATCH
+ * clients are taken per listener and loop turn; then the listener waits
+ * for the next turn, after the other events of this one (EOFs, frees).
  */
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -44,6 +50,7 @@
 
 #define CLIENT_BUCKETS	4096
 #define SMTP_PROXY_TIMEOUT_SEC	10	/* for the PROXY header */
+#define SMTP_ACCEPT_BATCH	32	/* clients per listener and loop turn */
 
 struct client_count {
 	uint8_t			 key[17];
@@ -55,6 +62,8 @@ struct smtp_listener {
 	struct smtp		*smtp;
 	struct evconnlistener	*evl;
 	struct event		*resume;
+	struct timeval		 turn;		/* loop turn of the batch */
+	unsigned		 batch;		/* accepted in it */
 	char			 name[ADDR_STRLEN];
 	SSL_CTX			*tls;		/* NULL: no certificate */
 	int			 implicit_tls;
@@ -272,6 +281,25 @@ proxy_timeout_cb(evutil_socket_t fd, short ev, void *arg)
 	proxy_read_cb(pc->fd, EV_TIMEOUT, pc);
 }
 
+/* See the top: past SMTP_ACCEPT_BATCH, the rest waits for the next turn. */
+static void
+accept_batch(struct smtp_listener *l)
+{
+	struct timeval	 now, zero = { 0, 0 };
+
+	/* The cached time is the loop turn's: the same within one turn. */
+	event_base_gettimeofday_cached(l->smtp->base, &now);
+	if (now.tv_sec != l->turn.tv_sec || now.tv_usec != l->turn.tv_usec) {
+		l->turn = now;
+		l->batch = 0;
+	}
+	if (++l->batch < SMTP_ACCEPT_BATCH)
+		return;
+	evconnlistener_disable(l->evl);
+	evtimer_add(l->resume, &zero);
+	l->batch = 0;
+}
+
 static void
 accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
     int salen, void *arg)
@@ -281,6 +309,7 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
 	struct timeval		 tv = { SMTP_PROXY_TIMEOUT_SEC, 0 };
 
 	(void)evl;
+	accept_batch(l);
 	if (!l->lc->proxy) {
 		accept_client(l, fd, sa, (socklen_t)salen);
 		return;
