@@ -287,9 +287,10 @@ smtp_session_evict(void)
 	/*
 	 * Plain: the reply goes now and the slot at once (no linger: an
 	 * idle client has sent nothing we left unread). TLS needs the
-	 * bufferevent to write it, so that session lingers as at QUIT.
+	 * bufferevent to write it, so that session lingers as at QUIT; one
+	 * still in its handshake could never read it and just goes.
 	 */
-	if (s->ssl != NULL) {
+	if (s->ssl != NULL && SSL_is_init_finished(s->ssl)) {
 		smtp_close(s, s->close_reason);
 		return 0;
 	}

@@ -12,12 +12,14 @@ import resource
 import selectors
 import signal
 import socket
+import ssl
 import struct
 import time
 
 import pytest
 
 from relaydtest.graph import graph_sections
+from relaydtest.ports import free_port as free_tcp_port
 from relaydtest.procs import rss_kb
 from relaydtest.smtp import SMTPConn
 from relaydtest.wait import wait_for
@@ -246,7 +248,8 @@ def test_slow_clients_make_room(relayd_factory, shared_fake_graph):
         silent.read(0.1)
         assert b"421 4.7.0" in slow.got[0], slow.got[0]
         assert not any(b"421" in g for g in silent.got)
-        assert status(d)["stress"]["evicted"] == 1
+        wait_for(lambda: status(d)["stress"]["evicted"] == 1, 2,
+                 "1 evicted in status")
     finally:
         slow.close()
         silent.close()
@@ -377,3 +380,41 @@ def test_greeting_delay_under_stress(relayd_factory, shared_fake_graph):
     finally:
         swarm.close()
     assert 'reason="talked before greeting"' in d.log
+
+
+def test_tls_sessions_evicted(relayd_factory, tls_ca):
+    """On an implicit-TLS listener the 421 of an evicted session is said
+    over TLS, and one still in its handshake can be evicted too."""
+    d = relayd_factory(smtp={"max_connections": 5,
+                             "tls_cert": str(tls_ca.cert_file),
+                             "tls_key": str(tls_ca.key_file)}, start=False)
+    d.port = free_tcp_port()
+    d._listen = ["127.0.0.1:%d tls" % d.port]
+    d.start()
+    ctx = ssl.create_default_context(cafile=str(tls_ca.ca_file))
+    raw = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    tls = []
+    try:
+        for i in range(5):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((addr(80, i), 0))
+            s.settimeout(10)
+            s.connect(("127.0.0.1", d.port))
+            t = ctx.wrap_socket(s, server_hostname="localhost")
+            assert t.recv(100).startswith(b"220 ")
+            tls.append(t)
+        # raw made room for the fifth; tls[0] now for this one.
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        with ctx.wrap_socket(s, server_hostname="localhost") as last:
+            assert last.recv(100).startswith(b"220 ")
+        t0 = time.monotonic()
+        assert raw.recv(100) == b""      # it never began its handshake
+        assert time.monotonic() - t0 < 1
+        assert tls[0].recv(100).startswith(b"421 4.7.0 ")
+        wait_for(lambda: status(d)["stress"]["evicted"] == 2, 2,
+                 "2 evicted in status")
+    finally:
+        raw.close()
+        for t in tls:
+            t.close()
+    wait_for(lambda: status(d)["connections"] == 0, 5, "no sessions")
