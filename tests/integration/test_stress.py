@@ -357,6 +357,13 @@ def test_max_connections_from_descriptors(relayd_factory, shared_fake_graph):
     assert "smtp: max_connections=1000000 is more than the descriptors " \
         "allow (RLIMIT_NOFILE %d, 256 kept for relayd): %d instead" \
         % (n, n - 256) in d2.log
+    # A reload takes a new value for new clients, and says so.
+    d2.smtp_opts["max_connections"] = 100
+    d2.write_config()
+    d2.proc.send_signal(signal.SIGHUP)
+    d2.wait_log(r"smtp: max_connections=100 \(descriptors %d\)" % n)
+    wait_for(lambda: status(d2)["max_connections"] == 100, 5,
+             "max_connections 100 in status")
 
 
 def test_greeting_delay_under_stress(relayd_factory, shared_fake_graph):
