@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from relaydtest.env import SANITIZED, SLOW, VALGRIND
 from relaydtest.graph import graph_sections
 from relaydtest.ports import free_port as free_tcp_port
 from relaydtest.procs import rss_kb
@@ -117,7 +118,7 @@ def served_within(d, source, limit=1.0, subject="real client"):
         took = time.monotonic() - t0
         assert r.code == 250 and r.qid, r
         c.cmd("QUIT")
-    assert took < limit, "connect to 250 took %.3fs" % took
+    assert took < limit * SLOW, "connect to 250 took %.3fs" % took
     return r.qid
 
 
@@ -297,7 +298,8 @@ def test_connect_close_flood_leaves_nothing(relayd_factory,
     served_within(d, "127.0.9.2")
     wait_for(lambda: status(d)["connections"] == 0, 5, "no sessions left")
     grown = rss_kb(d.pid) - before
-    assert grown < 2048, "relayd grew by %d KiB" % grown
+    if not (SANITIZED or VALGRIND):     # their allocators keep what is freed
+        assert grown < 2048, "relayd grew by %d KiB" % grown
     assert len(re.findall(r"smtp disconnect ", d.log)) >= n
 
 

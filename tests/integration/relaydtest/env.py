@@ -23,6 +23,20 @@ EX_CONFIG = 78                  # sysexits.h: relayd's exit for a bad config
 VALGRIND = os.environ.get("RELAYD_VALGRIND", "") not in ("", "0")
 SLOW = 4.0 if VALGRIND else 1.0
 
+
+def _sanitized():
+    try:
+        text = (BUILDDIR / "Makefile").read_text(errors="replace")
+    except OSError:
+        return False
+    return any(l.startswith("SAN_CFLAGS =") and "-fsanitize" in l
+               for l in text.splitlines())
+
+
+# Built with --enable-sanitizers: ASan keeps freed memory in quarantine,
+# so a process's RSS says nothing about what it holds.
+SANITIZED = _sanitized()
+
 POLL = 0.01            # seconds between polls
 START_TIMEOUT = 10.0 * SLOW     # daemon start-up
 STOP_TIMEOUT = 10.0 * SLOW      # daemon shutdown after SIGTERM
