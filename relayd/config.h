@@ -46,7 +46,7 @@ struct config {
 	uint64_t		 max_line_length;
 	uint64_t		 command_timeout_ms;
 	uint64_t		 data_timeout_ms;
-	uint64_t		 max_connections;	/* 0: from RLIMIT_NOFILE */
+	uint64_t		 max_connections;	/* 0: auto (stress.c) */
 	uint64_t		 stress_timeout_ms;
 	uint64_t		 max_connections_per_client;
 	uint64_t		 max_errors;

@@ -89,7 +89,6 @@ struct smtp {
 	struct client_count	*clients[CLIENT_BUCKETS];
 	struct smtp_counts	 counts;
 	struct stress		 stress;	/* .limit: max_connections */
-	uint64_t		 fd_allowed;	/* connections descriptors allow */
 	void			(*changed)(void *);	/* figures changed */
 	void			*changed_arg;
 };
@@ -143,11 +142,12 @@ stress_check(struct smtp *sm)
 		smtp_session_stress();
 		break;
 	case STRESS_LEFT:
-		log_info("smtp stress: off connections=%zu max_connections=%llu "
-		    "after %.1fs evicted=%llu (since start: entered=%llu "
-		    "evicted=%llu)", sm->nsessions,
-		    (unsigned long long)st->limit, (double)(now - since) /
-		    1000.0, (unsigned long long)(st->evicted - st->evicted_before),
+		log_info("smtp stress: off connections=%zu "
+		    "max_connections=%llu after %.1fs evicted=%llu (since "
+		    "start: entered=%llu evicted=%llu)", sm->nsessions,
+		    (unsigned long long)st->limit,
+		    (double)(now - since) / 1000.0,
+		    (unsigned long long)(st->evicted - st->evicted_before),
 		    (unsigned long long)st->entered,
 		    (unsigned long long)st->evicted);
 		break;
@@ -452,14 +452,13 @@ smtp_set_limit(struct smtp *sm, const struct config *cfg)
 		    "(LimitNOFILE= in relayd.service) to allow more",
 		    (unsigned long long)cfg->max_connections,
 		    (unsigned long long)nofile, STRESS_FD_RESERVE,
-		    (unsigned long long)limit);
+		    (unsigned long long)allowed);
 	if (sm->cfg == NULL || limit != sm->stress.limit)
 		log_info("smtp: max_connections=%llu (descriptors %llu)%s",
 		    (unsigned long long)limit, (unsigned long long)nofile,
 		    cfg->max_connections == 0 ? " from the descriptor limit" :
 		    "");
 	sm->cfg = cfg;
-	sm->fd_allowed = allowed;
 	sm->stress.limit = limit;
 	stress_check(sm);
 }

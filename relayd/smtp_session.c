@@ -21,8 +21,9 @@
  * to stress_timeout, for every session at once when stress begins and
  * back at a session's next command when it ends; and the sessions between
  * transactions, kept on an idle list in the order of their last command,
- * are evicted from its head when a new client finds every slot taken. DATA is decoded by smtp_proto.c's data_dec, which only ends on
- * CRLF.CRLF; bare CR/LF are refused or normalised, never a line end.
+ * are evicted from its head when a new client finds every slot taken.
+ * DATA is decoded by smtp_proto.c's data_dec, which only ends on CRLF.CRLF;
+ * bare CR/LF are refused or normalised, never a line end.
  */
 #include <sys/ioctl.h>
 #include <sys/queue.h>
