@@ -144,6 +144,7 @@ struct smtp_session {
 	unsigned		 nmsgs;
 	int			 freeing;
 	int			 lingering;
+	int			 evicted;	/* no linger: its slot is wanted */
 	int			 out_blocked;	/* waiting for the client to read */
 	int			 write_armed;	/* libevent is flushing for us */
 	SSL			*ssl;		/* TLS is on (bev does it) */
@@ -288,10 +289,12 @@ smtp_session_evict(void)
 	/*
 	 * Plain: the reply goes now and the slot at once (no linger: an
 	 * idle client has sent nothing we left unread). TLS needs the
-	 * bufferevent to write it, so that session lingers as at QUIT; one
-	 * still in its handshake could never read it and just goes.
+	 * bufferevent to write it: that session goes as soon as it is out
+	 * (linger() sees evicted); one still in its handshake could never
+	 * read it and goes at once.
 	 */
 	if (s->ssl != NULL && SSL_is_init_finished(s->ssl)) {
+		s->evicted = 1;
 		smtp_close(s, s->close_reason);
 		return 0;
 	}
@@ -1922,6 +1925,11 @@ linger(struct smtp_session *s)
 	if (s->ssl == NULL || (under = bufferevent_get_underlying(s->bev)) ==
 	    NULL || evbuffer_get_length(bufferevent_get_output(under)) == 0)
 		shutdown(bufferevent_getfd(s->bev), SHUT_WR);
+	/* Evicted: the 421 is out; the slot must not wait for the client. */
+	if (s->evicted) {
+		session_free_later(s);
+		return;
+	}
 	evbuffer_drain(bufferevent_get_input(s->bev),
 	    evbuffer_get_length(bufferevent_get_input(s->bev)));
 	bufferevent_set_timeouts(s->bev, &tv, NULL);

@@ -420,6 +420,10 @@ def test_tls_sessions_evicted(relayd_factory, tls_ca):
         assert raw.recv(100) == b""      # it never began its handshake
         assert time.monotonic() - t0 < 1
         assert tls[0].recv(100).startswith(b"421 4.7.0 ")
+        # Its slot is free at once (no linger), though tls[0] stays open.
+        assert tls[0].recv(100) == b""
+        wait_for(lambda: status(d)["connections"] == 4, 1,
+                 "the evicted TLS session gone")
         wait_for(lambda: status(d)["stress"]["evicted"] == 2, 2,
                  "2 evicted in status")
     finally:
