@@ -471,12 +471,6 @@ smtp_command_timeout(const struct smtp *sm, const struct config *cfg)
 	    cfg->stress_timeout_ms);
 }
 
-int
-smtp_stressed(const struct smtp *sm)
-{
-	return sm->stress.active;
-}
-
 void
 smtp_count_evicted(struct smtp *sm)
 {

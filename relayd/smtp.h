@@ -113,8 +113,7 @@ int		 smtp_listener_require_auth(const struct smtp_listener *);
 /* The listen line's reply_after=, -1 if it has none. */
 int		 smtp_listener_reply_after(const struct smtp_listener *);
 void		 smtp_session_gone(struct smtp *, const struct sockaddr *);
-/* Under stress (stress.c)? Its command timeout for a session of cfg. */
-int		 smtp_stressed(const struct smtp *);
+/* The command timeout for a session of cfg now (stress.c shortens it). */
 uint64_t	 smtp_command_timeout(const struct smtp *,
 		    const struct config *);
 void		 smtp_count_evicted(struct smtp *);
