@@ -51,6 +51,13 @@
 #define CLIENT_BUCKETS	4096
 #define SMTP_PROXY_TIMEOUT_SEC	10	/* for the PROXY header */
 #define SMTP_ACCEPT_BATCH	32	/* clients per listener and loop turn */
+/*
+ * Connections the kernel completes before relayd accepts them (capped by
+ * net.core.somaxconn). Under a churn of clients at max_connections the
+ * queue fills with them, and a SYN that finds it full is dropped: the
+ * real client then waits for its retransmission, a whole second.
+ */
+#define SMTP_BACKLOG		4096
 
 struct client_count {
 	uint8_t			 key[17];
@@ -533,7 +540,7 @@ open_one(const struct listen_cfg *lc, int *passed, int npassed, char *err,
 			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one,
 			    sizeof(one));
 		if (bind(fd, (const struct sockaddr *)&lc->ss, lc->sslen) !=
-		    -1 && listen(fd, 1024) != -1)
+		    -1 && listen(fd, SMTP_BACKLOG) != -1)
 			return fd;
 	}
 	snprintf(err, len, "listen %s: %s%s", lc->text, strerror(errno),
