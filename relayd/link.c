@@ -1,10 +1,13 @@
 /*
  * link.c - the socketpair between the SMTP side and the delivery side:
  * messages (link.h: a fixed head and a text), one per SOCK_SEQPACKET
- * packet, read on the event loop. What cannot be sent at once (the other
- * side is busy) waits in memory, in order, and goes when the socket takes
- * it: a message is never dropped while the other side lives. When it
- * dies what it sent before is still read, then the callback hears NULL.
+ * packet, read on the event loop. Messages go out once per loop turn,
+ * many in one sendmmsg (a commit batch queues a message per record), and
+ * come in many per recvmmsg: two system calls per batch, not two per
+ * message. What cannot be sent at once (the other side is busy) waits in
+ * memory, in order, and goes when the socket takes it: a message is never
+ * dropped while the other side lives. When it dies what it sent before is
+ * still read, then the callback hears NULL.
  */
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -27,12 +30,15 @@ struct packet {
 	char		*data;
 };
 
+#define LINK_BATCH	16		/* packets per sendmmsg, recvmmsg */
+
 struct link {
 	int		 fd;
 	struct event	*rev, *wev;
 	link_cb		*cb;
 	void		*arg;
-	char		*rbuf;		/* one message and a NUL */
+	char		*rbuf;		/* LINK_BATCH messages, each with a
+					   NUL after it */
 	struct packet	*q;		/* waiting to be sent: q[head..] */
 	size_t		 head, len, cap;
 	int		 gone;		/* the other side closed */
@@ -40,64 +46,101 @@ struct link {
 
 #define LINK_PACKET_MAX	(sizeof(struct link_msg) + LINK_TEXT_MAX)
 
+/* One message received (n bytes at buf, room for a NUL after). */
+static void
+link_deliver(struct link *l, char *buf, ssize_t n)
+{
+	struct link_msg	 m;
+
+	if ((size_t)n < sizeof(m) || (memcpy(&m, buf, sizeof(m)),
+	    (size_t)n != sizeof(m) + m.textlen)) {
+		log_warnx("link: a message of %zd bytes that does not "
+		    "parse: ignored", n);
+		return;
+	}
+	m.qid[sizeof(m.qid) - 1] = m.seg[sizeof(m.seg) - 1] = '\0';
+	m.code[sizeof(m.code) - 1] = '\0';
+	buf[n] = '\0';
+	l->cb(l->arg, &m, buf + sizeof(m));
+}
+
 static void
 link_read(evutil_socket_t fd, short ev, void *arg)
 {
 	struct link	*l = arg;
-	struct link_msg	 m;
-	ssize_t		 n;
+	struct mmsghdr	 mm[LINK_BATCH];
+	struct iovec	 iov[LINK_BATCH];
+	int		 i, n;
 
 	(void)ev;
 	while (!l->gone) {
-		n = recv(fd, l->rbuf, LINK_PACKET_MAX, MSG_DONTWAIT);
+		memset(mm, 0, sizeof(mm));
+		for (i = 0; i < LINK_BATCH; i++) {
+			iov[i].iov_base = l->rbuf + i * (LINK_PACKET_MAX + 1);
+			iov[i].iov_len = LINK_PACKET_MAX;
+			mm[i].msg_hdr.msg_iov = &iov[i];
+			mm[i].msg_hdr.msg_iovlen = 1;
+		}
+		n = recvmmsg(fd, mm, LINK_BATCH, MSG_DONTWAIT, NULL);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			return;
-		if (n <= 0) {
+		/* An end of file reads as one message of no bytes. */
+		for (i = 0; i < n && mm[i].msg_len > 0 && !l->gone; i++)
+			link_deliver(l, iov[i].iov_base, mm[i].msg_len);
+		if (n <= 0 || (i < n && mm[i].msg_len == 0)) {
 			l->gone = 1;
 			event_del(l->rev);
 			event_del(l->wev);
 			l->cb(l->arg, NULL, NULL);	/* may free l */
 			return;
 		}
-		if ((size_t)n < sizeof(m) || (memcpy(&m, l->rbuf, sizeof(m)),
-		    (size_t)n != sizeof(m) + m.textlen)) {
-			log_warnx("link: a message of %zd bytes that does not "
-			    "parse: ignored", n);
-			continue;
-		}
-		m.qid[sizeof(m.qid) - 1] = m.seg[sizeof(m.seg) - 1] = '\0';
-		m.code[sizeof(m.code) - 1] = '\0';
-		l->rbuf[n] = '\0';
-		l->cb(l->arg, &m, l->rbuf + sizeof(m));
+		if (n < LINK_BATCH)
+			return;		/* drained: no EAGAIN round trip */
 	}
 }
 
-/* Sends what waits; 0 when the queue is empty. */
+/* Sends what waits, a batch per system call; 0 when the queue is empty. */
 static int
 link_flush(struct link *l)
 {
+	struct mmsghdr	 mm[LINK_BATCH];
+	struct iovec	 iov[LINK_BATCH];
 	struct packet	*p;
-	ssize_t		 n;
+	int		 i, k, n;
 
 	while (l->len > 0) {
-		p = &l->q[l->head];
-		n = send(l->fd, p->data, p->len, MSG_DONTWAIT | MSG_NOSIGNAL);
+		k = l->len < LINK_BATCH ? (int)l->len : LINK_BATCH;
+		memset(mm, 0, sizeof(mm));
+		for (i = 0; i < k; i++) {
+			p = &l->q[l->head + (size_t)i];
+			iov[i].iov_base = p->data;
+			iov[i].iov_len = p->len;
+			mm[i].msg_hdr.msg_iov = &iov[i];
+			mm[i].msg_hdr.msg_iovlen = 1;
+		}
+		n = sendmmsg(l->fd, mm, (unsigned)k, MSG_DONTWAIT |
+		    MSG_NOSIGNAL);
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
 			return -1;
-		if (n != (ssize_t)p->len)
+		if (n == -1) {
 			l->gone = 1;	/* it rereads the spool at its start */
-		free(p->data);
-		l->head++;
-		l->len--;
+			n = k;
+		}
+		for (i = 0; i < n; i++) {
+			free(l->q[l->head].data);
+			l->head++;
+			l->len--;
+		}
 	}
 	l->head = 0;
 	return 0;
 }
 
+/* Writable, or messages queued this loop turn (event_active). */
 static void
 link_write(evutil_socket_t fd, short ev, void *arg)
 {
@@ -105,8 +148,10 @@ link_write(evutil_socket_t fd, short ev, void *arg)
 
 	(void)fd;
 	(void)ev;
-	if (link_flush(l) == 0)
+	if (l->gone || link_flush(l) == 0)
 		event_del(l->wev);
+	else
+		event_add(l->wev, NULL);	/* when the socket takes more */
 }
 
 struct link *
@@ -121,7 +166,7 @@ link_new(struct event_base *base, int fd, link_cb *cb, void *arg)
 	l->fd = fd;
 	l->cb = cb;
 	l->arg = arg;
-	l->rbuf = xmalloc(LINK_PACKET_MAX + 1);
+	l->rbuf = xmalloc(LINK_BATCH * (LINK_PACKET_MAX + 1));
 	l->rev = event_new(base, fd, EV_READ | EV_PERSIST, link_read, l);
 	l->wev = event_new(base, fd, EV_WRITE | EV_PERSIST, link_write, l);
 	event_add(l->rev, NULL);
@@ -153,9 +198,10 @@ link_send(struct link *l, struct link_msg *m, const void *text, size_t len)
 	memcpy(p->data, m, sizeof(*m));
 	if (len > 0)
 		memcpy(p->data + sizeof(*m), text, len);
-	if (l->len == 1 && link_flush(l) == 0)
-		return;
-	event_add(l->wev, NULL);
+	/* The first of this turn: all go together once the turn's work is
+	 * done (or when the socket takes them, if it is full). */
+	if (l->len == 1)
+		event_active(l->wev, EV_WRITE, 0);
 }
 
 void

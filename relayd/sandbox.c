@@ -169,7 +169,8 @@ static const char *const common_calls[] = {
 	"copy_file_range",	/* spool.c copy_range: a message copied out */
 	/* sockets already open: SMTP clients, status clients, Graph */
 	"accept", "accept4", "recvfrom", "recvmsg", "recvmmsg", "sendto",
-	"sendmsg", "shutdown", "getsockopt", "setsockopt",
+	"sendmsg", "sendmmsg", "shutdown", "getsockopt", "setsockopt",
+	/* (sendmmsg, recvmmsg: the smtp-deliver link's batches too) */
 	"getsockname", "getpeername",
 	/* libevent's signal socketpair; sd_notify's datagram socket */
 	"socketpair",
@@ -178,7 +179,6 @@ static const char *const common_calls[] = {
 /* Added for the delivery side: libcurl's connections and DNS. */
 static const char *const deliver_calls[] = {
 	"connect",
-	"sendmmsg",		/* glibc's resolver: A and AAAA at once */
 	"bind",			/* glibc getaddrinfo: its netlink socket; */
 	"listen",		/* the status socket, metrics_listen */
 	"rt_sigpending",	/* deliver_main: stopped while it waits */

@@ -251,6 +251,8 @@ struct spool {
 	int			 dirfd;		/* spool_dir */
 	int			 queuefd;	/* queue/ */
 	int			 tmpfd;		/* tmp/ */
+	int			 adopt_fd;	/* delivery: the segment */
+	char			 adopt_seg[SPOOL_QID_LEN + 1];	/* it reads */
 	uint64_t		 last_us;
 	unsigned		 seq;
 
@@ -604,6 +606,11 @@ static void
 seg_free(struct spool *sp, struct seg *s)
 {
 	struct seg	**sp_;
+
+	if (sp->adopt_fd != -1 && strcmp(sp->adopt_seg, s->name) == 0) {
+		close(sp->adopt_fd);	/* its space goes with its name */
+		sp->adopt_fd = -1;
+	}
 
 	if (s->foreign)
 		for (sp_ = &sp->segs; *sp_ != NULL; sp_ = &(*sp_)->lnext)
@@ -1756,7 +1763,7 @@ spool_open_role(const char *dir, int sync_method, enum spool_role role,
 	sp->role = role;
 	sp->dir = xstrdup(dir);
 	sp->sync_method = sync_method;
-	sp->dirfd = sp->queuefd = sp->tmpfd = -1;
+	sp->dirfd = sp->queuefd = sp->tmpfd = sp->adopt_fd = -1;
 	sp->notify[0] = sp->notify[1] = -1;
 	pthread_mutex_init(&sp->idx_lock, NULL);
 	pthread_mutex_init(&sp->lock, NULL);
@@ -1830,6 +1837,8 @@ spool_free(struct spool *sp)
 
 	if (sp == NULL)
 		return;
+	if (sp->adopt_fd != -1)
+		close(sp->adopt_fd);
 	if (sp->running) {
 		pthread_mutex_lock(&sp->lock);
 		sp->stopping = 1;
@@ -2049,18 +2058,26 @@ spool_adopt(struct spool *sp, const char *qid, const char *name,
 	pthread_mutex_unlock(&sp->idx_lock);
 	if (known)
 		return 1;
-	if ((fd = openat(sp->queuefd, name, O_RDONLY | O_CLOEXEC)) == -1) {
-		log_warn("%s spool: cannot read queue/%s", qid, name);
-		return -1;
+	/* Intake announces a segment's records one after another: its
+	 * descriptor is kept until the next segment (or its removal). */
+	if (sp->adopt_fd == -1 || strcmp(sp->adopt_seg, name) != 0) {
+		if ((fd = openat(sp->queuefd, name, O_RDONLY | O_CLOEXEC)) ==
+		    -1) {
+			log_warn("%s spool: cannot read queue/%s", qid, name);
+			return -1;
+		}
+		if (sp->adopt_fd != -1)
+			close(sp->adopt_fd);
+		sp->adopt_fd = fd;
+		strlcpy_r(sp->adopt_seg, name, sizeof(sp->adopt_seg));
 	}
 	memset(&r, 0, sizeof(r));
-	r.fd = fd;
+	r.fd = sp->adopt_fd;
 	r.end = off + len;
 	r.cap = len < RECOVER_READ ? (size_t)len : RECOVER_READ;
 	r.buf = xmalloc(r.cap ? r.cap : 1);
 	rc = read_record(&r, off, len, &e, &why);
 	free(r.buf);
-	close(fd);
 	if (rc == 0 && (strcmp(e.qid, qid) != 0 || e.reclen != len)) {
 		spool_entry_clear(&e);
 		why = "another record than announced";
