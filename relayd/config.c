@@ -300,6 +300,26 @@ const struct cfg_key config_keys[] = {
 	  OFF(timeout_ms), NULL,
 	  "Time allowed for one whole request, upload included; a request "
 	  "that takes longer is retried later." },
+	{ "cluster", "redis", CFG_STR, NULL, 0, 0, OFF(cluster_redis), NULL,
+	  "redis://HOST:PORT[/DB]: the Redis that several relayd instances "
+	  "sending for one app registration share, so that together they "
+	  "keep Graph's limits per mailbox as one relay would: 4 requests in "
+	  "flight, [queue] messages_per_minute, 10,000 recipients a day, and "
+	  "429 holds. Only counters and leases go there, never a message. "
+	  "When Redis is unreachable each node goes on alone with its share "
+	  "of each limit (the limit divided by the nodes last seen, at least "
+	  "1) and says so in the log, relayctl status and the metrics. Unset: "
+	  "relayd works alone." },
+	{ "cluster", "password_file", CFG_STR, NULL, 0, 0,
+	  OFF(cluster_password_file), NULL,
+	  "File holding the Redis password (requirepass, or an ACL user's "
+	  "\"USER PASSWORD\"); must not be open to group or others. Read "
+	  "once at start by the delivery process; the SMTP process cannot "
+	  "open it. Unset: no AUTH." },
+	{ "cluster", "node", CFG_STR, NULL, 0, 0, OFF(cluster_node), NULL,
+	  "This instance's name among the nodes (letters, digits, . _ -); "
+	  "must be unique among them: two instances on one host need a name "
+	  "each. Default: the host name." },
 	{ "auth", "users_file", CFG_STR, NULL, 0, 0, OFF(users_file), NULL,
 	  "Users allowed to AUTH (make lines with `relayctl passwd USER`); "
 	  "must not be open to group or others. Unset: no AUTH. EHLO offers "
@@ -881,6 +901,7 @@ set_defaults(struct config *cfg)
 		strlcpy_r(host, "localhost", sizeof(host));
 	host[sizeof(host) - 1] = '\0';
 	cfg->hostname = xstrdup(host);
+	cfg->cluster_node = xstrdup(host);	/* [cluster] node's default */
 }
 
 int
@@ -1011,6 +1032,7 @@ config_free(struct config *cfg)
 		if (config_keys[i].type == CFG_STR)
 			free(*(char **)((char *)cfg + config_keys[i].off));
 	free_listeners(cfg);
+	free(cfg->cluster_host);
 	for (i = 0; i < cfg->nsenders; i++) {
 		size_t j;
 

@@ -99,6 +99,13 @@ struct config {
 	uint64_t		 timeout_ms;
 	int			 graph_enabled;	/* tenant etc. given */
 
+	/* [cluster] */
+	char			*cluster_redis;		/* as written, or NULL */
+	char			*cluster_password_file;
+	char			*cluster_node;		/* default: host name */
+	char			*cluster_host;		/* from cluster_redis */
+	unsigned		 cluster_port;
+	unsigned		 cluster_db;
 	/* [senders] */
 	struct sender_rule	*senders;
 	size_t			 nsenders;

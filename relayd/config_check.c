@@ -667,6 +667,133 @@ check_status_ids(struct config_reader *p)
 		    err);
 }
 
+/*
+ * [cluster] redis = redis://HOST:PORT[/DB]: HOST a name, an IPv4 address
+ * or [IPv6]; PORT 1-65535 (6379 if left out); DB a number (0 if left
+ * out). No user or password in the URL: password_file holds it, so that
+ * it is not in a file every process reads.
+ */
+static int
+redis_url(const char *url, char **host, unsigned *port, unsigned *db,
+    char *err, size_t errlen)
+{
+	const char	*h, *e, *rest;
+	char		*end;
+	unsigned long	 n;
+
+	if (strncmp(url, "redis://", 8) != 0) {
+		snprintf(err, errlen, "does not start with redis://");
+		return -1;
+	}
+	h = url + 8;
+	if (strchr(h, '@') != NULL) {
+		snprintf(err, errlen, "has a user or password in it; put the "
+		    "password in password_file");
+		return -1;
+	}
+	if (*h == '[') {
+		if ((e = strchr(h, ']')) == NULL || e == h + 1) {
+			snprintf(err, errlen, "has an IPv6 address without "
+			    "its closing ]");
+			return -1;
+		}
+		*host = xstrndup(h + 1, (size_t)(e - h - 1));
+		rest = e + 1;
+	} else {
+		e = h + strcspn(h, ":/");
+		for (rest = h; rest < e; rest++)
+			if (!isalnum((unsigned char)*rest) && *rest != '.' &&
+			    *rest != '-' && *rest != '_')
+				break;
+		if (e == h || rest != e) {
+			snprintf(err, errlen, "has no host name or address");
+			return -1;
+		}
+		*host = xstrndup(h, (size_t)(e - h));
+	}
+	*port = 6379;
+	*db = 0;
+	if (*rest == ':') {
+		errno = 0;
+		n = strtoul(rest + 1, &end, 10);
+		if (!isdigit((unsigned char)rest[1]) || errno != 0 || n == 0 ||
+		    n > 65535 || (*end != '\0' && *end != '/')) {
+			snprintf(err, errlen, "has no port 1-65535 after the "
+			    "host");
+			goto bad;
+		}
+		*port = (unsigned)n;
+		rest = end;
+	}
+	if (*rest == '/' && rest[1] != '\0') {
+		errno = 0;
+		n = strtoul(rest + 1, &end, 10);
+		if (!isdigit((unsigned char)rest[1]) || errno != 0 ||
+		    *end != '\0' || n > 1000000) {
+			snprintf(err, errlen, "has no database number after "
+			    "the /");
+			goto bad;
+		}
+		*db = (unsigned)n;
+	} else if (*rest != '\0' && strcmp(rest, "/") != 0) {
+		snprintf(err, errlen, "has \"%s\" after the host", rest);
+		goto bad;
+	}
+	return 0;
+bad:
+	free(*host);
+	*host = NULL;
+	return -1;
+}
+
+/* A node's name goes into Redis keys: a short word, no spaces. */
+static int
+node_name_ok(const char *s)
+{
+	size_t	 n = 0;
+
+	for (; *s != '\0'; s++, n++)
+		if (!isalnum((unsigned char)*s) && *s != '.' && *s != '-' &&
+		    *s != '_')
+			return 0;
+	return n > 0 && n <= 64;
+}
+
+/* [cluster]: a Redis URL, a private password file, a node name. */
+static void
+check_cluster(struct config_reader *p)
+{
+	struct config	*cfg = p->cfg;
+	char		 err[256];
+	int		 line = config_key_line(p, "cluster", "redis");
+
+	if (cfg->cluster_redis == NULL) {
+		if (config_key_line(p, "cluster", "password_file") != 0 ||
+		    config_key_line(p, "cluster", "node") != 0)
+			config_error(p, config_key_line(p, "cluster",
+			    config_key_line(p, "cluster", "node") != 0 ? "node" :
+			    "password_file"), "[cluster] without redis: set "
+			    "redis = redis://HOST:PORT[/DB], or remove the "
+			    "section to run alone");
+		return;
+	}
+	if (redis_url(cfg->cluster_redis, &cfg->cluster_host,
+	    &cfg->cluster_port, &cfg->cluster_db, err, sizeof(err)) == -1)
+		config_error(p, line, "redis \"%s\" %s; write "
+		    "redis://HOST:PORT[/DB], e.g. redis://10.0.0.5:6379/0",
+		    cfg->cluster_redis, err);
+	if (cfg->cluster_password_file != NULL)
+		check_secret_file(p, config_key_line(p, "cluster",
+		    "password_file"), "password_file",
+		    cfg->cluster_password_file,
+		    reads & CONFIG_READ_CREDENTIALS);
+	if (!node_name_ok(cfg->cluster_node))
+		config_error(p, config_key_line(p, "cluster", "node"), "node "
+		    "\"%s\" is not a node name: up to 64 letters, digits, "
+		    "dots, dashes and underscores, unique among the nodes",
+		    cfg->cluster_node);
+}
+
 /* Checks that span keys or need the file system. */
 static void
 check_config(struct config_reader *p)
@@ -713,6 +840,7 @@ check_config(struct config_reader *p)
 	else if (cfg->users_file != NULL && (reads & CONFIG_READ_SMTP))
 		p->errors += auth_users_check(cfg->users_file, p->errf);
 	check_status_ids(p);
+	check_cluster(p);
 }
 
 /* Reads, then checks; the config if neither found anything wrong. */

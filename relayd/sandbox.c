@@ -8,7 +8,8 @@
  * Graph certificate_file, which is public: status shows its expiry) and
  * the system files its libraries read (CA bundle, DNS and NSS, gconv and
  * locales, time zones, /proc/self, /dev/null and /dev/urandom). The client
- * secret, the private key and $CREDENTIALS_DIRECTORY are never granted;
+ * secret, the private key, [cluster] password_file and
+ * $CREDENTIALS_DIRECTORY are never granted;
  * where a configuration file shares a directory with one, that file alone
  * is granted (its inode: a file replaced by rename cannot be re-read on
  * SIGHUP), else its whole directory. Landlock binds the calling thread
@@ -702,4 +703,6 @@ sandbox_paths_from_config(struct sandbox_paths *p, const struct config *cfg,
 	add_secret(p, cfg->client_secret_file);
 	add_secret(p, cfg->private_key_file);
 	add_secret(p, getenv("CREDENTIALS_DIRECTORY"));
+	/* The deliver process reads it before it enters; nobody after. */
+	add_secret(p, cfg->cluster_password_file);
 }

@@ -379,11 +379,102 @@ test_dump_parses(void **state)
 	free(text);
 }
 
+/* [cluster]: the Redis URL, table-driven; the node; the password file. */
+static void
+test_cluster(void **state)
+{
+	static const struct {
+		const char	*url;
+		const char	*host;		/* NULL: refused */
+		unsigned	 port, db;
+		const char	*why;
+	} cases[] = {
+		{ "redis://127.0.0.1:6379", "127.0.0.1", 6379, 0, NULL },
+		{ "redis://10.0.0.5:6380/2", "10.0.0.5", 6380, 2, NULL },
+		{ "redis://redis.example.com", "redis.example.com", 6379, 0,
+		  NULL },
+		{ "redis://[::1]:7000/15", "::1", 7000, 15, NULL },
+		{ "redis://h:6379/", "h", 6379, 0, NULL },
+		{ "http://h:6379", NULL, 0, 0, "does not start with redis://" },
+		{ "redis://:6379", NULL, 0, 0, "has no host" },
+		{ "redis://h:0", NULL, 0, 0, "has no port" },
+		{ "redis://h:65536", NULL, 0, 0, "has no port" },
+		{ "redis://h:x", NULL, 0, 0, "has no port" },
+		{ "redis://h:6379/db", NULL, 0, 0, "has no database number" },
+		{ "redis://u:pw@h:6379", NULL, 0, 0, "put the password in "
+		  "password_file" },
+		{ "redis://[::1", NULL, 0, 0, "closing ]" },
+		{ "redis://h?x", NULL, 0, 0, "has no host" },
+	};
+	char		 text[256], errs[1024], dir[] = "/tmp/relayd-cl-XXXXXX";
+	char		 path[64];
+	struct config	*cfg;
+	FILE		*fp;
+	size_t		 i;
+
+	(void)state;
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(text, sizeof(text), "[cluster]\nredis = %s\n",
+		    cases[i].url);
+		cfg = load(text, errs, sizeof(errs));
+		if (cases[i].host == NULL) {
+			if (cfg != NULL || strstr(errs, cases[i].why) == NULL ||
+			    strstr(errs, "relayd.conf:2: redis") == NULL)
+				fail_msg("%s: got \"%s\", want \"%s\"",
+				    cases[i].url, errs, cases[i].why);
+			continue;
+		}
+		if (cfg == NULL)
+			fail_msg("%s: refused: %s", cases[i].url, errs);
+		assert_string_equal(cfg->cluster_host, cases[i].host);
+		assert_int_equal(cfg->cluster_port, cases[i].port);
+		assert_int_equal(cfg->cluster_db, cases[i].db);
+		assert_non_null(cfg->cluster_node);	/* the host name */
+		config_free(cfg);
+	}
+	/* Without [cluster]: alone, as before. */
+	cfg = load("", errs, sizeof(errs));
+	assert_non_null(cfg);
+	assert_null(cfg->cluster_redis);
+	config_free(cfg);
+	assert_null(load("[cluster]\nnode = n1\n", errs, sizeof(errs)));
+	assert_non_null(strstr(errs, "relayd.conf:2: [cluster] without redis"));
+	assert_null(load("[cluster]\nredis = redis://h\nnode = a:b\n", errs,
+	    sizeof(errs)));
+	assert_non_null(strstr(errs, "relayd.conf:3: node \"a:b\""));
+	cfg = load("[cluster]\nredis = redis://h\nnode = relay-2.a_b\n", errs,
+	    sizeof(errs));
+	assert_non_null(cfg);
+	assert_string_equal(cfg->cluster_node, "relay-2.a_b");
+	config_free(cfg);
+
+	/* The password file: private, as the other secrets. */
+	assert_non_null(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/redis.pw", dir);
+	assert_non_null(fp = fopen(path, "w"));
+	fputs("pw\n", fp);
+	fclose(fp);
+	snprintf(text, sizeof(text), "[cluster]\nredis = redis://h\n"
+	    "password_file = %s\n", path);
+	assert_int_equal(chmod(path, 0644), 0);
+	assert_null(load(text, errs, sizeof(errs)));
+	assert_non_null(strstr(errs, "relayd.conf:3: password_file"));
+	assert_non_null(strstr(errs, "open to group or others"));
+	assert_int_equal(chmod(path, 0600), 0);
+	cfg = load(text, errs, sizeof(errs));
+	if (cfg == NULL)
+		fail_msg("private password file refused: %s", errs);
+	config_free(cfg);
+	unlink(path);
+	rmdir(dir);
+}
+
 int
 main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_defaults),
+		cmocka_unit_test(test_cluster),
 		cmocka_unit_test(test_values),
 		cmocka_unit_test(test_graph_keys),
 		cmocka_unit_test(test_errors),
