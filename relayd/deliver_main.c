@@ -25,6 +25,7 @@
 
 #include <event2/event.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "history.h"
 #include "http.h"
@@ -228,6 +229,7 @@ deliver_main(const char *path, struct config *cfg, int ctl,
 	struct status		*status = NULL;
 	struct status_env	 senv;
 	struct history		*history = NULL;
+	struct cluster		*cluster = NULL;
 	char			 err[512], *summary;
 	int			 rc = 0, http_ok = 0, link;
 	size_t			 i;
@@ -246,6 +248,16 @@ deliver_main(const char *path, struct config *cfg, int ctl,
 		}
 		http_ok = 1;
 		token = token_remote(cfg);
+	}
+	/*
+	 * [cluster]: its password file is read here, before the sandbox,
+	 * which grants it to no process; Redis is connected to meanwhile.
+	 */
+	if (cfg->graph_enabled && cfg->cluster_redis != NULL &&
+	    (cluster = cluster_new(base, cfg, err, sizeof(err))) == NULL) {
+		log_msg(LOG_LVL_ERR, "%s", err);
+		rc = EX_CONFIG;
+		goto out;
 	}
 	/* Before the first thread (spool_open's). */
 	if (proc_sandbox(cfg, path, SANDBOX_DELIVER) == -1) {
@@ -266,7 +278,7 @@ deliver_main(const char *path, struct config *cfg, int ctl,
 	history = history_new(cfg->spool_dir, cfg->history_ms);
 	mime_init();		/* delivery */
 	if (cfg->graph_enabled) {
-		if ((pool = worker_new(base, cfg, spool, token, err,
+		if ((pool = worker_new(base, cfg, spool, token, cluster, err,
 		    sizeof(err))) == NULL) {
 			log_msg(LOG_LVL_ERR, "%s", err);
 			close(link);
@@ -293,6 +305,7 @@ deliver_main(const char *path, struct config *cfg, int ctl,
 	senv.handoff = handoff;
 	senv.spool = spool;
 	senv.pool = pool;
+	senv.cluster = cluster;
 	senv.token = token;
 	senv.history = history;
 	senv.started_ms = relayd_started_ms();	/* a restart is no uptime */
@@ -316,6 +329,7 @@ out:
 	status_free(status);
 	handoff_free(handoff);
 	worker_free(pool);
+	cluster_free(cluster);	/* after the pool: it releases leases */
 	spool_free(spool);
 	token_free(token);
 	if (http_ok)

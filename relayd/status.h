@@ -24,6 +24,7 @@ struct status_env {
 	struct worker_pool	*pool;
 	struct token		*token;
 	struct history		*history;	/* NULL: [queue] history = 0 */
+	struct cluster		*cluster;	/* NULL: no [cluster] */
 	uint64_t		 started_ms;	/* wall clock */
 };
 

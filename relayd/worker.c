@@ -38,6 +38,17 @@
  * the moment it is handed to a delivery thread until its outcome is
  * written.
  *
+ * With [cluster] (cluster.c), these limits are shared with the other
+ * nodes through Redis: before a request goes, its message "asks" (it
+ * counts as in flight meanwhile) and waits for the answer on the loop;
+ * a slot is leased, or the mailbox waits as long as Redis says (full:
+ * CLUSTER_RETRY_MS; paced, held: the time given). A 429's hold and the
+ * Graph-wide hold are published there, and another node's hold reaches
+ * this one at its next ask. Pacing is then Redis's alone. While Redis is
+ * away, the local limits above apply with this node's share of each
+ * (cluster_share), and every request still takes a lease, written to
+ * Redis when it returns.
+ *
  * relayctl: hold, release, retry and delete act on an id, all, or a
  * mailbox's or sender's messages. A hold beats a request that has not
  * gone out yet (deliver_cancel); after that it cannot, and relayctl says
@@ -60,6 +71,7 @@
 
 #include <event2/event.h>
 
+#include "cluster.h"
 #include "config.h"
 #include "deliver.h"
 #include "graph.h"
@@ -77,6 +89,7 @@
 #define STOP_GRACE_MS		10000	/* requests in flight at stop */
 #define HEAD_SCAN_MAX		(64 * 1024)	/* header read for a mailbox */
 #define PAUSE_FILE		"paused"	/* in the spool directory */
+#define CLUSTER_RETRY_MS	100	/* the nodes hold every slot: ask again */
 
 /* The state line of a message handed to a delivery thread. */
 #define INFLIGHT_NOTE	"in flight when delivery stopped: it may have gone out"
@@ -96,6 +109,8 @@ struct qent {
 	size_t			 nrcpts;
 	char			*rcpts[WORKER_RCPTS_SHOWN];	/* for relayctl */
 	int			 inflight;	/* a worker has it */
+	int			 asking;	/* the cluster is asked (inflight) */
+	uint64_t		 lease;		/* the cluster's, 0: none */
 	int			 held;		/* relayctl hold: state H */
 	int			 hold_asked;	/* held once back from a worker */
 	struct job		*job;		/* while in flight */
@@ -120,6 +135,7 @@ struct mbox {
 	int			 runnable;
 	struct breaker_mbox	 br;		/* its holds, by now_ms() */
 	struct pace		 pace;		/* messages_per_minute */
+	uint64_t		 cl_until;	/* the cluster said: wait (now_ms) */
 	struct event		*timer;		/* when it may go again */
 	struct worker_pool	*pool;
 	TAILQ_ENTRY(mbox)	 rlink;
@@ -150,6 +166,7 @@ struct worker_pool {
 	uint64_t		 paused_at;	/* wall ms */
 	struct event		*notify_ev;
 	struct digest		*digest;	/* [queue] notify, or NULL */
+	struct cluster		*cluster;	/* [cluster], or NULL: alone */
 
 	/* For the status socket. */
 	uint64_t		 nsent, ndeferred, nfailed;
@@ -268,18 +285,50 @@ mbox_timer_cb(evutil_socket_t fd, short ev, void *arg)
  * Runnable: messages ready, a free slot (only one while its probe is
  * out), not held, not over its pace.
  */
+/*
+ * The limits this node applies itself: all of them alone or with Redis
+ * up (which shares them), else its share of each.
+ */
+static unsigned
+local_slots(const struct worker_pool *p, const struct mbox *mb,
+    uint64_t *recheck)
+{
+	*recheck = 0;
+	if (p->cluster == NULL)
+		return MAILBOX_CONCURRENCY;
+	return cluster_slots(p->cluster, mb->key, MAILBOX_CONCURRENCY,
+	    recheck);
+}
+
+/* messages_per_minute paced here; 0 with Redis up (Redis paces). */
+static uint64_t
+local_mpm(const struct worker_pool *p)
+{
+	if (p->cluster == NULL)
+		return p->cfg->messages_per_minute;
+	if (cluster_up(p->cluster))
+		return 0;
+	return cluster_share(p->cfg->messages_per_minute,
+	    cluster_nodes(p->cluster));
+}
+
 static void
 mbox_update(struct worker_pool *p, struct mbox *mb)
 {
-	uint64_t	 now = now_ms(), wait = 0;
+	uint64_t	 now = now_ms(), wait = 0, recheck;
+	unsigned	 slots = local_slots(p, mb, &recheck);
 	int		 want = !TAILQ_EMPTY(&mb->ready) &&
-	    mb->inflight < breaker_mbox_slots(&mb->br, MAILBOX_CONCURRENCY);
+	    mb->inflight < breaker_mbox_slots(&mb->br, slots);
 
+	/* Redis away: more of its slots may be this node's in a while. */
+	if (!want && !TAILQ_EMPTY(&mb->ready) && recheck > 0)
+		mbox_wake_in(p, mb, recheck);
 	if (want && mb->br.until > now)
 		wait = mb->br.until - now;
+	else if (want && mb->cl_until > now)
+		wait = mb->cl_until - now;
 	else if (want)
-		wait = pace_wait(&mb->pace, p->cfg->messages_per_minute,
-		    now);
+		wait = pace_wait(&mb->pace, local_mpm(p), now);
 	if (wait > 0) {
 		want = 0;
 		mbox_wake_in(p, mb, wait);
@@ -441,14 +490,38 @@ on_queued(void *arg, const struct spool_queued *q)
 	dispatch(p);
 }
 
+/* The message goes to a delivery thread (its slot is counted). */
+static struct job *
+start_job(struct worker_pool *p, struct qent *qe, struct job *list)
+{
+	struct job	*j = xcalloc(1, sizeof(*j));
+
+	j->qe = qe;
+	qe->job = j;
+	qe->inflight = 1;
+	spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, qe->attempts, 0,
+	    INFLIGHT_NOTE);
+	j->stray = qe->stray;
+	qe->stray = NULL;
+	memcpy(j->qid, qe->qid, sizeof(j->qid));
+	j->mailbox = xstrdup(qe->mailbox);
+	j->next = list;
+	return j;
+}
+
+static void	cluster_answer_cb(void *, enum cluster_answer, uint64_t);
+static void	hold_now(struct worker_pool *, struct qent *, int);
+static void	hold_on_disk(struct worker_pool *, struct mbox *, uint64_t,
+		    const char *);
+
 /* Hands ready messages to idle workers, mailboxes taking turns. */
 static void
 dispatch(struct worker_pool *p)
 {
 	struct mbox	*mb;
 	struct qent	*qe;
-	struct job	*j, *list = NULL;
-	uint64_t	 now = now_ms();
+	struct job	*list = NULL;
+	uint64_t	 now = now_ms(), recheck;
 
 	if (p->paused)
 		return;
@@ -456,28 +529,67 @@ dispatch(struct worker_pool *p)
 	while (!p->stopping && p->busy < p->nthreads &&
 	    breaker_admits(&p->br, p->busy, now) &&
 	    (mb = TAILQ_FIRST(&p->runnable)) != NULL) {
+		if (mb->inflight >= breaker_mbox_slots(&mb->br,
+		    local_slots(p, mb, &recheck))) {
+			/* Redis went away since: its share is smaller. */
+			mbox_update(p, mb);
+			continue;
+		}
 		qe = TAILQ_FIRST(&mb->ready);
 		TAILQ_REMOVE(&mb->ready, qe, link);
 		mb->inflight++;
-		pace_take(&mb->pace, p->cfg->messages_per_minute);
+		pace_take(&mb->pace, local_mpm(p));
 		TAILQ_REMOVE(&p->runnable, mb, rlink);
 		mb->runnable = 0;
-		mbox_update(p, mb);	/* to the back of the line */
 		p->busy++;
-		j = xcalloc(1, sizeof(*j));
-		j->qe = qe;
-		qe->job = j;
-		qe->inflight = 1;
-		spool_set_state(p->spool, qe->qid, SPOOL_QUEUED, qe->attempts,
-		    0, INFLIGHT_NOTE);
-		j->stray = qe->stray;
-		qe->stray = NULL;
-		memcpy(j->qid, qe->qid, sizeof(j->qid));
-		j->mailbox = xstrdup(qe->mailbox);
-		j->next = list;
-		list = j;
+		if (p->cluster != NULL) {
+			qe->lease = cluster_lease(p->cluster, mb->key);
+			if (cluster_ask(p->cluster, qe->lease,
+			    MAILBOX_CONCURRENCY, p->cfg->messages_per_minute,
+			    qe->nrcpts, cluster_answer_cb, qe) == 0) {
+				qe->asking = 1;
+				mbox_update(p, mb);
+				continue;
+			}
+			/* Redis is away: this node's share, lease kept. */
+		}
+		mbox_update(p, mb);	/* to the back of the line */
+		list = start_job(p, qe, list);
 	}
 	deliver_submit(p->threads, list);
+}
+
+/* What the cluster said, or would say if asked while it is away. */
+static void
+cluster_answer_cb(void *arg, enum cluster_answer ans, uint64_t wait)
+{
+	struct qent		*qe = arg;
+	struct worker_pool	*p = qe->pool;
+	struct mbox		*mb = qe->mb;
+	uint64_t		 now = now_ms();
+
+	qe->asking = 0;
+	if (ans == CLUSTER_GRANTED && !p->stopping && !qe->hold_asked) {
+		deliver_submit(p->threads, start_job(p, qe, NULL));
+		return;
+	}
+	cluster_release(p->cluster, qe->lease);
+	qe->lease = 0;
+	mb->inflight--;
+	p->busy--;
+	if (ans == CLUSTER_MBOX_HELD) {
+		/* Another node's 429: this one holds the mailbox too. */
+		breaker_throttle(&mb->br, now + wait);
+		hold_on_disk(p, mb, wall_us() / 1000 + wait, "mailbox held "
+		    "(another node's 429)");
+	} else if (ans != CLUSTER_DOWN && ans != CLUSTER_GRANTED)
+		mb->cl_until = now + (wait > 0 ? wait : CLUSTER_RETRY_MS);
+	if (qe->hold_asked)
+		hold_now(p, qe, 1);
+	else
+		TAILQ_INSERT_HEAD(&mb->ready, qe, link);
+	mbox_update(p, mb);
+	dispatch(p);
 }
 
 static void
@@ -549,6 +661,7 @@ service_result(struct worker_pool *p, struct mbox *mb, int failed)
 			p->svc_timer = evtimer_new(p->base, svc_timer_cb, p);
 		tv = ms_tv(p->br.backoff_ms);
 		evtimer_add(p->svc_timer, &tv);
+		cluster_hold(p->cluster, NULL, p->br.backoff_ms);
 	}
 	if (r & BREAKER_MBOX_HOLD) {
 		log_warnx("graph mailbox unavailable: mailbox=%s %u failures "
@@ -676,6 +789,7 @@ defer(struct worker_pool *p, struct qent *qe, struct job *j)
 	if (hold) {
 		/* The mailbox waits as a whole; this message goes first. */
 		breaker_throttle(&mb->br, now_ms() + delay);
+		cluster_hold(p->cluster, mb->key, delay);
 		TAILQ_INSERT_HEAD(&mb->ready, qe, link);
 		hold_on_disk(p, mb, now + delay, last);
 		return;
@@ -785,6 +899,8 @@ finish(struct worker_pool *p, struct job *j)
 
 	qe->mb->inflight--;
 	p->busy--;
+	cluster_release(p->cluster, qe->lease);
+	qe->lease = 0;
 	qe->inflight = 0;
 	qe->job = NULL;
 	qe->stray = j->stray;
@@ -878,7 +994,8 @@ notify_cb(evutil_socket_t fd, short ev, void *arg)
 
 struct worker_pool *
 worker_new(struct event_base *base, const struct config *cfg,
-    struct spool *spool, struct token *token, char *err, size_t errlen)
+    struct spool *spool, struct token *token, struct cluster *cluster,
+    char *err, size_t errlen)
 {
 	struct worker_pool		*p;
 	const struct spool_entry	*e;
@@ -888,6 +1005,7 @@ worker_new(struct event_base *base, const struct config *cfg,
 	p->cfg = cfg;
 	p->spool = spool;
 	p->base = base;
+	p->cluster = cluster;
 	TAILQ_INIT(&p->runnable);
 	TAILQ_INIT(&p->all);
 	if ((p->threads = deliver_start(cfg, spool, token, cfg->workers, err,
@@ -925,6 +1043,7 @@ worker_free(struct worker_pool *p)
 		return;
 	spool_set_queued_cb(p->spool, NULL, NULL);
 	p->stopping = 1;
+	cluster_cancel(p->cluster);	/* asks still out answer nobody */
 	/* The loop has ended: nobody is left to hear an answer. */
 	TAILQ_FOREACH(qe, &p->all, all)
 		qe->watch_cb = NULL;
@@ -1005,7 +1124,7 @@ qent_hold(const struct worker_pool *p, const struct qent *qe,
 	const char	*kind;
 
 	*until = 0;
-	if (qe->inflight || qe->held)
+	if (qe->inflight || qe->asking || qe->held)
 		return NULL;
 	if (p->paused)
 		return WORKER_HOLD_PAUSED;
@@ -1203,6 +1322,8 @@ mbox_lift(struct worker_pool *p, struct mbox *mb, struct worker_tally *t)
 	    mb->br.kind == HOLD_THROTTLED ? "throttled by Graph" :
 	    "unavailable at Graph");
 	breaker_mbox_lift(&mb->br);
+	cluster_hold(p->cluster, mb->key, 0);
+	mb->cl_until = 0;
 	mbox_update(p, mb);
 	t->lifted++;
 }
@@ -1222,6 +1343,7 @@ lift_holds(struct worker_pool *p, const struct worker_filter *f,
 	if (p->br.until > now_ms())
 		log_info("relayctl: retry lifts the Graph-wide hold");
 	breaker_lift(&p->br);
+	cluster_hold(p->cluster, NULL, 0);
 	for (i = 0; i < MBOX_HASH_SIZE; i++)
 		for (mb = p->hash[i]; mb != NULL; mb = mb->hnext)
 			mbox_lift(p, mb, t);
@@ -1262,7 +1384,11 @@ act_hold(struct worker_pool *p, struct qent *qe, struct worker_tally *t)
 {
 	if (qe->held)
 		t->skipped++;	/* as asked: not an error */
-	else if (!qe->inflight) {
+	else if (qe->asking) {
+		qe->hold_asked = 1;	/* cluster_answer_cb holds it */
+		log_info("%s held by relayctl before its request went", qe->qid);
+		t->done++;
+	} else if (!qe->inflight) {
 		hold_now(p, qe, 0);
 		t->done++;
 	} else if (hold_cancels(p, qe)) {
@@ -1282,7 +1408,7 @@ act_hold(struct worker_pool *p, struct qent *qe, struct worker_tally *t)
 static void
 act_release(struct worker_pool *p, struct qent *qe, struct worker_tally *t)
 {
-	if (qe->inflight && qe->hold_asked) {
+	if ((qe->inflight || qe->asking) && qe->hold_asked) {
 		qe->hold_asked = 0;	/* the hold it would get on return */
 		log_info("%s released by relayctl (it was in flight)", qe->qid);
 		t->done++;
@@ -1308,7 +1434,7 @@ act_retry(struct worker_pool *p, struct qent *qe, struct worker_tally *t)
 	const char	*kind;
 	uint64_t	 until;
 
-	if (qe->inflight) {
+	if (qe->inflight || qe->asking) {
 		t->inflight++;
 		snprintf(t->why, sizeof(t->why), "being sent now");
 	} else if (qe->held) {
@@ -1329,7 +1455,7 @@ act_delete(struct worker_pool *p, struct qent *qe, struct worker_tally *t)
 {
 	int	 ready = !qe->held && qe->timer == NULL;
 
-	if (qe->inflight) {
+	if (qe->inflight || qe->asking) {
 		t->inflight++;
 		snprintf(t->why, sizeof(t->why), "being delivered now: wait "
 		    "for its outcome, then delete it");
@@ -1559,7 +1685,8 @@ worker_watch(struct worker_pool *p, const char *qid, worker_watch_cb *cb,
 	 * concurrency limits still hold; past reply_timeout the session
 	 * answers 250 and the message goes when its turn comes.
 	 */
-	if (!qe->inflight && TAILQ_FIRST(&qe->mb->ready) != qe) {
+	if (!qe->inflight && !qe->asking &&
+	    TAILQ_FIRST(&qe->mb->ready) != qe) {
 		TAILQ_REMOVE(&qe->mb->ready, qe, link);
 		TAILQ_INSERT_HEAD(&qe->mb->ready, qe, link);
 	}

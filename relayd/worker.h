@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+struct cluster;
 struct config;
 struct event_base;
 struct spool;
@@ -14,9 +15,12 @@ struct worker_pool;
 /*
  * Starts [queue] workers threads and queues every message the spool found
  * at open and every one committed later. Runs on the event loop's thread.
+ * With a cluster (NULL: alone), each request asks it for a slot first;
+ * the caller frees the cluster after the pool.
  */
 struct worker_pool *worker_new(struct event_base *, const struct config *,
-		    struct spool *, struct token *, char *, size_t);
+		    struct spool *, struct token *, struct cluster *, char *,
+		    size_t);
 /* Stops: requests in flight get a short grace, the rest stays queued. */
 void		 worker_free(struct worker_pool *);
 size_t		 worker_queued(const struct worker_pool *);
