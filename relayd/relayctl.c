@@ -393,6 +393,40 @@ print_token(json_object *o)
 	printf(")\n");
 }
 
+/* [cluster]: Redis, the nodes, and who holds a busy mailbox's slots. */
+static void
+print_cluster(json_object *o)
+{
+	json_object	*c, *a, *x, *slots;
+	size_t		 i, n;
+
+	if (!json_object_object_get_ex(o, "cluster", &c) || c == NULL)
+		return;
+	if (json_object_get_boolean(json_object_object_get(c, "reachable")))
+		printf("cluster: node %s, Redis %s reachable, limits shared\n",
+		    jstr(c, "node"), jstr(c, "redis"));
+	else
+		printf("cluster: node %s, Redis %s UNREACHABLE since %s: "
+		    "going on alone with a share of each limit\n",
+		    jstr(c, "node"), jstr(c, "redis"),
+		    jstr(c, "down_since") ? jstr(c, "down_since") : "start");
+	json_object_object_get_ex(c, "nodes", &a);
+	printf("nodes seen recently:");
+	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++)
+		printf("%s %s", i ? "," : "",
+		    json_object_get_string(json_object_array_get_idx(a, i)));
+	printf("%s\n", n == 0 ? " none" : "");
+	json_object_object_get_ex(c, "mailboxes", &a);
+	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
+		x = json_object_array_get_idx(a, i);
+		printf("  %s slots:", jstr(x, "mailbox"));
+		json_object_object_get_ex(x, "slots", &slots);
+		json_object_object_foreach(slots, node, v)
+			printf(" %s=%d", node, json_object_get_int(v));
+		printf("\n");
+	}
+}
+
 static int
 cmd_status(int json)
 {
@@ -441,6 +475,7 @@ cmd_status(int json)
 	    (long long)jint(q, "deferred"), (long long)jint(q, "failed"));
 	print_delivery(o);
 	print_token(o);
+	print_cluster(o);
 	json_object_object_get_ex(o, "throttled_mailboxes", &a);
 	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
 		x = json_object_array_get_idx(a, i);

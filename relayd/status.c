@@ -50,6 +50,7 @@
 
 #include "auth.h"
 #include "autoconf.h"
+#include "cluster.h"
 #include "config.h"
 #include "config_check.h"
 #include "dead.h"
@@ -422,6 +423,52 @@ add_delivery(const struct status_env *e, const struct worker_counts *c,
 	free(text);
 }
 
+static void
+cluster_mbox_add(void *arg, const struct cluster_mbox *m)
+{
+	json_object	*x = json_object_new_object(), *slots;
+	size_t		 i;
+
+	add_str(x, "mailbox", m->mailbox);
+	slots = json_object_new_object();
+	for (i = 0; i < m->nholders; i++)
+		add_int(slots, m->node[i], m->slots[i]);
+	json_object_object_add(x, "slots", slots);
+	json_object_array_add(arg, x);
+}
+
+/*
+ * [cluster]: Redis reachable or not, this node, the nodes seen in the
+ * last 10 s, and per busy mailbox the slots each node holds; null alone.
+ */
+static json_object *
+cluster_json(struct cluster *cl)
+{
+	struct cluster_status	 cs;
+	json_object		*o, *a;
+	size_t			 i;
+
+	if (cl == NULL)
+		return NULL;
+	cluster_status(cl, &cs);
+	o = json_object_new_object();
+	add_str(o, "redis", cs.redis);
+	json_object_object_add(o, "reachable",
+	    json_object_new_boolean(cs.up));
+	json_object_object_add(o, "down_since", cs.up ? NULL :
+	    jtime(cs.down_since));
+	add_str(o, "node", cs.node);
+	a = json_object_new_array();
+	for (i = 0; i < cs.nnodes; i++)
+		json_object_array_add(a, json_object_new_string(cs.nodes[i]));
+	json_object_object_add(o, "nodes", a);
+	add_int(o, "slots_held", (int64_t)cs.leases);
+	a = json_object_new_array();
+	cluster_foreach_busy(cl, cluster_mbox_add, a);
+	json_object_object_add(o, "mailboxes", a);
+	return o;
+}
+
 static json_object *
 cmd_status(struct status *st)
 {
@@ -496,6 +543,7 @@ cmd_status(struct status *st)
 	}
 	json_object_object_add(o, "recent_errors", a);
 	add_credentials(e->cfg, o);
+	json_object_object_add(o, "cluster", cluster_json(e->cluster));
 	return o;
 }
 
@@ -1051,6 +1099,42 @@ smtp_metrics(struct status *st)
 	return more;
 }
 
+/* [cluster]: appended to text, which it frees. */
+static char *
+cluster_metrics(struct cluster *cl, char *text)
+{
+	struct cluster_status	 cs;
+	char			*out;
+
+	cluster_status(cl, &cs);
+	xasprintf(&out, "%s"
+	    "# HELP relayd_redis_up Whether [cluster]'s Redis answers (0: "
+	    "this node goes on alone with its share of each limit).\n"
+	    "# TYPE relayd_redis_up gauge\n"
+	    "relayd_redis_up %d\n"
+	    "# HELP relayd_cluster_nodes Nodes seen in the last 10 s.\n"
+	    "# TYPE relayd_cluster_nodes gauge\n"
+	    "relayd_cluster_nodes %zu\n"
+	    "# HELP relayd_cluster_slots_held Graph request slots this node "
+	    "holds now.\n"
+	    "# TYPE relayd_cluster_slots_held gauge\n"
+	    "relayd_cluster_slots_held %zu\n"
+	    "# HELP relayd_cluster_asks_total Slots asked of Redis.\n"
+	    "# TYPE relayd_cluster_asks_total counter\n"
+	    "relayd_cluster_asks_total %" PRIu64 "\n"
+	    "# HELP relayd_cluster_waits_total Asks told to wait (slots full, "
+	    "paced, held).\n"
+	    "# TYPE relayd_cluster_waits_total counter\n"
+	    "relayd_cluster_waits_total %" PRIu64 "\n"
+	    "# HELP relayd_redis_connects_total Connections made to Redis.\n"
+	    "# TYPE relayd_redis_connects_total counter\n"
+	    "relayd_redis_connects_total %" PRIu64 "\n",
+	    text, cs.up, cs.nnodes, cs.leases, cs.asks, cs.denied,
+	    cs.reconnects);
+	free(text);
+	return out;
+}
+
 char *
 status_metrics(struct status *st)
 {
@@ -1151,6 +1235,8 @@ status_metrics(struct status *st)
 	    history_count(e->history), smtp, creds);
 	free(smtp);
 	free(creds);
+	if (e->cluster != NULL)
+		out = cluster_metrics(e->cluster, out);
 	return out;
 }
 

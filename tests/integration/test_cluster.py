@@ -1,0 +1,229 @@
+"""[cluster]: three relayd instances share Graph's per-mailbox limits
+through a real redis-server (started here on a free loopback port, no
+persistence) in front of one fake Graph, which counts requests in flight
+per mailbox across all of them and answers 429 MailboxConcurrency above 4
+(tests/fakegraph.py: max_concurrency, latency_ms, /_fake/stats)."""
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+from relaydtest.delivery import MAILBOX_A, graph_requests, max_overlap
+from relaydtest.graph import graph_sections
+from relaydtest.ports import free_port
+from relaydtest.smtp import RCPT, simple
+from relaydtest.wait import wait_for
+
+REDIS = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(
+    REDIS is None, reason="redis-server is not installed (Debian: apt-get "
+    "install redis-server; tests/deps.sh does)")
+
+
+class Redis:
+    """A redis-server of our own: loopback, no persistence, foreground."""
+
+    def __init__(self, workdir, port=None):
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port(False)
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--daemonize", "no",
+             "--dir", str(self.dir)],
+            stdout=open(self.dir / "redis.log", "ab"),
+            stderr=subprocess.STDOUT)
+        wait_for(self.pings, 10, "redis-server answering PING")
+        return self
+
+    def pings(self):
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), 1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d/0" % self.port
+
+
+@pytest.fixture
+def redis(tmp_path):
+    r = Redis(tmp_path / "redis").start()
+    yield r
+    r.stop()
+
+
+def nodes(relayd_factory, fake, redis, n=3, cluster=True, queue=None,
+          timeout="3s"):
+    """n relayd instances delivering to fake, each its own spool, port
+    and node name; with [cluster] on redis unless cluster is False."""
+    out = []
+    for i in range(n):
+        sections = graph_sections(fake, timeout=timeout)
+        sections["queue"] = dict({"retry_min": "200ms", "retry_max": "1s",
+                                  "messages_per_minute": "0"},
+                                 **(queue or {}))
+        if cluster:
+            sections["cluster"] = {"redis": redis.url, "node": "n%d" % i}
+        out.append(relayd_factory(sections=sections, name="node%d" % i))
+    return out
+
+
+def submit(d, count, sender=MAILBOX_A, tag="m"):
+    with d.connect() as c:
+        c.ehlo()
+        for i in range(count):
+            r = c.send_mail(sender, [RCPT], simple("%s %s %d"
+                                                   % (tag, d.name, i)))
+            assert r.qid, r
+
+
+def sent_total(fake):
+    return fake.stats()["sent"]
+
+
+def cluster_of(d):
+    return d.ctl("status")["cluster"]
+
+
+def joined(ds, timeout=10):
+    """Every node on Redis (past its rejoin wait), seeing all the others."""
+    wait_for(lambda: all(cluster_of(d)["reachable"] for d in ds), timeout,
+             "every node on Redis")
+    names = sorted(cluster_of(d)["node"] for d in ds)
+    wait_for(lambda: all(sorted(cluster_of(d)["nodes"]) == names
+                         for d in ds), timeout, "every node seen")
+
+
+def joined_nodes(relayd_factory, fake, redis, latency_ms, **kw):
+    """nodes() answered by a Graph that takes latency_ms, once joined."""
+    fake.config(latency_ms=latency_ms)
+    ds = nodes(relayd_factory, fake, redis, **kw)
+    joined(ds)
+    return ds
+
+
+def test_cluster_keeps_four_in_flight_across_nodes(relayd_factory,
+                                                   fake_graph, redis):
+    ds = joined_nodes(relayd_factory, fake_graph, redis, 300)
+    for d in ds:
+        submit(d, 15)
+    wait_for(lambda: sent_total(fake_graph) == 45, 60, "45 messages sent")
+    stats = fake_graph.stats()
+    assert stats["throttled"] == 0, stats
+    assert stats["max_concurrency"][MAILBOX_A] <= 4, stats
+    assert max_overlap(graph_requests(fake_graph, MAILBOX_A)) <= 4
+    # All four were used together (no fixed split per node).
+    assert stats["max_concurrency"][MAILBOX_A] == 4, stats
+    st = ds[0].relayctl("status", check=True).stdout
+    assert "cluster: node n0, Redis 127.0.0.1:%d/0 reachable" % redis.port \
+        in st, st
+    assert "n0" in st and "n1" in st and "n2" in st, st
+    metrics = ds[1].relayctl("metrics", check=True).stdout
+    assert "relayd_redis_up 1" in metrics
+    assert "relayd_cluster_nodes 3" in metrics
+
+
+def test_without_cluster_the_same_load_gets_429s(relayd_factory,
+                                                 fake_graph, redis):
+    """The counterpart: the same three nodes alone overrun the mailbox,
+    so the test above can fail."""
+    fake_graph.config(latency_ms=300)
+    ds = nodes(relayd_factory, fake_graph, redis, cluster=False)
+    for d in ds:
+        submit(d, 15)
+    wait_for(lambda: fake_graph.stats()["throttled"] > 0, 30, "a 429")
+    assert fake_graph.stats()["max_concurrency"][MAILBOX_A] > 4
+    assert ds[0].ctl("status")["cluster"] is None
+
+
+def test_redis_stopped_and_restarted_loses_nothing(relayd_factory,
+                                                   fake_graph, redis):
+    ds = joined_nodes(relayd_factory, fake_graph, redis, 200)
+    for d in ds:
+        submit(d, 8, tag="before")
+    redis.stop()
+    wait_for(lambda: not any(cluster_of(d)["reachable"] for d in ds), 10,
+             "every node without Redis")
+    for d in ds:
+        submit(d, 8, tag="during")
+        d.wait_log(r"cluster: Redis at 127\.0\.0\.1:%d/0 unreachable"
+                   % redis.port)
+        assert "relayd_redis_up 0" in d.relayctl("metrics").stdout
+        assert "UNREACHABLE" in d.relayctl("status").stdout
+    # Alone, each node takes 4 / 3 nodes = 1 slot: still within Graph's 4.
+    wait_for(lambda: sent_total(fake_graph) >= 30, 30, "delivery going on")
+    redis.start()
+    back = time.monotonic()
+    wait_for(lambda: all(cluster_of(d)["reachable"] for d in ds), 5,
+             "every node back on Redis within 5 s")
+    assert time.monotonic() - back <= 5
+    for d in ds:
+        submit(d, 8, tag="after")
+    wait_for(lambda: sent_total(fake_graph) == 72, 60, "72 messages sent")
+    stats = fake_graph.stats()
+    assert stats["throttled"] == 0, stats
+    assert stats["max_concurrency"][MAILBOX_A] <= 4, stats
+    for d in ds:
+        assert len(d.log.split("unreachable (")) == 2, \
+            "one warning per outage:\n" + d.log
+        wait_for(lambda: d.queued() == [], 10, "%s's queue empty" % d.name)
+
+
+def test_dead_node_slots_come_back_with_the_lease(relayd_factory,
+                                                  fake_graph, redis):
+    # [graph] timeout 3s: leases of 13 s.
+    a, b = joined_nodes(relayd_factory, fake_graph, redis, 2500, n=2)
+    submit(a, 4, tag="dying")
+    wait_for(lambda: cluster_of(a)["slots_held"] == 4, 10,
+             "node a holding 4 slots")
+    a.kill()
+    killed = time.monotonic()
+    a.expect_dead = True
+    submit(b, 4, tag="survivor")
+    # b waits for the dead node's leases, then has all four slots.
+    wait_for(lambda: any(m["slots"].get("n0") for m in
+                         cluster_of(b)["mailboxes"]), 5,
+             "b sees n0's slots")
+    wait_for(lambda: len([s for s in fake_graph.sent()
+                          if "survivor" in s["subject"]]) == 4, 25,
+             "b's 4 messages sent once the leases ended")
+    took = time.monotonic() - killed
+    assert took <= 13 + 5, took
+    stats = fake_graph.stats()
+    assert stats["throttled"] == 0, stats
+    firsts = [s["time"] for s in fake_graph.sent()
+              if "survivor" in s["subject"]]
+    # Nothing of b's went while n0's four leases were alive (~10 s).
+    assert min(firsts) - killed >= 8, (min(firsts) - killed)
+
+
+def test_pacing_across_nodes(relayd_factory, fake_graph, redis):
+    """messages_per_minute = 30 for the mailbox across 3 nodes: a burst
+    of 30, then one every 2 s, whichever node sends."""
+    ds = joined_nodes(relayd_factory, fake_graph, redis, 0,
+                      queue={"messages_per_minute": "30"})
+    start = time.time()
+    for d in ds:
+        submit(d, 20, tag="paced")
+    window = 10
+    time.sleep(window - (time.time() - start))
+    n = len([s for s in fake_graph.sent()
+             if s["time"] - start <= window])
+    # 30 at once, then 30/min: 5 more in 10 s (one of slack).
+    assert 30 <= n <= 30 + window // 2 + 1, n
