@@ -26,17 +26,18 @@ pytestmark = pytest.mark.skipif(
 class Redis:
     """A redis-server of our own: loopback, no persistence, foreground."""
 
-    def __init__(self, workdir, port=None):
+    def __init__(self, workdir, args=()):
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port(False)
+        self.port = free_port(False)
+        self.args = list(args)
         self.proc = None
 
     def start(self):
         self.proc = subprocess.Popen(
             [REDIS, "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--daemonize", "no",
-             "--dir", str(self.dir)],
+             "--dir", str(self.dir)] + self.args,
             stdout=open(self.dir / "redis.log", "ab"),
             stderr=subprocess.STDOUT)
         wait_for(self.pings, 10, "redis-server answering PING")
@@ -46,7 +47,8 @@ class Redis:
         try:
             with socket.create_connection(("127.0.0.1", self.port), 1) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
+                # +PONG, or -NOAUTH with requirepass: it is up.
+                return s.recv(64)[:1] in (b"+", b"-")
         except OSError:
             return False
 
@@ -69,17 +71,19 @@ def redis(tmp_path):
 
 
 def nodes(relayd_factory, fake, redis, n=3, cluster=True, queue=None,
-          timeout="3s"):
+          timeout="3s", first=0, **cluster_keys):
     """n relayd instances delivering to fake, each its own spool, port
-    and node name; with [cluster] on redis unless cluster is False."""
+    and node name (n<first>...); with [cluster] on redis (and these keys)
+    unless cluster is False."""
     out = []
-    for i in range(n):
+    for i in range(first, first + n):
         sections = graph_sections(fake, timeout=timeout)
         sections["queue"] = dict({"retry_min": "200ms", "retry_max": "1s",
                                   "messages_per_minute": "0"},
                                  **(queue or {}))
         if cluster:
-            sections["cluster"] = {"redis": redis.url, "node": "n%d" % i}
+            sections["cluster"] = dict({"redis": redis.url,
+                                        "node": "n%d" % i}, **cluster_keys)
         out.append(relayd_factory(sections=sections, name="node%d" % i))
     return out
 
@@ -227,3 +231,46 @@ def test_pacing_across_nodes(relayd_factory, fake_graph, redis):
              if s["time"] - start <= window])
     # 30 at once, then 30/min: 5 more in 10 s (one of slack).
     assert 30 <= n <= 30 + window // 2 + 1, n
+
+
+def test_a_429_hold_applies_on_every_node(relayd_factory, fake_graph,
+                                          redis):
+    a, b = joined_nodes(relayd_factory, fake_graph, redis, 0, n=2)
+    fake_graph.faults([{"kind": "graph", "status": 429, "retry_after": "4",
+                        "count": 1}])
+    submit(a, 1, tag="first")
+    a.wait_log(r"graph deferred mailbox=%s graph_status=429" % MAILBOX_A)
+    held = time.time()
+    submit(b, 1, tag="second")
+    # b has never had a 429; the hold is a's, through Redis.
+    wait_for(lambda: [m for m in b.ctl("status")["throttled_mailboxes"]
+                      if m["mailbox"] == MAILBOX_A], 5,
+             "b holding the mailbox too")
+    wait_for(lambda: sent_total(fake_graph) == 2, 15, "both sent")
+    second = [s["time"] for s in fake_graph.sent()
+              if "second" in s["subject"]]
+    assert second[0] - held >= 3.5, second[0] - held
+
+
+def test_redis_password_file(relayd_factory, fake_graph, tmp_path):
+    r = Redis(tmp_path / "redis-auth", args=["--requirepass", "s3cret"])
+    r.start()
+    try:
+        good = tmp_path / "redis.pw"
+        bad = tmp_path / "wrong.pw"
+        for path, text in ((good, "s3cret\n"), (bad, "nope\n")):
+            path.write_text(text)
+            path.chmod(0o600)
+        a, = nodes(relayd_factory, fake_graph, r, n=1,
+                   password_file=str(good))
+        b, = nodes(relayd_factory, fake_graph, r, n=1, first=1,
+                   password_file=str(bad))
+        wait_for(lambda: cluster_of(a)["reachable"], 10, "a on Redis")
+        b.wait_log(r"cluster: Redis at 127\.0\.0\.1:%d/0 unreachable "
+                   r"\(WRONGPASS" % r.port)
+        assert not cluster_of(b)["reachable"]
+        assert "s3cret" not in a.log and "nope" not in b.log
+        submit(b, 1)    # alone, b still delivers
+        wait_for(lambda: sent_total(fake_graph) == 1, 10, "b delivering")
+    finally:
+        r.stop()
