@@ -22,6 +22,7 @@ from relaydtest.auth import start_authd
 from relaydtest.daemon import need, process_children
 from relaydtest.env import VALGRIND
 from relaydtest.graph import graph_relayd, graph_sections
+from relaydtest.ports import free_port
 from relaydtest.wait import wait_for
 
 PROBE_C = r"""
@@ -220,6 +221,19 @@ def test_smtp_process_cannot_connect_out(relayd_factory, shared_fake_graph,
     assert d.running()
 
 
+def probe_opens(d, role, monkeypatch, paths):
+    """Starts d; its role process tries to open paths, then /etc/hosts,
+    and logs "probe: open PATH: ok|EACCES" for each. Skips without
+    Landlock."""
+    monkeypatch.setenv("RELAYD_PROBE_OPEN", ":".join(
+        str(p) for p in list(paths) + ["/etc/hosts"]))
+    d.start()
+    if "landlock ABI" not in d.log:     # valgrind, or an old kernel
+        pytest.skip("no Landlock here: %s" % d.log)
+    os.kill(child_pid(d, role), signal.SIGUSR1)
+    d.wait_log(r"probe: open /etc/hosts")
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_landlock_keeps_the_secret_out(relayd_factory, shared_fake_graph,
                                       tmp_path, probe, monkeypatch, role):
@@ -234,13 +248,8 @@ def test_landlock_keeps_the_secret_out(relayd_factory, shared_fake_graph,
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "file").write_text("x")
-    monkeypatch.setenv("RELAYD_PROBE_OPEN", ":".join(str(p) for p in [
-        secret, d.conf_path, elsewhere / "file", "/etc/hosts"]))
-    d.start()
-    if "landlock ABI" not in d.log:     # valgrind, or an old kernel
-        pytest.skip("no Landlock here: %s" % d.log)
-    os.kill(child_pid(d, role), signal.SIGUSR1)
-    d.wait_log(r"probe: open /etc/hosts")
+    probe_opens(d, role, monkeypatch,
+                [secret, d.conf_path, elsewhere / "file"])
     assert "probe: open %s: EACCES" % secret in d.log
     assert "probe: open %s: ok" % d.conf_path in d.log
     assert "probe: open %s: EACCES" % (elsewhere / "file") in d.log
@@ -313,6 +322,30 @@ def test_users_file_replaced_by_rename_beside_the_secret(
     assert d.stop() == 0
     d.start()
     assert "reload refused" not in d.current_log()
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_landlock_keeps_the_redis_password_out(relayd_factory,
+                                              shared_fake_graph, tmp_path,
+                                              probe, monkeypatch, role):
+    """[cluster] password_file beside relayd.conf: the delivery process
+    read it before entering the sandbox (it started); afterwards neither
+    it nor the SMTP process can open it."""
+    fake = shared_fake_graph
+    workdir = tmp_path / "relayd"
+    workdir.mkdir()
+    password = workdir / "redis.pw"
+    fd = os.open(password, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.write(fd, b"s3cret\n")
+    os.close(fd)
+    d = graph_relayd(relayd_factory, fake, start=False)
+    # Nobody listens there: the node goes on alone, which is enough.
+    d.sections["cluster"] = {"redis": "redis://127.0.0.1:%d" % free_port(),
+                             "password_file": str(password), "node": "n1"}
+    probe_opens(d, role, monkeypatch, [password, d.conf_path])
+    assert "probe: open %s: EACCES" % password in d.log
+    assert "probe: open %s: ok" % d.conf_path in d.log
+    assert "s3cret" not in d.log
 
 
 def test_reload_of_a_config_replaced_by_rename(relayd_factory,
