@@ -40,7 +40,7 @@
  * request starts until theirs must be over (twice the longest request
  * lately, plus a beat; a lease at most; cluster_down_slots); a pause of
  * about a second, measured at 1 in 5 runs of test_cluster.py giving one
- * 429 without it. It reconnects every
+ * 429 without it. A node that starts is treated the same way. It reconnects every
  * RECONNECT_MS. Its first answer writes the leases in flight back (a
  * Redis that restarted has none), and the node stays on its share for
  * REJOIN_MS more, so that every other node, reconnecting within
@@ -567,13 +567,17 @@ cluster_ask(struct cluster *c, uint64_t id, unsigned max, uint64_t mpm,
 	size_t		 i;
 	int		 rc;
 
-	if (!cluster_up(c))
-		return -1;
 	LIST_FOREACH(l, &c->leases, link)
 		if (l->id == id)
 			break;
 	if (l == NULL)
 		return -1;
+	if (!cluster_up(c)) {
+		/* Sent alone: counted in Redis now, if it answers already. */
+		if (c->answered_at != 0 && c->ac != NULL && !c->broken)
+			lease_send(c, l);
+		return -1;
+	}
 	k[0] = key(c, l->mailbox, "slots");
 	k[1] = key(c, l->mailbox, "pace");
 	k[2] = key(c, l->mailbox, "rcpts");
@@ -891,6 +895,12 @@ cluster_new(struct event_base *base, const struct config *cfg, char *err,
 	    cfg->client_id != NULL ? cfg->client_id : "-");
 	c->lease_ms = cfg->timeout_ms + LEASE_EXTRA_MS;
 	c->nodes_alive = 1;
+	/*
+	 * Not shared yet: as after Redis went away, the other nodes may
+	 * hold every slot; the first answer says how many nodes there are.
+	 */
+	c->down_since = wall_us() / 1000;
+	c->down_at = now_ms();
 	LIST_INIT(&c->leases);
 	LIST_INIT(&c->views);
 	LIST_INIT(&c->asks_out);

@@ -86,7 +86,9 @@ typedef void cluster_ask_cb(void *, enum cluster_answer, uint64_t);
  * Asks Redis whether lease's request may go: a free slot of its mailbox
  * (of max), the mailbox's pace (mpm a minute, 0: none) and its recipients
  * budget (nrcpts). cb gets the answer and, when it is to wait, how long
- * (ms; 0: not known, ask again soon). -1: Redis is away, no call comes.
+ * (ms; 0: not known, ask again soon). -1: Redis is away, no call comes;
+ * the request goes on this node's share, and its lease is written to
+ * Redis as soon as Redis answers (at once while this node rejoins).
  */
 int		 cluster_ask(struct cluster *, uint64_t, unsigned, uint64_t,
 		    size_t, cluster_ask_cb *, void *);
