@@ -91,6 +91,17 @@ action: the bytes were taken but the answer is lost or an error, and the
 client must ask (GET uploadUrl) where to go on (a PUT refused before its
 range is stored uses such a rule up without the action).
 
+Concurrency (what test_cluster.py judges several relayd instances by):
+the requests in flight to a mailbox are counted across all clients, so
+several relays sharing one fake are counted together. Above
+max_concurrency (--max-concurrency, 4; 0: no limit) the fake answers 429
+{"error": {"code": "ApplicationThrottled", "message": "Application is over
+its MailboxConcurrency limit."}} (FACTS.md section 4) with Retry-After
+throttle_retry_after. /_fake/stats: "max_concurrency" is the highest
+count seen per mailbox (the refused request included), "inflight" the
+count now, "throttled" how many got that 429. latency_ms (--latency-ms)
+makes every Graph answer that slow, so that concurrency builds up.
+
 Behaviour follows shared/graph/FACTS.md (sections 1 to 5 and 7); choices
 the sources do not settle are said where they are made (Handler._upload
 and friends). Not modelled: /me, $batch, PATCH of drafts, item and
