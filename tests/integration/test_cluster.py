@@ -274,3 +274,24 @@ def test_redis_password_file(relayd_factory, fake_graph, tmp_path):
         wait_for(lambda: sent_total(fake_graph) == 1, 10, "b delivering")
     finally:
         r.stop()
+
+
+def test_redis_that_stops_answering_counts_as_away(relayd_factory,
+                                                   fake_graph, redis):
+    """SIGSTOP: the connection stays open, nothing answers. After 3 s the
+    nodes go on alone; SIGCONT, and they share again."""
+    ds = joined_nodes(relayd_factory, fake_graph, redis, 50, n=2)
+    redis.proc.send_signal(signal.SIGSTOP)
+    try:
+        for d in ds:
+            d.wait_log(r"cluster: Redis at .* unreachable \(no answer for "
+                       r"3s\)", timeout=10)
+        for d in ds:
+            submit(d, 3, tag="stalled")
+        wait_for(lambda: sent_total(fake_graph) == 6, 15,
+                 "delivery without an answer from Redis")
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: all(cluster_of(d)["reachable"] for d in ds), 10,
+             "both nodes back on Redis")
+    assert fake_graph.stats()["throttled"] == 0
