@@ -215,6 +215,7 @@ struct cluster {
 
 static void	connect_now(struct cluster *);
 static void	gone(struct cluster *, const char *);
+static void	mark_down(struct cluster *);
 
 /* ---- pure ---- */
 
@@ -325,7 +326,9 @@ answered(redisAsyncContext *ac, void *r)
 		c->pending--;
 	c->last_reply = now_ms();
 	if (reply == NULL) {
+		/* Before the disconnect callback, which says why. */
 		c->broken = 1;
+		mark_down(c);
 		return NULL;
 	}
 	if (reply->type == REDIS_REPLY_ERROR) {
@@ -743,9 +746,9 @@ timer_cb(evutil_socket_t fd, short ev, void *arg)
 	evtimer_add(c->timer, &tv);
 }
 
-/* Redis is away: said once, until it answers again. */
+/* Not shared any more, from now (for the drain of cluster_slots). */
 static void
-gone(struct cluster *c, const char *why)
+mark_down(struct cluster *c)
 {
 	c->up = 0;
 	c->answered_at = 0;
@@ -753,6 +756,13 @@ gone(struct cluster *c, const char *why)
 		c->down_since = wall_us() / 1000;
 		c->down_at = now_ms();
 	}
+}
+
+/* Redis is away: said once, until it answers again. */
+static void
+gone(struct cluster *c, const char *why)
+{
+	mark_down(c);
 	if (c->warned || c->freeing)
 		return;
 	c->warned = 1;
