@@ -8,6 +8,7 @@
  *   relayctl [-s SOCKET] [-c CONFIG] pause|resume
  *   relayctl [-s SOCKET] [-c CONFIG] export ID
  *   relayctl [-s SOCKET] [-c CONFIG] metrics
+ *   relayctl [-s SOCKET] [-c CONFIG] import DIR
  *   relayctl [-s SOCKET] [-c CONFIG] unlock ADDRESS
  *   relayctl [-s SOCKET] [-c CONFIG] history [--json] [--since DURATION]
  *       [--sender A] [--rcpt A] [--client A] [--id ID] [--status S]
@@ -37,9 +38,11 @@
  * permission denied; 78 configuration error (sysexits).
  */
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
@@ -60,6 +63,7 @@
 #include "history.h"
 #include "http.h"
 #include "log.h"
+#include "spool_source.h"
 #include "token.h"
 #include "util.h"
 
@@ -90,6 +94,7 @@ usage_to(FILE *fp, int rc)
 	    "         filter: --mailbox ADDRESS | --sender ADDRESS\n"
 	    "       relayctl [-s socket] [-c config] metrics\n"
 	    "       relayctl [-s socket] [-c config] unlock ADDRESS\n"
+	    "       relayctl [-s socket] [-c config] import DIR\n"
 	    "       relayctl [-s socket] [-c config] history [--json] "
 	    "[--since DURATION]\n"
 	    "           [--sender ADDRESS] [--rcpt ADDRESS] [--client ADDRESS]"
@@ -229,15 +234,11 @@ bail(int code, char *path, char *buf, json_object *ans)
 	exit(code);
 }
 
-/* Sends one command and returns relayd's JSON answer; exits on failure. */
-static json_object *
-ask(const char *cmd)
+/* Connects to the status socket; exits with why on failure. */
+static int
+status_connect(char *path)
 {
 	struct sockaddr_un	 sun;
-	json_object		*ans, *e;
-	char			*path = socket_path(), *buf = NULL;
-	size_t			 len = 0, cap = 0;
-	ssize_t			 n;
 	int			 fd, code;
 
 	memset(&sun, 0, sizeof(sun));
@@ -261,6 +262,19 @@ ask(const char *cmd)
 	}
 	/* A refused peer finds the socket closed: read why all the same. */
 	signal(SIGPIPE, SIG_IGN);
+	return fd;
+}
+
+/* Sends one command and returns relayd's JSON answer; exits on failure. */
+static json_object *
+ask(const char *cmd)
+{
+	json_object		*ans, *e;
+	char			*path = socket_path(), *buf = NULL;
+	size_t			 len = 0, cap = 0;
+	ssize_t			 n;
+	int			 fd = status_connect(path);
+
 	if ((write(fd, cmd, strlen(cmd)) != (ssize_t)strlen(cmd) ||
 	    write(fd, "\n", 1) != 1) && errno != EPIPE) {
 		fprintf(stderr, "relayctl: %s: %s\n", path, strerror(errno));
@@ -801,6 +815,214 @@ cmd_export(const char *id)
 	return 0;
 }
 
+/*
+ * A dead node's spool (issue 20): relayctl import DIR. DIR is checked
+ * and locked here (spool_source.c: a relayd spool, no running relayd on
+ * it); then each of its files goes to relayd over one status connection,
+ * open, attached to a byte (SCM_RIGHTS; relayd's delivery process runs
+ * under Landlock and could not open DIR's files itself): a segment of
+ * queue/ ("import queue NAME"), whose queued records relayd commits as
+ * its own, fsynced, before it marks them delivered in DIR and syncs that
+ * (spool.c, "import"); a segment left with nothing queued is removed
+ * here. A dead letter ("import dead QID N", its record and .reason)
+ * becomes relayd's dead/QID, synced, before it is removed here. Each
+ * answer comes once that is durable, so an import killed at any point
+ * and run again moves what is left, and what relayd had already taken
+ * is recognised (by the source id) instead of taken twice.
+ */
+
+/* One answer line on fd (a JSON object), NULL if none came. */
+static json_object *
+read_answer(int fd)
+{
+	char		 buf[4096];
+	size_t		 len = 0;
+	ssize_t		 n;
+
+	while (len < sizeof(buf) - 1) {
+		if ((n = read(fd, buf + len, 1)) <= 0)
+			return NULL;
+		if (buf[len++] == '\n')
+			break;
+	}
+	buf[len] = '\0';
+	return json_tokener_parse(buf);
+}
+
+/* Sends "import ..." and the files; relayd's answer or NULL. */
+static json_object *
+import_one(int sock, const char *cmd, const int *fds, int nfds, char *why,
+    size_t whylen)
+{
+	json_object	*o;
+	struct iovec	 iov;
+	int		 i;
+
+	snprintf(why, whylen, "relayd went away");
+	if (write(sock, cmd, strlen(cmd)) != (ssize_t)strlen(cmd) ||
+	    write(sock, "\n", 1) != 1 || (o = read_answer(sock)) == NULL)
+		return NULL;
+	if (jstr(o, "ok") == NULL || strcmp(jstr(o, "ok"), "send") != 0) {
+		snprintf(why, whylen, "%s", jstr(o, "error") != NULL ?
+		    jstr(o, "error") : "an unexpected answer");
+		json_object_put(o);
+		return NULL;
+	}
+	json_object_put(o);
+	for (i = 0; i < nfds; i++) {
+		iov.iov_base = (void *)(uintptr_t)"F";
+		iov.iov_len = 1;
+		if (fd_sendmsg(sock, &iov, 1, fds[i]) != 1)
+			return NULL;
+	}
+	if ((o = read_answer(sock)) != NULL && jstr(o, "error") != NULL) {
+		snprintf(why, whylen, "%s", jstr(o, "error"));
+		json_object_put(o);
+		return NULL;
+	}
+	return o;
+}
+
+struct import_tally {
+	size_t	 queued, already, dead, failed, skipped;
+	char	 why[1024];
+};
+
+static void
+tally_why(struct import_tally *t, const char *what, const char *why)
+{
+	if (t->why[0] == '\0')
+		snprintf(t->why, sizeof(t->why), "%s: %s", what, why);
+}
+
+/* One file not taken (counted in *count), and why. */
+static void
+tally_fail(struct import_tally *t, size_t *count, const char *what,
+    const char *why)
+{
+	(*count)++;
+	tally_why(t, what, why);
+}
+
+static void
+import_segment(int sock, struct spool_source *src, const char *name,
+    struct import_tally *t)
+{
+	json_object	*o;
+	char		 cmd[64], why[512];
+	int		 fd;
+
+	if ((fd = openat(src->queuefd, name, O_RDWR | O_CLOEXEC)) == -1) {
+		tally_fail(t, &t->failed, name, strerror(errno));
+		return;
+	}
+	snprintf(cmd, sizeof(cmd), "import queue %s", name);
+	o = import_one(sock, cmd, &fd, 1, why, sizeof(why));
+	close(fd);
+	if (o == NULL) {
+		tally_fail(t, &t->failed, name, why);
+		return;
+	}
+	t->queued += (size_t)jint(o, "imported");
+	t->already += (size_t)jint(o, "already");
+	t->failed += (size_t)jint(o, "failed");
+	t->skipped += (size_t)jint(o, "skipped");
+	if (jstr(o, "why") != NULL)
+		tally_why(t, name, jstr(o, "why"));
+	if (jstr(o, "failure") != NULL)
+		tally_why(t, name, jstr(o, "failure"));
+	/* Nothing queued left in it: it goes (as relayd removes its own). */
+	if (jint(o, "left") == 0 && jint(o, "skipped") == 0 &&
+	    jstr(o, "failure") == NULL && unlinkat(src->queuefd, name, 0) == 0)
+		fsync(src->queuefd);
+	json_object_put(o);
+}
+
+static void
+import_dead(int sock, struct spool_source *src, const char *qid,
+    struct import_tally *t)
+{
+	json_object	*o;
+	char		 cmd[64], reason[SPOOL_QID_LEN + 8], why[512];
+	int		 fds[2], n = 1;
+
+	snprintf(reason, sizeof(reason), "%s.reason", qid);
+	if ((fds[0] = openat(src->deadfd, qid, O_RDONLY | O_CLOEXEC)) == -1) {
+		tally_fail(t, &t->failed, qid, strerror(errno));
+		return;
+	}
+	if ((fds[1] = openat(src->deadfd, reason, O_RDONLY | O_CLOEXEC)) !=
+	    -1)
+		n = 2;
+	snprintf(cmd, sizeof(cmd), "import dead %s %d", qid, n);
+	o = import_one(sock, cmd, fds, n, why, sizeof(why));
+	close(fds[0]);
+	if (n == 2)
+		close(fds[1]);
+	if (o == NULL) {
+		tally_fail(t, &t->skipped, qid, why);
+		return;
+	}
+	t->dead += (size_t)jint(o, "dead");
+	t->already += (size_t)jint(o, "already");
+	json_object_put(o);
+	/* Durable in relayd's dead/: the copy here goes. */
+	if (unlinkat(src->deadfd, qid, 0) == 0) {
+		unlinkat(src->deadfd, reason, 0);
+		fsync(src->deadfd);
+	}
+}
+
+static int
+cmd_import(const char *dir)
+{
+	struct spool_source	 src;
+	struct import_tally	 t;
+	json_object		*o;
+	char			 err[1024], **names, *path;
+	size_t			 n, i;
+	int			 sock;
+
+	o = ask("status");	/* exits with why if relayd is not running */
+	json_object_put(o);
+	if (spool_source_open(dir, &src, err, sizeof(err)) == -1) {
+		fprintf(stderr, "relayctl: import: %s\n", err);
+		return 1;
+	}
+	memset(&t, 0, sizeof(t));
+	path = socket_path();
+	sock = status_connect(path);
+	free(path);
+	n = spool_source_names(src.queuefd, &names);
+	for (i = 0; i < n; i++) {
+		import_segment(sock, &src, names[i], &t);
+		free(names[i]);
+	}
+	free(names);
+	n = src.deadfd == -1 ? 0 : spool_source_names(src.deadfd, &names);
+	for (i = 0; i < n; i++) {
+		import_dead(sock, &src, names[i], &t);
+		free(names[i]);
+	}
+	if (n > 0)
+		free(names);
+	close(sock);
+	spool_source_close(&src);
+	printf("%s: %zu queued message(s) and %zu dead letter(s) imported",
+	    dir, t.queued, t.dead);
+	if (t.already > 0)
+		printf(", %zu taken before (an import that was cut short)",
+		    t.already);
+	printf("\n");
+	if (t.skipped + t.failed > 0) {
+		printf("%s: %zu skipped (damaged: left in %s), %zu failed "
+		    "(left in %s; run the import again); first: %s\n", dir,
+		    t.skipped, dir, t.failed, dir, t.why);
+		return t.failed > 0 ? 1 : 0;
+	}
+	return 0;
+}
+
 static int
 cmd_metrics(void)
 {
@@ -1044,6 +1266,8 @@ main(int argc, char **argv)
 		return cmd_export(argv[1]);
 	if (strcmp(verb, "metrics") == 0 && argc == 1)
 		return cmd_metrics();
+	if (strcmp(verb, "import") == 0 && argc == 2 && !json)
+		return cmd_import(argv[1]);
 	if (argc == 1 && (strcmp(verb, "pause") == 0 ||
 	    strcmp(verb, "resume") == 0))
 		return cmd_pause(verb);

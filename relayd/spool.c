@@ -170,6 +170,7 @@
 
 #include "log.h"
 #include "spool.h"
+#include "spool_source.h"
 #include "util.h"
 
 #define SPOOL_BUF_SIZE		(64 * 1024)	/* held in memory, then spilled */
@@ -2694,29 +2695,14 @@ qid_cmp(const void *a, const void *b)
 size_t
 spool_dead_ids(struct spool *sp, char ***out)
 {
-	DIR		*d;
-	struct dirent	*de;
-	char		**ids = NULL;
-	size_t		 n = 0;
-	int		 fd;
+	size_t	 n;
+	int	 fd;
 
 	*out = NULL;
 	if ((fd = dead_dir(sp)) == -1)
 		return 0;
-	if ((d = fdopendir(fd)) == NULL) {
-		close(fd);
-		return 0;
-	}
-	while ((de = readdir(d)) != NULL) {
-		if (!qid_valid(de->d_name))
-			continue;
-		ids = xrealloc(ids, (n + 1) * sizeof(*ids));
-		ids[n++] = xstrdup(de->d_name);
-	}
-	closedir(d);
-	if (n > 0)
-		qsort(ids, n, sizeof(*ids), qid_cmp);
-	*out = ids;
+	n = spool_source_names(fd, out);
+	close(fd);
 	return n;
 }
 
@@ -2839,4 +2825,363 @@ spool_dead_requeue(struct spool *sp, const char *qid, spool_done_cb *cb,
 	sp->requeues = rq;
 	spool_msg_commit(m, requeue_done, rq);
 	return 0;
+}
+
+/*
+ * ---- import: another relayd's spool (relayctl import) ----
+ *
+ * relayctl opens the dead node's files (delivery's Landlock would not let
+ * it) and passes them here one at a time. A segment's queued records are
+ * committed as new records of ours (new id, same envelope, arrival and
+ * mailbox line, "imported-from: <its id>"); once that commit is durable
+ * each source record gets the delivered mark, and the source file is
+ * fdatasync'ed; relayctl then removes a source segment left with nothing
+ * queued. A crash between our commit and the mark leaves both: a new
+ * import skips a record whose id one of our records already names
+ * (imported_ids). So that it is still ours to find, an imported record's
+ * state line says "next attempt in IMPORT_GRACE_MS": right after the
+ * commit it is delivered at once (the index is told without a schedule),
+ * but after a restart it waits that long, time for the admin to run the
+ * import again; `relayctl retry` sends it sooner.
+ */
+#define IMPORT_GRACE_MS		(10 * 60 * 1000)
+#define IMPORT_MAX		((size_t)1 << 31)	/* bytes of one file */
+
+struct import_job {
+	struct spool		*sp;
+	int			 fd;		/* the source segment */
+	uint64_t		*marks;		/* records to mark delivered */
+	size_t			 nmarks, pending, queued;
+	struct spool_import_result res;
+	spool_import_cb		*cb;
+	void			*arg;
+};
+
+struct import_rec {
+	struct import_job	*job;
+	uint64_t		 off;
+	char			 src[SPOOL_QID_LEN + 1];
+};
+
+/* A file read whole (malloc'd), NULL with errno. */
+static char *
+import_read(int fd, size_t *lenp)
+{
+	struct stat	 sb;
+	char		*buf;
+	ssize_t		 n;
+	size_t		 len = 0;
+
+	if (fstat(fd, &sb) == -1)
+		return NULL;
+	if (!S_ISREG(sb.st_mode) || (size_t)sb.st_size > IMPORT_MAX) {
+		errno = EINVAL;
+		return NULL;
+	}
+	buf = xmalloc((size_t)sb.st_size + 1);
+	while (len < (size_t)sb.st_size) {
+		if ((n = pread(fd, buf + len, (size_t)sb.st_size - len,
+		    (off_t)len)) <= 0) {
+			free(buf);
+			errno = n == 0 ? EIO : errno;
+			return NULL;
+		}
+		len += (size_t)n;
+	}
+	*lenp = len;
+	return buf;
+}
+
+/* The imported-from value of a record head in buf[0, n), into out. */
+static int
+head_imported_from(const char *buf, size_t n, char *out)
+{
+	static const char key[] = "\nimported-from: ";
+	const char	*end, *p;
+
+	if ((end = memmem(buf, n, "\n\n", 2)) == NULL ||
+	    (p = memmem(buf, (size_t)(end - buf) + 1, key, sizeof(key) - 1)) ==
+	    NULL)
+		return -1;
+	p += sizeof(key) - 1;
+	if (end - p < SPOOL_QID_LEN || !spool_record_qid_valid(p,
+	    SPOOL_QID_LEN))
+		return -1;
+	memcpy(out, p, SPOOL_QID_LEN);
+	out[SPOOL_QID_LEN] = '\0';
+	return 0;
+}
+
+/*
+ * The source ids our queued records were imported from, sorted: only
+ * records delivery wrote (ids 800-FFF) can be imported ones.
+ */
+static size_t
+imported_ids(struct spool *sp, char ***out)
+{
+	struct rec	 *r, *v = NULL;
+	char		**ids = NULL, head[8192], src[SPOOL_QID_LEN + 1];
+	size_t		  i, n = 0, nids = 0;
+	ssize_t		  got;
+	int		  fd;
+
+	pthread_mutex_lock(&sp->idx_lock);
+	for (i = 0; i < sp->tabsize; i++)
+		for (r = sp->tab[i]; r != NULL; r = r->hnext)
+			if (qid_delivery(r->qid)) {
+				v = xrealloc(v, (n + 1) * sizeof(*v));
+				v[n] = *r;
+				memcpy(v[n].qid, r->seg->name, sizeof(v[n].qid));
+				n++;
+			}
+	pthread_mutex_unlock(&sp->idx_lock);
+	for (i = 0; i < n; i++) {
+		/* v[i].qid holds its segment's name now. */
+		if ((fd = openat(sp->queuefd, v[i].qid, O_RDONLY |
+		    O_CLOEXEC)) == -1)
+			continue;
+		got = pread(fd, head, v[i].len < sizeof(head) ? v[i].len :
+		    sizeof(head), (off_t)v[i].off);
+		close(fd);
+		if (got > 0 && head_imported_from(head, (size_t)got, src) ==
+		    0) {
+			ids = xrealloc(ids, (nids + 1) * sizeof(*ids));
+			ids[nids++] = xstrdup(src);
+		}
+	}
+	free(v);
+	if (nids > 0)
+		qsort(ids, nids, sizeof(*ids), qid_cmp);
+	*out = ids;
+	return nids;
+}
+
+static void
+import_note(struct spool_import_result *res, const char *name, uint64_t off,
+    const char *why)
+{
+	res->skipped++;
+	if (res->why[0] == '\0')
+		snprintf(res->why, sizeof(res->why), "queue/%s at byte %" PRIu64
+		    ": %s", name, off, why);
+}
+
+/* A source record to mark delivered once all commits are durable. */
+static void
+import_mark(struct import_job *job, uint64_t off)
+{
+	job->marks = xrealloc(job->marks, (job->nmarks + 1) *
+	    sizeof(*job->marks));
+	job->marks[job->nmarks++] = off;
+}
+
+/* Every commit is back: the marks in the source, one fdatasync. */
+static void
+import_finish(struct import_job *job)
+{
+	char		 d = SPOOL_DELIVERED;
+	size_t		 i, marked = 0;
+
+	for (i = 0; i < job->nmarks; i++)
+		if (pwrite(job->fd, &d, 1, (off_t)(job->marks[i] +
+		    SPOOL_RECORD_MARK_OFF)) == 1)
+			marked++;
+	if (marked < job->nmarks || (marked > 0 && fdatasync(job->fd) == -1)) {
+		job->res.err = errno ? errno : EIO;
+		marked = 0;	/* not known to be on disk */
+	}
+	job->res.left = job->queued - marked;
+	job->cb(job->arg, &job->res);
+	close(job->fd);
+	free(job->marks);
+	free(job);
+}
+
+static void
+import_committed(void *arg, int err, const char *qid)
+{
+	struct import_rec	*ir = arg;
+	struct import_job	*job = ir->job;
+
+	if (err == 0) {
+		import_mark(job, ir->off);
+		job->res.imported++;
+		log_info("%s imported from another spool (its id there %s)",
+		    qid, ir->src);
+	} else {
+		job->res.failed++;
+		job->res.err = err;
+		log_warnx("%s spool: cannot import it: %s", ir->src,
+		    strerror(err));
+	}
+	free(ir);
+	if (--job->pending == 0)
+		import_finish(job);
+}
+
+/* One queued source record, at buf (parsed into e): committed here. */
+static int
+import_record(struct import_job *job, const char *buf,
+    const struct spool_entry *e, uint64_t off)
+{
+	struct spool_env	 env;
+	struct spool_msg	*m;
+	struct import_rec	*ir;
+	char			 client[256], listener[256], helo[1024];
+	char			 user[1024], params[1024];
+
+	memset(&env, 0, sizeof(env));
+	spool_record_env(buf, e->body_offset, "client", client, sizeof(client));
+	spool_record_env(buf, e->body_offset, "listener", listener,
+	    sizeof(listener));
+	spool_record_env(buf, e->body_offset, "helo", helo, sizeof(helo));
+	spool_record_env(buf, e->body_offset, "user", user, sizeof(user));
+	spool_record_env(buf, e->body_offset, "mail-params", params,
+	    sizeof(params));
+	env.arrival_us = e->arrival_us;
+	env.client = client;
+	env.listener = listener;
+	env.helo = helo;
+	env.user = user;
+	env.mail_from = e->mail_from;
+	env.mail_params = params;
+	env.rcpts = (const char *const *)e->rcpts;
+	env.nrcpts = e->nrcpts;
+	env.mailbox = e->mailbox;
+	env.imported_from = e->qid;
+	env.next_ms = wall_us() / 1000 + IMPORT_GRACE_MS;
+	if ((m = spool_msg_new(job->sp, &env)) == NULL)
+		return -1;
+	if (spool_msg_write(m, buf + e->body_offset, e->size) == -1) {
+		spool_msg_abort(m);
+		return -1;
+	}
+	ir = xcalloc(1, sizeof(*ir));
+	ir->job = job;
+	ir->off = off;
+	strlcpy_r(ir->src, e->qid, sizeof(ir->src));
+	job->pending++;
+	spool_msg_commit(m, import_committed, ir);
+	return 0;
+}
+
+int
+spool_import_segment(struct spool *sp, int fd, const char *name,
+    spool_import_cb *cb, void *arg)
+{
+	struct import_job	*job;
+	struct spool_entry	 e;
+	const char		*why;
+	char			*buf, **ids, *key;
+	size_t			 len, nids, i, off = 0;
+	int			 rc;
+
+	if ((buf = import_read(fd, &len)) == NULL)
+		return -1;
+	job = xcalloc(1, sizeof(*job));
+	job->sp = sp;
+	job->fd = fd;
+	job->cb = cb;
+	job->arg = arg;
+	nids = imported_ids(sp, &ids);
+	job->pending = 1;	/* until every record is looked at */
+	while (off < len && buf[off] != '\0') {
+		if ((rc = spool_record_parse(buf + off, len - off, &e, &why)) !=
+		    0) {
+			import_note(&job->res, name, off, rc ==
+			    SPOOL_RECORD_INCOMPLETE ? "cut short" : why);
+			break;
+		}
+		key = e.qid;
+		if (e.state != SPOOL_QUEUED && e.state != SPOOL_HELD) {
+			off += e.reclen;
+			spool_entry_clear(&e);
+			continue;
+		}
+		job->queued++;
+		if (nids > 0 && bsearch(&key, ids, nids, sizeof(*ids),
+		    qid_cmp) != NULL) {
+			/* Committed here before a crash, not marked there. */
+			import_mark(job, off);
+			job->res.already++;
+		} else if (import_record(job, buf + off, &e, off) == -1) {
+			job->res.failed++;
+			job->res.err = errno;
+		}
+		off += e.reclen;
+		spool_entry_clear(&e);
+	}
+	free(buf);
+	for (i = 0; i < nids; i++)
+		free(ids[i]);
+	free(ids);
+	if (--job->pending == 0)
+		import_finish(job);
+	return 0;
+}
+
+int
+spool_import_dead(struct spool *sp, int fd, int reasonfd, const char *qid,
+    const char **why)
+{
+	struct spool_entry	 e;
+	char			*buf, *reason = NULL, tmp[SPOOL_QID_LEN + 16];
+	size_t			 len, rlen = 0;
+	uint64_t		 reclen, at, n;
+	int			 dfd = -1, out = -1, rc = -1, err = 0;
+
+	*why = "not a dead letter's name";
+	if (!qid_valid(qid))
+		return -1;
+	if ((buf = import_read(fd, &len)) == NULL) {
+		*why = strerror(errno);
+		return -1;
+	}
+	if (spool_record_parse(buf, len, &e, why) != 0) {
+		if (*why == NULL)
+			*why = "damaged";
+		free(buf);
+		return -1;
+	}
+	reclen = e.reclen;
+	spool_entry_clear(&e);
+	if (reasonfd != -1 && (reason = import_read(reasonfd, &rlen)) != NULL)
+		reason[rlen] = '\0';
+	if ((dfd = open_subdir(sp->dirfd, "dead")) == -1) {
+		*why = "cannot open dead/ here";
+		goto done;
+	}
+	if (faccessat(dfd, qid, F_OK, 0) == 0) {
+		rc = 1;			/* imported before a crash */
+		goto done;
+	}
+	*why = "a message of that id is queued here";
+	if (idx_locate(sp, qid, tmp, &at, &n) == 0)
+		goto done;
+	*why = "cannot write it to dead/ here";
+	snprintf(tmp, sizeof(tmp), ".%s.tmp", qid);
+	if (dead_reason(dfd, qid, reason != NULL ? reason : "") == -1)
+		goto done;
+	if ((out = openat(dfd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC,
+	    0600)) == -1 || pwrite_all(out, buf, reclen, 0) == -1 ||
+	    fdatasync(out) == -1 || renameat(dfd, tmp, dfd, qid) == -1 ||
+	    fsync(dfd) == -1) {
+		err = errno;
+		unlinkat(dfd, tmp, 0);
+		snprintf(tmp, sizeof(tmp), "%s.reason", qid);
+		unlinkat(dfd, tmp, 0);
+		log_warnx("%s spool: cannot import the dead letter: %s", qid,
+		    strerror(err));
+		goto done;
+	}
+	log_info("%s dead letter imported from another spool", qid);
+	rc = 0;
+done:
+	if (out != -1)
+		close(out);
+	if (dfd != -1)
+		close(dfd);
+	free(reason);
+	free(buf);
+	return rc;
 }

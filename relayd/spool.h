@@ -156,6 +156,29 @@ int		 spool_dead_remove(struct spool *, const char *);
  */
 int		 spool_dead_requeue(struct spool *, const char *,
 		    spool_done_cb *, void *, char *, const char **);
+/*
+ * Import from another relayd's spool (relayctl import; see spool.c).
+ * segment: the source segment fd (open for writing; the job closes it)
+ * is read, its queued records committed here, then marked delivered in
+ * it and synced; cb runs once (loop thread, maybe before the return).
+ * -1 with errno: nothing done, fd still the caller's. dead: a dead
+ * letter's record and .reason (fd or -1) become dead/<qid> here; 0 done,
+ * 1 it was already here, -1 with why.
+ */
+struct spool_import_result {
+	size_t		 imported;	/* committed here now */
+	size_t		 already;	/* committed here before */
+	size_t		 failed;	/* could not be committed */
+	size_t		 skipped;	/* damaged: stays there */
+	size_t		 left;		/* still queued there after */
+	int		 err;		/* of the last failure */
+	char		 why[256];	/* the first damage */
+};
+typedef void spool_import_cb(void *, const struct spool_import_result *);
+int		 spool_import_segment(struct spool *, int, const char *,
+		    spool_import_cb *, void *);
+int		 spool_import_dead(struct spool *, int, int, const char *,
+		    const char **);
 /* An envelope value ("client", "listener", ...) of a mapped record. */
 size_t		 spool_view_env(const struct spool_view *, const char *,
 		    char *, size_t);

@@ -18,7 +18,8 @@
  *   mailbox: <320 bytes, space-padded>\n                        330 bytes
  *   id: <qid>\n arrival: <s.us>\n client: ...\n listener: ...\n
  *   helo: ...\n user: ...\n mail-from: ...\n mail-params: ...\n
- *   rcpt: ...\n (one per recipient) \n                            the head
+ *   rcpt: ...\n (one per recipient)
+ *   [imported-from: <qid in the spool it came from>\n] \n        the head
  *   <size bytes of message>
  *   RELAYD-END <20 digits>\n                                      32 bytes
  *
@@ -111,7 +112,7 @@ spool_record_head(char *buf, size_t len, const char *qid,
 
 	snprintf(line, sizeof(line), "%s%d\n", MAGIC, SPOOL_VERSION);
 	put(&o, line, VERSION_LINE_LEN);
-	spool_record_state(line, SPOOL_QUEUED, 0, 0, "");
+	spool_record_state(line, SPOOL_QUEUED, 0, env->next_ms, "");
 	put(&o, line, SPOOL_STATE_LEN);
 	put(&o, "size: ", 6);
 	spool_record_size(digits, 0);
@@ -134,6 +135,8 @@ spool_record_head(char *buf, size_t len, const char *qid,
 	put_field(&o, "mail-params", env->mail_params);
 	for (i = 0; i < env->nrcpts; i++)
 		put_field(&o, "rcpt", env->rcpts[i]);
+	if (env->imported_from != NULL)
+		put_field(&o, "imported-from", env->imported_from);
 	put(&o, "\n", 1);
 	return o.bad ? -1 : (ssize_t)o.len;
 }

@@ -45,6 +45,10 @@ struct spool_env {
 	const char *const	*rcpts;		/* "addr" or "addr PARAMS" */
 	size_t			 nrcpts;
 	const char		*mailbox;	/* sending mailbox, NULL: later */
+	/* Copied from another spool (relayctl import): its queue id there,
+	 * and the state line's next attempt (0: now). NULL, 0: not. */
+	const char		*imported_from;
+	uint64_t		 next_ms;
 };
 
 /* A record as read back: its state line, envelope and framing. */

@@ -76,7 +76,25 @@ struct client {
 	uid_t			 uid;		/* the peer's */
 	struct bufferevent	*bev;
 	struct pending		*wait;	/* a dead letter's retry */
+	struct import		*imp;	/* relayctl import: a file to take */
 	TAILQ_ENTRY(client)	 link;
+};
+
+/*
+ * relayctl import (issue 20): relayctl, which opened a dead node's file,
+ * says "import queue NAME" or "import dead QID NFDS", gets {"ok":"send"}
+ * and sends one byte per file with the file attached (SCM_RIGHTS). The
+ * bufferevent would drop what is attached, so reading is switched to
+ * recvmsg on the socket until the files are here (ev); the answer comes
+ * once the records are durable here and marked there (spool.c).
+ */
+struct import {
+	struct client		*c;	/* NULL once it went away */
+	struct event		*ev;
+	int			 dead;
+	char			 name[SPOOL_QID_LEN + 1];
+	int			 fds[2];
+	int			 nfds, want;
 };
 
 /* A retry of a dead letter, answered once the new copy is durable. */
@@ -1242,6 +1260,143 @@ status_metrics(struct status *st)
 
 #define STATUS_ARGS_MAX	4	/* words of a command */
 
+static json_object *
+cmd_import(struct client *c, uid_t uid, char **arg, int n)
+{
+	struct import	*imp;
+	json_object	*o;
+	int		 dead = strcmp(arg[0], "dead") == 0;
+
+	if (c == NULL || c->imp != NULL)
+		return jerror("import: one file at a time, over the socket");
+	if (uid != 0 && uid != geteuid())
+		return jerror("permission denied: import is for root and "
+		    "relayd's user");
+	if ((!dead && (strcmp(arg[0], "queue") != 0 || n != 2)) ||
+	    (dead && (n != 3 || (strcmp(arg[2], "1") != 0 &&
+	    strcmp(arg[2], "2") != 0))) ||
+	    !spool_record_qid_valid(arg[1], strlen(arg[1])))
+		return jerror("import: queue NAME or dead QID 1|2");
+	imp = xcalloc(1, sizeof(*imp));
+	imp->c = c;
+	imp->dead = dead;
+	imp->want = dead ? atoi(arg[2]) : 1;
+	imp->fds[0] = imp->fds[1] = -1;
+	strlcpy_r(imp->name, arg[1], sizeof(imp->name));
+	c->imp = imp;
+	o = json_object_new_object();
+	add_str(o, "ok", "send");
+	return o;
+}
+
+static void
+import_free(struct import *imp)
+{
+	int	 i;
+
+	if (imp->c != NULL) {
+		imp->c->imp = NULL;
+		bufferevent_enable(imp->c->bev, EV_READ);
+	}
+	for (i = 0; i < imp->nfds; i++)
+		if (imp->fds[i] != -1)
+			close(imp->fds[i]);
+	if (imp->ev != NULL)
+		event_free(imp->ev);
+	free(imp);
+}
+
+static void
+import_answer(struct import *imp, json_object *o)
+{
+	if (imp->c != NULL)
+		write_answer(imp->c, o);
+	else
+		json_object_put(o);
+	import_free(imp);
+}
+
+static void
+import_done(void *arg, const struct spool_import_result *r)
+{
+	struct import	*imp = arg;
+	json_object	*o = json_object_new_object();
+
+	add_str(o, "ok", "import");
+	add_int(o, "imported", (int64_t)r->imported);
+	add_int(o, "already", (int64_t)r->already);
+	add_int(o, "failed", (int64_t)r->failed);
+	add_int(o, "skipped", (int64_t)r->skipped);
+	add_int(o, "left", (int64_t)r->left);
+	if (r->why[0] != '\0')
+		add_str(o, "why", r->why);
+	if (r->err != 0)
+		add_str(o, "failure", strerror(r->err));
+	imp->fds[0] = -1;	/* the job closed it */
+	import_answer(imp, o);
+}
+
+static void
+import_files(struct status *st, struct import *imp)
+{
+	json_object	*o;
+	const char	*why;
+	int		 rc;
+
+	if (!imp->dead) {
+		if (spool_import_segment(st->env.spool, imp->fds[0], imp->name,
+		    import_done, imp) == -1)
+			import_answer(imp, jerror("import queue/%s: %s",
+			    imp->name, strerror(errno)));
+		return;
+	}
+	rc = spool_import_dead(st->env.spool, imp->fds[0], imp->fds[1],
+	    imp->name, &why);
+	if (rc == -1) {
+		import_answer(imp, jerror("import dead/%s: %s", imp->name,
+		    why));
+		return;
+	}
+	o = json_object_new_object();
+	add_str(o, "ok", "import");
+	add_int(o, "dead", rc == 0);
+	add_int(o, "already", rc == 1);
+	import_answer(imp, o);
+}
+
+/* A file relayctl attached to one byte. */
+static void
+import_recv(evutil_socket_t sock, short what, void *arg)
+{
+	struct import	*imp = arg;
+	struct client	*c = imp->c;
+	char		 byte;
+	int		 fd = -1;
+
+	(void)what;
+	if (fd_recvmsg(sock, &byte, 1, &fd) <= 0 || fd == -1) {
+		if (fd != -1)
+			close(fd);
+		import_answer(imp, jerror("import: no file came"));
+		return;
+	}
+	imp->fds[imp->nfds++] = fd;
+	if (imp->nfds < imp->want)
+		event_add(imp->ev, NULL);
+	else
+		import_files(c->st, imp);
+}
+
+/* After {"ok":"send"}: the next bytes carry files. */
+static void
+import_wait(struct client *c)
+{
+	bufferevent_disable(c->bev, EV_READ);
+	c->imp->ev = event_new(bufferevent_get_base(c->bev),
+	    bufferevent_getfd(c->bev), EV_READ, import_recv, c->imp);
+	event_add(c->imp->ev, NULL);
+}
+
 /*
  * One command line from a peer with that uid: a malloc'd JSON text, or
  * NULL when the answer comes later (c's retry of a dead letter). With fdp,
@@ -1295,10 +1450,13 @@ command(struct status *st, const char *line, struct client *c, uid_t uid,
 		o = cmd_dead(st);
 	else if (n == 2 && strcmp(arg[0], "export") == 0)
 		o = cmd_export(st, arg[1], fdp);
+	else if (n >= 3 && strcmp(arg[0], "import") == 0)
+		o = cmd_import(c, uid, arg + 1, n - 1);
 	else
 		o = jerror("unknown command: try status, queue [FILTER], show "
 		    "ID, retry|delete|hold|release ID|all|FILTER, pause, "
-		    "resume, metrics, unlock ADDRESS, dead, export ID, history "
+		    "resume, metrics, unlock ADDRESS, dead, export ID, import, "
+		    "history "
 		    "(FILTER: --mailbox ADDRESS or --sender ADDRESS)");
 	free(copy);
 	if (o == NULL)
@@ -1320,8 +1478,16 @@ status_command(struct status *st, const char *line)
 static void
 client_free(struct client *c)
 {
+	struct import	*imp;
+
 	if (c->wait != NULL)
 		c->wait->c = NULL;	/* the retry goes on unanswered */
+	if (c->imp != NULL) {
+		imp = c->imp;
+		imp->c = NULL;		/* the import goes on unanswered */
+		if (imp->nfds < imp->want)
+			import_free(imp);	/* no files came */
+	}
 	c->st->nclients--;
 	TAILQ_REMOVE(&c->st->clients, c, link);
 	bufferevent_free(c->bev);
@@ -1378,6 +1544,10 @@ client_read(struct bufferevent *bev, void *arg)
 			close(fd);
 		free(ans);
 		free(line);
+		if (c->imp != NULL && c->imp->ev == NULL) {
+			import_wait(c);
+			return;
+		}
 	}
 	if (evbuffer_get_length(in) > STATUS_LINE_MAX) {
 		bufferevent_write(bev, too_long, sizeof(too_long) - 1);
@@ -1399,9 +1569,11 @@ client_event(struct bufferevent *bev, short what, void *arg)
 static void
 client_written(struct bufferevent *bev, void *arg)
 {
+	struct client	*c = arg;
+
 	/* After a refusal or an overlong line: close once it is out. */
-	if (!(bufferevent_get_enabled(bev) & EV_READ))
-		client_free(arg);
+	if (!(bufferevent_get_enabled(bev) & EV_READ) && c->imp == NULL)
+		client_free(c);
 }
 
 static void
