@@ -891,7 +891,9 @@ struct import_tally {
 static void
 tally_why(struct import_tally *t, const char *what, const char *why)
 {
-	if (t->why[0] == '\0')
+	if (t->why[0] == '\0' && what == NULL)
+		snprintf(t->why, sizeof(t->why), "%s", why);
+	else if (t->why[0] == '\0')
 		snprintf(t->why, sizeof(t->why), "%s: %s", what, why);
 }
 
@@ -927,8 +929,8 @@ import_segment(int sock, struct spool_source *src, const char *name,
 	t->already += (size_t)jint(o, "already");
 	t->failed += (size_t)jint(o, "failed");
 	t->skipped += (size_t)jint(o, "skipped");
-	if (jstr(o, "why") != NULL)
-		tally_why(t, name, jstr(o, "why"));
+	if (jstr(o, "why") != NULL)	/* names the file already */
+		tally_why(t, NULL, jstr(o, "why"));
 	if (jstr(o, "failure") != NULL)
 		tally_why(t, name, jstr(o, "failure"));
 	/* Nothing queued left in it: it goes (as relayd removes its own). */

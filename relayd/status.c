@@ -9,7 +9,8 @@
  *
  *   status | queue [FILTER] | show ID | metrics | unlock ADDRESS |
  *   retry|delete|hold|release ID|all|FILTER | pause | resume | dead |
- *   export ID | history {FILTER-JSON}
+ *   export ID | history {FILTER-JSON} | import queue NAME |
+ *   import dead QID 1|2
  *
  * where FILTER is --mailbox ADDRESS or --sender ADDRESS. pause and resume
  * are logged with the peer's uid.
@@ -20,9 +21,11 @@
  * export answers with where the message lies in a spool file (offset and
  * length, relayd's own Received: field left out) and passes that file,
  * open for reading, with the answer (SCM_RIGHTS), so that relayctl copies
- * 40 MB without either side holding it in memory. Everything runs on the event loop, which
- * owns the queue's state, so answers are consistent snapshots. [status]
- * metrics_listen serves the same metrics as Prometheus text over HTTP.
+ * 40 MB without either side holding it in memory. import goes the other
+ * way: relayctl passes a dead node's spool files to us (struct import).
+ * Everything runs on the event loop, which owns the queue's state, so
+ * answers are consistent snapshots. [status] metrics_listen serves the
+ * same metrics as Prometheus text over HTTP.
  */
 #include <sys/queue.h>
 #include <sys/socket.h>

@@ -148,3 +148,29 @@ def test_import_killed_at_random_points(relayd_factory, shared_fake_graph):
     twice = sorted(s for s in set(got) if got.count(s) > 1)
     assert twice == [], "sent twice: %s" % twice
     assert sorted(got) == sorted("queued %d" % i for i in range(n))
+
+
+def test_import_leaves_a_damaged_record_and_says_so(relayd_factory,
+                                                    shared_fake_graph):
+    fake = shared_fake_graph
+    src = relayd_factory(name="src", start=False).spool
+    queue_source(relayd_factory, src, 3)
+    [seg] = sorted((src / "queue").iterdir())
+    data = bytearray(seg.read_bytes())
+    # the third record's end marker overwritten: it is damaged
+    end = data.rindex(b"RELAYD-END ")
+    data[end:end + 10] = b"XXXXXXXXXX"
+    seg.write_bytes(bytes(data))
+    d = graph_relayd(relayd_factory, fake)
+    r = d.relayctl("import", str(src))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "%s: 2 queued message(s) and 0 dead letter(s) " \
+        "imported" % src, r.stdout
+    assert lines[1].startswith("%s: 1 skipped (damaged: left in %s), 0 "
+                               "failed" % (src, src)), r.stdout
+    assert "first: queue/%s at byte " % seg.name in lines[1], lines[1]
+    wait_for(lambda: len(fake.sent()) >= 2, TIMEOUT, "2 sent")
+    assert sorted(subjects(fake)) == ["queued 0", "queued 1"]
+    # the damaged segment stays there for the admin
+    assert seg.exists()
