@@ -61,6 +61,7 @@ def test_import_moves_queue_and_dead_letters(relayd_factory,
     queue_source(relayd_factory, src, 20)
     fake.reset()
     d = graph_relayd(relayd_factory, fake)
+    kept = {f.name: f.read_bytes() for f in (src / "dead").iterdir()}
     r = d.relayctl("import", str(src))
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("%s: 20 queued message(s) and 2 dead "
@@ -79,6 +80,17 @@ def test_import_moves_queue_and_dead_letters(relayd_factory,
     r = d.relayctl("import", str(src))
     assert r.returncode == 0, r.stderr
     assert "0 queued message(s) and 0 dead letter(s)" in r.stdout
+    # relayctl killed after relayd took the dead letters, before it
+    # removed them there: they are recognised, not taken twice
+    for name, data in kept.items():
+        (src / "dead" / name).write_bytes(data)
+    r = d.relayctl("import", str(src))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "%s: 0 queued message(s) and 0 dead letter(s) " \
+        "imported, 2 taken before (an import that was cut short)\n" % src, \
+        r.stdout
+    assert d.relayctl("dead").stdout.count("reason:     ") == 2
+    assert [p.name for p in (src / "dead").iterdir()] == []
 
 
 def test_import_refuses_a_running_relayds_spool(relayd_factory, tmp_path):
