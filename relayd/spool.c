@@ -2833,10 +2833,11 @@ spool_dead_requeue(struct spool *sp, const char *qid, spool_done_cb *cb,
  * relayctl opens the dead node's files (delivery's Landlock would not let
  * it) and passes them here one at a time. A segment's queued records are
  * committed as new records of ours (new id, same envelope, arrival and
- * mailbox line, "imported-from: <its id>"); once that commit is durable
- * each source record gets the delivered mark, and the source file is
- * fdatasync'ed; relayctl then removes a source segment left with nothing
- * queued. A crash between our commit and the mark leaves both: a new
+ * mailbox line, "imported-from: <its id>", its last error, which says
+ * when it was in flight there: worker.c's INFLIGHT_NOTE); once that
+ * commit is durable each source record gets the delivered mark, and the
+ * source file is fdatasync'ed; relayctl then removes a source segment
+ * left with nothing queued. A crash between our commit and the mark leaves both: a new
  * import skips a record whose id one of our records already names
  * (imported_ids). So that it is still ours to find, an imported record's
  * state line says "next attempt in IMPORT_GRACE_MS": right after the
@@ -3050,6 +3051,8 @@ import_record(struct import_job *job, const char *buf,
 	env.mailbox = e->mailbox;
 	env.imported_from = e->qid;
 	env.next_ms = wall_us() / 1000 + IMPORT_GRACE_MS;
+	/* "in flight when delivery stopped" there: a possible duplicate. */
+	env.last_error = e->error;
 	if ((m = spool_msg_new(job->sp, &env)) == NULL)
 		return -1;
 	if (spool_msg_write(m, buf + e->body_offset, e->size) == -1) {

@@ -112,7 +112,8 @@ spool_record_head(char *buf, size_t len, const char *qid,
 
 	snprintf(line, sizeof(line), "%s%d\n", MAGIC, SPOOL_VERSION);
 	put(&o, line, VERSION_LINE_LEN);
-	spool_record_state(line, SPOOL_QUEUED, 0, env->next_ms, "");
+	spool_record_state(line, SPOOL_QUEUED, 0, env->next_ms,
+	    env->last_error);
 	put(&o, line, SPOOL_STATE_LEN);
 	put(&o, "size: ", 6);
 	spool_record_size(digits, 0);

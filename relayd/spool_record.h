@@ -46,9 +46,11 @@ struct spool_env {
 	size_t			 nrcpts;
 	const char		*mailbox;	/* sending mailbox, NULL: later */
 	/* Copied from another spool (relayctl import): its queue id there,
-	 * and the state line's next attempt (0: now). NULL, 0: not. */
+	 * the state line's next attempt (0: now) and last error (kept: it
+	 * says whether it was in flight). NULL, 0: not. */
 	const char		*imported_from;
 	uint64_t		 next_ms;
+	const char		*last_error;
 };
 
 /* A record as read back: its state line, envelope and framing. */

@@ -189,3 +189,23 @@ def test_import_leaves_a_damaged_record_and_says_so(relayd_factory,
     assert sorted(subjects(fake)) == ["queued 0", "queued 1"]
     # the damaged segment stays there for the admin
     assert seg.exists()
+
+
+INFLIGHT = "in flight when delivery stopped: it may have gone out"
+
+
+def test_import_keeps_that_a_message_was_in_flight(relayd_factory):
+    """A record the dead node was sending when it died (its state line
+    says so) stays a possible duplicate here: the note is kept."""
+    src = relayd_factory(name="src", start=False).spool
+    queue_source(relayd_factory, src, 2)
+    [seg] = sorted((src / "queue").iterdir())
+    data = bytearray(seg.read_bytes())
+    at = data.index(b" error=") + len(b" error=")
+    data[at:at + len(INFLIGHT)] = INFLIGHT.encode()
+    seg.write_bytes(bytes(data))
+    d = relayd_factory(name="survivor")
+    r = d.relayctl("import", str(src))
+    assert r.returncode == 0, r.stderr
+    errors = sorted(rec.error for rec in d.records())
+    assert errors == ["", INFLIGHT], errors

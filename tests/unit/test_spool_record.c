@@ -98,7 +98,7 @@ static const char *const rcpts3[] = { "r1@b.test", "r2@c.test NOTIFY=NEVER",
 static const struct spool_env env3 = {
 	UINT64_C(1796560996622207), "192.0.2.7", "127.0.0.1:25",
 	"client.example", "alice", "s@a.test", "BODY=8BITMIME SIZE=42",
-	rcpts3, 3, NULL, NULL, 0
+	rcpts3, 3, NULL, NULL, 0, NULL
 };
 
 /* A whole record for env with message msg; returns its malloc'd bytes. */
