@@ -15,7 +15,9 @@
  * spool_dir and little else, and Landlock checks an openat() by where
  * the file lies, whatever directory descriptor it starts from, so a
  * descriptor of DIR passed over the status socket would not let it open
- * DIR's files. relayctl runs as root outside the sandbox; it opens the
+ * DIR's files (tried: openat on a directory descriptor opened before
+ * landlock_restrict_self is refused EACCES; read on a file descriptor
+ * opened before is not). relayctl runs as root outside the sandbox; it opens the
  * files and holds the locks. The transfer itself (each record committed
  * into this relayd's spool by its delivery process, fsynced, before it is
  * marked delivered in DIR) is described at cmd_import in relayctl.c and
