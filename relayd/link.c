@@ -35,8 +35,6 @@ struct packet {
 struct link {
 	int		 fd;
 	struct event	*rev, *wev;
-	struct event	*gather;	/* link_gather: read after a while */
-	struct timeval	 gather_tv;
 	link_cb		*cb;
 	void		*arg;
 	char		*rbuf;		/* LINK_BATCH messages, each with a
@@ -87,7 +85,7 @@ link_read(evutil_socket_t fd, short ev, void *arg)
 		if (n == -1 && errno == EINTR)
 			continue;
 		if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK))
-			break;
+			return;
 		/* An end of file reads as one message of no bytes. */
 		for (i = 0; i < n && mm[i].msg_len > 0 && !l->gone; i++)
 			link_deliver(l, iov[i].iov_base, mm[i].msg_len);
@@ -99,44 +97,8 @@ link_read(evutil_socket_t fd, short ev, void *arg)
 			return;
 		}
 		if (n < LINK_BATCH)
-			break;		/* drained: no EAGAIN round trip */
+			return;		/* drained: no EAGAIN round trip */
 	}
-	if (l->gather != NULL && !l->gone)
-		event_add(l->rev, NULL);	/* link_readable again */
-}
-
-/* Readable, with link_gather: what comes in the next while, read at once. */
-static void
-link_readable(evutil_socket_t fd, short ev, void *arg)
-{
-	struct link	*l = arg;
-
-	(void)fd;
-	(void)ev;
-	event_del(l->rev);
-	evtimer_add(l->gather, &l->gather_tv);
-}
-
-static void
-link_gathered(evutil_socket_t fd, short ev, void *arg)
-{
-	struct link	*l = arg;
-
-	(void)fd;
-	(void)ev;
-	link_read(l->fd, EV_READ, l);	/* may free l (then it is gone) */
-}
-
-void
-link_gather(struct link *l, struct event_base *base, unsigned ms)
-{
-	l->gather_tv.tv_sec = ms / 1000;
-	l->gather_tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
-	l->gather = evtimer_new(base, link_gathered, l);
-	event_free(l->rev);
-	l->rev = event_new(base, l->fd, EV_READ | EV_PERSIST, link_readable,
-	    l);
-	event_add(l->rev, NULL);
 }
 
 /* Sends what waits, a batch per system call; 0 when the queue is empty. */
@@ -262,8 +224,6 @@ link_free(struct link *l)
 		free(l->q[l->head + i].data);
 	event_free(l->rev);
 	event_free(l->wev);
-	if (l->gather != NULL)
-		event_free(l->gather);
 	close(l->fd);
 	free(l->rbuf);
 	free(l->q);

@@ -52,12 +52,6 @@ typedef void link_cb(void *, const struct link_msg *, const char *);
 /* Takes fd (made non-blocking). */
 struct link	*link_new(struct event_base *, int, link_cb *, void *);
 /*
- * Once readable, reads ms milliseconds later all that came meanwhile:
- * fewer wake-ups where nothing needs an answer at once (delivery reads
- * intake's QUEUED and HISTORY a batch at a time).
- */
-void		 link_gather(struct link *, struct event_base *, unsigned);
-/*
  * m with text (len bytes, at most LINK_TEXT_MAX; m->textlen is set).
  * Queued in memory while the socket is full; nothing is dropped.
  */

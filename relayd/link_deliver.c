@@ -25,13 +25,6 @@
 #include "util.h"
 #include "worker.h"
 
-/*
- * What intake sends is read a few milliseconds after it comes, a batch at
- * a time: one wake-up per batch instead of per commit (the queue waits
- * no longer than Graph would notice; a WATCH answer comes 5 ms later).
- */
-#define GATHER_MS	5
-
 struct dwatch {
 	struct handoff	*h;
 	char		 qid[SPOOL_QID_LEN + 1];
@@ -286,16 +279,8 @@ handoff_connect(struct handoff *h, int fd, int hello)
 		unwatch_all(h);
 	}
 	h->link = link_new(h->base, fd, on_msg, h);
-	link_gather(h->link, h->base, GATHER_MS);
 	if (hello)
 		hello_go(h);
-}
-
-void
-handoff_catch_up(struct handoff *h)
-{
-	if (h->link != NULL)
-		link_drain(h->link);
 }
 
 void

@@ -28,9 +28,6 @@ void		 handoff_connect(struct handoff *, int, int);
  */
 void		 handoff_when_figures(struct handoff *, void (*)(void *),
 		    void *);
-/* Reads what the SMTP process sent until now (it is read in batches):
- * a relayctl answer shows what a client was just told. */
-void		 handoff_catch_up(struct handoff *);
 /* What the SMTP process last said of itself (zero before it did). */
 const struct smtp_figures *handoff_figures(const struct handoff *);
 /* relayctl unlock: -1 if addr is not locked out (or no SMTP process). */

@@ -1166,9 +1166,6 @@ status_metrics(struct status *st)
 	size_t			 ntr = 0;
 	long long		 exp;
 	uint64_t		 oldest = 0, now = wall_us() / 1000;
-
-	if (e->handoff != NULL)
-		handoff_catch_up(e->handoff);
 	struct json_object	*a = json_object_new_array();
 
 	memset(&c, 0, sizeof(c));
@@ -1418,8 +1415,6 @@ command(struct status *st, const char *line, struct client *c, uid_t uid,
 	char			*arg[STATUS_ARGS_MAX + 1], err[512];
 	int			 n = 0, v;
 
-	if (st->env.handoff != NULL)
-		handoff_catch_up(st->env.handoff);
 	for (arg[n] = strtok_r(copy, " \t", &save); arg[n] != NULL &&
 	    n < STATUS_ARGS_MAX; arg[n] = strtok_r(NULL, " \t", &save))
 		n++;
