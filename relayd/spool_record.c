@@ -277,7 +277,8 @@ static void
 parse_field(const char *p, const char *nl, struct spool_entry *e,
     int *have_id)
 {
-	size_t	 len = (size_t)(nl - p);
+	const char	*nul;
+	size_t		 len = (size_t)(nl - p);
 
 	if (len >= 4 && memcmp(p, "id: ", 4) == 0 &&
 	    spool_record_qid_valid(p + 4, len - 4)) {
@@ -295,8 +296,11 @@ parse_field(const char *p, const char *nl, struct spool_entry *e,
 		free(e->mail_from);
 		e->mail_from = xstrndup(p + 11, len - 11);
 	} else if (len >= 9 && memcmp(p, "mailbox: ", 9) == 0) {
+		/* Up to a NUL (none is written), less the padding. */
+		if ((nul = memchr(p + 9, '\0', len - 9)) != NULL)
+			len = (size_t)(nul - p);
 		while (len > 9 && p[len - 1] == ' ')
-			len--;		/* the padding */
+			len--;
 		free(e->mailbox);
 		e->mailbox = len > 9 ? xstrndup(p + 9, len - 9) : NULL;
 	} else if (len >= 6 && memcmp(p, "rcpt: ", 6) == 0) {
