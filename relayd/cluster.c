@@ -78,7 +78,7 @@
 #define LEASE_EXTRA_MS		10000	/* a lease outlives [graph] timeout */
 #define REJOIN_MS		2000	/* answered that long: limits shared */
 #define PASSWORD_MAX		1024
-#define DAY_MS			(24 * 3600 * 1000)
+#define DAY_MS			((uint64_t)24 * 3600 * 1000)
 
 /* KEYS: slots pace rcpts hold graph-hold. ARGV: member max lease mpm
  * nrcpts rcpts-a-day. Returns {answer, wait ms, members...}. */
@@ -266,6 +266,27 @@ cluster_count_holders(const char *const *members, size_t n,
 		counts[j]++;
 	}
 	return k;
+}
+
+uint64_t
+cluster_rcpts_wait(uint64_t *tat, uint64_t limit, size_t nrcpts,
+    uint64_t now)
+{
+	uint64_t	 from, cost, next, over;
+
+	if (limit == 0 || nrcpts == 0)
+		return 0;
+	from = *tat > now ? *tat : now;
+	/* Each recipient is a day / limit; rounded up, never under. */
+	cost = ((uint64_t)nrcpts * DAY_MS + limit - 1) / limit;
+	next = from + cost;
+	if (next - now <= DAY_MS || from == now) {
+		*tat = next;
+		return 0;
+	}
+	/* Until enough has come back, or it is full (a message too big). */
+	over = next - now - DAY_MS;
+	return over < from - now ? over : from - now;
 }
 
 /* ---- commands ---- */

@@ -49,6 +49,16 @@ unsigned	 cluster_down_slots(unsigned, unsigned, unsigned, uint64_t,
  */
 size_t		 cluster_count_holders(const char *const *, size_t,
 		    char (*)[CLUSTER_NODE_LEN], unsigned *, size_t);
+/*
+ * The recipients a day a node spends alone (Redis away), a GCRA as
+ * Redis's: limit recipients (its share) over 24 hours, a burst of all of
+ * them. *tat is when the budget is full again (ms by the caller's clock;
+ * 0 or past: full). nrcpts at now: 0 if they may go, and *tat moves on;
+ * else the ms until they may, *tat unchanged. A message of more
+ * recipients than the whole budget goes alone once it is full (it would
+ * never go otherwise). limit 0: no budget.
+ */
+uint64_t	 cluster_rcpts_wait(uint64_t *, uint64_t, size_t, uint64_t);
 
 /* ---- the Redis side (event loop thread) ---- */
 

@@ -496,6 +496,13 @@ cmd_status(int json)
 		printf("%s%s until %s\n", i == 0 ? "throttled: " :
 		    "           ", jstr(x, "mailbox"), jstr(x, "resume"));
 	}
+	json_object_object_get_ex(o, "recipient_budget_spent", &a);
+	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
+		x = json_object_array_get_idx(a, i);
+		printf("recipient budget spent (Exchange: 10,000 a day per "
+		    "mailbox): %s, its next message at %s\n",
+		    jstr(x, "mailbox"), jstr(x, "resume"));
+	}
 	json_object_object_get_ex(o, "credentials", &a);
 	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++) {
 		x = json_object_array_get_idx(a, i);

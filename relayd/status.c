@@ -547,6 +547,10 @@ cmd_status(struct status *st)
 	if (e->pool != NULL)
 		worker_throttled(e->pool, throttled_add, a);
 	json_object_object_add(o, "throttled_mailboxes", a);
+	a = json_object_new_array();
+	if (e->pool != NULL)
+		worker_rcpts_spent(e->pool, throttled_add, a);
+	json_object_object_add(o, "recipient_budget_spent", a);
 	json_object_object_add(o, "lockouts", lockouts_json(smtp_fig(st)));
 	a = json_object_new_array();
 	n = e->pool != NULL ? worker_errors(e->pool, errs) : 0;

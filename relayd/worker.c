@@ -90,6 +90,7 @@
 #define HEAD_SCAN_MAX		(64 * 1024)	/* header read for a mailbox */
 #define PAUSE_FILE		"paused"	/* in the spool directory */
 #define CLUSTER_RETRY_MS	100	/* the nodes hold every slot: ask again */
+#define RCPTS_RECHECK_MS	2000	/* budget spent alone: is Redis back? */
 
 /* The state line of a message handed to a delivery thread. */
 #define INFLIGHT_NOTE	"in flight when delivery stopped: it may have gone out"
@@ -136,6 +137,9 @@ struct mbox {
 	struct breaker_mbox	 br;		/* its holds, by now_ms() */
 	struct pace		 pace;		/* messages_per_minute */
 	uint64_t		 cl_until;	/* the cluster said: wait (now_ms) */
+	uint64_t		 rc_until;	/* Redis: recipients spent till */
+	uint64_t		 rc_tat;	/* those spent alone: full then */
+	int			 rc_warned;	/* "budget spent" logged */
 	struct event		*timer;		/* when it may go again */
 	struct worker_pool	*pool;
 	TAILQ_ENTRY(mbox)	 rlink;
@@ -238,7 +242,12 @@ mbox_warm_for(const struct worker_pool *p, struct mbox *mb)
 	if (mb->br.until > now)
 		hold = mb->br.until - now;
 	fill = pace_full_in(&mb->pace, p->cfg->messages_per_minute, now);
-	return hold > fill ? hold : fill;
+	if (hold < fill)
+		hold = fill;
+	/* Recipients spent alone: forgotten, its budget would be full. */
+	if (mb->rc_tat > now && mb->rc_tat - now > hold)
+		hold = mb->rc_tat - now;
+	return hold;
 }
 
 static void
@@ -312,6 +321,71 @@ local_mpm(const struct worker_pool *p)
 	    cluster_nodes(p->cluster));
 }
 
+/*
+ * Recipients a day counted here: this node's share while Redis is away;
+ * none with Redis up (Redis counts) nor alone (as before [cluster]).
+ */
+static uint64_t
+local_rcpts(const struct worker_pool *p)
+{
+	if (p->cluster == NULL || cluster_up(p->cluster))
+		return 0;
+	return cluster_share(CLUSTER_RCPTS_PER_DAY, cluster_nodes(p->cluster));
+}
+
+/*
+ * How long the mailbox's next message waits for its recipients a day:
+ * as Redis last said, or by this node's share while Redis is away. 0: it
+ * may go; take: and they are counted.
+ */
+static uint64_t
+rcpts_wait(const struct worker_pool *p, struct mbox *mb, uint64_t now,
+    int take)
+{
+	const struct qent	*qe = TAILQ_FIRST(&mb->ready);
+	uint64_t		 tat = mb->rc_tat, wait = 0, alone;
+
+	if (mb->rc_until > now)
+		wait = mb->rc_until - now;
+	if (qe == NULL)
+		return wait;
+	alone = cluster_rcpts_wait(&tat, local_rcpts(p), qe->nrcpts, now);
+	if (alone > wait)
+		wait = alone;
+	if (wait == 0 && take)
+		mb->rc_tat = tat;
+	return wait;
+}
+
+/* The mailbox's messages wait ms for recipients: said once a spell. */
+static void
+rcpts_spent(const struct worker_pool *p, struct mbox *mb, uint64_t ms)
+{
+	const struct qent	*qe;
+	char			 at[TIME_ISO_LEN];
+	size_t			 n = 0;
+	uint64_t		 share = local_rcpts(p);
+
+	if (mb->rc_warned)
+		return;
+	mb->rc_warned = 1;
+	TAILQ_FOREACH(qe, &mb->ready, link)
+		n++;
+	time_iso(wall_us() / 1000 + ms, at, sizeof(at));
+	if (share > 0 && mb->rc_until <= now_ms())
+		log_warnx("mailbox=%s recipient budget spent: Redis is away, "
+		    "so this node keeps to its share of Exchange's %d "
+		    "recipients a day per mailbox (%" PRIu64 ", 1/%u); %zu "
+		    "message(s) deferred, not failed: the next goes at %s",
+		    mb->key, CLUSTER_RCPTS_PER_DAY, share,
+		    cluster_nodes(p->cluster), n, at);
+	else
+		log_warnx("mailbox=%s recipient budget spent: Exchange's %d "
+		    "recipients a day per mailbox, counted across the nodes "
+		    "in Redis; %zu message(s) deferred, not failed: the next "
+		    "goes at %s", mb->key, CLUSTER_RCPTS_PER_DAY, n, at);
+}
+
 static void
 mbox_update(struct worker_pool *p, struct mbox *mb)
 {
@@ -329,6 +403,14 @@ mbox_update(struct worker_pool *p, struct mbox *mb)
 		wait = mb->cl_until - now;
 	else if (want)
 		wait = pace_wait(&mb->pace, local_mpm(p), now);
+	if (want && wait == 0 && (wait = rcpts_wait(p, mb, now, 0)) > 0) {
+		rcpts_spent(p, mb, wait);
+		/* Spent alone: Redis, back, may count otherwise. */
+		if (mb->rc_until <= now && wait > RCPTS_RECHECK_MS)
+			wait = RCPTS_RECHECK_MS;
+	}
+	if (TAILQ_EMPTY(&mb->ready))
+		mb->rc_warned = 0;
 	if (wait > 0) {
 		want = 0;
 		mbox_wake_in(p, mb, wait);
@@ -535,6 +617,11 @@ dispatch(struct worker_pool *p)
 			mbox_update(p, mb);
 			continue;
 		}
+		if (rcpts_wait(p, mb, now, 1) > 0) {
+			/* Redis went away since: its budget is this node's. */
+			mbox_update(p, mb);
+			continue;
+		}
 		qe = TAILQ_FIRST(&mb->ready);
 		TAILQ_REMOVE(&mb->ready, qe, link);
 		mb->inflight++;
@@ -582,7 +669,9 @@ cluster_answer_cb(void *arg, enum cluster_answer ans, uint64_t wait)
 		breaker_throttle(&mb->br, now + wait);
 		hold_on_disk(p, mb, wall_us() / 1000 + wait, "mailbox held "
 		    "(another node's 429)");
-	} else if (ans != CLUSTER_DOWN && ans != CLUSTER_GRANTED)
+	} else if (ans == CLUSTER_RCPTS)
+		mb->rc_until = now + (wait > 0 ? wait : CLUSTER_RETRY_MS);
+	else if (ans != CLUSTER_DOWN && ans != CLUSTER_GRANTED)
 		mb->cl_until = now + (wait > 0 ? wait : CLUSTER_RETRY_MS);
 	if (qe->hold_asked)
 		hold_now(p, qe, 1);
@@ -1135,6 +1224,9 @@ qent_hold(const struct worker_pool *p, const struct qent *qe,
 		end = qe->mb->br.until;
 		kind = qe->mb->br.kind == HOLD_THROTTLED ?
 		    WORKER_HOLD_THROTTLED : WORKER_HOLD_UNAVAILABLE;
+	} else if ((end = rcpts_wait(p, qe->mb, now, 0)) > 0) {
+		end += now;
+		kind = WORKER_HOLD_RCPTS;
 	} else
 		return NULL;
 	if (qe->timer != NULL && qe->next_ms >= end)
@@ -1167,6 +1259,8 @@ qent_info(const struct worker_pool *p, const struct qent *qe,
 		m->next_ms = wall_us() / 1000 + (p->br.until - now);
 	else if (!qe->held && !qe->inflight && qe->mb->br.until > now)
 		m->next_ms = wall_us() / 1000 + (qe->mb->br.until - now);
+	else if (m->hold != NULL)
+		m->next_ms = m->hold_until;
 }
 
 void
@@ -1275,6 +1369,21 @@ worker_throttled(const struct worker_pool *p, worker_throttle_cb *cb,
 				cb(arg, mb->key, wall + (mb->br.until - now));
 }
 
+void
+worker_rcpts_spent(const struct worker_pool *p, worker_throttle_cb *cb,
+    void *arg)
+{
+	struct mbox	*mb;
+	uint64_t	 now = now_ms(), wall = wall_us() / 1000, wait;
+	size_t		 i;
+
+	for (i = 0; i < MBOX_HASH_SIZE; i++)
+		for (mb = p->hash[i]; mb != NULL; mb = mb->hnext)
+			if (!TAILQ_EMPTY(&mb->ready) &&
+			    (wait = rcpts_wait(p, mb, now, 0)) > 0)
+				cb(arg, mb->key, wall + wait);
+}
+
 size_t
 worker_errors(const struct worker_pool *p, const struct worker_error **out)
 {
@@ -1364,6 +1473,11 @@ hold_words(const struct qent *qe, const char *kind, uint64_t until,
 		snprintf(buf, len, "Graph unavailable for several mailboxes: "
 		    "every delivery waits until %s; relayctl retry all lifts "
 		    "the hold", end);
+	else if (strcmp(kind, WORKER_HOLD_RCPTS) == 0)
+		snprintf(buf, len, "mailbox %s has spent Exchange's %d "
+		    "recipients a day: its next message goes at %s (Exchange "
+		    "would refuse it sooner; retry does not lift this)",
+		    qe->mb->key, CLUSTER_RCPTS_PER_DAY, end);
 	else
 		snprintf(buf, len, "mailbox %s %s until %s; relayctl retry "
 		    "--mailbox %s lifts the hold", qe->mb->key,

@@ -68,6 +68,8 @@ struct worker_msg {
 #define WORKER_HOLD_UNAVAILABLE	"mailbox unavailable"	/* its 503s */
 #define WORKER_HOLD_GRAPH	"Graph-wide"	/* several mailboxes' 503s */
 #define WORKER_HOLD_PAUSED	"paused"	/* relayctl pause */
+/* [cluster]: Exchange's recipients a day per mailbox, or a node's share. */
+#define WORKER_HOLD_RCPTS	"recipient budget spent (10,000 a day)"
 
 /*
  * Which messages a relayctl action or `queue` covers: qid (one id, or
@@ -121,6 +123,13 @@ int		 worker_filter_match(const struct worker_filter *,
  * not those held for their own service failures (queue shows those).
  */
 void		 worker_throttled(const struct worker_pool *,
+		    worker_throttle_cb *, void *);
+/*
+ * [cluster]: mailboxes whose messages wait for recipients a day (spent
+ * across the nodes, or this node's share while Redis is away), with when
+ * the next one goes (wall ms).
+ */
+void		 worker_rcpts_spent(const struct worker_pool *,
 		    worker_throttle_cb *, void *);
 /* The recent errors, newest first, into out[WORKER_ERRORS]. */
 size_t		 worker_errors(const struct worker_pool *,

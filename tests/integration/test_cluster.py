@@ -62,6 +62,30 @@ class Redis:
     def url(self):
         return "redis://127.0.0.1:%d/0" % self.port
 
+    def command(self, *args):
+        """One command in RESP: its reply (integer, bytes or list)."""
+        out = b"*%d\r\n" % len(args)
+        for a in args:
+            a = str(a).encode()
+            out += b"$%d\r\n%s\r\n" % (len(a), a)
+        with socket.create_connection(("127.0.0.1", self.port), 5) as s:
+            s.sendall(out)
+            return read_reply(s.makefile("rb"))
+
+
+def read_reply(f):
+    line = f.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        return None if int(rest) < 0 else f.read(int(rest) + 2)[:-2]
+    if kind == b"*":
+        return [read_reply(f) for _ in range(int(rest))]
+    return rest
+
 
 @pytest.fixture
 def redis(tmp_path):
@@ -315,7 +339,58 @@ def test_recipients_a_day_are_shared_and_defer(relayd_factory, fake_graph,
     time.sleep(3)
     assert sent_total(fake_graph) == 20
     assert len(b.queued()) == 1 and b.dead() == []
-    assert b.ctl("status")["queue"]["queued"] == 1
+    st = b.ctl("status")
+    assert st["queue"]["queued"] == 1
+    # Why it waits, and till when: a day's worth refills in 24 h.
+    [q] = b.ctl("queue")["queue"]
+    assert q["hold"] == "recipient budget spent (10,000 a day)", q
+    assert q["hold_until"] and q["next_attempt"] == q["hold_until"], q
+    assert [m["mailbox"] for m in st["recipient_budget_spent"]] == \
+        [MAILBOX_A], st
+    b.wait_log(r"mailbox=%s recipient budget spent: Exchange's 10000 "
+               r"recipients a day per mailbox, counted across the nodes"
+               % MAILBOX_A)
     waits = [l for l in b.relayctl("metrics").stdout.splitlines()
              if l.startswith("relayd_cluster_waits_total ")]
     assert int(waits[0].split()[1]) > 0, waits
+
+
+def test_recipients_a_day_alone_keep_to_a_share(relayd_factory, fake_graph,
+                                                redis):
+    """Redis away: a node keeps to its share of the 10,000 recipients a
+    day. 63 other nodes (written into Redis here, seen for the next hour)
+    make the share 10,000 / 64 = 156: a message to 100 goes, the next one
+    to 100 is deferred for hours, not failed, and says why."""
+    a, = joined_nodes(relayd_factory, fake_graph, redis, 0, n=1)
+    [key] = redis.command("KEYS", "relayd:*:nodes")
+    for i in range(63):
+        redis.command("ZADD", key.decode(), int(time.time() * 1000) +
+                      3600 * 1000, "ghost%d" % i)
+    wait_for(lambda: len(cluster_of(a)["nodes"]) == 64, 5, "64 nodes seen")
+    redis.stop()
+    wait_for(lambda: not cluster_of(a)["reachable"], 10, "Redis away")
+    rcpts = ["rcpt%d@b.test" % i for i in range(100)]
+    with a.connect() as c:
+        c.ehlo()
+        for i in range(2):
+            assert c.send_mail(MAILBOX_A, rcpts, simple("alone %d" % i)).qid
+    wait_for(lambda: sent_total(fake_graph) >= 1, 10, "the first sent")
+    a.wait_log(r"mailbox=%s recipient budget spent: Redis is away, so this "
+               r"node keeps to its share of Exchange's 10000 recipients a "
+               r"day per mailbox \(156, 1/64\); 1 message\(s\) deferred"
+               % MAILBOX_A)
+    time.sleep(2.5)     # past a recheck: still waiting
+    assert sent_total(fake_graph) == 1
+    assert len(a.queued()) == 1 and a.dead() == []
+    [q] = a.ctl("queue")["queue"]
+    assert q["hold"] == "recipient budget spent (10,000 a day)", q
+    # 44 recipients' worth of 1/156 of a day: about 6.8 hours.
+    left = time.mktime(time.strptime(q["hold_until"], "%Y-%m-%dT%H:%M:%SZ")) \
+        - time.mktime(time.gmtime())
+    assert 6.5 * 3600 < left < 7 * 3600, q
+    st = a.relayctl("status", check=True).stdout
+    assert "recipient budget spent (Exchange: 10,000 a day per mailbox): " \
+        "%s, its next message at " % MAILBOX_A in st, st
+    r = a.relayctl("retry", q["id"])
+    assert r.returncode == 1 and "has spent Exchange's 10000 recipients " \
+        "a day: its next message goes at " in r.stderr, r.stderr

@@ -1,7 +1,7 @@
 /*
  * Unit tests for cluster.c's pure part: a node's share of a limit while
- * Redis is away, the slots it may fill just after, and counting the
- * leases each node holds. Table-driven: "got X, want Y".
+ * Redis is away, the slots it may fill just after, the recipients a day
+ * it may spend then, and counting the leases each node holds. Table-driven: "got X, want Y".
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -82,6 +82,57 @@ test_down_slots(void **state)
 	}
 }
 
+#define DAY	((uint64_t)86400000)
+#define T0	((uint64_t)5000000)	/* "now" in most rows */
+
+static void
+test_rcpts_wait(void **state)
+{
+	static const struct {
+		uint64_t	 tat, limit;
+		size_t		 n;
+		uint64_t	 now, want, want_tat;
+	} cases[] = {
+		/* Full (never used): one recipient is a day / 10,000. */
+		{ 0, 10000, 1, T0, 0, T0 + 8640 },
+		/* A whole day's worth at once: the burst. */
+		{ 0, 10000, 10000, T0, 0, T0 + DAY },
+		/* A full bucket from the past counts from now. */
+		{ T0 - 999, 10000, 1, T0, 0, T0 + 8640 },
+		/* Spent: one more waits one recipient's time. */
+		{ T0 + DAY, 10000, 1, T0, 8640, T0 + DAY },
+		/* One left: one goes, two wait for the second. */
+		{ T0 + DAY - 8640, 10000, 1, T0, 0, T0 + DAY },
+		{ T0 + DAY - 8640, 10000, 2, T0, 8640, T0 + DAY - 8640 },
+		/* A third of it (Redis away, 3 nodes): 500 cost 3.6 h. */
+		{ 0, 3333, 500, T0, 0, T0 + 12961297 },
+		{ T0 + DAY, 3333, 500, T0, 12961297, T0 + DAY },
+		/* More than the budget (1/64 of it): alone once full... */
+		{ 0, 156, 500, T0, 0, T0 + 276923077 },
+		/* ...and not before, however long it takes to be. */
+		{ T0 + 1000, 156, 500, T0, 1000, T0 + 1000 },
+		{ T0 + 2 * DAY, 156, 1, T0, DAY + 553847, T0 + 2 * DAY },
+		/* No budget (limit 0), no recipients: nothing counted. */
+		{ T0 + DAY, 0, 500, T0, 0, T0 + DAY },
+		{ T0 + DAY, 10000, 0, T0, 0, T0 + DAY },
+	};
+	size_t		 i;
+	uint64_t	 tat, got;
+
+	(void)state;
+	for (i = 0; i < NELEM(cases); i++) {
+		tat = cases[i].tat;
+		got = cluster_rcpts_wait(&tat, cases[i].limit, cases[i].n,
+		    cases[i].now);
+		if (got != cases[i].want || tat != cases[i].want_tat)
+			fail_msg("case %zu: got wait %llu tat %llu, want "
+			    "%llu, %llu", i, (unsigned long long)got,
+			    (unsigned long long)tat,
+			    (unsigned long long)cases[i].want,
+			    (unsigned long long)cases[i].want_tat);
+	}
+}
+
 static void
 test_count_holders(void **state)
 {
@@ -122,6 +173,7 @@ main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_share),
 		cmocka_unit_test(test_down_slots),
+		cmocka_unit_test(test_rcpts_wait),
 		cmocka_unit_test(test_count_holders),
 	};
 
