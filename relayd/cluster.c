@@ -32,8 +32,15 @@
  * worth. Scripts go as EVAL: a few hundred bytes each, which Redis
  * compiles once and caches; no NOSCRIPT dance after a Redis restart.
  *
- * Redis away (connection refused, closed, or no answer for
- * STALL_MS): one warning naming Redis; cluster_up() says no, and the
+ * A host name in redis = is looked up on the same loop (libevent's evdns,
+ * made before the sandbox, so /etc/resolv.conf and /etc/hosts are read
+ * while allowed) and hiredis is given the address: its own lookup,
+ * getaddrinfo, would stop the loop as long as DNS takes, at every
+ * reconnect. The addresses found are tried in turn; the name is what the
+ * log and status show. An address in redis = is used as it is.
+ *
+ * Redis away (connection refused, closed, no answer for STALL_MS, or a
+ * name that does not resolve in as long): one warning naming Redis; cluster_up() says no, and the
  * scheduler goes on with a share of each limit (cluster_share: the limit
  * divided by the nodes last seen alive, at least 1). Only not at once
  * for the slots: the other nodes may hold all 4 at that moment, so no new
@@ -49,6 +56,10 @@
  * Delivery never stops for Redis.
  */
 #include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <netinet/in.h>
+#include <arpa/inet.h>
 
 #include <ctype.h>
 #include <errno.h>
@@ -59,7 +70,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <event2/dns.h>
 #include <event2/event.h>
+#include <event2/util.h>
 #include <hiredis/hiredis.h>
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
@@ -189,6 +202,14 @@ struct cluster {
 	char			*password;	/* NULL: no AUTH */
 	uint64_t		 lease_ms;
 
+	struct evdns_base	*dns;		/* NULL: host is an address */
+	struct evdns_getaddrinfo_request *lookup;	/* while resolving */
+	int			 resolving;	/* a lookup is out */
+	int			 given_up;	/* and cancelled: its answer due */
+	uint64_t		 lookup_at;	/* now_ms() */
+	unsigned		 tries;		/* which address is next */
+	char			 why[256];	/* why Redis is away */
+
 	redisAsyncContext	*ac;		/* NULL: not connected */
 	int			 up;		/* answered since connecting */
 	int			 broken;	/* going down: ask nothing */
@@ -212,6 +233,15 @@ struct cluster {
 	size_t			 nnodes;
 	unsigned		 nodes_alive;	/* last seen, for the share */
 };
+
+/*
+ * A resolver with a lookup still out when the cluster is freed (the loop
+ * has ended, at exit): evdns would answer it on the loop, so it cannot be
+ * freed whole now, and it is kept here for the process's last moments,
+ * where leak checkers see it still reachable (volatile: a store never
+ * read back is not optimised away).
+ */
+static struct evdns_base *volatile dns_left;
 
 static void	connect_now(struct cluster *);
 static void	gone(struct cluster *, const char *);
@@ -784,6 +814,7 @@ static void
 gone(struct cluster *c, const char *why)
 {
 	mark_down(c);
+	strlcpy_r(c->why, why, sizeof(c->why));
 	if (c->warned || c->freeing)
 		return;
 	c->warned = 1;
@@ -821,15 +852,16 @@ connect_cb(const redisAsyncContext *ac, int status)
 	gone(c, ac->errstr);
 }
 
+/* Connects to Redis at address (numeric: hiredis looks up nothing). */
 static void
-connect_now(struct cluster *c)
+connect_to(struct cluster *c, const char *address)
 {
 	redisAsyncContext	*ac;
 	const char		*argv[3];
 	char			 db[16], *sp;
 	int			 n;
 
-	ac = redisAsyncConnect(c->host, (int)c->port);
+	ac = redisAsyncConnect(address, (int)c->port);
 	if (ac == NULL || ac->err) {
 		gone(c, ac != NULL ? ac->errstr : "out of memory");
 		if (ac != NULL)
@@ -872,6 +904,101 @@ connect_now(struct cluster *c)
 	beat(c);
 }
 
+/* The lookup's answer: the next of its addresses is connected to. */
+static void
+resolved_cb(int result, struct evutil_addrinfo *res, void *arg)
+{
+	struct cluster		*c = arg;
+	struct evutil_addrinfo	*ai;
+	char			 why[200], ip[INET6_ADDRSTRLEN];
+	const void		*a;
+	unsigned		 n = 0, pick;
+
+	c->resolving = 0;
+	c->given_up = 0;
+	c->lookup = NULL;
+	if (result == EVUTIL_EAI_CANCEL || c->freeing) {
+		if (res != NULL)
+			evutil_freeaddrinfo(res);
+		return;
+	}
+	for (ai = res; ai != NULL; ai = ai->ai_next)
+		if (ai->ai_family == AF_INET || ai->ai_family == AF_INET6)
+			n++;
+	if (result != 0 || n == 0) {
+		snprintf(why, sizeof(why), "cannot resolve %s: %s", c->host,
+		    result != 0 ? evutil_gai_strerror(result) :
+		    "no address");
+		gone(c, why);
+		if (res != NULL)
+			evutil_freeaddrinfo(res);
+		return;
+	}
+	pick = c->tries++ % n;
+	for (ai = res; ai != NULL; ai = ai->ai_next) {
+		if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+			continue;
+		if (pick-- == 0)
+			break;
+	}
+	if (ai->ai_family == AF_INET)
+		a = &((struct sockaddr_in *)(void *)ai->ai_addr)->sin_addr;
+	else
+		a = &((struct sockaddr_in6 *)(void *)ai->ai_addr)->sin6_addr;
+	inet_ntop(ai->ai_family, a, ip, sizeof(ip));
+	evutil_freeaddrinfo(res);
+	connect_to(c, ip);
+}
+
+/*
+ * Connects to Redis: at once to an address, else once the name is looked
+ * up (a lookup still out after STALL_MS is given up: Redis is away).
+ */
+static void
+connect_now(struct cluster *c)
+{
+	struct evutil_addrinfo		 hints;
+	struct evdns_getaddrinfo_request *req;
+	char				 why[200];
+
+	if (c->dns == NULL) {
+		connect_to(c, c->host);
+		return;
+	}
+	if (c->resolving) {
+		if (c->given_up || c->lookup == NULL ||
+		    now_ms() - c->lookup_at < STALL_MS)
+			return;
+		/* resolved_cb hears of it on the loop: then a new one. */
+		evdns_getaddrinfo_cancel(c->lookup);
+		c->given_up = 1;
+		snprintf(why, sizeof(why), "cannot resolve %s: no answer "
+		    "from DNS in %ds", c->host, STALL_MS / 1000);
+		gone(c, why);
+		return;
+	}
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_protocol = IPPROTO_TCP;
+	c->resolving = 1;
+	c->lookup_at = now_ms();
+	req = evdns_getaddrinfo(c->dns, c->host, NULL, &hints, resolved_cb,
+	    c);
+	if (c->resolving)
+		c->lookup = req;	/* else it answered already */
+}
+
+/* 1: host is an IPv4 or IPv6 address, nothing to look up. */
+static int
+is_address(const char *host)
+{
+	struct in6_addr	 a;
+
+	return inet_pton(AF_INET, host, &a) == 1 ||
+	    inet_pton(AF_INET6, host, &a) == 1;
+}
+
 /* The password file's first line; NULL with err if it cannot be read. */
 static char *
 read_password(const char *path, char *err, size_t errlen)
@@ -909,9 +1036,21 @@ cluster_new(struct event_base *base, const struct config *cfg, char *err,
 	if (cfg->cluster_redis == NULL || cfg->cluster_host == NULL)
 		return NULL;
 	c = xcalloc(1, sizeof(*c));
+	/* Before the sandbox: resolv.conf and hosts are read now. */
+	if (!is_address(cfg->cluster_host) && (c->dns = evdns_base_new(base,
+	    EVDNS_BASE_INITIALIZE_NAMESERVERS |
+	    EVDNS_BASE_DISABLE_WHEN_INACTIVE)) == NULL) {
+		snprintf(err, errlen, "cluster: cannot start a resolver for "
+		    "%s (check /etc/resolv.conf, or give redis = an address)",
+		    cfg->cluster_host);
+		free(c);
+		return NULL;
+	}
 	if (cfg->cluster_password_file != NULL &&
 	    (c->password = read_password(cfg->cluster_password_file, err,
 	    errlen)) == NULL) {
+		if (c->dns != NULL)
+			evdns_base_free(c->dns, 0);
 		free(c);
 		return NULL;
 	}
@@ -926,6 +1065,7 @@ cluster_new(struct event_base *base, const struct config *cfg, char *err,
 	    cfg->client_id != NULL ? cfg->client_id : "-");
 	c->lease_ms = cfg->timeout_ms + LEASE_EXTRA_MS;
 	c->nodes_alive = 1;
+
 	/*
 	 * Not shared yet: as after Redis went away, the other nodes may
 	 * hold every slot; the first answer says how many nodes there are.
@@ -955,6 +1095,10 @@ cluster_free(struct cluster *c)
 	if (c->ac != NULL)
 		redisAsyncFree(c->ac);	/* our leases end with their TTL */
 	event_free(c->timer);
+	if (c->resolving)
+		dns_left = c->dns;	/* see dns_left */
+	else if (c->dns != NULL)
+		evdns_base_free(c->dns, 0);
 	while ((l = LIST_FIRST(&c->leases)) != NULL) {
 		LIST_REMOVE(l, link);
 		free(l->mailbox);
@@ -1023,6 +1167,7 @@ cluster_status(const struct cluster *c, struct cluster_status *st)
 	st->redis = c->addr;
 	st->up = cluster_up(c);
 	st->down_since = st->up ? 0 : c->down_since;
+	st->why = st->up || c->why[0] == '\0' ? NULL : c->why;
 	st->reconnects = c->reconnects;
 	st->asks = c->asks;
 	st->denied = c->denied;

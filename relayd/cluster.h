@@ -121,6 +121,7 @@ struct cluster_status {
 	const char	*redis;		/* HOST:PORT/DB */
 	int		 up;
 	uint64_t	 down_since;	/* wall ms, 0: up */
+	const char	*why;		/* why it is away, NULL: up or not known */
 	uint64_t	 reconnects;	/* connections made since start */
 	uint64_t	 asks, denied;	/* since start */
 	size_t		 nnodes;

@@ -308,8 +308,10 @@ const struct cfg_key config_keys[] = {
 	  "429 holds. Only counters and leases go there, never a message. "
 	  "When Redis is unreachable each node goes on alone with its share "
 	  "of each limit (the limit divided by the nodes last seen, at least "
-	  "1) and says so in the log, relayctl status and the metrics. Unset: "
-	  "relayd works alone." },
+	  "1) and says so in the log, relayctl status and the metrics. HOST "
+	  "may be a name: it is looked up (/etc/hosts, then DNS) at each "
+	  "reconnect without holding up delivery, and one that does not "
+	  "resolve counts as Redis unreachable. Unset: relayd works alone." },
 	{ "cluster", "password_file", CFG_STR, NULL, 0, 0,
 	  OFF(cluster_password_file), NULL,
 	  "File holding the Redis password (requirepass, or an ACL user's "

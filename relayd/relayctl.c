@@ -420,10 +420,13 @@ print_cluster(json_object *o)
 		printf("cluster: node %s, Redis %s reachable, limits shared\n",
 		    jstr(c, "node"), jstr(c, "redis"));
 	else
-		printf("cluster: node %s, Redis %s UNREACHABLE since %s: "
+		printf("cluster: node %s, Redis %s UNREACHABLE since %s%s%s%s: "
 		    "going on alone with a share of each limit\n",
 		    jstr(c, "node"), jstr(c, "redis"),
-		    jstr(c, "down_since") ? jstr(c, "down_since") : "start");
+		    jstr(c, "down_since") ? jstr(c, "down_since") : "start",
+		    jstr(c, "error") ? " (" : "",
+		    jstr(c, "error") ? jstr(c, "error") : "",
+		    jstr(c, "error") ? ")" : "");
 	json_object_object_get_ex(c, "nodes", &a);
 	printf("nodes seen recently:");
 	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++)

@@ -478,6 +478,7 @@ cluster_json(struct cluster *cl)
 	    json_object_new_boolean(cs.up));
 	json_object_object_add(o, "down_since", cs.up ? NULL :
 	    jtime(cs.down_since));
+	add_str(o, "error", cs.why);
 	add_str(o, "node", cs.node);
 	a = json_object_new_array();
 	for (i = 0; i < cs.nnodes; i++)

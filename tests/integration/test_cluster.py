@@ -3,6 +3,7 @@ through a real redis-server (started here on a free loopback port, no
 persistence) in front of one fake Graph, which counts requests in flight
 per mailbox across all of them and answers 429 MailboxConcurrency above 4
 (tests/fakegraph.py: max_concurrency, latency_ms, /_fake/stats)."""
+import re
 import shutil
 import signal
 import socket
@@ -394,3 +395,85 @@ def test_recipients_a_day_alone_keep_to_a_share(relayd_factory, fake_graph,
     r = a.relayctl("retry", q["id"])
     assert r.returncode == 1 and "has spent Exchange's 10000 recipients " \
         "a day: its next message goes at " in r.stderr, r.stderr
+
+
+def one_node(relayd_factory, fake, url, start=True):
+    """One relayd with [cluster] redis = url."""
+    sections = graph_sections(fake, timeout="3s")
+    sections["queue"] = {"retry_min": "200ms", "retry_max": "1s",
+                         "messages_per_minute": "0"}
+    sections["cluster"] = {"redis": url, "node": "n0"}
+    return relayd_factory(sections=sections, start=start)
+
+
+def test_redis_by_host_name(relayd_factory, fake_graph, redis):
+    """redis = redis://localhost:PORT: the name is looked up on the loop
+    (/etc/hosts, read before the sandbox) and Redis reached at the
+    address; status and the log keep the name."""
+    d = one_node(relayd_factory, fake_graph,
+                 "redis://localhost:%d/0" % redis.port)
+    wait_for(lambda: cluster_of(d)["reachable"], 10, "on Redis by name")
+    assert cluster_of(d)["redis"] == "localhost:%d/0" % redis.port
+    d.wait_log(r"cluster: Redis at localhost:%d/0: node n0" % redis.port)
+    submit(d, 2)
+    wait_for(lambda: sent_total(fake_graph) == 2, 10, "delivered")
+    assert "unreachable" not in d.log
+
+
+def test_redis_name_dns_never_answers(relayd_factory, fake_graph,
+                                      tmp_path):
+    """redis = a name whose DNS never answers: a resolver on loopback that
+    takes the queries and says nothing, in place of /etc/resolv.conf in
+    relayd's own mount namespace (no network beyond loopback). The
+    delivery loop never waits for the lookup: mail goes on the node's
+    share, relayctl answers at once, and status and the log say that the
+    name does not resolve. (A blocking getaddrinfo would stop the loop
+    for 3 s x 2 attempts at each reconnect.)"""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        dns.bind(("127.0.0.153", 53))
+    except OSError as e:
+        pytest.skip("cannot play a silent DNS server on 127.0.0.153:53: "
+                    "%s" % e)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.153\noptions timeout:3 "
+                      "attempts:2\n")
+    wrap = ["unshare", "-m", "sh", "-c",
+            'mount --bind "$0" /etc/resolv.conf && exec "$@"', str(resolv)]
+    if subprocess.run(wrap + ["true"]).returncode != 0:
+        pytest.skip("no mount namespace here (unshare -m, mount --bind)")
+    name = "redis.relayd-test.invalid"
+    try:
+        d = one_node(relayd_factory, fake_graph, "redis://%s:6379/0" % name,
+                     start=False)
+        plain = d.command
+        d.command = lambda: wrap + plain()
+        d.start()
+        d.wait_log(r"cluster: Redis at %s:6379/0 unreachable \(cannot "
+                   r"resolve %s: no answer from DNS in 3s\)"
+                   % (re.escape(name), re.escape(name)), timeout=10)
+        assert dns.recv(512), "the lookup went to the silent resolver"
+        start = time.monotonic()
+        submit(d, 6, tag="no-dns")
+        wait_for(lambda: sent_total(fake_graph) == 6, 10,
+                 "delivery while DNS says nothing")
+        took = time.monotonic() - start
+        # The loop answers at once, again and again, over reconnects.
+        slowest = 0
+        for _ in range(12):
+            t = time.monotonic()
+            st = d.ctl("status", timeout=10)
+            slowest = max(slowest, time.monotonic() - t)
+            time.sleep(0.25)
+        assert slowest < 1, slowest
+        assert took < 5, took
+        c = st["cluster"]
+        assert not c["reachable"] and c["redis"] == "%s:6379/0" % name
+        assert c["error"].startswith("cannot resolve %s" % name), c
+        text = d.relayctl("status", check=True).stdout
+        assert "Redis %s:6379/0 UNREACHABLE since" % name in text, text
+        assert "(cannot resolve %s" % name in text, text
+    finally:
+        dns.close()
