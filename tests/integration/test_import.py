@@ -54,6 +54,20 @@ def queue_source(relayd_factory, spool, n, name="node", runs=1):
     return b
 
 
+def import_again(d, where, kept, n):
+    """The files kept put back in where (src/queue or src/dead), as a
+    crash or a snapshot would leave them, and imported again: all n are
+    known as taken before."""
+    for name, data in kept.items():
+        (where / name).write_bytes(data)
+    src = where.parent
+    r = d.relayctl("import", str(src))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "%s: 0 queued message(s) and 0 dead letter(s) " \
+        "imported, %d taken before (an import that was cut short)\n" \
+        % (src, n), r.stdout
+
+
 def test_import_moves_queue_and_dead_letters(relayd_factory,
                                              shared_fake_graph):
     fake = shared_fake_graph
@@ -82,13 +96,7 @@ def test_import_moves_queue_and_dead_letters(relayd_factory,
     assert "0 queued message(s) and 0 dead letter(s)" in r.stdout
     # relayctl killed after relayd took the dead letters, before it
     # removed them there: they are recognised, not taken twice
-    for name, data in kept.items():
-        (src / "dead" / name).write_bytes(data)
-    r = d.relayctl("import", str(src))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == "%s: 0 queued message(s) and 0 dead letter(s) " \
-        "imported, 2 taken before (an import that was cut short)\n" % src, \
-        r.stdout
+    import_again(d, src / "dead", kept, 2)
     assert d.relayctl("dead").stdout.count("reason:     ") == 2
     assert [p.name for p in (src / "dead").iterdir()] == []
 
@@ -163,6 +171,31 @@ def test_import_killed_at_random_points(relayd_factory, shared_fake_graph):
     twice = sorted(s for s in set(got) if got.count(s) > 1)
     assert twice == [], "sent twice: %s" % twice
     assert sorted(got) == sorted("queued %d" % i for i in range(n))
+
+
+def test_import_again_of_a_restored_queue_takes_nothing_twice(
+        relayd_factory, shared_fake_graph):
+    """The source's queue put back as it was before the import (its marks
+    lost: the dead node's disk from a snapshot, say), into the same
+    relayd: every message is known as taken before, also after this
+    relayd delivered it (the source ids imported are kept as imports
+    commit, not read again from records of ours that are gone)."""
+    fake = shared_fake_graph
+    src = relayd_factory(name="src", start=False).spool
+    queue_source(relayd_factory, src, 20, name="node", runs=4)
+    kept = {f.name: f.read_bytes() for f in (src / "queue").iterdir()}
+    fake.reset()
+    d = graph_relayd(relayd_factory, fake)
+    r = d.relayctl("import", str(src))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("%s: 20 queued message(s)" % src), r.stdout
+    wait_for(lambda: len(fake.sent()) >= 20 and d.queued() == [], TIMEOUT,
+             "20 sent, none left here")
+    import_again(d, src / "queue", kept, 20)
+    time.sleep(1)
+    assert sorted(subjects(fake)) == sorted("queued %d" % i
+                                            for i in range(20))
+    assert d.queued() == []
 
 
 def test_import_leaves_a_damaged_record_and_says_so(relayd_factory,
