@@ -617,7 +617,7 @@ sandbox_enter(enum sandbox_role role, const struct sandbox_paths *p,
 	long		 threads = threads_now();
 	int		 abi = 0, lrc, sanitizers = 0;
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 	sanitizers = 1;
 #endif
 	if (threads > 1)
