@@ -205,6 +205,7 @@ struct spool_msg {
 	size_t			 buflen;
 	spool_done_cb		*cb;
 	void			*cbarg;
+	int			 untold;	/* import: delivery told later */
 	struct spool_msg	*next;
 };
 
@@ -1647,7 +1648,8 @@ msg_done(struct spool *sp, struct spool_msg *m)
 	if (m->err == 0 && sp->role == SPOOL_INTAKE)
 		news_send(sp, SPOOL_NEWS_QUEUED, m->qid, m->segname, m->off,
 		    m->total);
-	if (m->err == 0 && sp->role != SPOOL_INTAKE && sp->queued_cb != NULL) {
+	if (m->err == 0 && sp->role != SPOOL_INTAKE && sp->queued_cb != NULL &&
+	    !m->untold) {
 		q.qid = m->qid;
 		q.mail_from = m->mail_from;
 		q.mailbox = msg_mailbox(m);
@@ -2851,28 +2853,34 @@ spool_dead_requeue(struct spool *sp, const char *qid, spool_done_cb *cb,
  * left with nothing queued. A crash between our commit and the mark leaves both: a new
  * import skips a record whose id one of our records already names
  * (imported_ids). So that it is still ours to find, an imported record's
- * state line says "next attempt in IMPORT_GRACE_MS": right after the
- * commit it is delivered at once (the index is told without a schedule),
- * but after a restart it waits that long, time for the admin to run the
+ * state line says "next attempt in IMPORT_GRACE_MS": in the run that
+ * imported it, it joins the delivery queue at once once the source's
+ * marks are on disk (import_tell; never before, or a crash between its
+ * sending and the mark would have the next import take it again), but
+ * after a restart it waits that long, time for the admin to run the
  * import again; `relayctl retry` sends it sooner.
  */
 #define IMPORT_GRACE_MS		(10 * 60 * 1000)
 #define IMPORT_MAX		((size_t)1 << 31)	/* bytes of one file */
+
+struct import_rec {
+	struct import_job	*job;
+	uint64_t		 off;
+	char			 src[SPOOL_QID_LEN + 1];
+	char			 qid[SPOOL_QID_LEN + 1];	/* ours */
+	struct spool_entry	 e;	/* its envelope, for the queue */
+	struct import_rec	*next;
+};
 
 struct import_job {
 	struct spool		*sp;
 	int			 fd;		/* the source segment */
 	uint64_t		*marks;		/* records to mark delivered */
 	size_t			 nmarks, pending, queued;
+	struct import_rec	*done;		/* committed, delivery untold */
 	struct spool_import_result res;
 	spool_import_cb		*cb;
 	void			*arg;
-};
-
-struct import_rec {
-	struct import_job	*job;
-	uint64_t		 off;
-	char			 src[SPOOL_QID_LEN + 1];
 };
 
 /* A file read whole (malloc'd), NULL with errno. */
@@ -3010,6 +3018,37 @@ import_mark(struct import_job *job, uint64_t off)
 	job->marks[job->nmarks++] = off;
 }
 
+/*
+ * The records committed here join the delivery queue only now, once the
+ * source says delivered on its disk (or could not: then at once too, the
+ * import says what it left there). Told at their commit, one could be
+ * sent before the mark is durable, and a crash in between would have a
+ * new import take and send it again.
+ */
+static void
+import_tell(struct import_job *job)
+{
+	struct spool		*sp = job->sp;
+	struct import_rec	*ir;
+	struct spool_queued	 q;
+
+	while ((ir = job->done) != NULL) {
+		job->done = ir->next;
+		if (sp->queued_cb != NULL) {
+			q.qid = ir->qid;
+			q.mail_from = ir->e.mail_from;
+			q.mailbox = ir->e.mailbox;
+			q.rcpts = (const char *const *)ir->e.rcpts;
+			q.nrcpts = ir->e.nrcpts;
+			q.size = ir->e.size;
+			q.arrival_us = ir->e.arrival_us;
+			sp->queued_cb(sp->queued_arg, &q);
+		}
+		spool_entry_clear(&ir->e);
+		free(ir);
+	}
+}
+
 /* Every commit is back: the marks in the source, one fdatasync. */
 static void
 import_finish(struct import_job *job)
@@ -3026,6 +3065,7 @@ import_finish(struct import_job *job)
 		marked = 0;	/* not known to be on disk */
 	}
 	job->res.left = job->queued - marked;
+	import_tell(job);
 	job->cb(job->arg, &job->res);
 	close(job->fd);
 	free(job->marks);
@@ -3044,13 +3084,17 @@ import_committed(void *arg, int err, const char *qid)
 		job->res.imported++;
 		log_info("%s imported from another spool (its id there %s)",
 		    qid, ir->src);
+		strlcpy_r(ir->qid, qid, sizeof(ir->qid));
+		ir->next = job->done;
+		job->done = ir;
 	} else {
 		job->res.failed++;
 		job->res.err = err;
 		log_warnx("%s spool: cannot import it: %s", ir->src,
 		    strerror(err));
+		spool_entry_clear(&ir->e);
+		free(ir);
 	}
-	free(ir);
 	if (--job->pending == 0)
 		import_finish(job);
 }
@@ -3058,7 +3102,7 @@ import_committed(void *arg, int err, const char *qid)
 /* One queued source record, at buf (parsed into e): committed here. */
 static int
 import_record(struct import_job *job, const char *buf,
-    const struct spool_entry *e, uint64_t off)
+    struct spool_entry *e, uint64_t off)
 {
 	struct spool_env	 env;
 	struct spool_msg	*m;
@@ -3094,10 +3138,21 @@ import_record(struct import_job *job, const char *buf,
 		spool_msg_abort(m);
 		return -1;
 	}
+	m->untold = 1;
 	ir = xcalloc(1, sizeof(*ir));
 	ir->job = job;
 	ir->off = off;
 	strlcpy_r(ir->src, e->qid, sizeof(ir->src));
+	/* The envelope moves to ir (e is cleared by the caller). */
+	ir->e.mail_from = e->mail_from;
+	ir->e.mailbox = e->mailbox;
+	ir->e.rcpts = e->rcpts;
+	ir->e.nrcpts = e->nrcpts;
+	ir->e.size = e->size;
+	ir->e.arrival_us = e->arrival_us;
+	e->mail_from = e->mailbox = NULL;
+	e->rcpts = NULL;
+	e->nrcpts = 0;
 	job->pending++;
 	spool_msg_commit(m, import_committed, ir);
 	return 0;

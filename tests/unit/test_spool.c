@@ -711,6 +711,101 @@ test_two_processes(void **state)
 	event_base_free(base);
 }
 
+/*
+ * relayctl import: a record taken from another spool joins delivery's
+ * queue only once the source says delivered on its disk. Told at commit,
+ * it could be sent before that mark, and a crash in between would have
+ * the next import take and send it again.
+ */
+struct import_probe {
+	char	 src[512];	/* the source segment's path */
+	int	 told, unmarked, done, imported;
+};
+
+static void
+import_queued(void *arg, const struct spool_queued *q)
+{
+	struct import_probe	*ip = arg;
+	struct spool_entry	 e;
+	const char		*why;
+	char			*buf;
+	size_t			 len = 0, off = 0;
+
+	(void)q;
+	ip->told++;
+	buf = read_file(ip->src, &len);
+	assert_non_null(buf);
+	while (off < len && buf[off] != '\0' &&
+	    spool_record_parse(buf + off, len - off, &e, &why) == 0) {
+		if (e.state != SPOOL_DELIVERED)
+			ip->unmarked++;
+		off += e.reclen;
+		spool_entry_clear(&e);
+	}
+	free(buf);
+}
+
+static void
+import_result(void *arg, const struct spool_import_result *r)
+{
+	struct import_probe	*ip = arg;
+
+	ip->done++;
+	ip->imported = (int)r->imported;
+}
+
+static void
+test_import_tells_delivery_after_the_mark(void **state)
+{
+	struct spool		*src, *sp;
+	struct spool_msg	*m;
+	struct result		 r = { 0, 0, "" };
+	struct import_probe	 ip;
+	DIR			*d;
+	struct dirent		*de;
+	char			 err[256], srcdir[64], cmd[300], q[128];
+	const char		 body[] = "Subject: hi\r\n\r\nhello\r\n";
+	int			 i, fd;
+
+	(void)state;
+	memset(&ip, 0, sizeof(ip));
+	snprintf(srcdir, sizeof(srcdir), "/tmp/relayd-test-src.XXXXXX");
+	assert_non_null(mkdtemp(srcdir));
+	src = spool_open(srcdir, sync_method, NULL, err, sizeof(err));
+	assert_non_null(src);
+	for (i = 0; i < 3; i++) {
+		m = new_msg(src);
+		assert_non_null(m);
+		assert_int_equal(spool_msg_write(m, body, sizeof(body) - 1), 0);
+		spool_msg_commit(m, done_cb, &r);
+		assert_int_equal(r.err, 0);
+	}
+	spool_free(src);
+	/* The three share one segment: the source's only file in queue/. */
+	snprintf(q, sizeof(q), "%s/queue", srcdir);
+	assert_non_null(d = opendir(q));
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.')
+			snprintf(ip.src, sizeof(ip.src), "%s/%s", q, de->d_name);
+	closedir(d);
+	assert_true(ip.src[0] != '\0');
+
+	sp = spool_open(dir, sync_method, NULL, err, sizeof(err));
+	assert_non_null(sp);
+	spool_set_queued_cb(sp, import_queued, &ip);
+	assert_true((fd = open(ip.src, O_RDWR | O_CLOEXEC)) != -1);
+	assert_int_equal(spool_import_segment(sp, fd, strrchr(ip.src, '/') + 1,
+	    import_result, &ip), 0);
+	assert_int_equal(ip.done, 1);
+	assert_int_equal(ip.imported, 3);
+	assert_int_equal(ip.told, 3);
+	assert_int_equal(ip.unmarked, 0);	/* every time, all marked */
+	assert_int_equal(spool_count(sp), 3);
+	spool_free(sp);
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", srcdir);
+	assert_int_equal(system(cmd), 0);
+}
+
 int
 main(void)
 {
@@ -733,6 +828,8 @@ main(void)
 		    teardown),
 		cmocka_unit_test_setup_teardown(test_two_processes, setup,
 		    teardown),
+		cmocka_unit_test_setup_teardown(
+		    test_import_tells_delivery_after_the_mark, setup, teardown),
 	};
 
 	int	 failed;
