@@ -90,6 +90,7 @@
 #define VIEW_KEEP_MS		10000	/* a busy mailbox shown that long */
 #define LEASE_EXTRA_MS		10000	/* a lease outlives [graph] timeout */
 #define REJOIN_MS		2000	/* answered that long: limits shared */
+#define CLASH_MS		(3 * BEAT_MS)	/* node name taken: twice in */
 #define PASSWORD_MAX		1024
 #define DAY_MS			((uint64_t)24 * 3600 * 1000)
 
@@ -149,15 +150,22 @@ static const char view_lua[] =
 "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)\n"
 "return redis.call('ZRANGE', KEYS[1], 0, -1)\n";
 
-/* KEYS: nodes node-key. ARGV: node ttl window. The nodes seen lately. */
+/*
+ * KEYS: nodes node-key. ARGV: node ttl window instance. {"1" if the node
+ * key held another instance's token (a second relayd with this node name,
+ * or this one's previous life), then the nodes seen lately}.
+ */
 static const char beat_lua[] =
 "local t = redis.call('TIME')\n"
 "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
-"redis.call('SET', KEYS[2], now, 'PX', tonumber(ARGV[2]))\n"
+"local old = redis.call('GET', KEYS[2])\n"
+"redis.call('SET', KEYS[2], ARGV[4], 'PX', tonumber(ARGV[2]))\n"
 "redis.call('ZADD', KEYS[1], now, ARGV[1])\n"
 "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[3]))\n"
 "redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) * 6)\n"
-"return redis.call('ZRANGE', KEYS[1], 0, -1)\n";
+"local r = redis.call('ZRANGE', KEYS[1], 0, -1)\n"
+"table.insert(r, 1, (old and old ~= ARGV[4]) and '1' or '0')\n"
+"return r\n";
 
 /* KEYS: hold. ARGV: ms. A hold set, made longer, or (0) lifted. */
 static const char hold_lua[] =
@@ -198,6 +206,9 @@ struct cluster {
 	unsigned		 port, db;
 	char			*addr;		/* HOST:PORT/DB, for messages */
 	char			*node;
+	char			 instance[17];	/* this process, in leases */
+	uint64_t		 clash_at;	/* now_ms(): another instance */
+	int			 clash;		/* named as this node: said */
 	char			*prefix;	/* relayd:TENANT/CLIENT_ID: */
 	char			*password;	/* NULL: no AUTH */
 	uint64_t		 lease_ms;
@@ -404,7 +415,7 @@ member(const struct cluster *c, uint64_t id)
 {
 	char	*m;
 
-	xasprintf(&m, "%s|%" PRIu64, c->node, id);
+	xasprintf(&m, "%s|%s.%" PRIu64, c->node, c->instance, id);
 	return m;
 }
 
@@ -696,6 +707,22 @@ cluster_hold(struct cluster *c, const char *mailbox, uint64_t ms)
 
 /* ---- the connection ---- */
 
+/* 16 hex digits that tell this process from another of the same node. */
+static void
+instance_token(char out[17])
+{
+	uint64_t	 r = 0;
+	int		 fd;
+
+	if ((fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC)) != -1) {
+		if (read(fd, &r, sizeof(r)) != (ssize_t)sizeof(r))
+			r = 0;
+		close(fd);
+	}
+	r ^= wall_us() ^ ((uint64_t)getpid() << 40);
+	snprintf(out, 17, "%016" PRIx64, r);
+}
+
 static void
 nodes_set(struct cluster *c, const redisReply *r)
 {
@@ -704,10 +731,40 @@ nodes_set(struct cluster *c, const redisReply *r)
 	for (i = 0; i < c->nnodes; i++)
 		free(c->nodes[i]);
 	c->nnodes = 0;
-	for (i = 0; i < r->elements && c->nnodes < CLUSTER_NODES_MAX; i++)
+	for (i = 1; i < r->elements && c->nnodes < CLUSTER_NODES_MAX; i++)
 		if (r->element[i]->type == REDIS_REPLY_STRING)
 			c->nodes[c->nnodes++] = xstrdup(r->element[i]->str);
 	c->nodes_alive = c->nnodes > 0 ? (unsigned)c->nnodes : 1;
+}
+
+/*
+ * Another relayd beats under this node name when the node key holds a
+ * token not ours twice within CLASH_MS (once is this node's previous life
+ * after a restart, its key not expired yet). Leases stay apart (each
+ * carries the instance), but the nodes and the shares count the two as
+ * one: said once, in the log and in status, until it stops.
+ */
+static void
+node_clash(struct cluster *c, int other)
+{
+	uint64_t	 now = now_ms();
+
+	if (other) {
+		if (!c->clash && c->clash_at != 0 &&
+		    now - c->clash_at < CLASH_MS) {
+			c->clash = 1;
+			log_warnx("cluster: another relayd uses the node name "
+			    "\"%s\" with Redis %s: give each relayd a [cluster] "
+			    "node of its own (the nodes seen and each one's "
+			    "share of the limits count the two as one)",
+			    c->node, c->addr);
+		}
+		c->clash_at = now;
+	} else if (c->clash && now - c->clash_at > 2 * NODE_TTL_MS) {
+		c->clash = 0;
+		log_info("cluster: node name \"%s\" is this relayd's alone "
+		    "again", c->node);
+	}
 }
 
 /* The beat's answer: Redis is there; the first one after a gap says so. */
@@ -719,8 +776,11 @@ beat_cb(redisAsyncContext *ac, void *r, void *arg)
 	struct lease	*l;
 
 	(void)arg;
-	if (reply == NULL || c == NULL || reply->type != REDIS_REPLY_ARRAY)
+	if (reply == NULL || c == NULL || reply->type != REDIS_REPLY_ARRAY ||
+	    reply->elements == 0)
 		return;
+	node_clash(c, reply->element[0]->type == REDIS_REPLY_STRING &&
+	    strcmp(reply->element[0]->str, "1") == 0);
 	nodes_set(c, reply);
 	if (c->up)
 		return;
@@ -749,7 +809,7 @@ beat(struct cluster *c)
 {
 	char		*nodes = key(c, NULL, "nodes"), *nk, sttl[16], swin[16];
 	char		 name[300];
-	const char	*s[5];
+	const char	*s[6];
 	struct lease	*l;
 
 	snprintf(name, sizeof(name), "node:%s", c->node);
@@ -761,7 +821,8 @@ beat(struct cluster *c)
 	s[2] = c->node;
 	s[3] = sttl;
 	s[4] = swin;
-	eval(c, beat_lua, 2, s, 5, beat_cb, NULL);
+	s[5] = c->instance;
+	eval(c, beat_lua, 2, s, 6, beat_cb, NULL);
 	free(nodes);
 	free(nk);
 	if (c->answered_at == 0)
@@ -1060,6 +1121,7 @@ cluster_new(struct event_base *base, const struct config *cfg, char *err,
 	c->db = cfg->cluster_db;
 	xasprintf(&c->addr, "%s:%u/%u", c->host, c->port, c->db);
 	c->node = xstrdup(cfg->cluster_node);
+	instance_token(c->instance);
 	xasprintf(&c->prefix, "relayd:%s/%s:",
 	    cfg->tenant != NULL ? cfg->tenant : "-",
 	    cfg->client_id != NULL ? cfg->client_id : "-");
@@ -1172,6 +1234,7 @@ cluster_status(const struct cluster *c, struct cluster_status *st)
 	st->asks = c->asks;
 	st->denied = c->denied;
 	st->leases = c->nleases;
+	st->node_clash = c->clash;
 	for (i = 0; i < c->nnodes; i++)
 		st->nodes[st->nnodes++] = c->nodes[i];
 }

@@ -127,6 +127,7 @@ struct cluster_status {
 	size_t		 nnodes;
 	const char	*nodes[CLUSTER_NODES_MAX];	/* seen recently */
 	size_t		 leases;	/* this node's slots held now */
+	int		 node_clash;	/* another relayd has this node name */
 };
 
 void		 cluster_status(const struct cluster *,

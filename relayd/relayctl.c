@@ -427,6 +427,11 @@ print_cluster(json_object *o)
 		    jstr(c, "error") ? " (" : "",
 		    jstr(c, "error") ? jstr(c, "error") : "",
 		    jstr(c, "error") ? ")" : "");
+	if (json_object_get_boolean(json_object_object_get(c,
+	    "node_name_clash")))
+		printf("cluster: WARNING: another relayd uses the node name %s: "
+		    "give each relayd a [cluster] node of its own\n",
+		    jstr(c, "node"));
 	json_object_object_get_ex(c, "nodes", &a);
 	printf("nodes seen recently:");
 	for (i = 0, n = a ? json_object_array_length(a) : 0; i < n; i++)

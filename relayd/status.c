@@ -480,6 +480,8 @@ cluster_json(struct cluster *cl)
 	    jtime(cs.down_since));
 	add_str(o, "error", cs.why);
 	add_str(o, "node", cs.node);
+	json_object_object_add(o, "node_name_clash",
+	    json_object_new_boolean(cs.node_clash));
 	a = json_object_new_array();
 	for (i = 0; i < cs.nnodes; i++)
 		json_object_array_add(a, json_object_new_string(cs.nodes[i]));

@@ -477,3 +477,40 @@ def test_redis_name_dns_never_answers(relayd_factory, fake_graph,
         assert "(cannot resolve %s" % name in text, text
     finally:
         dns.close()
+
+
+def test_two_relayds_with_one_node_name(relayd_factory, fake_graph, redis):
+    """Two relayds given the same [cluster] node: each says so, in the log
+    and in status, and their leases still stay apart (each carries the
+    process's own token): never more than 4 in flight, no 429."""
+    fake_graph.config(latency_ms=300)
+    ds = nodes(relayd_factory, fake_graph, redis, n=2, node="twin")
+    for d in ds:
+        d.wait_log(r'cluster: another relayd uses the node name "twin" '
+                   r'with Redis 127\.0\.0\.1:%d/0: give each relayd a '
+                   r'\[cluster\] node of its own' % redis.port, timeout=15)
+        assert cluster_of(d)["node_name_clash"] is True
+    st = ds[0].relayctl("status", check=True).stdout
+    assert "cluster: WARNING: another relayd uses the node name twin" in st
+    wait_for(lambda: all(cluster_of(d)["reachable"] for d in ds), 10,
+             "both on Redis")
+    for d in ds:
+        submit(d, 12)
+    wait_for(lambda: sent_total(fake_graph) == 24, 60, "24 messages sent")
+    stats = fake_graph.stats()
+    assert stats["throttled"] == 0, stats
+    assert stats["max_concurrency"][MAILBOX_A] <= 4, stats
+
+
+def test_a_restarted_node_is_not_taken_for_another(relayd_factory,
+                                                   fake_graph, redis):
+    """A node restarted at once finds its previous life's token in Redis
+    (its key has not expired): that alone is no clash."""
+    (d,) = nodes(relayd_factory, fake_graph, redis, n=1)
+    joined([d])
+    d.stop()
+    d.start()
+    joined([d])
+    time.sleep(4)
+    assert cluster_of(d)["node_name_clash"] is False
+    assert "another relayd uses the node name" not in d.log
