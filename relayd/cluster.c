@@ -56,6 +56,7 @@
  * Delivery never stops for Redis.
  */
 #include <sys/queue.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 
 #include <netinet/in.h>
@@ -77,6 +78,7 @@
 #include <hiredis/async.h>
 #include <hiredis/adapters/libevent.h>
 
+#include "addr.h"
 #include "cluster.h"
 #include "config.h"
 #include "log.h"
@@ -712,14 +714,9 @@ static void
 instance_token(char out[17])
 {
 	uint64_t	 r = 0;
-	int		 fd;
 
-	if ((fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC)) != -1) {
-		if (read(fd, &r, sizeof(r)) != (ssize_t)sizeof(r))
-			r = 0;
-		close(fd);
-	}
-	r ^= wall_us() ^ ((uint64_t)getpid() << 40);
+	if (getrandom(&r, sizeof(r), 0) != (ssize_t)sizeof(r))
+		r = wall_us() ^ ((uint64_t)getpid() << 40);
 	snprintf(out, 17, "%016" PRIx64, r);
 }
 
@@ -971,8 +968,7 @@ resolved_cb(int result, struct evutil_addrinfo *res, void *arg)
 {
 	struct cluster		*c = arg;
 	struct evutil_addrinfo	*ai;
-	char			 why[200], ip[INET6_ADDRSTRLEN];
-	const void		*a;
+	char			 why[200], ip[ADDR_STRLEN];
 	unsigned		 n = 0, pick;
 
 	c->resolving = 0;
@@ -1002,11 +998,7 @@ resolved_cb(int result, struct evutil_addrinfo *res, void *arg)
 		if (pick-- == 0)
 			break;
 	}
-	if (ai->ai_family == AF_INET)
-		a = &((struct sockaddr_in *)(void *)ai->ai_addr)->sin_addr;
-	else
-		a = &((struct sockaddr_in6 *)(void *)ai->ai_addr)->sin6_addr;
-	inet_ntop(ai->ai_family, a, ip, sizeof(ip));
+	addr_ntop(ai->ai_addr, ip, sizeof(ip));
 	evutil_freeaddrinfo(res);
 	connect_to(c, ip);
 }
@@ -1127,7 +1119,6 @@ cluster_new(struct event_base *base, const struct config *cfg, char *err,
 	    cfg->client_id != NULL ? cfg->client_id : "-");
 	c->lease_ms = cfg->timeout_ms + LEASE_EXTRA_MS;
 	c->nodes_alive = 1;
-
 	/*
 	 * Not shared yet: as after Redis went away, the other nodes may
 	 * hold every slot; the first answer says how many nodes there are.

@@ -2013,6 +2013,24 @@ spool_intake_retire(struct spool *sp, const char *name)
 
 /* ---- two processes: delivery's side (loop thread) ---- */
 
+/* The queued callback for record qid with e's envelope and arrival. */
+static void
+entry_queued(struct spool *sp, const char *qid, const struct spool_entry *e)
+{
+	struct spool_queued	 q;
+
+	if (sp->queued_cb == NULL)
+		return;
+	q.qid = qid;
+	q.mail_from = e->mail_from;
+	q.mailbox = e->mailbox;
+	q.rcpts = (const char *const *)e->rcpts;
+	q.nrcpts = e->nrcpts;
+	q.size = e->size;
+	q.arrival_us = e->arrival_us;	/* caught up late: its own */
+	sp->queued_cb(sp->queued_arg, &q);
+}
+
 /*
  * A queued record of intake's segment name joins the index (and the
  * queued callback). open: intake may still append to the segment. 0, or
@@ -2022,7 +2040,6 @@ static int
 adopt_entry(struct spool *sp, const char *name, uint64_t off,
     struct spool_entry *e, int open)
 {
-	struct spool_queued	 q;
 	struct seg		*s;
 	int			 known;
 
@@ -2037,16 +2054,8 @@ adopt_entry(struct spool *sp, const char *name, uint64_t off,
 	} else
 		known = 1;
 	pthread_mutex_unlock(&sp->idx_lock);
-	if (!known && sp->queued_cb != NULL) {
-		q.qid = e->qid;
-		q.mail_from = e->mail_from;
-		q.mailbox = e->mailbox;
-		q.rcpts = (const char *const *)e->rcpts;
-		q.nrcpts = e->nrcpts;
-		q.size = e->size;
-		q.arrival_us = e->arrival_us;	/* caught up late: its own */
-		sp->queued_cb(sp->queued_arg, &q);
-	}
+	if (!known)
+		entry_queued(sp, e->qid, e);
 	spool_entry_clear(e);
 	return known;
 }
@@ -3028,22 +3037,11 @@ import_mark(struct import_job *job, uint64_t off)
 static void
 import_tell(struct import_job *job)
 {
-	struct spool		*sp = job->sp;
 	struct import_rec	*ir;
-	struct spool_queued	 q;
 
 	while ((ir = job->done) != NULL) {
 		job->done = ir->next;
-		if (sp->queued_cb != NULL) {
-			q.qid = ir->qid;
-			q.mail_from = ir->e.mail_from;
-			q.mailbox = ir->e.mailbox;
-			q.rcpts = (const char *const *)ir->e.rcpts;
-			q.nrcpts = ir->e.nrcpts;
-			q.size = ir->e.size;
-			q.arrival_us = ir->e.arrival_us;
-			sp->queued_cb(sp->queued_arg, &q);
-		}
+		entry_queued(job->sp, ir->qid, &ir->e);
 		spool_entry_clear(&ir->e);
 		free(ir);
 	}
@@ -3144,12 +3142,7 @@ import_record(struct import_job *job, const char *buf,
 	ir->off = off;
 	strlcpy_r(ir->src, e->qid, sizeof(ir->src));
 	/* The envelope moves to ir (e is cleared by the caller). */
-	ir->e.mail_from = e->mail_from;
-	ir->e.mailbox = e->mailbox;
-	ir->e.rcpts = e->rcpts;
-	ir->e.nrcpts = e->nrcpts;
-	ir->e.size = e->size;
-	ir->e.arrival_us = e->arrival_us;
+	ir->e = *e;
 	e->mail_from = e->mailbox = NULL;
 	e->rcpts = NULL;
 	e->nrcpts = 0;
