@@ -222,12 +222,15 @@ def test_thousands_of_idle_clients(relayd_factory, shared_fake_graph):
     swarm = Swarm(d.port, 2600, net=30)
     try:
         swarm.read(15, greetings=True)
-        wait_for(lambda: status(d)["connections"] == 2000, 10,
-                 "2000 sessions")
-        before = status(d)["stress"]
         told = sum(1 for g in swarm.got if b"421 4.7.0" in g)
-        assert before["active"] and before["evicted"] >= 599 and \
-            told >= 600, (before, told, swarm.outcomes())
+        assert told >= 600, swarm.outcomes()
+        # Status hears of evictions from the smtp process a moment after
+        # the clients read their 421 (CI once read 592 of 600 at once).
+        wait_for(lambda: status(d)["connections"] == 2000 and
+                 status(d)["stress"]["evicted"] >= told, 10,
+                 "2000 sessions and %d evictions in status" % told)
+        before = status(d)["stress"]
+        assert before["active"], before
         served_within(d, "127.0.9.2")
         # The real client took the slot of one more (status hears of it
         # from the smtp process a moment later).
