@@ -29,6 +29,7 @@
 #include <sys/stat.h>
 
 #include <crypt.h>
+#include <pthread.h>
 #include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
@@ -673,8 +674,8 @@ auth_free(struct auth *a)
 	free(a);
 }
 
-void
-auth_keep_failures(struct auth *a, struct auth *from)
+static void
+auth_keep_failures_unl(struct auth *a, struct auth *from)
 {
 	memcpy(a->fail, from->fail, sizeof(a->fail));
 	memset(from->fail, 0, sizeof(from->fail));
@@ -682,8 +683,8 @@ auth_keep_failures(struct auth *a, struct auth *from)
 	a->nlockouts = from->nlockouts;
 }
 
-void
-auth_counts(const struct auth *a, uint64_t *failures, uint64_t *lockouts)
+static void
+auth_counts_unl(const struct auth *a, uint64_t *failures, uint64_t *lockouts)
 {
 	*failures = a->nfailures;
 	*lockouts = a->nlockouts;
@@ -730,8 +731,8 @@ wall_ms_of(uint64_t mono)
 	return wall_us() / 1000 + (mono > now ? mono - now : 0);
 }
 
-int
-auth_locked(struct auth *a, const char *addr, uint64_t *until)
+static int
+auth_locked_unl(struct auth *a, const char *addr, uint64_t *until)
 {
 	struct failures	**pp = failures_slot(a, addr), *f = *pp;
 
@@ -747,8 +748,8 @@ auth_locked(struct auth *a, const char *addr, uint64_t *until)
 	return f->locked_until != 0;
 }
 
-uint64_t
-auth_failed(struct auth *a, const char *addr, int count,
+static uint64_t
+auth_failed_unl(struct auth *a, const char *addr, int count,
     struct auth_lockout *lk)
 {
 	struct failures	**pp = failures_slot(a, addr), *f = *pp;
@@ -781,8 +782,8 @@ auth_failed(struct auth *a, const char *addr, int count,
 	return delay < AUTH_DELAY_MAX_MS ? delay : AUTH_DELAY_MAX_MS;
 }
 
-void
-auth_lockouts(struct auth *a, void (*cb)(void *, const struct auth_lockout *),
+static void
+auth_lockouts_unl(struct auth *a, void (*cb)(void *, const struct auth_lockout *),
     void *arg)
 {
 	struct auth_lockout	  lk;
@@ -808,19 +809,19 @@ auth_lockouts(struct auth *a, void (*cb)(void *, const struct auth_lockout *),
 		}
 }
 
-int
-auth_unlock(struct auth *a, const char *addr)
+static int
+auth_unlock_unl(struct auth *a, const char *addr)
 {
 	uint64_t	 until;
 
-	if (!auth_locked(a, addr, &until))
+	if (!auth_locked_unl(a, addr, &until))
 		return -1;
 	failures_unlink(failures_slot(a, addr));
 	return 0;
 }
 
-void
-auth_succeeded(struct auth *a, const char *addr)
+static void
+auth_succeeded_unl(struct auth *a, const char *addr)
 {
 	struct failures	**pp = failures_slot(a, addr), *f = *pp;
 
@@ -1047,4 +1048,77 @@ auth_make_entry(const char *user, const char *pw, int cram, char *err,
 	gsasl_free(skhex);
 	gsasl_free(sthex);
 	return line;
+}
+
+/*
+ * The failure table is shared by the SMTP loops (smtp_loops.c): these
+ * take fail_lock around the unlocked versions above.
+ */
+static pthread_mutex_t fail_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void
+auth_keep_failures(struct auth *a, struct auth *from)
+{
+	pthread_mutex_lock(&fail_lock);
+	auth_keep_failures_unl(a, from);
+	pthread_mutex_unlock(&fail_lock);
+}
+
+void
+auth_counts(const struct auth *a, uint64_t *failures, uint64_t *lockouts)
+{
+	pthread_mutex_lock(&fail_lock);
+	auth_counts_unl(a, failures, lockouts);
+	pthread_mutex_unlock(&fail_lock);
+}
+
+int
+auth_locked(struct auth *a, const char *addr, uint64_t *until)
+{
+	int	 r;
+
+	pthread_mutex_lock(&fail_lock);
+	r = auth_locked_unl(a, addr, until);
+	pthread_mutex_unlock(&fail_lock);
+	return r;
+}
+
+uint64_t
+auth_failed(struct auth *a, const char *addr, int count,
+    struct auth_lockout *lk)
+{
+	uint64_t	 r;
+
+	pthread_mutex_lock(&fail_lock);
+	r = auth_failed_unl(a, addr, count, lk);
+	pthread_mutex_unlock(&fail_lock);
+	return r;
+}
+
+void
+auth_lockouts(struct auth *a, void (*cb)(void *, const struct auth_lockout *),
+    void *arg)
+{
+	pthread_mutex_lock(&fail_lock);
+	auth_lockouts_unl(a, cb, arg);
+	pthread_mutex_unlock(&fail_lock);
+}
+
+void
+auth_succeeded(struct auth *a, const char *addr)
+{
+	pthread_mutex_lock(&fail_lock);
+	auth_succeeded_unl(a, addr);
+	pthread_mutex_unlock(&fail_lock);
+}
+
+int
+auth_unlock(struct auth *a, const char *addr)
+{
+	int	 r;
+
+	pthread_mutex_lock(&fail_lock);
+	r = auth_unlock_unl(a, addr);
+	pthread_mutex_unlock(&fail_lock);
+	return r;
 }

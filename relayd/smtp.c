@@ -19,6 +19,12 @@
  * hundreds piled up (bench/README.md). So at most SMTP_ACCEPT_BATCH
  * clients are taken per listener and loop turn; then the listener waits
  * for the next turn, after the other events of this one (EOFs, frees).
+ *
+ * With several loops (smtp_loops.c, RELAYD_SMTP_LOOPS) everything here
+ * stays on loop 0: accept, the limits, the client table, stress, PROXY,
+ * drain and the counters. A client admitted is handed to a loop, and
+ * what its session reports back (gone, counted) is posted to loop 0.
+ * Eviction only looks at loop 0's idle sessions (a prototype's limit).
  */
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -44,6 +50,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "smtp.h"
+#include "smtp_loops.h"
 #include "stress.h"
 #include "tls.h"
 #include "util.h"
@@ -100,6 +107,63 @@ struct smtp {
 	void			*changed_arg;
 };
 
+/* A session on another loop reports to loop 0 (smtp_loops.c). */
+enum remote_what { REMOTE_GONE, REMOTE_RECEIVED, REMOTE_REFUSED,
+    REMOTE_EVICTED };
+struct remote {
+	struct smtp		*sm;
+	enum remote_what	 what;
+	enum smtp_refusal	 refusal;
+	struct sockaddr_storage	 ss;
+};
+
+static void	remote_cb(void *);
+
+/* 1 if posted to loop 0 (the caller is on another loop), else 0. */
+static int
+post_remote(struct smtp *sm, enum remote_what what, enum smtp_refusal r,
+    const struct sockaddr *sa)
+{
+	struct remote	*rm;
+
+	if (smtp_loop_is0(smtp_loop_self()))
+		return 0;
+	rm = xcalloc(1, sizeof(*rm));
+	rm->sm = sm;
+	rm->what = what;
+	rm->refusal = r;
+	if (sa != NULL)
+		memcpy(&rm->ss, sa, sa->sa_family == AF_INET6 ?
+		    sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in));
+	smtp_loop_call(smtp_loop_at(0), remote_cb, rm);
+	return 1;
+}
+
+/* fn on every loop: now on this one (loop 0), posted to the others. */
+static void
+on_every_loop(void (*fn)(void *))
+{
+	size_t	 i;
+
+	fn(NULL);
+	for (i = 1; i < smtp_loops_count(); i++)
+		smtp_loop_call(smtp_loop_at(i), fn, NULL);
+}
+
+static void
+stress_each(void *arg)
+{
+	(void)arg;
+	smtp_session_stress();
+}
+
+static void
+drain_each(void *arg)
+{
+	(void)arg;
+	smtp_session_drain();
+}
+
 /* What status shows of this side changed (smtp_figures). */
 static void
 figures_changed(struct smtp *sm)
@@ -146,7 +210,7 @@ stress_check(struct smtp *sm)
 		    (unsigned long long)st->limit, STRESS_ON_PCT,
 		    (double)stress_timeout(st, sm->cfg->command_timeout_ms,
 		    sm->cfg->stress_timeout_ms) / 1000.0);
-		smtp_session_stress();
+		on_every_loop(stress_each);
 		break;
 	case STRESS_LEFT:
 		log_info("smtp stress: off connections=%zu "
@@ -169,6 +233,8 @@ smtp_session_gone(struct smtp *sm, const struct sockaddr *sa)
 	struct client_count	**cp, *c;
 	uint8_t			 key[17];
 
+	if (post_remote(sm, REMOTE_GONE, 0, sa))
+		return;
 	addr_key(sa, key);
 	cp = client_find(sm, key);
 	if ((c = *cp) != NULL && --c->n == 0) {
@@ -341,6 +407,56 @@ accept_cb(struct evconnlistener *evl, evutil_socket_t fd, struct sockaddr *sa,
 	l->smtp->proxied = pc;
 }
 
+/* A client handed to the loop its session lives on. */
+struct handoff {
+	struct smtp		*sm;
+	struct smtp_listener	*l;
+	const struct config	*cfg;
+	int			 fd;
+	struct sockaddr_storage	 ss;
+	socklen_t		 salen;
+};
+
+static void
+handoff_cb(void *arg)
+{
+	struct handoff	*h = arg;
+
+	smtp_session_new(h->sm, h->l, h->cfg, h->fd,
+	    (struct sockaddr *)&h->ss, h->salen);
+	free(h);
+}
+
+/*
+ * Round robin over the loops; reply_after = graph stays on loop 0, where
+ * the link to delivery (and so Graph's answer) is.
+ */
+static void
+session_start(struct smtp_listener *l, int fd, const struct sockaddr *sa,
+    socklen_t salen)
+{
+	struct smtp		*sm = l->smtp;
+	struct smtp_loop	*lp = smtp_loop_at(0);
+	struct handoff		*h;
+	int			 ra = l->lc->reply_after == -1 ?
+	    sm->cfg->reply_after : l->lc->reply_after;
+
+	if (ra != REPLY_AFTER_GRAPH)
+		lp = smtp_loop_next();
+	if (smtp_loop_is0(lp)) {
+		smtp_session_new(sm, l, sm->cfg, fd, sa, salen);
+		return;
+	}
+	h = xcalloc(1, sizeof(*h));
+	h->sm = sm;
+	h->l = l;
+	h->cfg = sm->cfg;
+	h->fd = fd;
+	memcpy(&h->ss, sa, salen < sizeof(h->ss) ? salen : sizeof(h->ss));
+	h->salen = salen;
+	smtp_loop_call(lp, handoff_cb, h);
+}
+
 /* A client, with its real address: limits, then a session. */
 static void
 accept_client(struct smtp_listener *l, int fd, const struct sockaddr *sa,
@@ -410,7 +526,7 @@ accept_client(struct smtp_listener *l, int fd, const struct sockaddr *sa,
 	stress_check(sm);
 	figures_changed(sm);
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	smtp_session_new(sm, l, fd, sa, salen);
+	session_start(l, fd, sa, salen);
 }
 
 static void
@@ -481,6 +597,8 @@ smtp_command_timeout(const struct smtp *sm, const struct config *cfg)
 void
 smtp_count_evicted(struct smtp *sm)
 {
+	if (post_remote(sm, REMOTE_EVICTED, 0, NULL))
+		return;
 	sm->stress.evicted++;
 	figures_changed(sm);
 }
@@ -708,6 +826,8 @@ smtp_refusal_name(enum smtp_refusal r)
 void
 smtp_count_received(struct smtp *sm)
 {
+	if (post_remote(sm, REMOTE_RECEIVED, 0, NULL))
+		return;
 	sm->counts.received++;
 	figures_changed(sm);
 }
@@ -715,6 +835,8 @@ smtp_count_received(struct smtp *sm)
 void
 smtp_count_refused(struct smtp *sm, enum smtp_refusal r)
 {
+	if (post_remote(sm, REMOTE_REFUSED, r, NULL))
+		return;
 	if (r < SMTP_REFUSED_MAX)
 		sm->counts.refused[r]++;
 	figures_changed(sm);
@@ -793,14 +915,14 @@ smtp_reconfigure(struct smtp *sm, const struct config *cfg)
 void
 smtp_drain(struct smtp *sm)
 {
-	sm->draining = 1;
-	smtp_session_drain();
+	__atomic_store_n(&sm->draining, 1, __ATOMIC_RELAXED);
+	on_every_loop(drain_each);
 }
 
 int
 smtp_draining(const struct smtp *sm)
 {
-	return sm->draining;
+	return __atomic_load_n(&sm->draining, __ATOMIC_RELAXED);
 }
 
 size_t
@@ -868,4 +990,27 @@ int
 smtp_listener_reply_after(const struct smtp_listener *l)
 {
 	return l->lc->reply_after;
+}
+
+/* On loop 0: what a session of another loop reported (post_remote). */
+static void
+remote_cb(void *arg)
+{
+	struct remote	*rm = arg;
+
+	switch (rm->what) {
+	case REMOTE_GONE:
+		smtp_session_gone(rm->sm, (struct sockaddr *)&rm->ss);
+		break;
+	case REMOTE_RECEIVED:
+		smtp_count_received(rm->sm);
+		break;
+	case REMOTE_REFUSED:
+		smtp_count_refused(rm->sm, rm->refusal);
+		break;
+	case REMOTE_EVICTED:
+		smtp_count_evicted(rm->sm);
+		break;
+	}
+	free(rm);
 }

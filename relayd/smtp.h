@@ -119,9 +119,15 @@ uint64_t	 smtp_command_timeout(const struct smtp *,
 void		 smtp_count_evicted(struct smtp *);
 
 /* smtp_session.c */
-void		 smtp_session_new(struct smtp *, struct smtp_listener *, int,
-		    const struct sockaddr *, socklen_t);
-/* Scratch buffers sized from the config; call once at start. */
+/* On the loop the session is to live on (smtp_loops.c). */
+struct config;
+void		 smtp_session_new(struct smtp *, struct smtp_listener *,
+		    const struct config *, int, const struct sockaddr *,
+		    socklen_t);
+/*
+ * Scratch buffers sized from the config; call once at start (loop 0;
+ * other loops make theirs at their first session).
+ */
 void		 smtp_session_init(const struct config *);
 void		 smtp_session_shutdown(void);
 /*
@@ -130,7 +136,10 @@ void		 smtp_session_shutdown(void);
  * none may (-1).
  */
 int		 smtp_session_evict(void);
-/* Stress began: every session's timeout is shortened now. */
+/*
+ * Stress began: every session's timeout is shortened now. This, drain,
+ * evict and shutdown see the sessions of the calling thread's loop.
+ */
 void		 smtp_session_stress(void);
 /* smtp_drain()'s part for the sessions already open. */
 void		 smtp_session_drain(void);

@@ -11,6 +11,9 @@
  * Commits wait (the spool's intake is paused) until delivery has read the
  * spool (GO), at its first start and whenever a new delivery process is
  * connected.
+ *
+ * RELAYD_SMTP_LOOPS (environment, tests and benchmarks only): sessions
+ * spread over that many event loops (smtp_loops.c); this loop is loop 0.
  */
 #include <errno.h>
 #include <signal.h>
@@ -31,6 +34,7 @@
 #include "proc.h"
 #include "sandbox.h"
 #include "smtp.h"
+#include "smtp_loops.h"
 #include "spool.h"
 #include "util.h"
 
@@ -290,6 +294,11 @@ smtp_main(const char *path, struct config *cfg, const int *fds, int ctl,
 		    cfg->users_file, auth_mechanisms(reloader.auth));
 	}
 	smtp_session_init(cfg);
+	if (smtp_loops_start(base, err, sizeof(err)) == -1) {
+		log_msg(LOG_LVL_ERR, "%s", err);
+		rc = EX_OSERR;
+		goto out;
+	}
 	smtp_session_set_auth(reloader.auth);
 	smtp_session_set_intake(intake);
 	smtp = smtp_new(base, cfg, spool);
@@ -329,7 +338,11 @@ out:
 	smtp_session_set_intake(NULL);	/* sessions left wait for nothing */
 	intake_free(intake);
 	spool_free(spool);
+	/* The other loops hear of their commits, then close their sessions. */
+	smtp_loops_stop(smtp_session_shutdown);
 	smtp_session_shutdown();
+	smtp_loops_flush0();	/* what they told loop 0 */
+	smtp_loops_free();
 	smtp_free(smtp);
 	reloader_free(&reloader, cfg);
 	proc_events_free(&pe);

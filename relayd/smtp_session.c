@@ -24,6 +24,12 @@
  * are evicted from its head when a new client finds every slot taken.
  * DATA is decoded by smtp_proto.c's data_dec, which only ends on CRLF.CRLF;
  * bare CR/LF are refused or normalised, never a line end.
+ *
+ * Several loops (smtp_loops.c): a session lives on one loop, and this
+ * file's lists and scratch buffers are per thread. A message committed
+ * on another loop than loop 0 is called back on loop 0 (the spool's) and
+ * its result posted to the session's loop (struct ticket); history rows
+ * are posted to loop 0, where the link is. AUTH's failure table locks.
  */
 #include <sys/ioctl.h>
 #include <sys/queue.h>
@@ -57,6 +63,7 @@
 #include "mime.h"
 #include "policy.h"
 #include "smtp.h"
+#include "smtp_loops.h"
 #include "smtp_proto.h"
 #include "spool.h"
 #include "stress.h"
@@ -106,6 +113,7 @@ struct smtp_tx {
 	struct data_dec		 dec;
 	struct spool_msg	*msg;
 	int			 committing;	/* msg is the spool's now */
+	struct ticket		*ticket;	/* committed from another loop */
 	char			*head;		/* header block, for From: */
 	size_t			 headlen;
 	int			 head_done;	/* stop keeping */
@@ -116,9 +124,21 @@ struct smtp_tx {
 	uint64_t		 data_bytes;	/* read since, as sent */
 };
 
+/*
+ * A commit from another loop than loop 0: the spool calls back on loop 0,
+ * which posts the result to the session's loop; s is NULL once it went.
+ */
+struct ticket {
+	struct smtp_session	*s;		/* its loop only */
+	struct smtp_loop	*loop;
+	int			 err;
+	char			 qid[SPOOL_QID_LEN + 1];
+};
+
 struct smtp_session {
 	uint64_t		 id;
 	struct smtp		*smtp;
+	struct event_base	*base;		/* its loop's */
 	const struct config	*cfg;
 	struct smtp_listener	*listener;
 	struct bufferevent	*bev;
@@ -220,15 +240,32 @@ static const struct smtp_cmd_entry smtp_cmds[] = {
 	{ CMD_HTTP, S_CMD, cmd_http, NULL },
 };
 
-/* Shared scratch: the loop is single-threaded and never re-enters. */
+/*
+ * Scratch per loop: each loop is single-threaded and never re-enters.
+ * auth and intake are set on loop 0 (intake is only used there).
+ */
 static struct auth *auth;	/* NULL: no [auth] users_file */
 static struct intake *intake;	/* NULL: nothing delivers */
-static char	*line_buf;
 static size_t	 line_max;
-static char	*dec_buf;
-static uint64_t	 next_id;
-static LIST_HEAD(, smtp_session) sessions = LIST_HEAD_INITIALIZER(sessions);
-static struct idle_list idle = TAILQ_HEAD_INITIALIZER(idle);
+static uint64_t	 next_id;	/* atomic */
+static __thread char	*line_buf;
+static __thread char	*dec_buf;
+static __thread LIST_HEAD(, smtp_session) sessions;
+static __thread struct idle_list idle;
+static __thread int	 loop_ready;
+
+/* This loop's lists and buffers, at its first session. */
+static void
+loop_local(void)
+{
+	if (loop_ready)
+		return;
+	LIST_INIT(&sessions);
+	TAILQ_INIT(&idle);
+	line_buf = xmalloc(line_max + 3);
+	dec_buf = xmalloc(DATA_DEC_OUTMAX(SMTP_DATA_CHUNK));
+	loop_ready = 1;
+}
 
 void
 smtp_session_set_auth(struct auth *a)
@@ -246,9 +283,8 @@ void
 smtp_session_init(const struct config *cfg)
 {
 	line_max = cfg->max_line_length;
-	line_buf = xrealloc(line_buf, line_max + 3);
-	dec_buf = xrealloc(dec_buf, DATA_DEC_OUTMAX(SMTP_DATA_CHUNK));
 	next_id = wall_us() << 8;
+	loop_local();
 }
 
 static void	session_free_cb(evutil_socket_t, short, void *);
@@ -259,6 +295,8 @@ smtp_session_shutdown(void)
 {
 	struct smtp_session	*s;
 
+	if (!loop_ready)
+		return;
 	while ((s = LIST_FIRST(&sessions)) != NULL) {
 		if (s->close_reason == NULL)
 			s->close_reason = "shutdown";
@@ -269,6 +307,7 @@ smtp_session_shutdown(void)
 	free(line_buf);
 	free(dec_buf);
 	line_buf = dec_buf = NULL;
+	loop_ready = 0;
 }
 
 int
@@ -277,7 +316,7 @@ smtp_session_evict(void)
 	struct idle_entry	*e;
 	struct smtp_session	*s;
 
-	if ((e = idle_oldest(&idle)) == NULL)
+	if (!loop_ready || (e = idle_oldest(&idle)) == NULL)
 		return -1;
 	s = SESSION_OF_IDLE(e);
 	idle_remove(&idle, e);
@@ -319,6 +358,8 @@ smtp_session_drain(void)
 {
 	struct smtp_session	*s, *next;
 
+	if (!loop_ready)
+		return;
 	for (s = LIST_FIRST(&sessions); s != NULL; s = next) {
 		next = LIST_NEXT(s, entry);
 		if (!s->freeing && s->bev != NULL &&
@@ -403,6 +444,8 @@ smtp_session_stress(void)
 {
 	struct smtp_session	*s;
 
+	if (!loop_ready)
+		return;
 	LIST_FOREACH(s, &sessions, entry)
 		arm_timeout(s);
 }
@@ -490,7 +533,9 @@ tx_free(struct smtp_session *s)
 
 	if (tx == NULL)
 		return;
-	if (tx->committing)
+	if (tx->committing && tx->ticket != NULL)
+		tx->ticket->s = NULL;		/* it finishes; nobody hears */
+	else if (tx->committing)
 		spool_msg_forget(tx->msg);	/* it finishes; nobody hears */
 	else if (tx->msg != NULL)
 		spool_msg_abort(tx->msg);
@@ -567,7 +612,7 @@ session_free_later(struct smtp_session *s)
 		bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
 	}
 	event_del(s->timer);
-	event_assign(s->timer, smtp_base(s->smtp), -1, 0, session_free_cb, s);
+	event_assign(s->timer, s->base, -1, 0, session_free_cb, s);
 	event_add(s->timer, &tv);
 }
 
@@ -1027,7 +1072,7 @@ auth_result(struct smtp_session *s, enum auth_result r, char *out)
 			    time_iso(lk.until, t, sizeof(t)), lk.failures);
 		smtp_enter(s, STATE_AUTH_WAIT);
 		if (s->auth_timer == NULL)
-			s->auth_timer = evtimer_new(smtp_base(s->smtp),
+			s->auth_timer = evtimer_new(s->base,
 			    auth_fail_cb, s);
 		tv = ms_tv(delay);
 		evtimer_add(s->auth_timer, &tv);
@@ -1213,6 +1258,64 @@ tx_spooled_size(const struct smtp_tx *tx)
  * The accepted message's history row: envelope, Message-ID, Subject, for
  * the delivery process, which keeps the history ([queue] history).
  */
+/* A history row, copied, for loop 0 (where the link is). */
+struct history_copy {
+	struct history_msg	 m;
+	char			**rcpts;
+	char			*qid, *client, *user, *sender, *mid, *subject;
+};
+
+static char *
+dup_or_null(const char *p)
+{
+	return p != NULL ? xstrdup(p) : NULL;
+}
+
+static void
+history_copy_cb(void *arg)
+{
+	struct history_copy	*h = arg;
+	size_t			 i;
+
+	if (intake != NULL)
+		intake_history(intake, &h->m);
+	for (i = 0; i < h->m.nrcpts; i++)
+		free(h->rcpts[i]);
+	free(h->rcpts);
+	free(h->qid);
+	free(h->client);
+	free(h->user);
+	free(h->sender);
+	free(h->mid);
+	free(h->subject);
+	free(h);
+}
+
+static void
+history_post(const struct history_msg *m)
+{
+	struct history_copy	*h;
+	size_t			 i;
+
+	if (smtp_loop_is0(smtp_loop_self())) {
+		intake_history(intake, m);
+		return;
+	}
+	h = xcalloc(1, sizeof(*h));
+	h->m = *m;
+	h->m.qid = h->qid = dup_or_null(m->qid);
+	h->m.client = h->client = dup_or_null(m->client);
+	h->m.user = h->user = dup_or_null(m->user);
+	h->m.sender = h->sender = dup_or_null(m->sender);
+	h->m.message_id = h->mid = dup_or_null(m->message_id);
+	h->m.subject = h->subject = dup_or_null(m->subject);
+	h->rcpts = xcalloc(m->nrcpts + 1, sizeof(*h->rcpts));
+	for (i = 0; i < m->nrcpts; i++)
+		h->rcpts[i] = xstrdup(m->rcpts[i]);
+	h->m.rcpts = (const char *const *)h->rcpts;
+	smtp_loop_call(smtp_loop_at(0), history_copy_cb, h);
+}
+
 static void
 history_record(struct smtp_session *s, const char *qid)
 {
@@ -1244,7 +1347,7 @@ history_record(struct smtp_session *s, const char *qid)
 		    strlen(subj), NULL)) != NULL)
 			m.subject = dec;
 	}
-	intake_history(intake, &m);
+	history_post(&m);
 	free(dec);
 }
 
@@ -1355,7 +1458,7 @@ graph_wait(struct smtp_session *s, const char *qid)
 		return -1;
 	strlcpy_r(s->wait_qid, qid, sizeof(s->wait_qid));
 	if (s->reply_timer == NULL)
-		s->reply_timer = evtimer_new(smtp_base(s->smtp),
+		s->reply_timer = evtimer_new(s->base,
 		    reply_timeout_cb, s);
 	s->wait_until = now_ms() + s->cfg->reply_timeout_ms;
 	tv = ms_tv(s->cfg->reply_timeout_ms);
@@ -1432,6 +1535,48 @@ commit_done(void *arg, int err, const char *qid)
 	msg_replied(s);
 }
 
+/* On the session's loop: the commit's result (struct ticket). */
+static void
+ticket_done(void *arg)
+{
+	struct ticket		*t = arg;
+	struct smtp_session	*s = t->s;
+
+	if (s != NULL) {
+		s->tx->ticket = NULL;
+		commit_done(s, t->err, t->qid);
+	}
+	free(t);
+}
+
+/* On loop 0, from the spool. */
+static void
+ticket_route(void *arg, int err, const char *qid)
+{
+	struct ticket	*t = arg;
+
+	t->err = err;
+	strlcpy_r(t->qid, qid, sizeof(t->qid));
+	smtp_loop_call(t->loop, ticket_done, t);
+}
+
+static void
+commit_start(struct smtp_session *s)
+{
+	struct smtp_loop	*lp = smtp_loop_self();
+	struct ticket		*t;
+
+	if (smtp_loop_is0(lp)) {
+		spool_msg_commit(s->tx->msg, commit_done, s);
+		return;
+	}
+	t = xcalloc(1, sizeof(*t));
+	t->s = s;
+	t->loop = lp;
+	s->tx->ticket = t;
+	spool_msg_commit(s->tx->msg, ticket_route, t);
+}
+
 /* The data (or last chunk) is in: refuse it or make it durable. */
 static void
 tx_finish(struct smtp_session *s)
@@ -1467,7 +1612,7 @@ tx_finish(struct smtp_session *s)
 		smtp_enter(s, STATE_COMMIT);
 		tx->committing = 1;
 		tx_set_mailbox(s);
-		spool_msg_commit(tx->msg, commit_done, s);
+		commit_start(s);
 		return;
 	}
 	tx_free(s);
@@ -1812,10 +1957,10 @@ tls_wrap(struct smtp_session *s, int fd)
 	if ((s->ssl = SSL_new(smtp_listener_tls(s->listener))) == NULL)
 		return -1;
 	if (fd != -1)
-		bev = bufferevent_openssl_socket_new(smtp_base(s->smtp), fd,
+		bev = bufferevent_openssl_socket_new(s->base, fd,
 		    s->ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
 	else
-		bev = bufferevent_openssl_filter_new(smtp_base(s->smtp),
+		bev = bufferevent_openssl_filter_new(s->base,
 		    s->bev, s->ssl, BUFFEREVENT_SSL_ACCEPTING,
 		    BEV_OPT_CLOSE_ON_FREE);
 	if (bev == NULL) {
@@ -2041,17 +2186,19 @@ greeting_cb(evutil_socket_t fd, short ev, void *arg)
 }
 
 void
-smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
-    const struct sockaddr *sa, socklen_t salen)
+smtp_session_new(struct smtp *sm, struct smtp_listener *l,
+    const struct config *cfg, int fd, const struct sockaddr *sa,
+    socklen_t salen)
 {
 	struct smtp_session	*s;
-	const struct config	*cfg = smtp_config(sm);
 	struct timeval		 tv;
 	size_t			 i;
 
+	loop_local();
 	s = xcalloc(1, sizeof(*s));
-	s->id = ++next_id;
+	s->id = __atomic_add_fetch(&next_id, 1, __ATOMIC_RELAXED);
 	s->smtp = sm;
+	s->base = smtp_loop_base(smtp_loop_self());
 	s->cfg = cfg;
 	s->listener = l;
 	memcpy(&s->ss, sa, salen < sizeof(s->ss) ? salen : sizeof(s->ss));
@@ -2079,12 +2226,12 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 		log_info("%016" PRIx64 " smtp connect client=%s listener=%s "
 		    "relay=%s tls=implicit", s->id, s->addr,
 		    smtp_listener_name(l), s->relay_ok ? "yes" : "no");
-		s->timer = evtimer_new(smtp_base(sm), greeting_cb, s);
+		s->timer = evtimer_new(s->base, greeting_cb, s);
 		/* The greeting waits in the output for the handshake. */
 		greeting_cb(fd, EV_TIMEOUT, s);
 		return;
 	}
-	s->bev = bufferevent_socket_new(smtp_base(sm), fd,
+	s->bev = bufferevent_socket_new(s->base, fd,
 	    BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
 		close(fd);
@@ -2101,7 +2248,7 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l, int fd,
 	bufferevent_enable(s->bev, EV_READ);
 	log_info("%016" PRIx64 " smtp connect client=%s listener=%s relay=%s",
 	    s->id, s->addr, smtp_listener_name(l), s->relay_ok ? "yes" : "no");
-	s->timer = evtimer_new(smtp_base(sm), greeting_cb, s);
+	s->timer = evtimer_new(s->base, greeting_cb, s);
 	if (cfg->greeting_delay_ms == 0) {
 		greeting_cb(fd, EV_TIMEOUT, s);
 		return;

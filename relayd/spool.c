@@ -367,9 +367,12 @@ open_subdir(int dirfd, const char *name)
 static void
 spool_new_qid(struct spool *sp, char *qid)
 {
+	/* Several SMTP loops make messages (smtp_loops.c). */
+	static pthread_mutex_t qid_lock = PTHREAD_MUTEX_INITIALIZER;
 	uint64_t	 us = wall_us();
 	unsigned	 max = sp->role == SPOOL_ALONE ? 0xfff : QID_SEQ_HALF - 1;
 
+	pthread_mutex_lock(&qid_lock);
 	if (us <= sp->last_us) {
 		if (++sp->seq > max) {
 			sp->seq = 0;
@@ -383,6 +386,7 @@ spool_new_qid(struct spool *sp, char *qid)
 	snprintf(qid, SPOOL_QID_LEN + 1, "%013" PRIX64 "%03X",
 	    us & (uint64_t)0xfffffffffffff, (sp->seq +
 	    (sp->role == SPOOL_DELIVERY ? QID_SEQ_HALF : 0)) & 0xfffu);
+	pthread_mutex_unlock(&qid_lock);
 }
 
 /* A name delivery wrote (its queue ids' sequence is 800-FFF). */

@@ -1,0 +1,34 @@
+/* smtp_loops.h - the SMTP process's event loops (RELAYD_SMTP_LOOPS). */
+#ifndef RELAYD_SMTP_LOOPS_H
+#define RELAYD_SMTP_LOOPS_H
+
+#include <stddef.h>
+
+struct event_base;
+struct smtp_loop;
+
+/*
+ * Loop 0 is base (the caller's, dispatched by the caller); the others,
+ * RELAYD_SMTP_LOOPS - 1 of them, get a thread and a base each. 0, or -1
+ * with err.
+ */
+int		 smtp_loops_start(struct event_base *, char *, size_t);
+/* Stops and joins the other loops; fin runs on each first (its thread). */
+void		 smtp_loops_stop(void (*)(void));
+/* Runs loop 0's calls still queued (after its loop ended). */
+void		 smtp_loops_flush0(void);
+void		 smtp_loops_free(void);
+size_t		 smtp_loops_count(void);
+struct smtp_loop *smtp_loop_at(size_t);
+/* The next loop for a new session, round robin over all of them. */
+struct smtp_loop *smtp_loop_next(void);
+/* The loop this thread runs (loop 0 outside any other loop's thread). */
+struct smtp_loop *smtp_loop_self(void);
+int		 smtp_loop_is0(const struct smtp_loop *);
+struct event_base *smtp_loop_base(const struct smtp_loop *);
+/* fn(arg) runs on loop l, soon, in the order posted (any thread). */
+void		 smtp_loop_call(struct smtp_loop *, void (*)(void *), void *);
+/* fn(arg) on every loop (posted; on loop 0 too). */
+void		 smtp_loops_each(void (*)(void *), void *);
+
+#endif
