@@ -128,9 +128,12 @@ struct smtp_tx {
  * A commit from another loop than loop 0: the spool calls back on loop 0,
  * which posts the result to the session's loop; s is NULL once it went.
  */
+struct history_copy;
 struct ticket {
 	struct smtp_session	*s;		/* its loop only */
+	struct smtp		*smtp;
 	struct smtp_loop	*loop;
+	struct history_copy	*hist;		/* the row, for loop 0 */
 	int			 err;
 	char			 qid[SPOOL_QID_LEN + 1];
 };
@@ -1272,13 +1275,12 @@ dup_or_null(const char *p)
 }
 
 static void
-history_copy_cb(void *arg)
+history_copy_free(struct history_copy *h)
 {
-	struct history_copy	*h = arg;
 	size_t			 i;
 
-	if (intake != NULL)
-		intake_history(intake, &h->m);
+	if (h == NULL)
+		return;
 	for (i = 0; i < h->m.nrcpts; i++)
 		free(h->rcpts[i]);
 	free(h->rcpts);
@@ -1291,16 +1293,21 @@ history_copy_cb(void *arg)
 	free(h);
 }
 
+/* On loop 0. */
 static void
-history_post(const struct history_msg *m)
+history_copy_send(struct history_copy *h)
+{
+	if (h != NULL && intake != NULL)
+		intake_history(intake, &h->m);
+	history_copy_free(h);
+}
+
+static struct history_copy *
+history_copy(const struct history_msg *m)
 {
 	struct history_copy	*h;
 	size_t			 i;
 
-	if (smtp_loop_is0(smtp_loop_self())) {
-		intake_history(intake, m);
-		return;
-	}
 	h = xcalloc(1, sizeof(*h));
 	h->m = *m;
 	h->m.qid = h->qid = dup_or_null(m->qid);
@@ -1313,11 +1320,16 @@ history_post(const struct history_msg *m)
 	for (i = 0; i < m->nrcpts; i++)
 		h->rcpts[i] = xstrdup(m->rcpts[i]);
 	h->m.rcpts = (const char *const *)h->rcpts;
-	smtp_loop_call(smtp_loop_at(0), history_copy_cb, h);
+	return h;
 }
 
+/*
+ * The history row of the message just committed: to the link now (loop
+ * 0), or, from another loop, copied into *out for loop 0 to send.
+ */
 static void
-history_record(struct smtp_session *s, const char *qid)
+history_record(struct smtp_session *s, const char *qid,
+    struct history_copy **out)
 {
 	struct smtp_tx		*tx = s->tx;
 	struct history_msg	 m;
@@ -1347,7 +1359,10 @@ history_record(struct smtp_session *s, const char *qid)
 		    strlen(subj), NULL)) != NULL)
 			m.subject = dec;
 	}
-	history_post(&m);
+	if (out != NULL)
+		*out = history_copy(&m);
+	else
+		intake_history(intake, &m);
 	free(dec);
 }
 
@@ -1508,10 +1523,10 @@ reply_spool_error(struct smtp_session *s, int err)
 		    "message could not be stored safely), try again later");
 }
 
+/* told: loop 0 counted it and sent its history row (struct ticket). */
 static void
-commit_done(void *arg, int err, const char *qid)
+commit_finish(struct smtp_session *s, int err, const char *qid, int told)
 {
-	struct smtp_session	*s = arg;
 	struct smtp_tx		*tx = s->tx;
 
 	tx->msg = NULL;		/* the spool frees it */
@@ -1522,8 +1537,10 @@ commit_done(void *arg, int err, const char *qid)
 		reply_spool_error(s, err);
 	} else {
 		log_queued(s, qid);
-		smtp_count_received(s->smtp);
-		history_record(s, qid);
+		if (!told) {
+			smtp_count_received(s->smtp);
+			history_record(s, qid, NULL);
+		}
 		s->nmsgs++;
 		if (graph_wait(s, qid) == 0) {
 			tx_free(s);
@@ -1535,6 +1552,12 @@ commit_done(void *arg, int err, const char *qid)
 	msg_replied(s);
 }
 
+static void
+commit_done(void *arg, int err, const char *qid)
+{
+	commit_finish(arg, err, qid, 0);
+}
+
 /* On the session's loop: the commit's result (struct ticket). */
 static void
 ticket_done(void *arg)
@@ -1544,7 +1567,7 @@ ticket_done(void *arg)
 
 	if (s != NULL) {
 		s->tx->ticket = NULL;
-		commit_done(s, t->err, t->qid);
+		commit_finish(s, t->err, t->qid, 1);
 	}
 	free(t);
 }
@@ -1557,6 +1580,13 @@ ticket_route(void *arg, int err, const char *qid)
 
 	t->err = err;
 	strlcpy_r(t->qid, qid, sizeof(t->qid));
+	/* What commit_finish does on loop 0, done here: one hop less. */
+	if (err == 0) {
+		smtp_count_received(t->smtp);
+		history_copy_send(t->hist);
+	} else
+		history_copy_free(t->hist);
+	t->hist = NULL;
 	smtp_loop_call(t->loop, ticket_done, t);
 }
 
@@ -1572,7 +1602,9 @@ commit_start(struct smtp_session *s)
 	}
 	t = xcalloc(1, sizeof(*t));
 	t->s = s;
+	t->smtp = s->smtp;
 	t->loop = lp;
+	history_record(s, spool_msg_qid(s->tx->msg), &t->hist);
 	s->tx->ticket = t;
 	spool_msg_commit(s->tx->msg, ticket_route, t);
 }
