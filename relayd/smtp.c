@@ -24,7 +24,8 @@
  * stays on loop 0: accept, the limits, the client table, stress, PROXY,
  * drain and the counters. A client admitted is handed to a loop, and
  * what its session reports back (gone, counted) is posted to loop 0.
- * Eviction only looks at loop 0's idle sessions (a prototype's limit).
+ * Eviction picks the session idle longest over all loops from what each
+ * loop publishes (smtp_session_evict), and asks its loop to close it.
  */
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -415,6 +416,7 @@ struct handoff {
 	int			 fd;
 	struct sockaddr_storage	 ss;
 	socklen_t		 salen;
+	uint64_t		 seq;
 };
 
 static void
@@ -423,7 +425,7 @@ handoff_cb(void *arg)
 	struct handoff	*h = arg;
 
 	smtp_session_new(h->sm, h->l, h->cfg, h->fd,
-	    (struct sockaddr *)&h->ss, h->salen);
+	    (struct sockaddr *)&h->ss, h->salen, h->seq);
 	free(h);
 }
 
@@ -444,7 +446,8 @@ session_start(struct smtp_listener *l, int fd, const struct sockaddr *sa,
 	if (ra != REPLY_AFTER_GRAPH)
 		lp = smtp_loop_next();
 	if (smtp_loop_is0(lp)) {
-		smtp_session_new(sm, l, sm->cfg, fd, sa, salen);
+		smtp_session_new(sm, l, sm->cfg, fd, sa, salen,
+		    smtp_session_seq());
 		return;
 	}
 	h = xcalloc(1, sizeof(*h));
@@ -454,6 +457,7 @@ session_start(struct smtp_listener *l, int fd, const struct sockaddr *sa,
 	h->fd = fd;
 	memcpy(&h->ss, sa, salen < sizeof(h->ss) ? salen : sizeof(h->ss));
 	h->salen = salen;
+	h->seq = smtp_session_seq();
 	smtp_loop_call(lp, handoff_cb, h);
 }
 

@@ -119,11 +119,16 @@ uint64_t	 smtp_command_timeout(const struct smtp *,
 void		 smtp_count_evicted(struct smtp *);
 
 /* smtp_session.c */
-/* On the loop the session is to live on (smtp_loops.c). */
+/*
+ * On the loop the session is to live on (smtp_loops.c); seq from
+ * smtp_session_seq() when it was accepted: the order of the sessions
+ * over all loops, for eviction.
+ */
 struct config;
 void		 smtp_session_new(struct smtp *, struct smtp_listener *,
 		    const struct config *, int, const struct sockaddr *,
-		    socklen_t);
+		    socklen_t, uint64_t);
+uint64_t	 smtp_session_seq(void);
 /*
  * Scratch buffers sized from the config; call once at start (loop 0;
  * other loops make theirs at their first session).

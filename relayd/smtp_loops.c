@@ -27,8 +27,6 @@
 #include "smtp_loops.h"
 #include "util.h"
 
-#define SMTP_LOOPS_MAX	64
-
 struct loop_call {
 	void		(*fn)(void *);
 	void		*arg;
@@ -230,6 +228,12 @@ int
 smtp_loop_is0(const struct smtp_loop *l)
 {
 	return l == NULL || l->idx == 0;
+}
+
+size_t
+smtp_loop_index(const struct smtp_loop *l)
+{
+	return l != NULL ? l->idx : 0;
 }
 
 struct event_base *

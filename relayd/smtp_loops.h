@@ -4,6 +4,8 @@
 
 #include <stddef.h>
 
+#define SMTP_LOOPS_MAX	64
+
 struct event_base;
 struct smtp_loop;
 
@@ -25,6 +27,7 @@ struct smtp_loop *smtp_loop_next(void);
 /* The loop this thread runs (loop 0 outside any other loop's thread). */
 struct smtp_loop *smtp_loop_self(void);
 int		 smtp_loop_is0(const struct smtp_loop *);
+size_t		 smtp_loop_index(const struct smtp_loop *);
 struct event_base *smtp_loop_base(const struct smtp_loop *);
 /* fn(arg) runs on loop l, soon, in the order posted (any thread). */
 void		 smtp_loop_call(struct smtp_loop *, void (*)(void *), void *);

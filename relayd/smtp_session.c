@@ -142,6 +142,7 @@ struct smtp_session {
 	uint64_t		 id;
 	struct smtp		*smtp;
 	struct event_base	*base;		/* its loop's */
+	uint64_t		 idle_seq;	/* order it went idle, all loops */
 	const struct config	*cfg;
 	struct smtp_listener	*listener;
 	struct bufferevent	*bev;
@@ -257,6 +258,70 @@ static __thread LIST_HEAD(, smtp_session) sessions;
 static __thread struct idle_list idle;
 static __thread int	 loop_ready;
 
+/*
+ * What each loop shows loop 0 of its idle list, for smtp_session_evict:
+ * when its oldest session went idle (idle_seq, the order over all loops;
+ * milliseconds would tie; UINT64_MAX: none), how many, and how many
+ * evictions loop 0 asked of it that it has not done yet (atomics).
+ */
+static uint64_t	 idle_seq;
+static struct {
+	uint64_t	 oldest;
+	uint64_t	 n;
+	uint64_t	 asked;
+} idle_pub[SMTP_LOOPS_MAX];
+
+static void
+idle_publish(void)
+{
+	struct idle_entry	*e = TAILQ_FIRST(&idle);
+	size_t			 i = smtp_loop_index(smtp_loop_self());
+
+	if (smtp_loops_count() <= 1)
+		return;
+	__atomic_store_n(&idle_pub[i].oldest, e != NULL ?
+	    SESSION_OF_IDLE(e)->idle_seq : UINT64_MAX, __ATOMIC_RELAXED);
+}
+
+uint64_t
+smtp_session_seq(void)
+{
+	if (smtp_loops_count() <= 1)
+		return 0;
+	return __atomic_add_fetch(&idle_seq, 1, __ATOMIC_RELAXED);
+}
+
+/* seq: the session's place in the order (smtp_session_seq). */
+static void
+idle_in_seq(struct idle_entry *e, uint64_t now, uint64_t seq)
+{
+	size_t	 i = smtp_loop_index(smtp_loop_self());
+
+	if (!e->on)
+		__atomic_add_fetch(&idle_pub[i].n, 1, __ATOMIC_RELAXED);
+	SESSION_OF_IDLE(e)->idle_seq = seq;
+	idle_touch(&idle, e, now);
+	idle_publish();
+}
+
+static void
+idle_in(struct idle_entry *e, uint64_t now)
+{
+	idle_in_seq(e, now, smtp_session_seq());
+}
+
+static void
+idle_out(struct idle_entry *e)
+{
+	size_t	 i = smtp_loop_index(smtp_loop_self());
+
+	if (!e->on)
+		return;
+	__atomic_sub_fetch(&idle_pub[i].n, 1, __ATOMIC_RELAXED);
+	idle_remove(&idle, e);
+	idle_publish();
+}
+
 /* This loop's lists and buffers, at its first session. */
 static void
 loop_local(void)
@@ -265,6 +330,7 @@ loop_local(void)
 		return;
 	LIST_INIT(&sessions);
 	TAILQ_INIT(&idle);
+	idle_pub[smtp_loop_index(smtp_loop_self())].oldest = UINT64_MAX;
 	line_buf = xmalloc(line_max + 3);
 	dec_buf = xmalloc(DATA_DEC_OUTMAX(SMTP_DATA_CHUNK));
 	loop_ready = 1;
@@ -313,8 +379,9 @@ smtp_session_shutdown(void)
 	loop_ready = 0;
 }
 
-int
-smtp_session_evict(void)
+/* This loop's idlest session goes (0), if it has one (else -1). */
+static int
+evict_here(void)
 {
 	struct idle_entry	*e;
 	struct smtp_session	*s;
@@ -322,7 +389,7 @@ smtp_session_evict(void)
 	if (!loop_ready || (e = idle_oldest(&idle)) == NULL)
 		return -1;
 	s = SESSION_OF_IDLE(e);
-	idle_remove(&idle, e);
+	idle_out(e);
 	smtp_count_evicted(s->smtp);
 	smtp_reply(s, "421 4.7.0 %s Too many connections: closing the idlest "
 	    "(idle %.0fs), try again later", s->cfg->hostname,
@@ -342,6 +409,52 @@ smtp_session_evict(void)
 	}
 	smtp_flush(s);
 	session_free_later(s);
+	return 0;
+}
+
+/* On another loop: what loop 0 asked of it (smtp_session_evict). */
+static void
+evict_cb(void *arg)
+{
+	(void)arg;
+	__atomic_sub_fetch(&idle_pub[smtp_loop_index(smtp_loop_self())].asked,
+	    1, __ATOMIC_RELAXED);
+	evict_here();
+}
+
+/*
+ * On loop 0: the session idle longest of all loops goes, as far as their
+ * published oldest tell (a loop asked already counts that many fewer).
+ * Another loop's is asked to go and counted gone: if it started a
+ * message meanwhile, one client more than the limit is let in.
+ */
+int
+smtp_session_evict(void)
+{
+	size_t		 i, best = SIZE_MAX, n = smtp_loops_count();
+	uint64_t	 oldest = UINT64_MAX, o, left;
+
+	if (n <= 1)
+		return evict_here();
+	for (i = 0; i < n; i++) {
+		o = __atomic_load_n(&idle_pub[i].oldest, __ATOMIC_RELAXED);
+		left = __atomic_load_n(&idle_pub[i].n, __ATOMIC_RELAXED) -
+		    __atomic_load_n(&idle_pub[i].asked, __ATOMIC_RELAXED);
+		if (i == 0 && loop_ready)
+			o = idle_oldest(&idle) != NULL ?
+			    SESSION_OF_IDLE(idle_oldest(&idle))->idle_seq :
+			    UINT64_MAX;
+		if (left > 0 && left < UINT64_MAX / 2 && o < oldest) {
+			oldest = o;
+			best = i;
+		}
+	}
+	if (best == SIZE_MAX)
+		return -1;
+	if (best == 0)
+		return evict_here();
+	__atomic_add_fetch(&idle_pub[best].asked, 1, __ATOMIC_RELAXED);
+	smtp_loop_call(smtp_loop_at(best), evict_cb, NULL);
 	return 0;
 }
 
@@ -429,9 +542,9 @@ smtp_enter(struct smtp_session *s, enum smtp_state st)
 	    state_name(s->state), state_name(st));
 	s->state = st;
 	if (!evictable(st) || s->freeing)
-		idle_remove(&idle, &s->idle);
+		idle_out(&s->idle);
 	else if (!s->idle.on)
-		idle_touch(&idle, &s->idle, now_ms());
+		idle_in(&s->idle, now_ms());
 	if (s->bev != NULL && st == STATE_GRAPH) {
 		/* reply_timeout bounds the wait; the client is silent. */
 		bufferevent_set_timeouts(s->bev, NULL, NULL);
@@ -579,7 +692,7 @@ session_free_cb(evutil_socket_t fd, short ev, void *arg)
 	    "reason=\"%s\"", s->id, s->addr, s->nmsgs,
 	    s->close_reason ? s->close_reason : "unknown");
 	LIST_REMOVE(s, entry);
-	idle_remove(&idle, &s->idle);
+	idle_out(&s->idle);
 	tx_free(s);
 	graph_unwait(s);
 	if (s->reply_timer != NULL)
@@ -606,7 +719,7 @@ session_free_later(struct smtp_session *s)
 	if (s->freeing)
 		return;
 	s->freeing = 1;
-	idle_remove(&idle, &s->idle);
+	idle_out(&s->idle);
 	graph_unwait(s);
 	if (s->auth_timer != NULL)
 		evtimer_del(s->auth_timer);	/* no 535 for a session gone */
@@ -1889,7 +2002,7 @@ feed_line(struct smtp_session *s, struct evbuffer *in)
 	explicit_bzero(line_buf, len);	/* it may have held a password */
 	/* A command: idle from now; the timeout in force since stress. */
 	if (s->idle.on)
-		idle_touch(&idle, &s->idle, now_ms());
+		idle_in(&s->idle, now_ms());
 	arm_timeout(s);
 	return 1;
 }
@@ -2220,7 +2333,7 @@ greeting_cb(evutil_socket_t fd, short ev, void *arg)
 void
 smtp_session_new(struct smtp *sm, struct smtp_listener *l,
     const struct config *cfg, int fd, const struct sockaddr *sa,
-    socklen_t salen)
+    socklen_t salen, uint64_t seq)
 {
 	struct smtp_session	*s;
 	struct timeval		 tv;
@@ -2245,12 +2358,12 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l,
 		s->relay_ok = 0;	/* AUTH grants it */
 	s->state = STATE_NEW;
 	LIST_INSERT_HEAD(&sessions, s, entry);
-	idle_touch(&idle, &s->idle, now_ms());
+	idle_in_seq(&s->idle, now_ms(), seq);
 	if (smtp_listener_implicit_tls(l)) {
 		if (tls_wrap(s, fd) == -1) {
 			close(fd);
 			LIST_REMOVE(s, entry);
-			idle_remove(&idle, &s->idle);
+			idle_out(&s->idle);
 			smtp_session_gone(sm, sa);
 			free(s);
 			return;
@@ -2268,7 +2381,7 @@ smtp_session_new(struct smtp *sm, struct smtp_listener *l,
 	if (s->bev == NULL) {
 		close(fd);
 		LIST_REMOVE(s, entry);
-		idle_remove(&idle, &s->idle);
+		idle_out(&s->idle);
 		smtp_session_gone(sm, sa);
 		free(s);
 		return;

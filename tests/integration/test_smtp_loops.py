@@ -53,6 +53,7 @@ def received(d):
 
 
 def test_sessions_on_two_loops(relayd_factory, monkeypatch):
+    monkeypatch.delenv("RELAYD_SMTP_LOOPS", raising=False)
     one = relayd_factory(name="one")
     base = threads(one.smtp_pid)
     one.stop()
