@@ -35,6 +35,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -782,6 +783,25 @@ smtp_free(struct smtp *sm)
 	free(sm);
 }
 
+/*
+ * A reload (loop 0) swaps a listener's context while other loops make
+ * sessions from it: both under tls_lock. An SSL holds its own reference,
+ * so the old context is freed outside.
+ */
+static pthread_mutex_t tls_lock = PTHREAD_MUTEX_INITIALIZER;
+
+SSL *
+smtp_listener_ssl_new(const struct smtp_listener *l)
+{
+	SSL	*ssl = NULL;
+
+	pthread_mutex_lock(&tls_lock);
+	if (l->tls != NULL)
+		ssl = SSL_new(l->tls);
+	pthread_mutex_unlock(&tls_lock);
+	return ssl;
+}
+
 void
 smtp_reload_tls(struct smtp *sm)
 {
@@ -800,8 +820,10 @@ smtp_reload_tls(struct smtp *sm)
 			    "the old one stays: %s", l->name, err);
 			continue;
 		}
+		pthread_mutex_lock(&tls_lock);
 		SSL_CTX_free(l->tls);
 		l->tls = ctx;
+		pthread_mutex_unlock(&tls_lock);
 		log_info("smtp listener=%s: certificate reloaded cert=%s",
 		    l->name, l->lc->cert);
 	}

@@ -108,6 +108,8 @@ const char	*smtp_listener_name(const struct smtp_listener *);
 /* The listener's TLS context (NULL: no certificate); is TLS implicit? */
 struct ssl_ctx_st *smtp_listener_tls(const struct smtp_listener *);
 int		 smtp_listener_implicit_tls(const struct smtp_listener *);
+/* A new TLS session from the listener's context now (any loop). */
+struct ssl_st	*smtp_listener_ssl_new(const struct smtp_listener *);
 int		 smtp_listener_auth_plaintext(const struct smtp_listener *);
 int		 smtp_listener_require_auth(const struct smtp_listener *);
 /* The listen line's reply_after=, -1 if it has none. */

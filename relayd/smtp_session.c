@@ -2099,7 +2099,7 @@ tls_wrap(struct smtp_session *s, int fd)
 {
 	struct bufferevent	*bev;
 
-	if ((s->ssl = SSL_new(smtp_listener_tls(s->listener))) == NULL)
+	if ((s->ssl = smtp_listener_ssl_new(s->listener)) == NULL)
 		return -1;
 	if (fd != -1)
 		bev = bufferevent_openssl_socket_new(s->base, fd,
