@@ -31,13 +31,14 @@ log_init(const char *tag, int level)
 int
 log_enabled(int level)
 {
-	return level <= log_level;
+	return level <= __atomic_load_n(&log_level, __ATOMIC_RELAXED);
 }
 
+/* Read by several threads (the SMTP loops): atomic. */
 void
 log_set_level(int level)
 {
-	log_level = level;
+	__atomic_store_n(&log_level, level, __ATOMIC_RELAXED);
 }
 
 static void
@@ -49,7 +50,7 @@ vlog(int level, const char *fmt, va_list ap, const char *suffix)
 	struct timespec		 t;
 	struct tm		 tm;
 
-	if (level > log_level)
+	if (level > __atomic_load_n(&log_level, __ATOMIC_RELAXED))
 		return;
 	vsnprintf(buf, sizeof(buf), fmt, ap);
 	if (log_journal)

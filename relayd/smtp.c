@@ -933,7 +933,8 @@ smtp_reconfigure(struct smtp *sm, const struct config *cfg)
 		    sm->listeners[i].auth_plaintext;
 	smtp_set_limit(sm, cfg);
 	for (i = 0; same && i < sm->nlisteners; i++)
-		sm->listeners[i].lc = &cfg->listen[i];
+		__atomic_store_n(&sm->listeners[i].lc, &cfg->listen[i],
+		    __ATOMIC_RELEASE);
 	smtp_reload_tls(sm);
 	return same ? 0 : -1;
 }
@@ -1009,13 +1010,13 @@ smtp_listener_auth_plaintext(const struct smtp_listener *l)
 int
 smtp_listener_require_auth(const struct smtp_listener *l)
 {
-	return l->lc->require_auth;
+	return __atomic_load_n(&l->lc, __ATOMIC_ACQUIRE)->require_auth;
 }
 
 int
 smtp_listener_reply_after(const struct smtp_listener *l)
 {
-	return l->lc->reply_after;
+	return __atomic_load_n(&l->lc, __ATOMIC_ACQUIRE)->reply_after;
 }
 
 /* On loop 0: what a session of another loop reported (post_remote). */

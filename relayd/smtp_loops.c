@@ -41,6 +41,7 @@ struct smtp_loop {
 	struct loop_call	*head, **tail;
 	int			 pipe[2];
 	struct event		*ev;
+	int			 stopped;	/* under lock: no more wakes */
 };
 
 static struct smtp_loop	*loops;
@@ -171,14 +172,10 @@ smtp_loops_stop(void (*fin)(void))
 		smtp_loop_call(&loops[i], loop_fin_cb, f);
 		pthread_join(loops[i].thread, NULL);
 		free(f);
+		pthread_mutex_lock(&loops[i].lock);
+		loops[i].stopped = 1;
+		pthread_mutex_unlock(&loops[i].lock);
 		loop_run_calls(&loops[i]);
-	}
-	for (i = 0; i < nloops; i++) {
-		event_free(loops[i].ev);
-		close(loops[i].pipe[0]);
-		close(loops[i].pipe[1]);
-		if (i > 0)
-			event_base_free(loops[i].base);
 	}
 }
 
@@ -192,6 +189,17 @@ smtp_loops_flush0(void)
 void
 smtp_loops_free(void)
 {
+	size_t	 i;
+
+	/* Results posted to loops already stopped (their sessions gone). */
+	for (i = 0; i < nloops; i++) {
+		loop_run_calls(&loops[i]);
+		event_free(loops[i].ev);
+		close(loops[i].pipe[0]);
+		close(loops[i].pipe[1]);
+		if (i > 0)
+			event_base_free(loops[i].base);
+	}
 	free(loops);
 	loops = NULL;
 	nloops = 0;
@@ -252,7 +260,7 @@ smtp_loop_call(struct smtp_loop *l, void (*fn)(void *), void *arg)
 	c->fn = fn;
 	c->arg = arg;
 	pthread_mutex_lock(&l->lock);
-	wake = l->head == NULL;
+	wake = l->head == NULL && !l->stopped;
 	*l->tail = c;
 	l->tail = &c->next;
 	pthread_mutex_unlock(&l->lock);

@@ -15,7 +15,10 @@ struct smtp_loop;
  * with err.
  */
 int		 smtp_loops_start(struct event_base *, char *, size_t);
-/* Stops and joins the other loops; fin runs on each first (its thread). */
+/*
+ * Stops and joins the other loops; fin runs on each first (its thread).
+ * Calls posted to them later wait for smtp_loops_free, which runs them.
+ */
 void		 smtp_loops_stop(void (*)(void));
 /* Runs loop 0's calls still queued (after its loop ended). */
 void		 smtp_loops_flush0(void);

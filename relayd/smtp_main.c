@@ -276,6 +276,11 @@ smtp_main(const char *path, struct config *cfg, const int *fds, int ctl,
 		rc = EX_OSERR;
 		goto out;
 	}
+	if (smtp_loops_start(base, err, sizeof(err)) == -1) {
+		log_msg(LOG_LVL_ERR, "%s", err);
+		rc = EX_OSERR;
+		goto out;
+	}
 	if ((spool = spool_open_role(cfg->spool_dir, cfg->sync_method,
 	    SPOOL_INTAKE, base, err, sizeof(err))) == NULL) {
 		log_msg(LOG_LVL_ERR, "%s", err);
@@ -294,11 +299,6 @@ smtp_main(const char *path, struct config *cfg, const int *fds, int ctl,
 		    cfg->users_file, auth_mechanisms(reloader.auth));
 	}
 	smtp_session_init(cfg);
-	if (smtp_loops_start(base, err, sizeof(err)) == -1) {
-		log_msg(LOG_LVL_ERR, "%s", err);
-		rc = EX_OSERR;
-		goto out;
-	}
 	smtp_session_set_auth(reloader.auth);
 	smtp_session_set_intake(intake);
 	smtp = smtp_new(base, cfg, spool);
@@ -335,11 +335,15 @@ out:
 	 * the sessions go, and the sessions before the listeners' tables.
 	 */
 	heartbeat_free(hb);
+	/*
+	 * The other loops' sessions go first: they must not start messages
+	 * in a spool being freed. Their commits in flight still finish; the
+	 * results wait in their loops' queues (smtp_loops_free runs them).
+	 */
+	smtp_loops_stop(smtp_session_shutdown);
 	smtp_session_set_intake(NULL);	/* sessions left wait for nothing */
 	intake_free(intake);
 	spool_free(spool);
-	/* The other loops hear of their commits, then close their sessions. */
-	smtp_loops_stop(smtp_session_shutdown);
 	smtp_session_shutdown();
 	smtp_loops_flush0();	/* what they told loop 0 */
 	smtp_loops_free();

@@ -330,7 +330,8 @@ loop_local(void)
 		return;
 	LIST_INIT(&sessions);
 	TAILQ_INIT(&idle);
-	idle_pub[smtp_loop_index(smtp_loop_self())].oldest = UINT64_MAX;
+	__atomic_store_n(&idle_pub[smtp_loop_index(smtp_loop_self())].oldest,
+	    UINT64_MAX, __ATOMIC_RELAXED);
 	line_buf = xmalloc(line_max + 3);
 	dec_buf = xmalloc(DATA_DEC_OUTMAX(SMTP_DATA_CHUNK));
 	loop_ready = 1;
@@ -339,7 +340,14 @@ loop_local(void)
 void
 smtp_session_set_auth(struct auth *a)
 {
-	auth = a;
+	__atomic_store_n(&auth, a, __ATOMIC_RELEASE);
+}
+
+/* The users in force now: a reload (loop 0) may change them. */
+static struct auth *
+auth_now(void)
+{
+	return __atomic_load_n(&auth, __ATOMIC_ACQUIRE);
 }
 
 void
@@ -803,9 +811,9 @@ cmd_ehlo(struct smtp_session *s, const char *arg)
 	smtp_reply(s, "250-PIPELINING");
 	if (s->ssl == NULL && smtp_listener_tls(s->listener) != NULL)
 		smtp_reply(s, "250-STARTTLS");
-	if (auth != NULL && s->user == NULL && (s->ssl != NULL ||
+	if (auth_now() != NULL && s->user == NULL && (s->ssl != NULL ||
 	    smtp_listener_auth_plaintext(s->listener)))
-		smtp_reply(s, "250-AUTH %s", auth_mechanisms(auth));
+		smtp_reply(s, "250-AUTH %s", auth_mechanisms(auth_now()));
 	smtp_reply(s, "250-SIZE %" PRIu64, s->cfg->max_message_size);
 	smtp_reply(s, "250-8BITMIME");
 	smtp_reply(s, "250-SMTPUTF8");
@@ -1168,7 +1176,7 @@ auth_result(struct smtp_session *s, enum auth_result r, char *out)
 		break;
 	case AUTH_OK:
 		s->user = xstrdup(auth_user(s->ax));
-		auth_succeeded(auth, s->addr);
+		auth_succeeded(auth_now(), s->addr);
 		log_info("%016" PRIx64 " smtp auth client=%s user=%s mech=%s",
 		    s->id, s->addr, log_escape(esc, sizeof(esc), s->user,
 		    strlen(s->user)), auth_mech(s->ax));
@@ -1181,7 +1189,7 @@ auth_result(struct smtp_session *s, enum auth_result r, char *out)
 		count = auth_tally_count(&s->tally, user, auth_mech(s->ax));
 		auth_log_failed(s, user, auth_mech(s->ax), auth_why(s->ax),
 		    count);
-		delay = auth_failed(auth, s->addr, count, &lk);
+		delay = auth_failed(auth_now(), s->addr, count, &lk);
 		if (lk.until != 0)
 			log_warnx("%016" PRIx64 " smtp auth address %s locked "
 			    "out until %s after %u failures", s->id, lk.addr,
@@ -1220,7 +1228,7 @@ cmd_auth(struct smtp_session *s, const char *arg)
 
 	n = strcspn(arg, " ");
 	strlcpy_r(mech, arg, n < sizeof(mech) ? n + 1 : sizeof(mech));
-	if (auth == NULL) {
+	if (auth_now() == NULL) {
 		smtp_error(s, "502 5.5.1 AUTH not available here");
 		return;
 	}
@@ -1239,7 +1247,7 @@ cmd_auth(struct smtp_session *s, const char *arg)
 		    "authentication mechanism");
 		return;
 	}
-	if (auth_locked(auth, s->addr, &until)) {
+	if (auth_locked(auth_now(), s->addr, &until)) {
 		snprintf(why, sizeof(why), "locked out until %s",
 		    time_iso(until, t, sizeof(t)));
 		auth_log_failed(s, NULL, mech, why, 0);
@@ -1254,7 +1262,7 @@ cmd_auth(struct smtp_session *s, const char *arg)
 		return;
 	}
 	initial = arg[n] == ' ' ? arg + n + 1 : NULL;
-	if ((s->ax = auth_start(auth, mech)) == NULL) {
+	if ((s->ax = auth_start(auth_now(), mech)) == NULL) {
 		auth_log_failed(s, NULL, mech, "mechanism not offered", 0);
 		smtp_error(s, "504 5.5.4 Unrecognized authentication type");
 		return;

@@ -26,14 +26,14 @@ enum stress_change
 stress_update(struct stress *st, uint64_t n, uint64_t now)
 {
 	if (!st->active && n >= pct(st->limit, STRESS_ON_PCT)) {
-		st->active = 1;
+		__atomic_store_n(&st->active, 1, __ATOMIC_RELAXED);
 		st->since_ms = now;
 		st->entered++;
 		st->evicted_before = st->evicted;
 		return STRESS_ENTERED;
 	}
 	if (st->active && n < pct(st->limit, STRESS_OFF_PCT)) {
-		st->active = 0;
+		__atomic_store_n(&st->active, 0, __ATOMIC_RELAXED);
 		st->since_ms = now;
 		return STRESS_LEFT;
 	}
@@ -43,7 +43,9 @@ stress_update(struct stress *st, uint64_t n, uint64_t now)
 uint64_t
 stress_timeout(const struct stress *st, uint64_t normal, uint64_t stressed)
 {
-	return st->active && stressed < normal ? stressed : normal;
+	/* Any SMTP loop asks; loop 0 sets active (smtp_loops.c). */
+	return __atomic_load_n(&st->active, __ATOMIC_RELAXED) &&
+	    stressed < normal ? stressed : normal;
 }
 
 uint64_t
