@@ -118,6 +118,13 @@ const struct cfg_key config_keys[] = {
 	  "relayd is under stress (see stress_timeout): a new client that "
 	  "finds every connection taken makes room by closing the session "
 	  "idle longest that has not started a message (421 4.7.0)." },
+	{ "smtp", "loops", CFG_NUM, "0", 0, 64, OFF(loops), NULL,
+	  "Event loops (threads) that run the SMTP sessions. 0: one per "
+	  "core but one, at most 16 (so 1 on a machine of 1 or 2 cores): the "
+	  "core left over commits the spool and runs delivery. One loop "
+	  "takes thousands of messages a second; more help where top -H "
+	  "shows the \"smtp loop\" threads near 100% of a core with cores "
+	  "to spare. Takes effect at restart." },
 	{ "smtp", "stress_timeout", CFG_DURATION, "10s", 1000, 3600 * 1000,
 	  OFF(stress_timeout_ms), NULL,
 	  "Under stress (open connections at 70% of max_connections, until "

@@ -47,6 +47,7 @@ struct config {
 	uint64_t		 command_timeout_ms;
 	uint64_t		 data_timeout_ms;
 	uint64_t		 max_connections;	/* 0: auto (stress.c) */
+	uint64_t		 loops;		/* 0: auto (smtp_loops.c) */
 	uint64_t		 stress_timeout_ms;
 	uint64_t		 max_connections_per_client;
 	uint64_t		 max_errors;

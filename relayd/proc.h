@@ -69,6 +69,11 @@ struct config	*config_reload_quiet(const char *, int);
 /* CTL_HEARTBEAT every ms (with spool's count, if not NULL). */
 struct heartbeat *heartbeat_start(struct event_base *, struct spool *, int,
 		    uint64_t);
+/*
+ * No heartbeat while alive(max_age_ms) says 0: a thread beside the loop
+ * (another SMTP loop) has not turned for that long.
+ */
+void		 heartbeat_watch(struct heartbeat *, int (*)(uint64_t));
 void		 heartbeat_free(struct heartbeat *);
 /*
  * A child's loop: the parent's socket (ctl_cb), SIGTERM and SIGINT

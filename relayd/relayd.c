@@ -225,6 +225,8 @@ struct heartbeat {
 	struct event	*ev;
 	struct spool	*spool;
 	int		 ctl;
+	uint64_t	 ms;
+	int		(*alive)(uint64_t);
 };
 
 static void
@@ -234,8 +236,17 @@ heartbeat_cb(evutil_socket_t fd, short ev, void *arg)
 
 	(void)fd;
 	(void)ev;
+	/* A stuck thread of this loop's (the other SMTP loops) counts too. */
+	if (hb->alive != NULL && !hb->alive(2 * hb->ms + 1000))
+		return;
 	ctl_send(hb->ctl, CTL_HEARTBEAT, hb->spool != NULL ?
 	    spool_count(hb->spool) : 0, -1);
+}
+
+void
+heartbeat_watch(struct heartbeat *hb, int (*alive)(uint64_t))
+{
+	hb->alive = alive;
 }
 
 struct heartbeat *
@@ -247,6 +258,7 @@ heartbeat_start(struct event_base *base, struct spool *spool, int ctl,
 
 	hb->spool = spool;
 	hb->ctl = ctl;
+	hb->ms = ms;
 	hb->ev = event_new(base, -1, EV_PERSIST, heartbeat_cb, hb);
 	event_add(hb->ev, &tv);
 	heartbeat_cb(-1, 0, hb);

@@ -1,7 +1,9 @@
 /*
- * smtp_loops.c - SMTP sessions on several event loops (issue 19, a
- * prototype). RELAYD_SMTP_LOOPS (a test-only environment variable,
- * default 1) sets how many. Loop 0 is the process's own loop: it accepts
+ * smtp_loops.c - SMTP sessions on several event loops. [smtp] loops sets
+ * how many (0, the default: one per core but one, the core left to the
+ * spool's commits, the delivery process and the kernel's network work);
+ * RELAYD_SMTP_LOOPS overrides it for the tests. Loop 0 is the process's
+ * own loop: it accepts
  * (limits, stress, PROXY, drain all stay there, single-threaded), and
  * hands each client's descriptor to a loop, round robin; the session then
  * lives on that loop alone. What a session changes of the shared state
@@ -42,6 +44,8 @@ struct smtp_loop {
 	int			 pipe[2];
 	struct event		*ev;
 	int			 stopped;	/* under lock: no more wakes */
+	uint64_t		 turned;	/* atomic: ms, smtp_loops_alive */
+	int			 stuck;		/* loop 0's: warned */
 };
 
 static struct smtp_loop	*loops;
@@ -105,12 +109,25 @@ loop_init(struct smtp_loop *l, size_t idx, struct event_base *base)
 	return event_add(l->ev, NULL);
 }
 
+size_t
+smtp_loops_want(uint64_t configured, long ncpu)
+{
+	if (configured > 0)
+		return configured > SMTP_LOOPS_MAX ? SMTP_LOOPS_MAX :
+		    (size_t)configured;
+	if (ncpu - 1 > SMTP_LOOPS_AUTO_MAX)
+		return SMTP_LOOPS_AUTO_MAX;
+	return ncpu > 2 ? (size_t)(ncpu - 1) : 1;
+}
+
 int
-smtp_loops_start(struct event_base *base0, char *err, size_t len)
+smtp_loops_start(struct event_base *base0, uint64_t configured, long ncpu,
+    char *err, size_t len)
 {
 	const char	*env = getenv("RELAYD_SMTP_LOOPS");
-	size_t		 i, n = 1;
+	size_t		 i, n = smtp_loops_want(configured, ncpu);
 
+	/* The tests run every SMTP test file on several loops with it. */
 	if (env != NULL && *env != '\0') {
 		n = (size_t)strtoul(env, NULL, 10);
 		if (n < 1 || n > SMTP_LOOPS_MAX) {
@@ -139,8 +156,10 @@ smtp_loops_start(struct event_base *base0, char *err, size_t len)
 			nloops = i;
 			return -1;
 		}
-	if (n > 1)
-		log_info("smtp: %zu event loops (RELAYD_SMTP_LOOPS)", n);
+	log_info("smtp: %zu event loop%s (%s%s, %ld cores)", n,
+	    n == 1 ? "" : "s", env != NULL && *env != '\0' ?
+	    "RELAYD_SMTP_LOOPS" : "[smtp] loops", configured == 0 ?
+	    " auto: one per core but one" : "", ncpu);
 	return 0;
 }
 
@@ -266,6 +285,43 @@ smtp_loop_call(struct smtp_loop *l, void (*fn)(void *), void *arg)
 	pthread_mutex_unlock(&l->lock);
 	if (wake && write(l->pipe[1], "", 1) == -1 && errno != EAGAIN)
 		log_warn("smtp loop %zu: wake", l->idx);
+}
+
+/* On the loop: it turns. */
+static void
+loop_turned(void *arg)
+{
+	struct smtp_loop	*l = arg;
+
+	__atomic_store_n(&l->turned, now_ms(), __ATOMIC_RELAXED);
+}
+
+int
+smtp_loops_alive(uint64_t max_age)
+{
+	uint64_t	 now = now_ms(), t;
+	size_t		 i;
+	int		 ok = 1;
+
+	for (i = 1; i < nloops; i++) {
+		t = __atomic_load_n(&loops[i].turned, __ATOMIC_RELAXED);
+		if (t != 0 && now - t > max_age) {
+			if (!loops[i].stuck)
+				log_warnx("smtp loop %zu: stuck for %.1fs: no "
+				    "heartbeat to the watchdog while it is",
+				    i, (double)(now - t) / 1000);
+			loops[i].stuck = 1;
+			ok = 0;
+		} else if (loops[i].stuck) {
+			log_warnx("smtp loop %zu: turning again", i);
+			loops[i].stuck = 0;
+		}
+		if (t == 0)
+			__atomic_store_n(&loops[i].turned, now,
+			    __ATOMIC_RELAXED);
+		smtp_loop_call(&loops[i], loop_turned, &loops[i]);
+	}
+	return ok;
 }
 
 void

@@ -4,17 +4,26 @@
 
 #include <stddef.h>
 
-#define SMTP_LOOPS_MAX	64
+#include <stdint.h>
+
+#define SMTP_LOOPS_MAX		64
+#define SMTP_LOOPS_AUTO_MAX	16
 
 struct event_base;
 struct smtp_loop;
 
 /*
- * Loop 0 is base (the caller's, dispatched by the caller); the others,
- * RELAYD_SMTP_LOOPS - 1 of them, get a thread and a base each. 0, or -1
- * with err.
+ * How many loops [smtp] loops = configured means on ncpu cores: 0 is one
+ * per core but one, at least 1 and at most SMTP_LOOPS_AUTO_MAX.
  */
-int		 smtp_loops_start(struct event_base *, char *, size_t);
+size_t		 smtp_loops_want(uint64_t, long);
+/*
+ * Loop 0 is base (the caller's, dispatched by the caller); the others
+ * (smtp_loops_want, or RELAYD_SMTP_LOOPS, less one) get a thread and a
+ * base each. 0, or -1 with err.
+ */
+int		 smtp_loops_start(struct event_base *, uint64_t, long, char *,
+		    size_t);
 /*
  * Stops and joins the other loops; fin runs on each first (its thread).
  * Calls posted to them later wait for smtp_loops_free, which runs them.
@@ -34,6 +43,12 @@ size_t		 smtp_loop_index(const struct smtp_loop *);
 struct event_base *smtp_loop_base(const struct smtp_loop *);
 /* fn(arg) runs on loop l, soon, in the order posted (any thread). */
 void		 smtp_loop_call(struct smtp_loop *, void (*)(void *), void *);
+/*
+ * On loop 0, at each heartbeat: 1 if every other loop answered a call
+ * posted within max_age ms (and posts the next), else 0, with a warning
+ * naming the loop once while it stays stuck.
+ */
+int		 smtp_loops_alive(uint64_t);
 /* fn(arg) on every loop (posted; on loop 0 too). */
 void		 smtp_loops_each(void (*)(void *), void *);
 

@@ -12,7 +12,7 @@
  * spool (GO), at its first start and whenever a new delivery process is
  * connected.
  *
- * RELAYD_SMTP_LOOPS (environment, tests and benchmarks only): sessions
+ * [smtp] loops (or RELAYD_SMTP_LOOPS, for the tests): the sessions are
  * spread over that many event loops (smtp_loops.c); this loop is loop 0.
  */
 #include <errno.h>
@@ -88,6 +88,7 @@ reload_diff(void *arg, const char *section, const char *key)
 
 	if (strcmp(section, "smtp") == 0 && strcmp(key, "listen") != 0 &&
 	    strcmp(key, "max_line_length") != 0 &&
+	    strcmp(key, "loops") != 0 &&
 	    strcmp(key, "drain_timeout") != 0)
 		return;
 	if (strcmp(section, "auth") == 0 || strcmp(section, "log") == 0 ||
@@ -263,6 +264,7 @@ smtp_main(const char *path, struct config *cfg, const int *fds, int ctl,
 	struct smtp		*smtp = NULL;
 	struct timeval		 day = { 86400, 0 };
 	char			 err[512];
+	long			 ncpu;
 	int			 rc = 0;
 
 	memset(&stopper, 0, sizeof(stopper));
@@ -271,12 +273,13 @@ smtp_main(const char *path, struct config *cfg, const int *fds, int ctl,
 	memset(&pe, 0, sizeof(pe));
 	if ((base = event_base_new()) == NULL)
 		fatalx("event_base_new failed");
+	ncpu = sysconf(_SC_NPROCESSORS_ONLN);	/* reads /sys: unsandboxed */
 	/* Before the first thread (spool_open's). */
 	if (proc_sandbox(cfg, path, SANDBOX_SMTP) == -1) {
 		rc = EX_OSERR;
 		goto out;
 	}
-	if (smtp_loops_start(base, err, sizeof(err)) == -1) {
+	if (smtp_loops_start(base, cfg->loops, ncpu, err, sizeof(err)) == -1) {
 		log_msg(LOG_LVL_ERR, "%s", err);
 		rc = EX_OSERR;
 		goto out;
@@ -325,6 +328,7 @@ smtp_main(const char *path, struct config *cfg, const int *fds, int ctl,
 
 	ctl_send(ctl, CTL_READY, 0, -1);
 	hb = heartbeat_start(base, NULL, ctl, heartbeat_ms);
+	heartbeat_watch(hb, smtp_loops_alive);
 	event_base_dispatch(base);
 	if (stopper.tick != NULL)
 		event_free(stopper.tick);

@@ -1,12 +1,13 @@
-"""SMTP sessions on several event loops (issue 19, a prototype).
+"""SMTP sessions on several event loops: [smtp] loops.
 
-RELAYD_SMTP_LOOPS (environment, tests only) spreads the sessions over that
-many loops: loop 0 accepts and hands clients round robin to the others;
-their commits come back to the loop that made them, and their counters
-and departures to loop 0.
+Loop 0 accepts and hands clients round robin to the loops; their commits
+come back to the loop that made them, and their counters and departures
+to loop 0. RELAYD_SMTP_LOOPS overrides the key (tests/tsan-run runs the
+SMTP test files on 2 loops with it).
 """
 import os
 import re
+import signal
 import smtplib
 import threading
 import time
@@ -54,13 +55,20 @@ def received(d):
 
 def test_sessions_on_two_loops(relayd_factory, monkeypatch):
     monkeypatch.delenv("RELAYD_SMTP_LOOPS", raising=False)
-    one = relayd_factory(name="one")
+    one = relayd_factory(name="one", smtp={"loops": 1})
+    assert re.search(r"smtp: 1 event loop \(\[smtp\] loops, \d+ cores\)",
+                     one.log), one.log
     base = threads(one.smtp_pid)
     one.stop()
-    monkeypatch.setenv("RELAYD_SMTP_LOOPS", "2")
-    d = relayd_factory(name="two")
-    assert "smtp: 2 event loops (RELAYD_SMTP_LOOPS)" in d.log
+    d = relayd_factory(name="two", smtp={"loops": 2})
+    assert re.search(r"smtp: 2 event loops \(\[smtp\] loops, \d+ cores\)",
+                     d.log), d.log
     assert threads(d.smtp_pid) == base + 1
+    names = set()
+    for t in os.listdir("/proc/%d/task" % d.smtp_pid):
+        with open("/proc/%d/task/%s/comm" % (d.smtp_pid, t)) as f:
+            names.add(f.read().strip())
+    assert "smtp loop 1" in names, names
     replies = []
     ts = [threading.Thread(target=client, args=(d.port, n, replies))
           for n in range(CLIENTS)]
@@ -79,9 +87,40 @@ def test_sessions_on_two_loops(relayd_factory, monkeypatch):
     wait_for(lambda: d.ctl("status")["connections"] == 0, 5, "no sessions")
 
 
+def test_loops_auto_is_one_per_core_but_one(relayd_factory, monkeypatch):
+    monkeypatch.delenv("RELAYD_SMTP_LOOPS", raising=False)
+    d = relayd_factory()
+    ncpu = os.cpu_count()
+    want = min(max(ncpu - 1, 1), 16)
+    assert re.search(r"smtp: %d event loops? \(\[smtp\] loops auto: one "
+                     r"per core but one, %d cores\)" % (want, ncpu),
+                     d.log), d.log
+    assert threads(d.smtp_pid) >= want
+
+
+def test_loops_change_waits_for_a_restart(relayd_factory, monkeypatch):
+    monkeypatch.delenv("RELAYD_SMTP_LOOPS", raising=False)
+    d = relayd_factory(smtp={"loops": 2})
+    n = threads(d.smtp_pid)
+    d.smtp_opts["loops"] = 3
+    d.write_config()
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log(r"reload: \[smtp\] loops changed: takes effect at "
+               r"restart", 5)
+    assert threads(d.smtp_pid) == n
+    assert d.send_one()
+
+
 def test_loops_out_of_range(relayd_factory, monkeypatch):
+    monkeypatch.delenv("RELAYD_SMTP_LOOPS", raising=False)
+    d = relayd_factory(start=False, smtp={"loops": 65})
+    with pytest.raises(AssertionError, match="exited with"):
+        d.start()
+    d.expect_dead = True
+    assert re.search(r'relayd.conf:\d+: "loops" = 65 is out of range '
+                     r'\(0 to 64\)', d.log), d.log
     monkeypatch.setenv("RELAYD_SMTP_LOOPS", "0")
-    d = relayd_factory(start=False)
+    d = relayd_factory(name="env", start=False)
     with pytest.raises(AssertionError, match="exited with 71 at start"):
         d.start()
     d.expect_dead = True

@@ -1,7 +1,8 @@
 /*
  * Unit tests for stress.c: when stress begins and ends (with its gap),
  * which timeout is in force, what max_connections the descriptors allow,
- * and the order in which idle sessions are evicted. Failures print the
+ * the order in which idle sessions are evicted, and how many event loops
+ * [smtp] loops means (smtp_loops.c). Failures print the
  * row, what came out and what should have.
  */
 #include <stdarg.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include "smtp_loops.h"
 #include "stress.h"
 #include "table.h"
 
@@ -149,6 +151,29 @@ test_idle_order(void **state)
 	assert_null(idle_oldest(&l));
 }
 
+/* [smtp] loops on so many cores: 0 is one per core but one. */
+static void
+test_loops_table(void **state)
+{
+	static const struct {
+		uint64_t	 configured;
+		long		 ncpu;
+		uint64_t	 want;
+	} rows[] = {
+		{ 0, 1, 1 }, { 0, 2, 1 }, { 0, 3, 2 }, { 0, 8, 7 },
+		{ 0, 64, SMTP_LOOPS_AUTO_MAX },
+		{ 0, -1, 1 },			/* sysconf failed */
+		{ 2, 2, 2 }, { 3, 1, 3 },	/* as configured */
+		{ 1000, 4, SMTP_LOOPS_MAX },
+	};
+	size_t		 i;
+
+	(void)state;
+	for (i = 0; i < NELEM(rows); i++)
+		check_u64("loops", i, "loops", smtp_loops_want(
+		    rows[i].configured, rows[i].ncpu), rows[i].want);
+}
+
 int
 main(void)
 {
@@ -158,6 +183,7 @@ main(void)
 		cmocka_unit_test(test_stress_timeout),
 		cmocka_unit_test(test_conn_limit_table),
 		cmocka_unit_test(test_idle_order),
+		cmocka_unit_test(test_loops_table),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
