@@ -47,6 +47,13 @@ def client(port, n, replies):
             replies.append((code, text))
 
 
+def wakes(pid, tid):
+    """How many times the thread went to sleep and was woken."""
+    with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+        m = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", f.read(), re.M)
+    return int(m.group(1))
+
+
 def received(d):
     m = re.search(r"^relayd_messages_received_total (\d+)$",
                   d.relayctl("metrics", check=True).stdout, re.M)
@@ -64,11 +71,12 @@ def test_sessions_on_two_loops(relayd_factory, monkeypatch):
     assert re.search(r"smtp: 2 event loops \(\[smtp\] loops, \d+ cores\)",
                      d.log), d.log
     assert threads(d.smtp_pid) == base + 1
-    names = set()
+    names = {}
     for t in os.listdir("/proc/%d/task" % d.smtp_pid):
         with open("/proc/%d/task/%s/comm" % (d.smtp_pid, t)) as f:
-            names.add(f.read().strip())
+            names[f.read().strip()] = t
     assert "smtp loop 1" in names, names
+    woken = wakes(d.smtp_pid, names["smtp loop 1"])
     replies = []
     ts = [threading.Thread(target=client, args=(d.port, n, replies))
           for n in range(CLIENTS)]
@@ -76,6 +84,9 @@ def test_sessions_on_two_loops(relayd_factory, monkeypatch):
         t.start()
     for t in ts:
         t.join(30)
+    # Half the sessions were handed to loop 1, each waking it at least
+    # once (it sleeps otherwise: only a heartbeat's call every 10 s).
+    assert wakes(d.smtp_pid, names["smtp loop 1"]) - woken >= CLIENTS // 2
     assert len(replies) == CLIENTS * PER_CLIENT
     assert all(code == 250 for code, _ in replies)
     qids = re.findall(r"^\S* ?.*?([0-9A-F]{16}) smtp queued ", d.log, re.M)
