@@ -425,6 +425,7 @@ handoff_cb(void *arg)
 {
 	struct handoff	*h = arg;
 
+	smtp_session_arrived();
 	smtp_session_new(h->sm, h->l, h->cfg, h->fd,
 	    (struct sockaddr *)&h->ss, h->salen, h->seq);
 	free(h);
@@ -459,6 +460,7 @@ session_start(struct smtp_listener *l, int fd, const struct sockaddr *sa,
 	memcpy(&h->ss, sa, salen < sizeof(h->ss) ? salen : sizeof(h->ss));
 	h->salen = salen;
 	h->seq = smtp_session_seq();
+	smtp_session_handed(smtp_loop_index(lp), h->seq);
 	smtp_loop_call(lp, handoff_cb, h);
 }
 

@@ -132,6 +132,13 @@ void		 smtp_session_new(struct smtp *, struct smtp_listener *,
 		    socklen_t, uint64_t);
 uint64_t	 smtp_session_seq(void);
 /*
+ * A session handed to another loop is counted there by loop 0 at once
+ * (handed: the loop's index and its seq), and arrives there (arrived, on
+ * that loop, before smtp_session_new): eviction sees it meanwhile.
+ */
+void		 smtp_session_handed(size_t, uint64_t);
+void		 smtp_session_arrived(void);
+/*
  * Scratch buffers sized from the config; call once at start (loop 0;
  * other loops make theirs at their first session).
  */

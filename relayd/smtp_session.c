@@ -283,6 +283,31 @@ idle_publish(void)
 	    SESSION_OF_IDLE(e)->idle_seq : UINT64_MAX, __ATOMIC_RELAXED);
 }
 
+/*
+ * On loop 0: a session with place seq is on its way to another loop.
+ * Counted there at once, so that an eviction while it travels sees it:
+ * a burst of clients is handed out faster than the loops take them.
+ */
+void
+smtp_session_handed(size_t loop, uint64_t seq)
+{
+	uint64_t	 cur;
+
+	__atomic_add_fetch(&idle_pub[loop].n, 1, __ATOMIC_RELAXED);
+	cur = __atomic_load_n(&idle_pub[loop].oldest, __ATOMIC_RELAXED);
+	while (seq < cur && !__atomic_compare_exchange_n(&idle_pub[loop].oldest,
+	    &cur, seq, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+}
+
+/* On the session's loop, just before smtp_session_new counts it again. */
+void
+smtp_session_arrived(void)
+{
+	__atomic_sub_fetch(&idle_pub[smtp_loop_index(smtp_loop_self())].n, 1,
+	    __ATOMIC_RELAXED);
+}
+
 uint64_t
 smtp_session_seq(void)
 {
