@@ -7,13 +7,17 @@ SMTP test files on 2 loops with it).
 """
 import os
 import re
+import select
 import signal
 import smtplib
+import socket
 import threading
 import time
 
 import pytest
 
+from relaydtest.env import VALGRIND
+from relaydtest.freeze import frozen, state, thread_id
 from relaydtest.smtp import QUEUED_RE
 
 CLIENTS = 8
@@ -136,3 +140,131 @@ def test_loops_out_of_range(relayd_factory, monkeypatch):
         d.start()
     d.expect_dead = True
     assert "RELAYD_SMTP_LOOPS=0: give 1 to 64" in d.log
+
+
+# valgrind runs one thread at a time: holding one still would hold all.
+needs_threads = pytest.mark.skipif(VALGRIND, reason="valgrind serializes "
+                                   "the threads: one cannot stop alone")
+
+
+def said(sock, timeout):
+    """What relayd sent on sock within timeout s (b"" if nothing)."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            return out
+        data = sock.recv(4096)
+        if not data:
+            return out + b"<closed>"
+        out += data
+
+
+@needs_threads
+def test_eviction_sees_sessions_on_their_way(relayd_factory, monkeypatch):
+    """Under stress the session idle longest goes, even while it is still
+    on its way to its loop. Loop 1 is held still (ptrace), so the clients
+    handed to it wait in its call queue; when a new client needs room,
+    loop 0 must ask loop 1 to close the oldest, not close its own newer
+    one."""
+    monkeypatch.delenv("RELAYD_SMTP_LOOPS", raising=False)
+    d = relayd_factory(smtp={"loops": 2, "max_connections": 6,
+                             "max_connections_per_client": 20,
+                             "command_timeout": "60s",
+                             "stress_timeout": "30s"})
+    tid = thread_id(d.smtp_pid, "smtp loop 1")
+    socks = []
+
+    def connect():
+        s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+        socks.append(s)
+        return s
+
+    try:
+        with frozen(tid):
+            assert state(d.smtp_pid, tid) == "t"
+            # Round robin: the next client goes to loop 1 once one has
+            # gone to loop 0 (greeted at once).
+            first = connect()
+            if said(first, 0.5).startswith(b"220 "):
+                first.close()
+                socks.remove(first)
+                wait_for(lambda: d.ctl("status")["connections"] == 0, 5,
+                         "the first client gone")
+                first = connect()
+                assert said(first, 0.5) == b"", "loop 1 should be still"
+            on0, on1 = [], [first]
+            for i in range(5):
+                s = connect()
+                (on0 if i % 2 == 0 else on1).append(s)
+                if s in on0:
+                    assert said(s, 2).startswith(b"220 ")
+            wait_for(lambda: d.ctl("status")["connections"] == 6, 5,
+                     "6 sessions")
+            # Full and under stress: this one needs room.
+            connect()
+            # The oldest is first (on loop 1): loop 0's stay.
+            for s in on0:
+                assert said(s, 0.5) == b"", "loop 0 evicted its own"
+        # Loop 1 turns again: its sessions begin, and the oldest goes.
+        got = said(first, 3)
+        assert got.startswith(b"220 "), got
+        assert b"\r\n421 4.7.0 " in got, got
+        for s in on1[1:]:
+            got = said(s, 1)
+            assert got.startswith(b"220 ") and b"421" not in got, got
+        wait_for(lambda: d.ctl("status")["stress"]["evicted"] == 1, 5,
+                 "1 evicted in status")
+    finally:
+        for s in socks:
+            s.close()
+
+
+@needs_threads
+def test_a_stuck_loop_stops_the_watchdog(relayd_factory, tmp_path,
+                                         monkeypatch):
+    """A loop that stops turning (held still with ptrace) stops the
+    heartbeats to systemd's watchdog (so systemd restarts relayd if it
+    stays stuck), with a warning naming it; when it turns again, they
+    come back."""
+    monkeypatch.delenv("RELAYD_SMTP_LOOPS", raising=False)
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")     # beats every 0.5 s
+    try:
+        d = relayd_factory(smtp={"loops": 2})
+
+        def beats(seconds):
+            """The notifications within seconds: (with WATCHDOG=1, all)."""
+            n = w = 0
+            deadline = time.monotonic() + seconds
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([sock], [], [], left)[0]:
+                    return w, n
+                m = sock.recv(4096).decode()
+                n += 1
+                w += "WATCHDOG=1" in m
+
+        assert beats(1.5)[0] >= 2
+        with frozen(thread_id(d.smtp_pid, "smtp loop 1")):
+            d.wait_log(r"smtp loop 1: stuck for \d+\.\ds: no heartbeat to "
+                       r"the watchdog while it is", 5)
+            # The parent counts smtp's last beat for 2 s more.
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                w, n = beats(0.6)
+                if n and not w:
+                    break
+            else:
+                pytest.fail("WATCHDOG=1 still sent with loop 1 stuck")
+            w, n = beats(2)
+            assert w == 0 and n >= 2, (w, n)
+        d.wait_log(r"smtp loop 1: turning again", 5)
+        assert beats(3)[0] >= 2
+        assert d.send_one()
+    finally:
+        sock.close()
