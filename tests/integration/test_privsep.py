@@ -11,9 +11,11 @@ killed (no orphans), and start-up errors of the credential (exit 78 with
 the text `relayd -n` prints)."""
 import os
 import re
+import shutil
 import signal
 import smtplib
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -21,8 +23,8 @@ import uuid
 import pytest
 
 from relaydtest.credentials import cert_relayd, make_cert, register
-from relaydtest.daemon import process_children, wait_processes_gone
-from relaydtest.env import START_TIMEOUT, VALGRIND
+from relaydtest.daemon import Relayd, process_children, wait_processes_gone
+from relaydtest.env import RELAYD_BIN, START_TIMEOUT, VALGRIND
 from relaydtest.graph import graph_relayd
 from relaydtest.wait import wait_for
 
@@ -381,3 +383,61 @@ def test_stuck_token_process_does_not_hang_delivery(relayd_factory,
         os.kill(pid, signal.SIGCONT)
     wait_for(lambda: {"stuck", "still taken"} <= subjects(fake), 30,
              "delivery once the token process answers")
+
+
+# --------------------------------------------------------------------------
+# not dumpable
+
+NOBODY = 65534
+
+
+def as_nobody(*cmd):
+    return ["setpriv", "--reuid=%d" % NOBODY, "--regid=%d" % NOBODY,
+            "--clear-groups"] + list(cmd)
+
+
+@pytest.mark.skipif(VALGRIND, reason="under valgrind the processes are "
+                    "valgrind's")
+def test_processes_not_dumpable(tmp_path_factory):
+    """Run as an unprivileged user (as systemd runs it), every relayd
+    process is not dumpable: its /proc files belong to root, so another
+    process of the same user can't read its memory or environment, nor
+    attach a debugger (the token process holds the tenant's secret)."""
+    if shutil.which("setpriv") is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    # A directory of nobody's, with a copy of the binary: the build tree
+    # may not be open to others (the sanitizer run's is mode 0700).
+    top = tempfile.mkdtemp(prefix="relayd-nobody.")
+    try:
+        os.chmod(top, 0o755)
+        binary = os.path.join(top, "relayd")
+        shutil.copy2(str(RELAYD_BIN), binary)
+        d = Relayd(os.path.join(top, "d"))
+        os.chown(top, NOBODY, NOBODY)
+        os.chown(str(d.workdir), NOBODY, NOBODY)
+        d.command = lambda: as_nobody(binary, "-c", str(d.conf_path))
+        d.start()
+        try:
+            pids = [d.pid] + process_children(d.pid)
+            assert len(pids) >= 3, pids
+            for pid in pids:
+                with open("/proc/%d/status" % pid) as f:
+                    uid = re.search(r"^Uid:\s+(\d+)", f.read(), re.M)
+                assert int(uid.group(1)) == NOBODY, pid
+                assert os.stat("/proc/%d/environ" % pid).st_uid == 0, pid
+                r = subprocess.run(as_nobody("cat", "/proc/%d/environ" % pid),
+                                   capture_output=True, timeout=10)
+                assert r.returncode != 0, pid
+                assert b"Permission denied" in r.stderr, r.stderr
+            # Against a dumpable process of nobody's, the same reads work.
+            r = subprocess.run(as_nobody("sh", "-c", 'stat -c %u '
+                                         '/proc/$$/environ; cat '
+                                         '/proc/$$/environ >/dev/null'),
+                               capture_output=True, timeout=10)
+            assert r.returncode == 0 and r.stdout.strip() == b"%d" % NOBODY
+            assert d.send_one()
+        finally:
+            assert d.stop() == 0
+            d.close()
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
