@@ -19,18 +19,10 @@ import pytest
 from relaydtest.env import VALGRIND
 from relaydtest.freeze import frozen, state, thread_id
 from relaydtest.smtp import QUEUED_RE
+from relaydtest.wait import wait_for
 
 CLIENTS = 8
 PER_CLIENT = 5
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def threads(pid):

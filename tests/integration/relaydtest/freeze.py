@@ -11,7 +11,6 @@ import ctypes
 import ctypes.util
 import os
 
-PTRACE_CONT = 7
 PTRACE_DETACH = 17
 PTRACE_SEIZE = 0x4206
 PTRACE_INTERRUPT = 0x4207
